@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create or refresh the project's environment; a second run with nothing changed takes seconds.
+set -euo pipefail
+python=${1:-python3}
+venv=${2:-.venv}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+stamp="$venv/.enn-nb-env"
+if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    echo "environment up to date: $venv"
+    exit 0
+fi
+start=$(date +%s)
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+# torch is pinned in the same command as everything else: alone, a dependency would pull a CUDA build.
+"$venv/bin/python" -m pip install --disable-pip-version-check -q \
+    -c constraints.txt --only-binary=onnxsim \
+    "torch==2.13.0" -e ".[dev]" onnxsim
+echo "$want" > "$stamp"
+echo "environment ready in $(( $(date +%s) - start ))s: $venv"

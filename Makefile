@@ -1,0 +1,37 @@
+# enn_nb - the README's two commands: `make demo` and `make test`.
+# The environment lives in .venv (or $ENN_NB_VENV); it is created when missing and reinstalled only
+# when pyproject.toml or constraints.txt change (a content hash is kept in the venv).
+
+PYTHON ?= python3
+VENV := $(if $(ENN_NB_VENV),$(ENN_NB_VENV),$(CURDIR)/.venv)
+PY := $(VENV)/bin/python
+OUT ?= $(CURDIR)/out
+PYTEST_ARGS ?=
+
+# Caches the project creates stay inside the project's ignored .cache/ folder.
+export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+export ENN_NB_CACHE_DIR := $(CURDIR)/.cache/enn_nb
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: env demo test benchmarks browser clean
+
+env:
+	@bash .ci/env.sh "$(PYTHON)" "$(VENV)"
+
+# Debian's Chromium for the wizard's real-browser test (Playwright must never download a browser).
+browser:
+	@bash .ci/browser.sh
+
+demo: env
+	$(PY) -m enn_nb.demo --out "$(OUT)"
+
+test: env browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+benchmarks: env
+	$(PY) benchmarks/checkpoint_io.py
+	$(PY) benchmarks/export.py
+
+clean:
+	rm -rf "$(OUT)" .cache .pytest_cache

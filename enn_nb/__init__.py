@@ -1,0 +1,71 @@
+"""enn_nb: save ENN-style PyTorch models so they restore exactly, and export them to external runtimes.
+
+The public API is imported lazily: ``import enn_nb`` (and ``%load_ext enn_nb``) import no heavy
+package; torch and the backends load when a function that needs them is first called.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from enn_nb._version import __version__
+from enn_nb.errors import EnnError
+from enn_nb.spec import ModelSpec, build, builders, register_builder
+
+if TYPE_CHECKING:
+    from enn_nb.checkpoint import Loaded, Manifest, inspect, load, save
+    from enn_nb.export import ExportReport, backends, export, export_safe, register_backend
+    from enn_nb.notebook.wizard import wizard
+    from enn_nb.reports import report
+
+# public name -> module that defines it
+_LAZY = {
+    "save": "enn_nb.checkpoint",
+    "load": "enn_nb.checkpoint",
+    "inspect": "enn_nb.checkpoint",
+    "convert": "enn_nb.checkpoint",
+    "Manifest": "enn_nb.checkpoint",
+    "Loaded": "enn_nb.checkpoint",
+    "export": "enn_nb.export",
+    "export_safe": "enn_nb.export",
+    "backends": "enn_nb.export",
+    "register_backend": "enn_nb.export",
+    "ExportReport": "enn_nb.export",
+    "verify": "enn_nb.export",
+    "wizard": "enn_nb.notebook.wizard",
+    "report": "enn_nb.reports",
+}
+
+__all__ = [
+    "__version__",
+    "EnnError",
+    "ModelSpec",
+    "build",
+    "builders",
+    "register_builder",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'enn_nb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from enn_nb.notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from enn_nb.notebook.magics import unload_ipython_extension as unload
+
+    unload(ipython)

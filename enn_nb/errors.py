@@ -1,0 +1,212 @@
+"""Every error enn_nb raises, in one tree.
+
+::
+
+    EnnError
+    ├── SpecError (ValueError)              a ModelSpec / example input that does not fit
+    │   └── InputMismatchError              wrong in_dim, shape or dtype at a model's boundary
+    ├── UnknownNameError (KeyError)         a registry lookup: builder, backend, template, format
+    ├── MissingDependencyError (ImportError) an optional package is not installed (names the extra)
+    ├── BrokenDependencyError (ImportError) an optional package is installed but fails to import
+    ├── CheckpointError
+    │   ├── NotACheckpointError             the path holds no enn_nb / ENN checkpoint
+    │   ├── CorruptCheckpointError          truncated file, bad hash, unreadable header
+    │   ├── IncompleteCheckpointError       a DCP directory without its commit marker
+    │   ├── UnsafeCheckpointError           a pickle that would run code
+    │   ├── SchemaVersionError              a manifest newer than this enn_nb knows
+    │   └── StateDictMismatchError          missing / unexpected / shape-mismatched keys (all listed)
+    ├── ExportError
+    │   ├── FastPathExportError             a fast path left on made capture/conversion fail
+    │   ├── BackendError                    a backend's conversion failed (stage, cause)
+    │   ├── ParityError                     artifact output differs from eager beyond tolerance
+    │   └── OutputDirError (OSError)        the output directory cannot be written
+    ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
+    └── ReportError
+        └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
+
+Errors a user can meet name the object in backticks, the bad value and the fix. Structured fields
+(``missing_keys``, ``max_abs_err``, ``atol``...) let the sidecar and the notebook UI show them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EnnError(Exception):
+    """Base of every enn_nb error."""
+
+
+class SpecError(EnnError, ValueError):
+    """A ModelSpec, config or example input that does not fit the model."""
+
+
+class InputMismatchError(SpecError):
+    """An input whose shape or dtype differs from the model's declared one."""
+
+    def __init__(self, message: str, *, expected: Any = None, received: Any = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.received = received
+
+
+class UnknownNameError(EnnError, KeyError):
+    """A name not found in one of enn_nb's registries."""
+
+    def __init__(self, message: str, *, name: str = "", known: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.known = list(known or [])
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class MissingDependencyError(EnnError, ImportError):
+    """An optional package is not installed; the message names the extra and the install line."""
+
+    def __init__(self, message: str, *, package: str = "", extra: str = "") -> None:
+        super().__init__(message)
+        self.package = package
+        self.extra = extra
+
+    @property
+    def install_line(self) -> str:
+        return f"%pip install 'enn-nb[{self.extra}]'" if self.extra else f"%pip install {self.package}"
+
+
+class BrokenDependencyError(EnnError, ImportError):
+    """An optional package is installed but importing it failed (the cause is chained)."""
+
+    def __init__(self, message: str, *, package: str = "") -> None:
+        super().__init__(message)
+        self.package = package
+
+
+class CheckpointError(EnnError):
+    """A checkpoint could not be written or read."""
+
+
+class NotACheckpointError(CheckpointError, ValueError):
+    """The path holds nothing enn_nb recognises as a checkpoint."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The checkpoint is damaged: truncated, bytes flipped, or a hash that does not match."""
+
+    def __init__(self, message: str, *, tensor: str | None = None, file: str | None = None) -> None:
+        super().__init__(message)
+        self.tensor = tensor
+        self.file = file
+
+
+class IncompleteCheckpointError(CheckpointError):
+    """A DCP directory without its commit marker (the save did not finish)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file holds a pickle that would import or call arbitrary code; nothing was executed."""
+
+
+class SchemaVersionError(CheckpointError):
+    """The manifest's schema is newer than this enn_nb understands."""
+
+    def __init__(self, message: str, *, found: str = "", supported: str = "") -> None:
+        super().__init__(message)
+        self.found = found
+        self.supported = supported
+
+
+class StateDictMismatchError(CheckpointError):
+    """Keys missing, unexpected or of another shape; all of them are listed, not the first only."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing_keys: list[str] | None = None,
+        unexpected_keys: list[str] | None = None,
+        shape_mismatches: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.missing_keys = list(missing_keys or [])
+        self.unexpected_keys = list(unexpected_keys or [])
+        self.shape_mismatches = dict(shape_mismatches or {})
+
+
+class ExportError(EnnError):
+    """An export could not be produced."""
+
+
+class FastPathExportError(ExportError):
+    """Capture or conversion failed because a fast path was left on; use ``enn_nb.export_safe``."""
+
+    def __init__(self, message: str, *, fast_path: str = "") -> None:
+        super().__init__(message)
+        self.fast_path = fast_path
+
+
+class BackendError(ExportError):
+    """A backend failed at a named stage (``capture``, ``convert``, ``verify``...)."""
+
+    def __init__(self, message: str, *, backend: str = "", stage: str = "") -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.stage = stage
+
+
+class ParityError(ExportError):
+    """The artifact's outputs differ from the eager model's beyond tolerance."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        backend: str = "",
+        batch_size: int | None = None,
+        max_abs_err: float = float("nan"),
+        max_rel_err: float = float("nan"),
+        atol: float = float("nan"),
+        rtol: float = float("nan"),
+    ) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.batch_size = batch_size
+        self.max_abs_err = max_abs_err
+        self.max_rel_err = max_rel_err
+        self.atol = atol
+        self.rtol = rtol
+
+
+class OutputDirError(ExportError, OSError):
+    """The output directory cannot be created or written."""
+
+
+class PlatformUnavailableError(EnnError):
+    """The runtime is installed or known, but cannot run on this platform (say why)."""
+
+
+class ReportError(EnnError):
+    """A report could not be produced."""
+
+
+class ReportCellError(ReportError):
+    """A cell of an executed report raised; the partial notebook is kept at ``output_path``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cell_index: int | None = None,
+        ename: str = "",
+        evalue: str = "",
+        output_path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.cell_index = cell_index
+        self.ename = ename
+        self.evalue = evalue
+        self.output_path = output_path
+
+
+__all__ = [name for name in dir() if name.endswith("Error")]

@@ -1,0 +1,208 @@
+"""The one protocol every export backend implements.
+
+A backend converts and loads; that is all. The pipeline (``enn_nb.export.pipeline``) owns
+everything that must exist once: availability checks, the atomic write of the artifact, parity,
+the sidecar, the cache, isolation in a child process, timings and error capture.
+
+Lifecycle for one backend in one export::
+
+    backend.unavailable_reason()          -> None, or why it cannot convert here (missing package...)
+    backend.convert(job, out_path, opts)  -> Conversion        (writes under out_path, a temp path)
+    backend.runtime_unavailable_reason()  -> None, or why it cannot run here (CoreML on Linux...)
+    backend.load(artifact, opts)          -> Runner            (numpy in, numpy out)
+    backend.read_metadata(artifact)       -> dict | None       (embedded essentials, round-trip test)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from enn_nb._optional import install_line, is_installed
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from enn_nb.spec import ModelSpec
+
+#: The status vocabulary shared by results and sidecars.
+STATUSES = ("ok", "mismatch", "failed", "crashed", "deferred", "unavailable")
+
+#: What a backend consumes from the shared capture.
+SOURCES = ("exported_program", "onnx", "module")
+
+Runner = Callable[[Sequence["np.ndarray"]], list["np.ndarray"]]
+
+
+@dataclasses.dataclass
+class TensorInfo:
+    """Name, shape and dtype of one artifact input or output; dynamic dims are strings (``"batch"``)."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ExportJob:
+    """What every backend of one export shares: the export-safe module, its inputs, the one capture.
+
+    Built by the pipeline; backends read it and never mutate it.
+
+    Attributes:
+        module: the export-safe module, in eval mode, whose ``forward(features)`` is the model's
+            ``forward_export`` (raw ``[B, in_dim]`` -> ``[B, *out_shape]``).
+        example_inputs: inputs used for capture (batch 2 by default, avoiding 0/1 specialisation).
+        dynamic_batch: whether dim 0 is dynamic.
+        batch_range: ``(min, opt, max)`` batch sizes for backends that need bounds (TensorRT, CoreML).
+        input_names / output_names: names given to the artifact's inputs and outputs.
+        spec: the model's spec, if known.
+        essentials: small flat ``str -> str`` metadata to embed where a format has a slot.
+        workdir: a scratch directory of this export (shared ONNX file, temporary files).
+        get_exported_program: returns the one ``torch.export.ExportedProgram`` (captured on first call).
+        get_onnx_path: returns the one shared ONNX file (exported on first call, single file).
+    """
+
+    module: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    dynamic_batch: bool
+    batch_range: tuple[int, int, int]
+    input_names: list[str]
+    output_names: list[str]
+    spec: ModelSpec | None
+    essentials: dict[str, str]
+    workdir: Path
+    get_exported_program: Callable[[], Any]
+    get_onnx_path: Callable[[], Path]
+
+    @property
+    def exported_program(self) -> Any:
+        return self.get_exported_program()
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.get_onnx_path()
+
+
+@dataclasses.dataclass
+class Conversion:
+    """What a backend's ``convert`` produced.
+
+    Attributes:
+        artifact: the artifact's path (a file, or a directory for SavedModel / .mlpackage).
+        extra_files: other files that belong to it (ONNX external data...), hashed in the sidecar.
+        inputs / outputs: the artifact's I/O as the runtime sees it.
+        format: format identity and versions, e.g. ``{"opset": 20, "ir_version": 10}``.
+        dynamic_batch: whether the artifact really accepts any batch size in ``batch_range``.
+        deferred: a reason when the artifact cannot be finished here (TensorRT without CUDA);
+            the pipeline then records status ``deferred`` instead of running parity.
+        notes: human-readable remarks that belong in the sidecar (e.g. why an artifact is static).
+        details: backend-specific facts for the sidecar (delegation ratio, TRT profile, build command).
+        embedded_metadata: whether ``job.essentials`` were written into the artifact.
+    """
+
+    artifact: Path
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    extra_files: list[Path] = dataclasses.field(default_factory=list)
+    format: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dynamic_batch: bool = False
+    deferred: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    embedded_metadata: bool = False
+
+
+class Backend:
+    """Base class of export backends. Subclass it, set the class attributes, implement ``convert``
+    and ``load``; register it with ``enn_nb.export.register_backend`` or the ``enn_nb.backends``
+    entry-point group (value ``"package.module:ClassName"``).
+    """
+
+    #: registry name, e.g. ``"onnx"``
+    name: ClassVar[str] = ""
+    #: artifact suffix, e.g. ``".onnx"``; a directory artifact uses its own suffix or ``""``
+    suffix: ClassVar[str] = ""
+    #: one-line description shown by ``enn-nb backends``
+    description: ClassVar[str] = ""
+    #: the enn-nb extra that installs what this backend needs
+    extra: ClassVar[str] = ""
+    #: import names needed to convert
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: import names needed to run the artifact (parity); defaults to ``requires``
+    runtime_requires: ClassVar[tuple[str, ...] | None] = None
+    #: what it consumes from the shared capture: one of :data:`SOURCES`
+    consumes: ClassVar[str] = "exported_program"
+    #: whether the artifact is a directory
+    directory_artifact: ClassVar[bool] = False
+    #: documented default tolerances (atol, rtol) against the eager fp32 model
+    default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    #: documented default options, overridable per export
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    # -- availability --------------------------------------------------------------------------
+    def missing_packages(self, *, runtime: bool = False) -> list[str]:
+        names = (self.runtime_requires if runtime and self.runtime_requires is not None else self.requires)
+        return [name for name in names if not is_installed(name)]
+
+    def platform_reason(self) -> str | None:
+        """Why this backend cannot convert on this platform even with its packages, or None."""
+        return None
+
+    def runtime_platform_reason(self) -> str | None:
+        """Why the artifact cannot run on this platform (e.g. CoreML prediction needs macOS), or None."""
+        return None
+
+    def unavailable_reason(self) -> str | None:
+        """None when ``convert`` can run here; else one line saying why and how to fix it."""
+        missing = self.missing_packages()
+        if missing:
+            return f"`{missing[0]}` is not installed; install it with: {install_line(missing[0])}"
+        return self.platform_reason()
+
+    def runtime_unavailable_reason(self) -> str | None:
+        """None when the artifact can be run here for parity; else why not."""
+        missing = self.missing_packages(runtime=True)
+        if missing:
+            return f"runtime `{missing[0]}` is not installed; install it with: {install_line(missing[0])}"
+        return self.runtime_platform_reason()
+
+    def install_hint(self) -> str:
+        return f"%pip install 'enn-nb[{self.extra}]'" if self.extra else ""
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries this backend involves (for the sidecar and the cache key)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        out: dict[str, str] = {}
+        for name in (*self.requires, *(self.runtime_requires or ())):
+            from enn_nb._optional import PACKAGES
+
+            dist = PACKAGES.get(name, (name, ""))[0]
+            try:
+                out[dist] = version(dist)
+            except PackageNotFoundError:
+                pass
+        return out
+
+    def artifact_name(self, stem: str) -> str:
+        return f"{stem}{self.suffix}"
+
+    # -- work ----------------------------------------------------------------------------------
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        """Write the artifact at ``out_path`` (a temporary path the pipeline renames into place)."""
+        raise NotImplementedError
+
+    def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
+        """Return a callable running the artifact: list of numpy inputs -> list of numpy outputs."""
+        raise NotImplementedError
+
+    def read_metadata(self, artifact: Path) -> dict[str, str] | None:
+        """The essentials embedded in the artifact, or None when the format has no slot."""
+        return None
