@@ -1,0 +1,61 @@
+"""The ``enn-nb`` command: a thin dispatcher over subcommand modules.
+
+Each area of the library owns its subcommands in a module exposing ``register(subparsers)``; each
+subcommand sets ``func(args) -> int`` (the exit code). Modules are imported only to build the parser,
+and heavy packages are imported only inside ``func``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from enn_nb._version import __version__
+from enn_nb.errors import EnnError
+
+# Modules contributing subcommands, in the order `enn-nb --help` lists them.
+SUBCOMMAND_MODULES = (
+    "enn_nb.checkpoint.cli",  # inspect, convert
+    "enn_nb.export.cli",  # backends, export, verify, build-trt
+    "enn_nb.reports.cli",  # report
+    "enn_nb.demo",  # demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="enn-nb",
+        description="Save, inspect and export ENN-style PyTorch models.",
+    )
+    parser.add_argument("--version", action="version", version=f"enn-nb {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that area is not built yet / not shipped
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EnnError as exc:
+        print(f"enn-nb {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
