@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
     from enn_nb.spec import ModelSpec
 
-#: The status vocabulary shared by results and sidecars.
-STATUSES = ("ok", "mismatch", "failed", "crashed", "deferred", "unavailable")
+#: The status vocabulary shared by results and sidecars (meanings: ``enn_nb.export.report.STATUS_MEANING``).
+#: ``cancelled`` marks backends not attempted because the export was stopped (``should_stop``).
+STATUSES = ("ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled")
 
 #: What a backend consumes from the shared capture.
 SOURCES = ("exported_program", "onnx", "module")
@@ -47,6 +48,10 @@ class TensorInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorInfo:
+        return cls(str(data["name"]), list(data["shape"]), str(data["dtype"]))
 
 
 @dataclasses.dataclass

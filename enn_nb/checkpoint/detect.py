@@ -1,0 +1,128 @@
+"""Which format a path holds (or should be written as): suffix, magic bytes, directory contents."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+from enn_nb.errors import IncompleteCheckpointError, NotACheckpointError, UnknownNameError
+
+PT_SUFFIXES = (".pt", ".pth")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+FORMAT_ALIASES = {"pt": "pt", "pth": "pt", "torch": "pt", "safetensors": "safetensors", "dcp": "dcp"}
+DCP_MANIFEST = "enn_nb.manifest.json"
+DCP_METADATA = ".metadata"
+UPSTREAM_DCP_META = "meta.json"
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOLS = tuple(bytes([0x80, p]) for p in range(2, 6))
+
+
+def save_format(path: Path, format: str | None) -> str:
+    """The format to write ``path`` as: ``format`` when given, else from the suffix.
+
+    Raises:
+        UnknownNameError: an unknown ``format`` or a suffix that names none (lists the known ones).
+    """
+    if format is not None:
+        key = str(format).lower().lstrip(".")
+        if key not in FORMAT_ALIASES:
+            raise UnknownNameError(
+                f"Unknown checkpoint format `{format}`. Known formats: pt (.pt/.pth), safetensors, dcp "
+                "(a directory).",
+                name=str(format),
+                known=sorted(FORMAT_ALIASES),
+            )
+        return FORMAT_ALIASES[key]
+    suffix = path.suffix.lower()
+    if suffix in PT_SUFFIXES:
+        return "pt"
+    if suffix in SAFETENSORS_SUFFIXES:
+        return "safetensors"
+    if suffix == "" or path.is_dir():
+        return "dcp"
+    raise UnknownNameError(
+        f"Cannot tell the checkpoint format from the suffix `{suffix}` of `{path}`. Use `.pt`/`.pth`, "
+        "`.safetensors`, a path without suffix (a DCP directory), or pass `format=` "
+        "(\"pt\", \"safetensors\" or \"dcp\").",
+        name=suffix,
+        known=["pt", "safetensors", "dcp"],
+    )
+
+
+def detect_format(path: Path) -> str:
+    """The format stored at ``path``: ``"pt"``, ``"safetensors"`` or ``"dcp"``, by content not suffix.
+
+    Raises:
+        NotACheckpointError: missing path, empty file or directory, or unknown content.
+        IncompleteCheckpointError: a DCP directory without its commit marker.
+    """
+    if not path.exists():
+        raise NotACheckpointError(f"`{path}` does not exist.")
+    if path.is_dir():
+        return _detect_dir(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise NotACheckpointError(f"`{path}` is an empty file, not a checkpoint.")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(_ZIP_MAGIC):
+        return "pt"
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= min(size - 8, 100 * 1024 * 1024) and head[8:9] == b"{":
+            return "safetensors"
+    if head[:2] in _PICKLE_PROTOCOLS:
+        return "pt"  # legacy torch.save or a bare pickle: the weights-only reader refuses anything unsafe
+    raise NotACheckpointError(
+        f"`{path}` is not a checkpoint: its first bytes {head[:8]!r} match neither a .pt (zip) nor a "
+        ".safetensors header. enn_nb reads .pt/.pth, .safetensors and DCP directories."
+    )
+
+
+def _detect_dir(path: Path) -> str:
+    try:
+        names = set(os.listdir(path))
+    except OSError as exc:
+        raise NotACheckpointError(f"`{path}` cannot be listed: {exc}") from exc
+    if DCP_MANIFEST in names or UPSTREAM_DCP_META in names:
+        if DCP_METADATA not in names and DCP_MANIFEST in names:
+            raise IncompleteCheckpointError(
+                f"`{path}` has an enn_nb manifest but no DCP `{DCP_METADATA}` file; the directory was "
+                "damaged after saving. Restore it from a good copy."
+            )
+        return "dcp"
+    if not names:
+        raise NotACheckpointError(f"`{path}` is an empty directory, not a checkpoint.")
+    if DCP_METADATA in names or any(n.endswith(".distcp") for n in names):
+        raise IncompleteCheckpointError(
+            f"`{path}` holds DCP files but no `{DCP_MANIFEST}` commit marker: the save did not finish (a "
+            "rank died or the process was killed), so its content cannot be trusted. Save again; if this "
+            f"is a plain `torch.distributed.checkpoint` directory, add an ENN-PyTorch `{UPSTREAM_DCP_META}` "
+            "beside it or load it with `torch.distributed.checkpoint.load`."
+        )
+    raise NotACheckpointError(
+        f"`{path}` is a directory without a checkpoint (no `{DCP_MANIFEST}`, `{DCP_METADATA}` or "
+        f"`{UPSTREAM_DCP_META}`); it holds {', '.join(sorted(names)[:5])}{'...' if len(names) > 5 else ''}."
+    )
+
+
+def safetensors_sidecar(path: Path) -> Path:
+    """The ENN-PyTorch sidecar of a safetensors file: ``<name>.safetensors.json``."""
+    return path.with_name(path.name + ".json")
+
+
+def read_json_file(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        from enn_nb.errors import CorruptCheckpointError
+
+        raise CorruptCheckpointError(f"`{path}` is not readable JSON: {exc}", file=str(path)) from exc
+    if not isinstance(value, dict):
+        from enn_nb.errors import CorruptCheckpointError
+
+        raise CorruptCheckpointError(f"`{path}` does not hold a JSON object.", file=str(path))
+    return value

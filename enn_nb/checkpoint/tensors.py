@@ -1,0 +1,243 @@
+"""State-dict plumbing shared by every format: key normalisation, byte views, sha256, optimizer trees."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from enn_nb.errors import CheckpointError, CorruptCheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+COMPILE_WRAPPER = "_orig_mod"  # the attribute torch.compile's OptimizedModule keeps the real module in
+OPTIMIZER_PREFIX = "__optimizer__/"
+
+# Hashing runs in threads beside the writer/reader (hashlib releases the GIL on large buffers).
+HASH_WORKERS = max(1, min(4, (os.cpu_count() or 1)))
+
+
+# -- keys -----------------------------------------------------------------------------------------
+def canonical_key(key: str) -> str:
+    """``key`` without ``torch.compile`` wrapper segments: ``blocks.0._orig_mod.fc.weight`` -> ``blocks.0.fc.weight``."""
+    if COMPILE_WRAPPER not in key:
+        return key
+    return ".".join(part for part in key.split(".") if part != COMPILE_WRAPPER)
+
+
+def model_state(model: Any) -> dict[str, torch.Tensor]:
+    """The model's state dict, detached, keyed by canonical names (compile wrappers stripped).
+
+    Raises:
+        CheckpointError: an entry is not a tensor, or two keys collapse to the same canonical name.
+    """
+    import torch
+
+    state = model.state_dict() if hasattr(model, "state_dict") else model
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"`state_dict()[{key!r}]` is a {type(value).__name__}, not a tensor; checkpoints hold tensors "
+                "only. Store such values in `metadata=` (JSON) instead."
+            )
+        name = canonical_key(key)
+        if name in out:
+            raise CheckpointError(
+                f"State-dict keys `{key}` and another one both become `{name}` once torch.compile's "
+                f"`{COMPILE_WRAPPER}` is removed; rename one of the modules."
+            )
+        out[name] = value.detach()
+    return out
+
+
+def model_key_map(model: Any) -> dict[str, str]:
+    """canonical name -> the model's own state-dict key (differs when parts are torch.compile'd)."""
+    return {canonical_key(k): k for k in model.state_dict().keys()}
+
+
+# -- bytes and hashes --------------------------------------------------------------------------------
+def dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise CorruptCheckpointError(f"Unknown tensor dtype `{name}` in the checkpoint's tensor table.")
+    return dtype
+
+
+def cpu_contiguous(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor as dense, contiguous CPU memory in its logical values (a copy only when needed)."""
+    import torch
+
+    t = tensor.detach()
+    if t.layout != torch.strided:
+        raise CheckpointError(f"A {t.layout} tensor cannot be stored; convert it with `.to_dense()` first.")
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t
+
+
+def byte_view(tensor: torch.Tensor) -> memoryview:
+    """A zero-copy byte view of a dense contiguous CPU tensor (call :func:`cpu_contiguous` first)."""
+    import torch
+
+    if tensor.numel() == 0:
+        return memoryview(b"")
+    flat = tensor.reshape(-1)
+    if flat.dtype != torch.uint8:
+        flat = flat.view(torch.uint8)
+    return memoryview(flat.numpy()).cast("B")
+
+
+def nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def sha256_tensor(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(byte_view(cpu_contiguous(tensor))).hexdigest()
+
+
+class HashPool:
+    """Hash tensors in background threads while the caller writes or copies them."""
+
+    def __init__(self, workers: int = HASH_WORKERS) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="enn-nb-sha256")
+        self._futures: dict[str, Future[str]] = {}
+
+    def submit(self, name: str, tensor: torch.Tensor) -> None:
+        self._futures[name] = self._pool.submit(sha256_tensor, tensor)
+
+    def submit_all(self, tensors: Mapping[str, torch.Tensor]) -> HashPool:
+        # Largest first: the pool then finishes as early as the sequential writer does.
+        for name in sorted(tensors, key=lambda n: -nbytes(tensors[n])):
+            self.submit(name, tensors[name])
+        return self
+
+    def results(self) -> dict[str, str]:
+        try:
+            return {name: fut.result() for name, fut in self._futures.items()}
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for fut in self._futures.values():
+            fut.cancel()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> HashPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """sha256 of each tensor's bytes, computed in parallel."""
+    return HashPool().submit_all(tensors).results()
+
+
+def check_hashes(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, str | None], *, what: str) -> None:
+    """Hash ``tensors`` and compare with ``expected``; a mismatch names every tensor that differs.
+
+    Raises:
+        CorruptCheckpointError: one or more hashes differ (``.tensor`` holds the first name).
+    """
+    wanted = {name: tensors[name] for name, digest in expected.items() if digest and name in tensors}
+    got = hash_tensors(wanted)
+    bad = [name for name in wanted if got[name] != expected[name]]
+    if bad:
+        shown = ", ".join(f"`{n}`" for n in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise CorruptCheckpointError(
+            f"The sha256 of tensor(s) {shown} in {what} does not match the manifest: the file is damaged. "
+            "Restore it from a good copy, or pass `verify=False` to load it anyway (not recommended).",
+            tensor=bad[0],
+        )
+
+
+def expected_nbytes(dtype: str, shape: Iterable[int]) -> int:
+    import torch
+
+    return math.prod(shape) * torch.empty((), dtype=torch_dtype(dtype)).element_size()
+
+
+# -- optimizer state as JSON structure + named tensors ------------------------------------------------
+def split_tree(obj: Any, prefix: str) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split ``optimizer.state_dict()`` into a JSON structure and named tensors.
+
+    Tensors become ``{"$tensor": name}`` with ``name = prefix + path`` (``__optimizer__/state/0/exp_avg``),
+    tuples ``{"$tuple": [...]}``, dicts with non-string keys ``{"$items": [[k, v], ...]}``, and
+    non-finite floats ``{"$float": "nan"}``. :func:`join_tree` reverses it exactly.
+
+    Raises:
+        CheckpointError: a value is neither JSON, a tensor, nor a container of them (names its path).
+    """
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: list[str]) -> Any:
+        if isinstance(value, torch.Tensor):
+            name = prefix + "/".join(path)
+            tensors[name] = value.detach()
+            return {"$tensor": name}
+        if value is None or isinstance(value, (bool, str, int)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"$float": repr(value)}
+        if isinstance(value, tuple):
+            return {"$tuple": [walk(v, [*path, str(i)]) for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [walk(v, [*path, str(i)]) for i, v in enumerate(value)]
+        if isinstance(value, Mapping):
+            if all(isinstance(k, str) and not k.startswith("$") for k in value):
+                return {k: walk(v, [*path, k]) for k, v in value.items()}
+            return {"$items": [[walk(k, [*path, "key"]), walk(v, [*path, str(k)])] for k, v in value.items()]}
+        raise CheckpointError(
+            f"Optimizer state at `{'/'.join(path) or '(root)'}` is a {type(value).__name__}; only tensors, "
+            "numbers, strings, booleans, None, lists, tuples and dicts can be stored."
+        )
+
+    return walk(obj, []), tensors
+
+
+def join_tree(structure: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`split_tree`.
+
+    Raises:
+        CorruptCheckpointError: the structure names a tensor that is not in ``tensors``.
+    """
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            if set(value) == {"$tensor"}:
+                name = value["$tensor"]
+                if name not in tensors:
+                    raise CorruptCheckpointError(f"The optimizer state names tensor `{name}`, which the checkpoint lacks.")
+                return tensors[name]
+            if set(value) == {"$tuple"}:
+                return tuple(walk(v) for v in value["$tuple"])
+            if set(value) == {"$items"}:
+                return {walk(k): walk(v) for k, v in value["$items"]}
+            if set(value) == {"$float"}:
+                return float(value["$float"])
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return walk(structure)

@@ -1,0 +1,58 @@
+"""Helpers shared by the torch-native backends (pt2, aoti): I/O description from a program, torch runners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from enn_nb.export.backends.base import ExportJob, TensorInfo
+
+
+def _dim(d: Any) -> int | str:
+    if isinstance(d, int):
+        return d
+    try:
+        return int(d)  # a SymInt that is in fact constant
+    except Exception:
+        return "batch"  # the only dimension enn_nb makes dynamic
+
+
+def program_io(job: ExportJob, ep: Any) -> tuple[list[TensorInfo], list[TensorInfo], bool]:
+    """Inputs/outputs of an ExportedProgram, named as the export names them; and whether the batch is dynamic."""
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    user_inputs = [s for s in ep.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    inputs = []
+    for i, spec in enumerate(user_inputs):
+        val = placeholders[spec.arg.name].meta.get("val")
+        name = job.input_names[i] if i < len(job.input_names) else spec.arg.name
+        shape = [_dim(d) for d in val.shape] if val is not None else []
+        dtype = str(val.dtype).removeprefix("torch.") if val is not None else "unknown"
+        inputs.append(TensorInfo(name, shape, dtype))
+    output_node = next(n for n in ep.graph.nodes if n.op == "output")
+    vals = output_node.args[0]
+    user_outputs = [s for s in ep.graph_signature.output_specs if s.kind.name == "USER_OUTPUT"]
+    outputs = []
+    flat = list(vals) if isinstance(vals, (list, tuple)) else [vals]
+    for j, node in enumerate(flat[-len(user_outputs):] if user_outputs else flat):
+        val = node.meta.get("val") if hasattr(node, "meta") else None
+        name = job.output_names[j] if j < len(job.output_names) else f"output_{j}"
+        shape = [_dim(d) for d in val.shape] if val is not None else []
+        dtype = str(val.dtype).removeprefix("torch.") if val is not None else "unknown"
+        outputs.append(TensorInfo(name, shape, dtype))
+    dynamic = bool(inputs and inputs[0].shape and isinstance(inputs[0].shape[0], str))
+    return inputs, outputs, dynamic
+
+
+def torch_runner(fn: Any):  # type: ignore[no-untyped-def]
+    """A runner (numpy in, numpy out) around a torch callable."""
+    import torch
+
+    def run(inputs: list[Any]) -> list[Any]:
+        with torch.no_grad():
+            out = fn(*[torch.from_numpy(a) for a in inputs])
+        if isinstance(out, dict):
+            out = list(out.values())
+        elif not isinstance(out, (list, tuple)):
+            out = [out]
+        return [o.detach().cpu().numpy() for o in out]
+
+    return run

@@ -1,0 +1,66 @@
+"""AOTI backend: ``torch._inductor.aoti_compile_and_package`` of the shared program, essentials as AOTI metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from enn_nb.export.backends._torch_common import program_io, torch_runner
+from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+
+
+class AotiBackend(Backend):
+    """``.aoti.pt2``: an AOTInductor package (compiled C++ kernels + weights), loaded with ``aoti_load_package``.
+
+    The essentials go into inductor's ``aot_inductor.metadata`` and come back from
+    ``aoti_load_package(path).get_metadata()``. Compilation uses torch's compile cache, kept in
+    ``TORCHINDUCTOR_CACHE_DIR`` (set to the project's ``.cache/inductor`` or the user cache folder
+    when unset, never the system temp folder). Options: ``inductor_configs`` (extra inductor settings).
+    Needs a C++ compiler.
+    """
+
+    name: ClassVar[str] = "aoti"
+    suffix: ClassVar[str] = ".aoti.pt2"
+    description: ClassVar[str] = "AOTInductor package (compiled C++), runs with torch's AOTI loader"
+    extra: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
+    consumes: ClassVar[str] = "exported_program"
+    default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    default_options: ClassVar[dict[str, Any]] = {"inductor_configs": {}}
+
+    def platform_reason(self) -> str | None:
+        import shutil
+
+        if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+            return "AOTInductor needs a C++ compiler (g++ or clang++) on PATH; install one (e.g. `apt-get install g++`)"
+        return None
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        import torch
+
+        from enn_nb.export.cache import ensure_inductor_cache
+
+        cache = ensure_inductor_cache()
+        ep = job.exported_program
+        configs = {**dict(options.get("inductor_configs") or {}), "aot_inductor.metadata": dict(job.essentials)}
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(out_path), inductor_configs=configs)
+        inputs, outputs, dynamic = program_io(job, ep)
+        return Conversion(
+            artifact=out_path,
+            inputs=inputs,
+            outputs=outputs,
+            format={"format": "aoti-package", "torch": torch.__version__, "device": "cpu"},
+            dynamic_batch=dynamic,
+            embedded_metadata=True,
+            details={"load": "torch._inductor.aoti_load_package(path)", "inductor_cache": str(cache)},
+        )
+
+    def load(self, artifact: Path, options: dict[str, Any]):  # type: ignore[no-untyped-def]
+        import torch
+
+        return torch_runner(torch._inductor.aoti_load_package(str(artifact)))
+
+    def read_metadata(self, artifact: Path) -> dict[str, str] | None:
+        import torch
+
+        return dict(torch._inductor.aoti_load_package(str(artifact)).get_metadata())

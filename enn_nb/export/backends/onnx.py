@@ -1,0 +1,89 @@
+"""ONNX backend: the shared single-file ONNX (``torch.onnx.export(dynamo=True)``), checked, run with onnxruntime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from enn_nb.export.backends._onnx_common import describe, ort_runner
+from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+
+
+class OnnxBackend(Backend):
+    """``.onnx`` from the export's one ExportedProgram.
+
+    The file is the export's shared ONNX (batch dimension named ``batch``, essentials in
+    ``metadata_props``), single-file unless the weights exceed 2 GB, then validated with
+    ``onnx.checker.check_model(full_check=True)``. Options ``opset`` and ``optimize`` shape the
+    shared ONNX (pass them as ``options={"onnx": {...}}``); ``check`` (default True) runs the checker.
+    """
+
+    name: ClassVar[str] = "onnx"
+    suffix: ClassVar[str] = ".onnx"
+    description: ClassVar[str] = "ONNX (torch.onnx dynamo exporter), verified with onnxruntime"
+    extra: ClassVar[str] = "onnx"
+    requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript")
+    runtime_requires: ClassVar[tuple[str, ...] | None] = ("onnxruntime",)
+    consumes: ClassVar[str] = "onnx"
+    default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    default_options: ClassVar[dict[str, Any]] = {"opset": None, "optimize": True, "check": True}
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        from enn_nb._optional import require
+
+        onnx = require("onnx", purpose="the `onnx` backend")
+        source = job.onnx_path
+        extra_files: list[Path] = []
+        model = onnx.load(str(source), load_external_data=False)
+        if _has_external_data(model):
+            # rewrite so the data file is named after this artifact, not after the shared file
+            full = onnx.load(str(source))
+            data_name = out_path.name + ".data"
+            onnx.save(full, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
+            extra_files.append(out_path.with_name(data_name))
+        else:
+            shutil.copyfile(source, out_path)
+        if options.get("check", True):
+            onnx.checker.check_model(str(out_path), full_check=True)
+        inputs, outputs = describe(model)
+        dynamic = bool(inputs and inputs[0].shape and isinstance(inputs[0].shape[0], str))
+        return Conversion(
+            artifact=out_path,
+            inputs=inputs,
+            outputs=outputs,
+            extra_files=extra_files,
+            format={
+                "format": "onnx",
+                "opset": _opset(model),
+                "ir_version": int(model.ir_version),
+                "producer": f"{model.producer_name} {model.producer_version}".strip(),
+                "external_data": bool(extra_files),
+            },
+            dynamic_batch=dynamic,
+            embedded_metadata=True,
+            details={"checker": "onnx.checker.check_model(full_check=True)" if options.get("check", True) else None},
+        )
+
+    def load(self, artifact: Path, options: dict[str, Any]):  # type: ignore[no-untyped-def]
+        return ort_runner(artifact, options)
+
+    def read_metadata(self, artifact: Path) -> dict[str, str] | None:
+        from enn_nb._optional import require
+
+        onnx = require("onnx", purpose="reading ONNX metadata")
+        model = onnx.load(str(artifact), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+
+
+def _has_external_data(model: Any) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in model.graph.initializer)
+
+
+def _opset(model: Any) -> int | None:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return None

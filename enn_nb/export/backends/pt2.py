@@ -1,0 +1,56 @@
+"""PT2 backend: ``torch.export.save`` of the shared ExportedProgram, essentials in ``extra_files``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from enn_nb.export.backends._torch_common import program_io, torch_runner
+from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+
+EXTRA_FILE = "enn_nb.json"
+
+
+class Pt2Backend(Backend):
+    """``.pt2`` (torch.export archive); runs with ``torch.export.load(path).module()``.
+
+    The essentials are stored as ``extra_files={"enn_nb.json": ...}``; read them back with
+    ``torch.export.load(path, extra_files={"enn_nb.json": ""})``.
+    """
+
+    name: ClassVar[str] = "pt2"
+    suffix: ClassVar[str] = ".pt2"
+    description: ClassVar[str] = "torch.export program (.pt2), runs in PyTorch"
+    extra: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ("torch",)
+    consumes: ClassVar[str] = "exported_program"
+    default_tolerance: ClassVar[tuple[float, float]] = (1e-5, 1e-5)
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        import torch
+
+        ep = job.exported_program
+        torch.export.save(ep, str(out_path), extra_files={EXTRA_FILE: json.dumps(job.essentials, sort_keys=True)})
+        inputs, outputs, dynamic = program_io(job, ep)
+        return Conversion(
+            artifact=out_path,
+            inputs=inputs,
+            outputs=outputs,
+            format={"format": "torch.export", "torch": torch.__version__, "extra_files": [EXTRA_FILE]},
+            dynamic_batch=dynamic,
+            embedded_metadata=True,
+            details={"load": "torch.export.load(path).module()"},
+        )
+
+    def load(self, artifact: Path, options: dict[str, Any]):  # type: ignore[no-untyped-def]
+        import torch
+
+        return torch_runner(torch.export.load(str(artifact)).module())
+
+    def read_metadata(self, artifact: Path) -> dict[str, str] | None:
+        import torch
+
+        extra = {EXTRA_FILE: ""}
+        torch.export.load(str(artifact), extra_files=extra)
+        return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}

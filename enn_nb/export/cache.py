@@ -1,0 +1,188 @@
+"""The export cache: a content hash of (weights, module settings, spec, backend, options, versions) -> artifacts.
+
+A hit is found first in the output directory itself (its sidecar records the key and the files'
+hashes), then in the store under the cache folder, from which files are hard-linked (or copied).
+Folders: ``ENN_NB_CACHE_DIR`` if set, else ``<project>/.cache/enn_nb`` when enn_nb runs from a
+source checkout, else the user's cache folder (``~/.cache/enn_nb``...). Never the system temp folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _project_cache() -> Path | None:
+    pyproject = _PACKAGE_ROOT / "pyproject.toml"
+    try:
+        if pyproject.is_file() and 'name = "enn-nb"' in pyproject.read_text(encoding="utf-8"):
+            return _PACKAGE_ROOT / ".cache"
+    except OSError:
+        pass
+    return None
+
+
+def _user_cache() -> Path:
+    if sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    elif os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "enn_nb"
+
+
+def cache_dir() -> Path:
+    """Where exported artifacts are stored for reuse (read at call time, not at import)."""
+    env = os.environ.get("ENN_NB_CACHE_DIR")
+    if env:
+        return Path(env)
+    project = _project_cache()
+    return project / "enn_nb" if project else _user_cache()
+
+
+def inductor_cache_dir() -> Path:
+    """``TORCHINDUCTOR_CACHE_DIR`` if set, else ``<project>/.cache/inductor`` or ``<user cache>/inductor``."""
+    env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if env:
+        return Path(env)
+    project = _project_cache()
+    return project / "inductor" if project else _user_cache() / "inductor"
+
+
+def ensure_inductor_cache() -> Path:
+    """Point torch's compile cache at :func:`inductor_cache_dir` when the user has not chosen one.
+
+    Called right before compiling (AOTI), never at import: inductor's default is a folder in the
+    system temp directory that grows to a gigabyte.
+    """
+    path = inductor_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(path))
+    return path
+
+
+# -- keys -----------------------------------------------------------------------------------------------
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 of a module's state (names, dtypes, shapes, bytes) and its plain settings per submodule.
+
+    Settings (``bool/int/float/str`` attributes such as an attention ``impl`` or a scaler's
+    ``compute_dtype``) change what is exported without changing any tensor, so they are hashed too.
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict(keep_vars=False).items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, sub in module.named_modules():
+        settings = {
+            k: v
+            for k, v in sorted(vars(sub).items())
+            if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, type(None)))
+        }
+        digest.update(f"{name}|{type(sub).__module__}.{type(sub).__qualname__}|{json.dumps(settings, default=str)}".encode())
+    return digest.hexdigest()
+
+
+def tensors_digest(tensors: tuple[torch.Tensor, ...]) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def make_key(**parts: Any) -> str:
+    """sha256 of the JSON of ``parts`` (sorted keys)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- store ----------------------------------------------------------------------------------------------
+def store_dir(key: str) -> Path:
+    return cache_dir() / "export" / key[:2] / key
+
+
+def store(key: str, out_dir: Path, names: list[str]) -> None:
+    """Keep copies (hard links where possible) of the named files of ``out_dir`` under the key."""
+    target = store_dir(key)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        for name in names:
+            src = out_dir / name
+            dst = tmp / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(src, dst)
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except OSError:
+        # the cache is an optimisation: a full disk or a read-only cache folder must not fail the export
+        shutil.rmtree(locals().get("tmp", target.parent / ".none"), ignore_errors=True)
+
+
+def fetch(key: str, names: list[str], out_dir: Path) -> bool:
+    """Place the stored files of ``key`` into ``out_dir`` (each atomically); False when not stored."""
+    source = store_dir(key)
+    if not all((source / name).exists() for name in names):
+        return False
+    for name in names:
+        src, dst = source / name, out_dir / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.cache-tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+        _link_or_copy(src, tmp)
+        replace_path(tmp, dst)
+    return True
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_file)
+    else:
+        _link_file(src, dst)
+
+
+def _link_file(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def replace_path(new: Path, dst: Path) -> None:
+    """Move ``new`` onto ``dst``: ``os.replace`` for files; for directories the old one is moved aside first."""
+    if new.is_dir():
+        old = None
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(dst, old)
+        os.replace(new, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        os.replace(new, dst)

@@ -1,0 +1,255 @@
+"""Capture once, lower many: one ``torch.export`` program and one shared single-file ONNX per export."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from enn_nb.errors import FastPathExportError
+
+if TYPE_CHECKING:
+    import torch
+
+    from enn_nb.fastpaths import FastPath
+
+#: Above this many bytes of weights the shared ONNX keeps them in an external ``.data`` file
+#: (protobuf cannot hold a single message over 2 GiB).
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+BATCH_DIM = "batch"
+
+
+def capture_program(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    *,
+    dynamic_batch: bool,
+    fast_paths: Sequence[FastPath] = (),
+) -> tuple[Any, bool, list[str]]:
+    """``torch.export.export`` the module, batch dimension dynamic when asked.
+
+    Returns:
+        ``(exported_program, batch_is_dynamic, notes)``. When the model specialises its batch
+        dimension the capture is retried static and a note says why.
+
+    Raises:
+        FastPathExportError: the capture failed on a fast path left on (named in the message).
+    """
+    import torch
+
+    notes: list[str] = []
+    try:
+        if dynamic_batch:
+            batch = torch.export.Dim(BATCH_DIM, min=1)
+            shapes = tuple({0: batch} if t.dim() >= 1 else None for t in example_inputs)
+            try:
+                return torch.export.export(module, example_inputs, dynamic_shapes=shapes), True, notes
+            except Exception as exc:
+                if not _is_specialisation(exc):
+                    raise
+                notes.append(
+                    "the model specialises its batch dimension, so the artifact has a static batch of "
+                    f"{example_inputs[0].shape[0]}: {_first_line(exc)}"
+                )
+        return torch.export.export(module, example_inputs), False, notes
+    except Exception as exc:
+        mapped = fast_path_error(exc, fast_paths, stage="capture")
+        if mapped is not None:
+            raise mapped from exc
+        raise
+
+
+def _is_specialisation(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in ("ConstraintViolation", "specialized", "Constraints violated", "specialization"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def fast_path_error(exc: BaseException | str, fast_paths: Sequence[FastPath], *, stage: str) -> FastPathExportError | None:
+    """Turn an exporter error caused by a fast path left on into one that names it, else None."""
+    text = exc if isinstance(exc, str) else _chain_text(exc)
+    low = text.lower()
+    hits = [p for p in fast_paths if p.is_fast and any(m.lower() in low for m in p.markers if m)]
+    if not hits:
+        return None
+    names = ", ".join(f"`{p.name}` ({p.kind})" for p in hits)
+    first = hits[0]
+    cause = text.strip().splitlines()[0][:300] if text.strip() else ""
+    return FastPathExportError(
+        f"The {stage} failed because fast path {names} is on: {first.reason}. Export inside "
+        "`with enn_nb.export_safe(model):` or call `enn_nb.export(..., safe=True)` (the default), which "
+        f"switches it to `{first.attr}={first.safe_value!r}` for the export. Exporter said: {cause}",
+        fast_path=first.name,
+    )
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts = []
+    seen = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        parts.append(f"{type(cur).__name__}: {cur}")
+        cur = cur.__cause__ or cur.__context__
+    return "\n".join(parts)
+
+
+def program_nbytes(ep: Any) -> int:
+    total = 0
+    for tensor in [*ep.state_dict.values(), *getattr(ep, "constants", {}).values()]:
+        if hasattr(tensor, "numel"):
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def onnx_from_program(
+    ep: Any,
+    path: Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    essentials: dict[str, str],
+    opset: int | None = None,
+    optimize: bool = True,
+) -> Path:
+    """Export ``ep`` to ONNX at ``path``: single file unless the weights need external data.
+
+    The batch dimension is named ``batch``, the essentials go into ``metadata_props``; the file is
+    written to a temporary name and renamed, so a reader never sees half of it.
+    """
+    import onnx
+    import torch
+
+    external = program_nbytes(ep) > EXTERNAL_DATA_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".onnx-", dir=path.parent))
+    try:
+        tmp = tmp_dir / path.name
+        torch.onnx.export(
+            ep,
+            (),
+            str(tmp),
+            dynamo=True,
+            external_data=external,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            optimize=optimize,
+            verbose=False,
+        )
+        model = onnx.load(str(tmp), load_external_data=False)
+        _name_batch_dim(model)
+        del model.metadata_props[:]
+        onnx.helper.set_model_props(model, dict(essentials))
+        if external:
+            # external tensors keep their relative `location`; move the data file beside the target
+            for data in tmp_dir.iterdir():
+                if data.name != tmp.name:
+                    os.replace(data, path.parent / data.name)
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        for leftover in tmp_dir.iterdir() if tmp_dir.exists() else []:
+            leftover.unlink(missing_ok=True)
+        tmp_dir.rmdir()
+    return path
+
+
+def _name_batch_dim(model: Any) -> None:
+    """Rename the exporter's symbol for dim 0 of the first input (``s77``...) to ``batch`` everywhere."""
+    graph = model.graph
+    if not graph.input:
+        return
+    dims = graph.input[0].type.tensor_type.shape.dim
+    if not dims or not dims[0].dim_param:
+        return
+    symbol = dims[0].dim_param
+    pattern = re.compile(rf"\b{re.escape(symbol)}\b")
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(BATCH_DIM, dim.dim_param)
+
+
+class Shared:
+    """The shared capture of one export, made on first use, in the parent or in the isolated child.
+
+    Attributes:
+        timings: seconds of ``capture`` (torch.export) and ``onnx`` (the shared ONNX), when made here.
+    """
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        stem: str,
+        input_names: list[str],
+        output_names: list[str],
+        essentials: dict[str, str],
+        onnx_options: dict[str, Any],
+        ep: Any = None,
+        ep_path: Path | None = None,
+        capture: Any = None,
+    ) -> None:
+        self.workdir = workdir
+        self.stem = stem
+        self.input_names = input_names
+        self.output_names = output_names
+        self.essentials = essentials
+        self.onnx_options = onnx_options
+        self._ep = ep
+        self._ep_path = ep_path
+        self._capture = capture  # callable making the program when neither ep nor ep_path is given
+        self.timings: dict[str, float] = {}
+
+    @property
+    def onnx_file(self) -> Path:
+        return self.workdir / "shared" / f"{self.stem}.onnx"
+
+    def exported_program(self) -> Any:
+        if self._ep is None:
+            started = time.perf_counter()
+            if self._ep_path is not None:
+                import torch
+
+                self._ep = torch.export.load(str(self._ep_path))
+                self.timings["load_capture"] = time.perf_counter() - started
+            else:
+                self._ep = self._capture()
+                self.timings["capture"] = time.perf_counter() - started
+        return self._ep
+
+    def onnx_path(self) -> Path:
+        path = self.onnx_file
+        if not path.exists():  # made by an earlier backend (maybe in an earlier child) otherwise
+            ep = self.exported_program()
+            started = time.perf_counter()
+            onnx_from_program(
+                ep,
+                path,
+                input_names=self.input_names,
+                output_names=self.output_names,
+                essentials=self.essentials,
+                opset=self.onnx_options.get("opset"),
+                optimize=bool(self.onnx_options.get("optimize", True)),
+            )
+            self.timings["onnx"] = time.perf_counter() - started
+        return path
+
+    def save_program(self) -> Path:
+        """Write the program to ``workdir/capture.pt2`` for an isolated child; returns the path."""
+        import torch
+
+        path = self.workdir / "capture.pt2"
+        if not path.exists():
+            torch.export.save(self.exported_program(), str(path))
+        return path

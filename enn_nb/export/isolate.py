@@ -1,0 +1,340 @@
+"""Run a backend's conversion and verification, in this process or in a spawned child that may crash.
+
+The child is a fresh interpreter started as ``python -m enn_nb.export.isolate`` (a spawn that does
+not re-import the caller's ``__main__``, so it is safe from notebooks and from scripts without an
+``if __name__ == "__main__"`` guard). It receives what it needs once: the captured program saved as
+``capture.pt2`` in the export's work folder, the example inputs, names, spec and essentials. Then
+it converts and verifies one backend per request. A converter that segfaults or aborts kills only
+the child: the caller records ``crashed`` with the signal or exit code and the tail of the child's
+log, and starts a new child for the next backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from enn_nb.errors import MissingDependencyError
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a child needs to rebuild the export job (all picklable, no torch objects)."""
+
+    workdir: str
+    stem: str
+    ep_path: str | None
+    module_path: str | None
+    example_inputs: list[Any]  # numpy arrays
+    dynamic_batch: bool
+    batch_range: tuple[int, int, int]
+    input_names: list[str]
+    output_names: list[str]
+    spec: dict[str, Any] | None
+    essentials: dict[str, str]
+    onnx_options: dict[str, Any]
+    sdpa: str | None
+    sys_path: list[str]
+
+
+@dataclasses.dataclass
+class Task:
+    """Convert (and verify) one backend."""
+
+    name: str
+    backend_ref: str  # "module:Qualname" of the backend class
+    out_path: str
+    options: dict[str, Any]
+    verify: bool
+    tolerance: tuple[float, float]
+    cases: list[Any]  # parity.Case
+
+
+# -- the work unit, shared by both modes ---------------------------------------------------------------
+def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> dict[str, Any]:
+    """Convert, then verify; never raises: errors come back as ``{"error": {...}, "stage": ...}``."""
+    from enn_nb.export.parity import cases_for, run_cases
+
+    out: dict[str, Any] = {"stage": None, "error": None, "conversion": None, "parity": None, "metadata": None, "timings": {}}
+    stage = "convert"
+    try:
+        emit({"backend": task.name, "stage": "convert", "status": "running"})
+        started = time.perf_counter()
+        out_path = Path(task.out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        conv = backend.convert(job, out_path, dict(task.options))
+        out["timings"]["convert"] = time.perf_counter() - started
+        artifact = Path(conv.artifact)
+        if not conv.deferred and not artifact.exists():
+            raise RuntimeError(f"the backend reported artifact `{artifact}` but did not write it")
+        out["conversion"] = {
+            "artifact": str(artifact),
+            "extra_files": [str(p) for p in conv.extra_files],
+            "inputs": [t.to_dict() for t in conv.inputs],
+            "outputs": [t.to_dict() for t in conv.outputs],
+            "format": dict(conv.format),
+            "dynamic_batch": bool(conv.dynamic_batch),
+            "deferred": conv.deferred,
+            "notes": list(conv.notes),
+            "details": dict(conv.details),
+            "embedded_metadata": bool(conv.embedded_metadata),
+        }
+        if conv.deferred or not task.verify:
+            return out
+        stage = "verify"
+        reason = backend.runtime_unavailable_reason()
+        if reason:
+            out["parity"] = {"status": "skipped", "reason": reason}
+            return out
+        emit({"backend": task.name, "stage": "verify", "status": "running"})
+        started = time.perf_counter()
+        runner = backend.load(artifact, dict(task.options))
+        chosen = cases_for(task.cases, bool(conv.dynamic_batch))
+        out["parity"] = run_cases(runner, chosen, *task.tolerance)
+        if conv.embedded_metadata:
+            out["metadata"] = backend.read_metadata(artifact)
+        out["timings"]["verify"] = time.perf_counter() - started
+    except BaseException as exc:  # a converter may raise anything; the caller decides
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        out["stage"] = stage
+        out["error"] = error_dict(exc)
+    return out
+
+
+def error_dict(exc: BaseException) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "type": type(exc).__name__,
+        "message": str(exc) or type(exc).__name__,
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-6000:],
+        "chain": _chain(exc),
+    }
+    if isinstance(exc, MissingDependencyError):
+        info["missing"] = {"package": exc.package, "extra": exc.extra}
+    return info
+
+
+def _chain(exc: BaseException) -> str:
+    parts, seen = [], set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        parts.append(f"{type(cur).__name__}: {cur}")
+        cur = cur.__cause__ or cur.__context__
+    return "\n".join(parts)[-8000:]
+
+
+def build_job(setup: Setup, shared: Any) -> Any:
+    """The ExportJob of a child, from its Setup and its lazily loaded shared capture."""
+    import torch
+
+    from enn_nb.export.backends.base import ExportJob
+    from enn_nb.spec import ModelSpec
+
+    if setup.module_path:
+        module = torch.load(setup.module_path, weights_only=False)  # our own file, written by the parent
+    else:
+        module = shared.exported_program().module()
+    module.train(False)
+    return ExportJob(
+        module=module,
+        example_inputs=tuple(torch.from_numpy(a.copy()) for a in setup.example_inputs),
+        dynamic_batch=setup.dynamic_batch,
+        batch_range=tuple(setup.batch_range),  # type: ignore[arg-type]
+        input_names=list(setup.input_names),
+        output_names=list(setup.output_names),
+        spec=ModelSpec.from_dict(setup.spec) if setup.spec is not None else None,
+        essentials=dict(setup.essentials),
+        workdir=Path(setup.workdir),
+        get_exported_program=shared.exported_program,
+        get_onnx_path=shared.onnx_path,
+    )
+
+
+def load_class(ref: str) -> Any:
+    import importlib
+
+    module_name, _, qualname = ref.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def importable_reference(cls: type) -> str | None:
+    """``module:Qualname`` when a fresh interpreter can import the class, else None."""
+    if cls.__module__ in ("__main__", "__mp_main__") or "<locals>" in cls.__qualname__:
+        return None
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+# -- the child ----------------------------------------------------------------------------------------------
+def _serve(recv: Any, send: Any) -> None:
+    setup: Setup = recv.recv()
+    for entry in reversed(setup.sys_path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    from enn_nb.export.capture import Shared
+
+    shared = Shared(
+        workdir=Path(setup.workdir),
+        stem=setup.stem,
+        input_names=setup.input_names,
+        output_names=setup.output_names,
+        essentials=setup.essentials,
+        onnx_options=setup.onnx_options,
+        ep_path=Path(setup.ep_path) if setup.ep_path else None,
+    )
+    if setup.sdpa:
+        from enn_nb.export.safe import _SDPA
+
+        _SDPA.enter(setup.sdpa)  # this child exists only for the export: held until it exits
+    job = None
+    while True:
+        try:
+            task = recv.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+
+        def emit(event: dict[str, Any]) -> None:
+            send.send(("event", event))
+
+        try:
+            if job is None:
+                job = build_job(setup, shared)
+            backend = load_class(task.backend_ref)()
+            result = run_unit(backend, job, task, emit)
+        except BaseException as exc:
+            result = {"stage": "convert", "error": error_dict(exc), "conversion": None, "parity": None, "metadata": None, "timings": {}}
+        result["shared_timings"] = dict(shared.timings)
+        send.send(("result", result))
+
+
+def main(argv: list[str]) -> int:
+    from multiprocessing.connection import Connection
+
+    recv = Connection(int(argv[1]), writable=False)
+    send = Connection(int(argv[2]), readable=False)
+    _serve(recv, send)
+    return 0
+
+
+# -- the parent's handle on a child ------------------------------------------------------------------------
+class Worker:
+    """One child process at a time; a new one is started after a crash."""
+
+    def __init__(self, setup: Setup, log_dir: Path) -> None:
+        self.setup = setup
+        self.log_dir = log_dir
+        self._proc: Any = None
+        self._send: Any = None
+        self._recv: Any = None
+        self._count = 0
+        self._log: Path | None = None
+
+    def _start(self) -> None:
+        from multiprocessing.connection import Connection
+
+        self._count += 1
+        self._log = self.log_dir / f"child-{self._count}.log"
+        task_r, task_w = os.pipe()
+        res_r, res_w = os.pipe()
+        env = dict(os.environ)
+        paths = [p for p in sys.path if p and os.path.isdir(p)]
+        env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self._log, "wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "enn_nb.export.isolate", str(task_r), str(res_w)],
+                pass_fds=(task_r, res_w),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                close_fds=True,
+            )
+        os.close(task_r)
+        os.close(res_w)
+        self._send = Connection(task_w, readable=False)
+        self._recv = Connection(res_r, writable=False)
+        self._send.send(self.setup)
+
+    def run(self, task: Task, on_event: Emit) -> dict[str, Any]:
+        """Run one task in the child; a dead child gives ``{"crashed": True, "exit_code", "signal", ...}``."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._start()
+        try:
+            self._send.send(task)
+        except (BrokenPipeError, OSError):
+            return self._crashed()
+        while True:
+            try:
+                if self._recv.poll(0.1):
+                    kind, payload = self._recv.recv()
+                    if kind == "event":
+                        on_event(payload)
+                        continue
+                    return payload
+            except (EOFError, OSError):
+                return self._crashed()
+            if self._proc.poll() is not None and not self._recv.poll(0):
+                return self._crashed()
+
+    def _crashed(self) -> dict[str, Any]:
+        try:
+            code = self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            code = self._proc.wait()
+        self._close_pipes()
+        self._proc = None
+        sig = None
+        if code is not None and code < 0:
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+        tail = ""
+        if self._log is not None and self._log.exists():
+            tail = self._log.read_bytes()[-3000:].decode("utf-8", "replace")
+        return {"crashed": True, "exit_code": code, "signal": sig, "log_tail": tail, "log": str(self._log)}
+
+    def _close_pipes(self) -> None:
+        for conn in (self._send, self._recv):
+            try:
+                if conn is not None:
+                    conn.close()
+            except OSError:
+                pass
+        self._send = self._recv = None
+
+    def close(self) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._send.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._close_pipes()
+        self._proc = None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

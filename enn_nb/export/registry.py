@@ -1,0 +1,195 @@
+"""The backend registry: built-ins as ``"module:Class"`` strings, plugins via the ``enn_nb.backends`` entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import Any
+
+from enn_nb._registry import Registry
+from enn_nb.export.backends.base import Backend
+
+#: Built-in backends, in the order ``enn-nb backends`` lists them.
+BUILTINS: dict[str, str] = {
+    "onnx": "enn_nb.export.backends.onnx:OnnxBackend",
+    "ort": "enn_nb.export.backends.ort:OrtBackend",
+    "pt2": "enn_nb.export.backends.pt2:Pt2Backend",
+    "aoti": "enn_nb.export.backends.aoti:AotiBackend",
+    "executorch": "enn_nb.export.backends.executorch:ExecutorchBackend",
+    "litert": "enn_nb.export.backends.litert:LitertBackend",
+    "coreml": "enn_nb.export.backends.coreml:CoremlBackend",
+    "tensorflow": "enn_nb.export.backends.tensorflow:TensorflowBackend",
+    "tensorrt": "enn_nb.export.backends.tensorrt:TensorrtBackend",
+}
+
+_registry: Registry[type[Backend]] = Registry(
+    kind="backend",
+    group="enn_nb.backends",
+    how_to_register=(
+        "Register one with `enn_nb.register_backend(MyBackend)` (a subclass of "
+        "`enn_nb.export.backends.base.Backend`) or an entry point in the `enn_nb.backends` group."
+    ),
+)
+for _name, _ref in BUILTINS.items():
+    _registry.register(_name, _ref)
+
+
+def register_backend(backend: type[Backend] | str, obj: type[Backend] | str | None = None, *, replace: bool = False) -> type[Backend] | str:
+    """Register a backend class.
+
+    ``register_backend(MyBackend)`` uses ``MyBackend.name``; ``register_backend("name", MyBackend)``
+    or ``register_backend("name", "package.module:MyBackend")`` name it explicitly.
+    """
+    if obj is None:
+        if isinstance(backend, str):
+            raise TypeError("`register_backend(name, cls)` needs the class (or a 'module:Class' string) as 2nd argument.")
+        name, obj = backend.name, backend
+    else:
+        name = str(backend)
+    if not isinstance(obj, str) and not (isinstance(obj, type) and issubclass(obj, Backend)):
+        raise TypeError(
+            f"`{name}` must be a subclass of `enn_nb.export.backends.base.Backend` or a 'module:Class' string, "
+            f"got {obj!r}."
+        )
+    _registry.register(name, obj, replace=replace)
+    return obj
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend (built-ins included, until the process restarts)."""
+    _registry.unregister(name)
+
+
+def backend_names() -> list[str]:
+    return _registry.names()
+
+
+def get_backend(name: str) -> Backend:
+    """A fresh instance of the backend called ``name``.
+
+    Raises:
+        UnknownNameError: unknown name; the message suggests the closest and lists the known ones.
+    """
+    cls = _registry.get(name)
+    instance = cls()
+    if not instance.name:
+        instance.name = name  # type: ignore[misc]  # a plugin registered under a name it lacks
+    return instance
+
+
+def resolve_names(backends: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"all"``, ``"onnx,ort"`` or ``["onnx", "ort"]`` -> a checked list of names (order kept, no duplicates)."""
+    if isinstance(backends, str):
+        if backends.strip() == "all":
+            return backend_names()
+        items = [b.strip() for b in backends.split(",")]
+    else:
+        items = [str(b).strip() for b in backends]
+    names: list[str] = []
+    for item in items:
+        if not item:
+            continue
+        if item not in _registry:
+            _registry.get(item)  # raises UnknownNameError with the suggestion
+        if item not in names:
+            names.append(item)
+    if not names:
+        known = ", ".join(backend_names())
+        raise ValueError(f"`backends` is empty ({backends!r}); name at least one of: {known}, or 'all'.")
+    return names
+
+
+@dataclasses.dataclass
+class BackendInfo:
+    """One row of :func:`backends`."""
+
+    name: str
+    suffix: str
+    available: bool
+    reason: str | None
+    install: str
+    description: str = ""
+    extra: str = ""
+    runtime_available: bool = False
+    runtime_reason: str | None = None
+    error: str | None = None  # the backend's module failed to import (a broken plugin)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+class BackendTable(list):
+    """A list of :class:`BackendInfo` that renders as a table (HTML in a notebook, text in a terminal)."""
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [row.to_dict() for row in self]
+
+    def __str__(self) -> str:
+        header = ("backend", "suffix", "available", "runtime", "install / reason")
+        rows = [
+            (
+                r.name,
+                r.suffix or "-",
+                "yes" if r.available else "no",
+                "yes" if r.runtime_available else "no",
+                r.reason or r.runtime_reason or r.error or "",
+            )
+            for r in self
+        ]
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in (header, *rows)]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in ("backend", "suffix", "available", "runtime here", "notes"))
+        body = []
+        for r in self:
+            mark = "&#10003;" if r.available else "&#10007;"
+            run = "&#10003;" if r.runtime_available else "&#10007;"
+            note = html.escape(r.reason or r.runtime_reason or r.error or r.description)
+            body.append(
+                f"<tr><td><code>{html.escape(r.name)}</code></td><td>{html.escape(r.suffix or '-')}</td>"
+                f"<td>{mark}</td><td>{run}</td><td>{note}</td></tr>"
+            )
+        return f"<table class='enn-backends'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def backends() -> BackendTable:
+    """Every registered backend: name, artifact suffix, whether it converts and runs here, and why not.
+
+    Imports no heavy package: built-in backend modules import their converters only inside
+    ``convert``/``load``; availability is decided with ``importlib.util.find_spec``.
+    """
+    table = BackendTable()
+    for name in backend_names():
+        try:
+            backend = get_backend(name)
+        except Exception as exc:  # a broken plugin must not hide the others
+            table.append(
+                BackendInfo(name, "", False, f"backend failed to load: {exc}", "", error=f"{type(exc).__name__}: {exc}")
+            )
+            continue
+        reason = backend.unavailable_reason()
+        runtime_reason = backend.runtime_unavailable_reason()
+        table.append(
+            BackendInfo(
+                name=name,
+                suffix=backend.suffix,
+                available=reason is None,
+                reason=reason,
+                install=backend.install_hint(),
+                description=backend.description,
+                extra=backend.extra,
+                runtime_available=runtime_reason is None,
+                runtime_reason=runtime_reason,
+            )
+        )
+    return table
+
+
+def class_reference(cls: type) -> str:
+    """``"module:Qualname"`` of a backend class, used to load it again in the isolated child."""
+    return f"{cls.__module__}:{cls.__qualname__}"

@@ -1,0 +1,254 @@
+"""ExportReport and BackendResult: what an export returns, as an HTML table, as text and as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from enn_nb.export.backends.base import STATUSES
+
+#: What each status means (shown by ``enn-nb backends --help`` and the docs).
+STATUS_MEANING = {
+    "ok": "artifact written; parity passed (or could not run here: see parity.status)",
+    "mismatch": "artifact written, but its outputs differ from the eager model beyond tolerance",
+    "failed": "a stage raised; no new artifact (the sidecar names the stage and the error)",
+    "crashed": "the isolated child process died (signal or exit code recorded); the caller survived",
+    "deferred": "the artifact cannot be finished on this machine (e.g. a TensorRT engine needs a GPU)",
+    "unavailable": "a package the backend needs is not installed (the message has the install line)",
+    "cancelled": "not attempted: the export was stopped before this backend",
+}
+
+
+@dataclasses.dataclass
+class BackendResult:
+    """The outcome of one backend in one export.
+
+    Attributes:
+        backend: registry name.
+        status: one of :data:`STATUSES`.
+        cached: the artifact came from the export cache (nothing was converted).
+        artifact: the artifact's path (None unless written).
+        sidecar: the sidecar's path (None when the backend was cancelled).
+        files: ``[{"path", "sha256", "size", "role"}]`` of every file of the artifact.
+        parity: the sidecar's parity block (status, tolerance, per-batch cases, max errors).
+        timings: seconds per stage (``capture`` shared by all, ``onnx`` shared by ONNX consumers,
+            ``convert``, ``verify``, ``sidecar``, ``total``).
+        stage: the stage that failed, when one did.
+        error: the error message, when the status is not ok.
+        error_type: the exception's class name.
+        exit_code / signal: how the isolated child ended, when it crashed.
+        deferred: why the artifact could not be finished here.
+        notes / details / format / dynamic_batch: from the backend's conversion.
+    """
+
+    backend: str
+    status: str
+    cached: bool = False
+    artifact: Path | None = None
+    sidecar: Path | None = None
+    files: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    parity: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    stage: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    deferred: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    format: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dynamic_batch: bool | None = None
+    inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"`BackendResult.status` is {self.status!r}; allowed values: {', '.join(STATUSES)}.")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(int(f.get("size", 0)) for f in self.files)
+
+    @property
+    def max_abs_err(self) -> float | None:
+        return self.parity.get("max_abs_err")
+
+    @property
+    def max_rel_err(self) -> float | None:
+        return self.parity.get("max_rel_err")
+
+    @property
+    def parity_status(self) -> str:
+        return str(self.parity.get("status", "not_run"))
+
+    @property
+    def seconds(self) -> float:
+        return float(self.timings.get("total", 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["artifact"] = str(self.artifact) if self.artifact else None
+        out["sidecar"] = str(self.sidecar) if self.sidecar else None
+        out["size_bytes"] = self.size_bytes
+        return out
+
+    def summary(self) -> str:
+        """One line: status, artifact, size, max error, time, and the reason when not ok."""
+        bits = [f"{self.backend}: {self.status}{' (cached)' if self.cached else ''}"]
+        if self.artifact:
+            bits.append(f"{Path(self.artifact).name} {_size(self.size_bytes)}")
+        if self.max_abs_err is not None:
+            bits.append(f"max|err| {self.max_abs_err:.2e}")
+        bits.append(f"{self.seconds:.2f}s")
+        line = ", ".join(bits)
+        why = self.error or self.deferred
+        if why and self.status != "ok":
+            line += f" - {why}"
+        return line
+
+
+@dataclasses.dataclass
+class ExportReport:
+    """Everything one ``enn_nb.export`` call produced.
+
+    Attributes:
+        results: one :class:`BackendResult` per requested backend, in request order.
+        out_dir: where artifacts and sidecars were written.
+        vectors: the ``<stem>.vectors.safetensors`` parity vectors file (None if not written).
+        capture_s: seconds of the one ``torch.export`` capture (0 when every backend was cached).
+        onnx_s: seconds of the one shared ONNX export (0 when no backend consumed ONNX).
+        total_s: wall time of the whole export.
+        deviations: the export-safe switches in effect (also in every sidecar).
+        source: where the model came from (``{"kind": "model"|"checkpoint", ...}``).
+    """
+
+    results: list[BackendResult]
+    out_dir: Path
+    vectors: Path | None = None
+    capture_s: float = 0.0
+    onnx_s: float = 0.0
+    total_s: float = 0.0
+    deviations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, key: str | int) -> BackendResult:
+        if isinstance(key, int):
+            return self.results[key]
+        for result in self.results:
+            if result.backend == key:
+                return result
+        raise KeyError(f"No result for backend `{key}`; this report has: {', '.join(self.backends)}.")
+
+    @property
+    def backends(self) -> list[str]:
+        return [r.backend for r in self.results]
+
+    @property
+    def ok(self) -> bool:
+        """True when every backend is ``ok`` (deferred counts as not failed: see :attr:`failed`)."""
+        return all(r.status == "ok" for r in self.results)
+
+    @property
+    def failed(self) -> list[BackendResult]:
+        """Results that count as a failure of the export: failed, mismatch, crashed, unavailable."""
+        return [r for r in self.results if r.status in ("failed", "mismatch", "crashed", "unavailable")]
+
+    @property
+    def artifacts(self) -> dict[str, Path]:
+        return {r.backend: r.artifact for r in self.results if r.artifact is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "vectors": str(self.vectors) if self.vectors else None,
+            "capture_s": self.capture_s,
+            "onnx_s": self.onnx_s,
+            "total_s": self.total_s,
+            "ok": self.ok,
+            "deviations": self.deviations,
+            "source": self.source,
+            "results": [r.to_dict() for r in self.results],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=str)
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        rows = []
+        for r in self.results:
+            err = f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-"
+            rows.append(
+                (
+                    r.backend,
+                    r.status + (" (cached)" if r.cached else ""),
+                    Path(r.artifact).name if r.artifact else "-",
+                    _size(r.size_bytes) if r.files else "-",
+                    err,
+                    f"{r.timings.get('convert', 0.0):.2f}",
+                    f"{r.timings.get('verify', 0.0):.2f}",
+                    f"{r.seconds:.2f}",
+                    (r.error or r.deferred or "") if r.status != "ok" else "",
+                )
+            )
+        return rows
+
+    _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
+
+    def __str__(self) -> str:
+        rows = [tuple(self._HEADER), *self._rows()]
+        rows = [tuple(c if len(c) <= 100 else c[:97] + "..." for c in row) for row in rows]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.append(
+            f"capture {self.capture_s:.2f}s (torch.export, shared)"
+            + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
+            + f", total {self.total_s:.2f}s -> {self.out_dir}"
+        )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        statuses = ", ".join(f"{r.backend}={r.status}" for r in self.results)
+        return f"ExportReport({statuses}, out_dir={str(self.out_dir)!r})"
+
+    def _repr_html_(self) -> str:
+        colors = {"ok": "#1a7f37", "mismatch": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
+        body = []
+        for row, result in zip(self._rows(), self.results):
+            color = colors.get(result.status, "#cf222e")
+            cells = [f"<td><code>{html.escape(row[0])}</code></td>"]
+            cells.append(f"<td style='color:{color};font-weight:bold'>{html.escape(row[1])}</td>")
+            cells.extend(f"<td>{html.escape(c)}</td>" for c in row[2:])
+            body.append(f"<tr>{''.join(cells)}</tr>")
+        foot = html.escape(
+            f"capture {self.capture_s:.2f}s (torch.export, shared)"
+            + (f" · onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
+            + f" · total {self.total_s:.2f}s · {self.out_dir}"
+        )
+        return (
+            f"<table class='enn-export-report'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<div style='font-size:small'>{foot}</div>"
+        )
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover

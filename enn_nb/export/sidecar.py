@@ -1,0 +1,252 @@
+"""The ``<artifact>.enn.json`` sidecar: built, validated against ``export.schema.json``, written atomically."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from enn_nb._version import __version__
+from enn_nb.errors import ExportError
+
+SCHEMA = "enn_nb.export/1"
+SIDECAR_SUFFIX = ".enn.json"
+_SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "export.schema.json"
+
+
+def sidecar_path(artifact: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.enn.json`` (a directory artifact gets its sidecar beside it)."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + SIDECAR_SUFFIX)
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema of sidecars (shipped as ``enn_nb/schemas/export.schema.json``)."""
+    return json.loads(_SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def validate(data: dict[str, Any]) -> None:
+    """Raise ExportError naming the first schema violation (path and message)."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "<root>"
+        raise ExportError(
+            f"The sidecar does not match schema `{SCHEMA}` at `{where}`: {first.message}. "
+            "This is a bug in enn_nb or in a backend plugin's conversion result; please report it."
+        )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(artifact: Path, extra_files: list[Path], base: Path) -> list[dict[str, Any]]:
+    """sha256 and size of every file of an artifact (a directory artifact lists each file inside it)."""
+    entries: list[dict[str, Any]] = []
+
+    def add(path: Path, role: str) -> None:
+        entries.append(
+            {"path": path.relative_to(base).as_posix(), "sha256": sha256_file(path), "size": path.stat().st_size, "role": role}
+        )
+
+    if artifact.is_dir():
+        for path in sorted(p for p in artifact.rglob("*") if p.is_file()):
+            add(path, "artifact")
+    else:
+        add(artifact, "artifact")
+    for path in extra_files:
+        if path.is_dir():
+            for inner in sorted(p for p in path.rglob("*") if p.is_file()):
+                add(inner, "extra")
+        else:
+            add(path, "external_data" if path.name.endswith(".data") else "extra")
+    return entries
+
+
+def check_files(sidecar: dict[str, Any], base: Path) -> list[str]:
+    """Problems with the files a sidecar lists (missing, other size, other sha256); empty when all match."""
+    problems = []
+    for entry in sidecar.get("files", []):
+        path = base / entry["path"]
+        if not path.is_file():
+            problems.append(f"`{entry['path']}` is missing")
+        elif path.stat().st_size != entry["size"]:
+            problems.append(f"`{entry['path']}` has {path.stat().st_size} bytes, the sidecar says {entry['size']}")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"`{entry['path']}` has another sha256 than the sidecar records")
+    return problems
+
+
+@functools.lru_cache(maxsize=1)
+def host() -> dict[str, Any]:
+    """OS, machine, CPU and Python of this host."""
+    cpu = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """enn_nb, python, torch and numpy versions, plus the backend's own (``extra``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"enn_nb": __version__, "python": platform.python_version()}
+    for dist in ("torch", "numpy", "safetensors"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    out.update(extra or {})
+    return out
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def build(**fields: Any) -> dict[str, Any]:
+    """A sidecar dict with every required key, defaults filled in for what ``fields`` lacks."""
+    data: dict[str, Any] = {
+        "schema": SCHEMA,
+        "backend": "",
+        "status": "failed",
+        "stage": None,
+        "error": None,
+        "created": now(),
+        "artifact": None,
+        "directory_artifact": False,
+        "files": [],
+        "inputs": [],
+        "outputs": [],
+        "dynamic_batch": None,
+        "dynamic_dims": {},
+        "format": {},
+        "options": {},
+        "spec": None,
+        "source": {"kind": "model"},
+        "deviations": [],
+        "parity": {"status": "not_run"},
+        "timings": {},
+        "versions": versions(),
+        "host": host(),
+        "provenance": None,
+        "metadata": None,
+        "embedded": None,
+        "embedded_metadata": False,
+        "notes": [],
+        "details": {},
+        "deferred": None,
+        "cache_key": None,
+    }
+    data.update(fields)
+    return json.loads(json.dumps(data, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+def write(path: Path, data: dict[str, Any]) -> Path:
+    """Validate ``data`` and write it to ``path`` atomically (temp file + ``os.replace``)."""
+    validate(data)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read(path: Path) -> dict[str, Any]:
+    """Load and validate a sidecar (``path`` may be the artifact or the sidecar itself).
+
+    Raises:
+        ExportError: no sidecar, not JSON, another schema, or invalid.
+    """
+    path = Path(path)
+    if not path.name.endswith(SIDECAR_SUFFIX):
+        path = sidecar_path(path)
+    if not path.is_file():
+        raise ExportError(
+            f"No sidecar `{path.name}` beside the artifact in `{path.parent}`; enn_nb verifies only artifacts it "
+            "exported (re-export with `enn_nb.export`)."
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"`{path}` is not valid JSON ({exc}); the sidecar is damaged, re-export the artifact.") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ExportError(f"`{path}` has schema {found!r}; this enn_nb reads `{SCHEMA}`.")
+    validate(data)
+    return data
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def provenance_from_kernel() -> dict[str, Any] | None:
+    """Notebook path, cell source hash and execution count when running inside an IPython kernel."""
+    if "IPython" not in sys.modules:  # never import IPython just to ask
+        return None
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except Exception:
+        return None
+    if shell is None:
+        return None
+    try:
+        from enn_nb.notebook.provenance import current_cell, notebook_path, sha256_text
+    except ImportError:
+        return None
+    source, count = current_cell(shell)
+    return {
+        "notebook": notebook_path(shell),
+        "cell_sha256": sha256_text(source) if source is not None else None,
+        "execution_count": count,
+        "recorded_at": now(),
+    }

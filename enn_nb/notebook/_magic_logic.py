@@ -1,0 +1,455 @@
+"""What the ``%enn_*`` magics do besides calling the API: parse, look up, validate, name things.
+
+Nothing here knows about IPython's magic machinery; errors are enn_nb errors, which the magics turn
+into one-line ``UsageError``s at their boundary.
+"""
+
+from __future__ import annotations
+
+import difflib
+import keyword
+import math
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from enn_nb.errors import (
+    BrokenDependencyError,
+    EnnError,
+    MissingDependencyError,
+    SpecError,
+    UnknownNameError,
+)
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+SAVE_FORMATS = ("pt", "safetensors", "dcp")
+
+#: Keys of the ``%%enn_export`` YAML body and what each one takes (shown when a key is unknown).
+EXPORT_KEYS: dict[str, str] = {
+    "backends": "list of backend names, or `all` (every backend available here)",
+    "out_dir": "output directory",
+    "dynamic_batch": "true/false",
+    "batch_range": "[min, opt, max] batch sizes",
+    "example_inputs": "a variable holding a tensor (or a tuple of tensors), or a shape like [2, 32]",
+    "tolerances": "{backend: {atol: ..., rtol: ...}} or {atol: ..., rtol: ...} for every backend",
+    "options": "{backend: {option: value}}",
+    "verify": "true/false: run the parity check",
+    "isolate": "true/false: convert in a child process",
+    "cache": "true/false: reuse unchanged artifacts",
+    "strict": "true/false: raise on the first failure or mismatch",
+    "stem": "artifact file name without suffix",
+    "metadata": "JSON object stored in every sidecar",
+}
+
+# Names every IPython namespace holds that are never what a user means by "my model".
+_HIDDEN_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})
+
+
+# -- command lines -------------------------------------------------------------------------------
+def split_args(line: str) -> list[str]:
+    """Split a magic's argument line like a shell would (quotes group, and are removed).
+
+    Raises:
+        SpecError: unbalanced quotes.
+    """
+    try:
+        return shlex.split(line, posix=os.name != "nt")
+    except ValueError as exc:
+        raise SpecError(f"Cannot split the arguments `{line.strip()}`: {exc}. Close the quote.") from None
+
+
+def split_names(values: Iterable[str] | str | None) -> list[str]:
+    """``["onnx,pt2", "aoti"]`` or ``"onnx, pt2"`` -> ``["onnx", "pt2", "aoti"]`` (order kept, no duplicates)."""
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = [values]
+    out: list[str] = []
+    for value in values:
+        for part in re.split(r"[,\s]+", str(value)):
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+# -- the user namespace ---------------------------------------------------------------------------
+def user_names(namespace: Mapping[str, Any]) -> list[str]:
+    """Names a user defined (no IPython internals, no underscore names, no modules)."""
+    from types import ModuleType
+
+    return sorted(
+        name
+        for name, value in namespace.items()
+        if not name.startswith("_") and name not in _HIDDEN_NAMES and not isinstance(value, ModuleType)
+    )
+
+
+def close_names(name: str, known: Iterable[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(name, list(known), n=n, cutoff=0.6)
+
+
+def lookup(namespace: Mapping[str, Any], name: str, *, what: str) -> Any:
+    """The value of ``name`` in the user namespace.
+
+    Raises:
+        UnknownNameError: no such variable; the message lists close names, or the candidates.
+    """
+    if name in namespace:
+        return namespace[name]
+    known = user_names(namespace)
+    close = close_names(name, known)
+    if close:
+        hint = "Did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
+    elif known:
+        hint = f"Defined names: {', '.join(known[:12])}{'...' if len(known) > 12 else ''}."
+    else:
+        hint = "The namespace defines no variables yet; run the cell that creates it first."
+    raise UnknownNameError(f"No variable `{name}` ({what}) in the namespace. {hint}", name=name, known=close)
+
+
+def module_names(namespace: Mapping[str, Any]) -> list[str]:
+    """Names of the ``nn.Module`` variables in the namespace (empty when torch is not imported)."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # nothing can be an nn.Module if torch was never imported
+        return []
+    return [n for n in user_names(namespace) if isinstance(namespace[n], torch.nn.Module)]
+
+
+def require_module(value: Any, name: str, namespace: Mapping[str, Any]) -> Any:
+    """``value`` itself if it is an ``nn.Module``.
+
+    Raises:
+        SpecError: it is something else; the message names the module variables there are.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.nn.Module):
+        return value
+    modules = module_names(namespace)
+    hint = f" Modules in the namespace: {', '.join(f'`{m}`' for m in modules)}." if modules else ""
+    raise SpecError(
+        f"`{name}` is a {type(value).__name__}, not a torch `nn.Module`; pass the model variable.{hint}"
+    )
+
+
+def require_instance(value: Any, name: str, cls_path: str, what: str) -> Any:
+    """``value`` if it is an instance of the class at ``module:attr`` (imported only if loaded)."""
+    module_name, _, attr = cls_path.partition(":")
+    module = sys.modules.get(module_name)
+    cls = getattr(module, attr, None) if module is not None else None
+    if cls is not None and isinstance(value, cls):
+        return value
+    raise SpecError(f"`{name}` is a {type(value).__name__}, not {what}.")
+
+
+def check_identifier(name: str, option: str) -> str:
+    """``name`` if it can be bound as a Python variable."""
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise SpecError(f"`{option} {name}`: `{name}` is not a valid Python variable name; use letters, digits and _.")
+    return name
+
+
+def name_from_path(path: str | os.PathLike[str]) -> str:
+    """A variable name derived from a checkpoint path: ``runs/my-model.v2.safetensors`` -> ``my_model_v2``."""
+    p = Path(path)
+    stem = p.name
+    if p.suffix.lower() in CHECKPOINT_SUFFIXES:
+        stem = stem[: -len(p.suffix)]
+    name = re.sub(r"\W+", "_", stem).strip("_") or "model"
+    if name[0].isdigit():
+        name = f"model_{name}"
+    if keyword.iskeyword(name):
+        name += "_"
+    return name
+
+
+# -- values -------------------------------------------------------------------------------------
+def parse_meta(items: Iterable[str]) -> dict[str, Any]:
+    """``["run=3", "note=first try", "tags=[a, b]"]`` -> a JSON object; values read as YAML scalars/lists.
+
+    Raises:
+        SpecError: an item without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError(f"`--meta {item}` is not KEY=VALUE; write e.g. `--meta run=3 note=baseline`.")
+        out[key] = _yaml_value(value)
+    return out
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        number = _float_or_none(value)
+        return number if number is not None and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
+    return value
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A number from YAML, where PyYAML reads ``1e-5`` (no dot) as a string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def check_checkpoint_path(path: str) -> Path:
+    """An existing checkpoint path (file or DCP directory), ``~`` expanded.
+
+    Raises:
+        SpecError: nothing exists there; the message lists close names in that directory.
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise SpecError(f"`{path}` does not exist: its directory `{parent}` does not exist (cwd: {Path.cwd()}).")
+    siblings = sorted(child.name for child in parent.iterdir())
+    close = close_names(p.name, siblings)
+    hint = (" Did you mean " + " or ".join(f"`{parent / c}`" for c in close) + "?") if close else ""
+    raise SpecError(f"`{path}` does not exist (cwd: {Path.cwd()}).{hint}")
+
+
+def save_format(path: str, fmt: str | None) -> str | None:
+    """The format ``%enn_save`` passes on: the explicit one, or None to let the suffix decide.
+
+    Raises:
+        UnknownNameError: no ``--format`` and a suffix that names no checkpoint format.
+    """
+    if fmt:
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix and suffix not in CHECKPOINT_SUFFIXES:
+        raise UnknownNameError(
+            f"`{path}`: `{suffix}` is not a checkpoint suffix. Use .pt, .pth or .safetensors, "
+            "a path without suffix for a DCP directory, or `--format pt|safetensors|dcp`.",
+            name=suffix,
+            known=list(CHECKPOINT_SUFFIXES),
+        )
+    return None
+
+
+# -- backends -----------------------------------------------------------------------------------
+def field(row: Any, key: str, default: Any = None) -> Any:
+    if isinstance(row, Mapping):
+        return row.get(key, default)
+    return getattr(row, key, default)
+
+
+def backend_rows() -> list[Any]:
+    """``enn_nb.backends()`` (imports no heavy package)."""
+    import enn_nb
+
+    return list(enn_nb.backends())
+
+
+def resolve_backends(requested: list[str], rows: list[Any]) -> list[str]:
+    """The backends to export to: names checked against the registry, ``all`` = every available one.
+
+    Raises:
+        UnknownNameError: a name that is not registered (lists the known ones, suggests the closest).
+        MissingDependencyError: a requested backend whose package is missing (names the install line).
+        SpecError: nothing to export to.
+    """
+    known = [str(field(r, "name")) for r in rows]
+    by_name = {str(field(r, "name")): r for r in rows}
+    if not requested:
+        raise SpecError(
+            "No backend chosen: give `--backends onnx,pt2` (or `all`), a `backends:` list in the cell, "
+            "or set `%config EnnMagics.default_backends = ['onnx']`."
+        )
+    chosen: list[str] = []
+    for name in requested:
+        if name == "all":
+            chosen.extend(n for n in known if field(by_name[n], "available") and n not in chosen)
+            continue
+        if name not in by_name:
+            close = close_names(name, known, n=1)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise UnknownNameError(
+                f"Unknown backend `{name}`.{hint} Known backends: {', '.join(known)}.", name=name, known=known
+            )
+        row = by_name[name]
+        if not field(row, "available"):
+            reason = str(field(row, "reason") or "it is not available here")
+            install = str(field(row, "install") or field(row, "install_line") or "")
+            missing = re.search(r"`([\w.]+)` is not installed", reason)
+            if missing:
+                raise MissingDependencyError(
+                    f"Backend `{name}` cannot run here: {reason.rstrip('.')}."
+                    + (f" Install it with: {install}" if install and install not in reason else ""),
+                    package=missing.group(1),
+                    extra=_extra_of(install),
+                )
+            raise SpecError(f"Backend `{name}` is not available here: {reason}")
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise SpecError("`all` matched no available backend here; run `%enn_backends` to see why.")
+    return chosen
+
+
+def _extra_of(install_line: str) -> str:
+    match = re.search(r"enn-nb\[([\w-]+)\]", install_line or "")
+    return match.group(1) if match else ""
+
+
+# -- the %%enn_export body ------------------------------------------------------------------------
+def parse_export_body(body: str) -> dict[str, Any]:
+    """The YAML body of ``%%enn_export`` as a validated dict (absent keys are absent).
+
+    Raises:
+        SpecError: malformed YAML (with its line), a body that is not a mapping, a value of the wrong kind.
+        UnknownNameError: a key that is not one of :data:`EXPORT_KEYS` (all of them are named).
+    """
+    import yaml
+
+    if not body.strip():
+        return {}
+    try:
+        data = yaml.safe_load(body)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is not None:
+            lines = body.splitlines()
+            text = lines[mark.line].strip() if 0 <= mark.line < len(lines) else ""
+            where = f"line {mark.line + 1}, column {mark.column + 1}" + (f" (`{text}`)" if text else "")
+        else:
+            where = "somewhere"
+        raise SpecError(
+            f"The `%%enn_export` body is not valid YAML at {where}: {problem}. "
+            "Write one `key: value` per line, e.g. `backends: [onnx, pt2]`."
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            f"The `%%enn_export` body must be `key: value` lines, got a YAML {type(data).__name__}. "
+            f"Known keys: {', '.join(EXPORT_KEYS)}."
+        )
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key)
+        if key not in EXPORT_KEYS:
+            close = close_names(key, EXPORT_KEYS, n=1)
+            hint = f" Did you mean `{close[0]}`?" if close else ""
+            raise UnknownNameError(
+                f"Unknown key `{key}` in the `%%enn_export` body.{hint} "
+                f"Known keys: {', '.join(EXPORT_KEYS)}.",
+                name=key,
+                known=list(EXPORT_KEYS),
+            )
+        out[key] = _check_value(key, value)
+    return out
+
+
+def _check_value(key: str, value: Any) -> Any:
+    bad = SpecError(f"`{key}: {value!r}` in the `%%enn_export` body: expected {EXPORT_KEYS[key]}.")
+    if key in ("dynamic_batch", "verify", "isolate", "cache", "strict"):
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if key == "backends":
+        if isinstance(value, str):
+            return split_names(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return split_names(value)
+        raise bad
+    if key in ("out_dir", "stem"):
+        if not isinstance(value, str) or not value.strip():
+            raise bad
+        return value
+    if key == "batch_range":
+        return check_batch_range(value, where=f"`batch_range: {value!r}` in the `%%enn_export` body")
+    if key == "example_inputs":
+        if isinstance(value, str) and value.isidentifier():
+            return value
+        if isinstance(value, list) and value and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
+            return list(value)
+        raise bad
+    if key == "tolerances":
+        return check_tolerances(value)
+    if key == "options":
+        if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+            raise bad
+        return {str(k): dict(v) for k, v in value.items()}
+    if key == "metadata":
+        if not isinstance(value, Mapping):
+            raise bad
+        return dict(value)
+    return value  # pragma: no cover - every key is handled above
+
+
+def check_batch_range(value: Any, *, where: str = "`batch_range`") -> tuple[int, int, int]:
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    )
+    if not ok or not value[0] <= value[1] <= value[2]:
+        raise SpecError(f"{where}: expected three positive batch sizes [min, opt, max] with min <= opt <= max.")
+    return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def check_tolerances(value: Any) -> dict[str, dict[str, float]]:
+    """``{onnx: {atol, rtol}}``, ``{onnx: [atol, rtol]}`` or ``{atol, rtol}`` (key ``*`` = every backend)."""
+    if not isinstance(value, Mapping):
+        raise SpecError(f"`tolerances: {value!r}`: expected {EXPORT_KEYS['tolerances']}.")
+    if set(value) <= {"atol", "rtol"}:
+        value = {"*": value}
+    out: dict[str, dict[str, float]] = {}
+    for backend, tol in value.items():
+        if isinstance(tol, (list, tuple)) and len(tol) == 2:
+            tol = {"atol": tol[0], "rtol": tol[1]}
+        if not isinstance(tol, Mapping) or not set(tol) <= {"atol", "rtol"} or not tol:
+            raise SpecError(
+                f"`tolerances.{backend}: {tol!r}`: expected {{atol: 1.0e-5, rtol: 1.0e-4}} or [atol, rtol]."
+            )
+        entry: dict[str, float] = {}
+        for name, number in tol.items():
+            f = _float_or_none(number)
+            if f is None or not math.isfinite(f) or f < 0:
+                raise SpecError(f"`tolerances.{backend}.{name}: {number!r}` must be a non-negative number.")
+            entry[str(name)] = f
+        out[str(backend)] = entry
+    return out
+
+
+# -- errors at the magic boundary -----------------------------------------------------------------
+#: Errors that are about the user's input or files, shown as one line. Everything else (bugs, a
+#: package that is installed but broken) keeps its traceback.
+def is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, BrokenDependencyError):
+        return False
+    if isinstance(exc, EnnError):
+        return True
+    return isinstance(exc, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError))
+
+
+def one_line(exc: BaseException) -> str:
+    """The error as one line: its message with whitespace collapsed, plus the install line if missing."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and getattr(exc, "filename", None) and not isinstance(exc, EnnError):
+        text = f"`{exc.filename}`: {exc.strerror or text}"
+    if isinstance(exc, MissingDependencyError) and exc.install_line not in text:
+        text = f"{text} Install it with: {exc.install_line}"
+    return text

@@ -1,0 +1,119 @@
+"""Shared notebook displays: a table that renders as HTML or text, and export progress as tqdm bars."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+#: Statuses after which a backend does no more work (the export engine's vocabulary).
+FINAL_STATUSES = frozenset({"ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled"})
+
+
+class Table:
+    """Rows of values shown as an HTML table in a notebook and as aligned text in a terminal."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str = "") -> None:
+        self.columns = list(columns)
+        self.rows = [list(row) for row in rows]
+        self.title = title
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(_text(v))}</td>" for v in row) + "</tr>"
+            for row in self.rows
+        )
+        caption = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" if self.title else ""
+        return f"<table class='enn-nb-table'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        cells = [self.columns, *[[_text(v) for v in row] for row in self.rows]]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(([self.title] if self.title else []) + lines)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+class TqdmProgress:
+    """An ``enn_nb.export`` progress callback drawing one tqdm bar per backend.
+
+    The engine calls it with dicts ``{"backend", "stage", "status", "index", "total"}``; a bar is
+    created on a backend's first event, advances one step per new stage, shows the stage and status,
+    and closes when the status is final. Use it as a context manager so bars close on errors too.
+
+    Args:
+        stages: the stage names of one backend's run, in order, for a bar with a known length; None
+            counts stages without a total.
+        tqdm_factory: the tqdm class; defaults to ``tqdm.auto.tqdm`` (widgets in a kernel, text elsewhere).
+        **tqdm_kwargs: passed to every bar (``file=``, ``leave=``, ``disable=``...).
+    """
+
+    def __init__(
+        self,
+        *,
+        stages: Sequence[str] | None = None,
+        tqdm_factory: Callable[..., Any] | None = None,
+        **tqdm_kwargs: Any,
+    ) -> None:
+        self.stages = list(stages) if stages else None
+        self._factory = tqdm_factory
+        self._kwargs = {"leave": True, **tqdm_kwargs}
+        self.bars: dict[str, Any] = {}
+        self._seen: dict[str, list[str]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.final: dict[str, str] = {}
+
+    def _make(self, backend: str, index: Any, total: Any) -> Any:
+        factory = self._factory
+        if factory is None:
+            from tqdm.auto import tqdm as factory  # tqdm.auto picks widgets only inside a kernel
+        label = backend
+        if isinstance(index, int) and isinstance(total, int) and total > 0:
+            label = f"[{index + 1}/{total}] {backend}"
+        return factory(total=len(self.stages) if self.stages else None, desc=label, unit="stage", **self._kwargs)
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        event = dict(event)
+        self.events.append(event)
+        backend = str(event.get("backend") or "export")
+        stage = event.get("stage")
+        status = event.get("status")
+        bar = self.bars.get(backend)
+        if bar is None:
+            bar = self.bars[backend] = self._make(backend, event.get("index"), event.get("total"))
+            self._seen[backend] = []
+        seen = self._seen[backend]
+        if stage and stage not in seen:
+            seen.append(stage)
+            target = self.stages.index(stage) + 1 if self.stages and stage in self.stages else bar.n + 1
+            if bar.total is None or target <= bar.total:
+                bar.update(max(0, target - bar.n))
+        bar.set_postfix_str(" ".join(str(p) for p in (stage, status) if p), refresh=True)
+        if status in FINAL_STATUSES and backend not in self.final:
+            self.final[backend] = str(status)
+            if bar.total is not None and bar.n < bar.total:
+                bar.update(bar.total - bar.n)
+            bar.close()
+
+    def close(self) -> None:
+        for backend, bar in self.bars.items():
+            if backend not in self.final:
+                bar.close()
+
+    def __enter__(self) -> TqdmProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

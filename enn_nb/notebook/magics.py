@@ -1,0 +1,408 @@
+"""The ``%enn_*`` IPython magics: thin shells over ``enn_nb.save/load/inspect/export/backends``.
+
+``%load_ext enn_nb`` registers them. This module imports IPython and traitlets only; torch and the
+API load on a magic's first use. Parsing and validation live in :mod:`enn_nb.notebook._magic_logic`;
+user errors become one-line ``UsageError``s here, at the boundary, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+from traitlets import Bool, Dict, Int, List, TraitError, Unicode, validate
+
+from enn_nb.notebook import _magic_logic as logic
+from enn_nb.notebook import provenance
+
+# Seed of the random example inputs built from an `example_inputs: [shape]` body key.
+EXAMPLE_SEED = 0
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a user error into a one-line UsageError (no traceback); let anything else through."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except Exception as exc:
+        if logic.is_user_error(exc):
+            raise UsageError(logic.one_line(exc)) from exc
+        raise
+
+
+def _parse(magic: Any, line: str) -> Any:
+    # magic_arguments' own parse_argstring keeps quotes inside tokens; split like a shell instead.
+    return magic.parser.parse_args(logic.split_args(line))
+
+
+@magics_class
+class EnnMagics(Magics):
+    """Settings of the ``%enn_*`` magics; change them with ``%config EnnMagics.<name> = value``."""
+
+    out_dir = Unicode(
+        "enn_exports", help="Directory `%%enn_export` writes artifacts to when neither `--out` nor `out_dir:` is given."
+    ).tag(config=True)
+    default_backends = List(
+        Unicode(),
+        default_value=["onnx", "pt2"],
+        help="Backends `%%enn_export` uses when neither `--backends` nor `backends:` is given; `all` = every available one.",
+    ).tag(config=True)
+    tolerances = Dict(
+        default_value={},
+        help="Parity tolerances per backend, e.g. {'onnx': {'atol': 1e-5, 'rtol': 1e-4}}; a cell's `tolerances:` wins.",
+    ).tag(config=True)
+    isolate = Bool(True, help="Convert and verify each backend in a child process (a crash cannot kill the kernel).").tag(
+        config=True
+    )
+    dynamic_batch = Bool(True, help="Export with a dynamic batch dimension.").tag(config=True)
+    batch_range = List(
+        Int(),
+        default_value=[1, 8, 64], help="[min, opt, max] batch sizes for backends that need bounds."
+    ).tag(config=True)
+    verify = Bool(True, help="Check each artifact against the eager model (parity).").tag(config=True)
+    cache = Bool(True, help="Reuse artifacts of an unchanged model instead of converting again.").tag(config=True)
+    progress = Bool(True, help="Show a progress bar per backend while `%%enn_export` runs.").tag(config=True)
+    record_provenance = Bool(
+        True, help="Record the cell's source hash, execution count and notebook path in manifests and sidecars."
+    ).tag(config=True)
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self._bound_by_load: set[str] = set()
+
+    @validate("tolerances")
+    def _check_tolerances(self, proposal: Any) -> dict[str, Any]:
+        try:
+            logic.check_tolerances(proposal["value"])
+        except Exception as exc:
+            raise TraitError(logic.one_line(exc)) from None
+        return proposal["value"]
+
+    @validate("batch_range")
+    def _check_batch_range(self, proposal: Any) -> list[int]:
+        try:
+            return list(logic.check_batch_range(proposal["value"], where="`EnnMagics.batch_range`"))
+        except Exception as exc:
+            raise TraitError(logic.one_line(exc)) from None
+
+    @property
+    def _ns(self) -> dict[str, Any]:
+        return self.shell.user_ns
+
+    def _provenance(self, magic: str, line: str, cell: str | None = None) -> dict[str, Any] | None:
+        if not self.record_provenance:
+            return None
+        return provenance.collect(self.shell, magic=magic, line=line, cell=cell)
+
+    def _variable(self, name: str, *, what: str, cls_path: str, kind: str) -> Any:
+        return logic.require_instance(logic.lookup(self._ns, name, what=what), name, cls_path, kind)
+
+    # -- %enn_save ----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("model", help="Name of the nn.Module variable to save.")
+    @argument("path", help="Checkpoint path: .pt/.pth, .safetensors, or a directory (no suffix) for DCP.")
+    @argument("--format", choices=logic.SAVE_FORMATS, help="Checkpoint format; default: from the suffix.")
+    @argument(
+        "--meta", nargs="+", action="append", default=[], metavar="KEY=VALUE",
+        help="User metadata; values are read as YAML (numbers, lists, strings).",
+    )
+    @argument("--optimizer", metavar="OPT", help="Name of a torch optimizer variable whose state is saved too.")
+    @argument("--spec", metavar="SPEC", help="Name of an enn_nb.ModelSpec variable (for a plain nn.Module).")
+    @line_magic
+    def enn_save(self, line: str) -> Any:
+        """Save a model from the namespace as a self-describing checkpoint; returns its Manifest.
+
+        The cell's provenance (source hash, execution count, notebook path) is stored in the
+        manifest's metadata under ``provenance``.
+
+        Example::
+
+            %enn_save model checkpoints/model.safetensors --meta run=3 note="first try"
+            %enn_save model checkpoints/model_dcp --format dcp
+        """
+        with user_errors():
+            args = _parse(self.enn_save, line)
+            model = logic.require_module(logic.lookup(self._ns, args.model, what="the model to save"), args.model, self._ns)
+            fmt = logic.save_format(args.path, args.format)
+            metadata = logic.parse_meta(item for group in args.meta for item in group)
+            optimizer = spec = None
+            if args.optimizer:
+                optimizer = self._variable(
+                    args.optimizer, what="--optimizer", cls_path="torch.optim.optimizer:Optimizer", kind="a torch optimizer"
+                )
+            if args.spec:
+                spec = self._variable(args.spec, what="--spec", cls_path="enn_nb.spec:ModelSpec", kind="an `enn_nb.ModelSpec`")
+            record = self._provenance("%enn_save", line)
+            if record is not None:
+                metadata["provenance"] = record
+            path = Path(args.path).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+            import enn_nb
+
+            return enn_nb.save(model, path, format=fmt, spec=spec, metadata=metadata or None, optimizer=optimizer)
+
+    # -- %enn_load ----------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("path", help="A checkpoint: .pt/.pth, .safetensors or a DCP directory (enn_nb or ENN-PyTorch).")
+    @argument("--into", metavar="NAME", help="Variable to bind the model to; default: derived from the file name.")
+    @argument("--model", metavar="VAR", help="Load the weights into this existing nn.Module instead of rebuilding it.")
+    @argument("--no-verify", action="store_true", help="Skip the integrity hashes check.")
+    @argument("--non-strict", action="store_true", help="Load what matches; report missing/unexpected keys.")
+    @line_magic
+    def enn_load(self, line: str) -> Any:
+        """Load a checkpoint, bind its model to a variable and return the Loaded object.
+
+        Without ``--into`` the name comes from the file (``runs/model.safetensors`` -> ``model``); a
+        derived name never replaces a variable this magic did not bind itself (``model_loaded`` then).
+
+        Example::
+
+            %enn_load checkpoints/model.safetensors --into restored
+            restored(x)
+        """
+        with user_errors():
+            args = _parse(self.enn_load, line)
+            path = logic.check_checkpoint_path(args.path)
+            target = None
+            if args.model:
+                target = logic.require_module(logic.lookup(self._ns, args.model, what="--model"), args.model, self._ns)
+            name = logic.check_identifier(args.into, "--into") if args.into else self._derived_name(path)
+
+            import enn_nb
+
+            loaded = enn_nb.load(path, model=target, strict=not args.non_strict, verify=not args.no_verify)
+            self._ns[name] = loaded.model
+            if not args.into:
+                self._bound_by_load.add(name)
+            print(f"`{name}` = {type(loaded.model).__name__} loaded from {path}")
+            return loaded
+
+    def _derived_name(self, path: Path) -> str:
+        base = logic.name_from_path(path)
+        for candidate in (base, f"{base}_loaded", *(f"{base}_loaded{i}" for i in range(2, 100))):
+            if candidate not in self._ns or candidate in self._bound_by_load:
+                return candidate
+        raise logic.SpecError(f"No free variable name derived from `{path}`; pass `--into NAME`.")
+
+    # -- %enn_inspect -------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("path", help="A checkpoint file or DCP directory.")
+    @line_magic
+    def enn_inspect(self, line: str) -> Any:
+        """Show a checkpoint's manifest without reading its tensors (fast on multi-GB files).
+
+        Example::
+
+            %enn_inspect checkpoints/model.safetensors
+        """
+        with user_errors():
+            args = _parse(self.enn_inspect, line)
+            path = logic.check_checkpoint_path(args.path)
+
+            import enn_nb
+
+            return enn_nb.inspect(path)
+
+    # -- %%enn_export -------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("model", help="Name of an nn.Module variable, or the path of a checkpoint.")
+    @argument("--out", metavar="DIR", help="Output directory (default: `out_dir:` in the body, then EnnMagics.out_dir).")
+    @argument(
+        "--backends", nargs="+", metavar="NAME",
+        help="Backends, space- or comma-separated, or `all` (default: `backends:` in the body, then EnnMagics.default_backends).",
+    )
+    @argument("--as", dest="as_name", metavar="NAME", help="Also bind the ExportReport to this variable.")
+    @argument("--spec", metavar="SPEC", help="Name of an enn_nb.ModelSpec variable (for a plain nn.Module).")
+    @line_cell_magic
+    def enn_export(self, line: str, cell: str | None = None) -> Any:
+        """Export a model to several runtimes, check parity and return the ExportReport (also bound to ``_``).
+
+        The cell body holds options as YAML; every key is optional:
+        backends, out_dir, dynamic_batch, batch_range, example_inputs (a variable or a shape),
+        tolerances, options (per backend), verify, isolate, cache, strict, stem, metadata.
+
+        Example::
+
+            %%enn_export model --out exports --as report
+            backends: [onnx, pt2]
+            dynamic_batch: true
+            batch_range: [1, 8, 64]
+            example_inputs: x_example      # or a shape: [2, 32]
+            tolerances:
+              onnx: {atol: 1.0e-5, rtol: 1.0e-4}
+            options:
+              onnx: {opset: 20}
+        """
+        with user_errors():
+            args = _parse(self.enn_export, line)
+            body = logic.parse_export_body(cell or "")
+            source = self._export_source(args.model)
+            if args.as_name:
+                logic.check_identifier(args.as_name, "--as")
+            requested = logic.split_names(args.backends) or body.get("backends") or list(self.default_backends)
+            backends = logic.resolve_backends(requested, logic.backend_rows())
+            kwargs = self._export_kwargs(args, body, backends)
+            kwargs["provenance"] = self._provenance("%%enn_export" if cell is not None else "%enn_export", line, cell)
+
+            import enn_nb
+
+            progress = None
+            if self.progress:
+                from enn_nb.notebook.display import TqdmProgress
+
+                progress = TqdmProgress()
+            with progress if progress is not None else contextlib.nullcontext():
+                report = enn_nb.export(source, backends, progress=progress, **kwargs)
+            self._ns["_"] = report
+            if args.as_name:
+                self._ns[args.as_name] = report
+            return report
+
+    def _export_source(self, name: str) -> Any:
+        if name in self._ns:
+            return logic.require_module(self._ns[name], name, self._ns)
+        path = Path(name).expanduser()
+        if path.exists():
+            return path
+        return logic.lookup(self._ns, name, what="the model to export, or an existing checkpoint path")
+
+    def _export_kwargs(self, args: Any, body: dict[str, Any], backends: list[str]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "out_dir": Path(args.out or body.get("out_dir") or self.out_dir).expanduser(),
+            "dynamic_batch": body.get("dynamic_batch", self.dynamic_batch),
+            "batch_range": tuple(body.get("batch_range", self.batch_range)),
+            "verify": body.get("verify", self.verify),
+            "isolate": body.get("isolate", self.isolate),
+            "cache": body.get("cache", self.cache),
+            "strict": body.get("strict", False),
+        }
+        for key in ("stem", "metadata"):
+            if key in body:
+                kwargs[key] = body[key]
+        if "options" in body:
+            logic.resolve_backends(list(body["options"]), logic.backend_rows())  # names checked, not run
+            kwargs["options"] = body["options"]
+        tolerances = {**logic.check_tolerances(self.tolerances), **body.get("tolerances", {})}
+        if tolerances:
+            kwargs["tolerances"] = _tolerances_for(tolerances, backends)
+        if args.spec:
+            kwargs["spec"] = self._variable(args.spec, what="--spec", cls_path="enn_nb.spec:ModelSpec", kind="an `enn_nb.ModelSpec`")
+        if "example_inputs" in body:
+            kwargs["example_inputs"] = self._example_inputs(body["example_inputs"], kwargs.get("spec"))
+        return kwargs
+
+    def _example_inputs(self, value: str | list[int], spec: Any) -> tuple[Any, ...]:
+        import torch
+
+        if isinstance(value, list):
+            dtype = getattr(torch, getattr(spec, "feature_dtype", None) or "float32")
+            generator = torch.Generator().manual_seed(EXAMPLE_SEED)
+            # uniform [0, 1): valid for float features and for float columns cast to embedding indices
+            return (torch.rand(*value, generator=generator).to(dtype),)
+        inputs = logic.lookup(self._ns, value, what="example_inputs")
+        if isinstance(inputs, torch.Tensor):
+            return (inputs,)
+        if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+            return tuple(inputs)
+        raise logic.SpecError(
+            f"`example_inputs: {value}` is a {type(inputs).__name__}; expected a tensor or a tuple of tensors."
+        )
+
+    # -- %enn_backends ------------------------------------------------------------------------
+    @magic_arguments()
+    @line_magic
+    def enn_backends(self, line: str) -> Any:
+        """List the export backends: artifact suffix, whether each is available here, why not, the install line.
+
+        Example::
+
+            %enn_backends
+        """
+        with user_errors():
+            _parse(self.enn_backends, line)
+            import enn_nb
+
+            rows = enn_nb.backends()
+            if hasattr(rows, "_repr_html_"):
+                return rows
+            from enn_nb.notebook.display import Table
+
+            columns = ("name", "suffix", "available", "reason", "install")
+            return Table(columns, [[logic.field(r, c) for c in columns] for r in rows], title="enn_nb export backends")
+
+    # -- %enn_wizard --------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("model", nargs="?", help="Name of an nn.Module variable or a checkpoint path to preselect.")
+    @line_magic
+    def enn_wizard(self, line: str) -> Any:
+        """Open the export wizard (ipywidgets): pick a model, targets and options, run, look at results.
+
+        The wizard starts from this extension's settings (out_dir, default_backends, isolate,
+        verify, dynamic_batch, batch_range).
+
+        Example::
+
+            %enn_wizard model
+        """
+        with user_errors():
+            args = _parse(self.enn_wizard, line)
+            defaults: dict[str, Any] = {
+                "out_dir": self.out_dir,
+                "backends": self._default_backend_names(),
+                "isolate": self.isolate,
+                "verify": self.verify,
+                "dynamic_batch": self.dynamic_batch,
+                "batch_range": tuple(self.batch_range),
+            }
+            if args.model:
+                source = self._export_source(args.model)
+                defaults["checkpoint" if isinstance(source, Path) else "model"] = (
+                    str(source) if isinstance(source, Path) else args.model
+                )
+            from enn_nb.notebook.wizard import wizard
+
+            return wizard(self._ns, **defaults)
+
+    def _default_backend_names(self) -> list[str]:
+        names = logic.split_names(self.default_backends)
+        if "all" not in names:
+            return names
+        rows = logic.backend_rows()
+        return [str(logic.field(r, "name")) for r in rows if logic.field(r, "available")]
+
+
+def _tolerances_for(tolerances: dict[str, dict[str, float]], backends: list[str]) -> dict[str, dict[str, float]]:
+    """``{"*": tol, "onnx": tol2}`` -> one entry per chosen backend (a named backend wins over ``*``)."""
+    default = tolerances.get("*")
+    out = {b: dict(default) for b in backends} if default else {}
+    for name, tol in tolerances.items():
+        if name != "*":
+            out[name] = {**out.get(name, {}), **tol}
+    return out
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the ``%enn_*`` magics and their ``EnnMagics`` settings (``%load_ext enn_nb``)."""
+    ipython.register_magics(EnnMagics(shell=ipython))
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """Remove the magics and their settings again (``%unload_ext enn_nb``)."""
+    manager = ipython.magics_manager
+    instance = manager.registry.pop(EnnMagics.__name__, None)
+    for kind, table in EnnMagics.magics.items():
+        for name in table:
+            manager.magics[kind].pop(name, None)
+    ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, EnnMagics)]
+    del instance
+
+
+__all__ = ["EnnMagics", "load_ipython_extension", "unload_ipython_extension"]

@@ -1,0 +1,153 @@
+"""``enn_nb.wizard()``: an ipywidgets export wizard (model, targets and options, run, results)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from enn_nb.notebook.wizard_run import ExportRun
+from enn_nb.notebook.wizard_state import STEPS, WizardState
+
+
+class Wizard:
+    """The export wizard: a :class:`WizardState`, its widgets and the run controller.
+
+    Display it (last expression of a cell, or ``display(w)``) to click through it; drive it from
+    code with the same verbs the buttons use (``next``, ``back``, ``run``, ``cancel``, ``wait``).
+
+    Attributes:
+        state: every choice, the step, progress and results, as traitlets.
+        view: the widgets (``view.widget`` is the root).
+        controller: the run controller (background thread, event marshalling).
+    """
+
+    def __init__(
+        self,
+        namespace: Mapping[str, Any] | None = None,
+        *,
+        export: Callable[..., Any] | None = None,
+        **defaults: Any,
+    ) -> None:
+        from enn_nb._optional import require
+
+        require("ipywidgets", purpose="the export wizard")
+        from enn_nb.notebook.wizard_view import WizardView
+
+        self.state = WizardState(namespace)
+        self.state.apply_defaults(defaults)
+        self.controller = ExportRun(self.state, export=export)
+        self.view = WizardView(
+            self.state, self.controller, save_report=self.save_report if reports_available() else None
+        )
+
+    # -- the verbs the buttons use ------------------------------------------------------------
+    def next(self) -> bool:
+        """Go to the next step if the shown one is valid (else its inline message says why)."""
+        return self.state.next()
+
+    def back(self) -> bool:
+        """Go back one step; every choice is kept."""
+        return self.state.back()
+
+    def run(self, *, wait: bool = False, timeout: float | None = None) -> bool:
+        """Start the export in the background (what the Run button does); ``wait=True`` blocks."""
+        started = self.controller.start()
+        if started and wait:
+            self.controller.wait(timeout)
+        return started
+
+    def cancel(self) -> None:
+        """Stop after the backend being converted now (what the Cancel button does)."""
+        self.controller.cancel()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the running export; True once it finished."""
+        return self.controller.wait(timeout)
+
+    @property
+    def step(self) -> str:
+        return STEPS[self.state.step]
+
+    @property
+    def report(self) -> Any:
+        """The last run's ExportReport, or None."""
+        return self.state.report
+
+    # -- save as report --------------------------------------------------------------------------
+    def save_report(self) -> Any:
+        """Produce the papermill export report for the same model and settings (the button's action).
+
+        A model chosen from a variable is first saved as a checkpoint next to the artifacts, since a
+        report runs in a fresh kernel that can only read files.
+        """
+        import enn_nb
+
+        state = self.state
+        if state.report is None:
+            raise RuntimeError("Run the export before saving it as a report.")
+        out_dir = Path(state.out_dir).expanduser()
+        checkpoint = state.selected_model()
+        if not isinstance(checkpoint, Path):
+            checkpoint = out_dir / "wizard_model.safetensors"
+            enn_nb.save(state.namespace[state.variable], checkpoint)
+        result = enn_nb.report(
+            "export_report",
+            out_dir / "report",
+            checkpoint=str(checkpoint.resolve()),
+            backends=list(state.backends),
+            progress=False,
+        )
+        state.report_path = str(getattr(result, "notebook", result))
+        return result
+
+    # -- display -------------------------------------------------------------------------------
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.view.widget._repr_mimebundle_(**kwargs)
+
+    def __repr__(self) -> str:
+        state = self.state
+        return (
+            f"<enn_nb Wizard step={self.step!r} model={state.variable or state.checkpoint or None!r} "
+            f"backends={list(state.backends)} running={state.running}>"
+        )
+
+
+def reports_available() -> bool:
+    """Whether ``enn_nb.report`` can run here (its module and papermill import)."""
+    try:
+        from enn_nb._optional import is_installed
+        from enn_nb.reports import report  # noqa: F401
+    except Exception:
+        return False
+    return is_installed("papermill")
+
+
+def wizard(namespace: Mapping[str, Any] | None = None, **defaults: Any) -> Wizard:
+    """Open the export wizard on the ``nn.Module`` variables of ``namespace``.
+
+    Args:
+        namespace: where to look for models; defaults to the IPython user namespace, or the
+            caller's globals outside IPython.
+        **defaults: initial choices, e.g. ``model="net"`` (or the module itself),
+            ``checkpoint="model.pt"``, ``backends=["onnx"]``, ``out_dir="exports"``,
+            ``batch_range=(1, 8, 64)``, ``dynamic_batch``, ``opset``, ``fp16``,
+            ``tolerances=(atol, rtol)``, ``isolate``, ``verify``.
+
+    Returns:
+        The :class:`Wizard`; it displays itself as the last expression of a cell.
+
+    Raises:
+        TypeError: an unknown option in ``defaults``.
+        MissingDependencyError: ipywidgets is not installed (names the ``notebook`` extra).
+    """
+    if namespace is None:
+        namespace = _user_namespace(sys._getframe(1).f_globals)
+    return Wizard(namespace, **defaults)
+
+
+def _user_namespace(fallback: Mapping[str, Any]) -> Mapping[str, Any]:
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell.user_ns if shell is not None else fallback

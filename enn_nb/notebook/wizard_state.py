@@ -1,0 +1,435 @@
+"""The export wizard's state: what is chosen, which step is shown, progress and results, as traitlets."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from traitlets import Any as AnyTrait
+from traitlets import Bool, Dict, Enum, HasTraits, Int, List, Unicode, validate
+
+#: the wizard's steps, in order; ``WizardState.step`` indexes this tuple
+STEPS = ("model", "targets", "run", "results")
+STEP_TITLES = {"model": "Model", "targets": "Targets and options", "run": "Run", "results": "Results"}
+
+#: ``wizard(**defaults)`` keys that are not trait names
+_DEFAULT_ALIASES = {"model": "variable", "batch_range": None, "tolerances": None, "backend": "backends"}
+
+
+class WizardState(HasTraits):
+    """Everything the wizard's widgets show, and nothing about widgets.
+
+    The view observes these traits and writes user input back into them; the run controller
+    (:mod:`enn_nb.notebook.wizard_run`) writes progress and results. Mutated on the kernel's main
+    thread only (the controller marshals its worker's events there), so observers never race.
+    """
+
+    # -- navigation -------------------------------------------------------------------------
+    step = Int(0, help="Index of the shown step in STEPS: 0 model, 1 targets and options, 2 run, 3 results.")
+    messages = Dict(
+        help="Inline validation message per step name ('' when the step's input is valid)."
+    )
+
+    # -- step 1: model ------------------------------------------------------------------------
+    source = Enum(
+        ("variable", "checkpoint"),
+        default_value="variable",
+        help="Export an nn.Module variable of the namespace ('variable') or a checkpoint file ('checkpoint').",
+    )
+    variable = Unicode("", help="Name of the nn.Module variable in the namespace to export.")
+    checkpoint = Unicode("", help="Path of the checkpoint (.pt, .safetensors or DCP directory) to export.")
+
+    # -- step 2: targets and options ----------------------------------------------------------
+    backends = List(Unicode(), help="Names of the backends to export to (a subset of the available ones).")
+    dynamic_batch = Bool(True, help="Give the artifacts a dynamic batch dimension (min <= opt <= max).")
+    batch_min = Int(1, help="Smallest batch size the artifact must accept (and is checked for parity).")
+    batch_opt = Int(8, help="Batch size the runtimes optimise for; latency is measured at it.")
+    batch_max = Int(64, help="Largest batch size the artifact must accept (and is checked for parity).")
+    opset = Int(20, help="ONNX opset version for the `onnx` backend and the ONNX-based ones.")
+    fp16 = Bool(False, help="Ask the backends that support it (see `fp16_backends`) for fp16 artifacts.")
+    atol = Unicode("", help="Absolute parity tolerance for every backend; '' keeps each backend's default.")
+    rtol = Unicode("", help="Relative parity tolerance for every backend; '' keeps each backend's default.")
+    out_dir = Unicode("enn_exports", help="Directory the artifacts and their sidecars are written into.")
+    isolate = Bool(True, help="Run each backend's conversion in a child process (a crash loses nothing).")
+    verify = Bool(True, help="Run each artifact on its runtime and compare with the eager model (parity).")
+
+    # -- step 3: run ---------------------------------------------------------------------------
+    running = Bool(False, help="True while an export runs in the background.")
+    cancel_requested = Bool(False, help="Cancel was pressed: the export stops after the current backend.")
+    progress = Dict(
+        help="Per backend: {'stage': str, 'status': str, 'fraction': float} from the export's progress callback."
+    )
+    overall = Int(0, help="Backends finished so far in the current run (out of len(backends)).")
+    log = List(Unicode(), help="Lines of the live log of the current run.")
+    run_error = Unicode("", help="Why the run failed as a whole ('' when it did not), shown on the run step.")
+
+    # -- step 4: results -----------------------------------------------------------------------
+    report = AnyTrait(None, allow_none=True, help="The ExportReport of the last finished run.")
+    skipped = List(Unicode(), help="Backends the last run skipped because Cancel was pressed.")
+    latency = Dict(help="Measured latency in ms: {'eager': float, backend: float}, at batch `batch_opt`.")
+    report_path = Unicode("", help="Path of the report produced by 'Save as report' ('' until then).")
+
+    def __init__(self, namespace: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The user's namespace is not a trait: it is theirs, we only read nn.Module variables from it.
+        self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
+        self._backend_rows: list[dict[str, Any]] | None = None
+
+    # -- defaults --------------------------------------------------------------------------------
+    def apply_defaults(self, defaults: Mapping[str, Any]) -> None:
+        """Set initial choices from ``wizard(**defaults)``.
+
+        Accepts trait names plus ``model`` (a variable name or the module object itself),
+        ``batch_range=(min, opt, max)`` and ``tolerances=(atol, rtol)``.
+
+        Raises:
+            TypeError: an unknown key (the message lists the known ones).
+        """
+        known = sorted(set(self.user_choices()) | set(_DEFAULT_ALIASES))
+        for key, value in defaults.items():
+            if key == "batch_range":
+                self.batch_min, self.batch_opt, self.batch_max = (int(v) for v in value)
+            elif key == "tolerances":
+                atol, rtol = value
+                self.atol = "" if atol is None else repr(float(atol))
+                self.rtol = "" if rtol is None else repr(float(rtol))
+            elif key == "model" and not isinstance(value, str):
+                self.variable = self._name_of(value)
+            elif key in ("atol", "rtol"):
+                setattr(self, key, "" if value is None else repr(float(value)))
+            elif key in ("checkpoint", "out_dir"):
+                setattr(self, key, os.fspath(value))
+                if key == "checkpoint":
+                    self.source = "checkpoint"
+            elif key in ("backend", "backends"):
+                self.backends = [value] if isinstance(value, str) else list(value)
+            elif key in _DEFAULT_ALIASES or key in self.user_choices():
+                setattr(self, _DEFAULT_ALIASES.get(key) or key, value)
+            else:
+                raise TypeError(
+                    f"`wizard()` got an unknown option `{key}`={value!r}. Known options: {', '.join(known)}."
+                )
+
+    @classmethod
+    def user_choices(cls) -> list[str]:
+        """Names of the traits the user chooses (steps 1 and 2)."""
+        return [
+            "source", "variable", "checkpoint", "backends", "dynamic_batch", "batch_min", "batch_opt",
+            "batch_max", "opset", "fp16", "atol", "rtol", "out_dir", "isolate", "verify",
+        ]  # fmt: skip
+
+    def _name_of(self, module: Any) -> str:
+        for name, value in self.namespace.items():
+            if value is module and not name.startswith("_"):
+                return name
+        # Not in the namespace: keep it under a private name so the dropdown can still offer it.
+        if not isinstance(self.namespace, dict):
+            self.namespace = dict(self.namespace)
+        self.namespace["model"] = module  # type: ignore[index]
+        return "model"
+
+    # -- step 1 helpers --------------------------------------------------------------------------
+    def module_names(self) -> list[str]:
+        """Names of the ``nn.Module`` variables in the namespace (private ``_names`` left out)."""
+        torch = sys.modules.get("torch")
+        if torch is None:  # no torch imported means no module can exist yet; do not import it
+            return []
+        module_type = torch.nn.Module
+        return sorted(
+            name
+            for name, value in list(self.namespace.items())
+            if not name.startswith("_") and isinstance(value, module_type)
+        )
+
+    def selected_model(self) -> Any:
+        """The chosen ``nn.Module``, or the checkpoint path, or None."""
+        if self.source == "checkpoint":
+            return Path(self.checkpoint).expanduser() if self.checkpoint.strip() else None
+        return self.namespace.get(self.variable) if self.variable else None
+
+    # -- step 2 helpers --------------------------------------------------------------------------
+    def backend_rows(self, *, refresh: bool = False) -> list[dict[str, Any]]:
+        """The registry's backends as dicts: name, suffix, available, reason, install (cached)."""
+        if self._backend_rows is None or refresh:
+            from enn_nb.export.registry import backends
+
+            self._backend_rows = [_row_dict(row) for row in backends()]
+        return self._backend_rows
+
+    def available_backends(self) -> list[str]:
+        return [row["name"] for row in self.backend_rows() if row["available"]]
+
+    def batch_range(self) -> tuple[int, int, int]:
+        return (self.batch_min, self.batch_opt, self.batch_max)
+
+    def tolerances(self) -> tuple[float | None, float | None]:
+        """``(atol, rtol)`` parsed from the text fields; None keeps the backends' defaults.
+
+        Raises:
+            ValueError: a field is not a positive finite number (the message names it).
+        """
+        return _tolerance("atol", self.atol), _tolerance("rtol", self.rtol)
+
+    # -- validation ------------------------------------------------------------------------------
+    @validate("step")
+    def _valid_step(self, proposal: Any) -> int:
+        return max(0, min(len(STEPS) - 1, int(proposal["value"])))
+
+    def check(self, step: int | str) -> str:
+        """Why the input of ``step`` is invalid ('' when it is valid); does not change any trait."""
+        name = step if isinstance(step, str) else STEPS[step]
+        if name == "model":
+            return self._check_model()
+        if name == "targets":
+            return self._check_targets()
+        if name == "run":
+            if self.running:
+                return "The export is still running; wait for it or press Cancel."
+            if self.report is None:
+                return "Run the export first (press Run)."
+        return ""
+
+    def validate_step(self, step: int | str | None = None) -> bool:
+        """Check a step (the shown one by default), record the inline message, return whether valid."""
+        index = self.step if step is None else (STEPS.index(step) if isinstance(step, str) else step)
+        message = self.check(index)
+        self.messages = {**self.messages, STEPS[index]: message}
+        return not message
+
+    def _check_model(self) -> str:
+        if self.source == "checkpoint":
+            text = self.checkpoint.strip()
+            if not text:
+                return "No checkpoint chosen: type the path of a .pt, .safetensors or DCP checkpoint."
+            path = Path(text).expanduser()
+            if not path.exists():
+                return f"Checkpoint `{text}` does not exist. Check the path (relative to {os.getcwd()})."
+            return ""
+        names = self.module_names()
+        if not self.variable:
+            if not names:
+                return (
+                    "No model chosen: the namespace has no `nn.Module` variable. Create or load one "
+                    "(e.g. `model = enn_nb.load(path).model`) and press Refresh, or choose a checkpoint."
+                )
+            return "No model chosen: pick an `nn.Module` variable from the list."
+        if self.variable not in names:
+            return (
+                f"`{self.variable}` is not an `nn.Module` variable of the namespace (any more). "
+                f"Pick one of: {', '.join(names) or '(none)'}."
+            )
+        return ""
+
+    def _check_targets(self) -> str:
+        problems: list[str] = []
+        if not self.backends:
+            problems.append("No backend chosen: tick at least one target.")
+        else:
+            rows = {row["name"]: row for row in self.backend_rows()}
+            for name in self.backends:
+                row = rows.get(name)
+                if row is None:
+                    problems.append(f"Backend `{name}` is not registered. Known: {', '.join(rows)}.")
+                elif not row["available"]:
+                    problems.append(f"Backend `{name}` is unavailable here: {row['reason']}")
+        lo, opt, hi = self.batch_range()
+        if lo < 1 or not lo <= opt <= hi:
+            problems.append(
+                f"Bad batch range min={lo}, opt={opt}, max={hi}: it needs 1 <= min <= opt <= max."
+            )
+        if self.opset < 7 or self.opset > 30:
+            problems.append(f"ONNX opset {self.opset} is out of range; use a value like 17 to 21.")
+        try:
+            self.tolerances()
+        except ValueError as exc:
+            problems.append(str(exc))
+        out_problem = writable_dir_problem(self.out_dir)
+        if out_problem:
+            problems.append(out_problem)
+        return "\n".join(problems)
+
+    # -- navigation ------------------------------------------------------------------------------
+    def next(self) -> bool:
+        """Move to the next step if the shown one is valid; otherwise record why and stay."""
+        if self.step >= len(STEPS) - 1:
+            return False
+        if not self.validate_step():
+            return False
+        self.step += 1
+        return True
+
+    def back(self) -> bool:
+        """Move to the previous step (choices are kept); refused while an export runs."""
+        if self.step == 0:
+            return False
+        if self.running:
+            self.messages = {**self.messages, "run": "The export is running; press Cancel to stop it first."}
+            return False
+        self.step -= 1
+        return True
+
+    # -- the export call -----------------------------------------------------------------------
+    def export_options(self) -> dict[str, dict[str, Any]]:
+        """Per-backend options for ``enn_nb.export(options=...)`` from the chosen settings."""
+        options: dict[str, dict[str, Any]] = {}
+        fp16 = set(self.fp16_backends()) if self.fp16 else set()
+        for name in self.backends:
+            opts: dict[str, Any] = {}
+            if "opset" in self.backend_defaults(name):
+                opts["opset"] = self.opset
+            if name in fp16:
+                opts["fp16"] = True
+            if opts:
+                options[name] = opts
+        return options
+
+    def backend_defaults(self, name: str) -> dict[str, Any]:
+        """A backend's documented default options ({} if it cannot be resolved)."""
+        try:
+            from enn_nb.export.registry import get_backend
+
+            return dict(getattr(get_backend(name), "default_options", {}) or {})
+        except Exception:  # an unresolvable plugin just has no options to show
+            return {}
+
+    def fp16_backends(self) -> list[str]:
+        """Available backends whose options include ``fp16``."""
+        return [n for n in self.available_backends() if "fp16" in self.backend_defaults(n)]
+
+    def export_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``enn_nb.export`` for the chosen settings (model excluded)."""
+        atol, rtol = self.tolerances()
+        tolerances = None
+        if atol is not None or rtol is not None:
+            tolerances = {}
+            for name in self.backends:
+                default_atol, default_rtol = self.backend_tolerance(name)
+                tolerances[name] = (atol if atol is not None else default_atol,
+                                    rtol if rtol is not None else default_rtol)  # fmt: skip
+        return {
+            "backends": list(self.backends),
+            "out_dir": Path(self.out_dir).expanduser(),
+            "dynamic_batch": self.dynamic_batch,
+            "batch_range": self.batch_range(),
+            "verify": self.verify,
+            "tolerances": tolerances,
+            "isolate": self.isolate,
+            "options": self.export_options() or None,
+        }
+
+    def backend_tolerance(self, name: str) -> tuple[float, float]:
+        try:
+            from enn_nb.export.registry import get_backend
+
+            atol, rtol = get_backend(name).default_tolerance
+            return float(atol), float(rtol)
+        except Exception:
+            return (1e-4, 1e-4)
+
+    def reset_run(self) -> None:
+        """Clear progress, log and results before a new run."""
+        self.progress = {
+            name: {"stage": "waiting", "status": "", "fraction": 0.0} for name in self.backends
+        }
+        self.overall = 0
+        self.log = []
+        self.run_error = ""
+        self.report = None
+        self.skipped = []
+        self.latency = {}
+        self.report_path = ""
+        self.cancel_requested = False
+        self.messages = {**self.messages, "run": ""}
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    """A ``backends()`` row (dataclass, mapping or object) as the dict the wizard uses."""
+    get = row.get if isinstance(row, Mapping) else (lambda key, default=None: getattr(row, key, default))
+    available = bool(get("available", False))
+    return {
+        "name": str(get("name")),
+        "suffix": str(get("suffix", "") or ""),
+        "available": available,
+        "reason": "" if available else str(get("reason", "") or ""),
+        "install": str(get("install", "") or get("install_line", "") or ""),
+        "description": str(get("description", "") or ""),
+    }
+
+
+def _tolerance(name: str, text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"Tolerance `{name}` = {text!r} is not a number; type e.g. 1e-4, or leave it empty.") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"Tolerance `{name}` = {text!r} must be a finite number >= 0 (e.g. 1e-4).")
+    return value
+
+
+def writable_dir_problem(path_text: str) -> str:
+    """Why ``path_text`` cannot be used as an output directory ('' when it can); creates nothing."""
+    text = path_text.strip()
+    if not text:
+        return "No output directory: type a folder to write the artifacts into."
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"Output directory `{text}` is a file, not a directory. Choose another path."
+    probe = path
+    while not probe.exists():  # the nearest existing ancestor decides whether it can be created
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"Output directory `{text}` cannot be created: `{probe}` is a file. Choose another path."
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"Output directory `{text}` is not writable (no write permission on `{probe}`)."
+    if probe == path:
+        # Permission bits can lie (root, read-only mounts): really try to write a file.
+        try:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".enn_write_probe_"):
+                pass
+        except OSError as exc:
+            return f"Output directory `{text}` is not writable: {exc.strerror or exc}."
+    return ""
+
+
+def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """One plain dict per backend of an ExportReport, what the results table and plots show.
+
+    Keys: backend, status, cached, artifact, sidecar (paths as str or ''), size (bytes of all the
+    artifact's files, or None), max_abs_err (or None), parity ``{batch_size: max_abs_err}`` (the
+    worst case of each batch size), atol (the tolerance parity used, or None), latency_ms (or
+    None), message (the error or deferral reason, '' when ok).
+    """
+    latency = latency or {}
+    rows = []
+    for result in report.results:
+        parity: dict[int, float] = {}
+        for case in result.parity.get("cases") or []:
+            batch = int(case["batch_size"])
+            parity[batch] = max(parity.get(batch, 0.0), float(case["max_abs_err"]))
+        tolerance = result.parity.get("tolerance") or {}
+        rows.append(
+            {
+                "backend": result.backend,
+                "status": result.status,
+                "cached": bool(result.cached),
+                "artifact": str(result.artifact) if result.artifact else "",
+                "sidecar": str(result.sidecar) if result.sidecar and Path(result.sidecar).exists() else "",
+                "size": result.size_bytes if result.files else None,
+                "max_abs_err": result.max_abs_err,
+                "parity": parity,
+                "atol": tolerance.get("atol"),
+                "latency_ms": latency.get(result.backend),
+                "message": (result.error or result.deferred or "") if result.status != "ok" else "",
+            }
+        )
+    return rows

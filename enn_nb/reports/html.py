@@ -1,0 +1,46 @@
+"""Render an executed report notebook as one self-contained HTML file (nbconvert, images inlined)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from enn_nb.errors import ReportError
+
+
+def to_html(notebook: str | os.PathLike[str], html_path: str | os.PathLike[str] | None = None, *, no_input: bool = False) -> Path:
+    """Write ``notebook`` as HTML next to it (or at ``html_path``) and return the HTML file's path.
+
+    Args:
+        notebook: an executed ``.ipynb``.
+        html_path: where to write; defaults to the notebook's path with ``.html``.
+        no_input: leave code cells' source and prompts out, keeping their outputs and the markdown.
+
+    Raises:
+        ReportError: nbconvert could not render the notebook (the cause is chained).
+    """
+    from enn_nb._optional import require
+
+    nbconvert = require("nbconvert", purpose="HTML reports")
+    nbformat = require("nbformat", purpose="HTML reports")
+    src = Path(notebook)
+    dst = Path(html_path) if html_path is not None else src.with_suffix(".html")
+    nb = nbformat.read(src, as_version=4)
+    exporter = nbconvert.HTMLExporter()
+    exporter.exclude_input = no_input
+    exporter.exclude_input_prompt = no_input
+    exporter.exclude_output_prompt = no_input
+    try:
+        body, _resources = exporter.from_notebook_node(nb, resources={"metadata": {"name": _title(nb, src)}})
+    except Exception as exc:
+        raise ReportError(f"nbconvert could not render `{src}` as HTML: {type(exc).__name__}: {exc}") from exc
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.write_text(body, encoding="utf-8")
+    os.replace(tmp, dst)
+    return dst
+
+
+def _title(nb: object, src: Path) -> str:
+    meta = getattr(nb, "metadata", {}) or {}
+    params = (meta.get("enn_nb") or {}).get("parameters") or {}
+    return str(params.get("title") or src.stem)

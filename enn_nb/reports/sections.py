@@ -1,0 +1,509 @@
+"""Building blocks of the ``export_report`` template: which backends, latency and parity per batch size, tables, verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import html
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from enn_nb.errors import ReportError
+from enn_nb.reports.verdict import FAILING, Pending, Verdict
+
+if TYPE_CHECKING:
+    from enn_nb.export import ExportReport
+
+
+# -- what to export ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Requested:
+    """The backends a report exports.
+
+    Attributes:
+        names: the backends passed to ``enn_nb.export``.
+        explicit: the caller named them; an unavailable one then fails the verdict.
+        skipped: backends left out because they cannot run here, with the reason.
+    """
+
+    names: list[str]
+    explicit: bool
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def requested_backends(backends: str | Sequence[str] | None) -> Requested:
+    """``"available"`` (every backend that converts here), ``"all"``, ``"onnx,pt2"`` or ``["onnx", "pt2"]``.
+
+    Raises:
+        UnknownNameError: a backend name that is not registered (the closest name is suggested).
+        ReportError: nothing is left to export.
+    """
+    from enn_nb.export import backends as listing
+    from enn_nb.export.registry import resolve_names
+
+    if backends is None or (isinstance(backends, str) and backends.strip() in ("", "available")):
+        table = listing()
+        names = [row.name for row in table if row.available]
+        skipped = {row.name: str(row.reason) for row in table if not row.available}
+        if not names:
+            raise ReportError("No export backend is available here; install one, e.g. %pip install 'enn-nb[onnx]'.")
+        return Requested(names, explicit=False, skipped=skipped)
+    if isinstance(backends, str) and backends.strip() == "all":
+        return Requested(resolve_names("all"), explicit=False)
+    return Requested(resolve_names(backends if isinstance(backends, str) else list(backends)), explicit=True)
+
+
+def tolerances(atol: float | None, rtol: float | None, names: Sequence[str]) -> dict[str, tuple[float, float]] | None:
+    """Per-backend ``(atol, rtol)`` for ``enn_nb.export``: a value given overrides, a None keeps the backend's default."""
+    if atol is None and rtol is None:
+        return None
+    from enn_nb.export.registry import get_backend
+
+    out = {}
+    for name in names:
+        default_atol, default_rtol = get_backend(name).default_tolerance
+        out[name] = (float(default_atol if atol is None else atol), float(default_rtol if rtol is None else rtol))
+    return out
+
+
+def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path:
+    """The checkpoint to report on; an empty value trains the reference model and saves it in ``out_dir``.
+
+    Raises:
+        ReportError: the path does not exist.
+    """
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            raise ReportError(f"The checkpoint `{checkpoint}` does not exist (working directory: {Path.cwd()}).")
+        return path
+    import enn_nb
+    from enn_nb.reference import train_reference
+
+    target = Path(out_dir) / "reference.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    enn_nb.save(train_reference(seed=0), target, metadata={"made_by": "export_report (no checkpoint given)"})
+    return target
+
+
+# -- header -----------------------------------------------------------------------------------------
+class Header:
+    """Title, author, date and source of a report, shown above its verdict."""
+
+    def __init__(self, title: str, author: str = "", subject: str = "") -> None:
+        self.title = title or "Report"
+        self.author = author
+        self.subject = subject
+        self.when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+    def _line(self) -> str:
+        return " · ".join(x for x in (self.author, self.when, self.subject) if x)
+
+    def __repr__(self) -> str:
+        return f"{self.title}\n{self._line()}"
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<h1 style='margin-bottom:2px'>{html.escape(self.title)}</h1>"
+            f"<div style='color:#555;margin-bottom:8px'>{html.escape(self._line())}</div>"
+        )
+
+
+def pending(text: str = "Exporting and checking every backend...") -> Pending:
+    """The placeholder the verdict replaces (``display(pending(), display_id=True).update(verdict)``)."""
+    return Pending(text)
+
+
+# -- latency and parity at the report's batch sizes ---------------------------------------------------
+@dataclasses.dataclass
+class Measurements:
+    """Latency of every runtime and of eager PyTorch, and each runtime's error vs eager, per batch size.
+
+    Attributes:
+        batch_sizes: the batch sizes asked for.
+        eager_ms: eager PyTorch (fast paths on, eval mode): ``{batch: median ms per call}``.
+        latency_ms: ``{backend: {batch: median ms per call}}``.
+        errors: ``{backend: {batch: max abs error vs eager}}`` (the export's own parity cases
+            included, at their batch sizes).
+        mismatches: ``{backend: [reason, ...]}`` for batch sizes beyond the backend's tolerance.
+        notes: ``{backend: why it was not (fully) measured}``.
+    """
+
+    batch_sizes: list[int]
+    eager_ms: dict[int, float] = dataclasses.field(default_factory=dict)
+    latency_ms: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    errors: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    mismatches: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def speedup(self, backend: str, batch: int) -> float | None:
+        ms, eager = self.latency_ms.get(backend, {}).get(batch), self.eager_ms.get(batch)
+        return eager / ms if ms and eager else None
+
+
+def batch_list(batch_sizes: int | str | Sequence[int]) -> list[int]:
+    """``[1, 8, 64]``, ``8`` or ``"1,8"`` -> a sorted list of distinct positive ints.
+
+    Raises:
+        ReportError: a value that is not a positive integer.
+    """
+    items = str(batch_sizes).split(",") if isinstance(batch_sizes, (str, int)) else list(batch_sizes)
+    out: set[int] = set()
+    for item in items:
+        try:
+            value = int(str(item).strip())
+        except ValueError:
+            value = 0
+        if value < 1 or (isinstance(item, float) and not float(item).is_integer()):
+            raise ReportError(f"`batch_sizes` holds {item!r}; give positive integers, e.g. [1, 8, 64].")
+        out.add(value)
+    if not out:
+        raise ReportError("`batch_sizes` is empty; give at least one positive integer, e.g. [1, 8, 64].")
+    return sorted(out)
+
+
+def batch_range(batch_sizes: int | str | Sequence[int]) -> tuple[int, int, int]:
+    """``(min, opt, max)`` for backends that need batch bounds, covering the report's batch sizes."""
+    sizes = batch_list(batch_sizes)
+    return (1, 8, max(64, sizes[-1]))
+
+
+def measure(
+    model: Any,
+    export: ExportReport,
+    batch_sizes: int | str | Sequence[int],
+    *,
+    spec: Any = None,
+    seconds: float = 0.2,
+    max_calls: int = 200,
+) -> Measurements:
+    """Time every exported artifact in its runtime next to eager PyTorch, and compare their outputs.
+
+    Each runtime is loaded with its backend's ``load`` (the same runner the export's parity used) and
+    called on the same inputs as the eager model at every batch size its artifact accepts. The time
+    is the median over calls made for about ``seconds`` after two warm-up calls.
+
+    Args:
+        model: the eager model (its fast paths on, as trained).
+        export: what ``enn_nb.export`` returned for it.
+        batch_sizes: batch sizes to measure.
+        spec: the model's ModelSpec (realistic inputs); read from the model when None.
+    """
+    import torch
+
+    from enn_nb.export.parity import default_example_inputs, eval_only
+    from enn_nb.export.registry import get_backend
+    from enn_nb.spec import ModelSpec
+
+    sizes = batch_list(batch_sizes)
+    result = Measurements(sizes)
+    if spec is None:
+        spec = ModelSpec.from_model(model)
+    inputs = {b: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=b, seed=1000 + b) for b in sizes}
+    call = getattr(model, "forward_export", model)
+    expected: dict[int, list[Any]] = {}
+    with eval_only(model), torch.no_grad():
+        for b in sizes:
+            out = call(*inputs[b])
+            expected[b] = [t.detach().numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
+            result.eager_ms[b] = _time(lambda b=b: call(*inputs[b]), seconds, max_calls)
+
+    for r in export.results:
+        engine_errors = {int(c["batch_size"]): float(c["max_abs_err"]) for c in r.parity.get("cases", [])}
+        if engine_errors:
+            result.errors[r.backend] = dict(engine_errors)
+        if r.status not in ("ok", "mismatch") or r.artifact is None:
+            result.notes[r.backend] = f"not measured: status `{r.status}`"
+            continue
+        backend = get_backend(r.backend)
+        reason = backend.runtime_unavailable_reason()
+        if reason:
+            result.notes[r.backend] = f"not measured: {reason}"
+            continue
+        options = {**backend.default_options, **_sidecar_options(r.sidecar)}
+        try:
+            runner = backend.load(Path(r.artifact), options)
+        except Exception as exc:  # the artifact exists and passed parity in the export's child process
+            result.notes[r.backend] = f"not measured: loading it here raised {type(exc).__name__}: {exc}"
+            continue
+        tol = r.parity.get("tolerance") or {}
+        atol, rtol = float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1]))
+        fixed = None if r.dynamic_batch else _static_batch(r.inputs)
+        if fixed is not None and fixed not in sizes:
+            result.notes[r.backend] = f"static batch {fixed}, not among the batch sizes {sizes}: not measured"
+        elif fixed is not None:
+            result.notes[r.backend] = f"static batch {fixed}: measured at that size only"
+        for b in [b for b in sizes if fixed is None or b == fixed]:
+            arrays = [t.numpy() for t in inputs[b]]
+            got = runner([a.copy() for a in arrays])
+            err, passed = _compare(got, expected[b], atol, rtol)
+            result.errors.setdefault(r.backend, {})[b] = err
+            if not passed:
+                result.mismatches.setdefault(r.backend, []).append(
+                    f"batch {b}: max abs error {err:.3g} beyond atol={atol:g}, rtol={rtol:g} (report's check)"
+                )
+            result.latency_ms.setdefault(r.backend, {})[b] = _time(
+                lambda a=arrays: runner([x.copy() for x in a]), seconds, max_calls
+            )
+    return result
+
+
+def _sidecar_options(path: Path | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        return dict(json.loads(Path(path).read_text(encoding="utf-8")).get("options") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _static_batch(inputs: list[dict[str, Any]]) -> int | None:
+    if not inputs:
+        return None
+    first = (inputs[0].get("shape") or [None])[0]
+    return int(first) if isinstance(first, int) else None
+
+
+def _compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: float) -> tuple[float, bool]:
+    from enn_nb.export.parity import compare
+
+    row = compare(got, expected, atol, rtol)
+    err = float(row["max_abs_err"])
+    return (err if math.isfinite(err) else float("inf")), bool(row["passed"])
+
+
+def _time(fn: Any, seconds: float, max_calls: int) -> float:
+    for _ in range(2):
+        fn()
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < 3 or (time.perf_counter() < deadline and len(samples) < max_calls):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+# -- verdict ------------------------------------------------------------------------------------------
+def verdict(export: ExportReport, measurements: Measurements | None, requested: Requested) -> Verdict:
+    """Pass when every requested backend is ``ok`` (or ``deferred``) and matches eager at every batch size."""
+    backends: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    notes = [f"{name}: skipped, not available here ({why})" for name, why in requested.skipped.items()]
+    sidecars: dict[str, str] = {}
+    for r in export.results:
+        status = r.status
+        extra = (measurements.mismatches.get(r.backend) if measurements else None) or []
+        if status == "ok" and extra:
+            status = "mismatch"
+        reason = _reason(r, extra)
+        backends[r.backend] = {"status": status, "reason": reason, "max_abs_err": r.max_abs_err, "cached": r.cached}
+        if status in FAILING or (status == "unavailable" and requested.explicit):
+            failures.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
+        elif status in ("deferred", "unavailable"):
+            notes.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
+        if r.sidecar and Path(r.sidecar).is_file():
+            sidecars[r.backend] = str(Path(r.sidecar).resolve())
+    total = len(export.results)
+    good = sum(1 for info in backends.values() if info["status"] == "ok")
+    headline = f"{good} of {total} backend{'s' if total != 1 else ''} exported and match eager PyTorch within tolerance"
+    if failures:
+        headline += f"; {len(failures)} failed the check"
+    return Verdict(ok=not failures, headline=headline + ".", backends=backends, failures=failures, notes=notes, sidecars=sidecars)
+
+
+def _reason(r: Any, extra: list[str]) -> str:
+    if r.status == "mismatch":
+        tol = r.parity.get("tolerance") or {}
+        worst = max(r.parity.get("cases", []), key=lambda c: c.get("max_abs_err", 0.0), default=None)
+        where = f" at batch {worst['batch_size']}" if worst else ""
+        err = r.max_abs_err if r.max_abs_err is not None else float("nan")
+        return f"max abs error {err:.3g}{where} beyond atol={tol.get('atol', float('nan')):g}, rtol={tol.get('rtol', float('nan')):g}"
+    if r.status == "failed":
+        return f"stage `{r.stage}`: {r.error_type + ': ' if r.error_type else ''}{r.error or ''}".strip()
+    if r.status == "crashed":
+        how = f"signal {r.signal}" if r.signal else f"exit code {r.exit_code}"
+        return f"the isolated converter died ({how}){': ' + r.error if r.error else ''}"
+    if r.status in ("deferred", "unavailable"):
+        return str(r.deferred or r.error or "")
+    return "; ".join(extra)
+
+
+# -- tables and sections ------------------------------------------------------------------------------
+class HtmlTable:
+    """Rows of (text, optional link) cells: an HTML table in a notebook, aligned text elsewhere."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str = "") -> None:
+        self.columns = list(columns)
+        self.rows = [list(row) for row in rows]
+        self.caption = caption
+
+    @staticmethod
+    def _text(cell: Any) -> str:
+        return str(cell[0]) if isinstance(cell, tuple) else ("" if cell is None else str(cell))
+
+    def _repr_html_(self) -> str:
+        def td(cell: Any) -> str:
+            if isinstance(cell, tuple):
+                text, href = cell
+                return f"<td><a href='{html.escape(str(href))}'>{html.escape(str(text))}</a></td>"
+            return f"<td>{html.escape(self._text(cell))}</td>"
+
+        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in self.rows)
+        cap = f"<caption style='text-align:left'>{html.escape(self.caption)}</caption>" if self.caption else ""
+        return f"<table class='enn-nb-table'>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        cells = [self.columns, *[[self._text(c) for c in row] for row in self.rows]]
+        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+        return "\n".join(([self.caption] if self.caption else []) + lines)
+
+
+def link(path: str | os.PathLike[str] | None) -> str:
+    """A path as a link relative to the working directory (the folder the executed notebook is written to)."""
+    if not path:
+        return ""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path.cwd())
+    except ValueError:  # another drive on Windows
+        return str(Path(path).resolve())
+
+
+def artifact_table(export: ExportReport, measurements: Measurements | None = None) -> HtmlTable:
+    """Backend, status, artifact (a link), size, max error and tolerance, and latency vs eager per batch size."""
+    from enn_nb.notebook.plots import human_size
+
+    sizes = measurements.batch_sizes if measurements else []
+    columns = ["backend", "status", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
+    columns += [f"ms @ {b} (vs eager)" for b in sizes]
+    rows = []
+    for r in export.results:
+        tol = r.parity.get("tolerance") or {}
+        errs = [r.max_abs_err] + list(((measurements.errors if measurements else {}).get(r.backend) or {}).values())
+        errs = [e for e in errs if e is not None]
+        status = r.status + (" (cached)" if r.cached else "")
+        if measurements and r.status == "ok" and measurements.mismatches.get(r.backend):
+            status = "mismatch (report's check)"
+        row: list[Any] = [
+            r.backend,
+            status,
+            (Path(r.artifact).name, link(r.artifact)) if r.artifact else "-",
+            human_size(r.size_bytes) if r.files else "-",
+            f"{max(errs):.2e}" if errs else "-",
+            f"{tol['atol']:g}, {tol['rtol']:g}" if tol else "-",
+        ]
+        for b in sizes:
+            ms = measurements.latency_ms.get(r.backend, {}).get(b) if measurements else None
+            ratio = measurements.speedup(r.backend, b) if measurements else None
+            row.append(f"{ms:.3g} ({ratio:.2g}x faster)" if ms and ratio and ratio >= 1 else
+                       f"{ms:.3g} ({1 / ratio:.2g}x slower)" if ms and ratio else "-")
+        rows.append(row)
+    if measurements:
+        rows.append(["eager PyTorch", "reference", "-", "-", "-", "-", *[f"{measurements.eager_ms[b]:.3g}" for b in sizes]])
+    return HtmlTable(columns, rows)
+
+
+def notes_table(measurements: Measurements, export: ExportReport) -> HtmlTable | None:
+    """What could not be measured, and errors/notes of backends that did not finish, or None."""
+    rows = [[name, text] for name, text in measurements.notes.items()]
+    rows += [[r.backend, n] for r in export.results for n in r.notes]
+    return HtmlTable(["backend", "note"], rows) if rows else None
+
+
+class Image:
+    """A matplotlib figure as a PNG output (``image/png``): it survives papermill, nbconvert and git."""
+
+    def __init__(self, figure: Any, *, dpi: int = 100) -> None:
+        from enn_nb.notebook.plots import to_png
+
+        self.png = to_png(figure, dpi=dpi)
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def __repr__(self) -> str:
+        return f"<figure: {len(self.png)} bytes of PNG>"
+
+
+def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
+    """Parity error per backend and batch size, latency vs eager at each batch size, artifact size."""
+    from enn_nb.notebook.plots import latency_figure, parity_figure, size_figure
+
+    atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
+    images = [Image(parity_figure(measurements.errors, tolerances=atol))]
+    for b in measurements.batch_sizes:
+        per = {name: ms[b] for name, ms in measurements.latency_ms.items() if b in ms}
+        images.append(Image(latency_figure(per, eager_ms=measurements.eager_ms.get(b), batch_size=b,
+                                           title=f"Latency per runtime vs eager, batch {b}")))
+    images.append(Image(size_figure({r.backend: r.size_bytes for r in export.results if r.files})))
+    return images
+
+
+def deviations_table(export: ExportReport) -> HtmlTable:
+    """The export-safe switches made for the export (what runs in the artifacts instead of the fast paths)."""
+    rows = export.deviations or []
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    if not rows:
+        return HtmlTable(["deviation"], [["none: the model has no fast path the export had to switch"]])
+    return HtmlTable(keys, [[_short(row.get(k)) for k in keys] for row in rows])
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+class Sidecars:
+    """Each sidecar as a link to its file and its JSON content collapsed in ``<details>``."""
+
+    def __init__(self, export: ExportReport) -> None:
+        self.items: list[tuple[str, Path, str]] = []
+        for r in export.results:
+            if r.sidecar and Path(r.sidecar).is_file():
+                text = Path(r.sidecar).read_text(encoding="utf-8")
+                try:
+                    text = json.dumps(json.loads(text), indent=2)
+                except ValueError:
+                    pass
+                self.items.append((r.backend, Path(r.sidecar), text))
+
+    def __repr__(self) -> str:
+        return "\n".join(f"{name}: {link(path)} ({len(text)} characters)" for name, path, text in self.items) or "no sidecar written"
+
+    def _repr_html_(self) -> str:
+        if not self.items:
+            return "<p>No sidecar was written.</p>"
+        parts = []
+        for name, path, text in self.items:
+            parts.append(
+                f"<details class='enn-nb-sidecar' data-backend='{html.escape(name)}'><summary><code>{html.escape(name)}</code>: "
+                f"<a href='{html.escape(link(path))}'>{html.escape(path.name)}</a></summary>"
+                f"<pre style='max-height:30em;overflow:auto;font-size:85%'>{html.escape(text)}</pre></details>"
+            )
+        return "".join(parts)
+
+
+def reproduce(checkpoint: Path, requested: Requested, batch_sizes: Sequence[int], atol: float | None, rtol: float | None) -> str:
+    """The command line that re-runs this report (for a scheduler or a colleague)."""
+    parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
+    if requested.explicit:
+        parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
+    parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
+    parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
+    return " ".join(parts) + " --out REPORT_DIR --html"
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)

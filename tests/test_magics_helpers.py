@@ -1,0 +1,134 @@
+"""The magics' helpers: provenance from a real shell, tqdm progress bars, tables, parsing rules."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+
+from enn_nb.notebook import _magic_logic as logic
+from enn_nb.notebook import provenance
+from enn_nb.notebook.display import Table, TqdmProgress
+from tests._fixtures_magics import get_shell, run_cell
+
+
+# -- provenance -----------------------------------------------------------------------------------
+def test_provenance_inside_a_cell_hashes_the_cell_and_keeps_its_count(monkeypatch) -> None:
+    ip = get_shell()
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    ip.user_ns["_enn_test_collect"] = lambda: provenance.collect(ip, magic="%enn_save", line="m x.pt")
+    source = "x_unused = 1\nrecord = _enn_test_collect()"
+    count = ip.execution_count
+    try:
+        run_cell(ip, source)
+        record = ip.user_ns["record"]
+    finally:
+        for name in ("_enn_test_collect", "x_unused", "record"):
+            ip.user_ns.pop(name, None)
+    assert record["execution_count"] == count
+    assert record["cell_sha256"] == hashlib.sha256(source.encode()).hexdigest()
+    assert record["magic"] == "%enn_save"
+    assert record["notebook"] is None
+    assert record["recorded_at"].endswith("+00:00")
+
+
+def test_provenance_outside_a_cell_hashes_the_invocation() -> None:
+    ip = get_shell()
+    record = provenance.collect(ip, magic="%%enn_export", line="model --out x", cell="backends: [onnx]")
+    assert record["execution_count"] is None
+    expected = hashlib.sha256(b"%%enn_export model --out x\nbackends: [onnx]").hexdigest()
+    assert record["cell_sha256"] == expected
+
+
+def test_notebook_path_from_the_kernel(monkeypatch) -> None:
+    ip = get_shell()
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert provenance.notebook_path(ip) is None
+    monkeypatch.setenv("JPY_SESSION_NAME", "work/analysis.ipynb")
+    assert provenance.notebook_path(ip) == "work/analysis.ipynb"
+    monkeypatch.setitem(ip.user_ns, "__session__", "lab/session.ipynb")
+    assert provenance.notebook_path(ip) == "lab/session.ipynb"
+    monkeypatch.setitem(ip.user_ns, "__vsc_ipynb_file__", "/home/u/vscode.ipynb")
+    assert provenance.notebook_path(ip) == "/home/u/vscode.ipynb"
+
+
+# -- progress and tables --------------------------------------------------------------------------
+def test_progress_draws_one_bar_per_backend_and_closes_them() -> None:
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    progress = TqdmProgress(stages=["capture", "convert", "verify"], tqdm_factory=tqdm, file=stream, mininterval=0)
+    events = [
+        {"backend": "onnx", "stage": "capture", "status": "running", "index": 0, "total": 2},
+        {"backend": "onnx", "stage": "convert", "status": "running", "index": 0, "total": 2},
+        {"backend": "onnx", "stage": "verify", "status": "ok", "index": 0, "total": 2},
+        {"backend": "pt2", "stage": "convert", "status": "running", "index": 1, "total": 2},
+    ]
+    with progress:
+        for event in events:
+            progress(event)
+        assert progress.bars["onnx"].n == 3 and progress.final == {"onnx": "ok"}
+        assert progress.bars["pt2"].n == 2  # convert is the second stage
+        progress({"backend": "pt2", "stage": "convert", "status": "failed", "index": 1, "total": 2})
+    text = stream.getvalue()
+    assert "[1/2] onnx" in text and "[2/2] pt2" in text and "verify ok" in text and "convert failed" in text
+    assert progress.bars["pt2"].n == 3  # a final status fills the bar
+    assert all(bar.disable or bar.n == bar.total for bar in progress.bars.values())
+    assert progress.events == events + [events[-1] | {"status": "failed"}]
+
+
+def test_progress_without_known_stages_counts_them() -> None:
+    from tqdm import tqdm
+
+    progress = TqdmProgress(tqdm_factory=tqdm, file=io.StringIO())
+    for stage in ("a", "b", "b", "c"):
+        progress({"backend": "x", "stage": stage, "status": "running"})
+    assert progress.bars["x"].n == 3 and progress.bars["x"].total is None
+    progress.close()
+
+
+def test_table_renders_html_escaped_and_text() -> None:
+    table = Table(["name", "available", "reason"], [["onnx", True, None], ["<b>x</b>", False, "needs `y`"]], title="T")
+    html = table._repr_html_()
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<caption" in html and html.count("<tr>") == 3
+    text = repr(table).splitlines()
+    assert text[0] == "T" and text[1].split() == ["name", "available", "reason"]
+    assert text[3].split() == ["onnx", "yes"] and len(table) == 2
+
+
+# -- parsing rules --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("runs/my-model.v2.safetensors", "my_model_v2"),
+        ("model.pt", "model"),
+        ("ckpt/2024_run.pth", "model_2024_run"),
+        ("dcp/class", "class_"),
+        ("weird/---.pt", "model"),
+    ],
+)
+def test_name_from_path(path: str, name: str) -> None:
+    assert logic.name_from_path(path) == name
+
+
+def test_meta_values_are_read_as_yaml() -> None:
+    meta = logic.parse_meta(["run=3", "lr=1e-3", "note=first try", "tags=[a, b]", "empty=", "eq=a=b"])
+    assert meta == {"run": 3, "lr": 1e-3, "note": "first try", "tags": ["a", "b"], "empty": "", "eq": "a=b"}
+
+
+def test_tolerances_forms_and_yaml_exponents() -> None:
+    body = logic.parse_export_body("tolerances:\n  onnx: {atol: 1e-5, rtol: 1.0e-4}\n  pt2: [0, 0]\n")
+    assert body["tolerances"] == {"onnx": {"atol": 1e-5, "rtol": 1e-4}, "pt2": {"atol": 0.0, "rtol": 0.0}}
+    assert logic.check_tolerances({"atol": 1e-3}) == {"*": {"atol": 1e-3}}
+
+
+def test_split_names() -> None:
+    assert logic.split_names(["onnx,pt2", "aoti", "onnx"]) == ["onnx", "pt2", "aoti"]
+    assert logic.split_names("onnx, pt2") == ["onnx", "pt2"]
+    assert logic.split_names(None) == []
+
+
+def test_empty_body_is_all_defaults() -> None:
+    assert logic.parse_export_body("") == {}
+    assert logic.parse_export_body("# only a comment\n") == {}
