@@ -58,34 +58,50 @@ def test_progress_draws_one_bar_per_backend_and_closes_them() -> None:
     from tqdm import tqdm
 
     stream = io.StringIO()
-    progress = TqdmProgress(stages=["capture", "convert", "verify"], tqdm_factory=tqdm, file=stream, mininterval=0)
-    events = [
-        {"backend": "onnx", "stage": "capture", "status": "running", "index": 0, "total": 2},
+    progress = TqdmProgress(stages=["convert", "verify", "done"], tqdm_factory=tqdm, file=stream, mininterval=0)
+    events = [  # the export engine's sequence: shared capture, then each backend
+        {"backend": None, "stage": "capture", "status": "running", "index": 0, "total": 2},
+        {"backend": None, "stage": "capture", "status": "ok", "index": 0, "total": 2},
         {"backend": "onnx", "stage": "convert", "status": "running", "index": 0, "total": 2},
-        {"backend": "onnx", "stage": "verify", "status": "ok", "index": 0, "total": 2},
-        {"backend": "pt2", "stage": "convert", "status": "running", "index": 1, "total": 2},
+        {"backend": "onnx", "stage": "verify", "status": "running", "index": 0, "total": 2},
     ]
     with progress:
         for event in events:
             progress(event)
-        assert progress.bars["onnx"].n == 3 and progress.final == {"onnx": "ok"}
-        assert progress.bars["pt2"].n == 2  # convert is the second stage
-        progress({"backend": "pt2", "stage": "convert", "status": "failed", "index": 1, "total": 2})
+        assert progress.bars["shared"].n == 1 and progress.final == {"shared": "ok"}
+        assert progress.bars["onnx"].n == 1  # convert finished, verify running
+        progress({"backend": "onnx", "stage": "done", "status": "ok", "index": 0, "total": 2})
+        assert progress.bars["onnx"].n == 3 and progress.final["onnx"] == "ok"
+        progress({"backend": "pt2", "stage": "convert", "status": "running", "index": 1, "total": 2})
+        assert progress.bars["pt2"].n == 0
+        progress({"backend": "pt2", "stage": "done", "status": "failed", "index": 1, "total": 2})
     text = stream.getvalue()
-    assert "[1/2] onnx" in text and "[2/2] pt2" in text and "verify ok" in text and "convert failed" in text
+    assert "shared" in text and "[1/2] onnx" in text and "[2/2] pt2" in text
+    assert "verify running" in text and "done failed" in text
     assert progress.bars["pt2"].n == 3  # a final status fills the bar
-    assert all(bar.disable or bar.n == bar.total for bar in progress.bars.values())
-    assert progress.events == events + [events[-1] | {"status": "failed"}]
+    assert progress.final == {"shared": "ok", "onnx": "ok", "pt2": "failed"}
+    assert len(progress.events) == 7
 
 
-def test_progress_without_known_stages_counts_them() -> None:
+def test_progress_shows_cached_results_and_closes_open_bars_on_exit() -> None:
     from tqdm import tqdm
 
-    progress = TqdmProgress(tqdm_factory=tqdm, file=io.StringIO())
-    for stage in ("a", "b", "b", "c"):
-        progress({"backend": "x", "stage": stage, "status": "running"})
-    assert progress.bars["x"].n == 3 and progress.bars["x"].total is None
-    progress.close()
+    stream = io.StringIO()
+    with TqdmProgress(tqdm_factory=tqdm, file=stream, mininterval=0) as progress:
+        progress({"backend": "onnx", "stage": "done", "status": "ok", "index": 0, "total": 2, "cached": True})
+        for stage in ("a", "b", "b", "c"):
+            progress({"backend": "x", "stage": stage, "status": "running"})
+        assert progress.bars["x"].n == 2 and progress.bars["x"].total is None
+    assert "done ok (cached)" in stream.getvalue()
+    assert progress.bars["x"].disable  # tqdm marks a closed bar disabled
+
+
+def test_final_statuses_cover_the_engine_vocabulary() -> None:
+    from enn_nb.export.backends.base import STATUSES
+
+    from enn_nb.notebook.display import FINAL_STATUSES
+
+    assert set(STATUSES) <= FINAL_STATUSES
 
 
 def test_table_renders_html_escaped_and_text() -> None:

@@ -186,11 +186,10 @@ class Manifest:
 
         return manifest_text(self)
 
-    def __repr__(self) -> str:
-        return (
-            f"<Manifest {self.format} {len(self.tensors)} tensors {_human(self.tensor_bytes)} "
-            f"builder={self.spec.builder!r} content_hash={self.content_hash[:12]} path={self.path!r}>"
-        )
+    def __repr__(self) -> str:  # the REPL shows the same table as print()
+        from .display import manifest_text
+
+        return manifest_text(self)
 
     def _repr_html_(self) -> str:
         from .display import manifest_html
@@ -271,11 +270,3 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     return out
 
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"

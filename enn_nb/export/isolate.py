@@ -141,11 +141,15 @@ def build_job(setup: Setup, shared: Any) -> Any:
     from enn_nb.export.backends.base import ExportJob
     from enn_nb.spec import ModelSpec
 
+    module = None
     if setup.module_path:
-        module = torch.load(setup.module_path, weights_only=False)  # our own file, written by the parent
-    else:
-        module = shared.exported_program().module()
-    module.train(False)
+        try:
+            module = torch.load(setup.module_path, weights_only=False)  # our own file, written by the parent
+            module.train(False)
+        except Exception:  # its class cannot be imported here (defined in a notebook or a test function)
+            module = None
+    if module is None:
+        module = shared.exported_program().module()  # a GraphModule computing the same function
     return ExportJob(
         module=module,
         example_inputs=tuple(torch.from_numpy(a.copy()) for a in setup.example_inputs),

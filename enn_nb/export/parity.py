@@ -230,6 +230,9 @@ def save_vectors(path: Path, cases: list[Case], input_names: list[str], output_n
     os.close(fd)
     try:
         save_file({k: _contiguous(v) for k, v in tensors.items()}, tmp, metadata=meta)
+        from enn_nb.export.sidecar import file_mode
+
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -33,11 +33,16 @@ def schema() -> dict[str, Any]:
     return json.loads(_SCHEMA_FILE.read_text(encoding="utf-8"))
 
 
-def validate(data: dict[str, Any]) -> None:
-    """Raise ExportError naming the first schema violation (path and message)."""
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema())
+    return jsonschema.Draft202012Validator(schema())
+
+
+def validate(data: dict[str, Any]) -> None:
+    """Raise ExportError naming the first schema violation (path and message)."""
+    validator = _validator()
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
@@ -117,16 +122,24 @@ def host() -> dict[str, Any]:
 
 def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
     """enn_nb, python, torch and numpy versions, plus the backend's own (``extra``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {"enn_nb": __version__, "python": platform.python_version()}
     for dist in ("torch", "numpy", "safetensors"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
+        found = dist_version(dist)
+        if found:
+            out[dist] = found
     out.update(extra or {})
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def dist_version(dist: str) -> str | None:
+    """An installed distribution's version (cached: metadata lookups scan every site folder)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def now() -> str:
@@ -188,8 +201,11 @@ def write(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def read(path: Path) -> dict[str, Any]:
+def read(path: Path, *, check_schema: bool = True) -> dict[str, Any]:
     """Load and validate a sidecar (``path`` may be the artifact or the sidecar itself).
+
+    ``check_schema=False`` skips the JSON Schema validation (importing jsonschema takes seconds):
+    the cache uses it for sidecars it wrote itself and checks the key and the files' hashes instead.
 
     Raises:
         ExportError: no sidecar, not JSON, another schema, or invalid.
@@ -209,8 +225,22 @@ def read(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise ExportError(f"`{path}` has schema {found!r}; this enn_nb reads `{SCHEMA}`.")
-    validate(data)
+    if check_schema:
+        validate(data)
     return data
+
+
+def file_mode() -> int:
+    """The mode a plainly created file gets here (0o666 less the umask); temp files start at 0o600."""
+    umask = 0o022
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    umask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o666 & ~umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -221,6 +251,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,8 +14,8 @@ class ForwardExport(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *args: torch.Tensor) -> Any:
-        return self.model.forward_export(*args)
+    def forward(self, features: torch.Tensor) -> Any:
+        return self.model.forward_export(features)
 
 
 def export_module(model: Any) -> Any:

@@ -256,9 +256,9 @@ def field(row: Any, key: str, default: Any = None) -> Any:
 
 def backend_rows() -> list[Any]:
     """``enn_nb.backends()`` (imports no heavy package)."""
-    import enn_nb
+    from enn_nb.export import backends
 
-    return list(enn_nb.backends())
+    return list(backends())
 
 
 def resolve_backends(requested: list[str], rows: list[Any]) -> list[str]:
@@ -414,6 +414,8 @@ def check_tolerances(value: Any) -> dict[str, dict[str, float]]:
     """``{onnx: {atol, rtol}}``, ``{onnx: [atol, rtol]}`` or ``{atol, rtol}`` (key ``*`` = every backend)."""
     if not isinstance(value, Mapping):
         raise SpecError(f"`tolerances: {value!r}`: expected {EXPORT_KEYS['tolerances']}.")
+    if not value:
+        return {}
     if set(value) <= {"atol", "rtol"}:
         value = {"*": value}
     out: dict[str, dict[str, float]] = {}

@@ -50,8 +50,10 @@ class TqdmProgress:
     """An ``enn_nb.export`` progress callback drawing one tqdm bar per backend.
 
     The engine calls it with dicts ``{"backend", "stage", "status", "index", "total"}``; a bar is
-    created on a backend's first event, advances one step per new stage, shows the stage and status,
-    and closes when the status is final. Use it as a context manager so bars close on errors too.
+    created on a backend's first event, counts the stages finished before the current one, shows the
+    stage and status, and fills and closes when the status is final. Events without a backend (the
+    engine's shared capture) go to one one-step ``shared`` bar. Use it as a context manager so bars
+    close on errors too.
 
     Args:
         stages: the stage names of one backend's run, in order, for a bar with a known length; None
@@ -75,32 +77,39 @@ class TqdmProgress:
         self.events: list[dict[str, Any]] = []
         self.final: dict[str, str] = {}
 
-    def _make(self, backend: str, index: Any, total: Any) -> Any:
+    def _make(self, backend: str | None, index: Any, total: Any) -> Any:
         factory = self._factory
         if factory is None:
             from tqdm.auto import tqdm as factory  # tqdm.auto picks widgets only inside a kernel
-        label = backend
-        if isinstance(index, int) and isinstance(total, int) and total > 0:
+        if backend is None:  # the engine's shared steps (the one torch.export capture)
+            label = "shared"
+        elif isinstance(index, int) and isinstance(total, int) and total > 0:
             label = f"[{index + 1}/{total}] {backend}"
-        return factory(total=len(self.stages) if self.stages else None, desc=label, unit="stage", **self._kwargs)
+        else:
+            label = backend
+        total = 1 if backend is None else (len(self.stages) if self.stages else None)
+        return factory(total=total, desc=label, unit="stage", **self._kwargs)
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         event = dict(event)
         self.events.append(event)
-        backend = str(event.get("backend") or "export")
+        name = event.get("backend")
+        backend = str(name) if name else "shared"
         stage = event.get("stage")
         status = event.get("status")
         bar = self.bars.get(backend)
         if bar is None:
-            bar = self.bars[backend] = self._make(backend, event.get("index"), event.get("total"))
+            bar = self.bars[backend] = self._make(name or None, event.get("index"), event.get("total"))
             self._seen[backend] = []
         seen = self._seen[backend]
         if stage and stage not in seen:
             seen.append(stage)
-            target = self.stages.index(stage) + 1 if self.stages and stage in self.stages else bar.n + 1
-            if bar.total is None or target <= bar.total:
-                bar.update(max(0, target - bar.n))
-        bar.set_postfix_str(" ".join(str(p) for p in (stage, status) if p), refresh=True)
+            # a bar counts finished stages: starting stage k means k stages are done
+            done = self.stages.index(stage) if self.stages and stage in self.stages and name else len(seen) - 1
+            if done > bar.n and (bar.total is None or done <= bar.total):
+                bar.update(done - bar.n)
+        cached = "(cached)" if event.get("cached") else ""
+        bar.set_postfix_str(" ".join(str(p) for p in (stage, status, cached) if p), refresh=True)
         if status in FINAL_STATUSES and backend not in self.final:
             self.final[backend] = str(status)
             if bar.total is not None and bar.n < bar.total:

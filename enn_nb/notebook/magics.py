@@ -20,6 +20,8 @@ from traitlets import Bool, Dict, Int, List, TraitError, Unicode, validate
 from enn_nb.notebook import _magic_logic as logic
 from enn_nb.notebook import provenance
 
+# A backend's stages as the export engine reports them; the shared capture is one more bar.
+PROGRESS_STAGES = ("convert", "verify", "done")
 # Seed of the random example inputs built from an `example_inputs: [shape]` body key.
 EXAMPLE_SEED = 0
 
@@ -145,9 +147,9 @@ class EnnMagics(Magics):
             path = Path(args.path).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
 
-            import enn_nb
+            from enn_nb.checkpoint import save
 
-            return enn_nb.save(model, path, format=fmt, spec=spec, metadata=metadata or None, optimizer=optimizer)
+            return save(model, path, format=fmt, spec=spec, metadata=metadata or None, optimizer=optimizer)
 
     # -- %enn_load ----------------------------------------------------------------------------
     @magic_arguments()
@@ -176,9 +178,9 @@ class EnnMagics(Magics):
                 target = logic.require_module(logic.lookup(self._ns, args.model, what="--model"), args.model, self._ns)
             name = logic.check_identifier(args.into, "--into") if args.into else self._derived_name(path)
 
-            import enn_nb
+            from enn_nb.checkpoint import load
 
-            loaded = enn_nb.load(path, model=target, strict=not args.non_strict, verify=not args.no_verify)
+            loaded = load(path, model=target, strict=not args.non_strict, verify=not args.no_verify)
             self._ns[name] = loaded.model
             if not args.into:
                 self._bound_by_load.add(name)
@@ -207,9 +209,9 @@ class EnnMagics(Magics):
             args = _parse(self.enn_inspect, line)
             path = logic.check_checkpoint_path(args.path)
 
-            import enn_nb
+            from enn_nb.checkpoint import inspect
 
-            return enn_nb.inspect(path)
+            return inspect(path)
 
     # -- %%enn_export -------------------------------------------------------------------------
     @magic_arguments()
@@ -252,15 +254,16 @@ class EnnMagics(Magics):
             kwargs = self._export_kwargs(args, body, backends)
             kwargs["provenance"] = self._provenance("%%enn_export" if cell is not None else "%enn_export", line, cell)
 
-            import enn_nb
+            # The function, not `enn_nb.export`: that attribute is the subpackage once it is imported.
+            from enn_nb.export import export
 
             progress = None
             if self.progress:
                 from enn_nb.notebook.display import TqdmProgress
 
-                progress = TqdmProgress()
+                progress = TqdmProgress(stages=PROGRESS_STAGES)
             with progress if progress is not None else contextlib.nullcontext():
-                report = enn_nb.export(source, backends, progress=progress, **kwargs)
+                report = export(source, backends, progress=progress, **kwargs)
             self._ns["_"] = report
             if args.as_name:
                 self._ns[args.as_name] = report
@@ -328,9 +331,9 @@ class EnnMagics(Magics):
         """
         with user_errors():
             _parse(self.enn_backends, line)
-            import enn_nb
+            from enn_nb.export import backends
 
-            rows = enn_nb.backends()
+            rows = backends()
             if hasattr(rows, "_repr_html_"):
                 return rows
             from enn_nb.notebook.display import Table
@@ -346,7 +349,7 @@ class EnnMagics(Magics):
         """Open the export wizard (ipywidgets): pick a model, targets and options, run, look at results.
 
         The wizard starts from this extension's settings (out_dir, default_backends, isolate,
-        verify, dynamic_batch, batch_range).
+        verify, cache, dynamic_batch, batch_range, and tolerances given for every backend).
 
         Example::
 
@@ -361,7 +364,11 @@ class EnnMagics(Magics):
                 "verify": self.verify,
                 "dynamic_batch": self.dynamic_batch,
                 "batch_range": tuple(self.batch_range),
+                "cache": self.cache,
             }
+            common = logic.check_tolerances(self.tolerances).get("*")
+            if common:  # the wizard takes one (atol, rtol) for every backend
+                defaults["tolerances"] = (common.get("atol"), common.get("rtol"))
             if args.model:
                 source = self._export_source(args.model)
                 defaults["checkpoint" if isinstance(source, Path) else "model"] = (
@@ -379,13 +386,20 @@ class EnnMagics(Magics):
         return [str(logic.field(r, "name")) for r in rows if logic.field(r, "available")]
 
 
-def _tolerances_for(tolerances: dict[str, dict[str, float]], backends: list[str]) -> dict[str, dict[str, float]]:
-    """``{"*": tol, "onnx": tol2}`` -> one entry per chosen backend (a named backend wins over ``*``)."""
-    default = tolerances.get("*")
-    out = {b: dict(default) for b in backends} if default else {}
-    for name, tol in tolerances.items():
-        if name != "*":
-            out[name] = {**out.get(name, {}), **tol}
+def _tolerances_for(tolerances: dict[str, dict[str, float]], backends: list[str]) -> dict[str, tuple[float, float]]:
+    """``{"*": {atol}, "onnx": {rtol}}`` -> ``{backend: (atol, rtol)}`` for the chosen backends.
+
+    A named backend wins over ``*``; a bound given for neither comes from the backend's documented default.
+    """
+    from enn_nb.export.registry import get_backend
+
+    out: dict[str, tuple[float, float]] = {}
+    for name in backends:
+        given = {**tolerances.get("*", {}), **tolerances.get(name, {})}
+        if not given:
+            continue
+        atol, rtol = get_backend(name).default_tolerance
+        out[name] = (float(given.get("atol", atol)), float(given.get("rtol", rtol)))
     return out
 
 

@@ -90,6 +90,7 @@ def latency_figure(
     *,
     eager_ms: float | None = None,
     batch_size: int | None = None,
+    batches: Mapping[str, int] | None = None,
     title: str = "Latency per runtime vs eager",
 ) -> Figure:
     """Horizontal bars of the mean latency per runtime, eager PyTorch first, labelled with the ratio.
@@ -97,7 +98,9 @@ def latency_figure(
     Args:
         latency_ms: ``{backend: milliseconds per call}``; ``None`` (not measured) is skipped.
         eager_ms: the eager model's latency on the same input, drawn first in grey.
-        batch_size: shown in the axis label.
+        batch_size: the batch everything was timed at, shown in the axis label.
+        batches: ``{backend: batch}`` where a runtime was timed at another batch (a static
+            artifact): its label says so and no ratio to eager is given.
         title: the axes title.
     """
     values = {k: float(v) for k, v in latency_ms.items() if v is not None and not math.isnan(float(v))}
@@ -110,16 +113,20 @@ def latency_figure(
         data.append(float(eager_ms))
         colors.append("0.6")
     palette = _colors(max(len(values), 1))
+    comparable = [eager_ms is None]
     for i, (name, ms) in enumerate(values.items()):
-        labels.append(name)
+        other = (batches or {}).get(name)
+        same = other is None or batch_size is None or other == batch_size
+        labels.append(name if same else f"{name} (batch {other})")
         data.append(ms)
         colors.append(palette[i])
+        comparable.append(same)
     ax = fig.add_subplot()
     ys = list(range(len(labels)))[::-1]
     bars = ax.barh(ys, data, color=colors)
-    for bar, ms, label in zip(bars, data, labels):
+    for bar, ms, label, same in zip(bars, data, labels, comparable):
         text = f"{ms:.3g} ms"
-        if eager_ms and label != "eager (torch)":
+        if eager_ms and label != "eager (torch)" and same:
             text += f"  ({ms / eager_ms:.2g}x eager)"
         ax.annotate(text, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center",
                     fontsize=7, xytext=(3, 0), textcoords="offset points")

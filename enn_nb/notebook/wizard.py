@@ -39,7 +39,7 @@ class Wizard:
         self.state.apply_defaults(defaults)
         self.controller = ExportRun(self.state, export=export)
         self.view = WizardView(
-            self.state, self.controller, save_report=self.save_report if reports_available() else None
+            self.state, self.controller, save_report=self._make_report if reports_available() else None
         )
 
     # -- the verbs the buttons use ------------------------------------------------------------
@@ -77,12 +77,23 @@ class Wizard:
 
     # -- save as report --------------------------------------------------------------------------
     def save_report(self) -> Any:
-        """Produce the papermill export report for the same model and settings (the button's action).
+        """Produce the papermill export report for the same model and settings; blocks until done.
 
-        A model chosen from a variable is first saved as a checkpoint next to the artifacts, since a
-        report runs in a fresh kernel that can only read files.
+        The "Save as report" button does the same in a background thread. A model chosen from a
+        variable is first saved as a checkpoint next to the artifacts, since a report runs in a
+        fresh kernel that can only read files.
+
+        Returns:
+            The ``enn_nb.reports.ReportResult`` (``.notebook`` is the executed report).
         """
-        import enn_nb
+        result = self._make_report()
+        self.state.report_path = str(getattr(result, "notebook", result))
+        return result
+
+    def _make_report(self) -> Any:
+        # Runs in a worker thread for the button: reads the state, writes no trait.
+        from enn_nb.checkpoint import save
+        from enn_nb.reports import report
 
         state = self.state
         if state.report is None:
@@ -91,15 +102,18 @@ class Wizard:
         checkpoint = state.selected_model()
         if not isinstance(checkpoint, Path):
             checkpoint = out_dir / "wizard_model.safetensors"
-            enn_nb.save(state.namespace[state.variable], checkpoint)
-        result = enn_nb.report(
+            save(state.namespace[state.variable], checkpoint)
+        atol, rtol = state.tolerances()
+        result = report(
             "export_report",
             out_dir / "report",
             checkpoint=str(checkpoint.resolve()),
             backends=list(state.backends),
+            batch_sizes=sorted(set(state.batch_range())),
+            atol=atol,
+            rtol=rtol,
             progress=False,
         )
-        state.report_path = str(getattr(result, "notebook", result))
         return result
 
     # -- display -------------------------------------------------------------------------------

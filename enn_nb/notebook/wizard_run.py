@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from enn_nb.errors import EnnError
 from enn_nb.notebook.wizard_state import STEPS, WizardState
 
 #: statuses that end a backend's part of the run
@@ -43,17 +44,22 @@ class ExportRun:
 
     Args:
         state: the wizard state it reads settings from and writes progress/results into.
-        export: the export function (``enn_nb.export`` unless a test passes another one with the
+        export: the export function (``enn_nb.export`` unless a caller passes another one with the
             same signature).
+        measure_latency: after the export, time each artifact on its runtime against eager.
     """
 
-    def __init__(self, state: WizardState, export: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self, state: WizardState, export: Callable[..., Any] | None = None, *, measure_latency: bool = True
+    ) -> None:
         self.state = state
         self._export = export
+        self._measure = measure_latency
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[threading.Thread] = []
 
     # -- main thread ---------------------------------------------------------------------------
     def start(self) -> bool:
@@ -70,10 +76,7 @@ class ExportRun:
         kwargs = state.export_kwargs()
         state.reset_run()
         self._stop.clear()
-        try:
-            self._loop = asyncio.get_running_loop()  # the kernel's loop, when called from a kernel
-        except RuntimeError:
-            self._loop = None
+        self._capture_loop()
         state.running = True
         state.step = STEPS.index("run")
         self._log(f"exporting {_describe(model)} to {', '.join(kwargs['backends'])} in {kwargs['out_dir']}")
@@ -90,9 +93,35 @@ class ExportRun:
             self.state.cancel_requested = True
             self._log("cancel requested: stopping after the current backend")
 
+    def background(
+        self, fn: Callable[[], Any], *, done: Callable[[Any], None], failed: Callable[[BaseException], None]
+    ) -> None:
+        """Run ``fn`` in a worker thread (e.g. "Save as report"); ``done``/``failed`` run on this thread."""
+        self._capture_loop()
+
+        def work() -> None:
+            try:
+                value = fn()
+            except BaseException as exc:  # noqa: BLE001 - shown inline by ``failed``
+                self._post("call", lambda: failed(exc))
+            else:
+                self._post("call", lambda: done(value))
+
+        thread = threading.Thread(target=work, name="enn-wizard-task", daemon=True)
+        self._tasks.append(thread)
+        thread.start()
+
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the export or a background task is still running."""
+        self._tasks = [t for t in self._tasks if t.is_alive()]
+        return (self._thread is not None and self._thread.is_alive()) or bool(self._tasks)
+
+    def _capture_loop(self) -> None:
+        try:
+            self._loop = asyncio.get_running_loop()  # the kernel's loop, when called from a kernel
+        except RuntimeError:
+            self._loop = None
 
     def pump(self) -> int:
         """Apply the queued events to the state (on the calling thread); returns how many."""
@@ -113,7 +142,7 @@ class ExportRun:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            self._thread.join(0.05 if remaining is None else min(0.05, remaining))  # type: ignore[union-attr]
+            time.sleep(0.02 if remaining is None else min(0.02, remaining))
         self.pump()
         return not self.state.running
 
@@ -134,20 +163,45 @@ class ExportRun:
         try:
             export = self._export
             if export is None:
-                import enn_nb
-
-                export = enn_nb.export
+                # Not `enn_nb.export`: once the `enn_nb.export` subpackage is imported, that
+                # attribute of the package is the subpackage, not the function.
+                from enn_nb.export import export
             report = export(
                 model,
                 progress=lambda event: self._post("progress", dict(event)),
                 should_stop=self._stop.is_set,
                 **kwargs,
             )
+            if self._measure and not self._stop.is_set():
+                self._post("latency", self._latency(model, report, kwargs))
             self._post("done", report)
         except BaseException as exc:  # noqa: BLE001 - a failed run is shown on the run step, never raised
             self._post("error", (exc, traceback.format_exc()))
         finally:
             logger.removeHandler(handler)
+
+    def _latency(self, model: Any, report: Any, kwargs: dict[str, Any]) -> Any:
+        """Time each artifact against eager (the engine records no inference latency)."""
+        from enn_nb.notebook.latency import measure
+
+        if not any(r.status == "ok" for r in report.results):
+            return None
+        try:
+            if isinstance(model, Path):
+                from enn_nb.checkpoint import load
+
+                model = load(model).model
+            return measure(
+                report,
+                model,
+                batch_size=kwargs["batch_range"][1],
+                options=kwargs.get("options") or {},
+                on_backend=lambda name: self._post("log", f"timing {name} against eager"),
+                should_stop=self._stop.is_set,
+            )
+        except Exception as exc:  # latency is a bonus: the export's results stand without it
+            self._post("log", f"latency not measured: {type(exc).__name__}: {exc}")
+            return None
 
     # -- applying events (main thread) -----------------------------------------------------------
     def _log(self, line: str) -> None:
@@ -155,17 +209,29 @@ class ExportRun:
 
     def _apply(self, kind: str, payload: Any) -> None:
         state = self.state
-        if kind == "log":
+        if kind == "call":
+            payload()
+        elif kind == "log":
             self._log(payload)
         elif kind == "progress":
             self._apply_progress(payload)
         elif kind == "done":
             self._finish(payload)
+        elif kind == "latency":
+            if payload is not None:
+                values = dict(payload.backends)
+                if payload.eager_ms is not None:
+                    values["eager"] = payload.eager_ms
+                state.latency_batches = dict(payload.batches)
+                state.latency = values
+                for name, why in payload.skipped.items():
+                    self._log(f"latency of {name} not measured: {why}")
         elif kind == "error":
             exc, text = payload
             state.run_error = f"{type(exc).__name__}: {exc}"
             self._log(f"export failed: {state.run_error}")
-            self._log(text.rstrip())
+            if not isinstance(exc, EnnError):  # an unexpected error: its traceback helps a bug report
+                self._log(text.rstrip())
             state.running = False
 
     def _apply_progress(self, event: dict[str, Any]) -> None:
@@ -183,8 +249,9 @@ class ExportRun:
         if name:
             state.progress = {**state.progress, name: entry}
         state.overall = sum(1 for v in state.progress.values() if v.get("status") in TERMINAL)
-        where = f"[{int(event['index']) + 1}/{event['total']}] " if "index" in event and "total" in event else ""
-        self._log(f"{where}{name}: {stage}{(' -> ' + status) if status else ''}")
+        where = f"[{int(event['index']) + 1}/{event['total']}] " if name and "total" in event else ""
+        cached = " (cached)" if event.get("cached") else ""
+        self._log(f"{where}{name or 'shared'}: {stage}{(' -> ' + status) if status else ''}{cached}")
 
     def _finish(self, report: Any) -> None:
         state = self.state

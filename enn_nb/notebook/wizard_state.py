@@ -44,6 +44,11 @@ class WizardState(HasTraits):
     variable = Unicode("", help="Name of the nn.Module variable in the namespace to export.")
     checkpoint = Unicode("", help="Path of the checkpoint (.pt, .safetensors or DCP directory) to export.")
 
+    example_inputs = AnyTrait(
+        None, allow_none=True,
+        help="Example inputs for a model that declares no `in_dim` (a tensor or tuple); None draws them from its spec.",
+    )
+
     # -- step 2: targets and options ----------------------------------------------------------
     backends = List(Unicode(), help="Names of the backends to export to (a subset of the available ones).")
     dynamic_batch = Bool(True, help="Give the artifacts a dynamic batch dimension (min <= opt <= max).")
@@ -57,6 +62,7 @@ class WizardState(HasTraits):
     out_dir = Unicode("enn_exports", help="Directory the artifacts and their sidecars are written into.")
     isolate = Bool(True, help="Run each backend's conversion in a child process (a crash loses nothing).")
     verify = Bool(True, help="Run each artifact on its runtime and compare with the eager model (parity).")
+    cache = Bool(True, help="Reuse the artifacts of an identical earlier export instead of converting again.")
 
     # -- step 3: run ---------------------------------------------------------------------------
     running = Bool(False, help="True while an export runs in the background.")
@@ -71,7 +77,8 @@ class WizardState(HasTraits):
     # -- step 4: results -----------------------------------------------------------------------
     report = AnyTrait(None, allow_none=True, help="The ExportReport of the last finished run.")
     skipped = List(Unicode(), help="Backends the last run skipped because Cancel was pressed.")
-    latency = Dict(help="Measured latency in ms: {'eager': float, backend: float}, at batch `batch_opt`.")
+    latency = Dict(help="Measured latency in ms: {'eager': float, backend: float}; eager at batch `batch_opt`.")
+    latency_batches = Dict(help="Batch each backend's latency was measured at (static artifacts: their own).")
     report_path = Unicode("", help="Path of the report produced by 'Save as report' ('' until then).")
 
     def __init__(self, namespace: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
@@ -107,7 +114,7 @@ class WizardState(HasTraits):
                 if key == "checkpoint":
                     self.source = "checkpoint"
             elif key in ("backend", "backends"):
-                self.backends = [value] if isinstance(value, str) else list(value)
+                self._preselect_backends([value] if isinstance(value, str) else list(value))
             elif key in _DEFAULT_ALIASES or key in self.user_choices():
                 setattr(self, _DEFAULT_ALIASES.get(key) or key, value)
             else:
@@ -115,12 +122,29 @@ class WizardState(HasTraits):
                     f"`wizard()` got an unknown option `{key}`={value!r}. Known options: {', '.join(known)}."
                 )
 
+    def _preselect_backends(self, names: list[str]) -> None:
+        # A ticked box of an unavailable backend would be disabled, so the user could not untick it:
+        # preselect only available ones and say on the targets step what was left out and why.
+        rows = {row["name"]: row for row in self.backend_rows()}
+        chosen, dropped = [], []
+        for name in names:
+            row = rows.get(name)
+            if row is not None and row["available"]:
+                chosen.append(name)
+            elif row is None:
+                dropped.append(f"`{name}` is not a registered backend (known: {', '.join(rows)})")
+            else:
+                dropped.append(f"`{name}` is unavailable here: {row['reason']}")
+        self.backends = chosen
+        if dropped:
+            self.messages = {**self.messages, "targets": "Not preselected: " + "; ".join(dropped)}
+
     @classmethod
     def user_choices(cls) -> list[str]:
         """Names of the traits the user chooses (steps 1 and 2)."""
         return [
-            "source", "variable", "checkpoint", "backends", "dynamic_batch", "batch_min", "batch_opt",
-            "batch_max", "opset", "fp16", "atol", "rtol", "out_dir", "isolate", "verify",
+            "source", "variable", "checkpoint", "example_inputs", "backends", "dynamic_batch", "batch_min", "batch_opt",
+            "batch_max", "opset", "fp16", "atol", "rtol", "out_dir", "isolate", "verify", "cache",
         ]  # fmt: skip
 
     def _name_of(self, module: Any) -> str:
@@ -223,6 +247,12 @@ class WizardState(HasTraits):
                 f"`{self.variable}` is not an `nn.Module` variable of the namespace (any more). "
                 f"Pick one of: {', '.join(names) or '(none)'}."
             )
+        if self.example_inputs is None and getattr(self.namespace[self.variable], "in_dim", None) is None:
+            return (
+                f"`{self.variable}` ({type(self.namespace[self.variable]).__name__}) declares no `in_dim`, so "
+                "no example input can be drawn for it. Open the wizard with example inputs, e.g. "
+                f"`enn_nb.wizard(model=\"{self.variable}\", example_inputs=torch.randn(2, N))`."
+            )
         return ""
 
     def _check_targets(self) -> str:
@@ -313,12 +343,14 @@ class WizardState(HasTraits):
                                     rtol if rtol is not None else default_rtol)  # fmt: skip
         return {
             "backends": list(self.backends),
+            "example_inputs": self.example_inputs,
             "out_dir": Path(self.out_dir).expanduser(),
             "dynamic_batch": self.dynamic_batch,
             "batch_range": self.batch_range(),
             "verify": self.verify,
             "tolerances": tolerances,
             "isolate": self.isolate,
+            "cache": self.cache,
             "options": self.export_options() or None,
         }
 
@@ -342,6 +374,7 @@ class WizardState(HasTraits):
         self.report = None
         self.skipped = []
         self.latency = {}
+        self.latency_batches = {}
         self.report_path = ""
         self.cancel_requested = False
         self.messages = {**self.messages, "run": ""}

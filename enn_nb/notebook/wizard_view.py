@@ -214,21 +214,20 @@ class WizardView:
                                          layout=w.Layout(width="auto")), "isolate")  # fmt: skip
         self.verify = linked(w.Checkbox(description="verify parity on each runtime", indent=False,
                                         layout=w.Layout(width="auto")), "verify")  # fmt: skip
+        self.cache = linked(w.Checkbox(description="reuse identical earlier exports (cache)", indent=False,
+                                       layout=w.Layout(width="auto")), "cache")  # fmt: skip
         return w.VBox([
             w.HTML("<b>Targets</b>"), *rows,
             w.HTML("<b>Options</b>"),
             w.HBox([self.dynamic_batch, self.batch_min, self.batch_opt, self.batch_max]),
             w.HBox([self.opset, self.fp16]),
             w.HBox([w.HTML("tolerances:", layout=w.Layout(width="80px")), self.atol, self.rtol]),
-            self.out_dir, w.HBox([self.isolate, self.verify]),
+            self.out_dir, w.HBox([self.isolate, self.verify, self.cache]),
             self.step_messages["targets"],
         ])  # fmt: skip
 
     def _on_backend_box(self, change: Any) -> None:
-        chosen = [name for name, box in self.backend_boxes.items() if box.value]
-        # Keep any chosen name the registry does not list (a default): validation will name it.
-        extra = [name for name in self.state.backends if name not in self.backend_boxes]
-        self.state.backends = extra + chosen
+        self.state.backends = [name for name, box in self.backend_boxes.items() if box.value]
 
     def _sync_backend_boxes(self) -> None:
         for name, box in self.backend_boxes.items():
@@ -340,7 +339,8 @@ class WizardView:
                 plots.parity_figure({r["backend"]: r["parity"] for r in rows},
                                     tolerances={r["backend"]: r["atol"] for r in rows if r["atol"]}),
                 plots.latency_figure({r["backend"]: r["latency_ms"] for r in rows},
-                                     eager_ms=state.latency.get("eager"), batch_size=state.batch_opt),
+                                     eager_ms=state.latency.get("eager"), batch_size=state.batch_opt,
+                                     batches=state.latency_batches),
                 plots.size_figure({r["backend"]: r["size"] for r in rows}),
             ]  # fmt: skip
             images = [self.w.Image(value=plots.to_png(fig), format="png",
@@ -352,15 +352,20 @@ class WizardView:
         if self._save_report is None:
             return
         self.save_report_button.disabled = True
-        self.save_report_status.value = "<i>writing the report…</i>"
-        try:
-            self._save_report()
-        except Exception as exc:  # shown inline, never a traceback in the wizard
-            self.save_report_status.value = (
-                f"<span style='{_ERROR_STYLE}'>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
-            )
-        finally:
-            self.save_report_button.disabled = False
+        self.save_report_status.value = "<i>writing the report (a fresh kernel runs the export again)…</i>"
+        self.run.background(self._save_report, done=self._report_done, failed=self._report_failed)
+
+    def _report_done(self, result: Any) -> None:
+        self.save_report_button.disabled = False
+        self.state.report_path = str(getattr(result, "notebook", result))
+        self._on_report_path()
+
+    def _report_failed(self, exc: BaseException) -> None:
+        self.save_report_button.disabled = False
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self.save_report_status.value = (  # shown inline, never a traceback in the wizard
+            f"<span style='{_ERROR_STYLE}'>{html.escape(type(exc).__name__)}: {html.escape(first)}</span>"
+        )
 
     def _on_report_path(self, change: Any = None) -> None:
         path = self.state.report_path
@@ -376,9 +381,9 @@ def model_summary_html(state: WizardState) -> str:
             text = state.checkpoint.strip()
             if not text or not Path(text).expanduser().exists():
                 return ""
-            import enn_nb
+            from enn_nb.checkpoint import inspect
 
-            manifest = enn_nb.inspect(Path(text).expanduser())
+            manifest = inspect(Path(text).expanduser())
             body = manifest._repr_html_() if hasattr(manifest, "_repr_html_") else html.escape(repr(manifest))
             return f"<div class='enn-wizard-manifest'>{body}</div>"
         model = state.namespace.get(state.variable) if state.variable else None

@@ -158,9 +158,9 @@ def diff(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> Check
 
 
 def _read(path: str | os.PathLike[str], names: Sequence[str]) -> Mapping[str, Any]:
-    from enn_nb.checkpoint import read_tensors
+    from enn_nb.checkpoint import open_reader
 
-    return read_tensors(path, names=list(names), verify=True)
+    return open_reader(path).tensors(list(names), verify=True)
 
 
 def _equal(a: Any, b: Any) -> bool:

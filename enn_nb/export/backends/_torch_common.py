@@ -10,10 +10,12 @@ from enn_nb.export.backends.base import ExportJob, TensorInfo
 def _dim(d: Any) -> int | str:
     if isinstance(d, int):
         return d
-    try:
-        return int(d)  # a SymInt that is in fact constant
-    except Exception:
-        return "batch"  # the only dimension enn_nb makes dynamic
+    node = getattr(d, "node", None)
+    if node is not None and node.is_constant():  # a SymInt that is in fact constant
+        return int(node.constant)
+    if node is not None and node.maybe_as_int() is not None:
+        return int(node.maybe_as_int())
+    return "batch"  # the only dimension enn_nb makes dynamic (never int(d): that would specialise it)
 
 
 def program_io(job: ExportJob, ep: Any) -> tuple[list[TensorInfo], list[TensorInfo], bool]:

@@ -183,17 +183,15 @@ class Backend:
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this backend involves (for the sidecar and the cache key)."""
-        from importlib.metadata import PackageNotFoundError, version
+        from enn_nb._optional import PACKAGES
+        from enn_nb.export.sidecar import dist_version
 
         out: dict[str, str] = {}
         for name in (*self.requires, *(self.runtime_requires or ())):
-            from enn_nb._optional import PACKAGES
-
             dist = PACKAGES.get(name, (name, ""))[0]
-            try:
-                out[dist] = version(dist)
-            except PackageNotFoundError:
-                pass
+            found = dist_version(dist)
+            if found:
+                out[dist] = found
         return out
 
     def artifact_name(self, stem: str) -> str:

@@ -1,0 +1,210 @@
+"""The .safetensors format: the manifest is one header metadata key, so any safetensors tool opens it.
+
+Layout: the standard safetensors file (8-byte little-endian header length, JSON header, raw tensor
+bytes). ``__metadata__["enn_nb.manifest"]`` holds the manifest JSON. Optimizer state, when saved,
+is stored as ordinary tensors named ``__optimizer__/<path>`` (``__optimizer__/state/0/exp_avg``);
+its non-tensor parts (param groups, hyper-parameters) live in the manifest's ``optimizer.structure``.
+
+The file is written in one pass: the header is reserved with placeholder hashes of the final length,
+the tensor bytes are written straight from the tensors' memory while threads hash them, and the
+header is then rewritten in place with the real hashes (a sha256 hex digest has a fixed length).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from enn_nb.errors import CorruptCheckpointError, NotACheckpointError
+
+from .atomic import atomic_file
+from .base import SaveRequest, build_manifest, check_table
+from .manifest import Manifest, decode, encode, now_utc
+from .tensors import HashPool, byte_view, check_hashes, cpu_contiguous, dtype_name, join_tree
+
+if TYPE_CHECKING:
+    import torch
+
+MANIFEST_KEY = "enn_nb.manifest"
+MAX_HEADER = 100 * 1024 * 1024  # what the safetensors library accepts
+
+DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
+    "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2", "complex64": "C64",
+}
+TORCH_DTYPES = {code: name for name, code in DTYPES.items()}
+
+
+# -- writing ---------------------------------------------------------------------------------------
+def write(final: Path, request: SaveRequest) -> Manifest:
+    """Write ``request`` to ``final`` atomically and return the manifest stored in its header."""
+    import safetensors
+
+    state = {name: cpu_contiguous(t) for name, t in request.state.items()}
+    structure, opt_raw = request.optimizer_parts()
+    opt_tensors = {name: cpu_contiguous(t) for name, t in opt_raw.items()}
+    tensors = {**state, **opt_tensors}
+    for name, t in tensors.items():
+        if dtype_name(t.dtype) not in DTYPES:
+            raise CorruptCheckpointError(f"Tensor `{name}` has dtype {t.dtype}, which safetensors cannot store; "
+                                         "save as .pt instead.")
+    # Widest elements first: every tensor then starts at an offset aligned to its element size.
+    order = sorted(tensors, key=lambda n: -tensors[n].element_size())
+    entries: dict[str, Any] = {}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        size = t.numel() * t.element_size()
+        entries[name] = {"dtype": DTYPES[dtype_name(t.dtype)], "shape": list(t.shape),
+                         "data_offsets": [offset, offset + size]}
+        offset += size
+
+    # Fix the creation time once: both header passes must have exactly the same length.
+    request = dataclasses.replace(request, created=request.created or now_utc())
+
+    def header(hashes: Mapping[str, str], reserve: int = 0) -> tuple[bytes, Manifest]:
+        manifest = build_manifest("safetensors", request, hashes, optimizer_structure=structure,
+                                  optimizer_tensors=opt_tensors,
+                                  extra_versions={"safetensors": safetensors.__version__})
+        doc = {"__metadata__": {MANIFEST_KEY: encode(manifest)}, **entries}
+        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        size = max(reserve, len(raw) + (-(8 + len(raw)) % 8))  # pad so tensor data starts 8-aligned
+        return raw + b" " * (size - len(raw)), manifest
+
+    placeholder, _ = header({name: "0" * 64 for name in tensors})
+    with atomic_file(final) as tmp, HashPool() as pool:
+        pool.submit_all(tensors)
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(placeholder)))
+            fh.write(placeholder)
+            for name in order:
+                fh.write(byte_view(tensors[name]))
+            real, manifest = header(pool.results(), reserve=len(placeholder))
+            if len(real) != len(placeholder):
+                raise RuntimeError("enn_nb internal error: the safetensors header changed length")
+            fh.seek(8)
+            fh.write(real)
+    manifest.path = str(final)
+    return manifest
+
+
+# -- reading ---------------------------------------------------------------------------------------
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header and the byte offset where tensor data starts.
+
+    Raises:
+        NotACheckpointError: not a safetensors file.
+        CorruptCheckpointError: header cut short, not JSON, or data shorter than the header says.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise NotACheckpointError(f"`{path}` is too short to be a safetensors file ({size} bytes).")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER:
+            raise NotACheckpointError(f"`{path}` is not a safetensors file (header length {n} is implausible).")
+        raw = fh.read(n)
+    if len(raw) < n:
+        raise CorruptCheckpointError(
+            f"`{path}` is truncated: its safetensors header needs {n} bytes, the file has {size - 8}.", file=str(path)
+        )
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptCheckpointError(f"The safetensors header of `{path}` is not valid JSON ({exc}); the file is "
+                                     "damaged.", file=str(path)) from exc
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"The safetensors header of `{path}` is not a JSON object.", file=str(path))
+    start = 8 + n
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise CorruptCheckpointError(f"The safetensors header entry `{name}` of `{path}` is malformed.",
+                                         file=str(path), tensor=name) from exc
+    if size < start + end:
+        raise CorruptCheckpointError(
+            f"`{path}` is truncated: the header describes {start + end} bytes, the file has {size}. Save it again "
+            "or restore it from a good copy.",
+            file=str(path),
+        )
+    return header, start
+
+
+def header_table(header: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        code = info.get("dtype")
+        out[name] = (TORCH_DTYPES.get(code, str(code)), tuple(int(d) for d in info.get("shape", ())))
+    return out
+
+
+class SafetensorsReader:
+    """An open .safetensors checkpoint (enn_nb manifest, or ENN-PyTorch ``enn_meta_json``/sidecar)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.header, self.data_start = read_header(path)
+        metadata = self.header.get("__metadata__") or {}
+        text = metadata.get(MANIFEST_KEY) if isinstance(metadata, dict) else None
+        table = header_table(self.header)
+        if text is not None:
+            self.manifest = decode(text, path=str(path))
+            self.upstream = False
+            opt = self.manifest.optimizer or {}
+            model_table = {k: v for k, v in table.items() if not k.startswith(opt.get("prefix", "\0"))}
+            check_table(self.manifest, model_table, where=f"`{path}`")
+        else:
+            from . import upstream
+
+            self.manifest = upstream.from_safetensors(path, metadata if isinstance(metadata, dict) else {}, table)
+            self.upstream = True
+
+    @property
+    def verifiable(self) -> bool:
+        return not self.upstream
+
+    def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.path), framework="pt", device="cpu") as fh:
+                return {name: fh.get_tensor(name) for name in names}
+        except SafetensorError as exc:
+            raise CorruptCheckpointError(f"`{self.path}` cannot be read by safetensors: {exc}",
+                                         file=str(self.path)) from exc
+
+    def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        out = self._read(names)
+        if verify and not self.upstream:
+            check_hashes(out, {t.name: t.sha256 for t in self.manifest.tensors if t.name in out},
+                         what=f"`{self.path}`")
+        return out
+
+    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+        opt = self.manifest.optimizer
+        if not opt:
+            return None
+        names = [t["name"] for t in opt["tensors"]]
+        missing = [n for n in names if n not in self.header]
+        if missing:
+            raise CorruptCheckpointError(f"`{self.path}` lacks optimizer tensor(s) {missing[:5]} its manifest lists.",
+                                         file=str(self.path), tensor=missing[0])
+        tensors = self._read(names)
+        if verify:
+            check_hashes(tensors, {t["name"]: t.get("sha256") for t in opt["tensors"]},
+                         what=f"the optimizer state of `{self.path}`")
+        return join_tree(opt["structure"], tensors)
+

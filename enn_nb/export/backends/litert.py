@@ -1,0 +1,263 @@
+"""LiteRT backend: the export-safe program converted by ``litert-torch`` to a ``.tflite`` flatbuffer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+from enn_nb._optional import require
+from enn_nb.errors import BackendError
+from enn_nb.export.backends._edge_common import (
+    BATCH,
+    ESSENTIALS_KEY,
+    batch_bounds,
+    captured_output,
+    demote_float64_module,
+    demotion_note,
+    dtype_name,
+    essentials_json,
+    first_line,
+    write_bytes_atomic,
+)
+from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+
+#: Protobuf/flatbuffer builders cannot pack a model object over 2 GiB; above this the metadata is skipped.
+_MAX_EMBED_BYTES = 1_900_000_000
+
+SIGNATURE = "serving_default"
+
+
+class LitertBackend(Backend):
+    """``litert_torch.convert(module, sample_args).export(path)`` from the shared ExportedProgram.
+
+    The converter re-traces ``ep.module()`` (the shared capture, unlifted) with the inputs passed by
+    keyword, so the ``.tflite`` signature ``serving_default`` has the job's input and output names.
+
+    Facts of litert-torch 0.10.0 this backend works around, each recorded in the sidecar:
+
+    * float64 arithmetic (the reference Scaler) does not lower (``tfl.greater`` on f64 is illegal):
+      the program is demoted to float32 first (:func:`demote_float64_module`).
+    * a dynamic batch is tried first; its lowering fails on any reshape whose size depends on the
+      batch (every ``nn.Linear`` on a 3-D input), and then the artifact is static at the capture
+      batch, with the converter's reason in ``notes``.
+
+    Options:
+        dynamic_batch: try a dynamic batch (default True; False converts static directly).
+        embed_metadata: write the essentials into the flatbuffer's ``metadata`` table (default True),
+            done with ``ai_edge_litert.tools.flatbuffer_utils`` (the schema's own Python bindings).
+    """
+
+    name: ClassVar[str] = "litert"
+    suffix: ClassVar[str] = ".tflite"
+    description: ClassVar[str] = "LiteRT (TensorFlow Lite) flatbuffer via litert-torch; runs on Android/iOS/MCUs"
+    extra: ClassVar[str] = "litert"
+    requires: ClassVar[tuple[str, ...]] = ("litert_torch", "ai_edge_litert")
+    runtime_requires: ClassVar[tuple[str, ...] | None] = ("ai_edge_litert",)
+    consumes: ClassVar[str] = "exported_program"
+    # float32 instead of float64 scaler arithmetic plus XNNPACK's fused kernels: ~4e-6 on the reference.
+    default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    default_options: ClassVar[dict[str, Any]] = {"dynamic_batch": True, "embed_metadata": True}
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        opts = {**self.default_options, **options}
+        with captured_output():  # importing the converter logs TensorFlow/oneDNN start-up lines
+            litert_torch = require("litert_torch", purpose="the `litert` backend")
+        import torch
+
+        ep = job.exported_program
+        module, counts = demote_float64_module(ep)
+        named = _named_module(module, job.input_names, job.output_names)
+        kwargs = dict(zip(job.input_names, job.example_inputs))
+        notes: list[str] = []
+        note = demotion_note(counts, "LiteRT (litert-torch)")
+        if note:
+            notes.append(note)
+        bounds = batch_bounds(ep)
+        dynamic = bool(job.dynamic_batch and opts["dynamic_batch"] and bounds is not None)
+        model = None
+        with captured_output() as log:
+            if dynamic:
+                low, high = max(1, job.batch_range[0]), int(job.batch_range[2])
+                batch = torch.export.Dim(BATCH, min=low, max=high)
+                shapes = {name: ({0: batch} if t.dim() >= 1 else None) for name, t in kwargs.items()}
+                try:
+                    model = litert_torch.convert(named, sample_kwargs=kwargs, dynamic_shapes=shapes)
+                except Exception as exc:
+                    dynamic = False
+                    notes.append(
+                        f"litert-torch {_version('litert-torch')} could not lower a dynamic batch "
+                        f"({first_line(exc, 200)}); the artifact is static at batch "
+                        f"{int(job.example_inputs[0].shape[0])}."
+                    )
+            elif job.dynamic_batch and not opts["dynamic_batch"]:
+                notes.append(
+                    f"static at batch {int(job.example_inputs[0].shape[0])} (option dynamic_batch=False)."
+                )
+            if model is None:
+                try:
+                    model = litert_torch.convert(named, sample_kwargs=kwargs)
+                except Exception as exc:
+                    raise BackendError(
+                        f"`litert` conversion failed: {first_line(exc)}\n--- converter output (tail) ---\n"
+                        f"{log.tail()}",
+                        backend=self.name,
+                        stage="convert",
+                    ) from exc
+            content = bytes(model.model_content())
+        embedded = False
+        if opts["embed_metadata"]:
+            if len(content) < _MAX_EMBED_BYTES:
+                content = embed_metadata(content, {ESSENTIALS_KEY: essentials_json(job).encode()})
+                embedded = True
+            else:
+                notes.append("the model is too large to re-pack its flatbuffer, so the essentials are in the sidecar only.")
+        write_bytes_atomic(out_path, content)
+        inputs, outputs = _describe(out_path)
+        return Conversion(
+            artifact=out_path,
+            inputs=inputs,
+            outputs=outputs,
+            format={
+                "name": "LiteRT flatbuffer (TFLite schema 3)",
+                "signature": SIGNATURE,
+                "litert-torch": _version("litert-torch"),
+                "ai-edge-litert": _version("ai-edge-litert"),
+            },
+            dynamic_batch=dynamic,
+            notes=notes,
+            details={"float64_demoted": counts, "metadata_entry": ESSENTIALS_KEY if embedded else None},
+            embedded_metadata=embedded,
+        )
+
+    def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
+        interpreter = _interpreter(artifact, options)
+        with captured_output():  # the runtime logs its XNNPACK delegate creation
+            runner = interpreter.get_signature_runner(SIGNATURE)
+        in_names, out_names = _ordered_names(interpreter, runner)
+
+        def run(inputs: list[Any]) -> list[Any]:
+            outputs = runner(**dict(zip(in_names, inputs)))
+            return [outputs[name] for name in out_names]
+
+        return run
+
+    def read_metadata(self, artifact: Path) -> dict[str, str] | None:
+        raw = read_flatbuffer_metadata(Path(artifact)).get(ESSENTIALS_KEY)
+        if raw is None:
+            return None
+        return {str(k): str(v) for k, v in json.loads(raw.decode("utf-8")).items()}
+
+
+def _named_module(inner: Any, input_names: list[str], output_names: list[str]) -> Any:
+    """A module whose ``forward`` takes the job's input names as parameters and returns a dict keyed
+    by the output names (litert-torch turns both into the signature's names)."""
+    import inspect
+
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            values = [*args, *(kwargs[name] for name in input_names[len(args) :])]
+            out = self.inner(*values)
+            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            return {output_names[i] if i < len(output_names) else f"output_{i}": o for i, o in enumerate(outs)}
+
+    # torch.export binds inputs by the signature: name the parameters after the job's inputs.
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in input_names]
+    Named.forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    named = Named()
+    named.training = False  # not .eval(): an unlifted program refuses train()/eval()
+    return named
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _interpreter(artifact: Path, options: dict[str, Any]) -> Any:
+    litert = require("ai_edge_litert.interpreter", purpose="running `.tflite` artifacts")
+    threads = options.get("num_threads")
+    with captured_output():
+        interpreter = litert.Interpreter(model_path=str(artifact), num_threads=int(threads) if threads else None)
+    return interpreter
+
+
+def _ordered_names(interpreter: Any, runner: Any) -> tuple[list[str], list[str]]:
+    """Signature input/output names in the subgraph's order (the order the module took/returned them)."""
+    in_pos = {d["index"]: i for i, d in enumerate(interpreter.get_input_details())}
+    out_pos = {d["index"]: i for i, d in enumerate(interpreter.get_output_details())}
+    ins = runner.get_input_details()
+    outs = runner.get_output_details()
+    return (
+        sorted(ins, key=lambda n: in_pos.get(ins[n]["index"], 0)),
+        sorted(outs, key=lambda n: out_pos.get(outs[n]["index"], 0)),
+    )
+
+
+def _describe(artifact: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The signature's inputs/outputs as the interpreter sees them (``shape_signature`` -1 -> ``batch``)."""
+    interpreter = _interpreter(artifact, {})
+    with captured_output():
+        runner = interpreter.get_signature_runner(SIGNATURE)
+    in_names, out_names = _ordered_names(interpreter, runner)
+
+    def info(name: str, detail: dict[str, Any]) -> TensorInfo:
+        shape: list[int | str] = []
+        for i, d in enumerate(detail["shape_signature"].tolist()):
+            shape.append(BATCH if d == -1 and i == 0 else ("?" if d == -1 else int(d)))
+        return TensorInfo(name, shape, dtype_name(detail["dtype"].__name__))
+
+    ins, outs = runner.get_input_details(), runner.get_output_details()
+    return [info(n, ins[n]) for n in in_names], [info(n, outs[n]) for n in out_names]
+
+
+# -- flatbuffer metadata -------------------------------------------------------------------------------
+def embed_metadata(content: bytes, entries: dict[str, bytes]) -> bytes:
+    """Add (or replace) named entries of a ``.tflite`` flatbuffer's ``metadata`` table."""
+    import numpy as np
+
+    fb = require("ai_edge_litert.tools.flatbuffer_utils", purpose="embedding LiteRT metadata")
+    schema = require("ai_edge_litert.schema_py_generated", purpose="embedding LiteRT metadata")
+    model = fb.read_model_from_bytearray(bytearray(content))
+    model.metadata = [m for m in (model.metadata or []) if _name(m.name) not in entries]
+    for name, data in entries.items():
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(data, dtype=np.uint8).copy()
+        model.buffers.append(buffer)
+        meta = schema.MetadataT()
+        meta.name = name
+        meta.buffer = len(model.buffers) - 1
+        model.metadata.append(meta)
+    return bytes(fb.convert_object_to_bytearray(model))
+
+
+def read_flatbuffer_metadata(artifact: Path) -> dict[str, bytes]:
+    """Every ``metadata`` entry of a ``.tflite`` file, read lazily (no full unpack of the model)."""
+    schema = require("ai_edge_litert.schema_py_generated", purpose="reading LiteRT metadata")
+    data = bytearray(Path(artifact).read_bytes())
+    model = schema.Model.GetRootAs(data, 0)
+    out: dict[str, bytes] = {}
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        buffer = model.Buffers(entry.Buffer())
+        if buffer.Offset() > 1:  # large models keep buffers after the flatbuffer, by offset
+            raw = bytes(data[buffer.Offset() : buffer.Offset() + buffer.Size()])
+        else:
+            raw = buffer.DataAsNumpy().tobytes() if buffer.DataLength() else b""
+        out[_name(entry.Name())] = raw
+    return out
+
+
+def _name(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

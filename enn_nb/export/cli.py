@@ -1,0 +1,143 @@
+"""``enn-nb backends``, ``enn-nb export``, ``enn-nb verify`` and ``enn-nb build-trt`` (heavy imports inside ``func``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+#: Statuses that make ``enn-nb export`` exit non-zero.
+FAILING = ("failed", "mismatch", "crashed", "unavailable", "cancelled")
+
+#: The TensorRT backend module: it may contribute ``build-trt`` through ``register_cli(subparsers)``;
+#: otherwise ``build-trt SIDECAR [--out ENGINE]`` calls its ``build_from_sidecar(sidecar, out=...)``.
+TRT_MODULE = "enn_nb.export.backends.tensorrt"
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("backends", help="list export backends and whether they work here")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_backends)
+
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to one or more backends",
+        description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
+        "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable.",
+    )
+    p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--stem", default="model", help="artifact file name stem (default: model)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip parity checks")
+    p.add_argument("--no-isolate", action="store_true", help="convert in this process (no child process)")
+    p.add_argument("--no-cache", action="store_true", help="always convert, even when an identical export exists")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example input's")
+    p.add_argument("--strict", action="store_true", help="raise on the first backend that is not ok")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="BACKEND.KEY=VALUE",
+        help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be)",
+    )
+    p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("verify", help="re-check an exported artifact against its saved vectors")
+    p.add_argument("artifact", metavar="ARTIFACT", help="the artifact (or its .enn.json sidecar)")
+    p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
+    p.add_argument("--rtol", type=float, default=None, help="override the sidecar's relative tolerance")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_verify)
+
+    _register_build_trt(subparsers)
+
+
+def _register_build_trt(subparsers: Any) -> None:
+    try:
+        trt = importlib.import_module(TRT_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != TRT_MODULE:
+            raise
+        trt = None
+    if trt is not None and callable(getattr(trt, "register_cli", None)):
+        trt.register_cli(subparsers)
+        return
+    p = subparsers.add_parser(
+        "build-trt",
+        help="build a TensorRT engine from a deferred tensorrt export (on a machine with a GPU)",
+    )
+    p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
+    p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: beside the sidecar)")
+    p.set_defaults(func=_build_trt)
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from enn_nb.export import backends
+
+    table = backends()
+    print(json.dumps(table.to_json(), indent=2) if args.json else table)
+    return 0
+
+
+def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        backend, dot, name = key.partition(".")
+        if not sep or not dot or not backend or not name:
+            raise SystemExit(f"enn-nb export: error: --option {item!r}; expected BACKEND.KEY=VALUE, e.g. ort.optimization_level=basic")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(backend, {})[name] = value
+    return options
+
+
+def _export(args: argparse.Namespace) -> int:
+    from enn_nb.export import export
+
+    src = Path(args.src)
+    if not src.exists():
+        print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
+        return 2
+    report = export(
+        src,
+        args.backends,
+        out_dir=args.out,
+        stem=args.stem,
+        verify=not args.no_verify,
+        isolate=not args.no_isolate,
+        cache=not args.no_cache,
+        dynamic_batch=not args.static_batch,
+        strict=args.strict,
+        options=_parse_options(args.option),
+    )
+    print(report.to_json() if args.json else report)
+    return 1 if any(r.status in FAILING for r in report.results) else 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from enn_nb.export import verify
+
+    tolerances = None
+    if args.atol is not None or args.rtol is not None:
+        tolerances = (args.atol if args.atol is not None else 0.0, args.rtol if args.rtol is not None else 0.0)
+    result = verify(args.artifact, tolerances=tolerances)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    if result.status == "skipped":
+        return 3  # nothing was checked: not a pass, not a mismatch
+    return 0 if result.ok else 1
+
+
+def _build_trt(args: argparse.Namespace) -> int:
+    trt = importlib.import_module(TRT_MODULE)
+    out = trt.build_from_sidecar(Path(args.sidecar), out=Path(args.out) if args.out else None)
+    if out is not None:
+        print(out)
+    return 0

@@ -1,0 +1,346 @@
+"""Bad input gives one clear enn_nb error, runs nothing and overwrites nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import enn_nb
+from enn_nb.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    IncompleteCheckpointError,
+    NotACheckpointError,
+    SchemaVersionError,
+    StateDictMismatchError,
+    UnknownNameError,
+    UnsafeCheckpointError,
+)
+
+from tests._fixtures_checkpoint import (
+    Tiny,
+    flip_byte,
+    pt_record_of,
+    pt_record_offset,
+    safetensors_offset,
+    tiny,
+    truncate,
+)
+
+FILES = ("m.pt", "m.safetensors")
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _unchanged(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+# -- damaged files -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FILES)
+def test_truncated_file(tmp_path, name):
+    path = tmp_path / name
+    enn_nb.save(tiny(), path)
+    truncate(path, 0.6)
+    with pytest.raises(CorruptCheckpointError, match="truncated") as info:
+        enn_nb.load(path)
+    assert info.value.file == str(path)
+    with pytest.raises(CorruptCheckpointError):
+        enn_nb.inspect(path)
+
+
+def test_flipped_tensor_byte_names_the_tensor_pt(tmp_path):
+    path = tmp_path / "m.pt"
+    model = tiny()
+    enn_nb.save(model, path)
+    offset, size = pt_record_offset(path, pt_record_of(path, "fc2.weight"))
+    flip_byte(path, offset + size // 2)
+    assert enn_nb.inspect(path).tensor("fc2.weight")  # the manifest itself is intact
+    target = tiny(seed=5)
+    before = _state(target)
+    with pytest.raises(CorruptCheckpointError, match="fc2.weight") as info:
+        enn_nb.load(path, model=target)
+    assert info.value.tensor == "fc2.weight"
+    assert _unchanged(target, before)  # verified before anything was copied
+    loaded = enn_nb.load(path, verify=False)  # the user can still get at it, knowingly
+    assert not loaded.verified and not torch.equal(loaded.model.fc2.weight, model.fc2.weight)
+
+
+def test_flipped_tensor_byte_names_the_tensor_safetensors(tmp_path):
+    path = tmp_path / "m.safetensors"
+    enn_nb.save(tiny(), path)
+    offset, size = safetensors_offset(path, "mean")
+    flip_byte(path, offset + 3)
+    with pytest.raises(CorruptCheckpointError, match="`mean`") as info:
+        enn_nb.load(path)
+    assert info.value.tensor == "mean"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_flipped_byte_in_the_manifest_is_detected(tmp_path, name):
+    """A digit changed inside the manifest still parses as JSON: the self-hash catches it."""
+    path = tmp_path / name
+    enn_nb.save(tiny(), path, metadata={"lr": 0.123456789})
+    data = bytearray(path.read_bytes())
+    at = data.find(b"0.123456789")
+    data[at + 5] = ord("9") if data[at + 5] != ord("9") else ord("8")
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="does not match its own sha256"):
+        enn_nb.load(path)
+    with pytest.raises(CorruptCheckpointError):
+        enn_nb.inspect(path)
+
+
+def test_flipped_byte_in_a_dcp_shard_names_the_shard(tmp_path):
+    path = tmp_path / "m_dcp"
+    enn_nb.save(tiny(), path)
+    shard = next(p for p in path.iterdir() if p.suffix == ".distcp")
+    flip_byte(shard, shard.stat().st_size // 2)
+    with pytest.raises(CorruptCheckpointError, match=shard.name) as info:
+        enn_nb.load(path)
+    assert info.value.file == shard.name and "fc" in str(info.value)
+
+
+def test_any_single_flipped_byte_in_a_pt_file_is_caught(tmp_path):
+    """Corruption anywhere: every 97th byte flipped in turn, each load fails with an enn_nb error."""
+    path = tmp_path / "m.pt"
+    enn_nb.save(tiny(in_dim=3, hidden=4, horizon=1), path)
+    good = path.read_bytes()
+    for offset in range(0, len(good), 97):
+        data = bytearray(good)
+        data[offset] ^= 0x55
+        path.write_bytes(bytes(data))
+        try:
+            loaded = enn_nb.load(path, model=tiny(in_dim=3, hidden=4, horizon=1))
+        except CheckpointError:
+            continue
+        # a flip in bytes nobody reads (zip padding, unused headers) may load: then it must be exact
+        path.write_bytes(good)
+        reference = enn_nb.load(path).model
+        for k, v in reference.state_dict().items():
+            assert torch.equal(loaded.model.state_dict()[k], v), (offset, k)
+
+
+# -- not checkpoints -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("notes.pt", b"hello, these are my notes\n"), ("image.safetensors", b"\x89PNG\r\n\x1a\n" + b"\0" * 64),
+     ("data.json", b'{"a": 1}'), ("empty.pt", b"")],
+)
+def test_non_checkpoint_files(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(NotACheckpointError, match=name):
+        enn_nb.load(path)
+    with pytest.raises(NotACheckpointError):
+        enn_nb.inspect(path)
+
+
+def test_torch_file_that_is_not_a_model(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(NotACheckpointError, match="list"):
+        enn_nb.load(path)
+
+
+def test_empty_and_missing_paths(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotACheckpointError, match="empty directory"):
+        enn_nb.load(tmp_path / "empty")
+    with pytest.raises(NotACheckpointError, match="does not exist"):
+        enn_nb.load(tmp_path / "nothing.pt")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("hi")
+    with pytest.raises(NotACheckpointError, match="readme.txt"):
+        enn_nb.inspect(tmp_path / "other")
+
+
+# -- unsafe pickles -----------------------------------------------------------------------------------------
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "pickle"])
+def test_malicious_pickle_is_refused_and_not_executed(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"state_dict": {"w": torch.ones(2)}, "config": _Evil(marker)}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4))
+    with pytest.raises(UnsafeCheckpointError, match="system") as info:
+        enn_nb.load(path, model=tiny())
+    assert "nothing was executed" in str(info.value)
+    with pytest.raises(UnsafeCheckpointError):
+        enn_nb.inspect(path)
+    assert not marker.exists()
+    assert os.system(f"true {marker}") == 0 and not marker.exists()  # the command itself works here
+
+
+def test_malicious_dcp_metadata_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "m_dcp"
+    enn_nb.save(tiny(), path)
+    (path / ".metadata").write_bytes(pickle.dumps(_Evil(marker)))
+    manifest = json.loads((path / "enn_nb.manifest.json").read_text())
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        enn_nb.load(path, verify=False)
+    assert not marker.exists()
+    assert manifest["format"] == "dcp"
+
+
+# -- manifests -----------------------------------------------------------------------------------------------
+def _rewrite_pt_manifest(path: Path, change) -> None:
+    payload = torch.load(path, weights_only=True)
+    doc = json.loads(payload["enn_nb.manifest"])
+    doc.pop("manifest_sha256", None)
+    doc = change(doc)
+    payload["enn_nb.manifest"] = json.dumps(doc)
+    torch.save(payload, path)
+
+
+def test_unknown_builder_gives_the_registry_error(tmp_path):
+    path = tmp_path / "m.pt"
+    enn_nb.save(tiny(), path, spec=enn_nb.ModelSpec.from_model(tiny()).replace(builder="acme.forecaster"))
+    with pytest.raises(UnknownNameError, match="acme.forecaster") as info:
+        enn_nb.load(path)
+    assert "enn_nb.reference" in info.value.known and "register_builder" in str(info.value)
+    assert enn_nb.load(path, model=tiny(seed=3)).model.fc1.weight.shape == (8, 6)
+
+
+def test_newer_schema_names_both_versions(tmp_path):
+    path = tmp_path / "m.pt"
+    enn_nb.save(tiny(), path)
+    _rewrite_pt_manifest(path, lambda d: {**d, "schema": "enn_nb.checkpoint/7", "new_field": 1})
+    with pytest.raises(SchemaVersionError) as info:
+        enn_nb.inspect(path)
+    assert info.value.found == "enn_nb.checkpoint/7" and info.value.supported == "enn_nb.checkpoint/1"
+    assert "enn_nb.checkpoint/7" in str(info.value) and "enn_nb.checkpoint/1" in str(info.value)
+    assert "pip install -U enn-nb" in str(info.value)
+
+
+def test_schema_violation_is_listed(tmp_path):
+    path = tmp_path / "m.pt"
+    enn_nb.save(tiny(), path)
+    _rewrite_pt_manifest(path, lambda d: {**d, "format": "zip", "tensors": [{"name": "x"}]})
+    with pytest.raises(CorruptCheckpointError, match=r"(?s)format.*tensors/0"):
+        enn_nb.inspect(path)
+
+
+def test_v0_manifest_is_migrated(tmp_path):
+    """A hand-made file in the pre-release layout (schema enn_nb.checkpoint/0)."""
+    model = tiny()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    v0 = {
+        "schema": "enn_nb.checkpoint/0",
+        "format": "pt",
+        "created": "2025-06-01T12:00:00Z",
+        "enn_nb_version": "0.0.1",
+        "torch_version": "2.5.0",
+        "model": {"builder": "tests.checkpoint.tiny", "config": model.config, "in_dim": 6, "out_shape": [3, 2]},
+        "user_metadata": {"owner": "team-a"},
+        "weights": {
+            k: {"dtype": str(v.dtype).removeprefix("torch."), "shape": list(v.shape),
+                "sha256": hashlib.sha256(v.numpy().tobytes()).hexdigest()}
+            for k, v in state.items()
+        },
+    }
+    path = tmp_path / "v0.pt"
+    torch.save({"enn_nb.manifest": json.dumps(v0), "state_dict": state}, path)
+    manifest = enn_nb.inspect(path)
+    assert manifest.schema == "enn_nb.checkpoint/1" and manifest.source == {"migrated_from": "enn_nb.checkpoint/0"}
+    assert manifest.metadata == {"owner": "team-a"} and manifest.versions["torch"] == "2.5.0"
+    assert manifest.tensor("mean").nbytes == 48
+    loaded = enn_nb.load(path)
+    assert loaded.verified and torch.equal(loaded.model.fc1.weight, model.fc1.weight)
+    state["fc1.weight"][0, 0] += 1  # the migrated hashes are still checked
+    torch.save({"enn_nb.manifest": json.dumps(v0), "state_dict": state}, path)
+    with pytest.raises(CorruptCheckpointError, match="fc1.weight"):
+        enn_nb.load(path)
+
+
+def test_v0_without_migration_path_is_explained(tmp_path, monkeypatch):
+    from enn_nb.checkpoint import migrations
+
+    monkeypatch.setattr(migrations, "_MIGRATIONS", {})
+    path = tmp_path / "m.pt"
+    torch.save({"enn_nb.manifest": json.dumps({"schema": "enn_nb.checkpoint/0"}), "state_dict": {}}, path)
+    with pytest.raises(CorruptCheckpointError, match="no migration"):
+        enn_nb.inspect(path)
+
+
+# -- strict loading -----------------------------------------------------------------------------------------
+class _Other(Tiny):
+    def __init__(self) -> None:
+        super().__init__(in_dim=6, hidden=9, horizon=3)
+        self.extra = torch.nn.Linear(2, 2)
+        del self.fc2
+
+
+@pytest.mark.parametrize("name", ["m.pt", "m.safetensors", "m_dcp"])
+def test_strict_mismatch_lists_every_key(tmp_path, name):
+    path = tmp_path / name
+    enn_nb.save(tiny(), path)
+    target = _Other()
+    before = _state(target)
+    with pytest.raises(StateDictMismatchError) as info:
+        enn_nb.load(path, model=target)
+    err = info.value
+    assert err.missing_keys == ["extra.weight", "extra.bias"]
+    assert err.unexpected_keys == ["fc2.weight", "fc2.bias"]
+    assert err.shape_mismatches == {"fc1.weight": ((8, 6), (9, 6)), "fc1.bias": ((8,), (9,))}
+    for key in ("extra.weight", "extra.bias", "fc2.weight", "fc2.bias", "fc1.weight", "fc1.bias"):
+        assert f"`{key}`" in str(err)
+    assert _unchanged(target, before)
+    loaded = enn_nb.load(path, model=target, strict=False)
+    assert loaded.missing_keys == ["extra.weight", "extra.bias"]
+    assert loaded.unexpected_keys == ["fc2.weight", "fc2.bias"]
+    assert set(loaded.shape_mismatches) == {"fc1.weight", "fc1.bias"}
+    assert torch.equal(target.mean, tiny().mean)  # the matching tensor was loaded
+    assert torch.equal(target.fc1.weight, before["fc1.weight"])  # mismatched ones left alone
+
+
+def test_dcp_without_manifest_is_incomplete(tmp_path):
+    path = tmp_path / "m_dcp"
+    enn_nb.save(tiny(), path)
+    (path / "enn_nb.manifest.json").unlink()
+    with pytest.raises(IncompleteCheckpointError, match="commit marker"):
+        enn_nb.load(path)
+    (path / ".metadata").unlink()  # a rank died before DCP's own metadata too
+    with pytest.raises(IncompleteCheckpointError):
+        enn_nb.inspect(path)
+
+
+def test_dcp_missing_metadata_with_manifest(tmp_path):
+    path = tmp_path / "m_dcp"
+    enn_nb.save(tiny(), path)
+    (path / ".metadata").unlink()
+    with pytest.raises(IncompleteCheckpointError, match=".metadata"):
+        enn_nb.load(path)
+
+
+def test_non_tensor_state_is_refused_before_writing(tmp_path):
+    class WithExtra(Tiny):
+        def get_extra_state(self):
+            return {"step": 3}
+
+        def set_extra_state(self, state):
+            pass
+
+    path = tmp_path / "m.pt"
+    with pytest.raises(CheckpointError, match="_extra_state"):
+        enn_nb.save(WithExtra(), path)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
