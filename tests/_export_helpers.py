@@ -42,6 +42,7 @@ class SegfaultBackend(_Misbehaving):
     """Dies of SIGSEGV in the middle of its conversion, as a broken native converter would."""
 
     name: ClassVar[str] = "segfault"
+    suffix: ClassVar[str] = ".segv"
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         job.exported_program  # touch the shared capture first, as a real converter does
@@ -54,6 +55,7 @@ class AbortBackend(_Misbehaving):
     """Calls abort() (SIGABRT), like a failed C++ assertion."""
 
     name: ClassVar[str] = "abort"
+    suffix: ClassVar[str] = ".abrt"
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         os.abort()
@@ -63,6 +65,7 @@ class ExitBackend(_Misbehaving):
     """Exits the process with code 3 (a converter calling exit())."""
 
     name: ClassVar[str] = "exit3"
+    suffix: ClassVar[str] = ".exit3"
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         os._exit(3)

@@ -30,9 +30,13 @@ def run_cell(ip: Any, source: str) -> Any:
 
 @pytest.fixture
 def ip(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The shell with ``%load_ext enn_nb`` done, cwd in ``tmp_path``; unloaded and its new names removed after."""
+    """The shell with ``%load_ext enn_nb`` done, cwd in ``tmp_path``; unloaded and its new names removed after.
+
+    The export cache is empty for each test, so every export really converts.
+    """
     shell = get_shell()
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(tmp_path / ".enn_cache"))
     before = set(shell.user_ns)
     shell.run_line_magic("load_ext", "enn_nb")
     try:

@@ -109,24 +109,41 @@ def test_flipped_byte_in_a_dcp_shard_names_the_shard(tmp_path):
     assert info.value.file == shard.name and "fc" in str(info.value)
 
 
-def test_any_single_flipped_byte_in_a_pt_file_is_caught(tmp_path):
-    """Corruption anywhere: every 97th byte flipped in turn, each load fails with an enn_nb error."""
-    path = tmp_path / "m.pt"
-    enn_nb.save(tiny(in_dim=3, hidden=4, horizon=1), path)
-    good = path.read_bytes()
-    for offset in range(0, len(good), 97):
-        data = bytearray(good)
-        data[offset] ^= 0x55
-        path.write_bytes(bytes(data))
-        try:
-            loaded = enn_nb.load(path, model=tiny(in_dim=3, hidden=4, horizon=1))
-        except CheckpointError:
-            continue
-        # a flip in bytes nobody reads (zip padding, unused headers) may load: then it must be exact
-        path.write_bytes(good)
-        reference = enn_nb.load(path).model
-        for k, v in reference.state_dict().items():
-            assert torch.equal(loaded.model.state_dict()[k], v), (offset, k)
+def _small() -> Tiny:
+    return tiny(in_dim=3, hidden=4, horizon=1)
+
+
+@pytest.mark.parametrize(("name", "stride"), [("m.pt", 17), ("m.safetensors", 5), ("m_dcp", 11)])
+def test_a_flipped_byte_anywhere_is_caught(tmp_path, name, stride):
+    """Every `stride`-th byte of every file flipped in turn: each load fails with an enn_nb error.
+
+    In a .pt zip a few bytes are read by nobody (zip padding, local-header timestamps and sizes that
+    readers take from the central directory); a flip there may load, and must then load exactly.
+    """
+    path = tmp_path / name
+    reference = _small()
+    enn_nb.save(reference, path)
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    exact_loads = 0
+    for file in files:
+        good = file.read_bytes()
+        for offset in range(0, len(good), stride):
+            data = bytearray(good)
+            data[offset] ^= 0x55
+            file.write_bytes(bytes(data))
+            try:
+                loaded = enn_nb.load(path, model=tiny(in_dim=3, hidden=4, horizon=1, seed=9))
+            except CheckpointError:
+                continue
+            finally:
+                file.write_bytes(good)
+            assert name == "m.pt", f"{file.name}: flipping byte {offset} went unnoticed"
+            for k, v in reference.state_dict().items():
+                assert torch.equal(loaded.model.state_dict()[k], v), (offset, k)
+            exact_loads += 1
+    if name == "m.pt":
+        total = sum(len(range(0, f.stat().st_size, stride)) for f in files)
+        assert exact_loads < total * 0.4  # the padding is a minority of the file
 
 
 # -- not checkpoints -------------------------------------------------------------------------------------------
@@ -191,15 +208,26 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path, how):
 
 
 def test_malicious_dcp_metadata_is_refused(tmp_path):
+    """A crafted DCP directory whose manifest matches its poisoned `.metadata`, and an upstream one."""
     marker = tmp_path / "pwned"
     path = tmp_path / "m_dcp"
     enn_nb.save(tiny(), path)
-    (path / ".metadata").write_bytes(pickle.dumps(_Evil(marker)))
-    manifest = json.loads((path / "enn_nb.manifest.json").read_text())
+    evil = pickle.dumps(_Evil(marker))
+    (path / ".metadata").write_bytes(evil)
+    manifest_file = path / "enn_nb.manifest.json"
+    doc = json.loads(manifest_file.read_text())
+    doc.pop("manifest_sha256")
+    for entry in doc["files"]:
+        if entry["path"] == ".metadata":
+            entry.update(nbytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
+    manifest_file.write_text(json.dumps(doc))
     with pytest.raises(UnsafeCheckpointError, match="system"):
-        enn_nb.load(path, verify=False)
+        enn_nb.load(path)
+    manifest_file.unlink()
+    (path / "meta.json").write_text(json.dumps({"in_dim": 6}))
+    with pytest.raises(UnsafeCheckpointError, match="nothing was executed"):
+        enn_nb.inspect(path)
     assert not marker.exists()
-    assert manifest["format"] == "dcp"
 
 
 # -- manifests -----------------------------------------------------------------------------------------------

@@ -230,14 +230,18 @@ def test_export_all_skips_unavailable_backends(ip, monkeypatch) -> None:
 
 
 # -- %enn_backends / %enn_wizard ------------------------------------------------------------------
-def test_backends_table(ip) -> None:
+def test_backends_table(ip, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "coremltools", None)
     table = ip.run_line_magic("enn_backends", "")
     names = [row.name for row in table]
-    assert {"onnx", "pt2", "aoti", "tensorrt"} <= set(names)
+    assert {"onnx", "ort", "pt2", "aoti", "coreml", "tensorrt"} <= set(names)
     html = table._repr_html_()
-    assert "<table" in html and "onnx" in html
-    trt = next(row for row in table if row.name == "tensorrt")
-    assert not trt.available and trt.reason
+    assert "<table" in html and all(name in html for name in names)
+    for row in table:
+        assert (row.reason is None) == row.available, row
+    coreml = next(row for row in table if row.name == "coreml")
+    assert not coreml.available and "`coremltools` is not installed" in coreml.reason
+    assert coreml.install == "%pip install 'enn-nb[coreml]'"
 
 
 def test_wizard_magic_opens_the_wizard_with_the_settings(ip, trained_model) -> None:

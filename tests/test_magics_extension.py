@@ -66,6 +66,12 @@ def test_load_registers_and_unload_removes_magics_and_settings() -> None:
         shell.run_line_magic("unload_ext", "enn_nb")
 
 
+def test_reload_ext_keeps_one_set_of_magics(ip) -> None:
+    ip.run_line_magic("reload_ext", "enn_nb")
+    assert [type(c).__name__ for c in ip.configurables].count("EnnMagics") == 1
+    assert "enn_export" in ip.magics_manager.magics["cell"]
+
+
 def test_config_lists_and_changes_settings(ip, capsys: pytest.CaptureFixture[str]) -> None:
     ip.run_line_magic("config", "EnnMagics")
     listing = capsys.readouterr().out

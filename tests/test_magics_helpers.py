@@ -148,3 +148,69 @@ def test_split_names() -> None:
 def test_empty_body_is_all_defaults() -> None:
     assert logic.parse_export_body("") == {}
     assert logic.parse_export_body("# only a comment\n") == {}
+
+
+def test_derived_names_never_replace_a_foreign_variable() -> None:
+    ns: dict = {"model": object()}
+    assert logic.derive_name("ckpt/model.pt", ns, set()) == "model_loaded"
+    ns["model_loaded"] = object()
+    assert logic.derive_name("ckpt/model.pt", ns, {"model_loaded"}) == "model_loaded"  # its own: rebound
+    assert logic.derive_name("ckpt/model.pt", ns, set()) == "model_loaded2"
+    assert logic.derive_name("ckpt/fresh.safetensors", ns, set()) == "fresh"
+
+
+def test_model_or_checkpoint(tmp_path) -> None:
+    import torch
+
+    net = torch.nn.Linear(2, 2)
+    (tmp_path / "m.pt").write_bytes(b"")
+    ns = {"net": net, "text": "x"}
+    assert logic.model_or_checkpoint(ns, "net") is net
+    assert logic.model_or_checkpoint(ns, str(tmp_path / "m.pt")) == tmp_path / "m.pt"
+    with pytest.raises(logic.SpecError, match="`text` is a str"):
+        logic.model_or_checkpoint(ns, "text")
+    with pytest.raises(logic.UnknownNameError, match="Did you mean `net`"):
+        logic.model_or_checkpoint(ns, "nett")
+
+
+def test_export_kwargs_precedence_flag_then_body_then_settings() -> None:
+    settings = {
+        "out_dir": "from_settings", "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True,
+        "isolate": True, "cache": True, "tolerances": {"*": {"atol": 1e-3}},
+    }  # fmt: skip
+    body = logic.parse_export_body("out_dir: from_body\nisolate: false\ntolerances: {onnx: {rtol: 1e-2}}\n")
+    kwargs = logic.export_kwargs(body, settings, ["onnx", "pt2"], {}, out="from_flag")
+    assert str(kwargs["out_dir"]) == "from_flag"
+    assert kwargs["isolate"] is False and kwargs["cache"] is True and kwargs["batch_range"] == (1, 8, 64)
+    from enn_nb.export.registry import get_backend
+
+    pt2_rtol = get_backend("pt2").default_tolerance[1]
+    assert kwargs["tolerances"] == {"onnx": (1e-3, 1e-2), "pt2": (1e-3, pt2_rtol)}
+    assert str(logic.export_kwargs(body, settings, ["pt2"], {})["out_dir"]) == "from_body"
+    assert str(logic.export_kwargs({}, settings, ["pt2"], {})["out_dir"]) == "from_settings"
+
+
+def test_example_inputs_from_a_shape_or_a_variable() -> None:
+    import torch
+
+    (x,) = logic.example_inputs([3, 5], {})
+    assert x.shape == (3, 5) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) < 1
+    assert torch.equal(x, logic.example_inputs([3, 5], {})[0])  # seeded
+    pair = (torch.zeros(2, 3), torch.ones(2))
+    assert logic.example_inputs("xs", {"xs": pair}) == pair
+    with pytest.raises(logic.SpecError, match="expected a tensor or a tuple of tensors"):
+        logic.example_inputs("xs", {"xs": [1, 2]})
+
+
+def test_wizard_defaults_expand_all_to_the_available_backends(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    settings = {
+        "out_dir": "w", "default_backends": ["all"], "isolate": False, "verify": True, "cache": True,
+        "dynamic_batch": True, "batch_range": [1, 4, 8], "tolerances": {"atol": 1e-4, "rtol": 1e-3},
+    }  # fmt: skip
+    defaults = logic.wizard_defaults(settings, object(), "net")
+    assert "pt2" in defaults["backends"] and "coreml" not in defaults["backends"]
+    assert defaults["model"] == "net" and defaults["tolerances"] == (1e-4, 1e-3)
+    assert defaults["batch_range"] == (1, 4, 8) and defaults["isolate"] is False

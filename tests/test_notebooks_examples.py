@@ -24,6 +24,8 @@ def execute(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **parame
     # the kernel inherits this environment: caches stay in the project, not in $HOME or /tmp
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
     monkeypatch.setenv("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
+    # an empty export cache: every artifact is really converted and its sidecar describes this run
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(tmp_path / "enn_cache"))
     output = tmp_path / name
     pm.execute_notebook(
         str(NOTEBOOKS / name), str(output), parameters=parameters, cwd=str(tmp_path),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -254,9 +255,10 @@ def test_a_failing_export_is_shown_on_the_run_step_not_raised(tmp_path):
     assert not w.view.run_button.disabled and w.view.cancel_button.disabled  # can fix and retry
 
 
-@pytest.mark.slow
-def test_run_exports_for_real_and_shows_results(trained_model, tmp_path):
-    out = tmp_path / "exports"
+@pytest.fixture(scope="module")
+def exported(trained_model, tmp_path_factory):
+    """A wizard clicked through a real export of the reference model to ONNX and PT2."""
+    out = tmp_path_factory.mktemp("wizard") / "exports"
     w = wizard({"model": trained_model}, backends=["onnx", "pt2"], out_dir=out, cache=False)
     _to_targets(w)
     w.view.next_button.click()
@@ -264,6 +266,12 @@ def test_run_exports_for_real_and_shows_results(trained_model, tmp_path):
     w.view.run_button.click()
     assert w.state.running and w.view.cancel_button.disabled is False and w.view.back_button.disabled
     assert w.wait(600), "the export did not finish in 10 minutes"
+    return w, out
+
+
+@pytest.mark.slow
+def test_run_exports_for_real_and_shows_results(exported):
+    w, out = exported
 
     # files on disk
     for name in ("model.onnx", "model.onnx.enn.json", "model.pt2", "model.pt2.enn.json", "model.vectors.safetensors"):
@@ -281,7 +289,7 @@ def test_run_exports_for_real_and_shows_results(trained_model, tmp_path):
     log = "\n".join(w.state.log)
     assert "shared: capture -> ok" in log and "onnx: verify -> running" in log
     # latency against eager, measured on the artifacts' runtimes
-    assert set(w.state.latency) == {"eager", "onnx", "pt2"}
+    assert set(w.state.latency) == {"eager", "eager_safe", "onnx", "pt2"}
     assert all(ms > 0 for ms in w.state.latency.values())
     # results step: table, plots, links
     table = w.view.results_table.value
@@ -296,6 +304,32 @@ def test_run_exports_for_real_and_shows_results(trained_model, tmp_path):
     links = w.view.links.outputs[0]["data"]["text/html"]
     assert str(out / "model.onnx") in links and str(out / "model.onnx.enn.json") in links
     assert w.view.next_button.disabled  # last step
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_save_as_report_writes_the_papermill_report(exported):
+    pytest.importorskip("papermill")
+    w, out = exported
+    button = w.view.save_report_button
+    assert button.layout.display != "none"
+    button.click()
+    assert button.disabled  # while the report runs in the background
+    assert w.wait(600)
+    report_nb = out / "report" / "export_report.ipynb"
+    assert w.state.report_path == str(report_nb.resolve()) or Path(w.state.report_path) == report_nb.resolve()
+    assert report_nb.is_file() and "report written" in w.view.save_report_status.value
+    assert not button.disabled
+    import nbformat
+
+    nb = nbformat.read(report_nb, as_version=4)
+    params = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    values = dict(line.split(" = ", 1) for line in params.source.splitlines() if " = " in line)
+    assert values["checkpoint"] == f'"{(out / "wizard_model.safetensors").resolve()}"'
+    assert values["backends"].replace("'", '"') == '["onnx", "pt2"]'
+    assert values["batch_sizes"] == "[1, 8, 64]"
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert (out / "wizard_model.safetensors").is_file()  # the variable was saved for the report's kernel
 
 
 def _rows(w: Wizard) -> list[dict]:

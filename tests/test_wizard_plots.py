@@ -35,15 +35,29 @@ def test_parity_figure_groups_backends_and_batch_sizes_on_a_log_axis():
 
 
 def test_latency_figure_puts_eager_first_and_labels_the_ratio():
-    fig = plots.latency_figure({"onnx": 0.5, "pt2": 2.0, "tensorrt": None}, eager_ms=1.0, batch_size=8)
+    fig = plots.latency_figure({"onnx": 0.5, "pt2": 2.0, "tensorrt": None}, eager_ms=1.0, safe_ms=0.8, batch_size=8)
     ax, bars = _bars(fig)
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["eager (torch)", "onnx", "pt2"]  # top to bottom, tensorrt not measured
-    widths = {lab: b.get_width() for lab, b in zip(["pt2", "onnx", "eager (torch)"], sorted(bars, key=lambda b: b.get_y()))}
-    assert widths == {"eager (torch)": 1.0, "onnx": 0.5, "pt2": 2.0}
-    texts = " ".join(t.get_text() for t in ax.texts)
-    assert "0.5x eager" in texts and "2x eager" in texts
+    assert labels == ["eager (torch)", "eager, export-safe", "onnx", "pt2"]  # top to bottom; tensorrt not measured
+    widths = [b.get_width() for b in sorted(bars, key=lambda b: -b.get_y())]
+    assert widths == [1.0, 0.8, 0.5, 2.0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["1 ms", "0.8 ms  (0.8x eager)", "0.5 ms  (0.5x eager)", "2 ms  (2x eager)"]
     assert "batch 8" in ax.get_xlabel()
+
+
+def test_latency_spanning_orders_of_magnitude_uses_a_log_axis():
+    ax, _ = _bars(plots.latency_figure({"onnx": 0.14}, eager_ms=108.0))
+    assert ax.get_xscale() == "log"
+    ax, _ = _bars(plots.latency_figure({"onnx": 0.5}, eager_ms=1.0))
+    assert ax.get_xscale() == "linear"
+
+
+def test_latency_of_a_static_artifact_at_another_batch_gets_no_ratio():
+    fig = plots.latency_figure({"onnx": 0.5, "coreml": 0.7}, eager_ms=1.0, batch_size=8, batches={"coreml": 2})
+    ax, _ = _bars(fig)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["eager (torch)", "onnx", "coreml (batch 2)"]
+    assert [t.get_text() for t in ax.texts] == ["1 ms", "0.5 ms  (0.5x eager)", "0.7 ms"]
 
 
 def test_size_figure_in_kib_with_human_labels():

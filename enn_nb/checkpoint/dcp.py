@@ -301,10 +301,25 @@ class DcpReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         manifest_file = path / DCP_MANIFEST
+        manifest = decode(manifest_file.read_bytes(), path=str(path)) if manifest_file.exists() else None
+        if manifest is not None:
+            # The small `.metadata` pickle is checked before it is parsed, whatever `verify` says:
+            # a damaged one would otherwise surface as a confusing unpickling error.
+            entry = next((f for f in manifest.files if f.path == DCP_METADATA), None)
+            if entry is not None and (path / DCP_METADATA).exists() and not _file_matches(path / DCP_METADATA, entry):
+                raise CorruptCheckpointError(
+                    f"The sha256 of `{DCP_METADATA}` in `{path}` does not match the manifest: the checkpoint is "
+                    "damaged. Restore it from a good copy.",
+                    file=DCP_METADATA,
+                )
         self.metadata = read_metadata(path)
-        table = metadata_table(self.metadata)
-        if manifest_file.exists():
-            self.manifest = decode(manifest_file.read_bytes(), path=str(path))
+        try:
+            table = metadata_table(self.metadata)
+        except Exception as exc:  # noqa: BLE001 - an unpickled object of the wrong shape
+            raise CorruptCheckpointError(f"`{path / DCP_METADATA}` does not hold DCP metadata ({exc}).",
+                                         file=DCP_METADATA) from exc
+        if manifest is not None:
+            self.manifest = manifest
             self.upstream = False
             self.paths = {key[1]: key for key in table if len(key) == 2 and key[0] == MODEL_KEY}
             check_table(self.manifest, {key[1]: v for key, v in table.items() if key in self.paths.values()},

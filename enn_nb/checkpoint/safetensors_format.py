@@ -169,7 +169,15 @@ class SafetensorsReader:
         else:
             from . import upstream
 
-            self.manifest = upstream.from_safetensors(path, metadata if isinstance(metadata, dict) else {}, table)
+            metadata = metadata if isinstance(metadata, dict) else {}
+            stray = [k for k, v in metadata.items() if isinstance(v, str) and '"schema":"enn_nb.checkpoint/' in v[:40]]
+            if stray:  # an enn_nb manifest under a damaged key: do not fall back to unverified loading
+                raise CorruptCheckpointError(
+                    f"`{path}` holds an enn_nb manifest under the header key {stray[0]!r} instead of "
+                    f"`{MANIFEST_KEY}`: the header is damaged. Restore the file from a good copy.",
+                    file=str(path),
+                )
+            self.manifest = upstream.from_safetensors(path, metadata, table)
             self.upstream = True
 
     @property

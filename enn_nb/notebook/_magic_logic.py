@@ -166,6 +166,33 @@ def name_from_path(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def derive_name(path: str | os.PathLike[str], namespace: Mapping[str, Any], own: set[str]) -> str:
+    """A free variable name for a loaded model: from the file name, never replacing a variable not in ``own``.
+
+    ``own`` holds the names an earlier load bound itself (re-running a cell rebinds the same name).
+    """
+    base = name_from_path(path)
+    for candidate in (base, f"{base}_loaded", *(f"{base}_loaded{i}" for i in range(2, 100))):
+        if candidate not in namespace or candidate in own:
+            return candidate
+    raise SpecError(f"No free variable name derived from `{path}`; pass `--into NAME`.")
+
+
+def model_or_checkpoint(namespace: Mapping[str, Any], name: str) -> Any:
+    """The ``nn.Module`` variable called ``name``, else an existing checkpoint path (a :class:`Path`).
+
+    Raises:
+        SpecError: the variable is not an nn.Module.
+        UnknownNameError: neither a variable nor an existing path (close names suggested).
+    """
+    if name in namespace:
+        return require_module(namespace[name], name, namespace)
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    return lookup(namespace, name, what="the model to export, or an existing checkpoint path")
+
+
 # -- values -------------------------------------------------------------------------------------
 def parse_meta(items: Iterable[str]) -> dict[str, Any]:
     """``["run=3", "note=first try", "tags=[a, b]"]`` -> a JSON object; values read as YAML scalars/lists.
@@ -383,7 +410,7 @@ def _check_value(key: str, value: Any) -> Any:
     if key == "example_inputs":
         if isinstance(value, str) and value.isidentifier():
             return value
-        if isinstance(value, list) and value and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
+        if isinstance(value, list) and value and all(_positive_int(d) for d in value):
             return list(value)
         raise bad
     if key == "tolerances":
@@ -399,11 +426,15 @@ def _check_value(key: str, value: Any) -> Any:
     return value  # pragma: no cover - every key is handled above
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def check_batch_range(value: Any, *, where: str = "`batch_range`") -> tuple[int, int, int]:
     ok = (
         isinstance(value, (list, tuple))
         and len(value) == 3
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        and all(_positive_int(v) for v in value)
     )
     if not ok or not value[0] <= value[1] <= value[2]:
         raise SpecError(f"{where}: expected three positive batch sizes [min, opt, max] with min <= opt <= max.")
@@ -436,10 +467,123 @@ def check_tolerances(value: Any) -> dict[str, dict[str, float]]:
     return out
 
 
+# -- from parsed options to enn_nb.export's arguments ------------------------------------------------
+#: Keyword arguments of ``enn_nb.export`` whose value comes from the body, else from the settings.
+_FROM_SETTINGS = ("dynamic_batch", "batch_range", "verify", "isolate", "cache")
+
+
+def export_kwargs(
+    body: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    backends: list[str],
+    namespace: Mapping[str, Any],
+    *,
+    out: str | None = None,
+    spec: Any = None,
+) -> dict[str, Any]:
+    """``enn_nb.export`` keyword arguments: the ``--out`` flag, then the body, then the ``EnnMagics`` settings.
+
+    Args:
+        body: the validated YAML body (:func:`parse_export_body`).
+        settings: ``out_dir``, ``dynamic_batch``, ``batch_range``, ``verify``, ``isolate``, ``cache``
+            and ``tolerances`` from the magics' configuration.
+        backends: the resolved backend names.
+        namespace: where ``example_inputs: NAME`` is looked up.
+        out: the ``--out`` directory, if given.
+        spec: a ModelSpec from ``--spec``, if given.
+    """
+    kwargs: dict[str, Any] = {"out_dir": Path(out or body.get("out_dir") or settings["out_dir"]).expanduser()}
+    for key in _FROM_SETTINGS:
+        kwargs[key] = body.get(key, settings[key])
+    kwargs["batch_range"] = tuple(kwargs["batch_range"])
+    kwargs["strict"] = body.get("strict", False)
+    for key in ("stem", "metadata"):
+        if key in body:
+            kwargs[key] = body[key]
+    if "options" in body:
+        resolve_backends(list(body["options"]), backend_rows())  # option keys must name backends
+        kwargs["options"] = body["options"]
+    tolerances = {**check_tolerances(settings.get("tolerances") or {}), **body.get("tolerances", {})}
+    if tolerances:
+        kwargs["tolerances"] = tolerances_for(tolerances, backends)
+    if spec is not None:
+        kwargs["spec"] = spec
+    if "example_inputs" in body:
+        kwargs["example_inputs"] = example_inputs(body["example_inputs"], namespace, spec)
+    return kwargs
+
+
+def tolerances_for(
+    tolerances: Mapping[str, Mapping[str, float]], backends: list[str]
+) -> dict[str, tuple[float, float]]:
+    """``{"*": {atol}, "onnx": {rtol}}`` -> ``{backend: (atol, rtol)}`` for the chosen backends.
+
+    A named backend wins over ``*``; a bound given for neither is the backend's documented default.
+    """
+    from enn_nb.export.registry import get_backend
+
+    out: dict[str, tuple[float, float]] = {}
+    for name in backends:
+        given = {**tolerances.get("*", {}), **tolerances.get(name, {})}
+        if given:
+            atol, rtol = get_backend(name).default_tolerance
+            out[name] = (float(given.get("atol", atol)), float(given.get("rtol", rtol)))
+    return out
+
+
+#: Seed of the random example inputs built from an ``example_inputs: [shape]`` body key.
+EXAMPLE_SEED = 0
+
+
+def example_inputs(value: str | list[int], namespace: Mapping[str, Any], spec: Any = None) -> tuple[Any, ...]:
+    """Example inputs from a variable name (a tensor or a tuple of tensors) or from a shape.
+
+    A shape gives seeded uniform [0, 1) values of the spec's feature dtype: valid for float features
+    and for float columns that a model casts to embedding indices (they become 0).
+
+    Raises:
+        UnknownNameError: no such variable.
+        SpecError: the variable holds something else than tensors.
+    """
+    import torch
+
+    if isinstance(value, list):
+        dtype = getattr(torch, getattr(spec, "feature_dtype", None) or "float32")
+        generator = torch.Generator().manual_seed(EXAMPLE_SEED)
+        return (torch.rand(*value, generator=generator).to(dtype),)
+    inputs = lookup(namespace, value, what="example_inputs")
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
+        return tuple(inputs)
+    raise SpecError(f"`example_inputs: {value}` is a {type(inputs).__name__}; expected a tensor or a tuple of tensors.")
+
+
+def wizard_defaults(settings: Mapping[str, Any], source: Any = None, name: str = "") -> dict[str, Any]:
+    """``enn_nb.wizard`` starting choices from the magics' settings and an optional model or checkpoint."""
+    names = split_names(settings["default_backends"])
+    if "all" in names:
+        names = [str(field(r, "name")) for r in backend_rows() if field(r, "available")]
+    defaults: dict[str, Any] = {"out_dir": settings["out_dir"], "backends": names}
+    for key in ("isolate", "verify", "cache", "dynamic_batch"):
+        defaults[key] = settings[key]
+    defaults["batch_range"] = tuple(settings["batch_range"])
+    common = check_tolerances(settings.get("tolerances") or {}).get("*")
+    if common:  # the wizard takes one (atol, rtol) for every backend
+        defaults["tolerances"] = (common.get("atol"), common.get("rtol"))
+    if isinstance(source, Path):
+        defaults["checkpoint"] = str(source)
+    elif source is not None:
+        defaults["model"] = name
+    return defaults
+
+
 # -- errors at the magic boundary -----------------------------------------------------------------
-#: Errors that are about the user's input or files, shown as one line. Everything else (bugs, a
-#: package that is installed but broken) keeps its traceback.
 def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is about the user's input or files (shown as one line).
+
+    Everything else keeps its traceback: bugs, and a package that is installed but fails to import.
+    """
     if isinstance(exc, BrokenDependencyError):
         return False
     if isinstance(exc, EnnError):

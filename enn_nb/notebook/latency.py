@@ -20,7 +20,10 @@ class Latency:
     """Median milliseconds per call.
 
     Attributes:
-        eager_ms: the eager model at ``batch_size`` (None when it could not run).
+        eager_ms: the eager model as the user has it (fast paths on) at ``batch_size`` (None when it
+            could not run).
+        safe_ms: the same model inside ``export_safe`` (the graph the artifacts were made from), so
+            the gap a fast path makes is told apart from the gap a runtime makes.
         backends: ``{backend: ms}`` for each artifact that could run here.
         batches: ``{backend: batch}``, the batch each artifact was timed at (static artifacts accept
             only their capture batch).
@@ -29,6 +32,7 @@ class Latency:
     """
 
     eager_ms: float | None
+    safe_ms: float | None
     backends: dict[str, float]
     batches: dict[str, int]
     skipped: dict[str, str]
@@ -81,7 +85,7 @@ def measure(
     example = _example(report)
     if example is None:
         reason = "no parity vectors were written (verify was off), so there are no inputs to time on"
-        return Latency(None, {}, {}, {r.backend: reason for r in report.results}, batch_size)
+        return Latency(None, None, {}, {}, {r.backend: reason for r in report.results}, batch_size)
     inputs_at: dict[int, list[np.ndarray]] = {}
 
     def inputs(batch: int) -> list[np.ndarray]:
@@ -113,15 +117,24 @@ def measure(
         except Exception as exc:  # one runtime failing to time must not hide the others
             skipped[result.backend] = f"{type(exc).__name__}: {exc}"
 
-    eager_ms = None
-    call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
+    from enn_nb.export.safe import export_safe
+
     feed_t = [torch.from_numpy(a) for a in inputs(batch_size)]
     with parity.eval_only(model), torch.no_grad():
-        try:
-            eager_ms = time_call(lambda: call(*feed_t))
-        except Exception as exc:
-            skipped["eager"] = f"{type(exc).__name__}: {exc}"
-    return Latency(eager_ms, timed, batches, skipped, batch_size)
+        eager_ms = _time_model(model, feed_t, skipped, "eager")
+        with export_safe(model) as safe:
+            safe_ms = _time_model(safe.model, feed_t, skipped, "eager (export-safe)")
+    return Latency(eager_ms, safe_ms, timed, batches, skipped, batch_size)
+
+
+def _time_model(model: Any, feed: list[Any], skipped: dict[str, str], label: str) -> float | None:
+    # The parity reference's call: forward_export (raw features in) when the model has one.
+    call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
+    try:
+        return time_call(lambda: call(*feed))
+    except Exception as exc:  # a model that cannot run at this batch still leaves the runtimes' numbers
+        skipped[label] = f"{type(exc).__name__}: {exc}"
+        return None
 
 
 def _example(report: Any) -> list[Any] | None:

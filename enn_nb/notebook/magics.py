@@ -22,8 +22,6 @@ from enn_nb.notebook import provenance
 
 # A backend's stages as the export engine reports them; the shared capture is one more bar.
 PROGRESS_STAGES = ("convert", "verify", "done")
-# Seed of the random example inputs built from an `example_inputs: [shape]` body key.
-EXAMPLE_SEED = 0
 
 
 @contextlib.contextmanager
@@ -49,24 +47,23 @@ class EnnMagics(Magics):
     """Settings of the ``%enn_*`` magics; change them with ``%config EnnMagics.<name> = value``."""
 
     out_dir = Unicode(
-        "enn_exports", help="Directory `%%enn_export` writes artifacts to when neither `--out` nor `out_dir:` is given."
+        "enn_exports", help="Directory `%%enn_export` writes to when neither `--out` nor `out_dir:` is given."
     ).tag(config=True)
     default_backends = List(
         Unicode(),
         default_value=["onnx", "pt2"],
-        help="Backends `%%enn_export` uses when neither `--backends` nor `backends:` is given; `all` = every available one.",
+        help="Backends `%%enn_export` uses without `--backends` or `backends:`; `all` = every available one.",
     ).tag(config=True)
     tolerances = Dict(
         default_value={},
         help="Parity tolerances per backend, e.g. {'onnx': {'atol': 1e-5, 'rtol': 1e-4}}; a cell's `tolerances:` wins.",
     ).tag(config=True)
-    isolate = Bool(True, help="Convert and verify each backend in a child process (a crash cannot kill the kernel).").tag(
-        config=True
-    )
+    isolate = Bool(
+        True, help="Convert and verify each backend in a child process (a crash cannot kill the kernel)."
+    ).tag(config=True)
     dynamic_batch = Bool(True, help="Export with a dynamic batch dimension.").tag(config=True)
     batch_range = List(
-        Int(),
-        default_value=[1, 8, 64], help="[min, opt, max] batch sizes for backends that need bounds."
+        Int(), default_value=[1, 8, 64], help="[min, opt, max] batch sizes for backends that need bounds."
     ).tag(config=True)
     verify = Bool(True, help="Check each artifact against the eager model (parity).").tag(config=True)
     cache = Bool(True, help="Reuse artifacts of an unchanged model instead of converting again.").tag(config=True)
@@ -106,6 +103,14 @@ class EnnMagics(Magics):
     def _variable(self, name: str, *, what: str, cls_path: str, kind: str) -> Any:
         return logic.require_instance(logic.lookup(self._ns, name, what=what), name, cls_path, kind)
 
+    def _spec(self, name: str | None) -> Any:
+        if not name:
+            return None
+        return self._variable(name, what="--spec", cls_path="enn_nb.spec:ModelSpec", kind="an `enn_nb.ModelSpec`")
+
+    def _settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.trait_names(config=True)}
+
     # -- %enn_save ----------------------------------------------------------------------------
     @magic_arguments()
     @argument("model", help="Name of the nn.Module variable to save.")
@@ -131,16 +136,17 @@ class EnnMagics(Magics):
         """
         with user_errors():
             args = _parse(self.enn_save, line)
-            model = logic.require_module(logic.lookup(self._ns, args.model, what="the model to save"), args.model, self._ns)
+            value = logic.lookup(self._ns, args.model, what="the model to save")
+            model = logic.require_module(value, args.model, self._ns)
             fmt = logic.save_format(args.path, args.format)
             metadata = logic.parse_meta(item for group in args.meta for item in group)
-            optimizer = spec = None
+            optimizer = None
             if args.optimizer:
                 optimizer = self._variable(
-                    args.optimizer, what="--optimizer", cls_path="torch.optim.optimizer:Optimizer", kind="a torch optimizer"
+                    args.optimizer, what="--optimizer", cls_path="torch.optim.optimizer:Optimizer",
+                    kind="a torch optimizer",
                 )
-            if args.spec:
-                spec = self._variable(args.spec, what="--spec", cls_path="enn_nb.spec:ModelSpec", kind="an `enn_nb.ModelSpec`")
+            spec = self._spec(args.spec)
             record = self._provenance("%enn_save", line)
             if record is not None:
                 metadata["provenance"] = record
@@ -175,8 +181,12 @@ class EnnMagics(Magics):
             path = logic.check_checkpoint_path(args.path)
             target = None
             if args.model:
-                target = logic.require_module(logic.lookup(self._ns, args.model, what="--model"), args.model, self._ns)
-            name = logic.check_identifier(args.into, "--into") if args.into else self._derived_name(path)
+                value = logic.lookup(self._ns, args.model, what="--model")
+                target = logic.require_module(value, args.model, self._ns)
+            if args.into:
+                name = logic.check_identifier(args.into, "--into")
+            else:
+                name = logic.derive_name(path, self._ns, self._bound_by_load)
 
             from enn_nb.checkpoint import load
 
@@ -186,13 +196,6 @@ class EnnMagics(Magics):
                 self._bound_by_load.add(name)
             print(f"`{name}` = {type(loaded.model).__name__} loaded from {path}")
             return loaded
-
-    def _derived_name(self, path: Path) -> str:
-        base = logic.name_from_path(path)
-        for candidate in (base, f"{base}_loaded", *(f"{base}_loaded{i}" for i in range(2, 100))):
-            if candidate not in self._ns or candidate in self._bound_by_load:
-                return candidate
-        raise logic.SpecError(f"No free variable name derived from `{path}`; pass `--into NAME`.")
 
     # -- %enn_inspect -------------------------------------------------------------------------
     @magic_arguments()
@@ -216,10 +219,10 @@ class EnnMagics(Magics):
     # -- %%enn_export -------------------------------------------------------------------------
     @magic_arguments()
     @argument("model", help="Name of an nn.Module variable, or the path of a checkpoint.")
-    @argument("--out", metavar="DIR", help="Output directory (default: `out_dir:` in the body, then EnnMagics.out_dir).")
+    @argument("--out", metavar="DIR", help="Output directory (default: `out_dir:`, else EnnMagics.out_dir).")
     @argument(
         "--backends", nargs="+", metavar="NAME",
-        help="Backends, space- or comma-separated, or `all` (default: `backends:` in the body, then EnnMagics.default_backends).",
+        help="Backends, space- or comma-separated, or `all` (default: `backends:`, else EnnMagics.default_backends).",
     )
     @argument("--as", dest="as_name", metavar="NAME", help="Also bind the ExportReport to this variable.")
     @argument("--spec", metavar="SPEC", help="Name of an enn_nb.ModelSpec variable (for a plain nn.Module).")
@@ -246,12 +249,14 @@ class EnnMagics(Magics):
         with user_errors():
             args = _parse(self.enn_export, line)
             body = logic.parse_export_body(cell or "")
-            source = self._export_source(args.model)
+            source = logic.model_or_checkpoint(self._ns, args.model)
             if args.as_name:
                 logic.check_identifier(args.as_name, "--as")
             requested = logic.split_names(args.backends) or body.get("backends") or list(self.default_backends)
             backends = logic.resolve_backends(requested, logic.backend_rows())
-            kwargs = self._export_kwargs(args, body, backends)
+            kwargs = logic.export_kwargs(
+                body, self._settings(), backends, self._ns, out=args.out, spec=self._spec(args.spec)
+            )
             kwargs["provenance"] = self._provenance("%%enn_export" if cell is not None else "%enn_export", line, cell)
 
             # The function, not `enn_nb.export`: that attribute is the subpackage once it is imported.
@@ -268,56 +273,6 @@ class EnnMagics(Magics):
             if args.as_name:
                 self._ns[args.as_name] = report
             return report
-
-    def _export_source(self, name: str) -> Any:
-        if name in self._ns:
-            return logic.require_module(self._ns[name], name, self._ns)
-        path = Path(name).expanduser()
-        if path.exists():
-            return path
-        return logic.lookup(self._ns, name, what="the model to export, or an existing checkpoint path")
-
-    def _export_kwargs(self, args: Any, body: dict[str, Any], backends: list[str]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "out_dir": Path(args.out or body.get("out_dir") or self.out_dir).expanduser(),
-            "dynamic_batch": body.get("dynamic_batch", self.dynamic_batch),
-            "batch_range": tuple(body.get("batch_range", self.batch_range)),
-            "verify": body.get("verify", self.verify),
-            "isolate": body.get("isolate", self.isolate),
-            "cache": body.get("cache", self.cache),
-            "strict": body.get("strict", False),
-        }
-        for key in ("stem", "metadata"):
-            if key in body:
-                kwargs[key] = body[key]
-        if "options" in body:
-            logic.resolve_backends(list(body["options"]), logic.backend_rows())  # names checked, not run
-            kwargs["options"] = body["options"]
-        tolerances = {**logic.check_tolerances(self.tolerances), **body.get("tolerances", {})}
-        if tolerances:
-            kwargs["tolerances"] = _tolerances_for(tolerances, backends)
-        if args.spec:
-            kwargs["spec"] = self._variable(args.spec, what="--spec", cls_path="enn_nb.spec:ModelSpec", kind="an `enn_nb.ModelSpec`")
-        if "example_inputs" in body:
-            kwargs["example_inputs"] = self._example_inputs(body["example_inputs"], kwargs.get("spec"))
-        return kwargs
-
-    def _example_inputs(self, value: str | list[int], spec: Any) -> tuple[Any, ...]:
-        import torch
-
-        if isinstance(value, list):
-            dtype = getattr(torch, getattr(spec, "feature_dtype", None) or "float32")
-            generator = torch.Generator().manual_seed(EXAMPLE_SEED)
-            # uniform [0, 1): valid for float features and for float columns cast to embedding indices
-            return (torch.rand(*value, generator=generator).to(dtype),)
-        inputs = logic.lookup(self._ns, value, what="example_inputs")
-        if isinstance(inputs, torch.Tensor):
-            return (inputs,)
-        if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
-            return tuple(inputs)
-        raise logic.SpecError(
-            f"`example_inputs: {value}` is a {type(inputs).__name__}; expected a tensor or a tuple of tensors."
-        )
 
     # -- %enn_backends ------------------------------------------------------------------------
     @magic_arguments()
@@ -339,7 +294,8 @@ class EnnMagics(Magics):
             from enn_nb.notebook.display import Table
 
             columns = ("name", "suffix", "available", "reason", "install")
-            return Table(columns, [[logic.field(r, c) for c in columns] for r in rows], title="enn_nb export backends")
+            table = [[logic.field(r, c) for c in columns] for r in rows]
+            return Table(columns, table, title="enn_nb export backends")
 
     # -- %enn_wizard --------------------------------------------------------------------------
     @magic_arguments()
@@ -357,50 +313,11 @@ class EnnMagics(Magics):
         """
         with user_errors():
             args = _parse(self.enn_wizard, line)
-            defaults: dict[str, Any] = {
-                "out_dir": self.out_dir,
-                "backends": self._default_backend_names(),
-                "isolate": self.isolate,
-                "verify": self.verify,
-                "dynamic_batch": self.dynamic_batch,
-                "batch_range": tuple(self.batch_range),
-                "cache": self.cache,
-            }
-            common = logic.check_tolerances(self.tolerances).get("*")
-            if common:  # the wizard takes one (atol, rtol) for every backend
-                defaults["tolerances"] = (common.get("atol"), common.get("rtol"))
-            if args.model:
-                source = self._export_source(args.model)
-                defaults["checkpoint" if isinstance(source, Path) else "model"] = (
-                    str(source) if isinstance(source, Path) else args.model
-                )
+            source = logic.model_or_checkpoint(self._ns, args.model) if args.model else None
+            defaults = logic.wizard_defaults(self._settings(), source, args.model or "")
             from enn_nb.notebook.wizard import wizard
 
             return wizard(self._ns, **defaults)
-
-    def _default_backend_names(self) -> list[str]:
-        names = logic.split_names(self.default_backends)
-        if "all" not in names:
-            return names
-        rows = logic.backend_rows()
-        return [str(logic.field(r, "name")) for r in rows if logic.field(r, "available")]
-
-
-def _tolerances_for(tolerances: dict[str, dict[str, float]], backends: list[str]) -> dict[str, tuple[float, float]]:
-    """``{"*": {atol}, "onnx": {rtol}}`` -> ``{backend: (atol, rtol)}`` for the chosen backends.
-
-    A named backend wins over ``*``; a bound given for neither comes from the backend's documented default.
-    """
-    from enn_nb.export.registry import get_backend
-
-    out: dict[str, tuple[float, float]] = {}
-    for name in backends:
-        given = {**tolerances.get("*", {}), **tolerances.get(name, {})}
-        if not given:
-            continue
-        atol, rtol = get_backend(name).default_tolerance
-        out[name] = (float(given.get("atol", atol)), float(given.get("rtol", rtol)))
-    return out
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -411,12 +328,11 @@ def load_ipython_extension(ipython: Any) -> None:
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove the magics and their settings again (``%unload_ext enn_nb``)."""
     manager = ipython.magics_manager
-    instance = manager.registry.pop(EnnMagics.__name__, None)
-    for kind, table in EnnMagics.magics.items():
+    manager.registry.pop(EnnMagics.__name__, None)
+    for kind, table in EnnMagics.magics.items():  # the class table: {"line": {name: method}, ...}
         for name in table:
             manager.magics[kind].pop(name, None)
     ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, EnnMagics)]
-    del instance
 
 
 __all__ = ["EnnMagics", "load_ipython_extension", "unload_ipython_extension"]

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 # Errors of exactly 0 (PT2, AOTI) cannot sit on a log axis; they are drawn at this floor and labelled.
 _ERROR_FLOOR = 1e-12
 _FIGSIZE = (6.0, 3.2)
+EAGER = "eager (torch)"
+EAGER_SAFE = "eager, export-safe"
 
 
 def _figure(height: float = _FIGSIZE[1]) -> Figure:
@@ -89,31 +91,38 @@ def latency_figure(
     latency_ms: Mapping[str, float | None],
     *,
     eager_ms: float | None = None,
+    safe_ms: float | None = None,
     batch_size: int | None = None,
     batches: Mapping[str, int] | None = None,
     title: str = "Latency per runtime vs eager",
 ) -> Figure:
-    """Horizontal bars of the mean latency per runtime, eager PyTorch first, labelled with the ratio.
+    """Horizontal bars of the latency per runtime, eager PyTorch first, labelled with the ratio to eager.
 
     Args:
         latency_ms: ``{backend: milliseconds per call}``; ``None`` (not measured) is skipped.
-        eager_ms: the eager model's latency on the same input, drawn first in grey.
+        eager_ms: the eager model on the same input (fast paths on), drawn first in grey; the
+            ratios are to it.
+        safe_ms: the eager model inside ``export_safe`` (what was exported), drawn second in grey.
         batch_size: the batch everything was timed at, shown in the axis label.
         batches: ``{backend: batch}`` where a runtime was timed at another batch (a static
             artifact): its label says so and no ratio to eager is given.
         title: the axes title.
     """
     values = {k: float(v) for k, v in latency_ms.items() if v is not None and not math.isnan(float(v))}
-    fig = _figure(max(2.0, 0.5 + 0.38 * (len(values) + 1)))
+    fig = _figure(max(2.0, 0.6 + 0.38 * (len(values) + 2)))
     if not values and eager_ms is None:
         return _empty(fig, title, "no latency measured")
-    labels, data, colors = [], [], []
-    if eager_ms is not None:
-        labels.append("eager (torch)")
-        data.append(float(eager_ms))
-        colors.append("0.6")
+    labels: list[str] = []
+    data: list[float] = []
+    colors: list = []
+    comparable: list[bool] = []
+    for label, ms, grey in ((EAGER, eager_ms, "0.55"), (EAGER_SAFE, safe_ms, "0.75")):
+        if ms is not None:
+            labels.append(label)
+            data.append(float(ms))
+            colors.append(grey)
+            comparable.append(label != EAGER)
     palette = _colors(max(len(values), 1))
-    comparable = [eager_ms is None]
     for i, (name, ms) in enumerate(values.items()):
         other = (batches or {}).get(name)
         same = other is None or batch_size is None or other == batch_size
@@ -124,15 +133,20 @@ def latency_figure(
     ax = fig.add_subplot()
     ys = list(range(len(labels)))[::-1]
     bars = ax.barh(ys, data, color=colors)
-    for bar, ms, label, same in zip(bars, data, labels, comparable):
+    for bar, ms, ratio in zip(bars, data, comparable):
         text = f"{ms:.3g} ms"
-        if eager_ms and label != "eager (torch)" and same:
+        if eager_ms and ratio:
             text += f"  ({ms / eager_ms:.2g}x eager)"
         ax.annotate(text, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center",
                     fontsize=7, xytext=(3, 0), textcoords="offset points")
     ax.set_yticks(ys, labels)
     ax.set_xlabel("ms per call" + (f" (batch {batch_size})" if batch_size else ""))
-    ax.set_xlim(0, max(data) * 1.45)
+    positive = [d for d in data if d > 0]
+    if positive and max(positive) / min(positive) > 30:  # e.g. 0.1 ms vs 100 ms: linear hides the small
+        ax.set_xscale("log")
+        ax.set_xlim(min(positive) / 2, max(positive) * 20)
+    else:
+        ax.set_xlim(0, max(data) * 1.45)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -222,6 +222,8 @@ class ExportRun:
                 values = dict(payload.backends)
                 if payload.eager_ms is not None:
                     values["eager"] = payload.eager_ms
+                if payload.safe_ms is not None:
+                    values["eager_safe"] = payload.safe_ms
                 state.latency_batches = dict(payload.batches)
                 state.latency = values
                 for name, why in payload.skipped.items():

@@ -77,7 +77,10 @@ class WizardState(HasTraits):
     # -- step 4: results -----------------------------------------------------------------------
     report = AnyTrait(None, allow_none=True, help="The ExportReport of the last finished run.")
     skipped = List(Unicode(), help="Backends the last run skipped because Cancel was pressed.")
-    latency = Dict(help="Measured latency in ms: {'eager': float, backend: float}; eager at batch `batch_opt`.")
+    latency = Dict(
+        help="Measured latency in ms: {backend: float, 'eager': as-is model, 'eager_safe': in export_safe}; "
+        "eager at batch `batch_opt`."
+    )
     latency_batches = Dict(help="Batch each backend's latency was measured at (static artifacts: their own).")
     report_path = Unicode("", help="Path of the report produced by 'Save as report' ('' until then).")
 

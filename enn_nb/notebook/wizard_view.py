@@ -50,6 +50,8 @@ class WizardView:
         self.back_button = w.Button(description="Back", icon="arrow-left", layout=w.Layout(width="110px"))
         self.next_button = w.Button(description="Next", icon="arrow-right", button_style="primary",
                                     layout=w.Layout(width="110px"))  # fmt: skip
+        self.back_button.add_class("enn-wizard-back")
+        self.next_button.add_class("enn-wizard-next")
         self.back_button.on_click(lambda _: state.back())
         self.next_button.on_click(lambda _: state.next())
         self.widget = w.VBox(
@@ -241,6 +243,8 @@ class WizardView:
         self.run_button = w.Button(description="Run export", icon="play", button_style="success")
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="warning", disabled=True,
                                       tooltip="Stop after the backend being converted now")  # fmt: skip
+        self.run_button.add_class("enn-wizard-run")
+        self.cancel_button.add_class("enn-wizard-cancel")
         self.run_button.on_click(lambda _: self.run.start())
         self.cancel_button.on_click(lambda _: self.run.cancel())
         self.overall = w.IntProgress(min=0, max=1, value=0, description="overall",
@@ -301,9 +305,11 @@ class WizardView:
         w, state = self.w, self.state
         self.results_table = w.HTML()
         self.skipped_note = w.HTML()
-        self.plots = w.HBox(layout=w.Layout(flex_flow="row wrap"))
+        # align_items: without it flexbox stretches every plot to the tallest one's height
+        self.plots = w.HBox(layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
         self.links = w.Output()
         self.save_report_button = w.Button(description="Save as report", icon="file", button_style="info")
+        self.save_report_button.add_class("enn-wizard-save-report")
         self.save_report_status = w.HTML()
         self.save_report_button.on_click(lambda _: self._on_save_report())
         if self._save_report is None:  # the reports extra is missing: hidden, not broken
@@ -339,12 +345,13 @@ class WizardView:
                 plots.parity_figure({r["backend"]: r["parity"] for r in rows},
                                     tolerances={r["backend"]: r["atol"] for r in rows if r["atol"]}),
                 plots.latency_figure({r["backend"]: r["latency_ms"] for r in rows},
-                                     eager_ms=state.latency.get("eager"), batch_size=state.batch_opt,
-                                     batches=state.latency_batches),
+                                     eager_ms=state.latency.get("eager"), safe_ms=state.latency.get("eager_safe"),
+                                     batch_size=state.batch_opt, batches=state.latency_batches),
                 plots.size_figure({r["backend"]: r["size"] for r in rows}),
             ]  # fmt: skip
             images = [self.w.Image(value=plots.to_png(fig), format="png",
-                                   layout=self.w.Layout(max_width="480px")) for fig in figures]  # fmt: skip
+                                   layout=self.w.Layout(max_width="480px", height="auto"))
+                      for fig in figures]  # fmt: skip
         self.plots.children = images
         self.save_report_status.value = ""
 

@@ -101,8 +101,6 @@ def parse_value(text: str) -> Any:
         raise ReportError(
             f"The value `{text}` is not valid YAML ({str(exc).splitlines()[0]}); quote it, e.g. -p 'key=\"{text}\"'."
         ) from None
-    if isinstance(value, str) and _FLOAT_1_2.match(value.strip()):
-        value = float(value)
     return value
 
 

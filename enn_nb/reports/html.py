@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from enn_nb.errors import ReportError
 
@@ -25,7 +26,7 @@ def to_html(notebook: str | os.PathLike[str], html_path: str | os.PathLike[str] 
     nbformat = require("nbformat", purpose="HTML reports")
     src = Path(notebook)
     dst = Path(html_path) if html_path is not None else src.with_suffix(".html")
-    nb = nbformat.read(src, as_version=4)
+    nb = _without_logs(nbformat.read(src, as_version=4))
     exporter = nbconvert.HTMLExporter()
     exporter.exclude_input = no_input
     exporter.exclude_input_prompt = no_input
@@ -38,6 +39,17 @@ def to_html(notebook: str | os.PathLike[str], html_path: str | os.PathLike[str] 
     tmp.write_text(body, encoding="utf-8")
     os.replace(tmp, dst)
     return dst
+
+
+#: Cells tagged so keep their log streams (converter warnings...) in the .ipynb but not in the HTML.
+LOG_TAG = "enn-nb-log"
+
+
+def _without_logs(nb: Any) -> Any:
+    for cell in nb.cells:
+        if LOG_TAG in cell.get("metadata", {}).get("tags", []) and cell.get("outputs"):
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "stream"]
+    return nb
 
 
 def _title(nb: object, src: Path) -> str:

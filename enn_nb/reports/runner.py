@@ -137,6 +137,9 @@ def report(
             progress_bar={"desc": stem, "unit": "cell"} if progress else False,
             cwd=str(out),
             execution_timeout=timeout,
+            # jupyter_client interrupts the kernel before every shutdown; the kernel then logs a
+            # spurious "KeyboardInterrupt caught in kernel". Cell errors travel as messages, not logs.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except papermill.PapermillExecutionError as exc:
         error = _cell_error(exc, path, nb_path)

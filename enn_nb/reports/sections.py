@@ -8,7 +8,6 @@ import html
 import json
 import math
 import os
-import statistics
 import time
 import warnings
 from collections.abc import Sequence
@@ -212,13 +211,18 @@ def measure(
     inputs = {b: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=b, seed=1000 + b) for b in sizes}
     call = getattr(model, "forward_export", model)
     expected: dict[int, list[Any]] = {}
-    with eval_only(model), torch.no_grad(), warnings.catch_warnings():
-        # Unfused FlexAttention on CPU warns at every call; it is the model as trained, measured as such.
-        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
-        for b in sizes:
+
+    def eager_run(b: int) -> tuple[list[Any], float]:
+        with eval_only(model), torch.no_grad(), warnings.catch_warnings():
+            # Unfused FlexAttention on CPU warns at every call; it is the model as trained, timed as such.
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
             out = call(*inputs[b])
-            expected[b] = [t.detach().numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
-            result.eager_ms[b] = _time(lambda b=b: call(*inputs[b]), seconds, max_calls)
+            outs = [t.detach().numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
+            return outs, _time(lambda: call(*inputs[b]), seconds, max_calls)
+
+    for b in sizes:
+        expected[b], result.eager_ms[b] = eager_run(b)
+    with eval_only(model), torch.no_grad():
         if export.deviations:
             from enn_nb.export import export_safe
 
@@ -247,11 +251,12 @@ def measure(
         tol = r.parity.get("tolerance") or {}
         atol, rtol = float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1]))
         fixed = None if r.dynamic_batch else _static_batch(r.inputs)
-        if fixed is not None and fixed not in sizes:
-            result.notes[r.backend] = f"static batch {fixed}, not among the batch sizes {sizes}: not measured"
-        elif fixed is not None:
-            result.notes[r.backend] = f"static batch {fixed}: measured at that size only"
-        for b in [b for b in sizes if fixed is None or b == fixed]:
+        if fixed is not None:
+            result.notes[r.backend] = f"static batch {fixed}: timed and compared at that batch size only"
+            if fixed not in inputs:  # time the eager model at that size too, for the comparison
+                inputs[fixed] = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=fixed, seed=1000 + fixed)
+                expected[fixed], result.eager_ms[fixed] = eager_run(fixed)
+        for b in sizes if fixed is None else [fixed]:
             arrays = [t.numpy() for t in inputs[b]]
             got = runner([a.copy() for a in arrays])
             err, passed = _compare(got, expected[b], atol, rtol)
@@ -263,6 +268,9 @@ def measure(
             result.latency_ms.setdefault(r.backend, {})[b] = _time(
                 lambda a=arrays: runner([x.copy() for x in a]), seconds, max_calls
             )
+        if fixed is not None and fixed not in sizes:
+            ms, eager = result.latency_ms[r.backend][fixed], result.eager_ms[fixed]
+            result.notes[r.backend] += f" ({ms:.3g} ms per call; eager {eager:.3g} ms at that batch size)"
     return result
 
 
@@ -291,15 +299,9 @@ def _compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: flo
 
 
 def _time(fn: Any, seconds: float, max_calls: int) -> float:
-    for _ in range(2):
-        fn()
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(samples) < 3 or (time.perf_counter() < deadline and len(samples) < max_calls):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    from enn_nb.notebook.latency import time_call  # the wizard's timer: one definition of "median ms per call"
+
+    return time_call(fn, budget_s=seconds, min_calls=3, max_calls=max_calls)
 
 
 # -- verdict ------------------------------------------------------------------------------------------

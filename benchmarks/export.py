@@ -1,0 +1,248 @@
+"""Export engine benchmarks, printed as a ratio table.
+
+(a) the reference model to pt2 + aoti + onnx through ``enn_nb.export`` vs calling each backend's public
+    API on its own (each re-running ``torch.export``); target engine >= 1.3x faster.
+(b) the engine's ONNX export vs a raw ``torch.onnx.export`` with the same options; target <= 1.10x.
+(c) re-exporting an unchanged model (cache hit); target < 1 s.
+(d) latency of the ORT artifact vs the eager model (fast paths on) at batch 1 and 64; target >= 1.5x at 1.
+
+Each side of (a) runs in a fresh interpreter with its own empty inductor cache (under
+``.cache/bench``), so neither profits from the other's compiled kernels. Run: ``python benchmarks/export.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / ".cache" / "bench"
+CKPT = BENCH / "reference.safetensors"
+
+
+def _model():
+    import enn_nb
+
+    return enn_nb.load(CKPT).model
+
+
+def _safe_inputs(model):
+    import torch
+
+    from enn_nb.export.parity import default_example_inputs
+    from enn_nb.spec import ModelSpec
+
+    spec = ModelSpec.from_model(model)
+    (x,) = default_example_inputs(spec, spec.in_dim, "float32", batch=2)
+    return x, ({0: torch.export.Dim("batch", min=1)},)
+
+
+def side_engine(out: Path) -> dict:
+    import enn_nb
+
+    model = _model()
+    started = time.perf_counter()
+    report = enn_nb.export(model, "pt2,aoti,onnx", out_dir=out, cache=False)
+    total = time.perf_counter() - started
+    assert report.ok, str(report)
+    return {
+        "total": total,
+        "capture": report.capture_s,
+        "onnx_shared": report.onnx_s,
+        **{f"{r.backend}_total": r.timings["total"] for r in report},
+        **{f"{r.backend}_convert": r.timings["convert"] for r in report},
+        **{f"{r.backend}_verify": r.timings.get("verify", 0.0) for r in report},
+    }
+
+
+def side_independent(out: Path) -> dict:
+    import torch
+
+    from enn_nb.export.safe import export_safe
+    from enn_nb.export.wrapper import export_module
+
+    model = _model()
+    x, shapes = _safe_inputs(model)
+    times = {}
+    started = time.perf_counter()
+    with export_safe(model) as state:
+        module = export_module(state.model)
+        t = time.perf_counter()
+        ep = torch.export.export(module, (x,), dynamic_shapes=shapes)
+        torch.export.save(ep, str(out / "model.pt2"))
+        times["pt2"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ep = torch.export.export(module, (x,), dynamic_shapes=shapes)
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(out / "model.aoti.pt2"))
+        times["aoti"] = time.perf_counter() - t
+        t = time.perf_counter()
+        torch.onnx.export(module, (x,), str(out / "model.onnx"), dynamo=True, external_data=False,
+                          dynamic_shapes=shapes, input_names=["features"], output_names=["prediction"])
+        times["onnx"] = time.perf_counter() - t
+    return {"total": time.perf_counter() - started, **times}
+
+
+def _run_side(name: str) -> dict:
+    cache = BENCH / f"inductor-{name}-{os.getpid()}"
+    out = Path(tempfile.mkdtemp(prefix=f"out-{name}-", dir=BENCH))
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "ENN_NB_CACHE_DIR": str(BENCH / "enn_cache")}
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--side", name, "--out", str(out)], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"side {name} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_b(model) -> dict:
+    import torch
+
+    import enn_nb
+    from enn_nb.export.safe import export_safe
+    from enn_nb.export.wrapper import export_module
+
+    x, shapes = _safe_inputs(model)
+    rows = {}
+    for label in ("raw1", "engine", "raw2", "engine_full"):
+        out = Path(tempfile.mkdtemp(prefix="b-", dir=BENCH))
+        try:
+            started = time.perf_counter()
+            if label.startswith("raw"):
+                with export_safe(model) as state:
+                    torch.onnx.export(export_module(state.model), (x,), str(out / "model.onnx"), dynamo=True,
+                                      external_data=False, dynamic_shapes=shapes, input_names=["features"],
+                                      output_names=["prediction"])
+            elif label == "engine":
+                enn_nb.export(model, "onnx", out_dir=out, example_inputs=x, verify=False, isolate=False, cache=False)
+            else:
+                enn_nb.export(model, "onnx", out_dir=out, example_inputs=x, cache=False)
+            rows[label] = time.perf_counter() - started
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def bench_c(model) -> dict:
+    import enn_nb
+
+    out = Path(tempfile.mkdtemp(prefix="c-", dir=BENCH))
+    try:
+        started = time.perf_counter()
+        first = enn_nb.export(model, "onnx,ort,pt2", out_dir=out)
+        first_s = time.perf_counter() - started
+        started = time.perf_counter()
+        again = enn_nb.export(model, "onnx,ort,pt2", out_dir=out)
+        hit_s = time.perf_counter() - started
+        assert first.ok and all(r.cached for r in again), str(again)
+        return {"first": first_s, "hit": hit_s}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_d(model, runs: int = 200) -> dict:
+    import onnxruntime as ort
+    import torch
+
+    import enn_nb
+    from enn_nb.export.parity import default_example_inputs
+    from enn_nb.spec import ModelSpec
+
+    torch.set_num_threads(1)
+    out = Path(tempfile.mkdtemp(prefix="d-", dir=BENCH))
+    try:
+        report = enn_nb.export(model, "ort", out_dir=out)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(report["ort"].artifact), so, providers=["CPUExecutionProvider"])
+        spec = ModelSpec.from_model(model)
+        rows = {}
+        for batch in (1, 64):
+            (x,) = default_example_inputs(spec, spec.in_dim, "float32", batch=batch, seed=batch)
+            feed = {"features": x.numpy()}
+            with torch.no_grad():
+                for _ in range(10):
+                    model.forward_export(x)
+                    session.run(None, feed)
+                eager, rt = [], []
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    model.forward_export(x)
+                    eager.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    session.run(None, feed)
+                    rt.append(time.perf_counter() - t)
+            rows[batch] = (statistics.median(eager), statistics.median(rt))
+        return rows
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--side", choices=["engine", "independent"])
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.side:
+        fn = side_engine if args.side == "engine" else side_independent
+        print(json.dumps(fn(Path(args.out))))
+        return
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+    os.environ["ENN_NB_CACHE_DIR"] = str(BENCH / "enn_cache")
+    BENCH.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(BENCH / "enn_cache", ignore_errors=True)
+    import enn_nb
+    from enn_nb.reference import train_reference
+
+    model = train_reference(seed=0)
+    enn_nb.save(model, CKPT)
+    model = _model()
+
+    engine = _run_side("engine")
+    independent = _run_side("independent")
+    b = bench_b(model)
+    c = bench_c(model)
+    d = bench_d(model)
+
+    rows = [
+        ("(a) pt2+aoti+onnx: independent APIs / engine", f"{independent['total']:.2f} s", f"{engine['total']:.2f} s",
+         f"{independent['total'] / engine['total']:.2f}x faster", ">= 1.3x"),
+        ("(b) ONNX: engine (verify off, in-process) / raw", f"{b['engine']:.2f} s", f"{min(b['raw1'], b['raw2']):.2f} s",
+         f"{b['engine'] / min(b['raw1'], b['raw2']):.2f}x", "<= 1.10x"),
+        ("(b') ONNX: engine defaults (isolated + parity) / raw", f"{b['engine_full']:.2f} s",
+         f"{min(b['raw1'], b['raw2']):.2f} s", f"{b['engine_full'] / min(b['raw1'], b['raw2']):.2f}x", "(info)"),
+        ("(c) cache-hit re-export onnx+ort+pt2", f"{c['hit']:.3f} s", f"first {c['first']:.2f} s",
+         f"{c['first'] / c['hit']:.0f}x faster", "< 1 s"),
+    ]
+    for batch, (eager, rt) in d.items():
+        rows.append((f"(d) latency batch {batch}: eager (fast paths on) / ORT", f"{eager * 1e3:.3f} ms",
+                     f"{rt * 1e3:.3f} ms", f"{eager / rt:.2f}x", ">= 1.5x" if batch == 1 else "(report)"))
+    header = ("benchmark", "value", "vs", "ratio", "target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    print("\n" + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(
+        f"\n(a) detail: engine capture {engine['capture']:.2f} s, shared onnx {engine['onnx_shared']:.2f} s; per backend "
+        + ", ".join(f"{k} {engine[f'{k}_total']:.2f} s (convert {engine[f'{k}_convert']:.2f}, verify "
+                    f"{engine[f'{k}_verify']:.2f})" for k in ("pt2", "aoti", "onnx"))
+        + f"; independent pt2 {independent['pt2']:.2f} s, aoti {independent['aoti']:.2f} s, onnx {independent['onnx']:.2f} s"
+    )
+    print(f"(b) raw torch.onnx.export runs: {b['raw1']:.2f} s, {b['raw2']:.2f} s; (d) threads: 1 (torch and onnxruntime)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,517 @@
+"""TensorRT backend: an engine built from the shared ONNX on a CUDA host, or a deferred, buildable plan.
+
+Two halves, both real:
+
+* **On a CUDA host with ``tensorrt`` importable**: the TensorRT-ready ONNX is parsed, an engine is
+  built with one optimisation profile (min/opt/max batch) and run through the TensorRT runtime
+  for parity (inputs/outputs as torch CUDA tensors). The sidecar records the TensorRT version and the
+  GPU's compute capability: an engine runs only on the GPU model and TensorRT version it was built with.
+* **Anywhere else** (no ``tensorrt``, or no CUDA device): status ``deferred``, never a fake success.
+  The TensorRT-ready ONNX (``<stem>.trt.onnx``, essentials in ``metadata_props``) is written, checked
+  with ``onnx.checker`` (full check) and linted with ``polygraphy check lint``; the profile is written
+  as JSON (``<stem>.trt-profile.json``) and the sidecar's ``details.build`` holds the exact
+  ``trtexec`` command and ``enn-nb build-trt SIDECAR``, so the engine can be built later from the
+  sidecar alone (:func:`build_from_sidecar`).
+
+Profile defaults: ``min``/``opt``/``max`` batch = the export's ``batch_range`` (``(1, 8, 64)`` by
+default), overridable with the options ``min_batch``/``opt_batch``/``max_batch``; every other dim is
+the captured one. A static capture gives min = opt = max.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+from enn_nb._optional import install_line, is_installed, require
+from enn_nb.errors import BackendError
+from enn_nb.export.backends._edge_common import demote_float64_onnx, demotion_note, write_bytes_atomic
+from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner
+
+SIDECAR_SUFFIX = ".enn.json"
+#: exit code of ``enn-nb build-trt`` when this machine cannot build engines (no TensorRT / no CUDA)
+EXIT_UNAVAILABLE = 2
+
+_TORCH_DTYPES = {
+    "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
+    "INT32": "int32", "INT64": "int64", "BOOL": "bool",
+}
+
+
+class TensorrtBackend(Backend):
+    """ONNX -> TensorRT engine (``.engine``) on a CUDA host; a deferred build plan elsewhere.
+
+    Converting needs only ``onnx`` and ``polygraphy`` (the deferred half runs everywhere); building
+    and running the engine need ``tensorrt`` and a CUDA GPU (torch with CUDA moves the tensors).
+
+    Options:
+        min_batch / opt_batch / max_batch: the optimisation profile's batch sizes (default: the
+            export's ``batch_range``).
+        fp16: allow fp16 kernels (default False). TensorRT 10.x: the ``FP16`` builder flag. TensorRT
+            11.x removed precision flags (networks are strongly typed): the build then fails with a
+            message naming the ModelOpt AutoCast step that makes an fp16 ONNX. Pass
+            ``tolerances=(1e-2, 1e-2)`` for fp16 engines.
+        tf32: allow TF32 for fp32 matmuls on Ampere+ (default False: fp32 parity).
+        workspace_mb: the builder's workspace memory pool limit (default 2048 MiB).
+        builder_optimization_level: 0-5 (default: TensorRT's own, 3).
+        lint: lint the ONNX with polygraphy (default True).
+    """
+
+    name: ClassVar[str] = "tensorrt"
+    suffix: ClassVar[str] = ".engine"
+    description: ClassVar[str] = "TensorRT engine (.engine) built on a CUDA host; a deferred build plan elsewhere"
+    extra: ClassVar[str] = "tensorrt"
+    requires: ClassVar[tuple[str, ...]] = ("onnx", "polygraphy")
+    runtime_requires: ClassVar[tuple[str, ...] | None] = ("tensorrt",)
+    consumes: ClassVar[str] = "onnx"
+    # GPU kernels (cuBLAS GEMMs, fused softmax/layernorm) reorder fp32 sums; TF32 is off by default.
+    default_tolerance: ClassVar[tuple[float, float]] = (1e-3, 1e-3)
+    default_options: ClassVar[dict[str, Any]] = {
+        "min_batch": None,
+        "opt_batch": None,
+        "max_batch": None,
+        "fp16": False,
+        "tf32": False,
+        "workspace_mb": 2048,
+        "builder_optimization_level": None,
+        "lint": True,
+    }
+
+    # -- availability ----------------------------------------------------------------------------
+    # ``unavailable_reason`` is the base one: only a missing onnx/polygraphy makes conversion
+    # unavailable; a missing tensorrt or GPU makes the conversion *deferred*, not unavailable.
+    def runtime_unavailable_reason(self) -> str | None:
+        return build_unavailable_reason()
+
+    # -- work --------------------------------------------------------------------------------------
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        opts = {**self.default_options, **options}
+        from enn_nb.export.backends._onnx_common import describe
+
+        onnx = require("onnx", purpose="the `tensorrt` backend")
+        model = onnx.load(str(job.onnx_path))
+        counts = demote_float64_onnx(model)
+        _set_metadata(model, job.essentials)
+        onnx.checker.check_model(model, full_check=True)
+        stem = out_path.name[: -len(self.suffix)] if out_path.name.endswith(self.suffix) else out_path.stem
+        trt_onnx = out_path.with_name(f"{stem}.trt.onnx")
+        onnx.save(model, str(trt_onnx))
+        inputs, outputs = describe(model)
+        dynamic = bool(job.dynamic_batch) and any(isinstance(t.shape[0], str) for t in inputs if t.shape)
+        profile = make_profile(inputs, job, opts, dynamic=dynamic)
+        profile_file = out_path.with_name(f"{stem}.trt-profile.json")
+        profile_file.write_text(json.dumps(profile, indent=1) + "\n", encoding="utf-8")
+        lint = polygraphy_lint(trt_onnx) if opts["lint"] else {"status": "skipped"}
+        if lint.get("status") == "failed":
+            raise BackendError(
+                f"`tensorrt`: polygraphy lint found problems in the TensorRT-ready ONNX: {lint.get('problems')}",
+                backend=self.name, stage="convert",
+            )
+        from enn_nb.export.sidecar import sha256_file
+
+        details: dict[str, Any] = {
+            "onnx": {"file": trt_onnx.name, "sha256": sha256_file(trt_onnx), "checker": "full_check passed"},
+            "profile": profile,
+            "profile_file": profile_file.name,
+            "build": build_commands(trt_onnx.name, out_path.name, profile, opts),
+            "build_options": {k: opts[k] for k in ("fp16", "tf32", "workspace_mb", "builder_optimization_level")},
+            "lint": lint,
+            "float64_demoted": counts,
+        }
+        notes = [n for n in [demotion_note(counts, "TensorRT")] if n]
+        notes.append(
+            "a TensorRT engine has no metadata slot: the essentials are in the sidecar and in the "
+            f"TensorRT-ready ONNX's metadata_props (`{trt_onnx.name}`)."
+        )
+        common = dict(
+            artifact=out_path,
+            inputs=inputs,
+            outputs=outputs,
+            extra_files=[trt_onnx, profile_file],
+            dynamic_batch=dynamic,
+            notes=notes,
+            details=details,
+            embedded_metadata=False,
+        )
+        reason = build_unavailable_reason()
+        if reason:
+            return Conversion(
+                **common,
+                format={"name": "TensorRT engine (deferred)", "onnx_opset": _opset(model)},
+                deferred=(
+                    f"{reason}. Build it on a CUDA host with TensorRT: `{details['build']['enn_nb']}` "
+                    f"(or `{details['build']['trtexec']}`) in the folder of the sidecar."
+                ),
+            )
+        engine, info = build_engine(trt_onnx, profile, opts)
+        write_bytes_atomic(out_path, engine)
+        details["engine"] = info
+        return Conversion(
+            **common,
+            format={
+                "name": "TensorRT engine",
+                "tensorrt": info["tensorrt"],
+                "compute_capability": info["compute_capability"],
+                "onnx_opset": _opset(model),
+            },
+        )
+
+    def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
+        reason = build_unavailable_reason()
+        if reason:
+            from enn_nb.errors import PlatformUnavailableError
+
+            raise PlatformUnavailableError(f"Cannot run `{Path(artifact).name}`: {reason}.")
+        return engine_runner(Path(artifact).read_bytes())
+
+
+# -- availability ----------------------------------------------------------------------------------
+def build_unavailable_reason() -> str | None:
+    """None when TensorRT engines can be built and run here; else one line saying why not."""
+    if not is_installed("tensorrt"):
+        return (
+            "TensorRT is not installed here (it installs on a CUDA host only: "
+            f"{install_line('tensorrt')})"
+        )
+    if not _cuda_available():
+        return "TensorRT needs a CUDA GPU and none is visible here (no CUDA device)"
+    return None
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken CUDA setup counts as none
+        return False
+
+
+# -- the TensorRT-ready ONNX -----------------------------------------------------------------------
+def _set_metadata(model: Any, essentials: dict[str, str]) -> None:
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in essentials]
+    del model.metadata_props[:]
+    for key, value in [*keep, *sorted(essentials.items())]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _opset(model: Any) -> int | None:
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def make_profile(inputs: list[Any], job: ExportJob, opts: dict[str, Any], *, dynamic: bool) -> dict[str, Any]:
+    """``{input: {"min": [...], "opt": [...], "max": [...]}}`` for every input of the ONNX.
+
+    Raises:
+        ValueError: a batch range that is not ``1 <= min <= opt <= max`` (names the options).
+    """
+    low = int(opts["min_batch"] or job.batch_range[0])
+    opt = int(opts["opt_batch"] or job.batch_range[1])
+    high = int(opts["max_batch"] or job.batch_range[2])
+    if not 1 <= low <= opt <= high:
+        raise ValueError(
+            f"`tensorrt` profile batch sizes must satisfy 1 <= min <= opt <= max, got min={low}, opt={opt}, "
+            f"max={high} (options `min_batch`/`opt_batch`/`max_batch` or the export's `batch_range`)."
+        )
+    profile: dict[str, Any] = {}
+    for info, example in zip(inputs, job.example_inputs):
+        rest = [int(d) for d in example.shape[1:]]
+        if dynamic and info.shape and isinstance(info.shape[0], str):
+            profile[info.name] = {"min": [low, *rest], "opt": [opt, *rest], "max": [high, *rest]}
+        else:
+            fixed = [int(d) for d in example.shape]
+            profile[info.name] = {"min": fixed, "opt": fixed, "max": fixed}
+    return profile
+
+
+def build_commands(onnx_name: str, engine_name: str, profile: dict[str, Any], opts: dict[str, Any]) -> dict[str, str]:
+    """The exact commands that build the engine later, run in the sidecar's folder."""
+
+    def shapes(which: str) -> str:
+        return ",".join(f"{name}:{'x'.join(str(d) for d in p[which])}" for name, p in profile.items())
+
+    parts = [
+        "trtexec",
+        f"--onnx={onnx_name}",
+        f"--saveEngine={engine_name}",
+        f"--minShapes={shapes('min')}",
+        f"--optShapes={shapes('opt')}",
+        f"--maxShapes={shapes('max')}",
+        f"--memPoolSize=workspace:{int(opts['workspace_mb'])}M",
+    ]
+    if not opts["tf32"]:
+        parts.append("--noTF32")
+    if opts["builder_optimization_level"] is not None:
+        parts.append(f"--builderOptimizationLevel={int(opts['builder_optimization_level'])}")
+    out = {
+        "trtexec": shlex.join(parts),
+        "enn_nb": shlex.join(["enn-nb", "build-trt", f"{engine_name}{SIDECAR_SUFFIX}"]),
+        "cwd": "the folder of the sidecar",
+    }
+    if opts["fp16"]:
+        out["trtexec"] += " --fp16"
+        out["fp16_on_tensorrt_11"] = (
+            f"python -m modelopt.onnx.autocast --onnx_path {onnx_name} --output_path fp16_{onnx_name} && "
+            + shlex.join([p if not p.startswith("--onnx=") else f"--onnx=fp16_{onnx_name}" for p in parts])
+        )
+    return out
+
+
+def polygraphy_lint(onnx_path: Path, timeout_s: float = 300) -> dict[str, Any]:
+    """``polygraphy check lint`` in a child process; a summary (passing/failing node counts, entries)."""
+    with tempfile.TemporaryDirectory(prefix="enn-lint-") as tmp:
+        report = Path(tmp) / "lint.json"
+        code = "import sys; from polygraphy.tools import main; sys.argv[0] = 'polygraphy'; sys.exit(main())"
+        cmd = [sys.executable, "-c", code, "check", "lint", str(onnx_path), "-o", str(report)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        if not report.exists():
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
+            raise BackendError(
+                f"`tensorrt`: `polygraphy check lint` did not run (exit code {proc.returncode}):\n{tail}",
+                backend="tensorrt", stage="convert",
+            )
+        data = json.loads(report.read_text(encoding="utf-8"))
+    summary = data.get("summary", {})
+    entries = data.get("lint_entries", [])
+    errors = [e for e in entries if str(e.get("level", "")).lower() in ("exception", "error")]
+    return {
+        "status": "failed" if (summary.get("failing") or errors) else "passed",
+        "tool": "polygraphy check lint",
+        "passing_nodes": len(summary.get("passing", [])),
+        "failing_nodes": len(summary.get("failing", [])),
+        "entries": [{k: e.get(k) for k in ("level", "source", "message", "nodes")} for e in entries][:20],
+        "problems": [str(e.get("message"))[:300] for e in errors][:5],
+        "exit_code": proc.returncode,
+    }
+
+
+# -- the CUDA half ---------------------------------------------------------------------------------
+def build_engine(onnx_path: Path, profile: dict[str, Any], opts: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """Parse the ONNX, build a serialized engine with ``profile``; ``(engine bytes, build facts)``.
+
+    Raises:
+        BackendError: the parser or the builder failed (parser errors are listed).
+    """
+    import torch
+
+    trt = require("tensorrt", purpose="building TensorRT engines")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode since TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise BackendError(
+            f"`tensorrt`: the ONNX parser rejected `{onnx_path.name}`: " + "; ".join(errors[:5]),
+            backend="tensorrt", stage="convert",
+        )
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts["workspace_mb"]) << 20)
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32 is not None and not opts["tf32"]:
+        config.clear_flag(tf32)
+    if opts["fp16"]:
+        fp16 = getattr(trt.BuilderFlag, "FP16", None)
+        if fp16 is None:
+            raise BackendError(
+                f"`tensorrt` option fp16=True: TensorRT {trt.__version__} builds strongly typed networks only "
+                "(precision flags were removed in 11.x). Make an fp16 ONNX first with "
+                "`python -m modelopt.onnx.autocast --onnx_path MODEL.onnx --output_path MODEL_fp16.onnx` "
+                "and build that, or export with fp16=False.",
+                backend="tensorrt", stage="convert",
+            )
+        config.set_flag(fp16)
+    if opts.get("builder_optimization_level") is not None:
+        config.builder_optimization_level = int(opts["builder_optimization_level"])
+    trt_profile = builder.create_optimization_profile()
+    for name, shapes in profile.items():
+        trt_profile.set_shape(name, tuple(shapes["min"]), tuple(shapes["opt"]), tuple(shapes["max"]))
+    config.add_optimization_profile(trt_profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError(
+            "`tensorrt`: the builder returned no engine (see TensorRT's log above for the failing layer).",
+            backend="tensorrt", stage="convert",
+        )
+    device = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(device)
+    info = {
+        "tensorrt": str(trt.__version__),
+        "compute_capability": f"{major}.{minor}",
+        "gpu": torch.cuda.get_device_name(device),
+        "cuda": str(torch.version.cuda),
+        "fp16": bool(opts["fp16"]),
+        "tf32": bool(opts["tf32"]),
+        "runs_only_on": f"compute capability {major}.{minor} with TensorRT {trt.__version__}",
+    }
+    return bytes(serialized), info
+
+
+def engine_runner(engine_bytes: bytes) -> Runner:
+    """A runner executing a serialized engine; numpy in, numpy out, tensors on the current CUDA device."""
+    import numpy as np
+    import torch
+
+    trt = require("tensorrt", purpose="running TensorRT engines")
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    if engine is None:
+        raise BackendError(
+            "`tensorrt`: this engine cannot be deserialized here (built for another GPU or TensorRT version?); "
+            "rebuild it with `enn-nb build-trt SIDECAR`.",
+            backend="tensorrt", stage="verify",
+        )
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+    def dtype(name: str) -> Any:
+        key = str(engine.get_tensor_dtype(name)).rsplit(".", 1)[-1]
+        return getattr(torch, _TORCH_DTYPES[key])
+
+    def run(inputs: list[Any]) -> list[Any]:
+        stream = torch.cuda.current_stream()
+        held = []
+        for name, arr in zip(ins, inputs):
+            tensor = torch.from_numpy(np.ascontiguousarray(arr)).to("cuda", dtype=dtype(name))
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+            held.append(tensor)
+        results = []
+        for name in outs:
+            tensor = torch.empty(tuple(context.get_tensor_shape(name)), dtype=dtype(name), device="cuda")
+            context.set_tensor_address(name, tensor.data_ptr())
+            results.append(tensor)
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise BackendError("`tensorrt`: execute_async_v3 failed", backend="tensorrt", stage="verify")
+        stream.synchronize()
+        return [r.cpu().numpy() for r in results]
+
+    run.engine = engine  # type: ignore[attr-defined]  # keep the engine alive with its context
+    return run
+
+
+# -- `enn-nb build-trt SIDECAR` --------------------------------------------------------------------
+def register_cli(subparsers: Any) -> None:
+    """``enn-nb build-trt SIDECAR [--out ENGINE]`` (the export CLI calls this when it builds its parser)."""
+    p = subparsers.add_parser(
+        "build-trt",
+        help="build the TensorRT engine of a deferred tensorrt export (on a CUDA host with TensorRT)",
+        description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
+        "check parity against the vectors file beside it and update the sidecar. Exit codes: 0 built and "
+        f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
+    )
+    p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
+    p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
+    p.set_defaults(func=lambda args: build_from_sidecar(args.sidecar, out=args.out))
+
+
+def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> int:
+    """Build the engine a deferred ``tensorrt`` sidecar describes, check parity, update the sidecar.
+
+    Args:
+        sidecar_path: the ``<stem>.engine.enn.json`` sidecar (or the engine path beside it).
+        out: where to write the engine (default: beside the sidecar, under the sidecar's artifact name).
+
+    Returns:
+        The exit code, after printing what happened: 0 built and parity passed (or no vectors to check),
+        1 failed or mismatched, :data:`EXIT_UNAVAILABLE` (2) when this machine has no TensorRT or no
+        CUDA device (the message says where and how to build it instead).
+    """
+    from enn_nb.export import sidecar as sc
+
+    path = Path(sidecar_path)
+    if not path.name.endswith(SIDECAR_SUFFIX):
+        path = sc.sidecar_path(path)
+    data = sc.read(path)
+    if data.get("backend") != "tensorrt":
+        print(f"enn-nb build-trt: `{path.name}` is a `{data.get('backend')}` sidecar, not a `tensorrt` one.", file=sys.stderr)
+        return 1
+    details = data.get("details") or {}
+    build = details.get("build") or {}
+    reason = build_unavailable_reason()
+    if reason:
+        print(
+            f"enn-nb build-trt: cannot build the engine on this machine: {reason}.\n"
+            f"On a CUDA host with TensorRT, in `{path.parent}`, run:\n"
+            f"  {build.get('enn_nb', f'enn-nb build-trt {path.name}')}\n"
+            f"or\n  {build.get('trtexec', '(no trtexec command recorded)')}",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    base = path.parent
+    if out is not None and Path(out).resolve().parent != base.resolve():
+        print(f"enn-nb build-trt: --out `{out}` must be in the sidecar's folder `{base}` (the sidecar lists its "
+              "files relative to itself).", file=sys.stderr)
+        return 1
+    onnx_entry = details.get("onnx") or {}
+    onnx_path = base / str(onnx_entry.get("file", ""))
+    if not onnx_path.is_file():
+        print(f"enn-nb build-trt: the TensorRT-ready ONNX `{onnx_entry.get('file')}` is missing beside `{path.name}`.",
+              file=sys.stderr)
+        return 1
+    if onnx_entry.get("sha256") and sc.sha256_file(onnx_path) != onnx_entry["sha256"]:
+        print(f"enn-nb build-trt: `{onnx_path.name}` has another sha256 than the sidecar records; re-export.",
+              file=sys.stderr)
+        return 1
+    opts = {**TensorrtBackend.default_options, **(data.get("options") or {}), **(details.get("build_options") or {})}
+    try:
+        engine_bytes, info = build_engine(onnx_path, details["profile"], opts)
+    except BackendError as exc:
+        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
+        return 1
+    artifact = base / (Path(out).name if out else (data.get("artifact") or path.name[: -len(SIDECAR_SUFFIX)]))
+    write_bytes_atomic(artifact, engine_bytes)
+    status, parity = "ok", {"status": "not_run", "reason": "no vectors file beside the sidecar"}
+    vectors = _vectors_file(data, base, artifact)
+    if vectors is not None:
+        from enn_nb.export.parity import cases_for, finite, load_vectors, run_cases
+
+        cases, _, _ = load_vectors(vectors)
+        atol, rtol = TensorrtBackend.default_tolerance
+        tol = (data.get("parity") or {}).get("tolerance") or {}
+        atol, rtol = float(tol.get("atol", atol)), float(tol.get("rtol", rtol))
+        parity = finite(run_cases(engine_runner(engine_bytes), cases_for(cases, bool(data.get("dynamic_batch"))),
+                                  atol, rtol))
+        parity.update(vectors={"file": vectors.name, "sha256": sc.sha256_file(vectors)},
+                      reference="eager model with its fast paths on, eval mode")
+        status = "ok" if parity["status"] == "passed" else "mismatch"
+    extras = [base / n for n in (onnx_entry.get("file"), details.get("profile_file")) if n and (base / n).is_file()]
+    data.update(
+        status=status,
+        stage=None,
+        error=None,
+        deferred=None,
+        artifact=artifact.name,
+        files=sc.file_entries(artifact, extras, base),
+        parity=parity,
+        format={**(data.get("format") or {}), "name": "TensorRT engine", "tensorrt": info["tensorrt"],
+                "compute_capability": info["compute_capability"]},
+        details={**details, "engine": info},
+        versions={**(data.get("versions") or {}), "tensorrt": info["tensorrt"]},
+        host=sc.host(),
+    )
+    sc.write(path, data)
+    worst = parity.get("max_abs_err")
+    print(f"built {artifact.name} (TensorRT {info['tensorrt']}, compute capability {info['compute_capability']}); "
+          f"parity {parity['status']}" + (f", max |err| {worst:.3e}" if isinstance(worst, float) else "")
+          + f"; sidecar updated: {path.name}")
+    return 0 if status == "ok" else 1
+
+
+def _vectors_file(data: dict[str, Any], base: Path, artifact: Path) -> Path | None:
+    named = ((data.get("parity") or {}).get("vectors") or {}).get("file")
+    stem = artifact.name[: -len(TensorrtBackend.suffix)] if artifact.name.endswith(TensorrtBackend.suffix) else artifact.stem
+    for candidate in ([base / named] if named else []) + [base / f"{stem}.vectors.safetensors"]:
+        if candidate.is_file():
+            return candidate
+    return None

@@ -1,0 +1,167 @@
+"""The wizard in a real browser: Voilà serves a notebook calling it, Debian's Chromium clicks through an ONNX export."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    # Without these the closed network refuses Chromium's own connections and slows every page.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+NOTEBOOK_CELLS = [
+    "import enn_nb\n"
+    "from enn_nb.reference import train_reference\n"
+    "model = train_reference(seed=0, steps=20)  # a quickly trained reference model",
+    'enn_nb.wizard(model="model", out_dir="exports", batch_range=(1, 4, 16))',
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_notebook(path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(
+        cells=[new_code_cell(src) for src in NOTEBOOK_CELLS],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def voila_url(tmp_path):
+    """Voilà on 127.0.0.1 serving a notebook that opens the wizard; its kernel dies with it."""
+    pytest.importorskip("voila")
+    work = tmp_path / "work"
+    work.mkdir()
+    _write_notebook(work / "wizard.ipynb")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = open(tmp_path / "voila.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "voila", "wizard.ipynb", "--no-browser", f"--port={port}",
+         "--Voila.ip=127.0.0.1", "--VoilaConfiguration.show_tracebacks=True"],  # fmt: skip
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: killpg takes the kernel down too
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"voila exited with {proc.returncode}:\n{(tmp_path / 'voila.log').read_text()}")
+            try:
+                # a static file answers without starting a kernel (a GET of / would start one)
+                with urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"voila did not answer:\n{(tmp_path / 'voila.log').read_text()}")
+            time.sleep(0.5)
+        yield base + "/", work, tmp_path / "voila.log"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed: run `make browser` (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),  # a fresh user-data dir
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 1000},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            yield page
+        finally:
+            context.close()
+
+
+def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artifacts_dir):
+    url, work, voila_log = voila_url
+    page = browser_page
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(url, timeout=180_000)
+        # Voilà runs the notebook (imports torch, trains 20 steps) before the wizard appears.
+        page.get_by_text("enn_nb export wizard").wait_for(timeout=300_000)
+        assert page.get_by_role("combobox").first.input_value() == "model"  # the variable is preselected
+        assert page.get_by_text("ReferenceModel").first.is_visible()  # its spec is shown
+
+        # by class: a button's accessible name also holds its icon glyph
+        next_button = page.locator("button.enn-wizard-next")
+        next_button.click()
+        onnx = page.get_by_role("checkbox", name="onnx", exact=True)
+        onnx.wait_for()
+        # Next without a backend: the inline message blocks it
+        next_button.click()
+        page.get_by_text("No backend chosen").wait_for()
+        onnx.check()
+        next_button.click()
+
+        page.locator("button.enn-wizard-run").click()
+        # progress and log flow while the export runs in the kernel's background thread
+        page.get_by_text("shared: capture -> ok").wait_for(timeout=300_000)
+        table = page.locator("table.enn-wizard-results")
+        table.wait_for(timeout=600_000)
+        row = table.locator("tr[data-backend='onnx']")
+        assert row.locator("td").nth(1).inner_text() == "ok"
+        assert "model.onnx" in row.locator("td").nth(2).inner_text()
+        assert "ms" in row.locator("td").nth(5).inner_text()  # latency measured against eager
+        page.locator("img").nth(2).wait_for()  # the three plots
+        assert page.locator(".enn-wizard-links a", has_text="model.onnx.enn.json").count() == 1
+        page.screenshot(path=str(artifacts_dir / "wizard_results.png"), full_page=True)
+    except Exception:
+        page.screenshot(path=str(artifacts_dir / "wizard_failure.png"), full_page=True)
+        print(voila_log.read_text()[-5000:])
+        raise
+
+    out = work / "exports"
+    assert (out / "model.onnx").is_file() and (out / "model.onnx").stat().st_size > 0
+    assert (out / "model.onnx.enn.json").is_file()
