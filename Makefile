@@ -32,6 +32,7 @@ test: env browser
 benchmarks: env
 	$(PY) benchmarks/checkpoint_io.py
 	$(PY) benchmarks/export.py
+	$(PY) benchmarks/load_ext.py
 
 clean:
 	rm -rf "$(OUT)" .cache .pytest_cache

@@ -229,13 +229,7 @@ def build(spec: ModelSpec) -> torch.nn.Module:
             "This `ModelSpec` names no builder, so the model cannot be rebuilt from it. "
             "Pass `model=` (an instance to load into) or set `builder` to a registered name."
         )
-    _ensure_builtin_builders()
     return _builders.get(spec.builder)(spec)
-
-
-def _ensure_builtin_builders() -> None:
-    if "enn_nb.reference" not in _builders.names():
-        _builders.register("enn_nb.reference", "enn_nb.reference:build_reference")
 
 
 def _call(model: Any, name: str) -> Any:
@@ -269,4 +263,5 @@ def _dtype_name(dtype: Any) -> str | None:
     return text.removeprefix("torch.")
 
 
-_ensure_builtin_builders()
+# Built-ins as lazy references: registering them imports nothing and reads no entry points.
+_builders.register("enn_nb.reference", "enn_nb.reference:build_reference")

@@ -7,7 +7,14 @@ import os
 import pytest
 import torch
 from _conformance import assert_backend_conforms
-from _export_helpers import AbortBackend, EchoBackend, ExitBackend, SegfaultBackend, TinyMLP
+from _export_helpers import (  # noqa: F401
+    AbortBackend,
+    EchoBackend,
+    ExitBackend,
+    SegfaultBackend,
+    TinyMLP,
+    enn_cache_in_tmp,
+)
 
 import enn_nb
 from enn_nb.export import sidecar

@@ -171,7 +171,8 @@ def test_export_from_a_checkpoint_path(ip, trained_model, tmp_path) -> None:
     ip.user_ns["model"] = trained_model
     ip.run_line_magic("enn_save", "model ckpt/model.safetensors")
     ip.run_line_magic("config", "EnnMagics.progress = False")
-    report = ip.run_cell_magic("enn_export", "ckpt/model.safetensors --out from_ckpt", "backends: pt2\nisolate: false\n")
+    body = "backends: pt2\nisolate: false\n"
+    report = ip.run_cell_magic("enn_export", "ckpt/model.safetensors --out from_ckpt", body)
     assert report["pt2"].status == "ok"
     assert report.source.get("kind") == "checkpoint"
 
@@ -206,7 +207,9 @@ def test_unknown_backend_suggests_the_closest(ip) -> None:
         ip.run_cell_magic("enn_export", "net --spec spec", "options: {tflite: {x: 1}}")
 
 
-@pytest.mark.parametrize(("backend", "hidden", "extra"), [("onnx", "onnxscript", "onnx"), ("coreml", "coremltools", "coreml")])
+@pytest.mark.parametrize(
+    ("backend", "hidden", "extra"), [("onnx", "onnxscript", "onnx"), ("coreml", "coremltools", "coreml")]
+)
 def test_missing_package_names_the_install_line(ip, monkeypatch, backend: str, hidden: str, extra: str) -> None:
     net, spec = tiny_model()
     ip.user_ns.update(net=net, spec=spec)

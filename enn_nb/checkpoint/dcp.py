@@ -360,7 +360,7 @@ class DcpReader:
         self._verified = True
 
     def _tensors_in(self, file: str) -> str:
-        names = sorted({idx.fqn for idx, info in (self.metadata.storage_data or {}).items()
+        names = sorted({idx.fqn.removeprefix(MODEL_KEY + ".") for idx, info in (self.metadata.storage_data or {}).items()
                         if getattr(info, "relative_path", None) == file})
         return ", ".join(f"`{n}`" for n in names[:8]) + (" ..." if len(names) > 8 else "")
 

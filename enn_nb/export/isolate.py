@@ -184,7 +184,12 @@ def importable_reference(cls: type) -> str | None:
 
 # -- the child ----------------------------------------------------------------------------------------------
 def _serve(recv: Any, send: Any) -> None:
-    setup: Setup = recv.recv()
+    try:
+        setup: Setup | None = recv.recv()
+    except EOFError:
+        return
+    if setup is None:  # the export ended before needing this child (capture failed, cancelled)
+        return
     for entry in reversed(setup.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
@@ -229,6 +234,12 @@ def _serve(recv: Any, send: Any) -> None:
 def main(argv: list[str]) -> int:
     from multiprocessing.connection import Connection
 
+    # Import what every conversion needs while the parent is still capturing.
+    import torch  # noqa: F401
+
+    import enn_nb.export.capture  # noqa: F401
+    import enn_nb.export.parity  # noqa: F401
+
     recv = Connection(int(argv[1]), writable=False)
     send = Connection(int(argv[2]), readable=False)
     _serve(recv, send)
@@ -237,9 +248,14 @@ def main(argv: list[str]) -> int:
 
 # -- the parent's handle on a child ------------------------------------------------------------------------
 class Worker:
-    """One child process at a time; a new one is started after a crash."""
+    """One child process at a time; a new one is started after a crash.
 
-    def __init__(self, setup: Setup, log_dir: Path) -> None:
+    ``start()`` spawns the child early (its interpreter and torch import overlap the parent's
+    capture); ``configure(setup)`` hands it the export once the capture exists; ``run(task)``
+    converts one backend.
+    """
+
+    def __init__(self, setup: Setup | None, log_dir: Path) -> None:
         self.setup = setup
         self.log_dir = log_dir
         self._proc: Any = None
@@ -247,12 +263,13 @@ class Worker:
         self._recv: Any = None
         self._count = 0
         self._log: Path | None = None
+        self._configured = False
 
-    def _start(self) -> None:
+    def start(self) -> None:
         from multiprocessing.connection import Connection
 
         self._count += 1
-        self._log = self.log_dir / f"child-{self._count}.log"
+        self._log = self.log_dir / f"child-{id(self):x}-{self._count}.log"
         task_r, task_w = os.pipe()
         res_r, res_w = os.pipe()
         env = dict(os.environ)
@@ -273,12 +290,23 @@ class Worker:
         os.close(res_w)
         self._send = Connection(task_w, readable=False)
         self._recv = Connection(res_r, writable=False)
-        self._send.send(self.setup)
+        self._configured = False
+        if self.setup is not None:
+            self.configure(self.setup)
+
+    def configure(self, setup: Setup) -> None:
+        self.setup = setup
+        if self._proc is not None and not self._configured:
+            try:
+                self._send.send(setup)
+                self._configured = True
+            except (BrokenPipeError, OSError):
+                pass  # the child died while starting: run() sees it and reports the crash
 
     def run(self, task: Task, on_event: Emit) -> dict[str, Any]:
         """Run one task in the child; a dead child gives ``{"crashed": True, "exit_code", "signal", ...}``."""
         if self._proc is None or self._proc.poll() is not None:
-            self._start()
+            self.start()
         try:
             self._send.send(task)
         except (BrokenPipeError, OSError):

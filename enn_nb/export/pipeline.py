@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -74,6 +75,7 @@ def export(
     should_stop: Callable[[], bool] | None = None,
     stem: str = "model",
     safe: bool = True,
+    workers: int | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
 
@@ -100,6 +102,8 @@ def export(
         stem: artifact file name stem (``model`` -> ``model.onnx``, ``model.pt2``...).
         safe: export inside ``export_safe(model)``. With False a fast path left on makes the export
             fail with FastPathExportError naming it.
+        workers: child processes converting side by side when isolated (default: up to 4, at most
+            the CPU count). Backends consuming ONNX share one child and the one ONNX file.
 
     Returns:
         ExportReport: one BackendResult per backend (status, artifact, parity, timings).
@@ -164,7 +168,7 @@ def export(
     vectors_path = out / f"{stem}{VECTORS_SUFFIX}"
     if todo:
         _run(todo, model, inputs, spec, source, out, stem, dynamic_batch, batch_range, verify, isolate, safe, cache,
-             onnx_options, provenance, metadata, emit, should_stop, report, vectors_path, tolerances)
+             onnx_options, provenance, metadata, emit, should_stop, report, vectors_path, tolerances, workers)
     elif verify and vectors_path.exists():
         report.vectors = vectors_path
     report.results = [p.result for p in plans if p.result is not None]
@@ -196,36 +200,48 @@ def _run(
     report: ExportReport,
     vectors_path: Path,
     tolerances: Any,
+    workers: int | None,
 ) -> None:
     import torch
 
     from enn_nb.export import parity
     from enn_nb.export.capture import Shared, capture_program
+    from enn_nb.export.isolate import Worker
     from enn_nb.export.safe import export_safe
     from enn_nb.export.wrapper import export_module
     from enn_nb.fastpaths import declared_fast_paths
 
     input_names = _input_names(inputs)
     output_names = _output_names(model, inputs)
-
-    # Parity reference: the eager model as the user has it (fast paths on), in eval mode.
-    cases: list[Any] = []
-    if verify:
-        call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
-        make = _case_inputs(spec, inputs)
-        with parity.eval_only(model), torch.no_grad():
-            cases = parity.make_cases(call, inputs, make=make, dynamic=dynamic_batch)
-        parity.save_vectors(vectors_path, cases, input_names, output_names)
-        report.vectors = vectors_path
-        dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
-        for plan in todo:
-            plan.tolerance = parity.resolve_tolerance(plan.name, plan.backend.default_tolerance, tolerances, dtypes)
-    vectors_info = {"file": vectors_path.name, "sha256": sc.sha256_file(vectors_path)} if verify else None
-
     workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=out))
-    worker = None
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
+        # Children start now: their interpreter and torch import overlap with the capture below.
+        isolated = isolate and os.name == "posix"
+        lanes = _lanes(todo, workers if isolated else 1)
+        pool: list[Worker] = []
+        if isolated:
+            for _ in lanes:
+                worker = Worker(None, workdir)
+                worker.start()
+                stack.callback(worker.close)
+                pool.append(worker)
+        threading.Thread(target=sc.warm_up, daemon=True).start()  # jsonschema takes seconds to import
+
+        # Parity reference: the eager model as the user has it (fast paths on), in eval mode.
+        cases: list[Any] = []
+        if verify:
+            call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
+            make = _case_inputs(spec, inputs)
+            with parity.eval_only(model), torch.no_grad():
+                cases = parity.make_cases(call, inputs, make=make, dynamic=dynamic_batch)
+            parity.save_vectors(vectors_path, cases, input_names, output_names)
+            report.vectors = vectors_path
+            dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
+            for plan in todo:
+                plan.tolerance = parity.resolve_tolerance(plan.name, plan.backend.default_tolerance, tolerances, dtypes)
+        vectors_info = {"file": vectors_path.name, "sha256": sc.sha256_file(vectors_path)} if verify else None
+
         if safe:
             state = stack.enter_context(export_safe(model))
             target, deviations = state.model, state.to_list()
@@ -277,7 +293,7 @@ def _run(
         shared.timings["capture"] = report.capture_s
 
         from enn_nb.export.backends.base import ExportJob
-        from enn_nb.export.isolate import Setup, Task, Worker, importable_reference, run_unit
+        from enn_nb.export.isolate import Setup
 
         job = ExportJob(
             module=module,
@@ -292,14 +308,13 @@ def _run(
             get_exported_program=shared.exported_program,
             get_onnx_path=shared.onnx_path,
         )
-        if isolate and os.name == "posix":
-            # backends may re-export `job.module` (e.g. with other batch bounds): ship the real one
-            module_path = _save_module(module, workdir)
+        if pool:
             setup = Setup(
                 workdir=str(workdir),
                 stem=stem,
                 ep_path=str(shared.save_program()),
-                module_path=module_path,
+                # backends may re-export `job.module` (e.g. with other batch bounds): ship the real one
+                module_path=_save_module(module, workdir),
                 example_inputs=[t.detach().cpu().numpy() for t in inputs],
                 dynamic_batch=batch_dynamic,
                 batch_range=batch_range,
@@ -311,53 +326,129 @@ def _run(
                 sdpa="math" if safe else None,
                 sys_path=[p for p in sys.path if p],
             )
-            worker = Worker(setup, workdir)
-            stack.callback(worker.close)
+            for worker in pool:
+                worker.configure(setup)
 
-        for pos, plan in enumerate(todo):
-            if _stopped(should_stop):
-                _cancel(todo[pos:], emit)
+        ctx = _LaneContext(
+            job=job, shared=shared, cases=cases, verify=verify, isolate=isolate, cache=cache, stem=stem, out=out,
+            notes=list(capture_notes), fast_paths=fast_paths, common=common, report=report,
+            batch_dynamic=batch_dynamic, emit=emit, should_stop=should_stop, lock=threading.Lock(),
+        )
+        if len(lanes) == 1:
+            _run_lane(lanes[0], pool[0] if pool else None, ctx)
+        else:
+            threads = [
+                threading.Thread(target=_run_lane, args=(lane, worker, ctx), name=f"enn-export-lane-{i}")
+                for i, (lane, worker) in enumerate(zip(lanes, pool))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        for plan in todo:  # a lane that died of an unexpected error leaves its plans unfinished
+            if plan.result is None:
+                plan.result = _finish_failed(
+                    plan, "convert", {"type": "ExportError", "message": ctx.errors.get(plan.name, "not run")}, common,
+                    timings={},
+                )
+
+
+@dataclasses.dataclass
+class _LaneContext:
+    """What every lane of one export shares."""
+
+    job: Any
+    shared: Any
+    cases: list[Any]
+    verify: bool
+    isolate: bool
+    cache: bool
+    stem: str
+    out: Path
+    notes: list[str]
+    fast_paths: list[Any]
+    common: dict[str, Any]
+    report: ExportReport
+    batch_dynamic: bool
+    emit: _Emitter
+    should_stop: Callable[[], bool] | None
+    lock: threading.Lock
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _lanes(todo: list[_Plan], workers: int | None) -> list[list[_Plan]]:
+    """Split the backends over child processes: ONNX consumers share one lane (and the one ONNX file),
+    the other groups are balanced by ``Backend.cost`` (longest first onto the least loaded lane)."""
+    groups: list[list[_Plan]] = []
+    onnx_group = [p for p in todo if p.backend.consumes == "onnx"]
+    if onnx_group:
+        groups.append(onnx_group)
+    groups += [[p] for p in todo if p.backend.consumes != "onnx"]
+    limit = workers if workers is not None else min(4, os.cpu_count() or 1)
+    count = max(1, min(int(limit), len(groups)))
+    lanes: list[list[_Plan]] = [[] for _ in range(count)]
+    loads = [0.0] * count
+    for group in sorted(groups, key=lambda g: -sum(float(getattr(p.backend, "cost", 1.0)) for p in g)):
+        i = loads.index(min(loads))
+        lanes[i] += group
+        loads[i] += sum(float(getattr(p.backend, "cost", 1.0)) for p in group)
+    return [sorted(lane, key=lambda p: p.index) for lane in lanes if lane]
+
+
+def _run_lane(lane: list[_Plan], worker: Any, ctx: _LaneContext) -> None:
+    from enn_nb.export.isolate import Task, importable_reference, run_unit
+
+    try:
+        for pos, plan in enumerate(lane):
+            if _stopped(ctx.should_stop):
+                _cancel(lane[pos:], ctx.emit)
                 return
             t0 = time.perf_counter()
-            stage_dir = workdir / plan.name
+            stage_dir = Path(ctx.job.workdir) / plan.name
             stage_dir.mkdir()
             task = Task(
                 name=plan.name,
                 backend_ref=importable_reference(type(plan.backend)) or "",
-                out_path=str(stage_dir / plan.backend.artifact_name(stem)),
+                out_path=str(stage_dir / plan.backend.artifact_name(ctx.stem)),
                 options=plan.options,
-                verify=verify,
+                verify=ctx.verify,
                 tolerance=plan.tolerance,
-                cases=cases,
+                cases=ctx.cases,
             )
             last_stage = {"stage": "convert"}
 
             def on_event(event: dict[str, Any], plan: _Plan = plan, last_stage: dict[str, str] = last_stage) -> None:
                 last_stage["stage"] = event.get("stage", last_stage["stage"])
-                emit(plan.name, event.get("stage", "convert"), event.get("status", "running"), plan.index)
+                ctx.emit(plan.name, event.get("stage", "convert"), event.get("status", "running"), plan.index)
 
-            notes = list(capture_notes)
+            notes = list(ctx.notes)
             if worker is not None and task.backend_ref:
                 unit = worker.run(task, on_event)
             else:
-                if isolate and worker is not None:
+                if ctx.isolate and worker is not None:
                     notes.append(
                         f"ran in this process: the backend class `{type(plan.backend).__qualname__}` is defined in "
                         "`__main__` or a function, so a child process cannot import it"
                     )
-                elif isolate:
+                elif ctx.isolate:
                     notes.append("ran in this process: isolation needs a POSIX system")
-                unit = run_unit(plan.backend, job, task, on_event)
-            for key, value in (unit.get("shared_timings") or shared.timings).items():
-                if key == "onnx" and not report.onnx_s:
-                    report.onnx_s = value
-            plan.result = _finish(plan, unit, last_stage["stage"], Path(task.out_path), notes, fast_paths, common,
-                                  report, batch_dynamic, t0)
-            if cache and plan.result.status == "ok" and plan.key:
+                with ctx.lock:  # in-process conversions share this process's torch state: one at a time
+                    unit = run_unit(plan.backend, ctx.job, task, on_event)
+            onnx_s = (unit.get("shared_timings") or ctx.shared.timings).get("onnx")
+            if onnx_s and not ctx.report.onnx_s:
+                ctx.report.onnx_s = onnx_s
+            plan.result = _finish(plan, unit, last_stage["stage"], Path(task.out_path), notes, ctx.fast_paths,
+                                  ctx.common, ctx.report, ctx.batch_dynamic, t0)
+            if ctx.cache and plan.result.status == "ok" and plan.key:
                 from enn_nb.export.cache import store
 
-                store(plan.key, out, _stored_names(plan.result, out, stem, verify))
-            emit(plan.name, "done", plan.result.status, plan.index)
+                store(plan.key, ctx.out, _stored_names(plan.result, ctx.out, ctx.stem, ctx.verify))
+            ctx.emit(plan.name, "done", plan.result.status, plan.index)
+    except Exception as exc:  # an engine bug must not hang the other lanes; the plans left get failed results
+        for plan in lane:
+            ctx.errors[plan.name] = f"the export engine failed: {type(exc).__name__}: {exc}"
+        if len(lane) and threading.current_thread() is threading.main_thread():
+            raise
 
 
 def _finish(
@@ -857,13 +948,15 @@ class _Emitter:
         self.callback = callback
         self.total = total
         self._warned = False
+        self._lock = threading.Lock()  # lanes report from several threads; callbacks see one event at a time
 
     def __call__(self, backend: str | None, stage: str, status: str, index: int, **extra: Any) -> None:
         if self.callback is None:
             return
         event = {"backend": backend, "stage": stage, "status": status, "index": index, "total": self.total, **extra}
         try:
-            self.callback(event)
+            with self._lock:
+                self.callback(event)
         except Exception as exc:  # a broken progress bar must not fail an export
             if not self._warned:
                 self._warned = True

@@ -40,6 +40,17 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(schema())
 
 
+def warm_up() -> None:
+    """Import jsonschema and build the validator (seconds: its format checkers compile a grammar).
+
+    The engine calls it in a background thread while the children convert.
+    """
+    try:
+        _validator()
+    except Exception:  # the real call reports any problem
+        pass
+
+
 def validate(data: dict[str, Any]) -> None:
     """Raise ExportError naming the first schema violation (path and message)."""
     validator = _validator()

@@ -94,13 +94,16 @@ def batch_bounds(ep: Any) -> tuple[int, int | None] | None:
     return (as_int(bounds.lower) or 1, as_int(bounds.upper))
 
 
-def recapture_bounded(job: ExportJob, low: int, high: int) -> Any:
-    """``torch.export`` the job's module again with the batch bounded to ``[low, high]``."""
+def retrace(ep: Any, job: ExportJob, bounds: tuple[int, int] | None) -> Any:
+    """The shared program traced again from its own graph (``ep.module()``, not the user's model),
+    with the batch bounded to ``bounds`` or static when ``bounds`` is None."""
     import torch
 
-    batch = torch.export.Dim(BATCH, min=max(1, low), max=high)
-    shapes = tuple({0: batch} if t.dim() >= 1 else None for t in job.example_inputs)
-    return torch.export.export(job.module, job.example_inputs, dynamic_shapes=shapes)
+    shapes = None
+    if bounds is not None:
+        batch = torch.export.Dim(BATCH, min=max(1, bounds[0]), max=bounds[1])
+        shapes = tuple({0: batch} if t.dim() >= 1 else None for t in job.example_inputs)
+    return torch.export.export(ep.module(), job.example_inputs, dynamic_shapes=shapes)
 
 
 # -- float64 demotion ----------------------------------------------------------------------------------

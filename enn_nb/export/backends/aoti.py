@@ -25,6 +25,7 @@ class AotiBackend(Backend):
     extra: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ("torch",)
     consumes: ClassVar[str] = "exported_program"
+    cost: ClassVar[float] = 10.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     default_options: ClassVar[dict[str, Any]] = {"inductor_configs": {}}
 

@@ -150,6 +150,8 @@ class Backend:
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     #: documented default options, overridable per export
     default_options: ClassVar[dict[str, Any]] = {}
+    #: relative conversion cost (1 = a quick lowering); balances backends over parallel child processes
+    cost: ClassVar[float] = 1.0
 
     # -- availability --------------------------------------------------------------------------
     def missing_packages(self, *, runtime: bool = False) -> list[str]:

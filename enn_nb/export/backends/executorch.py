@@ -17,7 +17,7 @@ from enn_nb.export.backends._edge_common import (
     essentials_json,
     first_line,
     program_io,
-    recapture_bounded,
+    retrace,
     to_numpy_outputs,
     write_bytes_atomic,
 )
@@ -39,7 +39,7 @@ class ExecutorchBackend(Backend):
             ``"portable"`` (every op on ExecuTorch's portable kernels, nothing delegated).
         max_batch: upper bound of the dynamic batch (default: the export's ``batch_range`` max).
             ExecuTorch plans memory for the largest input, so a dynamic batch needs a bound; when the
-            shared program's batch is unbounded the module is captured again with this bound (noted).
+            shared program's batch is unbounded, its graph is traced again with this bound (noted).
 
     The essentials are stored twice: in the sidecar and as the program's constant method
     ``enn_nb_essentials`` (a JSON string any ExecuTorch runtime can read without running the model).
@@ -67,11 +67,11 @@ class ExecutorchBackend(Backend):
         if dynamic:
             assert bounds is not None
             if bounds[1] is None or bounds[1] > high:
-                ep = recapture_bounded(job, job.batch_range[0], high)
+                ep = retrace(ep, job, (job.batch_range[0], high))
                 notes.append(
                     f"ExecuTorch plans memory for the largest input, so the batch is bounded to "
-                    f"[{max(1, job.batch_range[0])}, {high}] (captured again with that bound; the shared "
-                    "program's batch has no upper bound)."
+                    f"[{max(1, job.batch_range[0])}, {high}] (option `max_batch`): the shared program, whose "
+                    "batch has no upper bound, was traced again from its own graph with that bound."
                 )
         try:
             program, info = self._lower(ep, job, delegate)
@@ -81,9 +81,7 @@ class ExecutorchBackend(Backend):
                     f"`executorch` lowering ({delegate}) failed: {first_line(exc)}", backend=self.name, stage="convert"
                 ) from exc
             # Some delegates cannot lower dynamic shapes; never fall back silently.
-            import torch
-
-            static_ep = torch.export.export(job.module, job.example_inputs)
+            static_ep = retrace(job.exported_program, job, None)
             program, info = self._lower(static_ep, job, delegate)
             ep, dynamic = static_ep, False
             notes.append(

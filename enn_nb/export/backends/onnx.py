@@ -26,6 +26,7 @@ class OnnxBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript")
     runtime_requires: ClassVar[tuple[str, ...] | None] = ("onnxruntime",)
     consumes: ClassVar[str] = "onnx"
+    cost: ClassVar[float] = 3.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     default_options: ClassVar[dict[str, Any]] = {"opset": None, "optimize": True, "check": True}
 

@@ -34,6 +34,7 @@ class OrtBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript", "onnxruntime")
     runtime_requires: ClassVar[tuple[str, ...] | None] = ("onnxruntime",)
     consumes: ClassVar[str] = "onnx"
+    cost: ClassVar[float] = 1.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     default_options: ClassVar[dict[str, Any]] = {
         "optimization_level": "extended",

@@ -25,6 +25,7 @@ class Pt2Backend(Backend):
     extra: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ("torch",)
     consumes: ClassVar[str] = "exported_program"
+    cost: ClassVar[float] = 0.5
     default_tolerance: ClassVar[tuple[float, float]] = (1e-5, 1e-5)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:

@@ -1,0 +1,299 @@
+"""Checkpoint I/O: enn_nb.save/load per format next to the raw library calls on the same tensors.
+
+Builds a wide reference model (~512 MB of float32 weights by default) and, for each format, times
+the raw library calls and enn_nb's, interleaved, ``--reps`` times (the best time of each is kept):
+
+- .pt: ``torch.save`` / ``torch.load(weights_only=True, mmap=True)`` + ``load_state_dict``
+- .safetensors: ``safetensors.torch.save_file`` / ``load_file`` + ``load_state_dict``
+- DCP: ``torch.distributed.checkpoint.save`` / ``load`` (in place)
+- a plain write of the same bytes (``file.write`` of every tensor, then fsync)
+
+enn_nb's saves are atomic and durable (temporary file, fsync, rename) and hash every tensor with
+sha256; ``torch.save`` and ``save_file`` do neither, so the raw calls are also shown with an fsync
+added. enn_nb's loads verify every hash (``verify=True``, the default); ``verify=False`` is shown too.
+Peak RSS while saving is measured in the saving process (VmHWM reset before each save) and given
+relative to the tensor bytes: ``(peak RSS - RSS before the model existed) / tensor bytes``.
+
+Every measurement runs in a child process; files go to ``--dir`` and are deleted afterwards.
+Usage: ``python benchmarks/checkpoint_io.py [--mb 512] [--reps 3] [--dir out/bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMATS = ("pt", "safetensors", "dcp")
+TARGETS = {"save": 1.10, "load": 1.10, "throughput": 0.80, "rss": 1.25}
+
+
+# -- process memory ---------------------------------------------------------------------------------------
+def _status() -> dict[str, int]:
+    text = Path("/proc/self/status").read_text()
+    return {key: int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
+
+
+# -- the model --------------------------------------------------------------------------------------------
+def wide_model(mb: int) -> Any:
+    """A reference model whose width makes its state about ``mb`` MiB (8·d² float32 per block, 2 blocks)."""
+    from enn_nb.reference import ModelConfig, ReferenceModel
+
+    d = max(8, int(round(math.sqrt(mb * 2**20 / 64) / 8)) * 8)
+    config = ModelConfig(d_model=d, heads=4, depth=2, attention="math", fused_kernel=False, dropout=0.0)
+    return ReferenceModel(config).eval()
+
+
+def tensor_bytes(model: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def _fsync_path(path: Path) -> None:
+    for file in [path] if path.is_file() else sorted(path.iterdir()):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _rm(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# -- jobs (run in child processes) --------------------------------------------------------------------------
+def job(name: str, mb: int, reps: int, directory: Path) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    base_rss = _status()["VmRSS"]
+    build_s, model = _timed(lambda: wide_model(mb))
+    other = wide_model(mb)  # the destination of loads (built once: construction is not timed)
+    nbytes = tensor_bytes(model)
+    results: dict[str, Any] = {"job": name, "tensor_bytes": nbytes, "tensors": len(model.state_dict()),
+                               "build_s": build_s, "base_rss": base_rss, "runs": []}
+    directory.mkdir(parents=True, exist_ok=True)
+    ops = _plain_ops(model, directory) if name == "plain" else _format_ops(name, model, other, directory)
+    for _ in range(reps):
+        for label, kind, fn, cleanup in ops:
+            _reset_peak()
+            before = _status()["VmRSS"]
+            seconds, _ = _timed(fn)
+            peak = _status()["VmHWM"]
+            results["runs"].append({"op": label, "kind": kind, "s": seconds, "peak_extra": peak - before,
+                                    "peak_total": peak - base_rss})
+            if cleanup:
+                cleanup()
+    return results
+
+
+def _plain_ops(model: Any, directory: Path) -> list[tuple[str, str, Callable[[], Any], Callable[[], None] | None]]:
+    from enn_nb.checkpoint.tensors import byte_view, cpu_contiguous
+
+    views = [byte_view(cpu_contiguous(t)) for t in model.state_dict().values()]
+    path = directory / "plain.bin"
+
+    def write(sync: bool) -> None:
+        with open(path, "wb") as fh:
+            for view in views:
+                fh.write(view)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    return [("plain write", "save", lambda: write(False), lambda: _rm(path)),
+            ("plain write + fsync", "save", lambda: write(True), lambda: _rm(path))]
+
+
+def _format_ops(fmt: str, model: Any, other: Any, directory: Path) -> list[Any]:
+    import torch
+
+    import enn_nb
+
+    suffix = {"pt": ".pt", "safetensors": ".safetensors", "dcp": ""}[fmt]
+    raw_path, ours_path = directory / f"raw{suffix}", directory / f"ours{suffix}"
+    state = model.state_dict()
+
+    if fmt == "pt":
+        def raw_save() -> None:
+            torch.save(state, raw_path)
+
+        def raw_load() -> None:
+            other.load_state_dict(torch.load(raw_path, weights_only=True, mmap=True))
+
+        def raw_read_only() -> None:
+            torch.load(raw_path, weights_only=True, mmap=True)
+    elif fmt == "safetensors":
+        from safetensors.torch import load_file, save_file
+
+        def raw_save() -> None:
+            save_file(state, raw_path)
+
+        def raw_load() -> None:
+            other.load_state_dict(load_file(raw_path))
+
+        def raw_read_only() -> None:
+            load_file(raw_path)
+    else:
+        import warnings
+
+        import torch.distributed.checkpoint as dcp
+
+        warnings.filterwarnings("ignore")
+
+        def raw_save() -> None:
+            dcp.save({"model": state}, checkpoint_id=str(raw_path), no_dist=True)
+
+        def raw_load() -> None:
+            dcp.load({"model": other.state_dict()}, checkpoint_id=str(raw_path), no_dist=True)
+
+        raw_read_only = None
+
+    def raw_save_fsync() -> None:
+        raw_save()
+        _fsync_path(raw_path)
+
+    ops: list[Any] = [
+        ("raw save", "save", raw_save, None),
+        ("raw load", "load", raw_load, None),
+    ]
+    if raw_read_only is not None:
+        ops.append(("raw read only", "info", raw_read_only, None))
+    if fmt != "dcp":  # DCP's FileSystemWriter already fsyncs (sync_files=True)
+        ops.append(("raw save + fsync", "save", raw_save_fsync, lambda: _rm(raw_path)))
+    else:
+        ops.append(("(cleanup)", "info", lambda: None, lambda: _rm(raw_path)))
+    ops += [
+        ("enn_nb save", "save", lambda: enn_nb.save(model, ours_path, format=fmt), None),
+        ("enn_nb load", "load", lambda: enn_nb.load(ours_path, model=other), None),
+        ("enn_nb load verify=False", "load", lambda: enn_nb.load(ours_path, model=other, verify=False), None),
+        ("enn_nb inspect", "info", lambda: enn_nb.inspect(ours_path), lambda: _rm(ours_path)),
+    ]
+    return ops
+
+
+# -- orchestration and the table ------------------------------------------------------------------------------
+def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--job", name, "--mb", str(args.mb),
+           "--reps", str(args.reps), "--dir", str(args.dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"job {name} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _best(result: dict[str, Any], op: str) -> dict[str, float]:
+    runs = [r for r in result["runs"] if r["op"] == op]
+    return {"s": min(r["s"] for r in runs), "peak_total": max(r["peak_total"] for r in runs),
+            "peak_extra": max(r["peak_extra"] for r in runs)}
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    plain = results["plain"]
+    nbytes = plain["tensor_bytes"]
+    mib = nbytes / 2**20
+    plain_s = _best(plain, "plain write")["s"]
+    plain_sync_s = _best(plain, "plain write + fsync")["s"]
+    lines = [
+        f"checkpoint_io: {mib:.0f} MiB in {plain['tensors']} tensors (wide reference model), "
+        f"{os.cpu_count()} CPUs, best of the repetitions",
+        f"plain write of the same bytes: {plain_s:.3f} s ({mib / plain_s:.0f} MiB/s); with fsync "
+        f"{plain_sync_s:.3f} s ({mib / plain_sync_s:.0f} MiB/s)",
+        "",
+        f"{'format':<12}{'operation':<26}{'raw s':>8}{'enn_nb s':>10}{'ratio':>8}{'target':>8}  verdict",
+    ]
+
+    def row(fmt: str, label: str, raw: float | None, ours: float, target: float | None, higher_better: bool = False) -> None:
+        if raw is None:
+            lines.append(f"{fmt:<12}{label:<26}{'':>8}{ours:>10.3f}{'':>8}{'':>8}")
+            return
+        ratio = ours / raw
+        ok = "" if target is None else ("ok" if (ratio >= target if higher_better else ratio <= target) else "MISS")
+        tgt = "" if target is None else (f">={target:.2f}" if higher_better else f"<={target:.2f}")
+        lines.append(f"{fmt:<12}{label:<26}{raw:>8.3f}{ours:>10.3f}{ratio:>8.2f}{tgt:>8}  {ok}")
+
+    rss_rows = []
+    for fmt in FORMATS:
+        res = results[fmt]
+        raw_save = _best(res, "raw save")
+        raw_save_sync = _best(res, "raw save + fsync") if fmt != "dcp" else raw_save
+        ours_save = _best(res, "enn_nb save")
+        raw_load = _best(res, "raw load")["s"]
+        row(fmt, "save vs raw call", raw_save["s"], ours_save["s"], TARGETS["save"])
+        if fmt != "dcp":
+            row(fmt, "save vs raw call + fsync", raw_save_sync["s"], ours_save["s"], TARGETS["save"])
+        else:
+            lines.append(f"{fmt:<12}{'  (dcp.save fsyncs itself)':<26}")
+        row(fmt, "save throughput vs plain", None, mib / ours_save["s"], None)
+        lines[-1] = (f"{fmt:<12}{'save MiB/s vs plain+fsync':<26}{mib / plain_sync_s:>8.0f}{mib / ours_save['s']:>10.0f}"
+                     f"{plain_sync_s / ours_save['s']:>8.2f}{'>=0.80':>8}  "
+                     f"{'ok' if plain_sync_s / ours_save['s'] >= 0.8 else 'MISS'}")
+        lines.append(f"{fmt:<12}{'save MiB/s vs plain':<26}{mib / plain_s:>8.0f}{mib / ours_save['s']:>10.0f}"
+                     f"{plain_s / ours_save['s']:>8.2f}{'>=0.80':>8}  "
+                     f"{'ok' if plain_s / ours_save['s'] >= 0.8 else 'MISS'}")
+        row(fmt, "load (verify=True)", raw_load, _best(res, "enn_nb load")["s"], TARGETS["load"])
+        row(fmt, "load (verify=False)", raw_load, _best(res, "enn_nb load verify=False")["s"], TARGETS["load"])
+        if any(r["op"] == "raw read only" for r in res["runs"]):
+            row(fmt, "  raw read only (no copy)", None, _best(res, "raw read only")["s"], None)
+        row(fmt, "inspect (manifest only)", None, _best(res, "enn_nb inspect")["s"], None)
+        rss_rows.append((fmt, raw_save["peak_total"] / nbytes, ours_save["peak_total"] / nbytes,
+                         ours_save["peak_extra"] / 2**20))
+    lines += ["", f"{'format':<12}{'peak RSS while saving / tensor bytes':<40}{'raw':>8}{'enn_nb':>8}{'target':>8}"
+                  f"  extra MiB  verdict"]
+    for fmt, raw_r, ours_r, extra in rss_rows:
+        lines.append(f"{fmt:<12}{'':<40}{raw_r:>8.2f}{ours_r:>8.2f}{'<=1.25':>8}  {extra:>9.0f}  "
+                     f"{'ok' if ours_r <= TARGETS['rss'] else 'MISS'}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=int, default=512, help="approximate state size in MiB")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (best time kept)")
+    parser.add_argument("--dir", type=Path, default=ROOT / "out" / "bench", help="scratch directory")
+    parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    args = parser.parse_args()
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+    if args.job:
+        print(json.dumps(job(args.job, args.mb, args.reps, args.dir / args.job)))
+        return
+    results = {}
+    try:
+        for name in ("plain", *FORMATS):
+            print(f"running {name} ...", file=sys.stderr, flush=True)
+            results[name] = _run_child(name, args)
+    finally:
+        for name in ("plain", *FORMATS):
+            _rm(args.dir / name)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""DCP with real multi-process sharding: torchrun, 2 ranks, gloo on CPU, FSDP2 (`fully_shard`) parameters.
+
+Each rank holds only its shard of every parameter (DTensor, ``Shard(0)``) and calls
+``enn_nb.save(model, path, format="dcp")``. The checkpoint then loads on 2 processes into a freshly
+sharded model, and on 1 process (this pytest process, resharded into a plain model); both equal the
+unsharded reference weights exactly. A shard damaged afterwards is refused on both ranks.
+
+This file is also the torchrun worker (``python -m torch.distributed.run ... this_file.py WORKDIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _reference_model(seed: int):
+    import torch
+
+    from enn_nb.reference import ModelConfig, ReferenceModel
+
+    torch.manual_seed(seed)
+    model = ReferenceModel(ModelConfig(attention="math", fused_kernel=False, depth=2, d_model=32))
+    with torch.no_grad():  # give the float64 Scaler buffers non-trivial values too
+        for name in ("x_mean", "x_std", "y_mean", "y_std"):
+            buf = getattr(model.scaler, name)
+            buf.copy_(torch.rand_like(buf) + 0.5)
+    return model.eval()
+
+
+def _shard(model, mesh):
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _full_state(model) -> dict:
+    from torch.distributed.tensor import DTensor
+
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone() for k, v in model.state_dict().items()}
+
+
+def _worker(workdir: Path) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    import enn_nb
+    from enn_nb.errors import CorruptCheckpointError
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    report: dict = {"rank": rank, "world": world}
+
+    model = _reference_model(seed=0)
+    if rank == 0:
+        torch.save(model.state_dict(), workdir / "reference.pt")
+    _shard(model, mesh)
+    sharded = {k: [list(v.shape), list(v.to_local().shape)] for k, v in model.state_dict().items()
+               if isinstance(v, DTensor)}
+    report["sharded"] = sharded
+    path = workdir / "ckpt"
+    manifest = enn_nb.save(model, path, format="dcp", metadata={"ranks": world})
+    report["save_content_hash"] = manifest.content_hash
+    report["files"] = [f.path for f in manifest.files]
+    report["listing"] = sorted(p.name for p in workdir.iterdir())
+
+    # load on 2 processes into a differently initialised, freshly sharded model
+    fresh = _shard(_reference_model(seed=123), mesh)
+    loaded = enn_nb.load(path, model=fresh)
+    report["load2_verified"] = loaded.verified
+    full = _full_state(fresh)
+    reference = torch.load(workdir / "reference.pt", weights_only=True)
+    report["load2_equal"] = sorted(k for k in reference if torch.equal(full[k], reference[k]))
+    report["load2_keys"] = sorted(reference)
+
+    # a damaged shard is refused on every rank (each rank hashes its share of the files)
+    dist.barrier()
+    bad = workdir / "bad"
+    if rank == 0:
+        import shutil
+
+        shutil.copytree(path, bad)
+        target = bad / "__1_0.distcp"
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    dist.barrier()
+    try:
+        enn_nb.load(bad, model=_shard(_reference_model(seed=5), mesh))
+        report["corrupt"] = "loaded"
+    except CorruptCheckpointError as exc:
+        report["corrupt"] = str(exc)
+    (workdir / f"report-{rank}.json").write_text(json.dumps(report))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_fsdp2_sharded_dcp_save_and_reshard(tmp_path):
+    import torch
+
+    import enn_nb
+    from enn_nb.reference import make_dataset
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).resolve()), str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in (0, 1)]
+    reference = torch.load(tmp_path / "reference.pt", weights_only=True)
+
+    for report in reports:
+        # really sharded: every rank held about half of each parameter's rows
+        assert report["sharded"]["blocks.0.attn.qkv.weight"] == [[96, 32], [48, 32]]
+        assert report["sharded"]["embedding.tables.0.weight"][1][0] in (3, 4)  # 7 rows over 2 ranks
+        assert "scaler.x_mean" not in report["sharded"]  # buffers stay replicated
+        assert sorted(report["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+        assert report["listing"] == ["ckpt", "reference.pt"]  # no temporary directory left
+        assert report["load2_verified"] is True
+        assert report["load2_equal"] == report["load2_keys"] == sorted(reference)
+        assert "__1_0.distcp" in report["corrupt"] and "sha256" in report["corrupt"]
+    assert reports[0]["save_content_hash"] == reports[1]["save_content_hash"]
+
+    manifest = enn_nb.inspect(tmp_path / "ckpt")
+    assert manifest.metadata == {"ranks": 2}
+    assert manifest.tensor("blocks.0.attn.qkv.weight").shape == (96, 32)  # the global shape
+    assert manifest.tensor("blocks.0.attn.qkv.weight").sha256 is None  # no rank held it whole
+    assert manifest.tensor("scaler.x_mean").sha256  # replicated buffers are hashed on rank 0
+
+    # load on 1 process: resharded into a plain, unsharded model built from the manifest
+    loaded = enn_nb.load(tmp_path / "ckpt")
+    assert loaded.verified
+    state = loaded.model.state_dict()
+    assert set(state) == set(reference)
+    for name, tensor in reference.items():
+        assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
+    x, _ = make_dataset(3, n_sensors=1, n_steps=24 * 4)
+    original = _reference_model(seed=0)
+    original.load_state_dict(reference)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.forward_export(x[:16]), original.forward_export(x[:16]))
+    # and it converts to a single file whose tensors are now all hashed
+    converted = enn_nb.convert(tmp_path / "ckpt", tmp_path / "single.safetensors")
+    assert all(t.sha256 for t in converted.tensors)
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))

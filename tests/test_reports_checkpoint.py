@@ -1,0 +1,95 @@
+"""checkpoint_report: the diff of two checkpoints (exact numbers), and the template executed through a kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests._fixtures_reports import metadata, outputs, tiny_model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """a.pt and a.dcp: the same model; b.safetensors: one tensor nudged by 0.25; c.safetensors: depth 2."""
+    import enn_nb
+
+    d = tmp_path_factory.mktemp("ckpts")
+    model = tiny_model()
+    enn_nb.save(model, d / "a.pt")
+    enn_nb.save(model, d / "a.dcp", format="dcp")
+    name = next(n for n, p in model.named_parameters() if p.dim() == 2)
+    with torch.no_grad():
+        dict(model.named_parameters())[name][0, 0] += 0.25
+    enn_nb.save(model, d / "b.safetensors", metadata={"note": "nudged"})
+    enn_nb.save(tiny_model(depth=2), d / "c.safetensors")
+    return d, name
+
+
+def test_same_model_in_two_formats_is_identical(checkpoints):
+    from enn_nb.reports.checkpoints import diff
+
+    d, _ = checkpoints
+    result = diff(d / "a.pt", d / "a.dcp")
+    assert result.identical and result.changed == [] and result.added == [] and result.removed == []
+    assert result.formats == ("pt", "dcp") and result.unchanged > 10
+    assert result.headline().startswith("Same model")
+
+
+def test_one_nudged_tensor_is_the_only_change_with_its_max_abs_diff(checkpoints):
+    from enn_nb.reports.checkpoints import diff
+
+    d, name = checkpoints
+    result = diff(d / "a.pt", d / "b.safetensors")
+    assert [c.name for c in result.changed] == [name]
+    assert result.changed[0].change == "values"
+    assert result.changed[0].max_abs_diff == pytest.approx(0.25, abs=1e-6)
+    assert result.config == {} and result.metadata == {"note": (None, "nudged")}
+    assert not result.identical
+
+
+def test_another_depth_adds_tensors_and_changes_the_config(checkpoints):
+    from enn_nb.reports.checkpoints import diff
+
+    d, _ = checkpoints
+    result = diff(d / "a.pt", d / "c.safetensors")
+    assert result.config["config.depth"] == (1, 2)
+    assert result.added and all(n.startswith("blocks.1.") for n in result.added)
+    assert result.removed == []
+    text = repr(result)
+    assert "Tensors added / removed" in text and "config.depth" in text
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_checkpoint_report_executes_and_shows_the_diff(checkpoints, tmp_path):
+    import enn_nb
+
+    d, name = checkpoints
+    result = enn_nb.report("checkpoint_report", tmp_path, checkpoint=str(d / "a.pt"), other=str(d / "c.safetensors"),
+                           html=True, progress=False, title="Depth 1 vs 2")
+    assert result.ok and result.verdict is None  # no gate: a description
+    texts = [o.get("data", {}).get("text/plain", "") or o.get("text", "") for _, o in outputs(result.notebook)]
+    assert texts[0].startswith("Depth 1 vs 2") and "a.pt vs c.safetensors" in texts[0]
+    assert "config change(s)" in texts[1] and "a.pt" in texts[1] and "c.safetensors" in texts[1]
+    assert sum("enn_nb checkpoint (" in t for t in texts) == 2  # both manifests
+    assert any("Tensors added / removed" in t and "blocks.1." in t for t in texts)
+    page = result.html.read_text(encoding="utf-8")
+    assert "Tensors added / removed" in page and "config.depth" in page
+    assert metadata(result.notebook)["enn_nb"]["parameters"]["other"] == str(d / "c.safetensors")
+
+    single = enn_nb.report("checkpoint_report", tmp_path, name="single", checkpoint=str(d / "b.safetensors"),
+                           progress=False)
+    texts = [o.get("data", {}).get("text/plain", "") or o.get("text", "") for _, o in outputs(single.notebook)]
+    assert any(name in t for t in texts)  # the tensor table lists every tensor
+    assert any("One checkpoint: nothing to compare." in t for t in texts)
+
+
+@pytest.mark.notebook
+def test_missing_checkpoint_fails_in_the_first_cell_with_a_clear_message(tmp_path):
+    import enn_nb
+    from enn_nb.errors import ReportCellError
+
+    with pytest.raises(ReportCellError) as err:
+        enn_nb.report("checkpoint_report", tmp_path, checkpoint=str(tmp_path / "nope.pt"), progress=False)
+    assert err.value.cell_index == 1 and err.value.ename == "ReportError"
+    assert "nope.pt` does not exist" in str(err.value)
