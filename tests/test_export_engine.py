@@ -224,3 +224,16 @@ def test_should_stop_cancels_the_remaining_backends(tmp_path):
     assert [r.status for r in report] == ["ok", "cancelled"]
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.onnx.enn.json").exists()
     assert seen[-1] == {"backend": "onnx", "stage": "done", "status": "cancelled", "index": 1, "total": 2}
+
+
+def test_external_data_when_the_weights_are_too_big_for_one_file(tmp_path, monkeypatch):
+    from enn_nb.export import capture
+
+    monkeypatch.setattr(capture, "EXTERNAL_DATA_BYTES", 0)  # as if the weights were over 2 GB
+    report = enn_nb.export(TinyMLP(), "onnx,ort", out_dir=tmp_path, example_inputs=torch.randn(2, 6),
+                           isolate=False, cache=False)
+    data = assert_backend_conforms(report, "onnx")
+    assert data["format"]["external_data"] is True
+    assert {f["path"]: f["role"] for f in data["files"]} == {"model.onnx": "artifact", "model.onnx.data": "external_data"}
+    assert (tmp_path / "model.onnx.data").stat().st_size > 0
+    assert_backend_conforms(report, "ort")  # the ORT converter found the data file beside the model

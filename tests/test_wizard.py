@@ -165,6 +165,7 @@ def test_an_unwritable_output_directory_blocks_next(tmp_path):
     w.view.next_button.click()
     assert "is a file, not a directory" in w.state.messages["targets"]
     w.view.out_dir.value = str(tmp_path / "ok" / "deeper")
+    assert w.state.messages["targets"] == ""  # re-checked as the user types: the message goes at once
     w.view.next_button.click()
     assert w.step == "run" and w.state.messages["targets"] == ""
 
@@ -202,6 +203,23 @@ def test_back_and_next_keep_every_choice(tmp_path):
     assert kwargs["batch_range"] == (2, 4, 16) and kwargs["dynamic_batch"] is False
     assert kwargs["tolerances"] == {"onnx": (1e-3, 2e-3), "pt2": (1e-3, 2e-3)}
     assert kwargs["options"]["onnx"]["opset"] == 18 and kwargs["isolate"] is False and kwargs["cache"] is False
+
+
+def test_options_reach_the_backends_that_understand_them():
+    w = wizard({"net": _net()}, backends="ort,pt2", opset=19)
+    assert w.state.backends == ["ort", "pt2"]
+    # ort is built from the shared ONNX file, so the opset goes to the `onnx` entry that shapes it
+    assert w.state.export_options() == {"onnx": {"opset": 19}}
+    w.state.backends = ["pt2"]
+    assert w.state.export_options() == {}
+    w.state.fp16 = True
+    w.state.backends = ["pt2", "tensorrt", "coreml"]
+    assert w.state.export_options() == {
+        "onnx": {"opset": 19},
+        "tensorrt": {"fp16": True},
+        "coreml": {"compute_precision": "float16"},
+    }
+    assert "fp16 where supported (coreml, tensorrt)" in w.view.fp16.description
 
 
 def test_unknown_wizard_option_is_a_clear_type_error():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def test_the_wizard_notebook_runs_and_exports(tmp_path):
     streams = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "results" in streams  # the scripted run reached the results step
     report_html = next(o["data"]["text/html"] for o in outputs if "enn-export-report" in o.get("data", {}).get("text/html", ""))
-    assert "onnx" in report_html and ">ok<" in report_html
+    assert "onnx" in report_html
+    assert re.search(r">ok( \(cached\))?<", report_html)  # a rerun may reuse the export cache
     out = work / "wizard_exports"
     assert (out / "model.onnx").is_file() and (out / "model.onnx.enn.json").is_file()
     sidecar = json.loads((out / "model.onnx.enn.json").read_text())

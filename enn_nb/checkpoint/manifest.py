@@ -14,7 +14,8 @@ from enn_nb.errors import CorruptCheckpointError, SpecError
 from enn_nb.spec import SPEC_FIELDS, ModelSpec, jsonable
 
 from .migrations import migrate
-from .schema import SCHEMA_ID, validate
+from .schema import SCHEMA_ID
+from .schema import validate as validate_document
 
 FORMATS = ("pt", "safetensors", "dcp")
 _SPEC_KEYS = tuple(name for name in SPEC_FIELDS if name != "metadata")
@@ -161,7 +162,7 @@ class Manifest:
         """
         doc, found = migrate(dict(document))
         doc.pop("manifest_sha256", None)
-        validate(doc)
+        validate_document(doc)
         spec_data = dict(doc["spec"])
         spec_data["metadata"] = doc.get("metadata") or {}
         try:
@@ -202,14 +203,15 @@ def _canonical(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def encode(manifest: Manifest) -> str:
+def encode(manifest: Manifest, *, validate: bool = True) -> str:
     """The manifest as the JSON text stored in a checkpoint, validated, with ``manifest_sha256``.
 
     The self-hash makes damage to the manifest itself detectable (a flipped digit in a number would
     otherwise still parse).
     """
     document = manifest.to_dict()
-    validate(document, where="manifest to write", error=SpecError)
+    if validate:
+        validate_document(document, where="manifest to write", error=SpecError)
     document["manifest_sha256"] = hashlib.sha256(_canonical(document)).hexdigest()
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 

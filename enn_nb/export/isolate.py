@@ -311,18 +311,30 @@ class Worker:
             self._send.send(task)
         except (BrokenPipeError, OSError):
             return self._crashed()
-        while True:
-            try:
-                if self._recv.poll(0.1):
-                    kind, payload = self._recv.recv()
-                    if kind == "event":
-                        on_event(payload)
-                        continue
-                    return payload
-            except (EOFError, OSError):
-                return self._crashed()
-            if self._proc.poll() is not None and not self._recv.poll(0):
-                return self._crashed()
+        try:
+            while True:
+                try:
+                    if self._recv.poll(0.1):
+                        kind, payload = self._recv.recv()
+                        if kind == "event":
+                            on_event(payload)
+                            continue
+                        return payload
+                except (EOFError, OSError):
+                    return self._crashed()
+                if self._proc.poll() is not None and not self._recv.poll(0):
+                    return self._crashed()
+        except KeyboardInterrupt:  # the user interrupted the kernel: stop the conversion too
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """Stop the child now (an interrupted export)."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._close_pipes()
+            self._proc = None
 
     def _crashed(self) -> dict[str, Any]:
         try:

@@ -530,7 +530,7 @@ def _finish(
     artifact = out / artifact_src.name
     if artifact_src.exists():
         replace_path(artifact_src, artifact)
-    files = sc.file_entries(artifact, placed_extra, out) if artifact.exists() else []
+    files = sc.file_entries(artifact if artifact.exists() else None, placed_extra, out)
     timings["move"] = time.perf_counter() - started
     data = _sidecar_common(plan, common)
     data.update(

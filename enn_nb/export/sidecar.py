@@ -72,8 +72,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def file_entries(artifact: Path, extra_files: list[Path], base: Path) -> list[dict[str, Any]]:
-    """sha256 and size of every file of an artifact (a directory artifact lists each file inside it)."""
+def file_entries(artifact: Path | None, extra_files: list[Path], base: Path) -> list[dict[str, Any]]:
+    """sha256 and size of every file of an artifact (a directory artifact lists each file inside it).
+
+    ``artifact`` is None when it could not be finished here (a deferred TensorRT engine): the files
+    it is to be built from are still listed.
+    """
     entries: list[dict[str, Any]] = []
 
     def add(path: Path, role: str) -> None:
@@ -81,7 +85,9 @@ def file_entries(artifact: Path, extra_files: list[Path], base: Path) -> list[di
             {"path": path.relative_to(base).as_posix(), "sha256": sha256_file(path), "size": path.stat().st_size, "role": role}
         )
 
-    if artifact.is_dir():
+    if artifact is None:
+        pass
+    elif artifact.is_dir():
         for path in sorted(p for p in artifact.rglob("*") if p.is_file()):
             add(path, "artifact")
     else:

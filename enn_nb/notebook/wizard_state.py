@@ -117,7 +117,10 @@ class WizardState(HasTraits):
                 if key == "checkpoint":
                     self.source = "checkpoint"
             elif key in ("backend", "backends"):
-                self._preselect_backends([value] if isinstance(value, str) else list(value))
+                if isinstance(value, str):  # "onnx,pt2", or "all" / "available" for every available one
+                    names = [v.strip() for v in value.split(",") if v.strip()]
+                    value = self.available_backends() if names in (["all"], ["available"]) else names
+                self._preselect_backends(list(value))
             elif key in _DEFAULT_ALIASES or key in self.user_choices():
                 setattr(self, _DEFAULT_ALIASES.get(key) or key, value)
             else:
@@ -308,31 +311,36 @@ class WizardState(HasTraits):
 
     # -- the export call -----------------------------------------------------------------------
     def export_options(self) -> dict[str, dict[str, Any]]:
-        """Per-backend options for ``enn_nb.export(options=...)`` from the chosen settings."""
+        """Per-backend options for ``enn_nb.export(options=...)`` from the chosen settings.
+
+        The opset goes to the ``onnx`` entry whenever a chosen backend is built from ONNX (``ort``,
+        ``tensorflow``, ``tensorrt``...): that entry shapes the one ONNX file they all share.
+        """
         options: dict[str, dict[str, Any]] = {}
-        fp16 = set(self.fp16_backends()) if self.fp16 else set()
-        for name in self.backends:
-            opts: dict[str, Any] = {}
-            if "opset" in self.backend_defaults(name):
-                opts["opset"] = self.opset
-            if name in fp16:
-                opts["fp16"] = True
-            if opts:
-                options[name] = opts
+        if any(name == "onnx" or self._backend_attr(name, "consumes") == "onnx" for name in self.backends):
+            options["onnx"] = {"opset": self.opset}
+        if self.fp16:
+            for name in self.backends:
+                fp16 = _fp16_option(self.backend_defaults(name))
+                if fp16:
+                    options.setdefault(name, {}).update(fp16)
         return options
 
-    def backend_defaults(self, name: str) -> dict[str, Any]:
-        """A backend's documented default options ({} if it cannot be resolved)."""
+    def _backend_attr(self, name: str, attr: str) -> Any:
         try:
             from enn_nb.export.registry import get_backend
 
-            return dict(getattr(get_backend(name), "default_options", {}) or {})
-        except Exception:  # an unresolvable plugin just has no options to show
-            return {}
+            return getattr(get_backend(name), attr, None)
+        except Exception:  # a broken plugin: validation reports it, options just skip it
+            return None
+
+    def backend_defaults(self, name: str) -> dict[str, Any]:
+        """A backend's documented default options ({} if it cannot be resolved)."""
+        return dict(self._backend_attr(name, "default_options") or {})
 
     def fp16_backends(self) -> list[str]:
-        """Available backends whose options include ``fp16``."""
-        return [n for n in self.available_backends() if "fp16" in self.backend_defaults(n)]
+        """Available backends that have an fp16 option (``fp16`` or an fp16 ``compute_precision``)."""
+        return [n for n in self.available_backends() if _fp16_option(self.backend_defaults(n))]
 
     def export_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``enn_nb.export`` for the chosen settings (model excluded)."""
@@ -358,13 +366,8 @@ class WizardState(HasTraits):
         }
 
     def backend_tolerance(self, name: str) -> tuple[float, float]:
-        try:
-            from enn_nb.export.registry import get_backend
-
-            atol, rtol = get_backend(name).default_tolerance
-            return float(atol), float(rtol)
-        except Exception:
-            return (1e-4, 1e-4)
+        atol, rtol = self._backend_attr(name, "default_tolerance") or (1e-4, 1e-4)
+        return float(atol), float(rtol)
 
     def reset_run(self) -> None:
         """Clear progress, log and results before a new run."""
@@ -381,6 +384,15 @@ class WizardState(HasTraits):
         self.report_path = ""
         self.cancel_requested = False
         self.messages = {**self.messages, "run": ""}
+
+
+def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The option that asks a backend for fp16, judged from its documented defaults ({} if none)."""
+    if "fp16" in defaults:  # TensorRT
+        return {"fp16": True}
+    if "compute_precision" in defaults:  # CoreML
+        return {"compute_precision": "float16"}
+    return {}
 
 
 def _row_dict(row: Any) -> dict[str, Any]:

@@ -16,10 +16,9 @@ if TYPE_CHECKING:
     from enn_nb.notebook.wizard_run import ExportRun
 
 _ERROR_STYLE = "color:#b00020;font-weight:600"
-_STATUS_COLORS = {"ok": "#1b7f3b", "cached": "#1b7f3b", "mismatch": "#b36b00", "deferred": "#49759c",
-                  "unavailable": "#777", "skipped": "#777", "failed": "#b00020", "crashed": "#b00020"}  # fmt: skip
-_BAR_STYLES = {"ok": "success", "cached": "success", "mismatch": "warning", "deferred": "info",
-               "failed": "danger", "crashed": "danger"}  # fmt: skip
+_STATUS_COLORS = {"ok": "#1b7f3b", "mismatch": "#b36b00", "deferred": "#49759c", "unavailable": "#777",
+                  "cancelled": "#777", "failed": "#b00020", "crashed": "#b00020"}  # fmt: skip
+_BAR_STYLES = {"ok": "success", "mismatch": "warning", "deferred": "info", "failed": "danger", "crashed": "danger"}
 
 
 class WizardView:
@@ -89,7 +88,6 @@ class WizardView:
         self.back_button.disabled = state.step == 0 or state.running
         last = state.step == len(STEPS) - 1
         self.next_button.disabled = last or (STEPS[state.step] == "run" and (state.running or state.report is None))
-        self.next_button.description = "Next"
 
     def _on_messages(self, change: Any = None) -> None:
         for name, widget in self.step_messages.items():
@@ -173,6 +171,7 @@ class WizardView:
     def _targets_page(self) -> ipywidgets.Widget:
         w, state = self.w, self.state
         self.backend_boxes: dict[str, ipywidgets.Checkbox] = {}
+        self._syncing = False
         rows = []
         try:
             backend_rows = state.backend_rows()
@@ -194,6 +193,11 @@ class WizardView:
                 )
             rows.append(w.HBox([box, w.HTML(note)]))
         state.observe(lambda c: self._sync_backend_boxes(), "backends")
+        # Once a message shows, re-check on every edit so it goes away as soon as the input is fixed.
+        state.observe(self._recheck_targets, [
+            "backends", "dynamic_batch", "batch_min", "batch_opt", "batch_max", "opset", "fp16", "atol", "rtol",
+            "out_dir",
+        ])  # fmt: skip
 
         def linked(widget: Any, trait: str) -> Any:
             self.w.link((state, trait), (widget, "value"))
@@ -228,14 +232,22 @@ class WizardView:
             self.step_messages["targets"],
         ])  # fmt: skip
 
+    def _recheck_targets(self, change: Any) -> None:
+        if self.state.messages.get("targets"):
+            self.state.validate_step("targets")
+
     def _on_backend_box(self, change: Any) -> None:
-        self.state.backends = [name for name, box in self.backend_boxes.items() if box.value]
+        if not self._syncing:
+            self.state.backends = [name for name, box in self.backend_boxes.items() if box.value]
 
     def _sync_backend_boxes(self) -> None:
-        for name, box in self.backend_boxes.items():
-            want = name in self.state.backends
-            if box.value != want:
-                box.value = want
+        # Ticking boxes one by one must not write a half-synced list back into the state.
+        self._syncing = True
+        try:
+            for name, box in self.backend_boxes.items():
+                box.value = name in self.state.backends
+        finally:
+            self._syncing = False
 
     # -- step 3: run -----------------------------------------------------------------------------------
     def _run_page(self) -> ipywidgets.Widget:
@@ -442,7 +454,7 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
         err = "" if r["max_abs_err"] is None else f"{r['max_abs_err']:.2e}"
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.3g} ms"
         artifact = html.escape(_display_path(r["artifact"])) if r["artifact"] else ""
-        status = html.escape(r["status"])
+        status = html.escape(r["status"]) + (" <small>(cached)</small>" if r.get("cached") else "")
         title = f" title='{html.escape(r['message'], quote=True)}'" if r.get("message") else ""
         body.append(
             f"<tr class='enn-wizard-row' data-backend='{html.escape(r['backend'])}'>"

@@ -10,12 +10,9 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enn_nb.export.backends.base import ExportJob, TensorInfo
-
-if TYPE_CHECKING:
-    import torch
 
 #: Name under which the essentials are embedded where a format has a free-form slot.
 ESSENTIALS_KEY = "enn_nb_essentials"

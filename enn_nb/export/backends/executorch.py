@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,8 +65,7 @@ class ExecutorchBackend(Backend):
         bounds = batch_bounds(ep)
         dynamic = bool(job.dynamic_batch) and bounds is not None
         high = int(opts["max_batch"] or job.batch_range[2])
-        if dynamic:
-            assert bounds is not None
+        if dynamic and bounds is not None:
             if bounds[1] is None or bounds[1] > high:
                 ep = retrace(ep, job, (job.batch_range[0], high))
                 notes.append(
@@ -82,7 +82,14 @@ class ExecutorchBackend(Backend):
                 ) from exc
             # Some delegates cannot lower dynamic shapes; never fall back silently.
             static_ep = retrace(job.exported_program, job, None)
-            program, info = self._lower(static_ep, job, delegate)
+            try:
+                program, info = self._lower(static_ep, job, delegate)
+            except Exception as static_exc:
+                raise BackendError(
+                    f"`executorch` lowering ({delegate}) failed with a dynamic batch ({first_line(exc)}) and "
+                    f"with a static one ({first_line(static_exc)}).",
+                    backend=self.name, stage="convert",
+                ) from static_exc
             ep, dynamic = static_ep, False
             notes.append(
                 f"the {delegate} lowering could not handle a dynamic batch ({first_line(exc)}); the artifact "
@@ -90,8 +97,6 @@ class ExecutorchBackend(Backend):
             )
         write_bytes_atomic(out_path, program.buffer)
         inputs, outputs = program_io(ep, job, dynamic=dynamic)
-        from importlib.metadata import version
-
         details = {"delegate": delegate, **info}
         if dynamic:
             bounds = batch_bounds(ep)

@@ -38,9 +38,10 @@ class LitertBackend(Backend):
 
     * float64 arithmetic (the reference Scaler) does not lower (``tfl.greater`` on f64 is illegal):
       the program is demoted to float32 first (:func:`demote_float64_module`).
-    * a dynamic batch is tried first; its lowering fails on any reshape whose size depends on the
-      batch (every ``nn.Linear`` on a 3-D input), and then the artifact is static at the capture
-      batch, with the converter's reason in ``notes``.
+    * a dynamic batch is tried first. On the reference model its lowering fails (a column gather
+      ``x[:, i]`` and reshapes whose size is the batch do not lower through the JAX bridge with a
+      symbolic batch); the artifact is then static at the capture batch, with the converter's reason
+      in ``notes``. A model without such ops keeps its dynamic batch.
 
     Options:
         dynamic_batch: try a dynamic batch (default True; False converts static directly).
@@ -136,8 +137,15 @@ class LitertBackend(Backend):
             runner = interpreter.get_signature_runner(SIGNATURE)
         in_names, out_names = _ordered_names(interpreter, runner)
 
+        first = [True]
+
         def run(inputs: list[Any]) -> list[Any]:
-            outputs = runner(**dict(zip(in_names, inputs)))
+            if first[0]:  # the interpreter logs its XNNPACK delegate creation on the first call
+                first[0] = False
+                with captured_output():
+                    outputs = runner(**dict(zip(in_names, inputs)))
+            else:
+                outputs = runner(**dict(zip(in_names, inputs)))
             return [outputs[name] for name in out_names]
 
         return run

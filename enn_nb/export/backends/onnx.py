@@ -41,8 +41,10 @@ class OnnxBackend(Backend):
             # rewrite so the data file is named after this artifact, not after the shared file
             full = onnx.load(str(source))
             data_name = out_path.name + ".data"
-            onnx.save(full, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
-            extra_files.append(out_path.with_name(data_name))
+            onnx.save(full, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                      location=data_name, size_threshold=0)
+            if out_path.with_name(data_name).exists():
+                extra_files.append(out_path.with_name(data_name))
         else:
             shutil.copyfile(source, out_path)
         if options.get("check", True):

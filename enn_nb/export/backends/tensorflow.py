@@ -13,8 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from enn_nb._optional import is_installed, require
 from enn_nb.errors import BackendError
-from enn_nb.export.backends._edge_common import BATCH, ESSENTIALS_KEY, demote_float64_onnx, demotion_note
+from enn_nb.export.backends._edge_common import (
+    BATCH,
+    ESSENTIALS_KEY,
+    captured_output,
+    demote_float64_onnx,
+    demotion_note,
+)
 from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 
 SIGNATURE = "serving_default"
@@ -55,8 +62,10 @@ class TensorflowBackend(Backend):
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
-        import onnx
-
+        onnx = require("onnx", purpose="the `tensorflow` backend")
+        for child_needs in ("onnx2tf", "tensorflow"):  # imported by the child only: check, do not import
+            if not is_installed(child_needs):
+                require(child_needs, purpose="the `tensorflow` backend")  # raises the install hint
         source = job.onnx_path
         model = onnx.load(str(source))
         counts = demote_float64_onnx(model)
@@ -125,10 +134,6 @@ class TensorflowBackend(Backend):
         )
 
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
-        from enn_nb._optional import require
-
-        from enn_nb.export.backends._edge_common import captured_output
-
         with captured_output():  # TensorFlow logs its start-up (oneDNN, CUDA probing) from C++
             tf = require("tensorflow", purpose="running SavedModel artifacts")
             loaded = tf.saved_model.load(str(artifact))
