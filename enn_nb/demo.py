@@ -38,7 +38,8 @@ def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "av
 
     step("training the reference model (seed 0)")
     model = train_reference(seed=0)
-    paths = {"pt": ckpts / "reference.pt", "safetensors": ckpts / "reference.safetensors", "dcp": ckpts / "reference.dcp"}
+    paths = {"pt": ckpts / "reference.pt", "safetensors": ckpts / "reference.safetensors",
+             "dcp": ckpts / "reference.dcp"}
     meta = {"made_by": "enn-nb demo"}
     enn_nb.save(model, paths["pt"], metadata=meta)
     enn_nb.save(model, paths["safetensors"], metadata=meta)
@@ -49,9 +50,11 @@ def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "av
     ck = report("checkpoint_report", out_dir, html=html, progress=progress, no_input=True,
                 checkpoint=str(paths["pt"]), other=str(paths["dcp"]), title="enn-nb demo: one model, two formats")
 
-    step(f"export_report: {paths['safetensors'].name} to {backends if isinstance(backends, str) else ', '.join(backends)} backends")
-    result = report("export_report", out_dir, html=html, progress=progress, checkpoint=str(paths["safetensors"]),
-                    backends=backends if isinstance(backends, str) else list(backends), title="enn-nb demo: export report")
+    which = backends if isinstance(backends, str) else ", ".join(backends)
+    step(f"export_report: {paths['safetensors'].name} to {which} backends")
+    result = report("export_report", out_dir, html=html, no_input=True, progress=progress,
+                    checkpoint=str(paths["safetensors"]), title="enn-nb demo: export report",
+                    backends=backends if isinstance(backends, str) else list(backends))
     step("done")
     print()
     print(result.verdict if result.verdict is not None else "(no verdict)")

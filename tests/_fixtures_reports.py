@@ -11,7 +11,8 @@ TEMPLATES = ROOT / "templates"
 
 # A tiny reference model: fast paths on (FlexAttention, the custom op, bucketize calibration), so the
 # export-safe deviations are real, but small enough that an export report runs in well under a minute.
-TINY = {"steps": 20, "n_sensors": 2, "n_steps": 24 * 7, "d_model": 8, "heads": 2, "depth": 1, "n_knots": 4, "horizon": 2}
+TINY = {"steps": 20, "n_sensors": 2, "n_steps": 24 * 7, "d_model": 8, "heads": 2, "depth": 1, "n_knots": 4,
+        "horizon": 2}
 
 
 def tiny_model(seed: int = 0, **overrides: Any) -> Any:

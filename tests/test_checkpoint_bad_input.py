@@ -113,7 +113,7 @@ def _small() -> Tiny:
     return tiny(in_dim=3, hidden=4, horizon=1)
 
 
-@pytest.mark.parametrize(("name", "stride"), [("m.pt", 17), ("m.safetensors", 5), ("m_dcp", 11)])
+@pytest.mark.parametrize(("name", "stride"), [("m.pt", 17), ("m.safetensors", 5), ("m_dcp", 29)])
 def test_a_flipped_byte_anywhere_is_caught(tmp_path, name, stride):
     """Every `stride`-th byte of every file flipped in turn: each load fails with an enn_nb error.
 
@@ -372,3 +372,26 @@ def test_non_tensor_state_is_refused_before_writing(tmp_path):
     with pytest.raises(CheckpointError, match="_extra_state"):
         enn_nb.save(WithExtra(), path)
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_saving_never_replaces_unrelated_data(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.md").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        enn_nb.save(tiny(), project, format="dcp")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        enn_nb.save(tiny(), project, format="pt")
+    assert [p.name for p in project.iterdir()] == ["notes.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert enn_nb.save(tiny(), empty).format == "dcp"  # an empty directory is fine
+
+
+def test_meta_tensors_are_refused(tmp_path):
+    with torch.device("meta"):
+        model = Tiny()
+    with pytest.raises(CheckpointError, match="meta device"):
+        enn_nb.save(model, tmp_path / "m.pt")
+    assert list(tmp_path.iterdir()) == []

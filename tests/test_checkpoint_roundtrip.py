@@ -315,3 +315,43 @@ def test_spec_argument_overrides_the_model(tmp_path):
     spec = enn_nb.ModelSpec.from_model(model).replace(tasks=[{"name": "custom"}])
     manifest = enn_nb.save(model, Path(tmp_path / "m.pt"), spec=spec.to_dict())
     assert manifest.spec.tasks == [{"name": "custom"}]
+
+
+class _Zoo(torch.nn.Module):
+    """Every dtype the formats share, a 0-d tensor, an empty one, a non-contiguous one, tied weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("bf16", torch.randn(3, 5, generator=g).to(torch.bfloat16))
+        self.register_buffer("f16", torch.randn(7, generator=g).to(torch.float16))
+        self.register_buffer("f64", torch.randn(2, 2, generator=g, dtype=torch.float64))
+        self.register_buffer("i64", torch.arange(-5, 6))
+        self.register_buffer("i8", torch.tensor([-128, 0, 127], dtype=torch.int8))
+        self.register_buffer("u8", torch.tensor([0, 255], dtype=torch.uint8))
+        self.register_buffer("flags", torch.tensor([True, False, True]))
+        self.register_buffer("scalar", torch.tensor(3.25))
+        self.register_buffer("empty", torch.zeros(0, 4))
+        self.register_buffer("strided", torch.arange(12.0).reshape(3, 4).t())
+        self.a = torch.nn.Linear(3, 3)
+        self.b = torch.nn.Linear(3, 3)
+        self.b.weight = self.a.weight  # tied
+
+
+@pytest.mark.parametrize("name", ["z.pt", "z.safetensors", "z_dcp"])
+def test_every_dtype_and_odd_tensors_round_trip(tmp_path, name):
+    zoo = _Zoo()
+    assert not zoo.strided.is_contiguous()
+    enn_nb.save(zoo, tmp_path / name, spec=enn_nb.ModelSpec())
+    target = _Zoo()
+    with torch.no_grad():
+        for t in target.state_dict().values():
+            t.zero_() if t.dtype != torch.bool else t.logical_not_()
+    loaded = enn_nb.load(tmp_path / name, model=target)
+    assert loaded.verified
+    for key, tensor in zoo.state_dict().items():
+        got = target.state_dict()[key]
+        assert got.dtype == tensor.dtype and got.shape == tensor.shape and torch.equal(got, tensor), key
+    assert target.b.weight is target.a.weight
+    table = {t.name: t for t in loaded.manifest.tensors}
+    assert table["scalar"].shape == () and table["empty"].nbytes == 0 and table["bf16"].dtype == "bfloat16"

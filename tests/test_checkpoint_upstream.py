@@ -143,6 +143,7 @@ def test_plain_safetensors_without_any_metadata(tmp_path):
     assert torch.equal(enn_nb.load(path, model=model).model.w, torch.ones(2, 3))
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_upstream_dcp_directory_with_meta_json(trained_model, tmp_path, upstream_builder):
     import torch.distributed.checkpoint as dcp
 

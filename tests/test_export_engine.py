@@ -237,3 +237,20 @@ def test_external_data_when_the_weights_are_too_big_for_one_file(tmp_path, monke
     assert {f["path"]: f["role"] for f in data["files"]} == {"model.onnx": "artifact", "model.onnx.data": "external_data"}
     assert (tmp_path / "model.onnx.data").stat().st_size > 0
     assert_backend_conforms(report, "ort")  # the ORT converter found the data file beside the model
+
+
+def test_provenance_is_recorded_when_run_in_an_ipython_cell(tmp_path):
+    import hashlib
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.user_ns.update(model=TinyMLP(), x=torch.randn(2, 6), out=str(tmp_path), enn_nb=enn_nb)
+    cell = 'report = enn_nb.export(model, "pt2", out_dir=out, example_inputs=x, isolate=False, cache=False)\n'
+    result = shell.run_cell(cell, store_history=True)
+    result.raise_error()
+    count = shell.execution_count - 1
+    data = sidecar.read(shell.user_ns["report"]["pt2"].sidecar)
+    prov = data["provenance"]
+    assert prov["cell_sha256"] == hashlib.sha256(cell.encode()).hexdigest()
+    assert prov["execution_count"] == count and "recorded_at" in prov

@@ -227,3 +227,15 @@ def test_export_with_a_fast_path_on_fails_naming_it(model, tmp_path, suffix, mar
     report = enn_nb.export(model, "pt2", out_dir=tmp_path, isolate=False, cache=False)
     assert report["pt2"].status == "ok"
     assert {d["name"] for d in report.deviations} >= set(on)
+
+
+def test_compiled_blocks_are_exported_eager_and_switched_back(model, tmp_path):
+    model.compile_blocks = True  # what ModelConfig(compile_blocks=True) sets
+    report = enn_nb.export(model, "pt2", out_dir=tmp_path, isolate=False, cache=False, verify=False)
+    assert report["pt2"].status == "ok"
+    compiled = next(d for d in report.deviations if d["name"] == "compile_blocks")
+    assert compiled == {**compiled, "kind": "compiled", "from": True, "to": False}
+    assert model.compile_blocks is True
+    program = torch.export.load(str(report["pt2"].artifact))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("fused_gelu_linear" in t or "flex" in t or "bucketize" in t for t in targets)

@@ -70,7 +70,8 @@ def test_sidecars_are_attached_to_the_notebook_metadata(passed):
 
 def test_plots_are_png_images(passed):
     _, out = passed
-    images = [o["data"]["image/png"] for _, o in outputs(out / "export_report.ipynb") if "image/png" in o.get("data", {})]
+    images = [o["data"]["image/png"] for _, o in outputs(out / "export_report.ipynb")
+              if "image/png" in o.get("data", {})]
     assert len(images) == 4  # parity, latency at batch 1 and 4, size
     assert all(base64.b64decode(img)[:8] == b"\x89PNG\r\n\x1a\n" for img in images)
 
@@ -108,7 +109,8 @@ def test_zero_tolerance_forces_a_mismatch_and_the_gate_fails(tiny_checkpoint, tm
                  "-p", "atol=0", "-p", "rtol=0", "-p", "batch_sizes=[2]", "--out", str(tmp_path), "--no-progress"])
     assert code == 1
     err = capsys.readouterr().err
-    assert re.search(r"enn-nb report: FAIL: onnx: mismatch \(max abs error \S+ at batch \d+ beyond atol=0, rtol=0\)", err), err
+    expected = r"enn-nb report: FAIL: onnx: mismatch \(max abs error \S+ at batch \d+ beyond atol=0, rtol=0\)"
+    assert re.search(expected, err), err
     meta = metadata(tmp_path / "export_report.ipynb")["enn_nb"]
     assert meta["verdict"]["ok"] is False and meta["verdict"]["backends"]["onnx"]["status"] == "mismatch"
     assert meta["sidecars"]["onnx"]["content"]["status"] == "mismatch"

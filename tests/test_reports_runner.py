@@ -14,7 +14,8 @@ pytestmark = pytest.mark.notebook
 VERDICT = (
     "from IPython.display import display\n"
     "from enn_nb.reports.verdict import Verdict\n"
-    "display(Verdict(ok=value > 0, headline=f'value is {value}', failures=[] if value > 0 else ['value: not positive'],\n"
+    "display(Verdict(ok=value > 0, headline=f'value is {value}',\n"
+    "                failures=[] if value > 0 else ['value: not positive'],\n"
     "                sidecars={'fake': sidecar} if sidecar else {}))"
 )
 

@@ -85,8 +85,10 @@ def test_wheel_ships_the_templates_and_finds_them_installed(tmp_path):
     shutil.copytree(ROOT / "enn_nb", src / "enn_nb", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     assert (src / "enn_nb" / "templates").is_symlink()
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
     wheel = next(dist.glob("enn_nb-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())

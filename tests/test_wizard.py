@@ -428,3 +428,22 @@ def test_the_wizard_displays_as_a_widget():
     bundle = w._repr_mimebundle_()
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == w.view.widget.model_id
     assert "step='model'" in repr(w)
+
+
+def test_without_ipywidgets_the_error_names_the_extra(monkeypatch):
+    from enn_nb.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    with pytest.raises(MissingDependencyError, match=r"%pip install 'enn-nb\[notebook\]'"):
+        wizard({"net": _net()})
+
+
+def test_importing_the_wizard_imports_nothing_heavy():
+    import subprocess
+
+    code = (
+        "import sys, enn_nb.notebook.wizard, enn_nb.notebook.plots, enn_nb.notebook.latency; "
+        "print(sorted(m for m in ('ipywidgets', 'torch', 'matplotlib', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

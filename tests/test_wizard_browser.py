@@ -106,7 +106,7 @@ def voila_url(tmp_path):
 @pytest.fixture
 def browser_page(tmp_path):
     if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed: run `make browser` (apt-get install chromium)")
+        pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed: run `make browser` (apt-get chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
@@ -145,11 +145,13 @@ def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artif
         onnx.check()
         # a real conversion, not a hit of the export cache an earlier run filled
         page.get_by_role("checkbox", name="reuse identical earlier exports (cache)").uncheck()
+        page.screenshot(path=str(artifacts_dir / "wizard_targets.png"), full_page=True)
         next_button.click()
 
         page.locator("button.enn-wizard-run").click()
         # progress and log flow while the export runs in the kernel's background thread
         page.get_by_text("shared: capture -> ok").wait_for(timeout=300_000)
+        page.screenshot(path=str(artifacts_dir / "wizard_run.png"), full_page=True)
         table = page.locator("table.enn-wizard-results")
         table.wait_for(timeout=600_000)
         row = table.locator("tr[data-backend='onnx']")

@@ -34,7 +34,7 @@ from enn_nb.errors import (
     UnsafeCheckpointError,
 )
 
-from .atomic import fsync_dir, remove_path, replace_dir, temp_path
+from .atomic import check_replaceable, fsync_dir, remove_path, replace_dir, temp_path
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 from .manifest import FileEntry, Manifest, decode, encode
@@ -165,6 +165,17 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     local = {name: t for name, t in {**request.state, **opt_tensors}.items() if not _is_dtensor(t)}
     pool = HashPool().submit_all(local) if rank == 0 else None
     error: BaseException | None = None
+    refusal = None
+    if rank == 0:
+        try:
+            check_replaceable(final, directory=True)
+        except CheckpointError as exc:
+            refusal = str(exc)
+    refusal = _broadcast(dist, refusal)
+    if refusal is not None:
+        if pool is not None:
+            pool.close()
+        raise CheckpointError(refusal)
     try:
         if rank == 0:
             final.parent.mkdir(parents=True, exist_ok=True)

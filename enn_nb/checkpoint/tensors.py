@@ -45,6 +45,11 @@ def model_state(model: Any) -> dict[str, torch.Tensor]:
                 f"`state_dict()[{key!r}]` is a {type(value).__name__}, not a tensor; checkpoints hold tensors "
                 "only. Store such values in `metadata=` (JSON) instead."
             )
+        if value.is_meta:
+            raise CheckpointError(
+                f"`state_dict()[{key!r}]` is on the meta device and holds no data; materialise the model "
+                "(e.g. `model.to_empty(device='cpu')` and load or initialise its weights) before saving."
+            )
         name = canonical_key(key)
         if name in out:
             raise CheckpointError(

@@ -181,10 +181,11 @@ def _name_batch_dim(model: Any) -> None:
 
 
 class Shared:
-    """The shared capture of one export, made on first use, in the parent or in the isolated child.
+    """The shared capture of one export: the program (in memory, or loaded from ``capture.pt2`` in an
+    isolated child) and the one ONNX file, exported on first use by the first ONNX consumer.
 
     Attributes:
-        timings: seconds of ``capture`` (torch.export) and ``onnx`` (the shared ONNX), when made here.
+        timings: seconds of ``onnx`` (the shared ONNX) and ``load_capture``, when made here.
     """
 
     def __init__(
@@ -198,7 +199,6 @@ class Shared:
         onnx_options: dict[str, Any],
         ep: Any = None,
         ep_path: Path | None = None,
-        capture: Any = None,
     ) -> None:
         self.workdir = workdir
         self.stem = stem
@@ -208,7 +208,6 @@ class Shared:
         self.onnx_options = onnx_options
         self._ep = ep
         self._ep_path = ep_path
-        self._capture = capture  # callable making the program when neither ep nor ep_path is given
         self.timings: dict[str, float] = {}
 
     @property
@@ -217,15 +216,13 @@ class Shared:
 
     def exported_program(self) -> Any:
         if self._ep is None:
-            started = time.perf_counter()
-            if self._ep_path is not None:
-                import torch
+            if self._ep_path is None:
+                raise RuntimeError("Shared has neither a program nor the path of a saved one")
+            import torch
 
-                self._ep = torch.export.load(str(self._ep_path))
-                self.timings["load_capture"] = time.perf_counter() - started
-            else:
-                self._ep = self._capture()
-                self.timings["capture"] = time.perf_counter() - started
+            started = time.perf_counter()
+            self._ep = torch.export.load(str(self._ep_path))
+            self.timings["load_capture"] = time.perf_counter() - started
         return self._ep
 
     def onnx_path(self) -> Path:

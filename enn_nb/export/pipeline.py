@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from enn_nb.spec import ModelSpec
 
 Progress = Callable[[dict[str, Any]], None]
+
+log = logging.getLogger(__name__)
 
 _STAGES = ("capture", "convert", "verify", "sidecar", "done")
 
@@ -173,6 +176,9 @@ def export(
         report.vectors = vectors_path
     report.results = [p.result for p in plans if p.result is not None]
     report.total_s = time.perf_counter() - started
+    for result in report.results:  # logged from the calling thread (lanes run in their own)
+        log.info("%s", result.summary())
+    log.info("export finished in %.2fs -> %s", report.total_s, out)
     _raise_if_needed(report, strict)
     return report
 
@@ -280,6 +286,8 @@ def _run(
                 emit(plan.name, "done", "failed", plan.index)
             return
         report.capture_s = time.perf_counter() - t_capture
+        log.info("capture: torch.export in %.2fs (batch %s), shared by %d backend(s)", report.capture_s,
+                 "dynamic" if batch_dynamic else "static", len(todo))
         emit(None, "capture", "ok", 0)
         shared = Shared(
             workdir=workdir,

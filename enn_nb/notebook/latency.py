@@ -110,7 +110,8 @@ def measure(
             on_backend(result.backend)
         batch = batch_size if result.dynamic_batch else _static_batch(result, example)
         try:
-            runner = backend.load(Path(result.artifact), {**backend.default_options, **dict(options.get(result.backend, {}))})
+            load_options = {**backend.default_options, **dict(options.get(result.backend, {}))}
+            runner = backend.load(Path(result.artifact), load_options)
             feed = inputs(batch)
             timed[result.backend] = time_call(lambda: runner(feed))
             batches[result.backend] = batch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,7 @@ class Wizard:
         controller: the run controller (background thread, event marshalling).
     """
 
-    def __init__(
-        self,
-        namespace: Mapping[str, Any] | None = None,
-        *,
-        export: Callable[..., Any] | None = None,
-        **defaults: Any,
-    ) -> None:
+    def __init__(self, namespace: Mapping[str, Any] | None = None, **defaults: Any) -> None:
         from enn_nb._optional import require
 
         require("ipywidgets", purpose="the export wizard")
@@ -37,7 +31,7 @@ class Wizard:
 
         self.state = WizardState(namespace)
         self.state.apply_defaults(defaults)
-        self.controller = ExportRun(self.state, export=export)
+        self.controller = ExportRun(self.state)
         self.view = WizardView(
             self.state, self.controller, save_report=self._make_report if reports_available() else None
         )

@@ -16,8 +16,13 @@ events (dicts) on a ``queue.Queue`` and asks the kernel's asyncio loop to drain 
 kernel's main thread, in order. The worker reads only one thing the main thread writes: a
 ``threading.Event`` set by Cancel, passed to ``enn_nb.export(should_stop=...)``.
 
+The trade-off: while the main thread runs another long cell, the drain waits for it, so the bars
+pause (the export itself goes on) and catch up when the cell ends. Setting widget traits straight
+from the worker would keep them moving then, at the price of the races above; we chose order.
+
 Outside a kernel (plain Python, pytest) there is no running loop: events wait in the queue until
-:meth:`ExportRun.pump` or :meth:`ExportRun.wait` applies them on the caller's thread.
+:meth:`ExportRun.pump` or :meth:`ExportRun.wait` applies them on the caller's thread. The same path
+carries "Save as report", which runs papermill in a worker thread too (:meth:`ExportRun.background`).
 """
 
 from __future__ import annotations

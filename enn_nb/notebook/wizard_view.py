@@ -203,18 +203,20 @@ class WizardView:
             self.w.link((state, trait), (widget, "value"))
             return widget
 
-        short = w.Layout(width="170px")
-        self.dynamic_batch = linked(w.Checkbox(description="dynamic batch", indent=False), "dynamic_batch")
-        self.batch_min = linked(w.IntText(description="min", layout=short), "batch_min")
-        self.batch_opt = linked(w.IntText(description="opt", layout=short), "batch_opt")
-        self.batch_max = linked(w.IntText(description="max", layout=short), "batch_max")
+        short = w.Layout(width="130px")
+        tight = {"description_width": "initial"}
+        self.dynamic_batch = linked(w.Checkbox(description="dynamic batch", indent=False,
+                                               layout=w.Layout(width="140px")), "dynamic_batch")  # fmt: skip
+        self.batch_min = linked(w.IntText(description="min", layout=short, style=tight), "batch_min")
+        self.batch_opt = linked(w.IntText(description="opt", layout=short, style=tight), "batch_opt")
+        self.batch_max = linked(w.IntText(description="max", layout=short, style=tight), "batch_max")
         self.opset = linked(w.IntText(description="ONNX opset", layout=w.Layout(width="200px"),
                                       style={"description_width": "90px"}), "opset")  # fmt: skip
         fp16_names = ", ".join(state.fp16_backends()) or "none available here"
         self.fp16 = linked(w.Checkbox(description=f"fp16 where supported ({fp16_names})", indent=False,
                                       layout=w.Layout(width="auto")), "fp16")  # fmt: skip
-        self.atol = linked(w.Text(description="atol", placeholder="backend default", layout=short), "atol")
-        self.rtol = linked(w.Text(description="rtol", placeholder="backend default", layout=short), "rtol")
+        self.atol = linked(w.Text(description="atol", placeholder="default", layout=short, style=tight), "atol")
+        self.rtol = linked(w.Text(description="rtol", placeholder="default", layout=short, style=tight), "rtol")
         self.out_dir = linked(w.Text(description="Output dir", layout=w.Layout(width="520px")), "out_dir")
         self.isolate = linked(w.Checkbox(description="isolate each backend in a child process", indent=False,
                                          layout=w.Layout(width="auto")), "isolate")  # fmt: skip
@@ -304,7 +306,7 @@ class WizardView:
     def _on_log(self, change: Any = None) -> None:
         lines = self.state.log[-400:]  # the page stays light even for a chatty export
         self.log.value = (
-            "<pre style='margin:0;font-size:0.85em;white-space:pre-wrap'>"
+            "<pre style='margin:0;font-size:0.85em;line-height:1.35;white-space:pre-wrap'>"
             + html.escape("\n".join(lines)) + "</pre>"
         )
 

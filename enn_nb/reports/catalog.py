@@ -122,7 +122,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 _NUMERIC = {"int": (int,), "float": (int, float), "bool": (bool,)}
 
 
-def check_parameters(template: str | Path, params: dict[str, Any], *, declared: dict[str, dict[str, Any]] | None = None) -> None:
+def check_parameters(
+    template: str | Path, params: dict[str, Any], *, declared: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Refuse parameters the template does not declare, and numbers given as something else.
 
     papermill itself only logs a warning for an unknown parameter and runs on; a report that silently

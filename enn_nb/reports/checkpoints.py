@@ -101,18 +101,20 @@ class CheckpointDiff:
     def tables(self) -> list[HtmlTable]:
         out = []
         if self.config:
-            out.append(HtmlTable(["key", "first", "second"], [[k, _short(a), _short(b)] for k, (a, b) in self.config.items()],
-                                 caption="Spec / config changes"))
+            rows = [[k, _short(a), _short(b)] for k, (a, b) in self.config.items()]
+            out.append(HtmlTable(["key", "first", "second"], rows, caption="Spec / config changes"))
         if self.metadata:
-            out.append(HtmlTable(["key", "first", "second"], [[k, _short(a), _short(b)] for k, (a, b) in self.metadata.items()],
-                                 caption="Metadata changes"))
+            rows = [[k, _short(a), _short(b)] for k, (a, b) in self.metadata.items()]
+            out.append(HtmlTable(["key", "first", "second"], rows, caption="Metadata changes"))
         if self.added or self.removed:
-            rows = [[n, "added (only in the second)"] for n in self.added] + [[n, "removed (only in the first)"] for n in self.removed]
+            rows = [[n, "added (only in the second)"] for n in self.added]
+            rows += [[n, "removed (only in the first)"] for n in self.removed]
             out.append(HtmlTable(["tensor", "change"], rows, caption="Tensors added / removed"))
         if self.changed:
             rows = [[c.name, c.change, "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3e}", c.before, c.after]
                     for c in self.changed]
-            out.append(HtmlTable(["tensor", "change", "max abs diff", "first", "second"], rows, caption="Tensors changed"))
+            columns = ["tensor", "change", "max abs diff", "first", "second"]
+            out.append(HtmlTable(columns, rows, caption="Tensors changed"))
         return out
 
     def __repr__(self) -> str:
@@ -202,7 +204,8 @@ def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -
     from enn_nb.notebook.plots import human_size
 
     rows = [
-        [Path(m.path or "").name, m.format, m.spec.builder or "-", len(m.tensors), human_size(m.tensor_bytes), m.content_hash[:16]]
+        [Path(m.path or "").name, m.format, m.spec.builder or "-", len(m.tensors), human_size(m.tensor_bytes),
+         m.content_hash[:16]]
         for m in manifests
     ]
     caption = diff_result.headline() if diff_result is not None else "One checkpoint."

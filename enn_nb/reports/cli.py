@@ -15,14 +15,15 @@ def register(subparsers: Any) -> None:
         "report",
         help="execute a report template (papermill) and exit non-zero if it fails",
         description=(
-            "Execute a report template through a Jupyter kernel and write the executed notebook "
-            "(and HTML). Exits 1 when a requested backend failed, crashed or mismatched, or a cell "
-            "raised; the reasons are printed. Built-in templates: " + (", ".join(templates()) or "(none)") + "."
+            "Execute a report template through a Jupyter kernel and write the executed notebook (and HTML).\n"
+            "Exits 1 when a requested backend failed, crashed or mismatched, or a cell raised; the reasons\n"
+            "are printed. Built-in templates: " + (", ".join(templates()) or "(none)") + "."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
-            "  enn-nb report export_report -p checkpoint=model.safetensors -p 'backends=[onnx, pt2]' --out reports --html\n"
+            "  enn-nb report export_report -p checkpoint=model.safetensors -p 'backends=[onnx, pt2]' \\\n"
+            "      --out reports --html\n"
             "  enn-nb report export_report --each 'ckpts/*.safetensors' -p atol=1e-5 --out nightly --html\n"
             "  enn-nb report checkpoint_report -p checkpoint=a.pt -p other=b.safetensors --out diff\n"
             "  enn-nb report export_report --describe"

@@ -9,7 +9,9 @@ from typing import Any
 from enn_nb.errors import ReportError
 
 
-def to_html(notebook: str | os.PathLike[str], html_path: str | os.PathLike[str] | None = None, *, no_input: bool = False) -> Path:
+def to_html(
+    notebook: str | os.PathLike[str], html_path: str | os.PathLike[str] | None = None, *, no_input: bool = False
+) -> Path:
     """Write ``notebook`` as HTML next to it (or at ``html_path``) and return the HTML file's path.
 
     Args:

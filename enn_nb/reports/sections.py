@@ -1,4 +1,4 @@
-"""Building blocks of the ``export_report`` template: which backends, latency and parity per batch size, tables, verdict."""
+"""Building blocks of the ``export_report`` template: backends, latency and parity per batch size, tables, verdict."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import html
 import json
 import math
 import os
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,7 +59,7 @@ def requested_backends(backends: str | Sequence[str] | None) -> Requested:
 
 
 def tolerances(atol: float | None, rtol: float | None, names: Sequence[str]) -> dict[str, tuple[float, float]] | None:
-    """Per-backend ``(atol, rtol)`` for ``enn_nb.export``: a value given overrides, a None keeps the backend's default."""
+    """Per-backend ``(atol, rtol)`` for ``enn_nb.export``: a value given overrides; None keeps the backend default."""
     if atol is None and rtol is None:
         return None
     from enn_nb.export.registry import get_backend
@@ -247,12 +246,14 @@ def measure(
             result.notes[r.backend] = f"not measured: loading it here raised {type(exc).__name__}: {exc}"
             continue
         tol = r.parity.get("tolerance") or {}
-        atol, rtol = float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1]))
+        atol = float(tol.get("atol", backend.default_tolerance[0]))
+        rtol = float(tol.get("rtol", backend.default_tolerance[1]))
         fixed = None if r.dynamic_batch else _static_batch(r.inputs)
         if fixed is not None:
             result.notes[r.backend] = f"static batch {fixed}: timed and compared at that batch size only"
             if fixed not in inputs:  # time the eager model at that size too, for the comparison
-                inputs[fixed] = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=fixed, seed=1000 + fixed)
+                inputs[fixed] = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=fixed,
+                                                       seed=1000 + fixed)
                 expected[fixed], result.eager_ms[fixed] = eager_run(fixed)
         for b in sizes if fixed is None else [fixed]:
             arrays = [t.numpy() for t in inputs[b]]
@@ -327,7 +328,8 @@ def verdict(export: ExportReport, measurements: Measurements | None, requested: 
     headline = f"{good} of {total} backend{'s' if total != 1 else ''} exported and match eager PyTorch within tolerance"
     if failures:
         headline += f"; {len(failures)} failed the check"
-    return Verdict(ok=not failures, headline=headline + ".", backends=backends, failures=failures, notes=notes, sidecars=sidecars)
+    return Verdict(ok=not failures, headline=headline + ".", backends=backends, failures=failures, notes=notes,
+                   sidecars=sidecars)
 
 
 def _reason(r: Any, extra: list[str]) -> str:
@@ -336,7 +338,8 @@ def _reason(r: Any, extra: list[str]) -> str:
         worst = max(r.parity.get("cases", []), key=lambda c: c.get("max_abs_err", 0.0), default=None)
         where = f" at batch {worst['batch_size']}" if worst else ""
         err = r.max_abs_err if r.max_abs_err is not None else float("nan")
-        return f"max abs error {err:.3g}{where} beyond atol={tol.get('atol', float('nan')):g}, rtol={tol.get('rtol', float('nan')):g}"
+        atol, rtol = tol.get("atol", float("nan")), tol.get("rtol", float("nan"))
+        return f"max abs error {err:.3g}{where} beyond atol={atol:g}, rtol={rtol:g}"
     if r.status == "failed":
         return f"stage `{r.stage}`: {r.error_type + ': ' if r.error_type else ''}{r.error or ''}".strip()
     if r.status == "crashed":
@@ -364,8 +367,9 @@ class HtmlTable:
         def td(cell: Any) -> str:
             if isinstance(cell, tuple):
                 text, href = cell
-                return f"<td><a href='{html.escape(str(href))}'>{html.escape(str(text))}</a></td>"
-            return f"<td>{html.escape(self._text(cell))}</td>"
+                anchor = f"<a href='{html.escape(str(href))}'>{html.escape(str(text))}</a>"
+                return f"<td style='text-align:left'>{anchor}</td>"
+            return f"<td style='text-align:left'>{html.escape(self._text(cell))}</td>"
 
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in self.rows)
@@ -526,7 +530,8 @@ class Sidecars:
                 self.items.append((r.backend, Path(r.sidecar), text))
 
     def __repr__(self) -> str:
-        return "\n".join(f"{name}: {link(path)} ({len(text)} characters)" for name, path, text in self.items) or "no sidecar written"
+        lines = [f"{name}: {link(path)} ({len(text)} characters)" for name, path, text in self.items]
+        return "\n".join(lines) or "no sidecar written"
 
     def _repr_html_(self) -> str:
         if not self.items:
@@ -534,14 +539,17 @@ class Sidecars:
         parts = []
         for name, path, text in self.items:
             parts.append(
-                f"<details class='enn-nb-sidecar' data-backend='{html.escape(name)}'><summary><code>{html.escape(name)}</code>: "
+                f"<details class='enn-nb-sidecar' data-backend='{html.escape(name)}'>"
+                f"<summary><code>{html.escape(name)}</code>: "
                 f"<a href='{html.escape(link(path))}'>{html.escape(path.name)}</a></summary>"
                 f"<pre style='max-height:30em;overflow:auto;font-size:85%'>{html.escape(text)}</pre></details>"
             )
         return "".join(parts)
 
 
-def reproduce(checkpoint: Path, requested: Requested, batch_sizes: Sequence[int], atol: float | None, rtol: float | None) -> str:
+def reproduce(
+    checkpoint: Path, requested: Requested, batch_sizes: Sequence[int], atol: float | None, rtol: float | None
+) -> str:
     """The command line that re-runs this report (for a scheduler or a colleague)."""
     parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
     if requested.explicit:
