@@ -133,3 +133,45 @@ def test_sidecars_section_links_relative_and_escapes(tmp_path, monkeypatch):
     assert "<details class='enn-nb-sidecar' data-backend='onnx'>" in page
     assert "href='arts/model.onnx.enn.json'" in page
     assert "&lt;script&gt;" in page and "<script>" not in page
+
+
+def test_requested_backends_forms():
+    import enn_nb
+    from enn_nb.errors import UnknownNameError
+    from enn_nb.reports.sections import requested_backends
+
+    table = enn_nb.backends()
+    available = requested_backends("available")
+    assert not available.explicit and available.names == [r.name for r in table if r.available]
+    assert set(available.skipped) == {r.name for r in table if not r.available}
+    assert requested_backends("all").names == [r.name for r in table]
+    named = requested_backends("onnx, pt2")
+    assert named.explicit and named.names == ["onnx", "pt2"] and requested_backends(["pt2"]).names == ["pt2"]
+    with pytest.raises(UnknownNameError, match="Did you mean `onnx`"):
+        requested_backends(["onxx"])
+
+
+def test_tolerances_override_only_what_is_given():
+    from enn_nb.export.registry import get_backend
+    from enn_nb.reports.sections import tolerances
+
+    assert tolerances(None, None, ["onnx"]) is None
+    both = tolerances(0, 0, ["onnx", "pt2"])
+    assert both == {"onnx": (0.0, 0.0), "pt2": (0.0, 0.0)}
+    only_atol = tolerances(1e-3, None, ["pt2"])
+    assert only_atol == {"pt2": (1e-3, get_backend("pt2").default_tolerance[1])}
+
+
+@pytest.mark.slow
+def test_empty_checkpoint_trains_and_saves_the_reference_model(tmp_path):
+    import enn_nb
+    from enn_nb.errors import ReportError
+    from enn_nb.reports.sections import checkpoint_or_reference
+
+    path = checkpoint_or_reference("", tmp_path / "arts")
+    assert path == tmp_path / "arts" / "reference.safetensors"
+    manifest = enn_nb.inspect(path)
+    assert manifest.spec.builder == "enn_nb.reference" and manifest.metadata["made_by"].startswith("export_report")
+    assert checkpoint_or_reference(str(path), tmp_path) == path
+    with pytest.raises(ReportError, match="`nope.pt` does not exist"):
+        checkpoint_or_reference("nope.pt", tmp_path)

@@ -58,8 +58,12 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         return out
 
     _, storages = _pickle(payload(""))
+    everything = {**state, **opt_tensors}
+    # Hash in the order the storages are written (see HashPool.submit_all).
+    position = {storage._cdata: int(key) for key, storage in storages.items()}
+    order = sorted(everything, key=lambda n: position.get(everything[n].untyped_storage()._cdata, 0))
     with atomic_file(final) as tmp, HashPool() as pool:
-        pool.submit_all({**state, **opt_tensors})
+        pool.submit_all(everything, order)
         writer, handle = _open_writer(tmp)
         try:
             for key, storage in storages.items():
@@ -109,7 +113,7 @@ def _pickle(obj: Any) -> tuple[bytes, dict[str, Any]]:
 
 def _open_writer(path: Path) -> tuple[Any, Any]:
     import torch
-    from torch.serialization import _get_storage_alignment, get_crc32_options
+    from torch.serialization import _get_storage_alignment
 
     name = str(path)
     handle = None
@@ -119,7 +123,10 @@ def _open_writer(path: Path) -> tuple[Any, Any]:
     except UnicodeEncodeError:  # the C++ writer opens ascii paths only; hand it a Python file instead
         handle = open(path, "wb")  # noqa: SIM115 - closed by write()
         target = handle
-    return torch._C.PyTorchFileWriter(target, get_crc32_options(), _get_storage_alignment()), handle
+    # No CRC-32: the sha256 of every tensor and the manifest's self-hash cover the content, and a
+    # CRC pass over every byte would cost as much as the sha256 one. torch.load does not check CRCs;
+    # zip tools do (`unzip -t` reports them).
+    return torch._C.PyTorchFileWriter(target, False, _get_storage_alignment()), handle
 
 
 def _write_torch_records(writer: Any) -> None:
@@ -266,8 +273,8 @@ class PtReader:
         return True  # hashes for enn_nb files; the zip's CRC-32 records for upstream ones
 
     def _check_container(self) -> None:
-        """Check the zip structure: every local header, the CRC-32 of the small records (the pickle),
-        and for upstream files, which carry no hashes, the CRC-32 of the tensor records too."""
+        """Check the zip structure: every local header, and for upstream files, which carry no
+        hashes, the CRC-32 of every record (enn_nb writes no CRCs: its hashes cover the content)."""
         if self._container_checked:
             return
         with open(self.path, "rb") as fh:
@@ -277,7 +284,7 @@ class PtReader:
                 with zipfile.ZipFile(self.path) as zf:
                     for info in zf.infolist():
                         with zf.open(info) as record:  # opening validates the local header
-                            if self.upstream or "/data/" not in info.filename:
+                            if self.upstream:
                                 while record.read(1 << 24):
                                     pass
         except Exception as exc:  # noqa: BLE001 - zipfile raises many types on damaged input

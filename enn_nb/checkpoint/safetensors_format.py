@@ -80,7 +80,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
 
     placeholder, _ = header({name: "0" * 64 for name in tensors})
     with atomic_file(final) as tmp, HashPool() as pool:
-        pool.submit_all(tensors)
+        pool.submit_all(tensors, order)
         with open(tmp, "wb") as fh:
             fh.write(struct.pack("<Q", len(placeholder)))
             fh.write(placeholder)

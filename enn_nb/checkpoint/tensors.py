@@ -127,9 +127,13 @@ class HashPool:
     def submit(self, name: str, tensor: torch.Tensor) -> None:
         self._futures[name] = self._pool.submit(sha256_tensor, tensor)
 
-    def submit_all(self, tensors: Mapping[str, torch.Tensor]) -> HashPool:
-        # Largest first: the pool then finishes as early as the sequential writer does.
-        for name in sorted(tensors, key=lambda n: -nbytes(tensors[n])):
+    def submit_all(self, tensors: Mapping[str, torch.Tensor], order: Iterable[str] | None = None) -> HashPool:
+        """Queue every tensor, in ``order`` (default: the mapping's).
+
+        Writers pass their write order: the first worker then hashes the tensor being written at
+        the same moment, so both read the same memory while it is in the CPU caches.
+        """
+        for name in order if order is not None else tensors:
             self.submit(name, tensors[name])
         return self
 

@@ -60,11 +60,6 @@ def program_io(ep: Any, job: ExportJob, *, dynamic: bool) -> tuple[list[TensorIn
     return inputs, outputs
 
 
-def static_io(infos: list[TensorInfo], batch: int) -> list[TensorInfo]:
-    """The same tensors with a dynamic ``batch`` dim replaced by ``batch``."""
-    return [TensorInfo(t.name, [batch if d == BATCH else d for d in t.shape], t.dtype) for t in infos]
-
-
 def batch_bounds(ep: Any) -> tuple[int, int | None] | None:
     """``(min, max)`` of dim 0 of the program's first user input (max None when unbounded), or None
     when that dim is static."""
@@ -223,8 +218,12 @@ def captured_output() -> Iterator[Captured]:
     """Capture what Python and native code print (fds 1 and 2 and ``sys.stdout/stderr``).
 
     Converters print progress bars and C++ logs; the user sees them only when the step fails (the
-    caller puts :meth:`Captured.tail` into its error).
+    caller puts :meth:`Captured.tail` into its error). Process-wide while active: other threads'
+    prints are captured too.
     """
+    for stream in (sys.stdout, sys.stderr):  # what was printed before belongs to the user
+        with contextlib.suppress(Exception):
+            stream.flush()
     captured = Captured()
     sink = tempfile.TemporaryFile(mode="w+b")
     saved: dict[int, int] = {}
@@ -241,6 +240,9 @@ def captured_output() -> Iterator[Captured]:
         yield captured
     finally:
         sys.stdout, sys.stderr = py_out, py_err
+        for stream in (py_out, py_err):  # flush what native code buffered on the Python objects
+            with contextlib.suppress(Exception):
+                stream.flush()
         for fd, dup in saved.items():
             with contextlib.suppress(OSError):
                 os.dup2(dup, fd)

@@ -78,8 +78,7 @@ class CoremlBackend(Backend):
         opts = {**self.default_options, **options}
         precision = check_option(self.name, "compute_precision", opts["compute_precision"], PRECISIONS)
         check_option(self.name, "compute_units", opts["compute_units"], COMPUTE_UNITS)
-        with captured_output():  # coremltools warns about untested torch versions on import
-            ct = require("coremltools", purpose="the `coreml` backend")
+        ct = _coremltools("the `coreml` backend")
         import numpy as np
 
         target_name = str(opts["minimum_deployment_target"])
@@ -91,8 +90,8 @@ class CoremlBackend(Backend):
             )
         ep = job.exported_program
         bounds = batch_bounds(ep)
-        dynamic = bool(job.dynamic_batch) and bounds is not None
         low, opt, high = max(1, job.batch_range[0]), job.batch_range[1], job.batch_range[2]
+        dynamic = bool(job.dynamic_batch) and bounds is not None and low < high
         ct_inputs = []
         for name, tensor in zip(job.input_names, job.example_inputs):
             rest = tuple(int(d) for d in tensor.shape[1:])
@@ -162,7 +161,7 @@ class CoremlBackend(Backend):
         dynamic: bool, bounds: tuple[int, int],
     ) -> dict[str, Any]:
         """Load the saved spec and compare it with what was asked; BackendError on any difference."""
-        ct = require("coremltools", purpose="the `coreml` backend")
+        ct = _coremltools("the `coreml` backend")
         spec = ct.utils.load_spec(str(artifact))
         problems = []
         if [t.name for t in inputs] != list(job.input_names):
@@ -201,7 +200,7 @@ class CoremlBackend(Backend):
                 "Copy the .mlpackage (and its sidecar) to a Mac and run `enn-nb verify` there."
             )
         opts = {**self.default_options, **options}
-        ct = require("coremltools", purpose="running `.mlpackage` artifacts")
+        ct = _coremltools("running `.mlpackage` artifacts")
         model = ct.models.MLModel(str(artifact), compute_units=ct.ComputeUnit[opts["compute_units"]])
         spec = model.get_spec()
         in_names = [i.name for i in spec.description.input]
@@ -216,8 +215,13 @@ class CoremlBackend(Backend):
         return run
 
     def read_metadata(self, artifact: Path) -> dict[str, str] | None:
-        ct = require("coremltools", purpose="reading `.mlpackage` metadata")
+        ct = _coremltools("reading `.mlpackage` metadata")
         return read_user_metadata(ct.utils.load_spec(str(artifact))) or None
+
+
+def _coremltools(purpose: str) -> Any:
+    with captured_output():  # coremltools warns on import about untested torch/sklearn versions
+        return require("coremltools", purpose=purpose)
 
 
 def read_user_metadata(spec: Any) -> dict[str, str]:
@@ -232,7 +236,7 @@ def read_user_metadata(spec: Any) -> dict[str, str]:
 def describe(artifact: Path, program_outputs: list[TensorInfo]) -> tuple[list[TensorInfo], list[TensorInfo]]:
     """Inputs (shape and range from the spec) and outputs (names/dtypes from the spec; ML Program
     specs carry no output shapes, so those come from the captured program)."""
-    ct = require("coremltools", purpose="the `coreml` backend")
+    ct = _coremltools("the `coreml` backend")
     spec = ct.utils.load_spec(str(artifact))
     ft = ct.proto.FeatureTypes_pb2.ArrayFeatureType
 

@@ -38,13 +38,15 @@ class LitertBackend(Backend):
 
     * float64 arithmetic (the reference Scaler) does not lower (``tfl.greater`` on f64 is illegal):
       the program is demoted to float32 first (:func:`demote_float64_module`).
-    * a dynamic batch is tried first. On the reference model its lowering fails (a column gather
-      ``x[:, i]`` and reshapes whose size is the batch do not lower through the JAX bridge with a
-      symbolic batch); the artifact is then static at the capture batch, with the converter's reason
-      in ``notes``. A model without such ops keeps its dynamic batch.
+    * a dynamic batch does not lower: with torch 2.13 every attempt failed here, a plain
+      ``Linear-ReLU-Linear`` included (``float32[-9223372036854775808,16]`` from the JAX bridge), the
+      reference model on its column gathers. So the artifact is static at the capture batch by
+      default, and the sidecar says so and why. ``dynamic_batch=True`` tries anyway (about as long
+      as a conversion) and falls back to static with the converter's reason in ``notes``.
 
     Options:
-        dynamic_batch: try a dynamic batch (default True; False converts static directly).
+        dynamic_batch: try a dynamic batch first (default False: see above; the attempt failed on
+            every model with litert-torch 0.10.0 and costs about one conversion).
         embed_metadata: write the essentials into the flatbuffer's ``metadata`` table (default True),
             done with ``ai_edge_litert.tools.flatbuffer_utils`` (the schema's own Python bindings).
     """
@@ -58,7 +60,7 @@ class LitertBackend(Backend):
     consumes: ClassVar[str] = "exported_program"
     # float32 instead of float64 scaler arithmetic plus XNNPACK's fused kernels: ~4e-6 on the reference.
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    default_options: ClassVar[dict[str, Any]] = {"dynamic_batch": True, "embed_metadata": True}
+    default_options: ClassVar[dict[str, Any]] = {"dynamic_batch": False, "embed_metadata": True}
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
@@ -91,9 +93,12 @@ class LitertBackend(Backend):
                         f"({first_line(exc, 200)}); the artifact is static at batch "
                         f"{int(job.example_inputs[0].shape[0])}."
                     )
-            elif job.dynamic_batch and not opts["dynamic_batch"]:
+            elif job.dynamic_batch and bounds is not None:
                 notes.append(
-                    f"static at batch {int(job.example_inputs[0].shape[0])} (option dynamic_batch=False)."
+                    f"static at batch {int(job.example_inputs[0].shape[0])}: litert-torch "
+                    f"{_version('litert-torch')} could not lower a dynamic batch on any model tried (a plain MLP "
+                    "included), so this backend converts static unless its option dynamic_batch=True asks "
+                    "to try."
                 )
             if model is None:
                 try:
