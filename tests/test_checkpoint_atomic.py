@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,4 +168,7 @@ def test_concurrent_savers_leave_one_complete_checkpoint(tmp_path):
     for path in paths:
         assert _fill_of(path) in (3.0, 4.0)
         assert _temps(path) == []
-    assert {p.name for p in paths[2].iterdir()} == {".metadata", "__0_0.distcp", "enn_nb.manifest.json"}
+    names = {p.name for p in paths[2].iterdir()}
+    shards = {n for n in names if re.fullmatch(r"__0_\d+\.distcp", n)}
+    assert shards and names - shards == {".metadata", "enn_nb.manifest.json"}
+    assert {f.path for f in enn_nb.inspect(paths[2]).files} == names - {"enn_nb.manifest.json"}

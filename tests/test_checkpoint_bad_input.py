@@ -395,3 +395,15 @@ def test_meta_tensors_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="meta device"):
         enn_nb.save(model, tmp_path / "m.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_damaged_manifest_key_does_not_fall_back_to_unverified_loading(tmp_path, name):
+    path = tmp_path / name
+    enn_nb.save(tiny(), path)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"enn_nb.manifest")
+    data[at + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="damaged"):
+        enn_nb.load(path, model=tiny())

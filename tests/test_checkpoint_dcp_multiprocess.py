@@ -127,7 +127,8 @@ def test_fsdp2_sharded_dcp_save_and_reshard(tmp_path):
         assert report["sharded"]["blocks.0.attn.qkv.weight"] == [[96, 32], [48, 32]]
         assert report["sharded"]["embedding.tables.0.weight"][1][0] in (3, 4)  # 7 rows over 2 ranks
         assert "scaler.x_mean" not in report["sharded"]  # buffers stay replicated
-        assert sorted(report["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+        shards = [f for f in report["files"] if f != ".metadata"]
+        assert ".metadata" in report["files"] and {f[:4] for f in shards} == {"__0_", "__1_"}  # both ranks wrote
         assert report["listing"] == ["ckpt", "reference.pt"]  # no temporary directory left
         assert report["load2_verified"] is True
         assert report["load2_equal"] == report["load2_keys"] == sorted(reference)

@@ -194,3 +194,17 @@ def test_manifest_entry_that_is_not_json_text(tmp_path):
     torch.save({"enn_nb.manifest": None, "state_dict": {}}, path)
     with pytest.raises(CorruptCheckpointError, match="not a JSON string"):
         enn_nb.inspect(path)
+
+
+def test_upstream_pt_saved_without_crcs_loads_unverified(trained_model, tmp_path):
+    from torch.serialization import get_crc32_options, set_crc32_options
+
+    before = get_crc32_options()
+    set_crc32_options(False)
+    try:
+        path = _upstream_pt(tmp_path / "nocrc.pt", trained_model)
+    finally:
+        set_crc32_options(before)
+    loaded = enn_nb.load(path, model=_fresh(trained_model))
+    assert loaded.verified is False  # nothing to check it against: said so, not claimed
+    assert torch.equal(loaded.model.pos, trained_model.pos)

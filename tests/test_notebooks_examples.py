@@ -2,68 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ROOT / "notebooks"
+from tests._fixtures_notebooks import cell_with, check_stored, execute, html, sha, stdout
+
 EXAMPLES = ("01_quickstart.ipynb", "02_bring_your_own_model.ipynb")
-
-
-def execute(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **parameters: Any) -> Any:
-    """Run ``notebooks/<name>`` in ``tmp_path`` with papermill; return the executed notebook."""
-    import nbformat
-    import papermill as pm
-
-    # Jupyter Server tells the kernel its notebook this way; ipykernel exposes it as `__session__`.
-    monkeypatch.setenv("JPY_SESSION_NAME", f"notebooks/{name}")
-    # the kernel inherits this environment: caches stay in the project, not in $HOME or /tmp
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
-    monkeypatch.setenv("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
-    # an empty export cache: every artifact is really converted and its sidecar describes this run
-    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(tmp_path / "enn_cache"))
-    output = tmp_path / name
-    pm.execute_notebook(
-        str(NOTEBOOKS / name), str(output), parameters=parameters, cwd=str(tmp_path),
-        kernel_name="python3", progress_bar=False, log_output=False,
-    )  # fmt: skip
-    return nbformat.read(output, as_version=4)
-
-
-def cell_with(nb: Any, text: str) -> Any:
-    matches = [c for c in nb.cells if c.cell_type == "code" and text in c.source]
-    assert len(matches) == 1, f"expected one cell containing {text!r}, found {len(matches)}"
-    return matches[0]
-
-
-def stdout(cell: Any) -> str:
-    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
-
-
-def html(cell: Any) -> str:
-    return "".join(
-        o.data.get("text/html", "") for o in cell.outputs if o.output_type in ("execute_result", "display_data")
-    )
-
-
-def sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_examples_are_stored_without_outputs_with_a_kernelspec(name: str) -> None:
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code)
-    assert "parameters" in code[0].metadata.get("tags", [])
+    check_stored(name)
 
 
 @pytest.mark.notebook

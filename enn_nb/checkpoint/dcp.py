@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 MODEL_KEY = "model"
 OPTIMIZER_KEY = "optimizer"
+WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 # -- process group helpers ------------------------------------------------------------------------------
@@ -143,7 +144,9 @@ def _hashing_writer(path: Path) -> Any:
             if entry is not None:
                 self.hashes[Path(new_path).name] = entry
 
-    writer = FileSystemWriter(path, sync_files=True)
+    # Several writer threads (one file each): every file is hashed by the thread that writes it, so
+    # hashing spreads over cores like the writing does.
+    writer = FileSystemWriter(path, sync_files=True, thread_count=WRITER_THREADS)
     writer.fs = HashingFileSystem()
     return writer
 

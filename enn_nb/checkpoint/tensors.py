@@ -18,7 +18,7 @@ COMPILE_WRAPPER = "_orig_mod"  # the attribute torch.compile's OptimizedModule k
 OPTIMIZER_PREFIX = "__optimizer__/"
 
 # Hashing runs in threads beside the writer/reader (hashlib releases the GIL on large buffers).
-HASH_WORKERS = max(1, min(4, (os.cpu_count() or 1)))
+HASH_WORKERS = max(1, min(8, (os.cpu_count() or 1)))
 
 
 # -- keys -----------------------------------------------------------------------------------------

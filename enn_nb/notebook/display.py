@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 #: Statuses after which a backend does no more work (the export engine's vocabulary).
 FINAL_STATUSES = frozenset({"ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled"})
 
 
+class Link(NamedTuple):
+    """A table cell shown as a link in HTML and as its text in a terminal."""
+
+    text: str
+    href: str
+
+
 class Table:
-    """Rows of values shown as an HTML table in a notebook and as aligned text in a terminal."""
+    """Rows of values shown as an HTML table in a notebook and as aligned text in a terminal.
+
+    A cell is any value (None shows empty, booleans as yes/no) or a :class:`Link`.
+    """
 
     def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str = "") -> None:
         self.columns = list(columns)
@@ -20,10 +30,7 @@ class Table:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td style='text-align:left'>{html.escape(_text(v))}</td>" for v in row) + "</tr>"
-            for row in self.rows
-        )
+        body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>" for row in self.rows)
         caption = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" if self.title else ""
         return f"<table class='enn-nb-table'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -38,11 +45,21 @@ class Table:
         return len(self.rows)
 
 
+def _td(value: Any) -> str:
+    if isinstance(value, Link):
+        inner = f"<a href='{html.escape(str(value.href))}'>{html.escape(str(value.text))}</a>"
+    else:
+        inner = html.escape(_text(value))
+    return f"<td style='text-align:left'>{inner}</td>"
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, Link):
+        return str(value.text)
     return str(value)
 
 

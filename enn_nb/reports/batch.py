@@ -48,7 +48,8 @@ class BatchResult:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        return _index_html(self.entries, title=f"{len(self.entries)} reports", base=self.index.parent)
+        # shown in a notebook: links relative to its folder (the working directory), not the index's
+        return _index_html(self.entries, title=f"{len(self.entries)} reports", base=Path.cwd())
 
 
 def run_batch(

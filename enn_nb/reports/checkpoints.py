@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
-from enn_nb.reports.sections import Header, HtmlTable
+from enn_nb.notebook.display import Table
+from enn_nb.reports.sections import Header
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Manifest
@@ -38,7 +39,7 @@ def subject(first: Path, second: Path | None) -> str:
     return f"{first.name} vs {second.name}" if second is not None else first.name
 
 
-def tensor_table(manifest: Manifest) -> HtmlTable:
+def tensor_table(manifest: Manifest) -> Table:
     """Every tensor of a checkpoint: name, dtype, shape, elements, bytes, sha256 (first 16 hex digits)."""
     from enn_nb.notebook.plots import human_size
 
@@ -47,11 +48,11 @@ def tensor_table(manifest: Manifest) -> HtmlTable:
          human_size(t.nbytes), (t.sha256 or "-")[:16]]
         for t in manifest.tensors
     ]
-    caption = (
+    title = (
         f"{Path(manifest.path or '').name or manifest.format}: {len(rows)} tensors, "
         f"{manifest.parameter_count:,} values, {human_size(manifest.tensor_bytes)}"
     )
-    return HtmlTable(["name", "dtype", "shape", "elements", "size", "sha256"], rows, caption=caption)
+    return Table(["name", "dtype", "shape", "elements", "size", "sha256"], rows, title=title)
 
 
 @dataclasses.dataclass
@@ -98,23 +99,23 @@ class CheckpointDiff:
         return (f"{len(self.config)} config change(s), {len(self.added)} tensor(s) added, {len(self.removed)} removed, "
                 f"{len(self.changed)} changed, {self.unchanged} identical.")
 
-    def tables(self) -> list[HtmlTable]:
+    def tables(self) -> list[Table]:
         out = []
         if self.config:
             rows = [[k, _short(a), _short(b)] for k, (a, b) in self.config.items()]
-            out.append(HtmlTable(["key", "first", "second"], rows, caption="Spec / config changes"))
+            out.append(Table(["key", "first", "second"], rows, title="Spec / config changes"))
         if self.metadata:
             rows = [[k, _short(a), _short(b)] for k, (a, b) in self.metadata.items()]
-            out.append(HtmlTable(["key", "first", "second"], rows, caption="Metadata changes"))
+            out.append(Table(["key", "first", "second"], rows, title="Metadata changes"))
         if self.added or self.removed:
             rows = [[n, "added (only in the second)"] for n in self.added]
             rows += [[n, "removed (only in the first)"] for n in self.removed]
-            out.append(HtmlTable(["tensor", "change"], rows, caption="Tensors added / removed"))
+            out.append(Table(["tensor", "change"], rows, title="Tensors added / removed"))
         if self.changed:
             rows = [[c.name, c.change, "-" if c.max_abs_diff is None else f"{c.max_abs_diff:.3e}", c.before, c.after]
                     for c in self.changed]
             columns = ["tensor", "change", "max abs diff", "first", "second"]
-            out.append(HtmlTable(columns, rows, caption="Tensors changed"))
+            out.append(Table(columns, rows, title="Tensors changed"))
         return out
 
     def __repr__(self) -> str:
@@ -199,7 +200,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -> HtmlTable:
+def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -> Table:
     """The top of the report: one row per checkpoint (format, tensors, size, content hash) and the diff's headline."""
     from enn_nb.notebook.plots import human_size
 
@@ -208,5 +209,5 @@ def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -
          m.content_hash[:16]]
         for m in manifests
     ]
-    caption = diff_result.headline() if diff_result is not None else "One checkpoint."
-    return HtmlTable(["checkpoint", "format", "builder", "tensors", "size", "content hash"], rows, caption=caption)
+    title = diff_result.headline() if diff_result is not None else "One checkpoint."
+    return Table(["checkpoint", "format", "builder", "tensors", "size", "content hash"], rows, title=title)

@@ -64,9 +64,11 @@ class ReportResult:
         return "\n".join([head, *detail, *[f"  - {line}" for line in self.failures]])
 
     def _repr_html_(self) -> str:
-        links = f"<a href='{_html.escape(self.notebook.name)}'>{_html.escape(str(self.notebook))}</a>"
+        from enn_nb.reports.sections import link  # relative to the working directory: the showing notebook's
+
+        links = f"<a href='{_html.escape(link(self.notebook))}'>{_html.escape(str(self.notebook))}</a>"
         if self.html:
-            links += f" · <a href='{_html.escape(self.html.name)}'>HTML</a>"
+            links += f" · <a href='{_html.escape(link(self.html))}'>HTML</a>"
         body = self.verdict._repr_html_() if self.verdict is not None else ""
         if self.error is not None:
             body += f"<pre style='color:#8a1111'>{_html.escape(str(self.error))}</pre>"

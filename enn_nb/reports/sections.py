@@ -6,14 +6,13 @@ import dataclasses
 import datetime as _dt
 import html
 import json
-import math
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
+from enn_nb.notebook.display import Link, Table
 from enn_nb.reports.verdict import FAILING, Pending, Verdict
 
 if TYPE_CHECKING:
@@ -188,7 +187,8 @@ def measure(
 
     Each runtime is loaded with its backend's ``load`` (the same runner the export's parity used) and
     called on the same inputs as the eager model at every batch size its artifact accepts. The time
-    is the median over calls made for about ``seconds`` after two warm-up calls.
+    is the median over calls made for about ``seconds`` after two warm-up calls
+    (:func:`enn_nb.export.latency.measure`, which the wizard uses too).
 
     Args:
         model: the eager model (its fast paths on, as trained).
@@ -196,111 +196,33 @@ def measure(
         batch_sizes: batch sizes to measure.
         spec: the model's ModelSpec (realistic inputs); read from the model when None.
     """
-    import torch
-
-    from enn_nb.export.parity import default_example_inputs, eval_only
-    from enn_nb.export.registry import get_backend
+    from enn_nb.export import latency
     from enn_nb.spec import ModelSpec
 
     sizes = batch_list(batch_sizes)
-    result = Measurements(sizes)
     if spec is None:
         spec = ModelSpec.from_model(model)
-    inputs = {b: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=b, seed=1000 + b) for b in sizes}
-    call = getattr(model, "forward_export", model)
-    expected: dict[int, list[Any]] = {}
-
-    def eager_run(b: int) -> tuple[list[Any], float]:
-        with eval_only(model), torch.no_grad(), warnings.catch_warnings():
-            # Unfused FlexAttention on CPU warns at every call; it is the model as trained, timed as such.
-            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
-            out = call(*inputs[b])
-            outs = [t.detach().numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
-            return outs, _time(lambda: call(*inputs[b]), seconds, max_calls)
-
-    for b in sizes:
-        expected[b], result.eager_ms[b] = eager_run(b)
-    from enn_nb.export import export_safe
-
-    with eval_only(model), torch.no_grad(), export_safe(model) as safe:
-        safe_call = getattr(safe.model, "forward_export", safe.model)
-        for b in sizes:
-            result.eager_safe_ms[b] = _time(lambda b=b: safe_call(*inputs[b]), seconds, max_calls)
-
+    t = latency.measure(model, export, sizes, latency.spec_inputs(spec), compare=True, budget_s=seconds,
+                        min_calls=3, max_calls=max_calls)  # fmt: skip
+    result = Measurements(sizes, eager_ms=t.eager_ms, eager_safe_ms=t.safe_ms, latency_ms=t.latency_ms)
     for r in export.results:
-        engine_errors = {int(c["batch_size"]): float(c["max_abs_err"]) for c in r.parity.get("cases", [])}
-        if engine_errors:
-            result.errors[r.backend] = dict(engine_errors)
-        if r.status not in ("ok", "mismatch") or r.artifact is None:
-            result.notes[r.backend] = f"not measured: status `{r.status}`"
-            continue
-        backend = get_backend(r.backend)
-        reason = backend.runtime_unavailable_reason()
-        if reason:
-            result.notes[r.backend] = f"not measured: {reason}"
-            continue
-        options = {**backend.default_options, **_sidecar_options(r.sidecar)}
-        try:
-            runner = backend.load(Path(r.artifact), options)
-        except Exception as exc:  # the artifact exists and passed parity in the export's child process
-            result.notes[r.backend] = f"not measured: loading it here raised {type(exc).__name__}: {exc}"
-            continue
-        tol = r.parity.get("tolerance") or {}
-        atol = float(tol.get("atol", backend.default_tolerance[0]))
-        rtol = float(tol.get("rtol", backend.default_tolerance[1]))
-        fixed = None if r.dynamic_batch else _static_batch(r.inputs)
-        if fixed is not None:
-            result.notes[r.backend] = f"static batch {fixed}: timed and compared at that batch size only"
-            if fixed not in inputs:  # time the eager model at that size too, for the comparison
-                inputs[fixed] = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=fixed,
-                                                       seed=1000 + fixed)
-                expected[fixed], result.eager_ms[fixed] = eager_run(fixed)
-        for b in sizes if fixed is None else [fixed]:
-            arrays = [t.numpy() for t in inputs[b]]
-            got = runner([a.copy() for a in arrays])
-            err, passed = _compare(got, expected[b], atol, rtol)
-            result.errors.setdefault(r.backend, {})[b] = err
-            if not passed:
-                result.mismatches.setdefault(r.backend, []).append(
-                    f"batch {b}: max abs error {err:.3g} beyond atol={atol:g}, rtol={rtol:g} (report's check)"
-                )
-            result.latency_ms.setdefault(r.backend, {})[b] = _time(
-                lambda a=arrays: runner([x.copy() for x in a]), seconds, max_calls
-            )
-        if fixed is not None and fixed not in sizes:
-            ms, eager = result.latency_ms[r.backend][fixed], result.eager_ms[fixed]
-            result.notes[r.backend] += f" ({ms:.3g} ms per call; eager {eager:.3g} ms at that batch size)"
+        # the export's own parity cases count too, at their batch sizes
+        engine = {int(c["batch_size"]): float(c["max_abs_err"]) for c in r.parity.get("cases", [])}
+        errors = {**engine, **t.errors.get(r.backend, {})}
+        if errors:
+            result.errors[r.backend] = errors
+        if r.backend in t.mismatches:
+            result.mismatches[r.backend] = [f"{line} (report's check)" for line in t.mismatches[r.backend]]
+        if r.backend in t.skipped:
+            result.notes[r.backend] = f"not measured: {t.skipped[r.backend]}"
+        elif r.backend in t.static:
+            fixed = t.static[r.backend]
+            note = f"static batch {fixed}: timed and compared at that batch size only"
+            if fixed not in sizes:
+                ms, eager = t.latency_ms[r.backend][fixed], t.eager_ms[fixed]
+                note += f" ({ms:.3g} ms per call; eager {eager:.3g} ms at that batch size)"
+            result.notes[r.backend] = note
     return result
-
-
-def _sidecar_options(path: Path | None) -> dict[str, Any]:
-    if not path:
-        return {}
-    try:
-        return dict(json.loads(Path(path).read_text(encoding="utf-8")).get("options") or {})
-    except (OSError, ValueError):
-        return {}
-
-
-def _static_batch(inputs: list[dict[str, Any]]) -> int | None:
-    if not inputs:
-        return None
-    first = (inputs[0].get("shape") or [None])[0]
-    return int(first) if isinstance(first, int) else None
-
-
-def _compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: float) -> tuple[float, bool]:
-    from enn_nb.export.parity import compare
-
-    row = compare(got, expected, atol, rtol)
-    err = float(row["max_abs_err"])
-    return (err if math.isfinite(err) else float("inf")), bool(row["passed"])
-
-
-def _time(fn: Any, seconds: float, max_calls: int) -> float:
-    from enn_nb.notebook.latency import time_call  # the wizard's timer: one definition of "median ms per call"
-
-    return time_call(fn, budget_s=seconds, min_calls=3, max_calls=max_calls)
 
 
 # -- verdict ------------------------------------------------------------------------------------------
@@ -351,38 +273,6 @@ def _reason(r: Any, extra: list[str]) -> str:
 
 
 # -- tables and sections ------------------------------------------------------------------------------
-class HtmlTable:
-    """Rows of (text, optional link) cells: an HTML table in a notebook, aligned text elsewhere."""
-
-    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str = "") -> None:
-        self.columns = list(columns)
-        self.rows = [list(row) for row in rows]
-        self.caption = caption
-
-    @staticmethod
-    def _text(cell: Any) -> str:
-        return str(cell[0]) if isinstance(cell, tuple) else ("" if cell is None else str(cell))
-
-    def _repr_html_(self) -> str:
-        def td(cell: Any) -> str:
-            if isinstance(cell, tuple):
-                text, href = cell
-                anchor = f"<a href='{html.escape(str(href))}'>{html.escape(str(text))}</a>"
-                return f"<td style='text-align:left'>{anchor}</td>"
-            return f"<td style='text-align:left'>{html.escape(self._text(cell))}</td>"
-
-        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in self.rows)
-        cap = f"<caption style='text-align:left'>{html.escape(self.caption)}</caption>" if self.caption else ""
-        return f"<table class='enn-nb-table'>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    def __repr__(self) -> str:
-        cells = [self.columns, *[[self._text(c) for c in row] for row in self.rows]]
-        widths = [max(len(r[i]) for r in cells) for i in range(len(self.columns))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-        return "\n".join(([self.caption] if self.caption else []) + lines)
-
-
 def link(path: str | os.PathLike[str] | None) -> str:
     """A path as a link relative to the working directory (the folder the executed notebook is written to)."""
     if not path:
@@ -393,7 +283,7 @@ def link(path: str | os.PathLike[str] | None) -> str:
         return str(Path(path).resolve())
 
 
-def artifact_table(export: ExportReport, measurements: Measurements | None = None) -> HtmlTable:
+def artifact_table(export: ExportReport, measurements: Measurements | None = None) -> Table:
     """Backend, status, artifact (a link), size, max error and tolerance, and latency vs eager per batch size."""
     from enn_nb.notebook.plots import human_size
 
@@ -411,7 +301,7 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
         row: list[Any] = [
             r.backend,
             status,
-            (Path(r.artifact).name, link(r.artifact)) if r.artifact else "-",
+            Link(Path(r.artifact).name, link(r.artifact)) if r.artifact else "-",
             human_size(r.size_bytes) if r.files else "-",
             f"{max(errs):.2e}" if errs else "-",
             f"{tol['atol']:g}, {tol['rtol']:g}" if tol else "-",
@@ -429,7 +319,7 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
                          *[_latency_cell(measurements.eager_safe_ms.get(b), _ratio(measurements.eager_ms.get(b),
                                                                                   measurements.eager_safe_ms.get(b)))
                            for b in sizes]])
-    return HtmlTable(columns, rows)
+    return Table(columns, rows)
 
 
 def _ratio(eager: float | None, ms: float | None) -> float | None:
@@ -446,11 +336,11 @@ def _latency_cell(ms: float | None, ratio: float | None) -> str:
     return f"{ms:.3g} ({text} {'faster' if ratio >= 1 else 'slower'})"
 
 
-def notes_table(measurements: Measurements, export: ExportReport) -> HtmlTable | None:
+def notes_table(measurements: Measurements, export: ExportReport) -> Table | None:
     """What could not be measured, and errors/notes of backends that did not finish, or None."""
     rows = [[name, text] for name, text in measurements.notes.items()]
     rows += [[r.backend, n] for r in export.results for n in r.notes]
-    return HtmlTable(["backend", "note"], rows) if rows else None
+    return Table(["backend", "note"], rows) if rows else None
 
 
 class Image:
@@ -499,15 +389,15 @@ def deviations(export: ExportReport) -> list[dict[str, Any]]:
     return []
 
 
-def deviations_table(export: ExportReport) -> HtmlTable:
+def deviations_table(export: ExportReport) -> Table:
     """The export-safe switches made for the export (what runs in the artifacts instead of the fast paths)."""
     rows = deviations(export)
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys]
     if not rows:
-        return HtmlTable(["deviation"], [["none: the model has no fast path the export had to switch"]])
-    return HtmlTable(keys, [[_short(row.get(k)) for k in keys] for row in rows])
+        return Table(["deviation"], [["none: the model has no fast path the export had to switch"]])
+    return Table(keys, [[_short(row.get(k)) for k in keys] for row in rows])
 
 
 def _short(value: Any) -> str:

@@ -1,0 +1,269 @@
+"""Inference latency of exported artifacts on their runtimes next to eager PyTorch, with an optional parity check.
+
+The engine records conversion and parity timings, not inference latency. This measures it after an
+export: each artifact that exists (``ok`` or ``mismatch``) is loaded with its backend's ``load`` (the
+runner the export's parity used) and called on the same inputs as the eager model, at every batch
+size its artifact accepts. The wizard times one batch size; the export report several, and also
+compares each runtime's outputs with eager PyTorch there (``compare=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from enn_nb.export.report import BackendResult, ExportReport
+    from enn_nb.spec import ModelSpec
+
+#: Statuses whose artifact was written and runs (a ``mismatch`` artifact runs; its outputs are off).
+MEASURED_STATUSES = ("ok", "mismatch")
+
+#: ``inputs(batch)`` -> the model's input tensors at that batch size.
+Inputs = Callable[[int], Sequence["torch.Tensor"]]
+
+
+@dataclasses.dataclass
+class Timings:
+    """Median milliseconds per call of each runtime and of eager PyTorch, per batch size.
+
+    Attributes:
+        eager_ms: ``{batch: ms}`` of the eager model as the user has it (fast paths on, eval mode).
+        safe_ms: ``{batch: ms}`` of the same model inside ``export_safe`` (what the artifacts compute),
+            so the gap a fast path makes is told apart from the gap a runtime makes.
+        latency_ms: ``{backend: {batch: ms}}``.
+        errors: ``{backend: {batch: max abs error vs eager}}`` (with ``compare`` only).
+        mismatches: ``{backend: [reason, ...]}``, batch sizes beyond the backend's tolerance (``compare``).
+        static: ``{backend: batch}`` for artifacts that accept only their capture batch (timed there only).
+        skipped: ``{backend: why}`` for artifacts not (fully) timed, and ``"eager"`` /
+            ``"eager (export-safe)"`` when the model itself could not be timed.
+    """
+
+    eager_ms: dict[int, float] = dataclasses.field(default_factory=dict)
+    safe_ms: dict[int, float] = dataclasses.field(default_factory=dict)
+    latency_ms: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    errors: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    mismatches: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    static: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def time_call(fn: Callable[[], Any], *, budget_s: float = 0.25, min_calls: int = 5, max_calls: int = 200,
+              warmup: int = 2) -> float:  # fmt: skip
+    """Median milliseconds of ``fn()`` over as many calls as fit in ``budget_s`` (within the bounds)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < max_calls and (len(samples) < min_calls or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def spec_inputs(spec: ModelSpec) -> Inputs:
+    """Inputs drawn from the model's spec (scaler statistics, valid category codes), one seed per batch."""
+    from enn_nb.export.parity import default_example_inputs
+
+    return lambda batch: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=batch, seed=1000 + batch)
+
+
+def vector_inputs(report: ExportReport) -> Inputs | None:
+    """Inputs resampled from the export's own parity vectors (any model, spec or not); None without vectors."""
+    vectors = getattr(report, "vectors", None)
+    if vectors is None or not Path(vectors).is_file():
+        return None
+    from enn_nb.export.parity import load_vectors, resample_inputs
+
+    cases, _, _ = load_vectors(Path(vectors))
+    if not cases:
+        return None
+    import torch
+
+    # the parity case with the largest batch gives the most rows to draw from
+    example = [torch.from_numpy(a) for a in max(cases, key=lambda c: c.batch_size).inputs]
+    return lambda batch: resample_inputs(example, batch, seed=batch)
+
+
+def static_batch(result: BackendResult) -> int | None:
+    """The one batch size a static artifact accepts (its first input's leading dimension); None if dynamic."""
+    if result.dynamic_batch or not result.inputs:
+        return None
+    first = (result.inputs[0].get("shape") or [None])[0]
+    return int(first) if isinstance(first, int) else None
+
+
+def measure(
+    model: Any,
+    report: ExportReport,
+    batch_sizes: Sequence[int],
+    inputs: Inputs,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    compare: bool = False,
+    budget_s: float = 0.25,
+    min_calls: int = 5,
+    max_calls: int = 200,
+    on_backend: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Timings:
+    """Time every artifact of an export in its runtime and the eager model on the same inputs.
+
+    A dynamic-batch artifact is timed at each of ``batch_sizes``; a static one at its own batch only
+    (with ``compare``, the eager model runs there too, as its reference). Each time is the median over
+    calls made for about ``budget_s`` after two warm-up calls.
+
+    Args:
+        model: the eager ``nn.Module`` that was exported (fast paths on, as trained).
+        report: what ``enn_nb.export`` returned for it.
+        batch_sizes: batch sizes to time at.
+        inputs: the model's inputs at a batch size (:func:`spec_inputs`, :func:`vector_inputs`).
+        options: per-backend load options over the export's own (read from each sidecar).
+        compare: also check each runtime's outputs against eager within the backend's tolerance. The
+            eager outputs are then the reference, so an eager model or runtime that raises raises here;
+            without it, what raises is recorded in ``skipped`` and the rest is still timed.
+        budget_s, min_calls, max_calls: the timer's bounds per measurement.
+        on_backend: called with each backend's name before it is timed (progress).
+        should_stop: polled between backends; True stops timing (the rest are ``cancelled``).
+    """
+    import torch
+
+    from enn_nb.export.parity import eval_only
+    from enn_nb.export.registry import get_backend
+    from enn_nb.export.safe import export_safe
+
+    def timed(fn: Callable[[], Any]) -> float:
+        return time_call(fn, budget_s=budget_s, min_calls=min_calls, max_calls=max_calls)
+
+    out = Timings()
+    sizes = sorted({int(b) for b in batch_sizes})
+    feeds: dict[int, list[Any]] = {}
+    references: dict[int, list[Any]] = {}
+
+    def feed(batch: int) -> list[Any]:
+        if batch not in feeds:
+            feeds[batch] = [t.numpy() for t in inputs(batch)]
+        return feeds[batch]
+
+    def eager(batch: int) -> list[Any]:
+        """The eager outputs at ``batch`` (timed on first use)."""
+        if batch not in references:
+            tensors = [torch.from_numpy(a) for a in feed(batch)]
+            call = _forward(model)
+            with eval_only(model), torch.no_grad(), _quiet_flex():
+                references[batch] = _numpy(call(*tensors))
+                out.eager_ms[batch] = timed(lambda: call(*tensors))
+        return references[batch]
+
+    for b in sizes:
+        _attempt(compare, out.skipped, "eager", lambda b=b: eager(b))
+    with eval_only(model), torch.no_grad(), _quiet_flex(), export_safe(model) as safe:
+        safe_call = _forward(safe.model)
+        for b in sizes:
+            tensors = [torch.from_numpy(a) for a in feed(b)]
+            ms = _attempt(compare, out.skipped, "eager (export-safe)", lambda t=tensors: timed(lambda: safe_call(*t)))
+            if ms is not None:
+                out.safe_ms[b] = ms
+
+    for r in report.results:
+        if should_stop is not None and should_stop():
+            out.skipped[r.backend] = "cancelled"
+            continue
+        if r.status not in MEASURED_STATUSES or r.artifact is None:
+            out.skipped[r.backend] = f"status `{r.status}`"
+            continue
+        backend = get_backend(r.backend)
+        reason = backend.runtime_unavailable_reason()
+        if reason:
+            out.skipped[r.backend] = reason
+            continue
+        if on_backend is not None:
+            on_backend(r.backend)
+        given = dict((options or {}).get(r.backend, {}))
+        load_options = {**backend.default_options, **sidecar_options(r.sidecar), **given}
+        try:
+            runner = backend.load(Path(r.artifact), load_options)
+        except Exception as exc:  # the artifact passed parity in the export's child process; say why not here
+            out.skipped[r.backend] = f"loading it here raised {type(exc).__name__}: {exc}"
+            continue
+        fixed = static_batch(r)
+        if fixed is not None:
+            out.static[r.backend] = fixed
+        tol = r.parity.get("tolerance") or {}
+        atol = float(tol.get("atol", backend.default_tolerance[0]))
+        rtol = float(tol.get("rtol", backend.default_tolerance[1]))
+        for b in sizes if fixed is None else [fixed]:
+            # a fresh copy per call: a runtime may write into its input buffers
+            run = lambda a=feed(b): runner([x.copy() for x in a])  # noqa: E731
+            if compare:
+                err, passed = _compare(run(), eager(b), atol, rtol)
+                out.errors.setdefault(r.backend, {})[b] = err
+                if not passed:
+                    out.mismatches.setdefault(r.backend, []).append(
+                        f"batch {b}: max abs error {err:.3g} beyond atol={atol:g}, rtol={rtol:g}"
+                    )
+            ms = _attempt(compare, out.skipped, r.backend, lambda run=run: timed(run))
+            if ms is None:
+                break
+            out.latency_ms.setdefault(r.backend, {})[b] = ms
+    return out
+
+
+def sidecar_options(path: str | Path | None) -> dict[str, Any]:
+    """The options an artifact was made with, from its sidecar (empty when there is none)."""
+    if not path:
+        return {}
+    try:
+        return dict(json.loads(Path(path).read_text(encoding="utf-8")).get("options") or {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _attempt(strict: bool, skipped: dict[str, str], label: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``; unless ``strict``, an exception goes to ``skipped[label]`` and gives None.
+
+    One runtime (or the model at one batch size) failing to run must not hide the other numbers.
+    """
+    if strict:
+        return fn()
+    try:
+        return fn()
+    except Exception as exc:
+        skipped[label] = f"{type(exc).__name__}: {exc}"
+        return None
+
+
+def _forward(model: Any) -> Callable[..., Any]:
+    # The parity reference's call: forward_export (raw features in) when the model has one.
+    return model.forward_export if callable(getattr(model, "forward_export", None)) else model
+
+
+def _numpy(out: Any) -> list[Any]:
+    return [t.detach().numpy() for t in (out if isinstance(out, (list, tuple)) else [out])]
+
+
+@contextmanager
+def _quiet_flex() -> Iterator[None]:
+    # Unfused FlexAttention on CPU warns at every call; it is the model as trained, timed as such.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
+        yield
+
+
+def _compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: float) -> tuple[float, bool]:
+    from enn_nb.export.parity import compare
+
+    row = compare(got, expected, atol, rtol)
+    err = float(row["max_abs_err"])
+    return (err if math.isfinite(err) else float("inf")), bool(row["passed"])
