@@ -43,7 +43,7 @@ def _ours_ok(doc: dict) -> bool:
 
 def test_written_manifests_validate(document):
     assert _jsonschema_ok(document) and _ours_ok(document)
-    assert len(document["tensors"]) == 5 and len(document["files"]) == 2 and len(document["optimizer"]["tensors"]) == 12
+    assert len(document["tensors"]) == 5 and len(document["files"]) >= 2 and len(document["optimizer"]["tensors"]) == 12
 
 
 @pytest.mark.parametrize("array", [("tensors",), ("files",), ("optimizer", "tensors")])

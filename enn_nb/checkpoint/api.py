@@ -193,13 +193,13 @@ def load(
     names = [k for k in key_map if k in stored and k not in mismatched]
     into = {k: own[key_map[k]] for k in names}
     tensors = reader.tensors(names, verify=verify, into=into)
+    optimizer_state = reader.optimizer_state(verify=verify)  # verified too before the model changes
     pending = {key_map[k]: t for k, t in tensors.items() if not _loaded_in_place(target, key_map[k], t, into[k])}
     if pending:
         result = target.load_state_dict(pending, strict=False)
         leftover = [k for k in result.missing_keys if k in pending] + list(result.unexpected_keys)
         if leftover:  # cannot happen with matching keys; keep it loud if a module renames on load
             raise _mismatch_error(path, [], leftover, {})
-    optimizer_state = reader.optimizer_state(verify=verify)
     if model is None:
         target.eval()
         if str(map_location) != "cpu":
@@ -225,7 +225,7 @@ def _build(manifest: Manifest) -> Any:
     try:
         return build(manifest.spec)
     except UnknownNameError as exc:
-        if not note and not manifest.source:
+        if not (manifest.source or {}).get("layout"):  # an enn_nb checkpoint: the registry's error as is
             raise
         raise UnknownNameError(
             f"{exc} This is an upstream checkpoint: pass `model=` (an instance of its architecture) or "

@@ -38,7 +38,7 @@ from .atomic import check_replaceable, fsync_dir, remove_path, replace_dir, temp
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 from .manifest import FileEntry, Manifest, decode, encode
-from .tensors import HashPool, dtype_name, join_tree
+from .tensors import HASH_WORKERS, HashPool, dtype_name, join_tree
 
 if TYPE_CHECKING:
     import torch
@@ -164,10 +164,6 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     if opt_tensors:
         state[OPTIMIZER_KEY] = dict(opt_tensors)
 
-    # Tensor-level hashes where this rank holds whole tensors (DTensor shards only have file hashes).
-    local = {name: t for name, t in {**request.state, **opt_tensors}.items() if not _is_dtensor(t)}
-    pool = HashPool().submit_all(local) if rank == 0 else None
-    error: BaseException | None = None
     refusal = None
     if rank == 0:
         try:
@@ -176,9 +172,13 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             refusal = str(exc)
     refusal = _broadcast(dist, refusal)
     if refusal is not None:
-        if pool is not None:
-            pool.close()
         raise CheckpointError(refusal)
+
+    # Tensor-level hashes where this rank holds whole tensors (DTensor shards only have file hashes).
+    local = {name: t for name, t in {**request.state, **opt_tensors}.items() if not _is_dtensor(t)}
+    pool = HashPool().submit_all(local) if rank == 0 else None
+    error: BaseException | None = None
+    text = None
     try:
         if rank == 0:
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,6 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         for part in _all_gather(dist, writer.fs.hashes, world):
             files.update(part)
         hashes = pool.results() if pool is not None else {}
-        text = None
         if rank == 0:
             manifest = build_manifest(
                 "dcp", request, hashes, optimizer_structure=structure, optimizer_tensors=opt_tensors,
@@ -358,9 +357,13 @@ class DcpReader:
         """Check every file's sha256 (split across ranks when a process group is up)."""
         if self._verified or self.upstream:
             return
+        from concurrent.futures import ThreadPoolExecutor
+
         dist, rank, world = _dist()
         mine = self.manifest.files[rank::world]
-        bad = [entry.path for entry in mine if not _file_matches(self.path / entry.path, entry)]
+        with ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="enn-nb-verify") as pool:
+            ok = list(pool.map(lambda entry: _file_matches(self.path / entry.path, entry), mine))
+        bad = [entry.path for entry, good in zip(mine, ok) if not good]
         bad = sorted({name for part in _all_gather(dist, bad, world) for name in part})
         if bad:
             holds = self._tensors_in(bad[0])
