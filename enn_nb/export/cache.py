@@ -14,11 +14,20 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._version import __version__
+from enn_nb.errors import ExportError
+from enn_nb.export import sidecar as sc
+from enn_nb.export.parity import VECTORS_SUFFIX
+
 if TYPE_CHECKING:
     import torch
+
+    from enn_nb.export.plan import Plan
+    from enn_nb.export.report import BackendResult
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,3 +195,89 @@ def replace_path(new: Path, dst: Path) -> None:
         if dst.is_dir():
             shutil.rmtree(dst)
         os.replace(new, dst)
+
+
+# -- an export's key and its hits -----------------------------------------------------------------
+def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, Any], dynamic_batch: bool,
+               batch_range: tuple[int, int, int], verify: bool, safe: bool, stem: str, metadata: dict[str, Any],
+               onnx_options: dict[str, Any], tolerances: Any) -> str:
+    """The cache key of one backend's export: everything that can change its artifact."""
+    from enn_nb.export.registry import class_reference
+
+    return make_key(
+        enn_nb=__version__,
+        digest=digest,
+        spec=spec.to_dict() if spec is not None else None,
+        source_hash=source.get("content_hash"),
+        backend=plan.name,
+        backend_class=class_reference(type(plan.backend)),
+        options=sc.jsonable(plan.options),
+        onnx_options=sc.jsonable(onnx_options) if plan.backend.consumes == "onnx" else None,
+        versions=sc.versions(plan.backend.versions()),
+        tolerance=list(plan.backend.default_tolerance),
+        tolerances=sc.jsonable(tolerances),
+        dynamic_batch=dynamic_batch,
+        batch_range=list(batch_range),
+        verify=verify,
+        safe=safe,
+        stem=stem,
+        metadata=metadata,
+    )
+
+
+def lookup(plan: Plan, out: Path, stem: str) -> BackendResult | None:
+    """The cached result of ``plan`` (its files checked, fetched from the store if needed), or None."""
+    from enn_nb.export.finish import result_from_sidecar
+
+    started = time.perf_counter()
+    side = sc.sidecar_path(out / plan.backend.artifact_name(stem))
+    data = _valid_cached(side, plan.key, out)
+    if data is None:
+        names = _stored_listing(plan.key)
+        if names and fetch(plan.key, names, out):  # type: ignore[arg-type]
+            data = _valid_cached(side, plan.key, out)
+    if data is None:
+        return None
+    result = result_from_sidecar(data, out, side, cached=True)
+    result.timings = {**result.timings, "cache_lookup": time.perf_counter() - started}
+    result.timings["total"] = result.timings["cache_lookup"]
+    return result
+
+
+def _valid_cached(side: Path, key: str | None, out: Path) -> dict[str, Any] | None:
+    if not key or not side.is_file():
+        return None
+    try:
+        data = sc.read(side, check_schema=False)  # validated when written; the key and hashes are checked here
+    except ExportError:
+        return None
+    if data.get("cache_key") != key or data.get("status") != "ok" or sc.check_files(data, out):
+        return None
+    vectors = (data.get("parity") or {}).get("vectors")
+    if vectors and vectors.get("file"):
+        path = out / vectors["file"]
+        if not path.is_file() or sc.sha256_file(path) != vectors.get("sha256"):
+            return None
+    return data
+
+
+def stored_names(result: BackendResult, out: Path, stem: str, verify: bool) -> list[str]:
+    """The files of ``out`` that a finished export stores under its key."""
+    names = []
+    if result.artifact is not None:
+        names.append(Path(result.artifact).name)
+    names += [f["path"] for f in result.files if f["role"] != "artifact"]
+    if result.sidecar is not None:
+        names.append(Path(result.sidecar).name)
+    if verify and (out / f"{stem}{VECTORS_SUFFIX}").exists():
+        names.append(f"{stem}{VECTORS_SUFFIX}")
+    return names
+
+
+def _stored_listing(key: str | None) -> list[str] | None:
+    if not key:
+        return None
+    folder = store_dir(key)
+    if not folder.is_dir():
+        return None
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))

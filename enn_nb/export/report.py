@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from enn_nb._format import human_size
 from enn_nb.export.backends.base import STATUSES
 
 #: What each status means (shown by ``enn-nb backends --help`` and the docs).
@@ -104,7 +105,7 @@ class BackendResult:
         """One line: status, artifact, size, max error, time, and the reason when not ok."""
         bits = [f"{self.backend}: {self.status}{' (cached)' if self.cached else ''}"]
         if self.artifact:
-            bits.append(f"{Path(self.artifact).name} {_size(self.size_bytes)}")
+            bits.append(f"{Path(self.artifact).name} {human_size(self.size_bytes)}")
         if self.max_abs_err is not None:
             bits.append(f"max|err| {self.max_abs_err:.2e}")
         bits.append(f"{self.seconds:.2f}s")
@@ -196,7 +197,7 @@ class ExportReport:
                     r.backend,
                     r.status + (" (cached)" if r.cached else ""),
                     Path(r.artifact).name if r.artifact else "-",
-                    _size(r.size_bytes) if r.files else "-",
+                    human_size(r.size_bytes) if r.files else "-",
                     err,
                     f"{r.timings.get('convert', 0.0):.2f}",
                     f"{r.timings.get('verify', 0.0):.2f}",
@@ -243,12 +244,3 @@ class ExportReport:
             f"<table class='enn-export-report'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<div style='font-size:small'>{foot}</div>"
         )
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover

@@ -211,6 +211,11 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` through JSON: arrays become lists, anything else JSON lacks becomes its ``repr``."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else repr(v)))
+
+
 def write(path: Path, data: dict[str, Any]) -> Path:
     """Validate ``data`` and write it to ``path`` atomically (temp file + ``os.replace``)."""
     validate(data)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from enn_nb._format import human_size
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -189,18 +191,6 @@ def to_png(fig: Figure, *, dpi: int = 100) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
-
-
-def human_size(n: int | None) -> str:
-    """``1536`` -> ``"1.5 KiB"``; ``None`` -> ``""``."""
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"  # unreachable, keeps type checkers calm
 
 
 def _colors(n: int) -> list:

@@ -416,7 +416,7 @@ def model_summary_html(state: WizardState) -> str:
 
 
 def module_summary_html(model: Any) -> str:
-    from enn_nb.notebook.plots import human_size
+    from enn_nb._format import human_size
     from enn_nb.spec import ModelSpec
 
     spec = ModelSpec.from_model(model)
@@ -442,7 +442,7 @@ def module_summary_html(model: Any) -> str:
 
 def results_table_html(rows: list[dict[str, Any]]) -> str:
     """The results table: backend, status, artifact, size, max abs error, latency."""
-    from enn_nb.notebook.plots import human_size
+    from enn_nb._format import human_size
 
     if not rows:
         return "<i>No results yet.</i>"

@@ -41,7 +41,7 @@ def subject(first: Path, second: Path | None) -> str:
 
 def tensor_table(manifest: Manifest) -> Table:
     """Every tensor of a checkpoint: name, dtype, shape, elements, bytes, sha256 (first 16 hex digits)."""
-    from enn_nb.notebook.plots import human_size
+    from enn_nb._format import human_size
 
     rows = [
         [t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]", f"{math.prod(t.shape):,}",
@@ -202,7 +202,7 @@ def _short(value: Any) -> str:
 
 def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -> Table:
     """The top of the report: one row per checkpoint (format, tensors, size, content hash) and the diff's headline."""
-    from enn_nb.notebook.plots import human_size
+    from enn_nb._format import human_size
 
     rows = [
         [Path(m.path or "").name, m.format, m.spec.builder or "-", len(m.tensors), human_size(m.tensor_bytes),

@@ -285,7 +285,7 @@ def link(path: str | os.PathLike[str] | None) -> str:
 
 def artifact_table(export: ExportReport, measurements: Measurements | None = None) -> Table:
     """Backend, status, artifact (a link), size, max error and tolerance, and latency vs eager per batch size."""
-    from enn_nb.notebook.plots import human_size
+    from enn_nb._format import human_size
 
     sizes = measurements.batch_sizes if measurements else []
     columns = ["backend", "status", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
