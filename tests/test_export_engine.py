@@ -34,10 +34,29 @@ def cache_store(tmp_path_factory):
 def exported(trained_model, tmp_path_factory):
     """One real export of the reference model to the four backends, isolated."""
     out = tmp_path_factory.mktemp("export")
+    # The isolated children see this as the system temp folder, so a test can check what lands there.
+    system_tmp = tmp_path_factory.mktemp("system-tmp")
     events: list[dict] = []
     started = time.perf_counter()
-    report = enn_nb.export(trained_model, BACKENDS, out_dir=out, progress=events.append, metadata={"run": "test"})
-    return {"report": report, "events": events, "out": out, "seconds": time.perf_counter() - started}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", str(system_tmp))
+        report = enn_nb.export(trained_model, BACKENDS, out_dir=out, progress=events.append, metadata={"run": "test"})
+    return {
+        "report": report,
+        "events": events,
+        "out": out,
+        "system_tmp": system_tmp,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+@pytest.mark.slow
+def test_aoti_leaves_nothing_in_the_system_temp_folder(exported):
+    assert exported["report"]["aoti"].status == "ok"
+    # torch puts AOTI's precompiled headers (~300 MB) under <tmp>/torchinductor_<user> regardless of
+    # TORCHINDUCTOR_CACHE_DIR; the backend turns them off so only the project's cache grows.
+    left = sorted(p.name for p in exported["system_tmp"].iterdir() if p.name.startswith("torchinductor"))
+    assert left == []
 
 
 @pytest.mark.slow
