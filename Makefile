@@ -11,6 +11,8 @@ PYTEST_ARGS ?=
 # Caches the project creates stay inside the project's ignored .cache/ folder.
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+# torch writes precompiled C++ headers to the system temp folder whatever the cache dir says.
+export TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS := 0
 export ENN_NB_CACHE_DIR := $(CURDIR)/.cache/enn_nb
 export PYTHONDONTWRITEBYTECODE := 1
 

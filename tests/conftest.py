@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Compile caches stay inside the project's ignored .cache folder, also when pytest runs outside make.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
+# torch writes precompiled C++ headers under the system temp folder whatever the cache dir says.
+os.environ.setdefault("TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS", "0")
 
 
 @pytest.fixture(scope="session")

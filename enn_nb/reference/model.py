@@ -140,7 +140,10 @@ class ReferenceModel(nn.Module):
             if compiled is None or len(compiled) != len(blocks) or any(
                 c._orig_mod is not b for c, b in zip(compiled, blocks)
             ):
-                compiled = [torch.compile(b) for b in blocks]
+                # torch writes precompiled C++ headers to the system temp folder whatever
+                # TORCHINDUCTOR_CACHE_DIR says; keep compiled runs inside the chosen cache.
+                options = {"cpp_cache_precompile_headers": False}
+                compiled = [torch.compile(b, options=options) for b in blocks]
                 self.__dict__["_compiled_blocks"] = compiled
             blocks = compiled
         for block in blocks:
