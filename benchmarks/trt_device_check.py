@@ -38,6 +38,7 @@ def _job(model, workdir: Path, batch_range: tuple[int, int, int]):
     from enn_nb.export.backends.base import ExportJob
     from enn_nb.export.capture import onnx_from_program
     from enn_nb.fastpaths import declared_fast_paths
+    from enn_nb.reference import sample_features
 
     safe = copy.deepcopy(model)
     for path in declared_fast_paths(safe):
@@ -53,7 +54,7 @@ def _job(model, workdir: Path, batch_range: tuple[int, int, int]):
             return self.model.forward_export(features)
 
     module = ForwardExport().eval()
-    example = (_features(model, 2, seed=0),)
+    example = (sample_features(model, 2, seed=0),)
     essentials = {"enn_nb.schema": "enn_nb.export/1", "enn_nb.check": "trt_device_check"}
     cache: dict = {}
 
@@ -73,18 +74,6 @@ def _job(model, workdir: Path, batch_range: tuple[int, int, int]):
         input_names=["features"], output_names=["prediction"], spec=None, essentials=essentials,
         workdir=workdir, get_exported_program=program, get_onnx_path=onnx_path,
     )
-
-
-def _features(model, batch: int, seed: int):
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, model.in_dim, generator=gen, dtype=torch.float64)
-    n = model.scaler.x_mean.shape[0]
-    x[:, :n] = x[:, :n] * model.scaler.x_std + model.scaler.x_mean
-    for col, card in zip(model.embedding.categorical_columns, model.embedding.cardinalities):
-        x[:, col] = torch.randint(0, card, (batch,), generator=gen).double()
-    return x.float()
 
 
 def _latency_ms(fn, repeats: int = 50) -> float:
@@ -117,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from enn_nb.reference import train_reference
+    from enn_nb.reference import sample_features, train_reference
 
     batch_range = tuple(int(b) for b in args.batch_range.split(","))
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="trt-check-"))
@@ -146,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     ok = True
     for i, batch in enumerate(int(b) for b in args.batches.split(",")):
-        x = _features(model, batch, seed=100 + i)
+        x = sample_features(model, batch, seed=100 + i)
         with torch.no_grad():
             expected = gpu_model.forward_export(x.to("cuda")).double().cpu().numpy()
         (got,) = runner([x.numpy()])

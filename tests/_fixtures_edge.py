@@ -16,6 +16,7 @@ import torch
 
 from enn_nb.export.backends.base import Backend, Conversion, ExportJob
 from enn_nb.fastpaths import declared_fast_paths
+from enn_nb.reference import sample_features
 
 ESSENTIALS = {
     "enn_nb.schema": "enn_nb.export/1",
@@ -44,14 +45,8 @@ class ForwardExport(torch.nn.Module):
 
 
 def features(model: Any, batch: int, seed: int) -> torch.Tensor:
-    """Raw ``[batch, in_dim]`` features: continuous columns around the scaler's statistics, valid codes."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, model.in_dim, generator=gen, dtype=torch.float64)
-    n = model.scaler.x_mean.shape[0]
-    x[:, :n] = x[:, :n] * model.scaler.x_std + model.scaler.x_mean
-    for col, card in zip(model.embedding.categorical_columns, model.embedding.cardinalities):
-        x[:, col] = torch.randint(0, card, (batch,), generator=gen).double()
-    return x.float()
+    """Raw ``[batch, in_dim]`` features around the scaler's statistics, with valid codes."""
+    return sample_features(model, batch, seed=seed)
 
 
 def make_job(

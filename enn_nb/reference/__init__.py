@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from .config import ModelConfig
-from .data import make_dataset
+from .data import make_dataset, sample_features
 from .model import ReferenceModel
 from .train import build_reference, train_reference
 
-__all__ = ["ModelConfig", "ReferenceModel", "build_reference", "make_dataset", "train_reference"]
+__all__ = ["ModelConfig", "ReferenceModel", "build_reference", "make_dataset", "sample_features", "train_reference"]

@@ -72,3 +72,19 @@ def _calendar_codes(t: torch.Tensor, cardinalities: tuple[int, ...]) -> torch.Te
     if not cols:
         return t.new_zeros((t.shape[0], 0))
     return torch.stack(cols, dim=-1)
+
+
+def sample_features(model: object, batch: int, *, seed: int = 0) -> torch.Tensor:
+    """Raw ``[batch, in_dim]`` float32 features a trained reference model sees in practice.
+
+    Continuous columns are drawn around the model's Scaler statistics and categorical columns hold
+    valid codes, so exported artifacts are compared on realistic inputs rather than on noise that
+    calibration and embeddings would clamp.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, model.in_dim, generator=gen, dtype=torch.float64)
+    n = model.scaler.x_mean.shape[0]
+    x[:, :n] = x[:, :n] * model.scaler.x_std + model.scaler.x_mean
+    for col, card in zip(model.embedding.categorical_columns, model.embedding.cardinalities):
+        x[:, col] = torch.randint(0, card, (batch,), generator=gen).double()
+    return x.float()
