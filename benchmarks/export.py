@@ -39,7 +39,7 @@ def _model():
 def _safe_inputs(model):
     import torch
 
-    from enn_nb.export.parity import default_example_inputs
+    from enn_nb.engine.parity import default_example_inputs
     from enn_nb.spec import ModelSpec
 
     spec = ModelSpec.from_model(model)
@@ -80,8 +80,8 @@ def side_engine(out: Path, lean: bool = False) -> dict:
 def side_independent(out: Path) -> dict:
     import torch
 
-    from enn_nb.export.safe import export_safe
-    from enn_nb.export.wrapper import export_module
+    from enn_nb.engine.safe import export_safe
+    from enn_nb.engine.wrapper import export_module
 
     model = _model()
     x, shapes = _safe_inputs(model)
@@ -124,8 +124,8 @@ def bench_b(model) -> dict:
     import torch
 
     import enn_nb
-    from enn_nb.export.safe import export_safe
-    from enn_nb.export.wrapper import export_module
+    from enn_nb.engine.safe import export_safe
+    from enn_nb.engine.wrapper import export_module
 
     x, shapes = _safe_inputs(model)
     rows = {}
@@ -170,7 +170,7 @@ def bench_d(model, runs: int = 200) -> dict:
     import torch
 
     import enn_nb
-    from enn_nb.export.parity import default_example_inputs
+    from enn_nb.engine.parity import default_example_inputs
     from enn_nb.spec import ModelSpec
 
     torch.set_num_threads(1)

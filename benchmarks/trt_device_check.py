@@ -35,8 +35,8 @@ def _job(model, workdir: Path, batch_range: tuple[int, int, int]):
 
     import torch
 
-    from enn_nb.export.backends.base import ExportJob
-    from enn_nb.export.capture import onnx_from_program
+    from enn_nb.engine.backends.base import ExportJob
+    from enn_nb.engine.capture import onnx_from_program
     from enn_nb.fastpaths import declared_fast_paths
     from enn_nb.reference import sample_features
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,7,64", help="batch sizes checked for parity")
     args = parser.parse_args(argv)
 
-    from enn_nb.export.backends.tensorrt import TensorrtBackend, build_unavailable_reason
+    from enn_nb.engine.backends.tensorrt import TensorrtBackend, build_unavailable_reason
 
     reason = build_unavailable_reason()
     if reason:

@@ -15,7 +15,8 @@ from enn_nb.spec import ModelSpec, build, builders, register_builder
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Loaded, Manifest, inspect, load, save
-    from enn_nb.export import ExportReport, backends, export, export_safe, register_backend
+    from enn_nb.engine import ExportReport, export, export_safe, register_backend, verify
+    from enn_nb.engine.registry import backends
     from enn_nb.notebook.wizard import wizard
     from enn_nb.reports import report
 
@@ -27,12 +28,12 @@ _LAZY = {
     "convert": "enn_nb.checkpoint",
     "Manifest": "enn_nb.checkpoint",
     "Loaded": "enn_nb.checkpoint",
-    "export": "enn_nb.export",
-    "export_safe": "enn_nb.export",
-    "backends": "enn_nb.export",
-    "register_backend": "enn_nb.export",
-    "ExportReport": "enn_nb.export",
-    "verify": "enn_nb.export",
+    "export": "enn_nb.engine.pipeline",
+    "export_safe": "enn_nb.engine.safe",
+    "backends": "enn_nb.engine.registry",
+    "register_backend": "enn_nb.engine.registry",
+    "ExportReport": "enn_nb.engine.report",
+    "verify": "enn_nb.engine.parity",
     "wizard": "enn_nb.notebook.wizard",
     "report": "enn_nb.reports",
 }
@@ -57,6 +58,11 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    # Tab completion and dir() show the lazy names before they are first touched.
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -18,7 +18,7 @@ from enn_nb.errors import EnnError
 # Modules contributing subcommands, in the order `enn-nb --help` lists them.
 SUBCOMMAND_MODULES = (
     "enn_nb.checkpoint.cli",  # inspect, convert
-    "enn_nb.export.cli",  # backends, export, verify, build-trt
+    "enn_nb.engine.cli",  # backends, export, verify, build-trt
     "enn_nb.reports.cli",  # report
     "enn_nb.demo",  # demo
 )

@@ -15,7 +15,7 @@ Checks, for a result whose status is ``ok`` (``deferred``: sidecar, files and re
 - inputs and outputs have names, shapes and dtypes;
 - where the runtime exists here: parity passed in every case, at >= 2 cases, at >= 2 distinct batch
   sizes when the artifact's batch is dynamic, each case within the recorded tolerance; and
-  ``enn_nb.export.verify(artifact)`` re-runs it from the vectors file and passes;
+  ``enn_nb.engine.verify(artifact)`` re-runs it from the vectors file and passes;
 - where it does not: parity is ``skipped`` with a reason;
 - where the format has a metadata slot (``embedded_metadata``): ``backend.read_metadata(artifact)``
   returns every embedded essential unchanged.
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb.errors import MissingDependencyError
-from enn_nb.export import sidecar as sc
-from enn_nb.export.parity import verify
-from enn_nb.export.registry import get_backend
-from enn_nb.export.report import BackendResult, ExportReport
+from enn_nb.engine import sidecar as sc
+from enn_nb.engine.parity import verify
+from enn_nb.engine.registry import get_backend
+from enn_nb.engine.report import BackendResult, ExportReport
 
 
 def assert_backend_conforms(report_or_result: ExportReport | BackendResult, backend_name: str) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def assert_backend_conforms(report_or_result: ExportReport | BackendResult, back
             assert math.isfinite(case["max_abs_err"]) and case["max_abs_err"] < 1e300, case
         assert parity["vectors"] and (base / parity["vectors"]["file"]).is_file()
         again = verify(artifact)
-        assert again.ok, f"`enn_nb.export.verify` failed on `{artifact.name}`:\n{again}"
+        assert again.ok, f"`enn_nb.engine.verify` failed on `{artifact.name}`:\n{again}"
     else:
         assert parity["status"] == "skipped" and parity.get("reason"), parity
 

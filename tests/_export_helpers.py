@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob, TensorInfo
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, TensorInfo
 
 
 class TinyMLP(nn.Module):

@@ -1,6 +1,6 @@
 """Fixtures for the edge/vendor backend tests: an ExportJob of the reference model, built directly.
 
-The engine (``enn_nb.export.export``) builds the same job; these helpers let a backend be exercised
+The engine (``enn_nb.engine.export``) builds the same job; these helpers let a backend be exercised
 on its own (convert -> load -> parity -> metadata) with real runtimes and real files.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 from enn_nb.fastpaths import declared_fast_paths
 from enn_nb.reference import sample_features
 
@@ -57,7 +57,7 @@ def make_job(
     batch_range: tuple[int, int, int] = (1, 8, 64),
 ) -> ExportJob:
     """The job the engine would build: export-safe module, batch-2 example, lazy shared capture and ONNX."""
-    from enn_nb.export.capture import onnx_from_program
+    from enn_nb.engine.capture import onnx_from_program
 
     safe = export_safe_copy(model)
     module = ForwardExport(safe).eval()

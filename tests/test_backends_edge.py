@@ -15,7 +15,7 @@ import pytest
 from _conformance import assert_backend_conforms
 
 import enn_nb
-from enn_nb.export import sidecar as sc
+from enn_nb.engine import sidecar as sc
 
 EDGE = ["executorch", "litert", "coreml", "tensorflow", "tensorrt"]
 ALL = ["onnx", "ort", "pt2", "aoti", *EDGE]
@@ -157,7 +157,7 @@ def test_tensorrt_deferred_plan_is_buildable_from_the_sidecar_alone(all_nine, tr
 @pytest.mark.slow
 def test_build_trt_without_tensorrt_says_so_and_exits_non_zero(all_nine, capsys):
     from enn_nb.cli import main
-    from enn_nb.export.backends.tensorrt import EXIT_UNAVAILABLE, build_unavailable_reason
+    from enn_nb.engine.backends.tensorrt import EXIT_UNAVAILABLE, build_unavailable_reason
 
     if build_unavailable_reason() is None:
         pytest.skip("this machine can build TensorRT engines")
@@ -181,7 +181,7 @@ def test_all_nine_at_once_one_capture_one_sidecar_each(all_nine, artifacts_dir):
     report = all_nine["report"]
     statuses = {r.backend: r.status for r in report}
     assert list(statuses) == ALL
-    from enn_nb.export.backends.tensorrt import build_unavailable_reason
+    from enn_nb.engine.backends.tensorrt import build_unavailable_reason
 
     expected = {**dict.fromkeys(ALL, "ok"), "tensorrt": "deferred" if build_unavailable_reason() else "ok"}
     assert statuses == expected
@@ -216,7 +216,7 @@ def test_backends_lists_all_nine_with_availability_here(capsys):
     if sys.platform != "darwin":
         assert rows["coreml"].runtime_available is False
         assert rows["coreml"].runtime_reason == "CoreML prediction requires macOS"
-    from enn_nb.export.backends.tensorrt import build_unavailable_reason
+    from enn_nb.engine.backends.tensorrt import build_unavailable_reason
 
     if build_unavailable_reason() is not None:  # converts (deferred plan) but cannot build/run engines
         assert rows["tensorrt"].available is True and rows["tensorrt"].runtime_available is False
@@ -250,7 +250,7 @@ def test_a_missing_package_gives_one_line_with_the_extra(monkeypatch, backend, m
 
 
 def test_a_missing_tensorrt_defers_instead_of_making_the_backend_unavailable(monkeypatch):
-    from enn_nb.export.registry import get_backend
+    from enn_nb.engine.registry import get_backend
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     backend = get_backend("tensorrt")
@@ -262,7 +262,7 @@ def test_a_missing_tensorrt_defers_instead_of_making_the_backend_unavailable(mon
 
 def test_convert_without_the_package_raises_the_install_hint(monkeypatch, tmp_path):
     from enn_nb.errors import MissingDependencyError
-    from enn_nb.export.backends.coreml import CoremlBackend
+    from enn_nb.engine.backends.coreml import CoremlBackend
 
     monkeypatch.setitem(sys.modules, "coremltools", None)
     with pytest.raises(MissingDependencyError) as info:
@@ -285,8 +285,8 @@ def test_listing_backends_imports_no_converter():
 def test_tensorrt_profile_and_build_commands_follow_the_options():
     import torch
 
-    from enn_nb.export.backends.base import TensorInfo
-    from enn_nb.export.backends.tensorrt import TensorrtBackend, build_commands, make_profile
+    from enn_nb.engine.backends.base import TensorInfo
+    from enn_nb.engine.backends.tensorrt import TensorrtBackend, build_commands, make_profile
 
     class Job:
         batch_range = (1, 8, 64)
@@ -311,8 +311,8 @@ def test_tensorrt_profile_and_build_commands_follow_the_options():
 
 
 def test_options_are_checked_with_the_allowed_values(tmp_path):
-    from enn_nb.export.backends.coreml import CoremlBackend
-    from enn_nb.export.backends.executorch import ExecutorchBackend
+    from enn_nb.engine.backends.coreml import CoremlBackend
+    from enn_nb.engine.backends.executorch import ExecutorchBackend
 
     with pytest.raises(ValueError, match=r"`executorch` option `delegate` is 'qnn'; allowed values: 'xnnpack', 'portable'"):
         ExecutorchBackend().convert(None, tmp_path / "m.pte", {"delegate": "qnn"})  # type: ignore[arg-type]
@@ -323,7 +323,7 @@ def test_options_are_checked_with_the_allowed_values(tmp_path):
 def test_captured_output_holds_native_prints_and_restores_the_streams(capfd):
     import os
 
-    from enn_nb.export.backends._edge_common import captured_output
+    from enn_nb.engine.backends._edge_common import captured_output
 
     with captured_output() as log:
         print("python-level noise")

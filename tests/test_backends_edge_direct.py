@@ -21,7 +21,7 @@ def job(trained_model, tmp_path_factory):
 
 # -- float64 -> float32 rewrites ------------------------------------------------------------------------
 def test_demote_float64_module_removes_every_float64_and_keeps_the_numbers(job, trained_model):
-    from enn_nb.export.backends._edge_common import demote_float64_module
+    from enn_nb.engine.backends._edge_common import demote_float64_module
 
     ep = job.exported_program
     gm, counts = demote_float64_module(ep)
@@ -39,8 +39,8 @@ def test_demote_float64_module_removes_every_float64_and_keeps_the_numbers(job, 
 def test_demote_float64_onnx_rewrites_initializers_and_casts(job, trained_model):
     import onnx
 
-    from enn_nb.export.backends._edge_common import demote_float64_onnx
-    from enn_nb.export.backends._onnx_common import ort_runner
+    from enn_nb.engine.backends._edge_common import demote_float64_onnx
+    from enn_nb.engine.backends._onnx_common import ort_runner
 
     model = onnx.load(str(job.onnx_path))
 
@@ -64,7 +64,7 @@ def test_demote_float64_onnx_rewrites_initializers_and_casts(job, trained_model)
 # -- executorch -------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_executorch_portable_delegates_nothing_and_matches(job, trained_model, tmp_path):
-    from enn_nb.export.backends.executorch import ExecutorchBackend, _program
+    from enn_nb.engine.backends.executorch import ExecutorchBackend, _program
 
     backend = ExecutorchBackend()
     conv = backend.convert(job, tmp_path / "model.pte", {"delegate": "portable", "max_batch": 16})
@@ -87,7 +87,7 @@ def test_executorch_portable_delegates_nothing_and_matches(job, trained_model, t
 def test_litert_dynamic_on_request_named_signature_and_metadata(job, trained_model, tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from enn_nb.export.backends.litert import LitertBackend, read_flatbuffer_metadata
+    from enn_nb.engine.backends.litert import LitertBackend, read_flatbuffer_metadata
 
     backend = LitertBackend()
     conv = backend.convert(job, tmp_path / "model.tflite", {"dynamic_batch": True})
@@ -108,10 +108,10 @@ def test_litert_dynamic_on_request_named_signature_and_metadata(job, trained_mod
 
 def test_flatbuffer_metadata_entries_are_added_and_replaced(tmp_path):
     pytest.importorskip("ai_edge_litert")
-    from enn_nb.export.backends.litert import embed_metadata, read_flatbuffer_metadata
+    from enn_nb.engine.backends.litert import embed_metadata, read_flatbuffer_metadata
 
     litert_torch = pytest.importorskip("litert_torch")
-    from enn_nb.export.backends._edge_common import captured_output
+    from enn_nb.engine.backends._edge_common import captured_output
 
     with captured_output():
         model = litert_torch.convert(torch.nn.Linear(3, 2).eval(), (torch.randn(2, 3),))
@@ -135,7 +135,7 @@ def test_coreml_fp16_target_and_metadata_in_the_spec(job, tmp_path):
     import coremltools as ct
 
     from enn_nb.errors import PlatformUnavailableError
-    from enn_nb.export.backends.coreml import CoremlBackend
+    from enn_nb.engine.backends.coreml import CoremlBackend
 
     backend = CoremlBackend()
     conv = backend.convert(
@@ -168,7 +168,7 @@ def test_tensorflow_success_is_quiet_and_failure_shows_onnx2tf_output(job, train
     from onnx import TensorProto, helper
 
     from enn_nb.errors import BackendError
-    from enn_nb.export.backends.tensorflow import TensorflowBackend
+    from enn_nb.engine.backends.tensorflow import TensorflowBackend
 
     backend = TensorflowBackend()
     assert job.onnx_path.is_file()  # the shared ONNX is made by the engine, not by this backend

@@ -10,8 +10,8 @@ from _export_helpers import HalfWriteBackend, TinyMLP, enn_cache_in_tmp  # noqa:
 
 import enn_nb
 from enn_nb.errors import InputMismatchError, MissingDependencyError, OutputDirError, UnknownNameError
-from enn_nb.export import sidecar
-from enn_nb.export.registry import register_backend, unregister_backend
+from enn_nb.engine import sidecar
+from enn_nb.engine.registry import register_backend, unregister_backend
 
 
 def test_unknown_backend_suggests_the_closest_and_lists_the_known(tmp_path):

@@ -13,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import enn_nb
 from enn_nb.cli import build_parser, main
-from enn_nb.export import sidecar
+from enn_nb.engine import sidecar
 
 
 def test_backends_json(capsys):

@@ -14,8 +14,8 @@ from _export_helpers import ApproxGeluNet, TinyMLP
 
 import enn_nb
 from enn_nb.errors import ParityError
-from enn_nb.export import sidecar
-from enn_nb.export.parity import load_vectors
+from enn_nb.engine import sidecar
+from enn_nb.engine.parity import load_vectors
 from enn_nb.spec import ModelSpec
 
 BACKENDS = ["onnx", "ort", "pt2", "aoti"]
@@ -246,7 +246,7 @@ def test_should_stop_cancels_the_remaining_backends(tmp_path):
 
 
 def test_external_data_when_the_weights_are_too_big_for_one_file(tmp_path, monkeypatch):
-    from enn_nb.export import capture
+    from enn_nb.engine import capture
 
     monkeypatch.setattr(capture, "EXTERNAL_DATA_BYTES", 0)  # as if the weights were over 2 GB
     report = enn_nb.export(TinyMLP(), "onnx,ort", out_dir=tmp_path, example_inputs=torch.randn(2, 6),

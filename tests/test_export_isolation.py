@@ -17,8 +17,8 @@ from _export_helpers import (  # noqa: F401
 )
 
 import enn_nb
-from enn_nb.export import sidecar
-from enn_nb.export.registry import register_backend, unregister_backend
+from enn_nb.engine import sidecar
+from enn_nb.engine.registry import register_backend, unregister_backend
 
 
 @pytest.fixture()

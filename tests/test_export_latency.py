@@ -1,4 +1,4 @@
-"""enn_nb.export.latency: the one latency measurement (wizard and export report), on real ONNX and PT2 artifacts."""
+"""enn_nb.engine.latency: the one latency measurement (wizard and export report), on real ONNX and PT2 artifacts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from enn_nb.export import latency  # noqa: E402
+from enn_nb.engine import latency  # noqa: E402
 
 FAST = {"budget_s": 0.0, "min_calls": 2, "max_calls": 5}  # the numbers are not under test, their presence is
 # Tests marked slow share one real ONNX + PT2 export of a tiny MLP (~15 s on 2 busy cores).
@@ -24,7 +24,7 @@ def _net() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from enn_nb.export import export
+    from enn_nb.engine import export
 
     net = _net()
     out = tmp_path_factory.mktemp("latency")

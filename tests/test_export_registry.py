@@ -14,7 +14,7 @@ import torch
 from _export_helpers import EchoBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
-from enn_nb.export.registry import BUILTINS, get_backend, register_backend, unregister_backend
+from enn_nb.engine.registry import BUILTINS, get_backend, register_backend, unregister_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "executorch", "coremltools", "litert_torch",
@@ -25,7 +25,7 @@ def test_the_nine_builtins_are_registered_with_their_classes():
     assert list(BUILTINS) == ["onnx", "ort", "pt2", "aoti", "executorch", "litert", "coreml", "tensorflow", "tensorrt"]
     for name, ref in BUILTINS.items():
         module, _, cls = ref.partition(":")
-        assert module == f"enn_nb.export.backends.{name}"
+        assert module == f"enn_nb.engine.backends.{name}"
         assert cls == {"onnx": "OnnxBackend", "ort": "OrtBackend", "pt2": "Pt2Backend", "aoti": "AotiBackend"}.get(
             name, cls
         )
@@ -58,12 +58,31 @@ def test_listing_backends_imports_no_heavy_package():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_backends_is_the_function_even_after_importing_backend_modules():
-    import enn_nb.export
-    import enn_nb.export.backends.onnx  # noqa: F401
+def test_public_functions_keep_their_signatures_whatever_was_imported_first():
+    import inspect
+    import types
 
-    assert callable(enn_nb.export.backends) and isinstance(enn_nb.export.backends(), list)
-    assert callable(enn_nb.export)  # the package is callable too: `enn_nb.export(model, ...)` always works
+    import enn_nb.engine
+    import enn_nb.engine.backends as backends_pkg
+    import enn_nb.engine.backends.onnx  # noqa: F401
+    import enn_nb.engine.registry  # noqa: F401
+
+    assert isinstance(backends_pkg, types.ModuleType)
+    for name in ("export", "backends", "verify"):
+        assert isinstance(getattr(enn_nb, name), types.FunctionType), name
+    assert "out_dir" in inspect.signature(enn_nb.export).parameters
+    assert isinstance(enn_nb.backends(), list)
+
+
+def test_all_dir_and_attributes_agree():
+    import importlib
+
+    fresh = importlib.import_module("enn_nb")
+    assert set(fresh.__all__) <= set(dir(fresh))
+    for name in fresh.__all__:
+        assert getattr(fresh, name) is not None, name
+    public = {n for n in dir(fresh) if not n.startswith("_") and not isinstance(getattr(fresh, n), type(importlib))}
+    assert public <= set(fresh.__all__) | {"annotations", "importlib", "TYPE_CHECKING", "Any"}, public - set(fresh.__all__)
 
 
 def test_register_backend_and_export_through_it(tmp_path):
@@ -88,7 +107,7 @@ def test_entry_point_plugins_are_found(tmp_path):
     code = textwrap.dedent(
         """
         import enn_nb
-        from enn_nb.export.registry import get_backend
+        from enn_nb.engine.registry import get_backend
         rows = {r.name: r for r in enn_nb.backends()}
         print(rows["echoplug"].suffix, type(get_backend("echoplug")).__name__)
         """

@@ -14,8 +14,8 @@ from _export_helpers import enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.errors import FastPathExportError
-from enn_nb.export import sidecar
-from enn_nb.export.safe import export_safe, is_active, state_fingerprint
+from enn_nb.engine import sidecar
+from enn_nb.engine.safe import export_safe, is_active, state_fingerprint
 from enn_nb.fastpaths import declared_fast_paths
 
 
@@ -25,7 +25,7 @@ def model(trained_model):
 
 
 def _x(model, batch=5, seed=0):
-    from enn_nb.export.parity import default_example_inputs
+    from enn_nb.engine.parity import default_example_inputs
     from enn_nb.spec import ModelSpec
 
     spec = ModelSpec.from_model(model)

@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 
 import enn_nb
 from enn_nb.checkpoint import Loaded, Manifest
-from enn_nb.export import ExportReport
+from enn_nb.engine import ExportReport
 from tests._fixtures_magics import ip, run_cell  # noqa: F401 - ip is a fixture
 
 

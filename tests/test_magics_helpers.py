@@ -97,7 +97,7 @@ def test_progress_shows_cached_results_and_closes_open_bars_on_exit() -> None:
 
 
 def test_final_statuses_cover_the_engine_vocabulary() -> None:
-    from enn_nb.export.backends.base import STATUSES
+    from enn_nb.engine.backends.base import STATUSES
 
     from enn_nb.notebook.display import FINAL_STATUSES
 
@@ -182,7 +182,7 @@ def test_export_kwargs_precedence_flag_then_body_then_settings() -> None:
     kwargs = logic.export_kwargs(body, settings, ["onnx", "pt2"], {}, out="from_flag")
     assert str(kwargs["out_dir"]) == "from_flag"
     assert kwargs["isolate"] is False and kwargs["cache"] is True and kwargs["batch_range"] == (1, 8, 64)
-    from enn_nb.export.registry import get_backend
+    from enn_nb.engine.registry import get_backend
 
     pt2_rtol = get_backend("pt2").default_tolerance[1]
     assert kwargs["tolerances"] == {"onnx": (1e-3, 1e-2), "pt2": (1e-3, pt2_rtol)}

@@ -8,13 +8,13 @@ import pytest
 
 
 def _result(backend, status, **kw):
-    from enn_nb.export import BackendResult
+    from enn_nb.engine import BackendResult
 
     return BackendResult(backend=backend, status=status, **kw)
 
 
 def _report(tmp_path, *results):
-    from enn_nb.export import ExportReport
+    from enn_nb.engine import ExportReport
 
     return ExportReport(results=list(results), out_dir=tmp_path)
 
@@ -152,7 +152,7 @@ def test_requested_backends_forms():
 
 
 def test_tolerances_override_only_what_is_given():
-    from enn_nb.export.registry import get_backend
+    from enn_nb.engine.registry import get_backend
     from enn_nb.reports.sections import tolerances
 
     assert tolerances(None, None, ["onnx"]) is None

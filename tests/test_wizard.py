@@ -11,9 +11,9 @@ import pytest
 pytest.importorskip("ipywidgets")
 torch = pytest.importorskip("torch")
 
-from enn_nb.export.backends.pt2 import Pt2Backend  # noqa: E402
-from enn_nb.export.registry import backends as registry_backends  # noqa: E402
-from enn_nb.export.registry import register_backend, unregister_backend  # noqa: E402
+from enn_nb.engine.backends.pt2 import Pt2Backend  # noqa: E402
+from enn_nb.engine.registry import backends as registry_backends  # noqa: E402
+from enn_nb.engine.registry import register_backend, unregister_backend  # noqa: E402
 from enn_nb.notebook.wizard import Wizard, wizard  # noqa: E402
 from enn_nb.notebook.wizard_state import STEPS  # noqa: E402
 

@@ -283,7 +283,7 @@ def field(row: Any, key: str, default: Any = None) -> Any:
 
 def backend_rows() -> list[Any]:
     """``enn_nb.backends()`` (imports no heavy package)."""
-    from enn_nb.export import backends
+    from enn_nb.engine.registry import backends
 
     return list(backends())
 
@@ -520,7 +520,7 @@ def tolerances_for(
 
     A named backend wins over ``*``; a bound given for neither is the backend's documented default.
     """
-    from enn_nb.export.registry import get_backend
+    from enn_nb.engine.registry import get_backend
 
     out: dict[str, tuple[float, float]] = {}
     for name in backends:

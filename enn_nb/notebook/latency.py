@@ -1,6 +1,6 @@
 """The wizard's latency: each artifact and the eager model timed at the wizard's batch size (one number each).
 
-The measurement itself is :mod:`enn_nb.export.latency`, shared with the export report; this puts it
+The measurement itself is :mod:`enn_nb.engine.latency`, shared with the export report; this puts it
 in the shape the wizard's state holds, on inputs resampled from the export's own parity vectors (so
 any ``nn.Module`` works, with a spec or without).
 """
@@ -55,7 +55,7 @@ def measure(
         on_backend: called with each backend's name before it is timed (progress).
         should_stop: polled between backends; True stops timing (the rest are skipped).
     """
-    from enn_nb.export import latency
+    from enn_nb.engine import latency
 
     inputs = latency.vector_inputs(report)
     if inputs is None:

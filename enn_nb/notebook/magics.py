@@ -259,8 +259,7 @@ class EnnMagics(Magics):
             )
             kwargs["provenance"] = self._provenance("%%enn_export" if cell is not None else "%enn_export", line, cell)
 
-            # The function, not `enn_nb.export`: that attribute is the subpackage once it is imported.
-            from enn_nb.export import export
+            from enn_nb.engine import export
 
             progress = None
             if self.progress:
@@ -286,7 +285,7 @@ class EnnMagics(Magics):
         """
         with user_errors():
             _parse(self.enn_backends, line)
-            from enn_nb.export import backends
+            from enn_nb.engine.registry import backends
 
             rows = backends()
             if hasattr(rows, "_repr_html_"):

@@ -168,9 +168,7 @@ class ExportRun:
         try:
             export = self._export
             if export is None:
-                # Not `enn_nb.export`: once the `enn_nb.export` subpackage is imported, that
-                # attribute of the package is the subpackage, not the function.
-                from enn_nb.export import export
+                from enn_nb.engine import export
             report = export(
                 model,
                 progress=lambda event: self._post("progress", dict(event)),

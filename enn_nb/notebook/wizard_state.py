@@ -186,7 +186,7 @@ class WizardState(HasTraits):
     def backend_rows(self, *, refresh: bool = False) -> list[dict[str, Any]]:
         """The registry's backends as dicts: name, suffix, available, reason, install (cached)."""
         if self._backend_rows is None or refresh:
-            from enn_nb.export.registry import backends
+            from enn_nb.engine.registry import backends
 
             self._backend_rows = [_row_dict(row) for row in backends()]
         return self._backend_rows
@@ -328,7 +328,7 @@ class WizardState(HasTraits):
 
     def _backend_attr(self, name: str, attr: str) -> Any:
         try:
-            from enn_nb.export.registry import get_backend
+            from enn_nb.engine.registry import get_backend
 
             return getattr(get_backend(name), attr, None)
         except Exception:  # a broken plugin: validation reports it, options just skip it

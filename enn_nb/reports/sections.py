@@ -16,7 +16,7 @@ from enn_nb.notebook.display import Link, Table
 from enn_nb.reports.verdict import FAILING, Pending, Verdict
 
 if TYPE_CHECKING:
-    from enn_nb.export import ExportReport
+    from enn_nb.engine import ExportReport
 
 
 # -- what to export ---------------------------------------------------------------------------------
@@ -42,8 +42,8 @@ def requested_backends(backends: str | Sequence[str] | None) -> Requested:
         UnknownNameError: a backend name that is not registered (the closest name is suggested).
         ReportError: nothing is left to export.
     """
-    from enn_nb.export import backends as listing
-    from enn_nb.export.registry import resolve_names
+    from enn_nb.engine.registry import backends as listing
+    from enn_nb.engine.registry import resolve_names
 
     if backends is None or (isinstance(backends, str) and backends.strip() in ("", "available")):
         table = listing()
@@ -61,7 +61,7 @@ def tolerances(atol: float | None, rtol: float | None, names: Sequence[str]) -> 
     """Per-backend ``(atol, rtol)`` for ``enn_nb.export``: a value given overrides; None keeps the backend default."""
     if atol is None and rtol is None:
         return None
-    from enn_nb.export.registry import get_backend
+    from enn_nb.engine.registry import get_backend
 
     out = {}
     for name in names:
@@ -188,7 +188,7 @@ def measure(
     Each runtime is loaded with its backend's ``load`` (the same runner the export's parity used) and
     called on the same inputs as the eager model at every batch size its artifact accepts. The time
     is the median over calls made for about ``seconds`` after two warm-up calls
-    (:func:`enn_nb.export.latency.measure`, which the wizard uses too).
+    (:func:`enn_nb.engine.latency.measure`, which the wizard uses too).
 
     Args:
         model: the eager model (its fast paths on, as trained).
@@ -196,7 +196,7 @@ def measure(
         batch_sizes: batch sizes to measure.
         spec: the model's ModelSpec (realistic inputs); read from the model when None.
     """
-    from enn_nb.export import latency
+    from enn_nb.engine import latency
     from enn_nb.spec import ModelSpec
 
     sizes = batch_list(batch_sizes)

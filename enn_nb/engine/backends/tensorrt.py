@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 
 from enn_nb._optional import install_line, is_installed, require
 from enn_nb.errors import BackendError
-from enn_nb.export.backends._edge_common import demote_float64_onnx, demotion_note, write_bytes_atomic
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner
+from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note, write_bytes_atomic
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner
 
 SIDECAR_SUFFIX = ".enn.json"
 #: exit code of ``enn-nb build-trt`` when this machine cannot build engines (no TensorRT / no CUDA)
@@ -92,7 +92,7 @@ class TensorrtBackend(Backend):
     # -- work --------------------------------------------------------------------------------------
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
-        from enn_nb.export.backends._onnx_common import describe
+        from enn_nb.engine.backends._onnx_common import describe
 
         onnx = require("onnx", purpose="the `tensorrt` backend")
         model = onnx.load(str(job.onnx_path))
@@ -113,7 +113,7 @@ class TensorrtBackend(Backend):
                 f"`tensorrt`: polygraphy lint found problems in the TensorRT-ready ONNX: {lint.get('problems')}",
                 backend=self.name, stage="convert",
             )
-        from enn_nb.export.sidecar import sha256_file
+        from enn_nb.engine.sidecar import sha256_file
 
         details: dict[str, Any] = {
             "onnx": {"file": trt_onnx.name, "sha256": sha256_file(trt_onnx), "checker": "full_check passed"},
@@ -427,7 +427,7 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
         1 failed or mismatched, :data:`EXIT_UNAVAILABLE` (2) when this machine has no TensorRT or no
         CUDA device (the message says where and how to build it instead).
     """
-    from enn_nb.export import sidecar as sc
+    from enn_nb.engine import sidecar as sc
 
     path = Path(sidecar_path)
     if not path.name.endswith(SIDECAR_SUFFIX):
@@ -474,7 +474,7 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
     status, parity = "ok", {"status": "not_run", "reason": "no vectors file beside the sidecar"}
     vectors = _vectors_file(data, base, artifact)
     if vectors is not None:
-        from enn_nb.export.parity import cases_for, finite, load_vectors, run_cases
+        from enn_nb.engine.parity import cases_for, finite, load_vectors, run_cases
 
         cases, _, _ = load_vectors(vectors)
         atol, rtol = TensorrtBackend.default_tolerance

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb._version import __version__
 from enn_nb.errors import OutputDirError, SpecError
-from enn_nb.export import sidecar as sc
+from enn_nb.engine import sidecar as sc
 
 if TYPE_CHECKING:
     import torch
@@ -127,7 +127,7 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
     import numpy as np
     import torch
 
-    from enn_nb.export.parity import default_example_inputs
+    from enn_nb.engine.parity import default_example_inputs
 
     if example_inputs is None:
         in_dim = spec.in_dim if spec is not None else getattr(model, "in_dim", None)
@@ -156,7 +156,7 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
 
 def case_maker(spec: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``make(batch, seed)`` giving the parity inputs at one batch size."""
-    from enn_nb.export.parity import default_example_inputs, resample_inputs
+    from enn_nb.engine.parity import default_example_inputs, resample_inputs
 
     if spec is not None and spec.in_dim is not None and len(inputs) == 1 and inputs[0].dim() == 2:
         dtype = str(inputs[0].dtype).removeprefix("torch.")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.export.backends._torch_common import program_io, torch_runner
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.backends._torch_common import program_io, torch_runner
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 
 
 class AotiBackend(Backend):
@@ -39,7 +39,7 @@ class AotiBackend(Backend):
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch
 
-        from enn_nb.export.cache import ensure_inductor_cache
+        from enn_nb.engine.cache import ensure_inductor_cache
 
         cache = ensure_inductor_cache()
         ep = job.exported_program

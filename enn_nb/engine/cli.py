@@ -14,7 +14,7 @@ FAILING = ("failed", "mismatch", "crashed", "unavailable", "cancelled")
 
 #: The TensorRT backend module: it may contribute ``build-trt`` through ``register_cli(subparsers)``;
 #: otherwise ``build-trt SIDECAR [--out ENGINE]`` calls its ``build_from_sidecar(sidecar, out=...)``.
-TRT_MODULE = "enn_nb.export.backends.tensorrt"
+TRT_MODULE = "enn_nb.engine.backends.tensorrt"
 
 
 def register(subparsers: Any) -> None:
@@ -78,7 +78,7 @@ def _register_build_trt(subparsers: Any) -> None:
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from enn_nb.export import backends
+    from enn_nb.engine.registry import backends
 
     table = backends()
     print(json.dumps(table.to_json(), indent=2) if args.json else table)
@@ -101,7 +101,7 @@ def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from enn_nb.export import export
+    from enn_nb.engine import export
 
     src = Path(args.src)
     if not src.exists():
@@ -126,7 +126,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from enn_nb.export import verify
+    from enn_nb.engine import verify
 
     tolerances = None
     if args.atol is not None or args.rtol is not None:

@@ -15,14 +15,14 @@ from typing import Any, ClassVar
 
 from enn_nb._optional import is_installed, require
 from enn_nb.errors import BackendError
-from enn_nb.export.backends._edge_common import (
+from enn_nb.engine.backends._edge_common import (
     BATCH,
     ESSENTIALS_KEY,
     captured_output,
     demote_float64_onnx,
     demotion_note,
 )
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 
 SIGNATURE = "serving_default"
 ESSENTIALS_ASSET = f"{ESSENTIALS_KEY}.json"
@@ -83,7 +83,7 @@ class TensorflowBackend(Backend):
             if out_path.exists():
                 shutil.rmtree(out_path)
             cmd = [
-                sys.executable, "-m", "enn_nb.export.backends.tensorflow",
+                sys.executable, "-m", "enn_nb.engine.backends.tensorflow",
                 "--onnx", str(tf_onnx), "--work", str(tmp / "onnx2tf"), "--out", str(out_path),
                 "--essentials", str(essentials), "--io", str(io_names),
                 *(["--keep-tflite"] if opts["keep_tflite"] else []),
@@ -163,7 +163,7 @@ def _demotion_effect(source: Path, demoted: Path, job: ExportJob) -> float | Non
 
     if not is_installed("onnxruntime"):
         return None
-    from enn_nb.export.backends._onnx_common import ort_runner
+    from enn_nb.engine.backends._onnx_common import ort_runner
 
     inputs = [t.detach().cpu().numpy() for t in job.example_inputs]
     a = ort_runner(source, {})([x.copy() for x in inputs])
@@ -178,7 +178,7 @@ def _child(argv: Sequence[str] | None = None) -> int:
     Prints one JSON line last (versions, signature specs); everything else on stdout/stderr is the
     converters' own noise, shown by the parent only on failure.
     """
-    parser = argparse.ArgumentParser(prog="enn_nb.export.backends.tensorflow")
+    parser = argparse.ArgumentParser(prog="enn_nb.engine.backends.tensorflow")
     parser.add_argument("--onnx", required=True)
     parser.add_argument("--work", required=True)
     parser.add_argument("--out", required=True)

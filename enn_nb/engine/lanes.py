@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from enn_nb.export.cache import store, stored_names
-from enn_nb.export.finish import finish
-from enn_nb.export.plan import Emitter, Plan, cancel, stopped
-from enn_nb.export.report import ExportReport
+from enn_nb.engine.cache import store, stored_names
+from enn_nb.engine.finish import finish
+from enn_nb.engine.plan import Emitter, Plan, cancel, stopped
+from enn_nb.engine.report import ExportReport
 
 
 @dataclasses.dataclass
@@ -60,7 +60,7 @@ def split_lanes(todo: list[Plan], workers: int | None) -> list[list[Plan]]:
 
 def run_lane(lane: list[Plan], worker: Any, ctx: LaneContext) -> None:
     """Convert, verify and finish each plan of ``lane`` in turn, in ``worker`` (or in this process when None)."""
-    from enn_nb.export.isolate import Task, importable_reference, run_unit
+    from enn_nb.engine.isolate import Task, importable_reference, run_unit
 
     try:
         for pos, plan in enumerate(lane):

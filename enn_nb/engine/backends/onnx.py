@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.export.backends._onnx_common import describe, ort_runner
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.backends._onnx_common import describe, ort_runner
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 
 
 class OnnxBackend(Backend):

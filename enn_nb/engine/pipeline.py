@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
-from enn_nb.export import sidecar as sc
-from enn_nb.export.cache import export_key, lookup, module_digest, tensors_digest
-from enn_nb.export.finish import finish_failed, finish_unavailable
-from enn_nb.export.inputs import (
+from enn_nb.engine import sidecar as sc
+from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
+from enn_nb.engine.finish import finish_failed, finish_unavailable
+from enn_nb.engine.inputs import (
     case_maker,
     check_batch_range,
     check_options,
@@ -33,10 +33,10 @@ from enn_nb.export.inputs import (
     prepare_out_dir,
     resolve_spec,
 )
-from enn_nb.export.lanes import LaneContext, run_lane, split_lanes
-from enn_nb.export.parity import VECTORS_SUFFIX
-from enn_nb.export.plan import Emitter, Plan, Progress, cancel, stopped
-from enn_nb.export.report import BackendResult, ExportReport
+from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
+from enn_nb.engine.parity import VECTORS_SUFFIX
+from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
+from enn_nb.engine.report import BackendResult, ExportReport
 
 if TYPE_CHECKING:
     import torch
@@ -108,7 +108,7 @@ def export(
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
     """
     started = time.perf_counter()
-    from enn_nb.export.registry import get_backend, resolve_names
+    from enn_nb.engine.registry import get_backend, resolve_names
 
     names = resolve_names(backends)
     stem = check_stem(stem)
@@ -125,7 +125,7 @@ def export(
         provenance = sc.provenance_from_kernel()
     metadata = dict(metadata or {})
 
-    from enn_nb.export.parity import resolve_tolerance
+    from enn_nb.engine.parity import resolve_tolerance
 
     plans: list[Plan] = []
     for i, name in enumerate(names):
@@ -197,11 +197,11 @@ def _run(
 ) -> None:
     import torch
 
-    from enn_nb.export import parity
-    from enn_nb.export.capture import Shared, capture_program
-    from enn_nb.export.isolate import Worker
-    from enn_nb.export.safe import export_safe
-    from enn_nb.export.wrapper import export_module
+    from enn_nb.engine import parity
+    from enn_nb.engine.capture import Shared, capture_program
+    from enn_nb.engine.isolate import Worker
+    from enn_nb.engine.safe import export_safe
+    from enn_nb.engine.wrapper import export_module
     from enn_nb.fastpaths import declared_fast_paths
 
     input_names = input_names_of(inputs)
@@ -261,7 +261,7 @@ def _run(
                 module, inputs, dynamic_batch=dynamic_batch, fast_paths=fast_paths
             )
         except Exception as exc:
-            from enn_nb.export.isolate import error_dict
+            from enn_nb.engine.isolate import error_dict
 
             capture_error = error_dict(exc)
             capture_error["fast_path"] = exc.fast_path if isinstance(exc, FastPathExportError) else None
@@ -287,8 +287,8 @@ def _run(
         )
         shared.timings["capture"] = report.capture_s
 
-        from enn_nb.export.backends.base import ExportJob
-        from enn_nb.export.isolate import Setup
+        from enn_nb.engine.backends.base import ExportJob
+        from enn_nb.engine.isolate import Setup
 
         job = ExportJob(
             module=module,
@@ -403,7 +403,7 @@ def _fast_path_name(result: BackendResult) -> str:
 
 
 def _backend_safe(name: str) -> Any:
-    from enn_nb.export.registry import get_backend
+    from enn_nb.engine.registry import get_backend
 
     try:
         return get_backend(name)

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb._version import __version__
 from enn_nb.errors import ExportError
-from enn_nb.export import sidecar as sc
-from enn_nb.export.parity import VECTORS_SUFFIX
+from enn_nb.engine import sidecar as sc
+from enn_nb.engine.parity import VECTORS_SUFFIX
 
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.export.plan import Plan
-    from enn_nb.export.report import BackendResult
+    from enn_nb.engine.plan import Plan
+    from enn_nb.engine.report import BackendResult
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,7 +202,7 @@ def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, 
                batch_range: tuple[int, int, int], verify: bool, safe: bool, stem: str, metadata: dict[str, Any],
                onnx_options: dict[str, Any], tolerances: Any) -> str:
     """The cache key of one backend's export: everything that can change its artifact."""
-    from enn_nb.export.registry import class_reference
+    from enn_nb.engine.registry import class_reference
 
     return make_key(
         enn_nb=__version__,
@@ -227,7 +227,7 @@ def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, 
 
 def lookup(plan: Plan, out: Path, stem: str) -> BackendResult | None:
     """The cached result of ``plan`` (its files checked, fetched from the store if needed), or None."""
-    from enn_nb.export.finish import result_from_sidecar
+    from enn_nb.engine.finish import result_from_sidecar
 
     started = time.perf_counter()
     side = sc.sidecar_path(out / plan.backend.artifact_name(stem))

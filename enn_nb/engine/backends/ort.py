@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.export.backends._onnx_common import ort_metadata, ort_runner, ort_session, session_describe
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.backends._onnx_common import ort_metadata, ort_runner, ort_session, session_describe
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 
 #: optimisation levels of ``convert_onnx_models_to_ort`` (its ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL)
 LEVELS = ("disable", "basic", "extended", "layout", "all")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._format import human_size
-from enn_nb.export.backends.base import STATUSES
+from enn_nb.engine.backends.base import STATUSES
 
 #: What each status means (shown by ``enn-nb backends --help`` and the docs).
 STATUS_MEANING = {

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from enn_nb._optional import require
 from enn_nb.errors import BackendError
-from enn_nb.export.backends._edge_common import (
+from enn_nb.engine.backends._edge_common import (
     BATCH,
     ESSENTIALS_KEY,
     batch_bounds,
@@ -20,7 +20,7 @@ from enn_nb.export.backends._edge_common import (
     first_line,
     write_bytes_atomic,
 )
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 
 #: Protobuf/flatbuffer builders cannot pack a model object over 2 GiB; above this the metadata is skipped.
 _MAX_EMBED_BYTES = 1_900_000_000

@@ -8,10 +8,10 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.export.report import BackendResult
+from enn_nb.engine.report import BackendResult
 
 if TYPE_CHECKING:
-    from enn_nb.export.backends.base import Backend
+    from enn_nb.engine.backends.base import Backend
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enn_nb.export.backends.base import ExportJob, TensorInfo
+from enn_nb.engine.backends.base import ExportJob, TensorInfo
 
 
 def _dim(d: Any) -> int | str:

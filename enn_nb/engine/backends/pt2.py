@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.export.backends._torch_common import program_io, torch_runner
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.backends._torch_common import program_io, torch_runner
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 
 EXTRA_FILE = "enn_nb.json"
 

@@ -230,7 +230,7 @@ def save_vectors(path: Path, cases: list[Case], input_names: list[str], output_n
     os.close(fd)
     try:
         save_file({k: _contiguous(v) for k, v in tensors.items()}, tmp, metadata=meta)
-        from enn_nb.export.sidecar import file_mode
+        from enn_nb.engine.sidecar import file_mode
 
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
@@ -403,8 +403,8 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     Raises:
         ExportError: no/invalid sidecar, or no vectors file.
     """
-    from enn_nb.export import sidecar as sc
-    from enn_nb.export.registry import get_backend
+    from enn_nb.engine import sidecar as sc
+    from enn_nb.engine.registry import get_backend
 
     artifact = Path(artifact)
     if artifact.name.endswith(sc.SIDECAR_SUFFIX):

@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.export import sidecar as sc
-from enn_nb.export.cache import replace_path
-from enn_nb.export.report import BackendResult, ExportReport
+from enn_nb.engine import sidecar as sc
+from enn_nb.engine.cache import replace_path
+from enn_nb.engine.report import BackendResult, ExportReport
 
 if TYPE_CHECKING:
-    from enn_nb.export.plan import Plan
+    from enn_nb.engine.plan import Plan
 
 
 def finish(
@@ -27,7 +27,7 @@ def finish(
     t0: float,
 ) -> BackendResult:
     """Turn a unit's outcome into files in ``out_dir``, a sidecar and a BackendResult."""
-    from enn_nb.export.capture import fast_path_error
+    from enn_nb.engine.capture import fast_path_error
 
     timings = {"capture": report.capture_s, **({"onnx": report.onnx_s} if plan.backend.consumes == "onnx" else {}),
                **unit.get("timings", {})}
@@ -65,7 +65,7 @@ def finish(
         status = "deferred"
         parity_block = {"status": "not_run", "reason": f"deferred: {conv['deferred']}"}
     elif unit.get("parity") is not None:
-        from enn_nb.export.parity import finite
+        from enn_nb.engine.parity import finite
 
         parity_block = finite(unit["parity"])
         if parity_block["status"] == "failed":

@@ -1,6 +1,6 @@
 """The one protocol every export backend implements.
 
-A backend converts and loads; that is all. The pipeline (``enn_nb.export.pipeline``) owns
+A backend converts and loads; that is all. The pipeline (``enn_nb.engine.pipeline``) owns
 everything that must exist once: availability checks, the atomic write of the artifact, parity,
 the sidecar, the cache, isolation in a child process, timings and error capture.
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from enn_nb.spec import ModelSpec
 
-#: The status vocabulary shared by results and sidecars (meanings: ``enn_nb.export.report.STATUS_MEANING``).
+#: The status vocabulary shared by results and sidecars (meanings: ``enn_nb.engine.report.STATUS_MEANING``).
 #: ``cancelled`` marks backends not attempted because the export was stopped (``should_stop``).
 STATUSES = ("ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled")
 
@@ -126,7 +126,7 @@ class Conversion:
 
 class Backend:
     """Base class of export backends. Subclass it, set the class attributes, implement ``convert``
-    and ``load``; register it with ``enn_nb.export.register_backend`` or the ``enn_nb.backends``
+    and ``load``; register it with ``enn_nb.engine.register_backend`` or the ``enn_nb.backends``
     entry-point group (value ``"package.module:ClassName"``).
     """
 
@@ -186,7 +186,7 @@ class Backend:
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this backend involves (for the sidecar and the cache key)."""
         from enn_nb._optional import PACKAGES
-        from enn_nb.export.sidecar import dist_version
+        from enn_nb.engine.sidecar import dist_version
 
         out: dict[str, str] = {}
         for name in (*self.requires, *(self.runtime_requires or ())):

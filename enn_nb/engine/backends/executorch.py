@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from enn_nb._optional import require
 from enn_nb.errors import BackendError
-from enn_nb.export.backends._edge_common import (
+from enn_nb.engine.backends._edge_common import (
     ESSENTIALS_KEY,
     batch_bounds,
     captured_output,
@@ -22,7 +22,7 @@ from enn_nb.export.backends._edge_common import (
     to_numpy_outputs,
     write_bytes_atomic,
 )
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner
 
 DELEGATES = ("xnnpack", "portable")
 

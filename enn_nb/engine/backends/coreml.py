@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from enn_nb._optional import require
 from enn_nb._version import __version__
 from enn_nb.errors import BackendError, PlatformUnavailableError
-from enn_nb.export.backends._edge_common import (
+from enn_nb.engine.backends._edge_common import (
     BATCH,
     batch_bounds,
     captured_output,
@@ -20,7 +20,7 @@ from enn_nb.export.backends._edge_common import (
     first_line,
     program_io,
 )
-from enn_nb.export.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 
 PRECISIONS = ("float32", "float16")
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")

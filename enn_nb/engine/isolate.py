@@ -1,6 +1,6 @@
 """Run a backend's conversion and verification, in this process or in a spawned child that may crash.
 
-The child is a fresh interpreter started as ``python -m enn_nb.export.isolate`` (a spawn that does
+The child is a fresh interpreter started as ``python -m enn_nb.engine.isolate`` (a spawn that does
 not re-import the caller's ``__main__``, so it is safe from notebooks and from scripts without an
 ``if __name__ == "__main__"`` guard). It receives what it needs once: the captured program saved as
 ``capture.pt2`` in the export's work folder, the example inputs, names, spec and essentials. Then
@@ -63,7 +63,7 @@ class Task:
 # -- the work unit, shared by both modes ---------------------------------------------------------------
 def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> dict[str, Any]:
     """Convert, then verify; never raises: errors come back as ``{"error": {...}, "stage": ...}``."""
-    from enn_nb.export.parity import cases_for, run_cases
+    from enn_nb.engine.parity import cases_for, run_cases
 
     out: dict[str, Any] = {"stage": None, "error": None, "conversion": None, "parity": None, "metadata": None, "timings": {}}
     stage = "convert"
@@ -138,7 +138,7 @@ def build_job(setup: Setup, shared: Any) -> Any:
     """The ExportJob of a child, from its Setup and its lazily loaded shared capture."""
     import torch
 
-    from enn_nb.export.backends.base import ExportJob
+    from enn_nb.engine.backends.base import ExportJob
     from enn_nb.spec import ModelSpec
 
     module = None
@@ -193,7 +193,7 @@ def _serve(recv: Any, send: Any) -> None:
     for entry in reversed(setup.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    from enn_nb.export.capture import Shared
+    from enn_nb.engine.capture import Shared
 
     shared = Shared(
         workdir=Path(setup.workdir),
@@ -205,7 +205,7 @@ def _serve(recv: Any, send: Any) -> None:
         ep_path=Path(setup.ep_path) if setup.ep_path else None,
     )
     if setup.sdpa:
-        from enn_nb.export.safe import _SDPA
+        from enn_nb.engine.safe import _SDPA
 
         _SDPA.enter(setup.sdpa)  # this child exists only for the export: held until it exits
     job = None
@@ -237,8 +237,8 @@ def main(argv: list[str]) -> int:
     # Import what every conversion needs while the parent is still capturing.
     import torch  # noqa: F401
 
-    import enn_nb.export.capture  # noqa: F401
-    import enn_nb.export.parity  # noqa: F401
+    import enn_nb.engine.capture  # noqa: F401
+    import enn_nb.engine.parity  # noqa: F401
 
     recv = Connection(int(argv[1]), writable=False)
     send = Connection(int(argv[2]), readable=False)
@@ -278,7 +278,7 @@ class Worker:
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "enn_nb.export.isolate", str(task_r), str(res_w)],
+                [sys.executable, "-m", "enn_nb.engine.isolate", str(task_r), str(res_w)],
                 pass_fds=(task_r, res_w),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

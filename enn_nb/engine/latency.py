@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.export.report import BackendResult, ExportReport
+    from enn_nb.engine.report import BackendResult, ExportReport
     from enn_nb.spec import ModelSpec
 
 #: Statuses whose artifact was written and runs (a ``mismatch`` artifact runs; its outputs are off).
@@ -74,7 +74,7 @@ def time_call(fn: Callable[[], Any], *, budget_s: float = 0.25, min_calls: int =
 
 def spec_inputs(spec: ModelSpec) -> Inputs:
     """Inputs drawn from the model's spec (scaler statistics, valid category codes), one seed per batch."""
-    from enn_nb.export.parity import default_example_inputs
+    from enn_nb.engine.parity import default_example_inputs
 
     return lambda batch: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=batch, seed=1000 + batch)
 
@@ -84,7 +84,7 @@ def vector_inputs(report: ExportReport) -> Inputs | None:
     vectors = getattr(report, "vectors", None)
     if vectors is None or not Path(vectors).is_file():
         return None
-    from enn_nb.export.parity import load_vectors, resample_inputs
+    from enn_nb.engine.parity import load_vectors, resample_inputs
 
     cases, _, _ = load_vectors(Path(vectors))
     if not cases:
@@ -139,9 +139,9 @@ def measure(
     """
     import torch
 
-    from enn_nb.export.parity import eval_only
-    from enn_nb.export.registry import get_backend
-    from enn_nb.export.safe import export_safe
+    from enn_nb.engine.parity import eval_only
+    from enn_nb.engine.registry import get_backend
+    from enn_nb.engine.safe import export_safe
 
     def timed(fn: Callable[[], Any]) -> float:
         return time_call(fn, budget_s=budget_s, min_calls=min_calls, max_calls=max_calls)
@@ -262,7 +262,7 @@ def _quiet_flex() -> Iterator[None]:
 
 
 def _compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: float) -> tuple[float, bool]:
-    from enn_nb.export.parity import compare
+    from enn_nb.engine.parity import compare
 
     row = compare(got, expected, atol, rtol)
     err = float(row["max_abs_err"])

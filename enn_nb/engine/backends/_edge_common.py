@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from enn_nb.export.backends.base import ExportJob, TensorInfo
+from enn_nb.engine.backends.base import ExportJob, TensorInfo
 
 #: Name under which the essentials are embedded where a format has a free-form slot.
 ESSENTIALS_KEY = "enn_nb_essentials"

@@ -7,19 +7,19 @@ import html
 from typing import Any
 
 from enn_nb._registry import Registry
-from enn_nb.export.backends.base import Backend
+from enn_nb.engine.backends.base import Backend
 
 #: Built-in backends, in the order ``enn-nb backends`` lists them.
 BUILTINS: dict[str, str] = {
-    "onnx": "enn_nb.export.backends.onnx:OnnxBackend",
-    "ort": "enn_nb.export.backends.ort:OrtBackend",
-    "pt2": "enn_nb.export.backends.pt2:Pt2Backend",
-    "aoti": "enn_nb.export.backends.aoti:AotiBackend",
-    "executorch": "enn_nb.export.backends.executorch:ExecutorchBackend",
-    "litert": "enn_nb.export.backends.litert:LitertBackend",
-    "coreml": "enn_nb.export.backends.coreml:CoremlBackend",
-    "tensorflow": "enn_nb.export.backends.tensorflow:TensorflowBackend",
-    "tensorrt": "enn_nb.export.backends.tensorrt:TensorrtBackend",
+    "onnx": "enn_nb.engine.backends.onnx:OnnxBackend",
+    "ort": "enn_nb.engine.backends.ort:OrtBackend",
+    "pt2": "enn_nb.engine.backends.pt2:Pt2Backend",
+    "aoti": "enn_nb.engine.backends.aoti:AotiBackend",
+    "executorch": "enn_nb.engine.backends.executorch:ExecutorchBackend",
+    "litert": "enn_nb.engine.backends.litert:LitertBackend",
+    "coreml": "enn_nb.engine.backends.coreml:CoremlBackend",
+    "tensorflow": "enn_nb.engine.backends.tensorflow:TensorflowBackend",
+    "tensorrt": "enn_nb.engine.backends.tensorrt:TensorrtBackend",
 }
 
 _registry: Registry[type[Backend]] = Registry(
@@ -27,7 +27,7 @@ _registry: Registry[type[Backend]] = Registry(
     group="enn_nb.backends",
     how_to_register=(
         "Register one with `enn_nb.register_backend(MyBackend)` (a subclass of "
-        "`enn_nb.export.backends.base.Backend`) or an entry point in the `enn_nb.backends` group."
+        "`enn_nb.engine.backends.base.Backend`) or an entry point in the `enn_nb.backends` group."
     ),
 )
 for _name, _ref in BUILTINS.items():
@@ -48,7 +48,7 @@ def register_backend(backend: type[Backend] | str, obj: type[Backend] | str | No
         name = str(backend)
     if not isinstance(obj, str) and not (isinstance(obj, type) and issubclass(obj, Backend)):
         raise TypeError(
-            f"`{name}` must be a subclass of `enn_nb.export.backends.base.Backend` or a 'module:Class' string, "
+            f"`{name}` must be a subclass of `enn_nb.engine.backends.base.Backend` or a 'module:Class' string, "
             f"got {obj!r}."
         )
     _registry.register(name, obj, replace=replace)

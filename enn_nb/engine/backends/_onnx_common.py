@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from enn_nb.export.backends.base import TensorInfo
+from enn_nb.engine.backends.base import TensorInfo
 
 #: onnx TensorProto element types -> numpy dtype names.
 _ONNX_DTYPES = {

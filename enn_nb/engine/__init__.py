@@ -1,0 +1,51 @@
+"""Export engine: export-safe context, capture once, lower to many backends, parity, sidecars, cache.
+
+The public entry points live on ``enn_nb`` itself: ``enn_nb.export(model, ["onnx", "pt2"],
+out_dir="out")`` returns an :class:`ExportReport`, ``enn_nb.export_safe(model)`` is the context the
+engine uses, ``enn_nb.backends()`` lists backends and ``enn_nb.verify(artifact)`` re-checks one.
+
+Stages, in the order one ``export()`` call runs them (one module each)::
+
+    inputs    model or checkpoint -> (model, spec, example inputs, source hash)
+      |
+    plan      backend names -> registry entries; cache look-up; which lanes need which capture
+      |
+    capture   one torch.export program / one ONNX file, inside export_safe, shared by the lanes
+      |
+    lanes     one lane per backend (an isolated worker, or in-process): convert
+      |
+    finish    parity against eager, sidecar written, result recorded
+      |
+    cache     finished artifacts stored for the next identical request
+
+This package is named ``engine`` (not ``export``) so that no module shares its name with the
+``enn_nb.export`` function; for the same reason it does not re-export ``backends()``, whose name is
+the ``enn_nb.engine.backends`` subpackage: import it from :mod:`enn_nb.engine.registry`.
+"""
+
+from __future__ import annotations
+
+from enn_nb.engine.backends.base import STATUSES, Backend, Conversion, ExportJob, TensorInfo
+from enn_nb.engine.parity import VerifyResult, verify
+from enn_nb.engine.pipeline import export
+from enn_nb.engine.registry import register_backend
+from enn_nb.engine.report import STATUS_MEANING, BackendResult, ExportReport
+from enn_nb.engine.safe import Deviation, SafeState, export_safe
+
+__all__ = [
+    "STATUSES",
+    "STATUS_MEANING",
+    "Backend",
+    "BackendResult",
+    "Conversion",
+    "Deviation",
+    "ExportJob",
+    "ExportReport",
+    "SafeState",
+    "TensorInfo",
+    "VerifyResult",
+    "export",
+    "export_safe",
+    "register_backend",
+    "verify",
+]
