@@ -52,7 +52,7 @@ def test_header_and_verdict_are_the_first_outputs(passed):
     verdict = second["data"]["application/vnd.enn-nb.verdict+json"]
     assert verdict["ok"] is True and verdict["failures"] == []
     assert {k: v["status"] for k, v in verdict["backends"].items()} == {"onnx": "ok", "pt2": "ok"}
-    assert verdict["headline"].startswith("2 of 2 backends")
+    assert verdict["headline"].startswith("2 verified")
     assert second["data"]["text/plain"].startswith("PASS")
 
 

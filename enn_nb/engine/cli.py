@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 #: Statuses that make ``enn-nb export`` exit non-zero.
-FAILING = ("failed", "mismatch", "crashed", "unavailable", "cancelled")
+FAILING = ("failed", "mismatch", "crashed", "timeout", "unavailable", "cancelled")
 
 #: The TensorRT backend module: it may contribute ``build-trt`` through ``register_cli(subparsers)``;
 #: otherwise ``build-trt SIDECAR [--out ENGINE]`` calls its ``build_from_sidecar(sidecar, out=...)``.
@@ -122,7 +122,10 @@ def _export(args: argparse.Namespace) -> int:
     print(report.to_json() if args.json else report)
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
     failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
-    return 1 if any(r.status in failing for r in report.results) else 0
+    bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
+    # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
+    print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _verify(args: argparse.Namespace) -> int:

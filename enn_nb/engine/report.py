@@ -10,6 +10,7 @@ from typing import Any
 
 from enn_nb._format import human_size
 from enn_nb.engine.backends.base import STATUSES
+from enn_nb.engine.verification import Verification, summary as summary_line, verification as verification_of
 
 #: What each status means (shown by ``enn-nb backends --help`` and the docs).
 STATUS_MEANING = {
@@ -94,24 +95,37 @@ class BackendResult:
     def seconds(self) -> float:
         return float(self.timings.get("total", 0.0))
 
+    @property
+    def verification(self) -> Verification:
+        """Whether the artifact's outputs were checked: verified, not verified (why), deferred or failed."""
+        return verification_of(self)
+
+    @property
+    def verified(self) -> bool:
+        return self.verification.verified
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["artifact"] = str(self.artifact) if self.artifact else None
         out["sidecar"] = str(self.sidecar) if self.sidecar else None
         out["size_bytes"] = self.size_bytes
+        check = self.verification
+        out["verification"] = {"kind": check.kind, "reason": check.reason}
         return out
 
     def summary(self) -> str:
         """One line: status, artifact, size, max error, time, and the reason when not ok."""
-        bits = [f"{self.backend}: {self.status}{' (cached)' if self.cached else ''}"]
+        check = self.verification
+        shown = f", {check.label}" if self.status == "ok" else ""
+        bits = [f"{self.backend}: {self.status}{shown}{' (cached)' if self.cached else ''}"]
         if self.artifact:
             bits.append(f"{Path(self.artifact).name} {human_size(self.size_bytes)}")
         if self.max_abs_err is not None:
             bits.append(f"max|err| {self.max_abs_err:.2e}")
         bits.append(f"{self.seconds:.2f}s")
         line = ", ".join(bits)
-        why = self.error or self.deferred
-        if why and self.status != "ok":
+        why = self.error or self.deferred or check.reason
+        if why and not check.verified:
             line += f" - {why}"
         return line
 
@@ -169,6 +183,11 @@ class ExportReport:
         return [r for r in self.results if r.status in ("failed", "mismatch", "crashed", "unavailable")]
 
     @property
+    def summary(self) -> str:
+        """``7 verified, 1 converted but not verified (CoreML prediction requires macOS), 1 deferred``."""
+        return summary_line(self.results)
+
+    @property
     def artifacts(self) -> dict[str, Path]:
         return {r.backend: r.artifact for r in self.results if r.artifact is not None}
 
@@ -180,6 +199,7 @@ class ExportReport:
             "onnx_s": self.onnx_s,
             "total_s": self.total_s,
             "ok": self.ok,
+            "summary": self.summary,
             "deviations": self.deviations,
             "source": self.source,
             "results": [r.to_dict() for r in self.results],
@@ -196,24 +216,26 @@ class ExportReport:
                 (
                     r.backend,
                     r.status + (" (cached)" if r.cached else ""),
+                    r.verification.label,
                     Path(r.artifact).name if r.artifact else "-",
                     human_size(r.size_bytes) if r.files else "-",
                     err,
                     f"{r.timings.get('convert', 0.0):.2f}",
                     f"{r.timings.get('verify', 0.0):.2f}",
                     f"{r.seconds:.2f}",
-                    (r.error or r.deferred or "") if r.status != "ok" else "",
+                    (r.error or r.deferred or "") if r.status != "ok" else r.verification.reason,
                 )
             )
         return rows
 
-    _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
+    _HEADER = ("backend", "status", "verified", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
 
     def __str__(self) -> str:
         rows = [tuple(self._HEADER), *self._rows()]
         rows = [tuple(c if len(c) <= 100 else c[:97] + "..." for c in row) for row in rows]
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines.append(self.summary)
         lines.append(
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
@@ -235,7 +257,7 @@ class ExportReport:
             cells.append(f"<td style='color:{color};font-weight:bold'>{html.escape(row[1])}</td>")
             cells.extend(f"<td>{html.escape(c)}</td>" for c in row[2:])
             body.append(f"<tr>{''.join(cells)}</tr>")
-        foot = html.escape(
+        foot = html.escape(self.summary) + "<br>" + html.escape(
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f" · onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
             + f" · total {self.total_s:.2f}s · {self.out_dir}"

@@ -455,7 +455,8 @@ def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list
     Keys: backend, status, cached, artifact, sidecar (paths as str or ''), size (bytes of all the
     artifact's files, or None), max_abs_err (or None), parity ``{batch_size: max_abs_err}`` (the
     worst case of each batch size), atol (the tolerance parity used, or None), latency_ms (or
-    None), message (the error or deferral reason, '' when ok).
+    None), verification (``verified``, ``unverified``, ``deferred`` or the failing status), message (the
+    error or deferral reason, or why an ``ok`` artifact is not verified; '' when verified).
     """
     latency = latency or {}
     rows = []
@@ -477,7 +478,8 @@ def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list
                 "parity": parity,
                 "atol": tolerance.get("atol"),
                 "latency_ms": latency.get(result.backend),
-                "message": (result.error or result.deferred or "") if result.status != "ok" else "",
+                "verification": result.verification.kind,
+                "message": (result.error or result.deferred or "") if result.status != "ok" else result.verification.reason,
             }
         )
     return rows

@@ -341,7 +341,10 @@ class WizardView:
 
         state = self.state
         rows = result_rows(state.report, state.latency) if state.report is not None else []
-        self.results_table.value = results_table_html(rows)
+        summary = state.report.summary if state.report is not None else ""
+        self.results_table.value = (
+            f"<div class='enn-wizard-summary' style='margin:4px 0'>{html.escape(summary)}</div>" if summary else ""
+        ) + results_table_html(rows)
         self.skipped_note.value = (
             f"<i>Skipped after Cancel: {html.escape(', '.join(state.skipped))}</i>" if state.skipped else ""
         )
@@ -456,7 +459,11 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
         err = "" if r["max_abs_err"] is None else f"{r['max_abs_err']:.2e}"
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.3g} ms"
         artifact = html.escape(_display_path(r["artifact"])) if r["artifact"] else ""
-        status = html.escape(r["status"]) + (" <small>(cached)</small>" if r.get("cached") else "")
+        status = html.escape(r["status"])
+        if r["status"] == "ok":  # an artifact whose outputs were not checked must not read like one that was
+            verified = r.get("verification") == "verified"
+            status += " · verified" if verified else " · <span style='color:#b06000'>not verified</span>"
+        status += " <small>(cached)</small>" if r.get("cached") else ""
         title = f" title='{html.escape(r['message'], quote=True)}'" if r.get("message") else ""
         body.append(
             f"<tr class='enn-wizard-row' data-backend='{html.escape(r['backend'])}'>"
@@ -469,7 +476,7 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
         )
     messages = "".join(
         f"<li><b>{html.escape(r['backend'])}</b>: {html.escape(r['message'])}</li>"
-        for r in rows if r.get("message") and r["status"] != "ok"
+        for r in rows if r.get("message") and r.get("verification") != "verified"
     )  # fmt: skip
     notes = f"<ul style='margin:4px 0'>{messages}</ul>" if messages else ""
     return (

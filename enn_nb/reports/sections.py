@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
 from enn_nb.notebook.display import Link, Table
+from enn_nb.engine.verification import UNVERIFIED, Verification
+from enn_nb.engine.verification import summary as summary_line
 from enn_nb.reports.verdict import FAILING, Pending, Verdict
 
 if TYPE_CHECKING:
@@ -238,20 +240,27 @@ def verdict(export: ExportReport, measurements: Measurements | None, requested: 
         if status == "ok" and extra:
             status = "mismatch"
         reason = _reason(r, extra)
-        backends[r.backend] = {"status": status, "reason": reason, "max_abs_err": r.max_abs_err, "cached": r.cached}
+        check = r.verification if status == r.status else Verification(status, reason)
+        backends[r.backend] = {"status": status, "reason": reason, "max_abs_err": r.max_abs_err, "cached": r.cached,
+                               "verification": check.kind, "verification_reason": check.reason}
+        if check.kind == UNVERIFIED:
+            notes.append(f"{r.backend}: converted but not verified ({check.reason})")
         if status in FAILING or (status == "unavailable" and requested.explicit):
             failures.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
         elif status in ("deferred", "unavailable"):
             notes.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
         if r.sidecar and Path(r.sidecar).is_file():
             sidecars[r.backend] = str(Path(r.sidecar).resolve())
-    total = len(export.results)
-    good = sum(1 for info in backends.values() if info["status"] == "ok")
-    headline = f"{good} of {total} backend{'s' if total != 1 else ''} exported and match eager PyTorch within tolerance"
+    headline = _headline(export, backends)
     if failures:
         headline += f"; {len(failures)} failed the check"
     return Verdict(ok=not failures, headline=headline + ".", backends=backends, failures=failures, notes=notes,
                    sidecars=sidecars)
+
+
+def _headline(export: ExportReport, backends: dict[str, dict[str, Any]]) -> str:
+    """``7 verified, 1 converted but not verified (why), 1 deferred`` over the verdict's own statuses."""
+    return summary_line(dataclasses.replace(r, status=backends[r.backend]["status"]) for r in export.results)
 
 
 def _reason(r: Any, extra: list[str]) -> str:
