@@ -227,10 +227,16 @@ class ExportRun:
                     values["eager"] = payload.eager_ms
                 if payload.safe_ms is not None:
                     values["eager_safe"] = payload.safe_ms
+                values["batch"] = payload.batch_size
                 state.latency_batches = dict(payload.batches)
                 state.latency = values
                 for name, why in payload.skipped.items():
                     self._log(f"latency of {name} not measured: {why}")
+                host = payload.host
+                self._log(f"latency at batch {payload.batch_size} with {payload.threads} intra-op thread(s) on "
+                          f"{host.get('cpu')} ({host.get('cpu_count')} cores, load {host.get('load_1min')})")
+                for line in payload.warnings:
+                    self._log(f"latency warning: {line}")
         elif kind == "error":
             exc, text = payload
             state.run_error = f"{type(exc).__name__}: {exc}"

@@ -79,7 +79,7 @@ class WizardState(HasTraits):
     skipped = List(Unicode(), help="Backends the last run skipped because Cancel was pressed.")
     latency = Dict(
         help="Measured latency in ms: {backend: float, 'eager': as-is model, 'eager_safe': in export_safe}; "
-        "eager at batch `batch_opt`."
+        "eager at batch `batch` (an int, the batch the references were timed at)."
     )
     latency_batches = Dict(help="Batch each backend's latency was measured at (static artifacts: their own).")
     report_path = Unicode("", help="Path of the report produced by 'Save as report' ('' until then).")
@@ -449,16 +449,20 @@ def writable_dir_problem(path_text: str) -> str:
     return ""
 
 
-def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+def result_rows(report: Any, latency: Mapping[str, float] | None = None,
+                batches: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
     """One plain dict per backend of an ExportReport, what the results table and plots show.
 
     Keys: backend, status, cached, artifact, sidecar (paths as str or ''), size (bytes of all the
     artifact's files, or None), max_abs_err (or None), parity ``{batch_size: max_abs_err}`` (the
     worst case of each batch size), atol (the tolerance parity used, or None), latency_ms (or
-    None), verification (``verified``, ``unverified``, ``deferred`` or the failing status), message (the
+    None), latency_batch (the batch it was timed at, or None), speedup (export-safe eager ms / its ms
+    at the same batch, or None), verification (``verified``, ``unverified``, ``deferred`` or the failing status), message (the
     error or deferral reason, or why an ``ok`` artifact is not verified; '' when verified).
     """
-    latency = latency or {}
+    from enn_nb.engine.timing import speedup
+
+    latency, batches = latency or {}, batches or {}
     rows = []
     for result in report.results:
         parity: dict[int, float] = {}
@@ -478,6 +482,10 @@ def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list
                 "parity": parity,
                 "atol": tolerance.get("atol"),
                 "latency_ms": latency.get(result.backend),
+                "latency_batch": batches.get(result.backend),
+                # a static artifact timed at another batch has no comparable reference
+                "speedup": speedup(latency.get("eager_safe"), latency.get(result.backend))
+                if batches.get(result.backend) == latency.get("batch") else None,
                 "verification": result.verification.kind,
                 "message": (result.error or result.deferred or "") if result.status != "ok" else result.verification.reason,
             }

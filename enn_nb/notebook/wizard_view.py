@@ -340,7 +340,7 @@ class WizardView:
         from enn_nb.notebook import plots
 
         state = self.state
-        rows = result_rows(state.report, state.latency) if state.report is not None else []
+        rows = result_rows(state.report, state.latency, state.latency_batches) if state.report is not None else []
         summary = state.report.summary if state.report is not None else ""
         self.results_table.value = (
             f"<div class='enn-wizard-summary' style='margin:4px 0'>{html.escape(summary)}</div>" if summary else ""
@@ -446,6 +446,7 @@ def module_summary_html(model: Any) -> str:
 def results_table_html(rows: list[dict[str, Any]]) -> str:
     """The results table: backend, status, artifact, size, max abs error, latency."""
     from enn_nb._format import human_size
+    from enn_nb.engine.timing import ratio_text
 
     if not rows:
         return "<i>No results yet.</i>"
@@ -458,6 +459,10 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
         color = _STATUS_COLORS.get(r["status"], "#333")
         err = "" if r["max_abs_err"] is None else f"{r['max_abs_err']:.2e}"
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.3g} ms"
+        if r["latency_ms"] is not None and r.get("latency_batch"):
+            latency += f", batch {r['latency_batch']}"
+        if r.get("speedup"):
+            latency += f" ({ratio_text(r['speedup'])} vs export-safe eager)"
         artifact = html.escape(_display_path(r["artifact"])) if r["artifact"] else ""
         status = html.escape(r["status"])
         if r["status"] == "ok":  # an artifact whose outputs were not checked must not read like one that was

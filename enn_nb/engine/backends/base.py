@@ -150,6 +150,8 @@ class Backend:
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     #: documented default options, overridable per export
     default_options: ClassVar[dict[str, Any]] = {}
+    #: the ``load`` option that sets the runtime's intra-op thread count (latency pins it), if it has one
+    thread_option: ClassVar[str | None] = None
     #: relative conversion cost (1 = a quick lowering); balances backends over parallel child processes
     cost: ClassVar[float] = 1.0
 

@@ -60,6 +60,7 @@ class LitertBackend(Backend):
     consumes: ClassVar[str] = "exported_program"
     # float32 instead of float64 scaler arithmetic plus XNNPACK's fused kernels: ~4e-6 on the reference.
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    thread_option: ClassVar[str | None] = "num_threads"
     default_options: ClassVar[dict[str, Any]] = {"dynamic_batch": False, "embed_metadata": True}
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:

@@ -28,6 +28,7 @@ class OnnxBackend(Backend):
     consumes: ClassVar[str] = "onnx"
     cost: ClassVar[float] = 3.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    thread_option: ClassVar[str | None] = "intra_op_num_threads"
     default_options: ClassVar[dict[str, Any]] = {"opset": None, "optimize": True, "check": True}
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:

@@ -36,6 +36,7 @@ class OrtBackend(Backend):
     consumes: ClassVar[str] = "onnx"
     cost: ClassVar[float] = 1.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    thread_option: ClassVar[str | None] = "intra_op_num_threads"
     default_options: ClassVar[dict[str, Any]] = {
         "optimization_level": "extended",
         "optimization_style": "Fixed",
