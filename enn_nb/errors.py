@@ -19,6 +19,7 @@
     │   ├── FastPathExportError             a fast path left on made capture/conversion fail
     │   ├── BackendError                    a backend's conversion failed (stage, cause)
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
+    │   ├── OptionError (ValueError)        a backend option that is unknown, of the wrong type or out of range
     │   └── OutputDirError (OSError)        the output directory cannot be written
     ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
     └── ReportError
@@ -176,6 +177,18 @@ class ParityError(ExportError):
         self.max_rel_err = max_rel_err
         self.atol = atol
         self.rtol = rtol
+
+
+class OptionError(ExportError, ValueError):
+    """A backend option that the backend does not declare, or a value outside its declared type or range."""
+
+    def __init__(self, message: str, *, backend: str = "", option: str = "", value: Any = None,
+                 known: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.option = option
+        self.value = value
+        self.known = list(known or [])
 
 
 class OutputDirError(ExportError, OSError):

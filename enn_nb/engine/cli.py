@@ -20,6 +20,7 @@ TRT_MODULE = "enn_nb.engine.backends.tensorrt"
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("backends", help="list export backends and whether they work here")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--options", action="store_true", help="list each backend's options (name, type, range, default, help)")
     p.set_defaults(func=_backends)
 
     p = subparsers.add_parser(
@@ -44,7 +45,8 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="BACKEND.KEY=VALUE",
-        help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be)",
+        help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be); "
+        "`enn-nb backends --options` lists them",
     )
     p.set_defaults(func=_export)
 
@@ -81,6 +83,16 @@ def _backends(args: argparse.Namespace) -> int:
     from enn_nb.engine.registry import backends
 
     table = backends()
+    if args.options:
+        from enn_nb.engine.options import describe_backend
+        from enn_nb.engine.registry import get_backend
+
+        described = {row.name: describe_backend(get_backend(row.name)) for row in table if not row.error}
+        if args.json:
+            print(json.dumps(described, indent=2))
+        else:
+            print("\n\n".join(f"{name}:\n" + "\n".join(f"  {line}" for line in lines) for name, lines in described.items()))
+        return 0
     print(json.dumps(table.to_json(), indent=2) if args.json else table)
     return 0
 

@@ -61,22 +61,6 @@ def check_batch_range(batch_range: Sequence[int]) -> tuple[int, int, int]:
     return lo, opt, hi
 
 
-def check_options(options: Mapping[str, Any] | None, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Per-backend option dicts, each for a backend being exported (or ``"onnx"``); else ValueError."""
-    options = dict(options or {})
-    allowed = set(names) | {"onnx"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"`options` has entries for {unknown}, which are not being exported; options are per backend, "
-            f"e.g. options={{'ort': {{'optimization_level': 'basic'}}}}; backends here: {', '.join(names)}."
-        )
-    for key, value in options.items():
-        if not isinstance(value, Mapping):
-            raise ValueError(f"`options[{key!r}]` is {value!r}; it must be a dict of that backend's options.")
-    return {k: dict(v) for k, v in options.items()}
-
-
 def default_onnx_options() -> dict[str, Any]:
     """How the shared ONNX is made unless ``options["onnx"]`` says otherwise."""
     return {"opset": None, "optimize": True}

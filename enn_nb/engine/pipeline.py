@@ -22,7 +22,6 @@ from enn_nb.engine.finish import finish_failed, finish_unavailable
 from enn_nb.engine.inputs import (
     case_maker,
     check_batch_range,
-    check_options,
     check_stem,
     default_onnx_options,
     essential_metadata,
@@ -34,6 +33,7 @@ from enn_nb.engine.inputs import (
     resolve_spec,
 )
 from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
+from enn_nb.engine.options import check_options
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
 from enn_nb.engine.report import BackendResult, ExportReport

@@ -502,7 +502,11 @@ def export_kwargs(
             kwargs[key] = body[key]
     if "options" in body:
         resolve_backends(list(body["options"]), backend_rows())  # option keys must name backends
-        kwargs["options"] = body["options"]
+        from enn_nb.engine.options import check_backend_options
+        from enn_nb.engine.registry import get_backend
+
+        # checked against each backend's one declaration now, before any model is loaded
+        kwargs["options"] = {k: check_backend_options(k, get_backend(k), v) for k, v in body["options"].items()}
     tolerances = {**check_tolerances(settings.get("tolerances") or {}), **body.get("tolerances", {})}
     if tolerances:
         kwargs["tolerances"] = tolerances_for(tolerances, backends)

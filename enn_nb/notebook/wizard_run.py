@@ -227,7 +227,6 @@ class ExportRun:
                     values["eager"] = payload.eager_ms
                 if payload.safe_ms is not None:
                     values["eager_safe"] = payload.safe_ms
-                values["batch"] = payload.batch_size
                 state.latency_batches = dict(payload.batches)
                 state.latency = values
                 for name, why in payload.skipped.items():

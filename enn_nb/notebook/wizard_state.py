@@ -79,7 +79,7 @@ class WizardState(HasTraits):
     skipped = List(Unicode(), help="Backends the last run skipped because Cancel was pressed.")
     latency = Dict(
         help="Measured latency in ms: {backend: float, 'eager': as-is model, 'eager_safe': in export_safe}; "
-        "eager at batch `batch` (an int, the batch the references were timed at)."
+        "eager at batch `batch_opt`."
     )
     latency_batches = Dict(help="Batch each backend's latency was measured at (static artifacts: their own).")
     report_path = Unicode("", help="Path of the report produced by 'Save as report' ('' until then).")
@@ -278,8 +278,9 @@ class WizardState(HasTraits):
             problems.append(
                 f"Bad batch range min={lo}, opt={opt}, max={hi}: it needs 1 <= min <= opt <= max."
             )
-        if self.opset < 7 or self.opset > 30:
-            problems.append(f"ONNX opset {self.opset} is out of range; use a value like 17 to 21.")
+        opset = _onnx_option("opset")
+        if opset is not None and opset.problem(self.opset):  # the onnx backend's own declaration
+            problems.append(f"ONNX opset {self.opset} is not allowed: the opset takes {opset.allowed()}.")
         try:
             self.tolerances()
         except ValueError as exc:
@@ -386,6 +387,16 @@ class WizardState(HasTraits):
         self.messages = {**self.messages, "run": ""}
 
 
+def _onnx_option(name: str) -> Any:
+    """The ``onnx`` backend's declared option ``name`` (None when the backend cannot be resolved)."""
+    try:
+        from enn_nb.engine.registry import get_backend
+
+        return next((o for o in get_backend("onnx").options or () if o.name == name), None)
+    except Exception:  # a broken registry: the export itself will say why
+        return None
+
+
 def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The option that asks a backend for fp16, judged from its documented defaults ({} if none)."""
     if "fp16" in defaults:  # TensorRT
@@ -450,14 +461,14 @@ def writable_dir_problem(path_text: str) -> str:
 
 
 def result_rows(report: Any, latency: Mapping[str, float] | None = None,
-                batches: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+                batches: Mapping[str, int] | None = None, batch_size: int | None = None) -> list[dict[str, Any]]:
     """One plain dict per backend of an ExportReport, what the results table and plots show.
 
     Keys: backend, status, cached, artifact, sidecar (paths as str or ''), size (bytes of all the
     artifact's files, or None), max_abs_err (or None), parity ``{batch_size: max_abs_err}`` (the
     worst case of each batch size), atol (the tolerance parity used, or None), latency_ms (or
     None), latency_batch (the batch it was timed at, or None), speedup (export-safe eager ms / its ms
-    at the same batch, or None), verification (``verified``, ``unverified``, ``deferred`` or the failing status), message (the
+    at the same batch ``batch_size``, the references' batch; else None), verification (``verified``, ``unverified``, ``deferred`` or the failing status), message (the
     error or deferral reason, or why an ``ok`` artifact is not verified; '' when verified).
     """
     from enn_nb.engine.timing import speedup
@@ -485,7 +496,7 @@ def result_rows(report: Any, latency: Mapping[str, float] | None = None,
                 "latency_batch": batches.get(result.backend),
                 # a static artifact timed at another batch has no comparable reference
                 "speedup": speedup(latency.get("eager_safe"), latency.get(result.backend))
-                if batches.get(result.backend) == latency.get("batch") else None,
+                if batches.get(result.backend) == batch_size else None,
                 "verification": result.verification.kind,
                 "message": (result.error or result.deferred or "") if result.status != "ok" else result.verification.reason,
             }

@@ -340,7 +340,8 @@ class WizardView:
         from enn_nb.notebook import plots
 
         state = self.state
-        rows = result_rows(state.report, state.latency, state.latency_batches) if state.report is not None else []
+        rows = (result_rows(state.report, state.latency, state.latency_batches, state.batch_opt)
+                if state.report is not None else [])
         summary = state.report.summary if state.report is not None else ""
         self.results_table.value = (
             f"<div class='enn-wizard-summary' style='margin:4px 0'>{html.escape(summary)}</div>" if summary else ""
