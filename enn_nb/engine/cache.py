@@ -269,6 +269,9 @@ def stored_names(result: BackendResult, out: Path, stem: str, verify: bool) -> l
     names += [f["path"] for f in result.files if f["role"] != "artifact"]
     if result.sidecar is not None:
         names.append(Path(result.sidecar).name)
+    log_file = (result.log or {}).get("file")
+    if log_file and (out / log_file).is_file():  # the conversion's captured output travels with its artifact
+        names.append(log_file)
     if verify and (out / f"{stem}{VECTORS_SUFFIX}").exists():
         names.append(f"{stem}{VECTORS_SUFFIX}")
     return names

@@ -40,6 +40,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-cache", action="store_true", help="always convert, even when an identical export exists")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example input's")
     p.add_argument("--strict", action="store_true", help="raise on the first backend that is not ok")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print the warnings and converter output captured during the export (always kept in "
+                   "each backend's <artifact>.enn.log)")
     p.add_argument(
         "--option",
         action="append",
@@ -115,6 +118,15 @@ def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
 def _export(args: argparse.Namespace) -> int:
     from enn_nb.engine import export
 
+    if args.verbose:
+        import logging
+
+        from enn_nb.engine.outlog import LOGGER
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOGGER.addHandler(handler)
+        LOGGER.setLevel(logging.DEBUG)
     src = Path(args.src)
     if not src.exists():
         print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.cache import replace_path
+from enn_nb.engine.outlog import LOG_SUFFIX, OutputLog, write_log
 from enn_nb.engine.report import BackendResult, ExportReport
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ def finish(
 
     timings = {"capture": report.capture_s, **({"onnx": report.onnx_s} if plan.backend.consumes == "onnx" else {}),
                **unit.get("timings", {})}
+    report.log.extend(unit.get("log"))
+    common = {**common, "own_log": unit.get("log")}
     if unit.get("crashed"):
         what = unit.get("signal") or f"exit code {unit.get('exit_code')}"
         error = {
@@ -148,7 +151,15 @@ def _missing_line(plan: Plan, error: dict[str, Any]) -> str:
 def _write_result(plan: Plan, data: dict[str, Any], timings: dict[str, float], t0: float) -> BackendResult:
     out: Path = data.pop("_out")
     started = time.perf_counter()
-    side = sc.sidecar_path(out / plan.backend.artifact_name(data.pop("_stem")))
+    name = plan.backend.artifact_name(data.pop("_stem"))
+    side = sc.sidecar_path(out / name)
+    log = data.pop("_log", None)
+    if log is not None:
+        file = None
+        if log.warnings or log.lines:  # what the conversion printed or warned: kept, never shown unasked
+            file = name + LOG_SUFFIX
+            write_log(out / file, log)
+        data["log"] = log.sidecar_block(file)
     data["timings"] = {k: float(v) for k, v in timings.items()}
     sidecar = sc.build(**data)
     sc.write(side, sidecar)
@@ -184,6 +195,7 @@ def result_from_sidecar(data: dict[str, Any], out: Path, side: Path, *, cached: 
         dynamic_batch=data.get("dynamic_batch"),
         inputs=list(data.get("inputs") or []),
         outputs=list(data.get("outputs") or []),
+        log=dict(data.get("log") or {}),
     )
 
 
@@ -202,6 +214,7 @@ def _sidecar_common(plan: Plan, common: dict[str, Any]) -> dict[str, Any]:
         "provenance": dict(common["provenance"]) if common["provenance"] else None,
         "metadata": common["metadata"] or None,
         "parity": {"status": "not_run", "reason": "the export did not reach verification"},
+        "_log": OutputLog().extend(common.get("shared_log")).extend(common.get("own_log")),
     }
 
 

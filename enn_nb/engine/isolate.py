@@ -65,14 +65,23 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> dict[str, Any]:
     """Convert, then verify; never raises: errors come back as ``{"error": {...}, "stage": ...}``."""
     from enn_nb.engine.parity import cases_for, run_cases
 
-    out: dict[str, Any] = {"stage": None, "error": None, "conversion": None, "parity": None, "metadata": None, "timings": {}}
+    from enn_nb.engine.outlog import OutputLog, capture
+
+    log = OutputLog()
+    out: dict[str, Any] = {"stage": None, "error": None, "conversion": None, "parity": None, "metadata": None,
+                           "timings": {}, "log": log}  # fmt: skip
     stage = "convert"
     try:
         emit({"backend": task.name, "stage": "convert", "status": "running"})
         started = time.perf_counter()
         out_path = Path(task.out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        conv = backend.convert(job, out_path, dict(task.options))
+        # captured, not printed; emit() stays outside: a progress callback's prints belong to the user
+        with capture(f"{task.name} convert") as got:
+            try:
+                conv = backend.convert(job, out_path, dict(task.options))
+            finally:
+                log.extend(got)
         out["timings"]["convert"] = time.perf_counter() - started
         artifact = Path(conv.artifact)
         if not conv.deferred and not artifact.exists():
@@ -98,11 +107,15 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> dict[str, Any]:
             return out
         emit({"backend": task.name, "stage": "verify", "status": "running"})
         started = time.perf_counter()
-        runner = backend.load(artifact, dict(task.options))
-        chosen = cases_for(task.cases, bool(conv.dynamic_batch))
-        out["parity"] = run_cases(runner, chosen, *task.tolerance)
-        if conv.embedded_metadata:
-            out["metadata"] = backend.read_metadata(artifact)
+        with capture(f"{task.name} verify") as got:
+            try:
+                runner = backend.load(artifact, dict(task.options))
+                chosen = cases_for(task.cases, bool(conv.dynamic_batch))
+                out["parity"] = run_cases(runner, chosen, *task.tolerance)
+                if conv.embedded_metadata:
+                    out["metadata"] = backend.read_metadata(artifact)
+            finally:
+                log.extend(got)
         out["timings"]["verify"] = time.perf_counter() - started
     except BaseException as exc:  # a converter may raise anything; the caller decides
         if isinstance(exc, KeyboardInterrupt):

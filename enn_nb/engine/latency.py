@@ -9,6 +9,7 @@ compares each runtime's outputs with eager PyTorch there (``compare=True``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb.engine.outlog import OutputLog, capture
 from enn_nb.engine.timing import (
     Stat,
     host_load,
@@ -63,6 +65,7 @@ class Timings:
         threads: ``{batch: intra-op threads}`` every runtime and eager ran with at that batch size.
         host: the CPU, its core count and the load average before and after timing.
         warnings: one line per timing whose IQR is too wide to trust.
+        log: what loading the runtimes printed or warned (LiteRT's XNNPACK line...), captured.
     """
 
     eager_ms: dict[int, float] = dataclasses.field(default_factory=dict)
@@ -76,6 +79,7 @@ class Timings:
     threads: dict[int, int] = dataclasses.field(default_factory=dict)
     host: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    log: OutputLog = dataclasses.field(default_factory=OutputLog)
 
     def speedup(self, label: str, batch: int) -> float | None:
         """The headline ratio: export-safe eager ms / ``label``'s ms at ``batch`` (above 1: faster)."""
@@ -235,7 +239,12 @@ def measure(
             if count not in runners:
                 option = getattr(backend, "thread_option", None)
                 try:
-                    runners[count] = backend.load(Path(r.artifact), {**load_options, **({option: count} if option else {})})
+                    with capture(f"{r.backend} load") as got:  # runtimes print when loading and on first run
+                        runner = backend.load(Path(r.artifact), {**load_options, **({option: count} if option else {})})
+                        with contextlib.suppress(Exception):  # a failing call fails again below, recorded there
+                            runner([a.copy() for a in feed(b)])
+                    out.log.extend(got)
+                    runners[count] = runner
                 except Exception as exc:  # the artifact passed parity in the export's child process; say why not here
                     out.skipped[r.backend] = f"loading it here raised {type(exc).__name__}: {exc}"
                     break

@@ -34,6 +34,7 @@ from enn_nb.engine.inputs import (
 )
 from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
 from enn_nb.engine.options import check_options
+from enn_nb.engine.outlog import capture
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
 from enn_nb.engine.report import BackendResult, ExportReport
@@ -226,8 +227,9 @@ def _run(
         if verify:
             call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
             make = case_maker(spec, inputs)
-            with parity.eval_only(model), torch.no_grad():
+            with parity.eval_only(model), torch.no_grad(), capture("parity reference") as got:
                 cases = parity.make_cases(call, inputs, make=make, dynamic=dynamic_batch)
+            report.log.extend(got)
             parity.save_vectors(vectors_path, cases, input_names, output_names)
             report.vectors = vectors_path
             dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
@@ -236,7 +238,9 @@ def _run(
         vectors_info = {"file": vectors_path.name, "sha256": sc.sha256_file(vectors_path)} if verify else None
 
         if safe:
-            state = stack.enter_context(export_safe(model))
+            with capture("export_safe") as got:
+                state = stack.enter_context(export_safe(model))
+            report.log.extend(got)
             target, deviations = state.model, state.to_list()
             fast_paths: list[Any] = []
         else:
@@ -248,6 +252,7 @@ def _run(
         common = dict(
             out=out, stem=stem, spec=spec, source=source, deviations=deviations, provenance=provenance,
             metadata=metadata, batch_range=batch_range, vectors=vectors_info, essentials=essentials,
+            shared_log=report.log,
         )
 
         # the one capture
@@ -257,10 +262,13 @@ def _run(
         emit(None, "capture", "running", 0)
         t_capture = time.perf_counter()
         try:
-            ep, batch_dynamic, capture_notes = capture_program(
-                module, inputs, dynamic_batch=dynamic_batch, fast_paths=fast_paths
-            )
+            with capture("capture") as got:
+                ep, batch_dynamic, capture_notes = capture_program(
+                    module, inputs, dynamic_batch=dynamic_batch, fast_paths=fast_paths
+                )
+            report.log.extend(got)
         except Exception as exc:
+            report.log.extend(got)
             from enn_nb.engine.isolate import error_dict
 
             capture_error = error_dict(exc)

@@ -10,6 +10,7 @@ from typing import Any
 
 from enn_nb._format import human_size
 from enn_nb.engine.backends.base import STATUSES
+from enn_nb.engine.outlog import LOG_SUFFIX, OutputLog
 from enn_nb.engine.verification import Verification, summary as summary_line, verification as verification_of
 
 #: What each status means (shown by ``enn-nb backends --help`` and the docs).
@@ -44,6 +45,8 @@ class BackendResult:
         exit_code / signal: how the isolated child ended, when it crashed.
         deferred: why the artifact could not be finished here.
         notes / details / format / dynamic_batch: from the backend's conversion.
+        log: the sidecar's ``log``: counts of the warnings and output lines captured while this
+            backend converted and verified (the export's shared stages included), and the log file.
     """
 
     backend: str
@@ -66,6 +69,7 @@ class BackendResult:
     dynamic_batch: bool | None = None
     inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    log: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -143,6 +147,8 @@ class ExportReport:
         total_s: wall time of the whole export.
         deviations: the export-safe switches in effect (also in every sidecar).
         source: where the model came from (``{"kind": "model"|"checkpoint", ...}``).
+        log: every warning and output line captured during the export instead of being printed
+            (each backend's share is in its sidecar and ``<artifact>.enn.log``).
     """
 
     results: list[BackendResult]
@@ -153,6 +159,7 @@ class ExportReport:
     total_s: float = 0.0
     deviations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    log: OutputLog = dataclasses.field(default_factory=OutputLog)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.results)
@@ -188,6 +195,12 @@ class ExportReport:
         return summary_line(self.results)
 
     @property
+    def log_line(self) -> str:
+        """``captured, not printed: 2 warnings, 14 output lines (model.onnx.enn.log ...)``."""
+        return (f"captured, not printed: {self.log.counts()} (each backend's <artifact>{LOG_SUFFIX}; "
+                "`enn-nb export --verbose` prints them)")
+
+    @property
     def artifacts(self) -> dict[str, Path]:
         return {r.backend: r.artifact for r in self.results if r.artifact is not None}
 
@@ -200,6 +213,7 @@ class ExportReport:
             "total_s": self.total_s,
             "ok": self.ok,
             "summary": self.summary,
+            "log": self.log.to_dict(),
             "deviations": self.deviations,
             "source": self.source,
             "results": [r.to_dict() for r in self.results],
@@ -236,6 +250,7 @@ class ExportReport:
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         lines.append(self.summary)
+        lines.append(self.log_line)
         lines.append(
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
@@ -257,7 +272,7 @@ class ExportReport:
             cells.append(f"<td style='color:{color};font-weight:bold'>{html.escape(row[1])}</td>")
             cells.extend(f"<td>{html.escape(c)}</td>" for c in row[2:])
             body.append(f"<tr>{''.join(cells)}</tr>")
-        foot = html.escape(self.summary) + "<br>" + html.escape(
+        foot = html.escape(self.summary) + "<br>" + html.escape(self.log_line) + "<br>" + html.escape(
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f" · onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
             + f" · total {self.total_s:.2f}s · {self.out_dir}"
