@@ -47,6 +47,12 @@ DTYPE_TOLERANCE: dict[str, tuple[float, float]] = {"float16": (1e-2, 1e-2), "bfl
 
 #: Batch sizes checked when the artifact's batch is dynamic.
 DYNAMIC_BATCHES = (1, 7)
+#: Why those two, for legends: the user never asked for batch 7.
+DYNAMIC_BATCHES_WHY = (
+    "a dynamic-batch artifact is checked at batch 1 and batch 7: 1 is the smallest, and 7 an odd size other than "
+    "the capture batch (2), so a graph that silently specialised to the capture batch fails there; a static "
+    "artifact is checked at its capture batch"
+)
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ from enn_nb.errors import ReportError
 from enn_nb.notebook.display import Link, Table
 from enn_nb.engine.verification import UNVERIFIED, Verification
 from enn_nb.engine.verification import summary as summary_line
+from enn_nb.reports.progress import kernel_callback as progress_callback  # noqa: F401 - the template calls it
 from enn_nb.reports.verdict import FAILING, Pending, Verdict
 
 if TYPE_CHECKING:
@@ -371,6 +372,15 @@ def _ratio(reference: float | None, ms: float | None) -> float | None:
 
     return speedup(reference, ms)
 
+
+def _parity_legend() -> str:
+    from enn_nb.engine.parity import DYNAMIC_BATCHES_WHY
+
+    return (f"Parity cases: the export's own ({DYNAMIC_BATCHES_WHY}), plus this report's batch sizes, each "
+            "compared with eager PyTorch as trained.")
+
+
+PARITY_LEGEND = _parity_legend()
 
 LATENCY_LEGEND = (
     "Latency cells: median ms per call ± interquartile range (IQR), the batch size and the intra-op thread "
