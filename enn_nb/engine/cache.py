@@ -13,11 +13,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._fs import atomic_path
 from enn_nb._version import __version__
 from enn_nb.errors import ExportError
 from enn_nb.engine import sidecar as sc
@@ -134,19 +134,13 @@ def store(key: str, out_dir: Path, names: list[str]) -> None:
     """Keep copies (hard links where possible) of the named files of ``out_dir`` under the key."""
     target = store_dir(key)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-        for name in names:
-            src = out_dir / name
-            dst = tmp / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(src, dst)
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            for name in names:
+                dst = tmp / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(out_dir / name, dst)
     except OSError:
-        # the cache is an optimisation: a full disk or a read-only cache folder must not fail the export
-        shutil.rmtree(locals().get("tmp", target.parent / ".none"), ignore_errors=True)
+        pass  # the cache is an optimisation: a full disk or a read-only cache folder must not fail the export
 
 
 def fetch(key: str, names: list[str], out_dir: Path) -> bool:
@@ -156,12 +150,8 @@ def fetch(key: str, names: list[str], out_dir: Path) -> bool:
         return False
     for name in names:
         src, dst = source / name, out_dir / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.cache-tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-        _link_or_copy(src, tmp)
-        replace_path(tmp, dst)
+        with atomic_path(dst) as tmp:
+            _link_or_copy(src, tmp)
     return True
 
 
@@ -177,24 +167,6 @@ def _link_file(src: str | Path, dst: str | Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def replace_path(new: Path, dst: Path) -> None:
-    """Move ``new`` onto ``dst``: ``os.replace`` for files; for directories the old one is moved aside first."""
-    if new.is_dir():
-        old = None
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(dst, old)
-        os.replace(new, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        os.replace(new, dst)
 
 
 # -- an export's key and its hits -----------------------------------------------------------------

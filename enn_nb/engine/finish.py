@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.engine import sidecar as sc
-from enn_nb.engine.cache import replace_path
+from enn_nb._fs import replace_path
 from enn_nb.engine.report import BackendResult, ExportReport
 
 if TYPE_CHECKING:

@@ -122,7 +122,9 @@ def export(
     inputs = example_tensors(model, spec, example_inputs, dynamic_batch)
     onnx_options = {**default_onnx_options(), **dict(options.get("onnx", {}))}
     if provenance is None:
-        provenance = sc.provenance_from_kernel()
+        from enn_nb.provenance import from_kernel
+
+        provenance = from_kernel()
     metadata = dict(metadata or {})
 
     from enn_nb.engine.parity import resolve_tolerance

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 from pathlib import Path
 from typing import Any
 
 from enn_nb._format import human_size
+from enn_nb.table import Cell, Table
 from enn_nb.engine.backends.base import STATUSES
 
 #: What each status means (shown by ``enn-nb backends --help`` and the docs).
@@ -188,59 +188,40 @@ class ExportReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
-    def _rows(self) -> list[tuple[str, ...]]:
+    _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
+    _COLORS = {"ok": "#1a7f37", "mismatch": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
+
+    def table(self) -> Table:
+        """The report as a :class:`~enn_nb.table.Table` (one row per backend, timings in the footer)."""
         rows = []
         for r in self.results:
-            err = f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-"
+            color = self._COLORS.get(r.status, "#cf222e")
             rows.append(
-                (
-                    r.backend,
-                    r.status + (" (cached)" if r.cached else ""),
+                [
+                    Cell(r.backend, code=True),
+                    Cell(r.status + (" (cached)" if r.cached else ""), style=f"color:{color};font-weight:bold"),
                     Path(r.artifact).name if r.artifact else "-",
                     human_size(r.size_bytes) if r.files else "-",
-                    err,
+                    f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-",
                     f"{r.timings.get('convert', 0.0):.2f}",
                     f"{r.timings.get('verify', 0.0):.2f}",
                     f"{r.seconds:.2f}",
                     (r.error or r.deferred or "") if r.status != "ok" else "",
-                )
+                ]
             )
-        return rows
-
-    _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
-
-    def __str__(self) -> str:
-        rows = [tuple(self._HEADER), *self._rows()]
-        rows = [tuple(c if len(c) <= 100 else c[:97] + "..." for c in row) for row in rows]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        lines.append(
+        footer = (
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
             + f", total {self.total_s:.2f}s -> {self.out_dir}"
         )
-        return "\n".join(lines)
+        return Table(self._HEADER, rows, footer=footer, css_class="enn-export-report", max_width=100)
+
+    def __str__(self) -> str:
+        return str(self.table())
 
     def __repr__(self) -> str:
         statuses = ", ".join(f"{r.backend}={r.status}" for r in self.results)
         return f"ExportReport({statuses}, out_dir={str(self.out_dir)!r})"
 
     def _repr_html_(self) -> str:
-        colors = {"ok": "#1a7f37", "mismatch": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
-        body = []
-        for row, result in zip(self._rows(), self.results):
-            color = colors.get(result.status, "#cf222e")
-            cells = [f"<td><code>{html.escape(row[0])}</code></td>"]
-            cells.append(f"<td style='color:{color};font-weight:bold'>{html.escape(row[1])}</td>")
-            cells.extend(f"<td>{html.escape(c)}</td>" for c in row[2:])
-            body.append(f"<tr>{''.join(cells)}</tr>")
-        foot = html.escape(
-            f"capture {self.capture_s:.2f}s (torch.export, shared)"
-            + (f" · onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
-            + f" · total {self.total_s:.2f}s · {self.out_dir}"
-        )
-        return (
-            f"<table class='enn-export-report'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            f"<div style='font-size:small'>{foot}</div>"
-        )
+        return self.table()._repr_html_()
