@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from enn_nb.engine.plan import Plan
     from enn_nb.engine.report import BackendResult
+    from enn_nb.engine.settings import ExportSettings
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,9 +171,7 @@ def _link_file(src: str | Path, dst: str | Path) -> None:
 
 
 # -- an export's key and its hits -----------------------------------------------------------------
-def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, Any], dynamic_batch: bool,
-               batch_range: tuple[int, int, int], verify: bool, safe: bool, stem: str, metadata: dict[str, Any],
-               onnx_options: dict[str, Any], tolerances: Any) -> str:
+def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, Any], settings: ExportSettings) -> str:
     """The cache key of one backend's export: everything that can change its artifact."""
     from enn_nb.engine.registry import class_reference
 
@@ -184,25 +183,26 @@ def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, 
         backend=plan.name,
         backend_class=class_reference(type(plan.backend)),
         options=sc.jsonable(plan.options),
-        onnx_options=sc.jsonable(onnx_options) if plan.backend.consumes == "onnx" else None,
+        onnx_options=sc.jsonable(settings.onnx_options) if plan.backend.consumes == "onnx" else None,
         versions=sc.versions(plan.backend.versions()),
         tolerance=list(plan.backend.default_tolerance),
-        tolerances=sc.jsonable(tolerances),
-        dynamic_batch=dynamic_batch,
-        batch_range=list(batch_range),
-        verify=verify,
-        safe=safe,
-        stem=stem,
-        metadata=metadata,
+        tolerances=settings.tolerances.given(plan.name).to_dict(),
+        dynamic_batch=settings.dynamic_batch,
+        batch_range=list(settings.batch_range),
+        verify=settings.verify,
+        safe=settings.safe,
+        stem=settings.stem,
+        metadata=sc.jsonable(dict(settings.metadata)),
     )
 
 
-def lookup(plan: Plan, out: Path, stem: str) -> BackendResult | None:
+def lookup(plan: Plan, settings: ExportSettings) -> BackendResult | None:
     """The cached result of ``plan`` (its files checked, fetched from the store if needed), or None."""
-    from enn_nb.engine.finish import result_from_sidecar
+    from enn_nb.engine.report import BackendResult
 
+    out = settings.out
     started = time.perf_counter()
-    side = sc.sidecar_path(out / plan.backend.artifact_name(stem))
+    side = sc.sidecar_path(out / plan.backend.artifact_name(settings.stem))
     data = _valid_cached(side, plan.key, out)
     if data is None:
         names = _stored_listing(plan.key)
@@ -210,7 +210,7 @@ def lookup(plan: Plan, out: Path, stem: str) -> BackendResult | None:
             data = _valid_cached(side, plan.key, out)
     if data is None:
         return None
-    result = result_from_sidecar(data, out, side, cached=True)
+    result = BackendResult.from_sidecar(data, out, side, cached=True)
     result.timings = {**result.timings, "cache_lookup": time.perf_counter() - started}
     result.timings["total"] = result.timings["cache_lookup"]
     return result
@@ -233,16 +233,17 @@ def _valid_cached(side: Path, key: str | None, out: Path) -> dict[str, Any] | No
     return data
 
 
-def stored_names(result: BackendResult, out: Path, stem: str, verify: bool) -> list[str]:
-    """The files of ``out`` that a finished export stores under its key."""
+def stored_names(result: BackendResult, settings: ExportSettings) -> list[str]:
+    """The files of ``settings.out`` that a finished export stores under its key."""
     names = []
     if result.artifact is not None:
         names.append(Path(result.artifact).name)
     names += [f["path"] for f in result.files if f["role"] != "artifact"]
     if result.sidecar is not None:
         names.append(Path(result.sidecar).name)
-    if verify and (out / f"{stem}{VECTORS_SUFFIX}").exists():
-        names.append(f"{stem}{VECTORS_SUFFIX}")
+    vectors = f"{settings.stem}{VECTORS_SUFFIX}"
+    if settings.verify and (settings.out / vectors).exists():
+        names.append(vectors)
     return names
 
 

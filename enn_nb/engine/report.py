@@ -40,6 +40,7 @@ class BackendResult:
         stage: the stage that failed, when one did.
         error: the error message, when the status is not ok.
         error_type: the exception's class name.
+        fast_path: the fast path that made the export fail (``error_type`` FastPathExportError).
         exit_code / signal: how the isolated child ended, when it crashed.
         deferred: why the artifact could not be finished here.
         notes / details / format / dynamic_batch: from the backend's conversion.
@@ -56,6 +57,7 @@ class BackendResult:
     stage: str | None = None
     error: str | None = None
     error_type: str | None = None
+    fast_path: str | None = None
     exit_code: int | None = None
     signal: str | None = None
     deferred: str | None = None
@@ -69,6 +71,34 @@ class BackendResult:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"`BackendResult.status` is {self.status!r}; allowed values: {', '.join(STATUSES)}.")
+
+    @classmethod
+    def from_sidecar(cls, data: dict[str, Any], out: Path, side: Path, *, cached: bool) -> BackendResult:
+        """The result a sidecar describes (``cached`` when it came from the export cache)."""
+        error = data.get("error") or {}
+        return cls(
+            backend=data["backend"],
+            status=data["status"],
+            cached=cached,
+            artifact=(out / data["artifact"]) if data.get("artifact") else None,
+            sidecar=side,
+            files=list(data.get("files") or []),
+            parity=dict(data.get("parity") or {}),
+            timings=dict(data.get("timings") or {}),
+            stage=data.get("stage"),
+            error=error.get("message"),
+            error_type=error.get("type"),
+            fast_path=error.get("fast_path"),
+            exit_code=error.get("exit_code"),
+            signal=error.get("signal"),
+            deferred=data.get("deferred"),
+            notes=list(data.get("notes") or []),
+            details=dict(data.get("details") or {}),
+            format=dict(data.get("format") or {}),
+            dynamic_batch=data.get("dynamic_batch"),
+            inputs=list(data.get("inputs") or []),
+            outputs=list(data.get("outputs") or []),
+        )
 
     @property
     def ok(self) -> bool:
