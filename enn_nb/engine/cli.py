@@ -128,10 +128,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from enn_nb.engine import verify
 
-    tolerances = None
-    if args.atol is not None or args.rtol is not None:
-        tolerances = (args.atol if args.atol is not None else 0.0, args.rtol if args.rtol is not None else 0.0)
-    result = verify(args.artifact, tolerances=tolerances)
+    result = verify(args.artifact, tolerances=(args.atol, args.rtol))  # a bound not given: the sidecar's
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
         return 3  # nothing was checked: not a pass, not a mismatch

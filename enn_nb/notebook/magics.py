@@ -87,7 +87,7 @@ class EnnMagics(Magics):
     @validate("batch_range")
     def _check_batch_range(self, proposal: Any) -> list[int]:
         try:
-            return list(logic.check_batch_range(proposal["value"], where="`EnnMagics.batch_range`"))
+            return list(logic.check_batch_range(proposal["value"], "EnnMagics.batch_range"))
         except Exception as exc:
             raise TraitError(logic.one_line(exc)) from None
 

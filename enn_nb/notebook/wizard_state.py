@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -203,7 +201,10 @@ class WizardState(HasTraits):
         Raises:
             ValueError: a field is not a positive finite number (the message names it).
         """
-        return _tolerance("atol", self.atol), _tolerance("rtol", self.rtol)
+        from enn_nb.engine.tolerance import parse_tolerances
+
+        given = parse_tolerances((self.atol.strip() or None, self.rtol.strip() or None), "tolerance").given("*")
+        return given.atol, given.rtol
 
     # -- validation ------------------------------------------------------------------------------
     @validate("step")
@@ -273,18 +274,19 @@ class WizardState(HasTraits):
                     problems.append(f"Backend `{name}` is not registered. Known: {', '.join(rows)}.")
                 elif not row["available"]:
                     problems.append(f"Backend `{name}` is unavailable here: {row['reason']}")
-        lo, opt, hi = self.batch_range()
-        if lo < 1 or not lo <= opt <= hi:
-            problems.append(
-                f"Bad batch range min={lo}, opt={opt}, max={hi}: it needs 1 <= min <= opt <= max."
-            )
+        from enn_nb.engine.settings import check_batch_range, out_dir_problem
+
+        try:
+            check_batch_range(self.batch_range(), "batch range")
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.opset < 7 or self.opset > 30:
             problems.append(f"ONNX opset {self.opset} is out of range; use a value like 17 to 21.")
         try:
             self.tolerances()
         except ValueError as exc:
             problems.append(str(exc))
-        out_problem = writable_dir_problem(self.out_dir)
+        out_problem = out_dir_problem(self.out_dir)
         if out_problem:
             problems.append(out_problem)
         return "\n".join(problems)
@@ -345,13 +347,8 @@ class WizardState(HasTraits):
     def export_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``enn_nb.export`` for the chosen settings (model excluded)."""
         atol, rtol = self.tolerances()
-        tolerances = None
-        if atol is not None or rtol is not None:
-            tolerances = {}
-            for name in self.backends:
-                default_atol, default_rtol = self.backend_tolerance(name)
-                tolerances[name] = (atol if atol is not None else default_atol,
-                                    rtol if rtol is not None else default_rtol)  # fmt: skip
+        # passed through as given: the engine keeps each backend's own bound for what is left empty
+        tolerances = (atol, rtol) if atol is not None or rtol is not None else None
         return {
             "backends": list(self.backends),
             "example_inputs": self.example_inputs,
@@ -364,10 +361,6 @@ class WizardState(HasTraits):
             "cache": self.cache,
             "options": self.export_options() or None,
         }
-
-    def backend_tolerance(self, name: str) -> tuple[float, float]:
-        atol, rtol = self._backend_attr(name, "default_tolerance") or (1e-4, 1e-4)
-        return float(atol), float(rtol)
 
     def reset_run(self) -> None:
         """Clear progress, log and results before a new run."""
@@ -407,46 +400,6 @@ def _row_dict(row: Any) -> dict[str, Any]:
         "install": str(get("install", "") or get("install_line", "") or ""),
         "description": str(get("description", "") or ""),
     }
-
-
-def _tolerance(name: str, text: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"Tolerance `{name}` = {text!r} is not a number; type e.g. 1e-4, or leave it empty.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"Tolerance `{name}` = {text!r} must be a finite number >= 0 (e.g. 1e-4).")
-    return value
-
-
-def writable_dir_problem(path_text: str) -> str:
-    """Why ``path_text`` cannot be used as an output directory ('' when it can); creates nothing."""
-    text = path_text.strip()
-    if not text:
-        return "No output directory: type a folder to write the artifacts into."
-    path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        return f"Output directory `{text}` is a file, not a directory. Choose another path."
-    probe = path
-    while not probe.exists():  # the nearest existing ancestor decides whether it can be created
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"Output directory `{text}` cannot be created: `{probe}` is a file. Choose another path."
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"Output directory `{text}` is not writable (no write permission on `{probe}`)."
-    if probe == path:
-        # Permission bits can lie (root, read-only mounts): really try to write a file.
-        try:
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".enn_write_probe_"):
-                pass
-        except OSError as exc:
-            return f"Output directory `{text}` is not writable: {exc.strerror or exc}."
-    return ""
 
 
 def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
