@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from enn_nb.engine.vocabulary import FAILED_STATUSES
+
 #: Statuses that make ``enn-nb export`` exit non-zero.
-FAILING = ("failed", "mismatch", "crashed", "unavailable", "cancelled")
+FAILING = (*FAILED_STATUSES, "cancelled")
 
 #: The TensorRT backend module: it may contribute ``build-trt`` through ``register_cli(subparsers)``;
 #: otherwise ``build-trt SIDECAR [--out ENGINE]`` calls its ``build_from_sidecar(sidecar, out=...)``.

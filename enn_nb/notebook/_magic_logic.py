@@ -285,68 +285,22 @@ def save_format(path: str, fmt: str | None) -> str | None:
 
 
 # -- backends -----------------------------------------------------------------------------------
-def field(row: Any, key: str, default: Any = None) -> Any:
-    if isinstance(row, Mapping):
-        return row.get(key, default)
-    return getattr(row, key, default)
-
-
-def backend_rows() -> list[Any]:
-    """``enn_nb.backends()`` (imports no heavy package)."""
-    from enn_nb.engine.registry import backends
-
-    return list(backends())
-
-
-def resolve_backends(requested: list[str], rows: list[Any]) -> list[str]:
-    """The backends to export to: names checked against the registry, ``all`` = every available one.
+def resolve_backends(requested: list[str]) -> list[str]:
+    """The backends to export to, checked by the engine's :func:`~enn_nb.engine.registry.require_available`.
 
     Raises:
         UnknownNameError: a name that is not registered (lists the known ones, suggests the closest).
         MissingDependencyError: a requested backend whose package is missing (names the install line).
         SpecError: nothing to export to.
     """
-    known = [str(field(r, "name")) for r in rows]
-    by_name = {str(field(r, "name")): r for r in rows}
+    from enn_nb.engine.registry import require_available
+
     if not requested:
         raise SpecError(
             "No backend chosen: give `--backends onnx,pt2` (or `all`), a `backends:` list in the cell, "
             "or set `%config EnnMagics.default_backends = ['onnx']`."
         )
-    chosen: list[str] = []
-    for name in requested:
-        if name == "all":
-            chosen.extend(n for n in known if field(by_name[n], "available") and n not in chosen)
-            continue
-        if name not in by_name:
-            close = close_names(name, known, n=1)
-            hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise UnknownNameError(
-                f"Unknown backend `{name}`.{hint} Known backends: {', '.join(known)}.", name=name, known=known
-            )
-        row = by_name[name]
-        if not field(row, "available"):
-            reason = str(field(row, "reason") or "it is not available here")
-            install = str(field(row, "install") or field(row, "install_line") or "")
-            missing = re.search(r"`([\w.]+)` is not installed", reason)
-            if missing:
-                raise MissingDependencyError(
-                    f"Backend `{name}` cannot run here: {reason.rstrip('.')}."
-                    + (f" Install it with: {install}" if install and install not in reason else ""),
-                    package=missing.group(1),
-                    extra=_extra_of(install),
-                )
-            raise SpecError(f"Backend `{name}` is not available here: {reason}")
-        if name not in chosen:
-            chosen.append(name)
-    if not chosen:
-        raise SpecError("`all` matched no available backend here; run `%enn_backends` to see why.")
-    return chosen
-
-
-def _extra_of(install_line: str) -> str:
-    match = re.search(r"enn-nb\[([\w-]+)\]", install_line or "")
-    return match.group(1) if match else ""
+    return require_available(requested)
 
 
 # -- the %%enn_export body ------------------------------------------------------------------------
@@ -495,8 +449,7 @@ def export_kwargs(
         if key in body:
             kwargs[key] = body[key]
     if "options" in body:
-        resolve_backends(list(body["options"]), backend_rows())  # option keys must name backends
-        kwargs["options"] = body["options"]
+        kwargs["options"] = body["options"]  # the engine checks that each key is a backend being exported
     tolerances = {**check_tolerances(settings.get("tolerances") or {}), **body.get("tolerances", {})}
     if tolerances:  # passed through as given: the engine fills in what is left out, per backend
         kwargs["tolerances"] = tolerances
@@ -539,7 +492,9 @@ def wizard_defaults(settings: Mapping[str, Any], source: Any = None, name: str =
     """``enn_nb.wizard`` starting choices from the magics' settings and an optional model or checkpoint."""
     names = split_names(settings["default_backends"])
     if "all" in names:
-        names = [str(field(r, "name")) for r in backend_rows() if field(r, "available")]
+        from enn_nb.engine.registry import require_available
+
+        names = require_available("all")
     defaults: dict[str, Any] = {"out_dir": settings["out_dir"], "backends": names}
     for key in ("isolate", "verify", "cache", "dynamic_batch"):
         defaults[key] = settings[key]

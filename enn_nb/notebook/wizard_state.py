@@ -6,10 +6,13 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, HasTraits, Int, List, Unicode, validate
+
+if TYPE_CHECKING:
+    from enn_nb.engine.registry import BackendInfo
 
 #: the wizard's steps, in order; ``WizardState.step`` indexes this tuple
 STEPS = ("model", "targets", "run", "results")
@@ -86,7 +89,7 @@ class WizardState(HasTraits):
         super().__init__(**kwargs)
         # The user's namespace is not a trait: it is theirs, we only read nn.Module variables from it.
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
-        self._backend_rows: list[dict[str, Any]] | None = None
+        self._backend_rows: list[BackendInfo] | None = None
 
     # -- defaults --------------------------------------------------------------------------------
     def apply_defaults(self, defaults: Mapping[str, Any]) -> None:
@@ -129,16 +132,16 @@ class WizardState(HasTraits):
     def _preselect_backends(self, names: list[str]) -> None:
         # A ticked box of an unavailable backend would be disabled, so the user could not untick it:
         # preselect only available ones and say on the targets step what was left out and why.
-        rows = {row["name"]: row for row in self.backend_rows()}
+        rows = {row.name: row for row in self.backend_rows()}
         chosen, dropped = [], []
         for name in names:
             row = rows.get(name)
-            if row is not None and row["available"]:
+            if row is not None and row.available:
                 chosen.append(name)
             elif row is None:
                 dropped.append(f"`{name}` is not a registered backend (known: {', '.join(rows)})")
             else:
-                dropped.append(f"`{name}` is unavailable here: {row['reason']}")
+                dropped.append(f"`{name}` is unavailable here: {row.reason}")
         self.backends = chosen
         if dropped:
             self.messages = {**self.messages, "targets": "Not preselected: " + "; ".join(dropped)}
@@ -181,16 +184,16 @@ class WizardState(HasTraits):
         return self.namespace.get(self.variable) if self.variable else None
 
     # -- step 2 helpers --------------------------------------------------------------------------
-    def backend_rows(self, *, refresh: bool = False) -> list[dict[str, Any]]:
-        """The registry's backends as dicts: name, suffix, available, reason, install (cached)."""
+    def backend_rows(self, *, refresh: bool = False) -> list[BackendInfo]:
+        """The registry's backends: name, suffix, available, reason, install (cached)."""
         if self._backend_rows is None or refresh:
             from enn_nb.engine.registry import backends
 
-            self._backend_rows = [_row_dict(row) for row in backends()]
+            self._backend_rows = list(backends())
         return self._backend_rows
 
     def available_backends(self) -> list[str]:
-        return [row["name"] for row in self.backend_rows() if row["available"]]
+        return [row.name for row in self.backend_rows() if row.available]
 
     def batch_range(self) -> tuple[int, int, int]:
         return (self.batch_min, self.batch_opt, self.batch_max)
@@ -267,13 +270,13 @@ class WizardState(HasTraits):
         if not self.backends:
             problems.append("No backend chosen: tick at least one target.")
         else:
-            rows = {row["name"]: row for row in self.backend_rows()}
+            rows = {row.name: row for row in self.backend_rows()}
             for name in self.backends:
                 row = rows.get(name)
                 if row is None:
                     problems.append(f"Backend `{name}` is not registered. Known: {', '.join(rows)}.")
-                elif not row["available"]:
-                    problems.append(f"Backend `{name}` is unavailable here: {row['reason']}")
+                elif not row.available:
+                    problems.append(f"Backend `{name}` is unavailable here: {row.reason}")
         from enn_nb.engine.settings import check_batch_range, out_dir_problem
 
         try:
@@ -386,20 +389,6 @@ def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
     if "compute_precision" in defaults:  # CoreML
         return {"compute_precision": "float16"}
     return {}
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    """A ``backends()`` row (dataclass, mapping or object) as the dict the wizard uses."""
-    get = row.get if isinstance(row, Mapping) else (lambda key, default=None: getattr(row, key, default))
-    available = bool(get("available", False))
-    return {
-        "name": str(get("name")),
-        "suffix": str(get("suffix", "") or ""),
-        "available": available,
-        "reason": "" if available else str(get("reason", "") or ""),
-        "install": str(get("install", "") or get("install_line", "") or ""),
-        "description": str(get("description", "") or ""),
-    }
 
 
 def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from enn_nb._optional import install_line, is_installed, pip_line
+from enn_nb.engine.vocabulary import STATUSES  # noqa: F401  (part of the backend protocol's vocabulary)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 
     from enn_nb.spec import ModelSpec
 
-#: The status vocabulary shared by results and sidecars (meanings: ``enn_nb.engine.report.STATUS_MEANING``).
-#: ``cancelled`` marks backends not attempted because the export was stopped (``should_stop``).
-STATUSES = ("ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled")
 
 #: What a backend consumes from the shared capture.
 SOURCES = ("exported_program", "onnx", "module")
