@@ -139,7 +139,7 @@ def store(key: str, out_dir: Path, names: list[str]) -> None:
             for name in names:
                 dst = tmp / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(out_dir / name, dst)
+                link_or_copy(out_dir / name, dst)
     except OSError:
         pass  # the cache is an optimisation: a full disk or a read-only cache folder must not fail the export
 
@@ -152,18 +152,21 @@ def fetch(key: str, names: list[str], out_dir: Path) -> bool:
     for name in names:
         src, dst = source / name, out_dir / name
         with atomic_path(dst) as tmp:
-            _link_or_copy(src, tmp)
+            link_or_copy(src, tmp)
     return True
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (each file of a folder), a copy where links are impossible.
+
+    Linked files are shared: they are only ever replaced (a new file), never written into."""
     if src.is_dir():
-        shutil.copytree(src, dst, copy_function=_link_file)
+        shutil.copytree(src, dst, copy_function=link_file)
     else:
-        _link_file(src, dst)
+        link_file(src, dst)
 
 
-def _link_file(src: str | Path, dst: str | Path) -> None:
+def link_file(src: str | Path, dst: str | Path) -> None:
     try:
         os.link(src, dst)
     except OSError:

@@ -18,6 +18,7 @@ from enn_nb.engine import sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
 from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
+from enn_nb.engine.hits import Hits
 from enn_nb.engine.inputs import (
     case_maker,
     essential_metadata,
@@ -124,13 +125,15 @@ def export(
     info = RunInfo(settings=settings, spec=spec, source=source, report=report)
 
     plans = _plans(settings)
-    _finish_early(plans, model, inputs, info, emit)  # availability, then the cache: neither needs a capture
-    todo = [p for p in plans if p.result is None]
-    vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
-    if todo:
-        _run(todo, model, inputs, info, emit, should_stop)
-    elif settings.verify and vectors_path.exists():
-        report.vectors = vectors_path
+    with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
+        _finish_early(plans, model, inputs, info, emit, hits)  # availability, then the cache: no capture needed
+        todo = [p for p in plans if p.result is None]
+        vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
+        if todo:
+            _run(todo, model, inputs, info, emit, should_stop)
+        elif settings.verify and vectors_path.exists():
+            report.vectors = vectors_path
+        hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
     report.results = [p.result for p in plans if p.result is not None]
     report.total_s = time.perf_counter() - started
     for result in report.results:  # logged from the calling thread (lanes run in their own)
@@ -153,7 +156,8 @@ def _plans(settings: ExportSettings) -> list[Plan]:
     return plans
 
 
-def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo, emit: Emitter) -> None:
+def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo, emit: Emitter,
+                  hits: Hits) -> None:
     """Finish the plans that need no conversion: unavailable backends, then cache hits."""
     for plan in plans:
         reason = plan.backend.unavailable_reason()
@@ -170,6 +174,7 @@ def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...
         hit = lookup(plan, info.settings)
         if hit is not None:
             plan.result = hit
+            hits.keep(plan, hit)
             emit(plan.name, "done", hit.status, plan.index, cached=True)
 
 
