@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, TensorInfo
+from enn_nb.engine.options import Option
 
 
 class TinyMLP(nn.Module):
@@ -81,6 +82,49 @@ class HalfWriteBackend(_Misbehaving):
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         out_path.write_bytes(b"PK\x03\x04 half an archive")
         raise RuntimeError("disk full while writing the archive (simulated)")
+
+
+class HangBackend(_Misbehaving):
+    """Never finishes converting, like a converter stuck in a loop; it starts a helper process first
+    (whose pid it writes to the option ``pid_file``), as converters that shell out do."""
+
+    name: ClassVar[str] = "hang"
+    suffix: ClassVar[str] = ".hang"
+    options: ClassVar[tuple[Any, ...] | None] = (
+        Option("pid_file", str, None, "where the helper process's pid is written"),
+    )
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        import subprocess
+        import sys
+        import time
+
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        if options.get("pid_file"):
+            Path(options["pid_file"]).write_text(str(helper.pid))
+        print("hang backend: converting forever", flush=True)
+        time.sleep(600)
+        raise AssertionError("unreachable")
+
+
+class HangInVerifyBackend(Backend):
+    """Converts at once (a copy of the program), then hangs when its artifact is loaded for parity."""
+
+    name: ClassVar[str] = "hangverify"
+    suffix: ClassVar[str] = ".hangverify"
+    requires: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[tuple[Any, ...] | None] = ()
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        out_path.write_bytes(b"an artifact")
+        info = [TensorInfo("features", ["batch", 6], "float32")]
+        return Conversion(artifact=out_path, inputs=info, outputs=[TensorInfo("prediction", ["batch", 3], "float32")],
+                          dynamic_batch=True)
+
+    def load(self, artifact: Path, options: dict[str, Any]):  # type: ignore[no-untyped-def]
+        import time
+
+        time.sleep(600)
 
 
 class EchoBackend(Backend):

@@ -21,6 +21,7 @@ from enn_nb._fs import atomic_path
 from enn_nb._version import __version__
 from enn_nb.errors import ExportError
 from enn_nb.engine import sidecar as sc
+from enn_nb.engine.options import TIMEOUT
 from enn_nb.engine.parity import VECTORS_SUFFIX
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, 
         source_hash=source.get("content_hash"),
         backend=plan.name,
         backend_class=class_reference(type(plan.backend)),
-        options=sc.jsonable(plan.options),
+        options=sc.jsonable({k: v for k, v in plan.options.items() if k != TIMEOUT}),  # a limit, not the artifact
         onnx_options=sc.jsonable(settings.onnx_options) if plan.backend.consumes == "onnx" else None,
         versions=sc.versions(plan.backend.versions()),
         tolerance=list(plan.backend.default_tolerance),

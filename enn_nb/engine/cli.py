@@ -40,6 +40,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-cache", action="store_true", help="always convert, even when an identical export exists")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example input's")
     p.add_argument("--strict", action="store_true", help="raise on the first backend that is not ok")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="kill a backend's isolated conversion and verification after SECONDS (status `timeout`); "
+                   "default: each backend's own (`enn-nb backends --options`, option timeout_s)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="also print the warnings and converter output captured during the export (always kept in "
                    "each backend's <artifact>.enn.log)")
@@ -109,6 +112,17 @@ def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _with_timeout(options: dict[str, dict[str, Any]], backends: str, timeout: float | None) -> dict[str, dict[str, Any]]:
+    """``--timeout`` as every named backend's ``timeout_s`` (an explicit ``--option B.timeout_s`` wins)."""
+    if timeout is None:
+        return options
+    from enn_nb.engine.registry import resolve_names
+
+    for name in resolve_names(backends):
+        options.setdefault(name, {}).setdefault("timeout_s", timeout)
+    return options
+
+
 def _export(args: argparse.Namespace) -> int:
     from enn_nb.engine import export
 
@@ -135,7 +149,7 @@ def _export(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         dynamic_batch=not args.static_batch,
         strict=args.strict,
-        options=_parse_options(args.option),
+        options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
     )
     print(report.to_json() if args.json else report)
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure

@@ -44,6 +44,18 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
                **unit.timings}
     report.log.extend(unit.log)
     stage = unit.stage or "convert"
+    if unit.crash is not None and unit.crash.timeout_s is not None:
+        error = ErrorInfo(
+            type="Timeout",
+            message=(
+                f"`{plan.name}` did not finish within {unit.crash.timeout_s:g} s (option `timeout_s`) and was killed "
+                f"during its `{stage}` stage; the other backends went on. Raise it with "
+                f"options={{'{plan.name}': {{'timeout_s': ...}}}} (CLI: --timeout or --option {plan.name}.timeout_s=...)."
+            ),
+            log_tail=unit.crash.log_tail,
+        )
+        return finish_failed(plan, stage, error, info, timings=timings, status="timeout", t0=t0, notes=notes,
+                             log=unit.log)
     if unit.crash is not None:
         crash = unit.crash
         what = crash.signal or f"exit code {crash.exit_code}"

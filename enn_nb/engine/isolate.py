@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb.engine.outcome import Crash, ErrorInfo, UnitResult
+from enn_nb.engine.outlog import CHILD_LOG
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -265,6 +266,7 @@ class Worker:
         paths = [p for p in sys.path if p and os.path.isdir(p)]
         env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[CHILD_LOG] = str(self._log)  # its output stays there (crash tails) and is read back as its log
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "enn_nb.engine.isolate", str(task_r), str(res_w)],
@@ -274,6 +276,7 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 env=env,
                 close_fds=True,
+                start_new_session=True,  # a process group of its own: a timeout kills its helpers too
             )
         os.close(task_r)
         os.close(res_w)
@@ -292,16 +295,26 @@ class Worker:
             except (BrokenPipeError, OSError):
                 pass  # the child died while starting: run() sees it and reports the crash
 
-    def run(self, task: Task, on_event: Emit) -> UnitResult:
-        """Run one task in the child; a dead child gives a result whose ``crash`` says how it ended."""
+    def run(self, task: Task, on_event: Emit, timeout_s: float | None = None) -> UnitResult:
+        """Run one task in the child; a dead child gives a result whose ``crash`` says how it ended.
+
+        A child still busy ``timeout_s`` seconds after the task was sent is killed with its process
+        group (converters start processes of their own); ``crash.timeout_s`` then says so.
+        """
         if self._proc is None or self._proc.poll() is not None:
             self.start()
+        deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
             self._send.send(task)
         except (BrokenPipeError, OSError):
             return self._crashed()
         try:
             while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    self._kill_group()
+                    result = self._crashed()
+                    result.crash.timeout_s = timeout_s
+                    return result
                 try:
                     if self._recv.poll(0.1):
                         kind, payload = self._recv.recv()
@@ -320,10 +333,18 @@ class Worker:
     def kill(self) -> None:
         """Stop the child now (an interrupted export)."""
         if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
+            self._kill_group()
             self._close_pipes()
             self._proc = None
+
+    def _kill_group(self) -> None:
+        """SIGKILL the child and whatever it started (its own session: the group is the child's)."""
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except OSError:
+                self._proc.kill()
+        self._proc.wait()
 
     def _crashed(self) -> UnitResult:
         try:

@@ -71,6 +71,7 @@ class Crash:
     signal: str | None
     log_tail: str = ""
     log: str = ""
+    timeout_s: float | None = None  # set when the parent killed it for running past its time limit
 
 
 @dataclasses.dataclass

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import Any
 #: Captured lines are re-logged here at DEBUG: configure this logger to see them.
 LOGGER = logging.getLogger("enn_nb.converters")
 LOG_SUFFIX = ".enn.log"
+#: Set in an isolated child's environment: the file its stdout and stderr go to.
+CHILD_LOG = "ENN_NB_CHILD_LOG"
 #: Warnings kept verbatim in the sidecar (all of them go to the log file).
 SIDECAR_WARNINGS = 20
 
@@ -76,15 +80,19 @@ def capture(stage: str = "", *, streams: bool = True) -> Iterator[OutputLog]:
     """Collect the block's Python warnings and (with ``streams``) everything it prints, fds 1/2 included.
 
     Process-wide while active (other threads' output is taken too): the engine uses it around
-    conversions, verification and its own eager runs, never around a user's progress callback.
+    conversions, verification and its own eager runs, never around a user's progress callback. In an
+    isolated child (:data:`CHILD_LOG` set) the output stays in the child's log file, so that a crash
+    or a timeout still shows its tail; the lines written there during the block are collected instead.
     """
     from enn_nb.engine.backends._edge_common import captured_output
 
     log = OutputLog()
+    child_log = os.environ.get(CHILD_LOG)
     with contextlib.ExitStack() as stack:
         # the user's filters stay in force: an ignored warning is not recorded either
         records = stack.enter_context(warnings.catch_warnings(record=True))
-        printed = stack.enter_context(captured_output()) if streams else None
+        printed = stack.enter_context(captured_output()) if streams and not child_log else None
+        offset = _size(child_log) if streams and child_log else None
         try:
             yield log
         finally:
@@ -95,9 +103,30 @@ def capture(stage: str = "", *, streams: bool = True) -> Iterator[OutputLog]:
                     log.warnings.append(text)
             if printed is not None:
                 log.lines += [line.rstrip() for line in printed.text.splitlines() if line.strip()]
+            if offset is not None:
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                log.lines += [line.rstrip() for line in _read_from(child_log, offset).splitlines() if line.strip()]
             prefix = f"[{stage}] " if stage else ""
             for line in [*log.warnings, *log.lines]:
                 LOGGER.debug("%s%s", prefix, line)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _read_from(path: str, offset: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def _first_line(message: Any) -> str:
@@ -107,6 +136,6 @@ def _first_line(message: Any) -> str:
 
 def write_log(path: Path, log: OutputLog) -> None:
     """Write ``log`` to ``path`` atomically (a new file: never into one another folder links to)."""
-    from enn_nb.engine.sidecar import atomic_write_text
+    from enn_nb._fs import write_text
 
-    atomic_write_text(path, log.text())
+    write_text(path, log.text())

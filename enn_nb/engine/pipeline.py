@@ -383,7 +383,7 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
         elif r.status == "unavailable":
             extra = getattr(_backend_safe(r.backend), "extra", "")
             exc = MissingDependencyError(r.error or f"`{r.backend}` is unavailable", extra=extra)
-        elif r.status in ("failed", "crashed"):
+        elif r.status in ("failed", "crashed", "timeout"):
             exc = BackendError(f"`{r.backend}` {r.status} at stage `{r.stage}`: {r.error}", backend=r.backend, stage=r.stage or "")
         else:
             continue

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 _ERROR_STYLE = "color:#b00020;font-weight:600"
 _STATUS_COLORS = {"ok": "#1b7f3b", "mismatch": "#b36b00", "deferred": "#49759c", "unavailable": "#777",
-                  "cancelled": "#777", "failed": "#b00020", "crashed": "#b00020"}  # fmt: skip
-_BAR_STYLES = {"ok": "success", "mismatch": "warning", "deferred": "info", "failed": "danger", "crashed": "danger"}
+                  "cancelled": "#777", "failed": "#b00020", "crashed": "#b00020", "timeout": "#b00020"}  # fmt: skip
+_BAR_STYLES = {"ok": "success", "mismatch": "warning", "deferred": "info", "failed": "danger", "crashed": "danger",
+               "timeout": "danger"}
 
 
 class WizardView:

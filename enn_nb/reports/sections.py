@@ -291,6 +291,8 @@ def _reason(r: Any, extra: list[str]) -> str:
         return f"max abs error {err:.3g}{where} beyond atol={atol:g}, rtol={rtol:g}"
     if r.status == "failed":
         return f"stage `{r.stage}`: {r.error_type + ': ' if r.error_type else ''}{r.error or ''}".strip()
+    if r.status == "timeout":
+        return f"stage `{r.stage}`: {r.error or ''}".strip()
     if r.status == "crashed":
         how = f"signal {r.signal}" if r.signal else f"exit code {r.exit_code}"
         return f"the isolated converter died ({how}){': ' + r.error if r.error else ''}"

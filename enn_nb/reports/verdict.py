@@ -7,11 +7,13 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
+from enn_nb.engine.vocabulary import FAILED_STATUSES
+
 #: The mime type under which a verdict travels inside the executed notebook's outputs.
 VERDICT_MIME = "application/vnd.enn-nb.verdict+json"
 
 #: Backend statuses that fail the gate. ``unavailable`` fails only for a backend the caller named.
-FAILING = frozenset({"failed", "crashed", "mismatch", "timeout"})
+FAILING = frozenset(s for s in FAILED_STATUSES if s != "unavailable")
 
 _COLORS = {"pass": ("#0a5d1f", "#e6f4ea"), "fail": ("#8a1111", "#fdecea"), "running": ("#444", "#f2f2f2")}
 
