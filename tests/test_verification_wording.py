@@ -98,3 +98,13 @@ def test_cli_exit_message_says_not_verified(trained_model, tmp_path, capfd):
     assert code == 0, captured.err
     assert "enn-nb export: 0 verified, 1 converted but not verified (parity not run: verify=False)" in captured.err
     assert "not verified" in captured.out  # the table's row says so too
+
+
+def test_verify_never_prints_passed_when_it_fails(tmp_path):
+    from enn_nb.engine.parity import VerifyResult
+
+    result = VerifyResult(tmp_path / "model.onnx", "onnx", "passed", None, {"cases": []},
+                          ["`model.vectors.safetensors` has another sha256 than the sidecar records"])
+    text = str(result)
+    assert text.splitlines()[0] == "model.onnx [onnx]: FAILED - 1 file problem (parity passed)"
+    assert not result.ok and ": passed" not in text

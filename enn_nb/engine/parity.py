@@ -324,6 +324,10 @@ class VerifyResult:
 
     def __str__(self) -> str:
         head = f"{self.artifact.name} [{self.backend}]: {self.status}"
+        if self.problems:  # never "passed" on a line whose command fails
+            count = len(self.problems)
+            head = (f"{self.artifact.name} [{self.backend}]: FAILED - {count} file problem{'s' if count != 1 else ''} "
+                    f"(parity {self.status})")
         if self.reason:
             head += f" - {self.reason}"
         lines = [head]
