@@ -32,27 +32,36 @@ def _net() -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(
-    ("options", "expected"),
+    ("backends", "options", "expected"),
     [
-        ({"onnx": {"opsett": 18}}, "The `onnx` backend has no option `opsett`. Did you mean `opset`?"),
-        ({"onnx": {"opset": 99}}, "`onnx` option `opset` is 99 (out of range); it takes an integer from 18 to 23"),
-        ({"onnx": {"opset": "18"}}, "`onnx` option `opset` is '18' (a str); it takes an integer"),
-        ({"onxx": {"opset": 18}}, "`options` has an entry for `onxx`, which is not being exported. Did you mean `onnx`?"),
-        ({"pt2": {"timeout": 5}}, "The `pt2` backend has no option `timeout`. Did you mean `timeout_s`?"),
-        ({"pt2": {"timeout_s": 0}}, "`pt2` option `timeout_s` is 0 (out of range); it takes a number >= 1"),
-        ({"ort": {"optimization_level": "fast"}}, "`ort` option `optimization_level` is 'fast' (not an allowed value)"),
+        ("onnx", {"onnx": {"opsett": 18}}, "The `onnx` backend has no option `opsett`. Did you mean `opset`?"),
+        ("onnx", {"onnx": {"opset": 99}}, "`onnx` option `opset` is 99 (out of range); it takes an integer from 18 to 23"),
+        ("onnx", {"onnx": {"opset": "18"}}, "`onnx` option `opset` is '18' (a str); it takes an integer"),
+        ("pt2", {"onnx": {"opset": 99}}, "`onnx` option `opset` is 99"),  # the shared ONNX's options, always checked
+        ("pt2", {"ort": {"optimization_level": "basic"}}, "`options` has an entry for `ort`, which is not being exported."),
+        ("pt2", {"pt2": {"timeout": 5}}, "The `pt2` backend has no option `timeout`. Did you mean `timeout_s`?"),
+        ("pt2", {"pt2": {"timeout_s": 0}}, "`pt2` option `timeout_s` is 0 (out of range); it takes a number >= 1"),
+        ("ort", {"ort": {"optimization_level": "fast"}}, "`ort` option `optimization_level` is 'fast' (not an allowed value)"),
     ],
 )
-def test_bad_options_are_refused_before_any_work(tmp_path, options, expected):
+def test_bad_options_are_refused_before_any_work(tmp_path, backends, options, expected):
     from enn_nb.engine import export
 
     out = tmp_path / "never-created"
-    backends = ["pt2", *(k for k in options if k in ("onnx", "ort"))]
     with pytest.raises(OptionError) as info:
         export(_net(), backends, out_dir=out, options=options)
     assert str(info.value).startswith(expected), str(info.value)
     assert isinstance(info.value, ValueError)
     assert not out.exists()  # refused before the output folder, the model or a capture
+
+
+def test_an_option_key_naming_no_backend_suggests_the_closest(tmp_path):
+    from enn_nb.engine import export
+    from enn_nb.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="Unknown backend `onxx`. Did you mean `onnx`?"):
+        export(_net(), ["onnx"], out_dir=tmp_path / "never", options={"onxx": {"opset": 18}})
+    assert not (tmp_path / "never").exists()
 
 
 def test_option_errors_carry_structured_fields():
@@ -100,7 +109,7 @@ def test_cli_names_the_closest_backend_without_a_traceback(tmp_path, capsys):
     code = main(["export", str(src), "-b", "onnx", "-o", str(tmp_path / "out"), "--option", "onxx.opset=18"])
     err = capsys.readouterr().err
     assert code == 1
-    assert err.startswith("enn-nb export: error: `options` has an entry for `onxx`") and "Did you mean `onnx`?" in err
+    assert err.startswith("enn-nb export: error: Unknown backend `onxx`. Did you mean `onnx`?")
     assert "Traceback" not in err
     code = main(["export", str(src), "-b", "onnx", "-o", str(tmp_path / "out"), "--option", "onnx.opset=99"])
     assert code == 1 and "`onnx` option `opset` is 99" in capsys.readouterr().err

@@ -79,13 +79,13 @@ def test_plots_are_png_images(passed):
 def test_artifact_table_has_status_error_and_latency_per_batch(passed):
     _, out = passed
     tables = [o["data"] for _, o in outputs(out / "export_report.ipynb")
-              if "text/html" in o.get("data", {}) and "ms @ 1 (vs eager)" in o["data"]["text/html"]]
+              if "text/html" in o.get("data", {}) and "latency, batch 1" in o["data"]["text/html"]]
     assert len(tables) == 1
     text = tables[0]["text/plain"]
     rows = {line.split()[0]: line for line in text.splitlines()[1:]}
     assert {"onnx", "pt2", "eager"} <= set(rows)
-    assert re.search(r"onnx\s+ok( \(cached\))?\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
-    assert "ms @ 4 (vs eager)" in text
+    assert re.search(r"onnx\s+ok( \(cached\))?\s+verified\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
+    assert "latency, batch 4" in text and re.search(r"ms ±[\d.e-]+ IQR, batch 4, 1 thread", rows["onnx"])
     assert "href='export_report-artifacts/model.onnx'" in tables[0]["text/html"]
 
 

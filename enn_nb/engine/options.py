@@ -155,15 +155,20 @@ def check_options(options: Mapping[str, Any] | None, names: Sequence[str]) -> di
     ONNX-consuming backend shares, exported or not).
 
     Raises:
-        OptionError: a key that names no exported backend, a value that is not a mapping, an unknown
-            option or a value its declaration does not allow.
+        UnknownNameError: a key that names no backend at all (the closest name is suggested).
+        OptionError: a key that names a backend not being exported, a value that is not a mapping, an
+            unknown option or a value its declaration does not allow.
     """
-    from enn_nb.engine.registry import get_backend
+    from enn_nb.engine.registry import backend_names, get_backend
 
     options = dict(options or {})
     allowed = [*names, *(["onnx"] if "onnx" not in names else [])]
     out: dict[str, dict[str, Any]] = {}
     for key, value in options.items():
+        if key not in allowed and key not in backend_names():
+            from enn_nb.engine.registry import resolve_names
+
+            resolve_names([str(key)])  # a name no backend has: UnknownNameError with the closest name
         if key not in allowed:
             raise OptionError(
                 f"`options` has an entry for `{key}`, which is not being exported.{closest(str(key), allowed)} "

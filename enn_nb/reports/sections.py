@@ -317,7 +317,7 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
     from enn_nb._format import human_size
 
     sizes = measurements.batch_sizes if measurements else []
-    columns = ["backend", "status", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
+    columns = ["backend", "status", "verified", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
     columns += [f"latency, batch {b}" for b in sizes]
     rows = []
     for r in export.results:
@@ -327,9 +327,11 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
         status = r.status + (" (cached)" if r.cached else "")
         if measurements and r.status == "ok" and measurements.mismatches.get(r.backend):
             status = "mismatch (report's check)"
+        check = r.verification.describe() if not status.startswith("mismatch") else "mismatch"
         row: list[Any] = [
             r.backend,
             status,
+            check,
             Link(Path(r.artifact).name, link(r.artifact)) if r.artifact else "-",
             human_size(r.size_bytes) if r.files else "-",
             f"{max(errs):.2e}" if errs else "-",
@@ -350,8 +352,8 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
             return out
 
         rows.append(["eager PyTorch, export-safe", "headline reference (what the artifacts compute)", "-", "-", "-",
-                     "-", *cells(SAFE, lambda b: None)])
-        rows.append(["eager PyTorch, as trained", "second reference (fast paths on)", "-", "-", "-", "-",
+                     "-", "-", *cells(SAFE, lambda b: None)])
+        rows.append(["eager PyTorch, as trained", "second reference (fast paths on)", "-", "-", "-", "-", "-",
                      *cells(EAGER, lambda b: _ratio(measurements.eager_safe_ms.get(b), measurements.eager_ms.get(b)))])
     return Table(columns, rows)
 
@@ -450,6 +452,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _without_log_text(data: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar as shown in a report: the captured converter log is counted and linked, never shown."""
+    log = data.get("log")
+    if isinstance(log, dict) and log.get("warning_messages"):
+        data["log"] = {k: v for k, v in log.items() if k != "warning_messages"}
+    return data
+
+
 class Sidecars:
     """Each sidecar as a link to its file and its JSON content collapsed in ``<details>``."""
 
@@ -459,7 +469,7 @@ class Sidecars:
             if r.sidecar and Path(r.sidecar).is_file():
                 text = Path(r.sidecar).read_text(encoding="utf-8")
                 try:
-                    text = json.dumps(json.loads(text), indent=2)
+                    text = json.dumps(_without_log_text(json.loads(text)), indent=2)
                 except ValueError:
                     pass
                 self.items.append((r.backend, Path(r.sidecar), text))
