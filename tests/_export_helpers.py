@@ -11,7 +11,6 @@ import signal
 from pathlib import Path
 from typing import Any, ClassVar
 
-import pytest
 import torch
 from torch import nn
 
@@ -163,9 +162,3 @@ class ApproxGeluNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.gelu(3.0 * self.lin(x), approximate=self.approximate)
-
-
-@pytest.fixture(autouse=True)
-def enn_cache_in_tmp(tmp_path_factory, monkeypatch):
-    """Keep the export cache's store of each test in a temporary folder (import this into a test module)."""
-    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(tmp_path_factory.mktemp("enn-cache")))

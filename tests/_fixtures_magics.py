@@ -32,11 +32,10 @@ def run_cell(ip: Any, source: str) -> Any:
 def ip(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The shell with ``%load_ext enn_nb`` done, cwd in ``tmp_path``; unloaded and its new names removed after.
 
-    The export cache is empty for each test, so every export really converts.
+    The export cache is empty for each test (conftest's ``isolated_export_cache``), so every export converts.
     """
     shell = get_shell()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(tmp_path / ".enn_cache"))
     before = set(shell.user_ns)
     shell.run_line_magic("load_ext", "enn_nb")
     try:

@@ -19,11 +19,7 @@ def execute(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **parame
 
     # Jupyter Server tells the kernel its notebook this way; ipykernel exposes it as `__session__`.
     monkeypatch.setenv("JPY_SESSION_NAME", f"notebooks/{name}")
-    # the kernel (and any kernel it starts) inherits this environment: caches stay in the project
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
-    monkeypatch.setenv("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
-    # an empty export cache: every artifact is really converted and its sidecar describes this run
-    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(tmp_path / "enn_cache"))
+    # the kernel inherits this process's environment: conftest's compile caches and empty export cache
     output = tmp_path / name
     pm.execute_notebook(
         str(NOTEBOOKS / name), str(output), parameters=parameters, cwd=str(tmp_path),

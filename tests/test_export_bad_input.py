@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from _export_helpers import HalfWriteBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
+from _export_helpers import HalfWriteBackend, TinyMLP
 
 import enn_nb
 from enn_nb.errors import InputMismatchError, MissingDependencyError, OutputDirError, UnknownNameError

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from _conformance import assert_backend_conforms
-from _export_helpers import TinyMLP, enn_cache_in_tmp  # noqa: F401
+from _export_helpers import TinyMLP
 from safetensors.numpy import load_file, save_file
 
 import enn_nb

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _export_helpers import DeferredEchoBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
+from _export_helpers import DeferredEchoBackend, TinyMLP
 
 import enn_nb
 from enn_nb.engine.complete import complete

@@ -13,7 +13,6 @@ from _export_helpers import (  # noqa: F401
     ExitBackend,
     SegfaultBackend,
     TinyMLP,
-    enn_cache_in_tmp,
 )
 
 import enn_nb

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _export_helpers import EchoBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
+from _export_helpers import EchoBackend, TinyMLP
 
 import enn_nb
 from enn_nb.engine.registry import BUILTINS, get_backend, register_backend, unregister_backend
