@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,3 +52,23 @@ def artifacts_dir() -> Path:
     path = ROOT / "out" / "test-artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The shell with ``%load_ext enn_nb`` done, cwd in ``tmp_path``; unloaded and its new names removed after.
+
+    The export cache is empty for each test (``isolated_export_cache``), so every export converts.
+    """
+    from tests.fixtures.magics import get_shell
+
+    shell = get_shell()
+    monkeypatch.chdir(tmp_path)
+    before = set(shell.user_ns)
+    shell.run_line_magic("load_ext", "enn_nb")
+    try:
+        yield shell
+    finally:
+        shell.run_line_magic("unload_ext", "enn_nb")
+        for name in set(shell.user_ns) - before:
+            del shell.user_ns[name]

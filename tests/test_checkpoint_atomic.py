@@ -17,7 +17,8 @@ import torch
 import enn_nb
 from enn_nb.checkpoint import dcp, pt, safetensors_format
 
-from tests._fixtures_checkpoint import tiny
+from tests.fixtures.models import tiny
+
 
 NAMES = ("m.pt", "m.safetensors", "m_dcp")
 

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import torch
-from _export_helpers import TinyMLP
 
 import enn_nb
 from enn_nb.engine import cache
@@ -15,6 +14,8 @@ from enn_nb.engine.plan import Plan
 from enn_nb.engine.registry import get_backend
 from enn_nb.engine.settings import ExportSettings
 from enn_nb.engine.tolerance import parse_tolerances
+
+from tests.fixtures.models import TinyMLP
 
 
 def _key(out: Path, name: str = "pt2", **settings) -> str:

@@ -9,14 +9,15 @@ import time
 import numpy as np
 import pytest
 import torch
-from _conformance import assert_backend_conforms
-from _export_helpers import ApproxGeluNet, TinyMLP
 
 import enn_nb
 from enn_nb.errors import ParityError
 from enn_nb.engine import sidecar
 from enn_nb.engine.parity import load_vectors
 from enn_nb.spec import ModelSpec
+
+from tests.fixtures.conformance import assert_backend_conforms
+from tests.fixtures.models import ApproxGeluNet, TinyMLP
 
 BACKENDS = ["onnx", "ort", "pt2", "aoti"]
 

@@ -6,13 +6,15 @@ import pickle
 from pathlib import Path
 
 import torch
-from _export_helpers import EchoBackend, HalfWriteBackend, SegfaultBackend, TinyMLP
 
 from enn_nb.engine import parity
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.capture import Shared, capture_program
 from enn_nb.engine.isolate import Setup, Task, Worker, importable_reference, run_unit
 from enn_nb.engine.outcome import UnitResult
+
+from tests.fixtures.backends import EchoBackend, HalfWriteBackend, SegfaultBackend
+from tests.fixtures.models import TinyMLP
 
 
 def _job(workdir: Path) -> tuple[ExportJob, Shared, list[parity.Case]]:
@@ -50,7 +52,7 @@ def test_the_unit_never_raises_it_records_the_stage_and_the_error(tmp_path):
     unit = run_unit(HalfWriteBackend(), job, _task(HalfWriteBackend, tmp_path, cases), lambda e: None)
     assert unit.stage == "convert" and unit.conversion is None
     assert unit.error.type == "RuntimeError" and "disk full" in unit.error.message
-    assert "_export_helpers.py" in unit.error.traceback and unit.error.chain.startswith("RuntimeError: disk full")
+    assert "fixtures/backends.py" in unit.error.traceback and unit.error.chain.startswith("RuntimeError: disk full")
 
 
 def test_a_worker_survives_its_childs_crash_and_starts_a_new_one(tmp_path):

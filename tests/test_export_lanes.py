@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
-from _export_helpers import EchoBackend, TinyMLP
 
 import enn_nb
 from enn_nb.engine.lanes import split_lanes
 from enn_nb.engine.plan import Plan
 from enn_nb.engine.registry import get_backend, register_backend, unregister_backend
+
+from tests.fixtures.backends import EchoBackend
+from tests.fixtures.models import TinyMLP
 
 
 def _plans(*names: str) -> list[Plan]:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures_reports import metadata, outputs, tiny_model
+from tests.fixtures.models import tiny_reference
+from tests.fixtures.notebooks import metadata, outputs
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
@@ -20,7 +22,7 @@ def tiny_checkpoint(tmp_path_factory):
     import enn_nb
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    enn_nb.save(tiny_model(), path, metadata={"purpose": "report tests"})
+    enn_nb.save(tiny_reference(), path, metadata={"purpose": "report tests"})
     return path
 
 
