@@ -99,7 +99,7 @@ def test_progress_shows_cached_results_and_closes_open_bars_on_exit() -> None:
 
 
 def test_final_statuses_cover_the_engine_vocabulary() -> None:
-    from enn_nb.engine.backends.base import STATUSES
+    from enn_nb.engine.vocabulary import STATUSES
 
     from enn_nb.notebook.display import FINAL_STATUSES
 
