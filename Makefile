@@ -16,7 +16,7 @@ export TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS := 0
 export ENN_NB_CACHE_DIR := $(CURDIR)/.cache/enn_nb
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env demo test benchmarks browser clean
+.PHONY: env demo test lab benchmarks browser clean
 
 env:
 	@bash .ci/env.sh "$(PYTHON)" "$(VENV)"
@@ -27,6 +27,12 @@ browser:
 
 demo: env
 	$(PY) -m enn_nb.demo --out "$(OUT)"
+
+# JupyterLab on the example notebooks (the venv's kernel first on the kernel path). LAB_ARGS adds options,
+# e.g. `make lab LAB_ARGS="--no-browser --ip=0.0.0.0"` on a remote host.
+LAB_ARGS ?=
+lab: env
+	JUPYTER_PATH="$(VENV)/share/jupyter" $(PY) -m jupyterlab --notebook-dir="$(CURDIR)/notebooks" $(LAB_ARGS)
 
 test: env browser
 	$(PY) -m pytest $(PYTEST_ARGS)

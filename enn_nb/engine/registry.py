@@ -143,6 +143,9 @@ class BackendTable(list):
         lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in (header, *rows)]
         return "\n".join(lines)
 
+    # a notebook's text/plain form (nbconvert, terminals): the table, not a list of BackendInfo(...)
+    __repr__ = __str__
+
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{h}</th>" for h in ("backend", "suffix", "available", "runtime here", "notes"))
         body = []

@@ -90,6 +90,7 @@ class TqdmProgress:
         self._factory = tqdm_factory
         self._kwargs = {"leave": True, **tqdm_kwargs}
         self.bars: dict[str, Any] = {}
+        self._handles: dict[str, Any] = {}
         self._seen: dict[str, list[str]] = {}
         self.events: list[dict[str, Any]] = []
         self.final: dict[str, str] = {}
@@ -105,7 +106,22 @@ class TqdmProgress:
         else:
             label = backend
         total = 1 if backend is None else (len(self.stages) if self.stages else None)
-        return factory(total=total, desc=label, unit="stage", **self._kwargs)
+        if not _is_widget_tqdm(factory):
+            return factory(total=total, desc=label, unit="stage", **self._kwargs)
+        # A widget bar's text/plain form (what nbconvert HTML and GitHub show) is frozen when it is
+        # displayed, at 0%. Display it ourselves, under an id, so that _finish can refresh that text.
+        from IPython.display import display
+
+        bar = factory(total=total, desc=label, unit="stage", display=False, **self._kwargs)
+        self._handles[label] = display(bar.container, display_id=True)
+        bar._enn_label = label
+        return bar
+
+    def _finish(self, bar: Any) -> None:
+        bar.close()
+        handle = self._handles.pop(getattr(bar, "_enn_label", None), None)
+        if handle is not None:
+            handle.update(bar.container)  # the same widget; its text/plain now says 100% and the status
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         event = dict(event)
@@ -131,15 +147,24 @@ class TqdmProgress:
             self.final[backend] = str(status)
             if bar.total is not None and bar.n < bar.total:
                 bar.update(bar.total - bar.n)
-            bar.close()
+            self._finish(bar)
 
     def close(self) -> None:
         for backend, bar in self.bars.items():
             if backend not in self.final:
-                bar.close()
+                self._finish(bar)
 
     def __enter__(self) -> TqdmProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_widget_tqdm(factory: Any) -> bool:
+    """Whether ``factory`` is tqdm's ipywidgets bar (what ``tqdm.auto`` picks inside a kernel)."""
+    try:
+        from tqdm.notebook import tqdm_notebook
+    except ImportError:
+        return False
+    return isinstance(factory, type) and issubclass(factory, tqdm_notebook)

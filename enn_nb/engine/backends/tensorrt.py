@@ -20,6 +20,7 @@ the captured one. A static capture gives min = opt = max.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -409,6 +410,8 @@ def register_cli(subparsers: Any) -> None:
         description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
         "check parity against the vectors file beside it and update the sidecar. Exit codes: 0 built and "
         f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
+        epilog="example:\n  enn-nb build-trt exports/model.engine.enn.json --out model.engine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
     p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
