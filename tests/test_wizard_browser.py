@@ -13,18 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from tests._browser import chromium_page
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    # Without these the closed network refuses Chromium's own connections and slows every page.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 NOTEBOOK_CELLS = [
     "import enn_nb\n"
     "from enn_nb.reference import train_reference\n"
@@ -105,22 +97,8 @@ def voila_url(tmp_path):
 
 @pytest.fixture
 def browser_page(tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed: run `make browser` (apt-get chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # a fresh user-data dir
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1000},
-        )
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            yield page
-        finally:
-            context.close()
+    with chromium_page(tmp_path / "chromium-profile") as page:
+        yield page
 
 
 def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artifacts_dir):
@@ -139,7 +117,11 @@ def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artif
         next_button.click()
         onnx = page.get_by_role("checkbox", name="onnx", exact=True)
         onnx.wait_for()
-        # Next without a backend: the inline message blocks it
+        # the fast backends come preselected; untick them all: Next without a backend is blocked inline
+        for name in ("onnx", "ort", "pt2"):
+            box = page.get_by_role("checkbox", name=name, exact=True)
+            if box.is_checked():
+                box.uncheck()
         next_button.click()
         page.get_by_text("No backend chosen").wait_for()
         onnx.check()

@@ -293,12 +293,14 @@ def provenance_from_kernel() -> dict[str, Any] | None:
     if shell is None:
         return None
     try:
-        from enn_nb.notebook.provenance import current_cell, notebook_path, sha256_text
+        from enn_nb.notebook.provenance import current_cell, notebook_origin, sha256_text
     except ImportError:
         return None
     source, count = current_cell(shell)
+    notebook, origin = notebook_origin(shell)
     return {
-        "notebook": notebook_path(shell),
+        "notebook": notebook,
+        "notebook_source": origin,
         "cell_sha256": sha256_text(source) if source is not None else None,
         "execution_count": count,
         "recorded_at": now(),
