@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._fixtures_magics import ip  # noqa: F401 - a fixture
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 FENCE = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
@@ -65,7 +67,14 @@ def test_readme_blocks_run_in_a_kernel_in_order(tmp_path: Path, monkeypatch: pyt
     assert "enn_nb.reference" in inspected and "sha256" in inspected
     exported = _text(outputs["%%enn_export model --out exports"])
     assert "onnx" in exported and "ok" in exported
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs["import enn_nb"])
+    # the progress bars' static text (nbconvert HTML, GitHub) is their final state, not "0%"
+    bars = [o.data["text/plain"] for o in outputs["%%enn_export model --out exports"]
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(bars) == 4 and all("100%" in bar and " ok" in bar for bar in bars), bars
+    assert any(bar.startswith("[1/3] onnx: 100%") for bar in bars), bars
+    wizard = [o.data for o in outputs["import enn_nb"] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(wizard) == 1
+    assert wizard[0]["text/plain"].startswith("enn_nb export wizard, step 1 of 4 (model); backends: onnx, ort, pt2")
 
     from enn_nb.reports.html import to_html
 
@@ -80,3 +89,41 @@ def _text(outputs: list) -> str:
         elif "data" in o:
             parts.append(o.data.get("text/plain", ""))
     return "".join(parts).strip()
+
+
+# -- the magics' own examples (`%enn_save?` shows them) ------------------------------------------------
+def magic_examples() -> list[tuple[str, str]]:
+    """``(magic, cell)`` for each ``Example::`` block of the magics' docstrings, in the class's order."""
+    import inspect
+    import textwrap
+
+    from enn_nb.notebook.magics import EnnMagics
+
+    found = []
+    for name, method in inspect.getmembers(EnnMagics, inspect.isfunction):
+        doc = inspect.getdoc(method) or ""
+        if "Example::" in doc:
+            block = doc.split("Example::", 1)[1].split("\n\n", 2)[1]
+            found.append((name, textwrap.dedent(block).strip()))
+    order = ["enn_save", "enn_inspect", "enn_load", "enn_backends", "enn_export", "enn_wizard"]
+    return sorted(found, key=lambda item: order.index(item[0]))
+
+
+def test_every_magic_has_an_example() -> None:
+    assert [name for name, _ in magic_examples()] == [
+        "enn_save", "enn_inspect", "enn_load", "enn_backends", "enn_export", "enn_wizard"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_magics_examples_run_as_written(ip, trained_model) -> None:
+    """Each example is one cell, run in a real shell after `model = train_reference(seed=0)`."""
+    from tests._fixtures_magics import run_cell
+
+    ip.user_ns["model"] = trained_model
+    results = {name: run_cell(ip, cell) for name, cell in magic_examples()}
+    assert (Path.cwd() / "checkpoints" / "model_dcp").is_dir()
+    assert results["enn_inspect"].spec.builder == "enn_nb.reference"
+    assert results["enn_load"] is ip.user_ns["restored"] and not ip.user_ns["restored"].training
+    report = ip.user_ns["report"]
+    assert [(r.backend, r.status) for r in report.results] == [("onnx", "ok"), ("pt2", "ok")]
+    assert type(results["enn_wizard"]).__name__ == "Wizard"

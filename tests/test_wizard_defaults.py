@@ -82,3 +82,13 @@ def test_the_latency_column_names_its_batch_size():
            "max_abs_err": 1e-7, "parity": {}, "atol": 1e-4, "latency_ms": 0.25, "latency_batch": 8, "message": ""}
     table = results_table_html([row])
     assert "latency (batch)" in table and "0.25 ms (batch 8)" in table
+
+
+def test_a_static_rendering_shows_a_sentence_not_the_widget_tree():
+    w = wizard({"net": _net()}, backends=["onnx"])
+    bundle = w._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"] == (
+        "enn_nb export wizard, step 1 of 4 (model); backends: onnx "
+        "(an interactive widget: run the notebook in Jupyter to use it)"
+    )

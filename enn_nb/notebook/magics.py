@@ -177,7 +177,7 @@ class EnnMagics(Magics):
         Example::
 
             %enn_load checkpoints/model.safetensors --into restored
-            restored(x)
+            restored.eval()
         """
         with user_errors():
             args = _parse(self.enn_load, line)
@@ -243,7 +243,7 @@ class EnnMagics(Magics):
             backends: [onnx, pt2]
             dynamic_batch: true
             batch_range: [1, 8, 64]
-            example_inputs: x_example      # or a shape: [2, 32]
+            example_inputs: [2, 38]  # a shape, or the name of a tensor variable
             tolerances:
               onnx: {atol: 1.0e-5, rtol: 1.0e-4}
             options:

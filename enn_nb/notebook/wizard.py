@@ -123,7 +123,19 @@ class Wizard:
 
     # -- display -------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.view.widget._repr_mimebundle_(**kwargs)
+        bundle = self.view.widget._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):  # a static rendering (nbconvert, GitHub) shows this, not VBox(children=...)
+            bundle["text/plain"] = self._static_text()
+        return bundle
+
+    def _static_text(self) -> str:
+        state = self.state
+        step = STEPS.index(self.step) + 1
+        backends = ", ".join(state.backends) or "none chosen"
+        text = f"enn_nb export wizard, step {step} of {len(STEPS)} ({self.step}); backends: {backends}"
+        if state.report is not None:
+            text += "; last run: " + ", ".join(f"{r.backend}={r.status}" for r in state.report.results)
+        return text + " (an interactive widget: run the notebook in Jupyter to use it)"
 
     def __repr__(self) -> str:
         state = self.state
