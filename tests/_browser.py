@@ -36,3 +36,25 @@ def chromium_page(profile: Path, *, width: int = 1280, height: int = 1000) -> It
             yield context.pages[0] if context.pages else context.new_page()
         finally:
             context.close()
+
+
+def screenshot_html(html: Path, png: Path, profile: Path, *, width: int = 1100) -> bool:
+    """Save a full-page screenshot of a local HTML file; False (nothing written) without Chromium."""
+    if not CHROMIUM.exists():
+        return False
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return False
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": width, "height": 900},
+        )  # fmt: skip
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.goto(html.resolve().as_uri())
+            page.screenshot(path=str(png), full_page=True)
+        finally:
+            context.close()
+    return True

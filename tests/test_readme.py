@@ -67,9 +67,9 @@ def test_readme_blocks_run_in_a_kernel_in_order(tmp_path: Path, monkeypatch: pyt
     assert "enn_nb.reference" in inspected and "sha256" in inspected
     exported = _text(outputs["%%enn_export model --out exports"])
     assert "onnx" in exported and "ok" in exported
-    # the progress bars' static text (nbconvert HTML, GitHub) is their final state, not "0%"
+    # finished progress bars become their final state as HTML and text (nbconvert HTML, GitHub), not "0%"
     bars = [o.data["text/plain"] for o in outputs["%%enn_export model --out exports"]
-            if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+            if "enn-nb-progress" in o.get("data", {}).get("text/html", "")]
     assert len(bars) == 4 and all("100%" in bar and " ok" in bar for bar in bars), bars
     assert any(bar.startswith("[1/3] onnx: 100%") for bar in bars), bars
     wizard = [o.data for o in outputs["import enn_nb"] if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
@@ -78,7 +78,10 @@ def test_readme_blocks_run_in_a_kernel_in_order(tmp_path: Path, monkeypatch: pyt
 
     from enn_nb.reports.html import to_html
 
-    to_html(artifacts_dir / "readme_notebook.ipynb", artifacts_dir / "readme_notebook.html")
+    page = to_html(artifacts_dir / "readme_notebook.ipynb", artifacts_dir / "readme_notebook.html", no_input=False)
+    from tests._browser import screenshot_html
+
+    screenshot_html(page, artifacts_dir / "readme_notebook.png", tmp_path / "chromium-profile")  # to look at
 
 
 def _text(outputs: list) -> str:

@@ -219,3 +219,25 @@ def test_reproduce_names_the_real_report_folder(passed):
     assert "REPORT_DIR" not in text and text.endswith(f"--out {shlex.quote(str(out.resolve()))} --html")
     args = shlex.split(text)
     assert args[:3] == ["enn-nb", "report", "export_report"] and "backends=[onnx, pt2]" in args
+
+
+@pytest.mark.browser
+def test_the_shared_html_opens_on_the_verdict_and_the_artifacts(passed, tmp_path, artifacts_dir):
+    from tests._browser import chromium_page
+
+    _, out = passed
+    shutil.copy(out / "export_report.html", artifacts_dir / "export_report.html")
+    with chromium_page(tmp_path / "chromium-profile", width=1100, height=900) as page:
+        page.goto((out / "export_report.html").resolve().as_uri())
+        # what a colleague sees without scrolling: the title, the verdict and the artifact table
+        assert page.get_by_text("Tiny export").first.bounding_box()["y"] < 200
+        assert page.locator("[data-verdict='pass']").first.bounding_box()["y"] < 400
+        table = page.get_by_text("ms @ 1 (vs eager)").first.bounding_box()["y"]
+        assert table < 900 and table < page.get_by_role("heading", name="Environment").bounding_box()["y"]
+        # folded until clicked: the tensor table and the sidecars
+        tensors = page.locator(".enn-nb-folded .enn-nb-tensors").first
+        assert not tensors.is_visible()
+        page.locator(".enn-nb-folded summary").first.click()
+        assert tensors.is_visible()
+        page.locator(".enn-nb-folded summary").first.click()
+        page.screenshot(path=str(artifacts_dir / "export_report.png"), full_page=True)

@@ -121,7 +121,17 @@ class TqdmProgress:
         bar.close()
         handle = self._handles.pop(getattr(bar, "_enn_label", None), None)
         if handle is not None:
-            handle.update(bar.container)  # the same widget; its text/plain now says 100% and the status
+            # A finished bar has nothing left to animate: replace the widget by its final state as
+            # HTML and text, which every renderer shows (a widget without saved state renders as
+            # nothing in nbconvert HTML, and its text/plain was frozen at 0%).
+            text = repr(bar.container)
+            total = bar.total if bar.total else max(bar.n, 1)
+            handle.update({
+                "text/plain": text,
+                "text/html": f"<div class='enn-nb-progress'><progress value='{bar.n}' max='{total}'></progress> "
+                             f"<code>{html.escape(text)}</code></div>",
+            }, raw=True)  # fmt: skip
+            bar.container.close()  # its view is gone: free the widget
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         event = dict(event)
