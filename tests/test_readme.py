@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures_magics import ip  # noqa: F401 - a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -120,7 +119,7 @@ def test_every_magic_has_an_example() -> None:
 @pytest.mark.slow
 def test_the_magics_examples_run_as_written(ip, trained_model) -> None:
     """Each example is one cell, run in a real shell after `model = train_reference(seed=0)`."""
-    from tests._fixtures_magics import run_cell
+    from tests.fixtures.magics import run_cell
 
     ip.user_ns["model"] = trained_model
     results = {name: run_cell(ip, cell) for name, cell in magic_examples()}

@@ -23,12 +23,12 @@ class SavedManifest(Manifest):
 
     def summary(self) -> str:
         """``saved model.safetensors (safetensors): ReferenceModel, 12,345 parameters, 48.3 KiB, sha256 1a2b…``."""
-        from enn_nb.checkpoint.display import human_bytes
+        from enn_nb._format import human_size
 
         spec = self.spec
         what = spec.builder or "model"
         tasks = ", ".join(str(t.get("name", "?")) for t in spec.tasks or [])
-        parts = [what, f"{self.parameter_count:,} parameters", human_bytes(self.tensor_bytes)]
+        parts = [what, f"{self.parameter_count:,} parameters", human_size(self.tensor_bytes)]
         if tasks:
             parts.append(f"tasks {tasks}")
         digest = (self.content_hash or "")[:12]

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from enn_nb.notebook.display import Table
+from enn_nb.table import Table
 
 #: Distributions a reader of an export report asks about, in the order shown (missing ones are left out).
 LIBRARIES = ("enn-nb", "torch", "numpy", "onnx", "onnxruntime", "onnxscript", "executorch", "litert-torch",

@@ -6,7 +6,7 @@ import html
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.notebook.display import Table
+from enn_nb.table import Table
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint.manifest import Manifest
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 def model_summary(manifest: Manifest) -> Table:
     """Builder, parameters, size, tasks, in_dim/out_shape and identity of a checkpoint, one row each."""
-    from enn_nb.checkpoint.display import human_bytes
+    from enn_nb._format import human_size
 
     spec = manifest.spec
     tasks = [f"{t.get('name', '?')} ({t['kind']})" if t.get("kind") else str(t.get("name", "?"))
@@ -23,7 +23,7 @@ def model_summary(manifest: Manifest) -> Table:
     rows = [
         ["model", spec.builder or "(no builder: a plain nn.Module)"],
         ["parameters", f"{manifest.parameter_count:,} values in {len(manifest.tensors)} tensors"],
-        ["size", human_bytes(manifest.tensor_bytes)],
+        ["size", human_size(manifest.tensor_bytes)],
         ["tasks", ", ".join(tasks) or "-"],
         ["in_dim", "-" if spec.in_dim is None else spec.in_dim],
         ["out_shape", "-" if spec.out_shape is None else list(spec.out_shape)],
