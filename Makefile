@@ -1,4 +1,4 @@
-# enn_nb - the README's two commands: `make demo` and `make test`.
+# enn_nb - the README's commands: `make demo`, `make test` and `make lab`.
 # The environment lives in .venv (or $ENN_NB_VENV); it is created when missing and reinstalled only
 # when pyproject.toml or constraints.txt change (a content hash is kept in the venv).
 
