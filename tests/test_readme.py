@@ -78,7 +78,7 @@ def test_readme_blocks_run_in_a_kernel_in_order(tmp_path: Path, monkeypatch: pyt
     from enn_nb.reports.html import to_html
 
     page = to_html(artifacts_dir / "readme_notebook.ipynb", artifacts_dir / "readme_notebook.html", no_input=False)
-    from tests._browser import screenshot_html
+    from tests.fixtures.browser import screenshot_html
 
     screenshot_html(page, artifacts_dir / "readme_notebook.png", tmp_path / "chromium-profile")  # to look at
 

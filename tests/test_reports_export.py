@@ -225,7 +225,7 @@ def test_reproduce_names_the_real_report_folder(passed):
 
 @pytest.mark.browser
 def test_the_shared_html_opens_on_the_verdict_and_the_artifacts(passed, tmp_path, artifacts_dir):
-    from tests._browser import chromium_page
+    from tests.fixtures.browser import chromium_page
 
     _, out = passed
     shutil.copy(out / "export_report.html", artifacts_dir / "export_report.html")

@@ -8,23 +8,15 @@ pytest.importorskip("ipywidgets")
 torch = pytest.importorskip("torch")
 
 from enn_nb.notebook.wizard import wizard  # noqa: E402
-from enn_nb.notebook.wizard_state import FAST_BACKENDS, SLOW_BACKENDS, STEPS  # noqa: E402
+from enn_nb.notebook.wizard_state import FAST_BACKENDS, SLOW_BACKENDS  # noqa: E402
 from enn_nb.notebook.wizard_view import results_table_html  # noqa: E402
+from tests.test_wizard import _backend_note as _note  # noqa: E402 - the same row lookup
 
 
 def _net() -> torch.nn.Module:
     net = torch.nn.Linear(2, 2)
     net.in_dim = 2
     return net
-
-
-def _note(w, name: str) -> str:
-    page = w.view.pages[STEPS.index("targets")]
-    for child in page.children:
-        kids = getattr(child, "children", ())
-        if len(kids) == 2 and getattr(kids[0], "description", None) == name:
-            return kids[1].value
-    raise AssertionError(f"no row for {name}")
 
 
 def test_without_backends_the_available_fast_ones_are_preselected(monkeypatch):

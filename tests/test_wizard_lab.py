@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser import chromium_page
-from tests._jupyterlab import jupyterlab
+from tests.fixtures.browser import chromium_page
+from tests.fixtures.jupyterlab import jupyterlab
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
