@@ -12,7 +12,6 @@ from enn_nb.engine.backends.base import Backend
 from enn_nb.engine.options import Option, check_backend_options, declared, defaults
 from enn_nb.engine.registry import BUILTINS, get_backend
 from enn_nb.errors import OptionError
-from tests._fixtures_magics import ip  # noqa: F401 - a fixture
 
 
 @pytest.mark.parametrize("name", list(BUILTINS))
@@ -128,7 +127,7 @@ def test_cli_lists_the_declarations(capsys):
     assert any(line.startswith("optimization_level: one of 'disable'") for line in listing["ort"])
 
 
-def test_magic_refuses_a_misspelt_option(ip):  # noqa: F811 - the fixture
+def test_magic_refuses_a_misspelt_option(ip):
     ip.user_ns["net"] = _net()
     with pytest.raises(UsageError) as info:
         ip.run_cell_magic("enn_export", "net --out exp", "backends: [pt2]\noptions:\n  pt2: {timeout: 5}\n")

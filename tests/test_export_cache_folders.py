@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from _export_helpers import enn_cache_in_tmp  # noqa: F401 - an autouse-able fixture, used below
 
 from enn_nb.engine import export, verify
 
@@ -49,7 +48,7 @@ def _all_verify(folder: Path) -> None:
         assert result.status == "passed" and result.ok and not result.problems, (side.name, str(result))
 
 
-def test_the_issue_sequence_and_a_folder_left_alone(tmp_path, enn_cache_in_tmp):  # noqa: F811
+def test_the_issue_sequence_and_a_folder_left_alone(tmp_path)
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     _export(r1, ["onnx"])
     before = _snapshot(r1)
@@ -67,7 +66,7 @@ def test_the_issue_sequence_and_a_folder_left_alone(tmp_path, enn_cache_in_tmp):
     assert pt2["parity"]["vectors"]["file"] == "model.vectors.safetensors"
 
 
-def test_a_hit_records_its_own_provenance_and_timings_and_points_to_the_first(tmp_path, enn_cache_in_tmp):  # noqa: F811
+def test_a_hit_records_its_own_provenance_and_timings_and_points_to_the_first(tmp_path)
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     _export(r1, ["pt2"], provenance={"notebook": "first.ipynb"})
     first = json.loads((r1 / "model.pt2.enn.json").read_text())
@@ -91,7 +90,7 @@ def test_a_hit_records_its_own_provenance_and_timings_and_points_to_the_first(tm
     _all_verify(third)
 
 
-def test_reexport_into_the_same_folder_then_two_hits_with_different_vectors(tmp_path, enn_cache_in_tmp):  # noqa: F811
+def test_reexport_into_the_same_folder_then_two_hits_with_different_vectors(tmp_path)
     a, both = tmp_path / "a", tmp_path / "both"
     _export(a, ["onnx"])
     again = _export(a, ["onnx", "pt2"])  # onnx from this very folder, pt2 converted fresh (new vectors)

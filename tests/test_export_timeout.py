@@ -7,14 +7,16 @@ import time
 
 import pytest
 import torch
-from _conformance import assert_backend_conforms
-from _export_helpers import HangBackend, HangInVerifyBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.engine import sidecar
 from enn_nb.engine.lanes import timeout_of
 from enn_nb.engine.plan import Plan
 from enn_nb.engine.registry import get_backend, register_backend, unregister_backend
+
+from tests.fixtures.backends import HangBackend, HangInVerifyBackend
+from tests.fixtures.conformance import assert_backend_conforms
+from tests.fixtures.models import TinyMLP
 
 
 @pytest.fixture()

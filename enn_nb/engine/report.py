@@ -13,7 +13,7 @@ from enn_nb.engine.outlog import LOG_SUFFIX, OutputLog
 from enn_nb.engine.verification import Verification
 from enn_nb.engine.verification import summary as summary_line
 from enn_nb.engine.verification import verification as verification_of
-from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUS_MEANING, STATUSES  # noqa: F401  (STATUS_MEANING re-exported)
+from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUSES
 
 
 @dataclasses.dataclass

@@ -393,7 +393,7 @@ class Image:
     """A matplotlib figure as a PNG output (``image/png``): it survives papermill, nbconvert and git."""
 
     def __init__(self, figure: Any, *, dpi: int = 100) -> None:
-        from enn_nb.notebook.plots import to_png
+        from enn_nb.plots import to_png
 
         self.png = to_png(figure, dpi=dpi)
 
@@ -406,7 +406,7 @@ class Image:
 
 def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     """Parity error per backend and batch size, latency vs eager at each batch size, artifact size."""
-    from enn_nb.notebook.plots import latency_figure, parity_figure, size_figure
+    from enn_nb.plots import latency_figure, parity_figure, size_figure
 
     atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
     images = [Image(parity_figure(measurements.errors, tolerances=atol))]
@@ -493,15 +493,26 @@ class Sidecars:
 
 
 def reproduce(
-    checkpoint: Path, requested: Requested, batch_sizes: Sequence[int], atol: float | None, rtol: float | None
+    checkpoint: Path,
+    requested: Requested,
+    batch_sizes: Sequence[int],
+    atol: float | None,
+    rtol: float | None,
+    *,
+    out: str | os.PathLike[str] | None = None,
 ) -> str:
-    """The command line that re-runs this report (for a scheduler or a colleague)."""
+    """The command line that re-runs this report (for a scheduler or a colleague).
+
+    ``out`` is the report folder; by default the working directory, which is where the report's
+    kernel runs, so the command writes the same files again.
+    """
     parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
     if requested.explicit:
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
     parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
-    return " ".join(parts) + " --out REPORT_DIR --html"
+    folder = Path(out if out is not None else Path.cwd()).resolve()
+    return " ".join(parts) + f" --out {_quote(str(folder))} --html"
 
 
 def _quote(text: str) -> str:
