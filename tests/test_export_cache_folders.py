@@ -48,7 +48,7 @@ def _all_verify(folder: Path) -> None:
         assert result.status == "passed" and result.ok and not result.problems, (side.name, str(result))
 
 
-def test_the_issue_sequence_and_a_folder_left_alone(tmp_path)
+def test_the_issue_sequence_and_a_folder_left_alone(tmp_path):
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     _export(r1, ["onnx"])
     before = _snapshot(r1)
@@ -66,7 +66,7 @@ def test_the_issue_sequence_and_a_folder_left_alone(tmp_path)
     assert pt2["parity"]["vectors"]["file"] == "model.vectors.safetensors"
 
 
-def test_a_hit_records_its_own_provenance_and_timings_and_points_to_the_first(tmp_path)
+def test_a_hit_records_its_own_provenance_and_timings_and_points_to_the_first(tmp_path):
     r1, r2 = tmp_path / "r1", tmp_path / "r2"
     _export(r1, ["pt2"], provenance={"notebook": "first.ipynb"})
     first = json.loads((r1 / "model.pt2.enn.json").read_text())
@@ -90,7 +90,7 @@ def test_a_hit_records_its_own_provenance_and_timings_and_points_to_the_first(tm
     _all_verify(third)
 
 
-def test_reexport_into_the_same_folder_then_two_hits_with_different_vectors(tmp_path)
+def test_reexport_into_the_same_folder_then_two_hits_with_different_vectors(tmp_path):
     a, both = tmp_path / "a", tmp_path / "both"
     _export(a, ["onnx"])
     again = _export(a, ["onnx", "pt2"])  # onnx from this very folder, pt2 converted fresh (new vectors)
