@@ -234,7 +234,7 @@ def test_the_shared_html_opens_on_the_verdict_and_the_artifacts(passed, tmp_path
         # what a colleague sees without scrolling: the title, the verdict and the artifact table
         assert page.get_by_text("Tiny export").first.bounding_box()["y"] < 200
         assert page.locator("[data-verdict='pass']").first.bounding_box()["y"] < 400
-        table = page.get_by_text("ms @ 1 (vs eager)").first.bounding_box()["y"]
+        table = page.get_by_text("latency, batch 1").first.bounding_box()["y"]
         assert table < 900 and table < page.get_by_role("heading", name="Environment").bounding_box()["y"]
         # folded until clicked: the tensor table and the sidecars
         tensors = page.locator(".enn-nb-folded .enn-nb-tensors").first
