@@ -213,14 +213,12 @@ def parse_meta(items: Iterable[str]) -> dict[str, Any]:
 def _yaml_value(text: str) -> Any:
     import yaml
 
+    from enn_nb._yaml import safe_load
+
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        return safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
-    if isinstance(value, str):
-        number = _float_or_none(value)
-        return number if number is not None and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
-    return value
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -349,10 +347,12 @@ def parse_export_body(body: str) -> dict[str, Any]:
     """
     import yaml
 
+    from enn_nb._yaml import safe_load
+
     if not body.strip():
         return {}
     try:
-        data = yaml.safe_load(body)
+        data = safe_load(body)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
