@@ -19,6 +19,7 @@
     │   ├── FastPathExportError             a fast path left on made capture/conversion fail
     │   ├── BackendError                    a backend's conversion failed (stage, cause)
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
+    │   ├── UnsafeArtifactError             an artifact whose loading would run untrusted code
     │   └── OutputDirError (OSError)        the output directory cannot be written
     ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
     └── ReportError
@@ -176,6 +177,10 @@ class ParityError(ExportError):
         self.max_rel_err = max_rel_err
         self.atol = atol
         self.rtol = rtol
+
+
+class UnsafeArtifactError(ExportError):
+    """Loading the artifact would run code: pickles in a .pt2, or an AOTI package without ``trust=True``."""
 
 
 class OutputDirError(ExportError, OSError):

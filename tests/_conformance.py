@@ -24,10 +24,14 @@ Checks, for a result whose status is ``ok`` (``deferred``: sidecar, files and re
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
-from enn_nb.errors import MissingDependencyError
+import pytest
+
+from enn_nb.engine.trust import NATIVE_BACKENDS
+from enn_nb.errors import MissingDependencyError, UnsafeArtifactError
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.parity import verify
 from enn_nb.engine.registry import get_backend
@@ -90,7 +94,14 @@ def assert_backend_conforms(report_or_result: ExportReport | BackendResult, back
             assert case["passed"], case
             assert math.isfinite(case["max_abs_err"]) and case["max_abs_err"] < 1e300, case
         assert parity["vectors"] and (base / parity["vectors"]["file"]).is_file()
-        again = verify(artifact)
+        native = backend_name in NATIVE_BACKENDS
+        if native:  # native code never loads without explicit trust
+            with pytest.raises(UnsafeArtifactError, match="trust=True"):
+                verify(artifact)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = verify(artifact, trust=native)
+        assert any("runs its native code" in str(w.message) for w in caught) == native
         assert again.ok, f"`enn_nb.engine.verify` failed on `{artifact.name}`:\n{again}"
     else:
         assert parity["status"] == "skipped" and parity.get("reason"), parity

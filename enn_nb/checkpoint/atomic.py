@@ -7,7 +7,9 @@ import ctypes
 import errno
 import os
 import shutil
+import stat
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +18,99 @@ TEMP_MARK = ".enn-tmp-"  # temporary files and directories are named `.<final na
 
 
 def temp_path(final: Path, token: str | None = None) -> Path:
-    """A hidden sibling of ``final`` (same directory, hence same filesystem: the rename is atomic)."""
-    return final.with_name(f".{final.name}{TEMP_MARK}{token or uuid.uuid4().hex[:12]}")
+    """A hidden sibling of ``final`` (same directory, hence same filesystem: the rename is atomic).
+
+    The name carries the writer's pid (``.<name>.enn-tmp-<pid>x<random>``) so a later save can tell
+    the leftovers of a killed writer from the file of one still running.
+    """
+    return final.with_name(f".{final.name}{TEMP_MARK}{token or new_token()}")
+
+
+def new_token() -> str:
+    return f"{os.getpid()}x{uuid.uuid4().hex[:12]}"
+
+
+#: A leftover temporary of a live writer is swept only when it has not changed for this long.
+STALE_LIVE_WRITER_S = 3600.0
+
+
+def sweep_stale_temps(final: Path, started: float) -> list[Path]:
+    """Remove the temporaries that killed saves to ``final`` left (called after a save to it completed).
+
+    A temporary is stale when it was last modified before this save ``started`` and its writer (the
+    pid in its name) is gone, or when it has not changed for :data:`STALE_LIVE_WRITER_S`. Returns
+    what was removed; errors are ignored (sweeping is housekeeping, the save already succeeded).
+    """
+    removed = []
+    prefix = f".{final.name}{TEMP_MARK}"
+    try:
+        names = [n for n in os.listdir(final.parent) if n.startswith(prefix)]
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = final.parent / name
+        try:
+            mtime = path.lstat().st_mtime
+        except OSError:
+            continue
+        token = name[len(prefix):].removeprefix("old-")
+        pid_text = token.split("x", 1)[0]
+        alive = pid_text.isdigit() and _pid_alive(int(pid_text))
+        if (not alive and mtime < started) or now - mtime > STALE_LIVE_WRITER_S:
+            remove_path(path)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def check_same_kind(final: Path, *, directory: bool, what: str = "checkpoint") -> None:
+    """Refuse to replace a file with a directory, a directory with a file, or anything not a regular file/directory.
+
+    A symlink at ``final`` is replaced as a link (its target is never touched).
+
+    Raises:
+        CheckpointError: ``final`` exists and is of another kind (the message names it and the fix).
+    """
+    from enn_nb.errors import CheckpointError
+
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        if not directory:
+            hint = ", or pass `format=\"dcp\"` to save a DCP directory there" if what == "checkpoint" else ""
+            raise CheckpointError(
+                f"`{final}` is a directory and the {what} to write there is a file: enn_nb will not replace a "
+                f"directory with a file. Pick a file path{hint}."
+            )
+        return
+    if stat.S_ISREG(st.st_mode):
+        if directory:
+            hint = " with a `.pt`/`.safetensors` suffix" if what == "checkpoint" else ""
+            raise CheckpointError(
+                f"`{final}` is an existing file and the {what} to write there is a directory: enn_nb will not "
+                f"replace a file with a directory. Give a path{hint} or a new directory path."
+            )
+        return
+    raise CheckpointError(
+        f"`{final}` is a special file (device, FIFO or socket), not a {what}; enn_nb never replaces one. "
+        "Save to a regular path."
+    )
 
 
 def is_temp_name(name: str) -> bool:
@@ -54,13 +147,9 @@ def check_replaceable(final: Path, *, directory: bool) -> None:
     """
     from enn_nb.errors import CheckpointError
 
+    check_same_kind(final, directory=directory)
     if not final.is_dir() or final.is_symlink():
         return
-    if not directory:
-        raise CheckpointError(
-            f"`{final}` is a directory; a .pt/.safetensors checkpoint is a file. Pick a file path, or pass "
-            "`format=\"dcp\"` to save a DCP directory there."
-        )
     from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 
     names = set(os.listdir(final))
@@ -83,15 +172,18 @@ def atomic_file(final: Path) -> Iterator[Path]:
     check_replaceable(final, directory=False)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final)
+    started = time.time()
     try:
         yield tmp
         fsync_file(tmp)
+        check_same_kind(final, directory=False)  # may have appeared while we wrote
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
     fsync_dir(final.parent)
+    sweep_stale_temps(final, started)
 
 
 # -- directories -------------------------------------------------------------------------------------
@@ -133,6 +225,7 @@ def replace_dir(src: Path, final: Path) -> None:
     first (a crash in between leaves it at ``.<name>.enn-tmp-old-*``).
     """
     for _ in range(100):  # concurrent savers may keep replacing `final` under us
+        check_same_kind(final, directory=True)  # never swap out a file, a device or a FIFO
         try:
             os.rename(src, final)  # succeeds when `final` is absent (or an empty directory)
             fsync_dir(final.parent)
@@ -148,7 +241,7 @@ def replace_dir(src: Path, final: Path) -> None:
             fsync_dir(final.parent)
             remove_path(src)  # `src` now names the old checkpoint
             return
-        aside = temp_path(final, "old-" + uuid.uuid4().hex[:12])
+        aside = temp_path(final, "old-" + new_token())
         try:
             os.rename(final, aside)
         except FileNotFoundError:

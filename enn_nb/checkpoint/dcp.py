@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import io
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -35,7 +36,7 @@ from enn_nb.errors import (
 )
 
 from . import dcp_metadata
-from .atomic import check_replaceable, fsync_dir, remove_path, replace_dir, temp_path
+from .atomic import check_replaceable, fsync_dir, new_token, remove_path, replace_dir, sweep_stale_temps, temp_path
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 from .manifest import FileEntry, Manifest, decode, encode
@@ -158,7 +159,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     import torch.distributed.checkpoint as dcp
 
     dist, rank, world = _dist()
-    token = _broadcast(dist, os.urandom(6).hex() if rank == 0 else None)
+    token = _broadcast(dist, new_token() if rank == 0 else None)
+    started = time.time()
     tmp = temp_path(final, token)
     structure, opt_tensors = request.optimizer_parts()
     state: dict[str, Any] = {MODEL_KEY: dict(request.state)}
@@ -198,6 +200,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             text = encode(manifest)
             _write_manifest(tmp, text)
             replace_dir(tmp, final)  # the commit: `final` switches from the old checkpoint to this one
+            sweep_stale_temps(final, started)
     except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
         error = exc
         if pool is not None:

@@ -213,7 +213,15 @@ def encode(manifest: Manifest, *, validate: bool = True) -> str:
     if validate:
         validate_document(document, where="manifest to write", error=SpecError)
     document["manifest_sha256"] = hashlib.sha256(_canonical(document)).hexdigest()
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    from enn_nb._safeio import MAX_JSON_BYTES
+
+    if len(text) > MAX_JSON_BYTES:  # readers refuse larger manifests: never write one
+        raise SpecError(
+            f"The manifest would be {len(text)} bytes, over the {MAX_JSON_BYTES}-byte limit enn_nb reads back "
+            "(most of it is `metadata=`); nothing was replaced. Store large data in a file of its own."
+        )
+    return text
 
 
 def decode(text: str | bytes, *, path: str | None = None, where: str = "manifest") -> Manifest:

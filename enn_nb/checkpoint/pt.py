@@ -69,6 +69,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         try:
             for key, storage in storages.items():
                 writer.write_record(f"data/{key}", storage, storage.nbytes())
+                handle.raise_if_failed()  # stop at the first short write instead of writing the rest
             hashes = pool.results()
             manifest = build_manifest(
                 "pt", request, hashes, optimizer_structure=structure, optimizer_tensors=opt_tensors
@@ -81,8 +82,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             writer.write_end_of_file()
         finally:
             del writer  # the C++ writer closes its file when released: before the fsync and rename
-            if handle is not None:
-                handle.close()
+            handle.close()
+        handle.raise_if_failed()
     manifest.path = str(final)
     return manifest
 
@@ -112,22 +113,61 @@ def _pickle(obj: Any) -> tuple[bytes, dict[str, Any]]:
     return buf.getvalue(), storages
 
 
-def _open_writer(path: Path) -> tuple[Any, Any]:
+class _GuardedFile:
+    """The file torch's C++ zip writer writes through: a failed write is recorded, never raised into C++.
+
+    An error raised inside ``PyTorchFileWriter`` (disk full, file too large) reaches a C++ destructor
+    that cannot throw and aborts the interpreter (a notebook kernel dies). Here a failing ``write``
+    stores the OSError, reports the bytes as written and drops everything after it; the caller raises
+    the stored error once the writer is released, and the atomic write removes the temporary file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.raw = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if self.error is None:
+            try:
+                self.raw.write(view)
+            except OSError as exc:
+                self.error = exc
+        return view.nbytes
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.raw.flush()
+            except OSError as exc:
+                self.error = exc
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except OSError as exc:
+            self.error = self.error or exc
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            from enn_nb.errors import CheckpointError
+
+            err = self.error
+            raise CheckpointError(
+                f"Writing `{self.raw.name}` failed: {err.strerror or err} (errno {err.errno}). Nothing was replaced: "
+                "the previous checkpoint, if any, is intact. Free disk space or save elsewhere."
+            ) from err
+
+
+def _open_writer(path: Path) -> tuple[Any, _GuardedFile]:
     import torch
     from torch.serialization import _get_storage_alignment
 
-    name = str(path)
-    handle = None
-    target: Any = name
-    try:
-        name.encode("ascii")
-    except UnicodeEncodeError:  # the C++ writer opens ascii paths only; hand it a Python file instead
-        handle = open(path, "wb")  # noqa: SIM115 - closed by write()
-        target = handle
+    handle = _GuardedFile(path)
     # No CRC-32: the sha256 of every tensor and the manifest's self-hash cover the content, and a
     # CRC pass over every byte would cost as much as the sha256 one. torch.load does not check CRCs;
     # zip tools do (`unzip -t` reports them).
-    return torch._C.PyTorchFileWriter(target, False, _get_storage_alignment()), handle
+    return torch._C.PyTorchFileWriter(handle, False, _get_storage_alignment()), handle
 
 
 def _write_torch_records(writer: Any) -> None:

@@ -79,6 +79,14 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         return raw + b" " * (size - len(raw)), manifest
 
     placeholder, _ = header({name: "0" * 64 for name in tensors})
+    if len(placeholder) > MAX_HEADER:  # the safetensors library could never open the file: refuse before replacing
+        from enn_nb.errors import CheckpointError
+
+        raise CheckpointError(
+            f"The safetensors header for `{final}` would be {len(placeholder)} bytes (manifest and metadata included), "
+            f"over safetensors' {MAX_HEADER}-byte limit, so the file could never be loaded; nothing was written. "
+            "Shrink `metadata=`, or save as .pt or DCP."
+        )
     with atomic_file(final) as tmp, HashPool() as pool:
         pool.submit_all(tensors, order)
         with open(tmp, "wb") as fh:

@@ -180,7 +180,16 @@ def _link_file(src: str | Path, dst: str | Path) -> None:
 
 
 def replace_path(new: Path, dst: Path) -> None:
-    """Move ``new`` onto ``dst``: ``os.replace`` for files; for directories the old one is moved aside first."""
+    """Move ``new`` onto ``dst``: ``os.replace`` for files; for directories the old one is moved aside first.
+
+    Only what enn_nb made is replaced: a file by a file, and a directory only when it is an earlier
+    enn_nb artifact (its sidecar lists every file in it). Anything else at ``dst`` (a directory of
+    the user's, a device, a FIFO) is refused and left as it is.
+
+    Raises:
+        OutputDirError: ``dst`` holds something enn_nb did not write (the message names it).
+    """
+    check_replaceable_artifact(dst, directory=new.is_dir())
     if new.is_dir():
         old = None
         if dst.exists():
@@ -192,9 +201,42 @@ def replace_path(new: Path, dst: Path) -> None:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     else:
-        if dst.is_dir():
-            shutil.rmtree(dst)
         os.replace(new, dst)
+
+
+def check_replaceable_artifact(dst: Path, *, directory: bool) -> None:
+    """Refuse to replace ``dst`` unless it is absent, a file (for a file) or an earlier enn_nb artifact directory."""
+    from enn_nb.checkpoint.atomic import check_same_kind
+    from enn_nb.errors import CheckpointError, OutputDirError
+
+    try:
+        check_same_kind(dst, directory=directory, what="artifact")
+    except CheckpointError as exc:
+        raise OutputDirError(f"{exc} (export output)") from None
+    if directory and dst.is_dir() and not dst.is_symlink() and not _is_enn_artifact_dir(dst):
+        raise OutputDirError(
+            f"`{dst}` is a directory enn_nb did not write (no sidecar lists its files); enn_nb will not replace it. "
+            "Move it away, or export to another `out_dir`/`stem`."
+        )
+
+
+def _is_enn_artifact_dir(path: Path) -> bool:
+    """True when ``path``'s sidecar names it as a directory artifact and lists every file inside it."""
+    from enn_nb.engine import sidecar as sc
+
+    try:
+        data = sc.read(sc.sidecar_path(path), check_schema=False)
+    except Exception:  # noqa: BLE001 - no readable sidecar: not provably ours
+        return False
+    if data.get("artifact") != path.name or not data.get("directory_artifact"):
+        return False
+    listed = {str(entry.get("path")) for entry in data.get("files") or [] if isinstance(entry, dict)}
+    base = path.parent
+    try:
+        inside = {p.relative_to(base).as_posix() for p in path.rglob("*") if not p.is_dir()}
+    except OSError:
+        return False
+    return inside <= listed
 
 
 # -- an export's key and its hits -----------------------------------------------------------------

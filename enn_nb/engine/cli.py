@@ -53,6 +53,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
     p.add_argument("--rtol", type=float, default=None, help="override the sidecar's relative tolerance")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
     p.set_defaults(func=_verify)
 
     _register_build_trt(subparsers)
@@ -131,7 +133,7 @@ def _verify(args: argparse.Namespace) -> int:
     tolerances = None
     if args.atol is not None or args.rtol is not None:
         tolerances = (args.atol if args.atol is not None else 0.0, args.rtol if args.rtol is not None else 0.0)
-    result = verify(args.artifact, tolerances=tolerances)
+    result = verify(args.artifact, tolerances=tolerances, trust=args.trust)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
         return 3  # nothing was checked: not a pass, not a mismatch

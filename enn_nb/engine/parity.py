@@ -386,25 +386,34 @@ class VerifyResult:
         if tol:
             lines.append(f"  tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}")
         lines += [f"  problem: {p}" for p in self.problems]
-        return "\n".join(lines)
+        from enn_nb._safeio import escape
+
+        return "\n".join(escape(line) for line in lines)
 
 
-def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, Any] | None = None) -> VerifyResult:
+def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, Any] | None = None,
+           trust: bool = False) -> VerifyResult:
     """Re-check an exported artifact from its sidecar and vectors file.
 
-    Checks the files' sha256 against the sidecar, runs the artifact on the saved inputs with its
-    backend's runtime and compares with the saved eager outputs.
+    Checks the files' sha256 against the sidecar first and stops (``failed``, nothing loaded) on any
+    mismatch; then runs the artifact on the saved inputs with its backend's runtime and compares with
+    the saved eager outputs.
 
     Args:
         artifact: the artifact (or its ``.enn.json`` sidecar).
         tolerances: ``(atol, rtol)`` overriding the sidecar's.
         options: backend load options overriding the sidecar's.
+        trust: allow loading an artifact that is native code (an AOTInductor package runs its shared
+            library when loaded); a one-line warning says so.
 
     Raises:
         ExportError: no/invalid sidecar, or no vectors file.
+        UnsafeArtifactError: an AOTI package without ``trust=True``, or a .pt2 holding pickles.
     """
+    from enn_nb._safeio import confined, escape
     from enn_nb.engine import sidecar as sc
     from enn_nb.engine.registry import get_backend
+    from enn_nb.engine.trust import require_trust
 
     artifact = Path(artifact)
     if artifact.name.endswith(sc.SIDECAR_SUFFIX):
@@ -417,18 +426,21 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     if data["status"] not in ("ok", "mismatch"):
         return VerifyResult(artifact, backend_name, "skipped", f"the export's status is `{data['status']}`: no artifact to verify", {}, [])
     base = side_path.parent
-    problems = sc.check_files(data, base)
+    problems = sc.check_files(data, base, artifact)
     vectors = (data.get("parity") or {}).get("vectors") or {}
     if not vectors.get("file"):
         raise ExportError(f"The sidecar of `{artifact.name}` names no vectors file; re-export with verify=True.")
-    vec_path = base / vectors["file"]
+    vec_path = confined(base, vectors["file"], what="The sidecar's vectors file", error=ExportError, must_exist=False)
     if not vec_path.is_file():
         raise ExportError(
             f"The vectors file `{vectors['file']}` is missing beside `{artifact.name}`; copy it with the artifact "
             "or re-export."
         )
     if vectors.get("sha256") and sc.sha256_file(vec_path) != vectors["sha256"]:
-        problems.append(f"`{vectors['file']}` has another sha256 than the sidecar records")
+        problems.append(f"`{escape(vectors['file'])}` has another sha256 than the sidecar records")
+    if problems:  # never load what does not match its hashes
+        return VerifyResult(artifact, backend_name, "failed", "files differ from the sidecar; nothing was loaded",
+                            {}, problems)
     backend = get_backend(backend_name)
     reason = backend.runtime_unavailable_reason()
     if reason:
@@ -442,6 +454,7 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     else:
         atol, rtol = float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1]))
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
+    require_trust(backend_name, artifact, trust)
     runner = backend.load(artifact, load_options)
     parity = finite(run_cases(runner, chosen, atol, rtol))
     return VerifyResult(artifact, backend_name, parity["status"], None, parity, problems)
