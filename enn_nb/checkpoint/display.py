@@ -77,7 +77,10 @@ def manifest_text(m: Manifest) -> str:
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         if len(m.tensors) > MAX_ROWS:
             lines.append(f"  ... {len(m.tensors) - MAX_ROWS} more tensors")
-    return "\n".join(line.rstrip() for line in lines)
+    from enn_nb._safeio import escape
+
+    # Every string in a manifest may come from someone else's file: no ANSI escapes or newlines reach the terminal.
+    return "\n".join(escape(line.rstrip()) for line in lines)
 
 
 def manifest_html(m: Manifest) -> str:
@@ -114,4 +117,6 @@ def loaded_text(loaded: Any) -> str:
         lines.append(f"  shape mismatches: {loaded.shape_mismatches}")
     if loaded.optimizer_state is not None:
         lines.append("  optimizer state: present")
-    return "\n".join(lines)
+    from enn_nb._safeio import escape
+
+    return "\n".join(escape(line) for line in lines)

@@ -210,8 +210,10 @@ class ExportReport:
     _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
 
     def __str__(self) -> str:
+        from enn_nb._safeio import escape
+
         rows = [tuple(self._HEADER), *self._rows()]
-        rows = [tuple(c if len(c) <= 100 else c[:97] + "..." for c in row) for row in rows]
+        rows = [tuple(escape(c) if len(escape(c)) <= 100 else escape(c)[:97] + "..." for c in row) for row in rows]
         widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
         lines.append(

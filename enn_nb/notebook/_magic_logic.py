@@ -149,7 +149,26 @@ def check_identifier(name: str, option: str) -> str:
     """``name`` if it can be bound as a Python variable."""
     if not name.isidentifier() or keyword.iskeyword(name):
         raise SpecError(f"`{option} {name}`: `{name}` is not a valid Python variable name; use letters, digits and _.")
+    if is_reserved_name(name):
+        raise SpecError(
+            f"`{option} {name}`: `{name}` is a Python builtin or one of IPython's own names; binding it would break "
+            "the kernel. Pick another name, e.g. `model`."
+        )
     return name
+
+
+#: Names IPython itself binds in the user namespace (rebinding them breaks the shell).
+IPYTHON_NAMES = frozenset({"get_ipython", "exit", "quit", "In", "Out", "_ih", "_oh", "_dh", "_ii", "_iii", "_i",
+                           "_", "__", "___", "__builtins__", "__builtin__", "__name__", "__doc__", "__spec__",
+                           "__loader__", "__package__"})
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for builtins (``print``, ``__builtins__``), dunders and IPython's own names (``get_ipython``, ``In``)."""
+    import builtins
+
+    return (name in IPYTHON_NAMES or hasattr(builtins, name) or (name.startswith("__") and name.endswith("__"))
+            or re.fullmatch(r"_i{0,3}\d*|_\d+", name) is not None)
 
 
 def name_from_path(path: str | os.PathLike[str]) -> str:
@@ -593,7 +612,9 @@ def is_user_error(exc: BaseException) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """The error as one line: its message with whitespace collapsed, plus the install line if missing."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    from enn_nb._safeio import escape
+
+    text = escape(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, OSError) and getattr(exc, "filename", None) and not isinstance(exc, EnnError):
         text = f"`{exc.filename}`: {exc.strerror or text}"
     if isinstance(exc, MissingDependencyError) and exc.install_line not in text:

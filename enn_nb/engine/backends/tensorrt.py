@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from enn_nb._optional import install_line, is_installed, require
-from enn_nb.errors import BackendError
+from enn_nb._safeio import confined, escape, plain_name
+from enn_nb.errors import BackendError, ExportError
 from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note, write_bytes_atomic
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner
 
@@ -437,14 +439,16 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
         print(f"enn-nb build-trt: `{path.name}` is a `{data.get('backend')}` sidecar, not a `tensorrt` one.", file=sys.stderr)
         return 1
     details = data.get("details") or {}
-    build = details.get("build") or {}
+    onnx_name, engine_name, profile, build_opts = validated_build(data, path)
     reason = build_unavailable_reason()
     if reason:
+        # Rebuilt from validated fields: free text in a sidecar is never shown as a command to run.
+        build = build_commands(onnx_name, engine_name, profile, build_opts)
         print(
             f"enn-nb build-trt: cannot build the engine on this machine: {reason}.\n"
-            f"On a CUDA host with TensorRT, in `{path.parent}`, run:\n"
-            f"  {build.get('enn_nb', f'enn-nb build-trt {path.name}')}\n"
-            f"or\n  {build.get('trtexec', '(no trtexec command recorded)')}",
+            f"On a CUDA host with TensorRT, in `{escape(path.parent)}`, run:\n"
+            f"  {build['enn_nb']}\n"
+            f"or\n  {build['trtexec']}",
             file=sys.stderr,
         )
         return EXIT_UNAVAILABLE
@@ -454,7 +458,7 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
               "files relative to itself).", file=sys.stderr)
         return 1
     onnx_entry = details.get("onnx") or {}
-    onnx_path = base / str(onnx_entry.get("file", ""))
+    onnx_path = base / onnx_name
     if not onnx_path.is_file():
         print(f"enn-nb build-trt: the TensorRT-ready ONNX `{onnx_entry.get('file')}` is missing beside `{path.name}`.",
               file=sys.stderr)
@@ -463,13 +467,12 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
         print(f"enn-nb build-trt: `{onnx_path.name}` has another sha256 than the sidecar records; re-export.",
               file=sys.stderr)
         return 1
-    opts = {**TensorrtBackend.default_options, **(data.get("options") or {}), **(details.get("build_options") or {})}
     try:
-        engine_bytes, info = build_engine(onnx_path, details["profile"], opts)
+        engine_bytes, info = build_engine(onnx_path, profile, build_opts)
     except BackendError as exc:
         print(f"enn-nb build-trt: {exc}", file=sys.stderr)
         return 1
-    artifact = base / (Path(out).name if out else (data.get("artifact") or path.name[: -len(SIDECAR_SUFFIX)]))
+    artifact = base / (plain_name(Path(out).name, what="--out", error=ExportError) if out else engine_name)
     write_bytes_atomic(artifact, engine_bytes)
     status, parity = "ok", {"status": "not_run", "reason": "no vectors file beside the sidecar"}
     vectors = _vectors_file(data, base, artifact)
@@ -485,7 +488,8 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
         parity.update(vectors={"file": vectors.name, "sha256": sc.sha256_file(vectors)},
                       reference="eager model with its fast paths on, eval mode")
         status = "ok" if parity["status"] == "passed" else "mismatch"
-    extras = [base / n for n in (onnx_entry.get("file"), details.get("profile_file")) if n and (base / n).is_file()]
+    extras = [confined(base, n, what="A file the sidecar names", error=ExportError)
+              for n in (onnx_name, details.get("profile_file")) if n and (base / n).is_file()]
     data.update(
         status=status,
         stage=None,
@@ -508,8 +512,58 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
     return 0 if status == "ok" else 1
 
 
+_SAFE_INPUT_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+
+
+def validated_build(data: dict[str, Any], path: Path) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+    """(ONNX file name, engine file name, profile, build options) of a sidecar, each checked.
+
+    File names must be plain names in the sidecar's folder, input names plain identifiers, shapes
+    positive integers and options of their declared types: anything else is refused, so nothing
+    from the sidecar reaches a command line unchecked.
+
+    Raises:
+        ExportError: a field is missing or not of the expected kind (names it).
+    """
+    details = data.get("details") or {}
+    onnx_name = plain_name((details.get("onnx") or {}).get("file"), what=f"The sidecar `{path.name}`'s ONNX file",
+                           error=ExportError)
+    engine_name = plain_name(data.get("artifact") or path.name[: -len(SIDECAR_SUFFIX)],
+                             what=f"The sidecar `{path.name}`'s artifact", error=ExportError)
+    raw = details.get("profile")
+    if not isinstance(raw, dict) or not raw:
+        raise ExportError(f"The sidecar `{path.name}` holds no optimisation profile; re-export with the tensorrt backend.")
+    profile: dict[str, Any] = {}
+    for name, shapes in raw.items():
+        if not isinstance(name, str) or not _SAFE_INPUT_NAME.match(name) or not isinstance(shapes, dict):
+            raise ExportError(f"The sidecar `{path.name}` names the input {escape(repr(name))[:80]}, which is not a "
+                              "plain input name; re-export.")
+        entry = {}
+        for which in ("min", "opt", "max"):
+            dims = shapes.get(which)
+            if not isinstance(dims, list) or not dims or not all(type(d) is int and 0 < d < 1 << 31 for d in dims):
+                raise ExportError(f"The sidecar `{path.name}` gives input `{name}` the {which} shape "
+                                  f"{escape(repr(dims))[:80]}; expected positive integers. Re-export.")
+            entry[which] = list(dims)
+        profile[name] = entry
+    opts = {**TensorrtBackend.default_options, **(data.get("options") or {}), **(details.get("build_options") or {})}
+    checked: dict[str, Any] = dict(TensorrtBackend.default_options)
+    for key, kind in (("workspace_mb", int), ("builder_optimization_level", int), ("tf32", bool), ("fp16", bool)):
+        value = opts.get(key)
+        if value is None and key == "builder_optimization_level":
+            checked[key] = None
+        elif type(value) is kind or (kind is int and type(value) is float and value.is_integer()):
+            checked[key] = kind(value)
+        else:
+            raise ExportError(f"The sidecar `{path.name}` sets `{key}` to {escape(repr(value))[:80]}; expected "
+                              f"{kind.__name__}. Re-export.")
+    return onnx_name, engine_name, profile, checked
+
+
 def _vectors_file(data: dict[str, Any], base: Path, artifact: Path) -> Path | None:
     named = ((data.get("parity") or {}).get("vectors") or {}).get("file")
+    if named is not None:
+        named = plain_name(named, what="The sidecar's vectors file", error=ExportError)
     stem = artifact.name[: -len(TensorrtBackend.suffix)] if artifact.name.endswith(TensorrtBackend.suffix) else artifact.stem
     for candidate in ([base / named] if named else []) + [base / f"{stem}.vectors.safetensors"]:
         if candidate.is_file():
