@@ -79,6 +79,23 @@ def read_capped(path: Path, limit: int, *, what: str, error: type[EnnError] = Co
     return data
 
 
+def read_head(path: Path, n: int, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> tuple[bytes, int]:
+    """(first ``n`` bytes, size) of the regular file ``path``; a FIFO, device or socket is refused unopened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"{what} `{path}` cannot be read: {exc.strerror or exc}.") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} `{path}` is {_kind(st.st_mode)}, not a regular file; enn_nb refused to read it.")
+        return os.read(fd, n), st.st_size
+    except OSError as exc:
+        raise error(f"{what} `{path}` cannot be read: {exc.strerror or exc}.") from None
+    finally:
+        os.close(fd)
+
+
 def json_loads(text: str | bytes, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> object:
     """``json.loads`` with the nesting depth bounded (deep nesting would raise RecursionError)."""
     import json
@@ -91,9 +108,13 @@ def json_loads(text: str | bytes, *, what: str, error: type[EnnError] = CorruptC
         raise error(f"{what} is not valid JSON ({str(exc)[:200]}).") from None
 
 
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}"\\')
+
+
 def _depth_exceeds(text: str | bytes, limit: int) -> bool:
     """True when brackets outside strings nest deeper than ``limit`` (a linear scan, no parsing)."""
     data = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    data = data.translate(None, _NOT_STRUCTURAL)  # only brackets, quotes and backslashes matter: a short loop
     depth = 0
     in_string = escaped = False
     for byte in data:

@@ -128,19 +128,21 @@ class _GuardedFile:
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
-        if self.error is None:
+        if self.error is None and not self.raw.closed:
             try:
                 self.raw.write(view)
             except OSError as exc:
                 self.error = exc
-        return view.nbytes
+            except Exception as exc:  # noqa: BLE001 - nothing may propagate into the C++ writer
+                self.error = OSError(f"{type(exc).__name__}: {exc}")
+        return view.nbytes  # also after close: the writer's destructor may finish an abandoned file late
 
     def flush(self) -> None:
-        if self.error is None:
+        if self.error is None and not self.raw.closed:
             try:
                 self.raw.flush()
-            except OSError as exc:
-                self.error = exc
+            except Exception as exc:  # noqa: BLE001 - see write()
+                self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
 
     def close(self) -> None:
         try:
