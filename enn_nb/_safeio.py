@@ -22,6 +22,28 @@ MAX_DCP_METADATA_BYTES = 256 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 
 
+#: Example inputs enn_nb draws itself (from a shape or a spec's ``in_dim``): 16 Mi values (64 MiB of float32).
+MAX_EXAMPLE_ELEMENTS = 1 << 24
+
+
+def check_example_shape(shape: object, *, what: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints whose product stays under :data:`MAX_EXAMPLE_ELEMENTS`.
+
+    Raises:
+        SpecError: not a list of positive integers, or too many values (names the limit).
+    """
+    import math
+
+    from enn_nb.errors import SpecError
+
+    if not isinstance(shape, (list, tuple)) or not shape or not all(type(d) is int and d > 0 for d in shape):
+        raise SpecError(f"`{what}` is {shape!r}; expected a shape of positive integers such as [2, 32].")
+    if math.prod(shape) > MAX_EXAMPLE_ELEMENTS:
+        raise SpecError(f"`{what}` {list(shape)} has {math.prod(shape)} values, more than the {MAX_EXAMPLE_ELEMENTS} "
+                        "enn_nb draws as example inputs; pass a smaller shape or your own tensors.")
+    return tuple(shape)
+
+
 def check_regular(path: Path, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> os.stat_result:
     """``os.stat`` of ``path`` when it is a regular file (symlinks followed); else a one-line error."""
     try:

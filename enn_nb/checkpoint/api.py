@@ -108,6 +108,9 @@ def save(
     """
     path = Path(path)
     fmt = save_format(path, format)
+    if not isinstance(model, Mapping) and not callable(getattr(model, "state_dict", None)):
+        raise SpecError(f"`model` is a {type(model).__name__}; pass an nn.Module, or a {{name: tensor}} mapping "
+                        "together with `spec=`.")
     resolved = _resolve_spec(model, spec)
     resolved = resolved.replace(metadata=user_metadata(resolved, metadata))
     resolved.to_dict()  # raises SpecError naming any non-JSON value before anything is written

@@ -46,7 +46,7 @@ def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
 def check_stem(stem: str) -> str:
     """``stem`` if it is a plain file name stem (no folder, no leading dot); else ValueError."""
     if not isinstance(stem, str) or not stem or any(c in stem for c in "/\\\0") or stem.startswith("."):
-        raise ValueError(f"`stem` is {stem!r}; give a plain file name stem such as 'model' (no folders, no leading dot).")
+        raise SpecError(f"`stem` is {stem!r}; give a plain file name stem such as 'model' (no folders, no leading dot).")
     return stem
 
 
@@ -55,9 +55,9 @@ def check_batch_range(batch_range: Sequence[int]) -> tuple[int, int, int]:
     try:
         lo, opt, hi = (int(b) for b in batch_range)
     except (TypeError, ValueError):
-        raise ValueError(f"`batch_range` is {batch_range!r}; give (min, opt, max) batch sizes, e.g. (1, 8, 64).") from None
+        raise SpecError(f"`batch_range` is {batch_range!r}; give (min, opt, max) batch sizes, e.g. (1, 8, 64).") from None
     if not 1 <= lo <= opt <= hi:
-        raise ValueError(f"`batch_range` is {tuple(batch_range)!r}; it needs 1 <= min <= opt <= max, e.g. (1, 8, 64).")
+        raise SpecError(f"`batch_range` is {tuple(batch_range)!r}; it needs 1 <= min <= opt <= max, e.g. (1, 8, 64).")
     return lo, opt, hi
 
 
@@ -67,13 +67,13 @@ def check_options(options: Mapping[str, Any] | None, names: list[str]) -> dict[s
     allowed = set(names) | {"onnx"}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ValueError(
+        raise SpecError(
             f"`options` has entries for {unknown}, which are not being exported; options are per backend, "
             f"e.g. options={{'ort': {{'optimization_level': 'basic'}}}}; backends here: {', '.join(names)}."
         )
     for key, value in options.items():
         if not isinstance(value, Mapping):
-            raise ValueError(f"`options[{key!r}]` is {value!r}; it must be a dict of that backend's options.")
+            raise SpecError(f"`options[{key!r}]` is {value!r}; it must be a dict of that backend's options.")
     return {k: dict(v) for k, v in options.items()}
 
 

@@ -119,6 +119,9 @@ def default_example_inputs(spec: ModelSpec | None, in_dim: int | None, feature_d
             "Cannot make example inputs: the model has no `in_dim` and no `spec`. "
             "Pass `example_inputs=(torch.randn(2, N),)` or `spec=ModelSpec(in_dim=N)`."
         )
+    from enn_nb._safeio import check_example_shape
+
+    check_example_shape([int(batch), int(in_dim)], what="example input shape [batch, in_dim]")
     dtype = getattr(torch, feature_dtype or "float32")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, in_dim, generator=gen, dtype=torch.float64)

@@ -567,9 +567,12 @@ def example_inputs(value: str | list[int], namespace: Mapping[str, Any], spec: A
     import torch
 
     if isinstance(value, list):
+        from enn_nb._safeio import check_example_shape
+
+        shape = check_example_shape(value, what="example_inputs")
         dtype = getattr(torch, getattr(spec, "feature_dtype", None) or "float32")
         generator = torch.Generator().manual_seed(EXAMPLE_SEED)
-        return (torch.rand(*value, generator=generator).to(dtype),)
+        return (torch.rand(*shape, generator=generator).to(dtype),)
     inputs = lookup(namespace, value, what="example_inputs")
     if isinstance(inputs, torch.Tensor):
         return (inputs,)
