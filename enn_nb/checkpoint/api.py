@@ -181,6 +181,8 @@ def load(
     """
     reader = open_reader(path)
     manifest = reader.manifest
+    if model is None and strict:
+        _probe_on_meta(manifest, path)  # a forged config must not allocate gigabytes before the table check
     target = model if model is not None else _build(manifest)
     key_map = model_key_map(target)
     own = target.state_dict()
@@ -238,6 +240,28 @@ def _build(manifest: Manifest) -> Any:
         ) from None
     except SpecError as exc:
         raise SpecError(f"{exc}{note}") from None
+
+
+def _probe_on_meta(manifest: Manifest, path: Any) -> None:
+    """Build the model on the meta device (no memory) and refuse before the real build if its shapes differ.
+
+    Raises:
+        StateDictMismatchError: the manifest's spec builds a model whose state does not match its tensor table.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            probe = _build(manifest)
+        shapes = {canonical_key(k): tuple(v.shape) for k, v in probe.state_dict().items()}
+    except Exception:  # noqa: BLE001 - a builder that cannot run on meta: the real build reports problems
+        return
+    stored = {t.name: tuple(t.shape) for t in manifest.tensors}
+    missing = [k for k in shapes if k not in stored]
+    unexpected = [k for k in stored if k not in shapes]
+    mismatched = {k: (stored[k], shapes[k]) for k in shapes if k in stored and stored[k] != shapes[k]}
+    if missing or unexpected or mismatched:
+        raise _mismatch_error(path, missing, unexpected, mismatched)
 
 
 def _loaded_in_place(model: Any, key: str, loaded: Any, dest: Any) -> bool:

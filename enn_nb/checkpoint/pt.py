@@ -192,6 +192,7 @@ def torch_load(path: Path) -> Any:
     """
     import torch
 
+    _check_zip_bounds(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -220,6 +221,37 @@ def torch_load(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - a damaged pickle/zip fails in many ways inside torch.load
         raise CorruptCheckpointError(f"`{path}` is truncated or damaged ({type(exc).__name__}: {exc}).",
                                      file=str(path)) from exc
+
+
+#: The pickle inside a .pt (``data.pkl``): the manifest and the optimizer structure, never the tensors.
+MAX_PICKLE_BYTES = 256 * 1024 * 1024
+
+
+def _check_zip_bounds(path: Path) -> None:
+    """Refuse a .pt zip whose records are compressed (torch never compresses) or claim more than the file holds.
+
+    torch's zip reader inflates a deflated ``data.pkl``: half a megabyte can unpack into gigabytes of
+    pickle before any check runs.
+
+    Raises:
+        CorruptCheckpointError: a compressed or oversized record.
+    """
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            return  # legacy torch.save (not a zip): nothing to inflate
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below with its own words
+        return
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > size or (
+                info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES):
+            raise CorruptCheckpointError(
+                f"`{path}` holds the record `{info.filename}` {'compressed' if info.compress_type else 'stored'} as "
+                f"{info.file_size} bytes in a {size}-byte file; torch.save never writes that, so the file is damaged "
+                "or built to exhaust memory. enn_nb refused to read it.", file=str(path))
 
 
 def _first_line(exc: BaseException) -> str:

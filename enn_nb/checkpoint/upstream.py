@@ -83,15 +83,9 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
     raw = next((header_metadata[k] for k in SAFETENSORS_META_KEYS if isinstance(header_metadata.get(k), str)), None)
     layout = LAYOUT
     if raw is not None:
-        import json
+        from enn_nb._safeio import json_loads
 
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            from enn_nb.errors import CorruptCheckpointError
-
-            raise CorruptCheckpointError(f"`{path}`'s `enn_meta_json` header entry is not JSON ({exc}).",
-                                         file=str(path)) from exc
+        value = json_loads(raw, what=f"`{path}`'s `enn_meta_json` header entry")
         meta = value if isinstance(value, dict) else {}
     elif safetensors_sidecar(path).exists():
         meta = read_json_file(safetensors_sidecar(path))
