@@ -127,7 +127,7 @@ def json_loads(text: str | bytes, *, what: str, error: type[EnnError] = CorruptC
     try:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise error(f"{what} is not valid JSON ({str(exc)[:200]}).") from None
+        raise error(f"{what} is not valid JSON ({str(exc)[:200]}); the file is damaged.") from None
 
 
 _NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}"\\')

@@ -13,6 +13,7 @@
     │   ├── CorruptCheckpointError          truncated file, bad hash, unreadable header
     │   ├── IncompleteCheckpointError       a DCP directory without its commit marker
     │   ├── UnsafeCheckpointError           a pickle that would run code
+    │   ├── CheckpointWriteError (OSError)  disk full, read-only or too large: the old checkpoint is intact
     │   ├── SchemaVersionError              a manifest newer than this enn_nb knows
     │   └── StateDictMismatchError          missing / unexpected / shape-mismatched keys (all listed)
     ├── ExportError
@@ -107,6 +108,10 @@ class IncompleteCheckpointError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """The file holds a pickle that would import or call arbitrary code; nothing was executed."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (disk full, read-only, file too large); what was at the path is intact."""
 
 
 class SchemaVersionError(CheckpointError):

@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from enn_nb.errors import EnnError
+
 TEMP_MARK = ".enn-tmp-"  # temporary files and directories are named `.<final name>.enn-tmp-<id>`
 
 
@@ -108,13 +110,25 @@ def check_same_kind(final: Path, *, directory: bool, what: str = "checkpoint") -
             )
         return
     raise CheckpointError(
-        f"`{final}` is a special file (device, FIFO or socket), not a {what}; enn_nb never replaces one. "
+        f"`{final}` is a special file (device, FIFO or socket), not {'an' if what[0] in 'aeiou' else 'a'} {what}; "
+        "enn_nb never replaces one. "
         "Save to a regular path."
     )
 
 
 def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARK in name
+
+
+def write_error(final: Path, exc: OSError) -> Exception:
+    """The enn_nb error for a failed write to ``final`` (keeps errno and strerror; the old content is intact)."""
+    from enn_nb.errors import CheckpointWriteError
+
+    err = CheckpointWriteError(
+        exc.errno, f"{exc.strerror or exc} while writing `{final}`; nothing was replaced (the previous checkpoint, if "
+        "any, is intact). Free disk space, check permissions, or save elsewhere."
+    )
+    return err
 
 
 def fsync_dir(path: Path) -> None:
@@ -178,9 +192,11 @@ def atomic_file(final: Path) -> Iterator[Path]:
         fsync_file(tmp)
         check_same_kind(final, directory=False)  # may have appeared while we wrote
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, EnnError):
+            raise write_error(final, exc) from exc
         raise
     fsync_dir(final.parent)
     sweep_stale_temps(final, started)

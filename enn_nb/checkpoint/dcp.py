@@ -36,7 +36,16 @@ from enn_nb.errors import (
 )
 
 from . import dcp_metadata
-from .atomic import check_replaceable, fsync_dir, new_token, remove_path, replace_dir, sweep_stale_temps, temp_path
+from .atomic import (
+    check_replaceable,
+    fsync_dir,
+    new_token,
+    remove_path,
+    replace_dir,
+    sweep_stale_temps,
+    temp_path,
+    write_error,
+)
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 from .manifest import FileEntry, Manifest, decode, encode
@@ -129,15 +138,22 @@ def _hashing_writer(path: Path) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.hashes: dict[str, tuple[str, int]] = {}
+            # DCP's extra writer threads drop their exceptions (a full disk there would commit a
+            # checkpoint with missing shards): every failure is recorded here and raised after the save.
+            self.errors: list[BaseException] = []
 
         @contextlib.contextmanager
         def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
-            with super().create_stream(path, mode) as stream:
-                if "w" not in mode:
-                    yield stream
-                    return
-                hashing = _HashingStream(stream)
-                yield hashing
+            try:
+                with super().create_stream(path, mode) as stream:
+                    if "w" not in mode:
+                        yield stream
+                        return
+                    hashing = _HashingStream(stream)
+                    yield hashing
+            except BaseException as exc:
+                self.errors.append(exc)
+                raise
             self.hashes[Path(path).name] = (hashing.sha.hexdigest(), hashing.count)
 
         def rename(self, path: Any, new_path: Any) -> None:
@@ -186,8 +202,13 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         if rank == 0:
             final.parent.mkdir(parents=True, exist_ok=True)
         writer = _hashing_writer(tmp)
-        with _quiet():
-            dcp.save(state, storage_writer=writer, no_dist=dist is None)
+        try:
+            with _quiet():
+                dcp.save(state, storage_writer=writer, no_dist=dist is None)
+        except BaseException:
+            _raise_recorded(writer.fs.errors)
+            raise
+        _raise_recorded(writer.fs.errors)
         files = {}
         for part in _all_gather(dist, writer.fs.hashes, world):
             files.update(part)
@@ -209,6 +230,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             remove_path(tmp)
     status = _broadcast(dist, ("error", f"{type(error).__name__}: {error}") if error else ("ok", text))
     if error is not None:
+        if isinstance(error, OSError) and not isinstance(error, CheckpointError):
+            raise write_error(final, error) from error
         raise error
     if status[0] != "ok":
         raise CheckpointError(f"Rank 0 failed to commit the DCP checkpoint `{final}`: {status[1]}")
@@ -216,6 +239,12 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     if dist is not None:
         dist.barrier()
     return manifest
+
+
+def _raise_recorded(errors: list[BaseException]) -> None:
+    """Raise the first write error DCP's threads recorded (an OSError first: it names the real cause)."""
+    if errors:
+        raise next((e for e in errors if isinstance(e, OSError)), errors[0])
 
 
 def _write_manifest(directory: Path, text: str) -> None:

@@ -241,7 +241,7 @@ def decode(text: str | bytes, *, path: str | None = None, where: str = "manifest
     if len(text) > MAX_JSON_BYTES:
         raise CorruptCheckpointError(f"The {where} of `{path}` is {len(text)} bytes, over the {MAX_JSON_BYTES}-byte "
                                      "limit; the file is damaged or hostile.", file=path)
-    document = json_loads(text, what=f"The {where} of `{path}` (the file is damaged)")
+    document = json_loads(text, what=f"The {where} of `{path}`")
     if not isinstance(document, dict):
         raise CorruptCheckpointError(f"The {where} of `{path}` is not a JSON object; the file is damaged.", file=path)
     stored = document.pop("manifest_sha256", None)

@@ -152,13 +152,7 @@ class _GuardedFile:
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
-            from enn_nb.errors import CheckpointError
-
-            err = self.error
-            raise CheckpointError(
-                f"Writing `{self.raw.name}` failed: {err.strerror or err} (errno {err.errno}). Nothing was replaced: "
-                "the previous checkpoint, if any, is intact. Free disk space or save elsewhere."
-            ) from err
+            raise self.error  # atomic_file turns it into a CheckpointWriteError naming the checkpoint
 
 
 def _open_writer(path: Path) -> tuple[Any, _GuardedFile]:

@@ -126,7 +126,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         )
     from enn_nb._safeio import json_loads
 
-    header = json_loads(raw, what=f"The safetensors header of `{path}` (the file is damaged)")
+    header = json_loads(raw, what=f"The safetensors header of `{path}`")
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"The safetensors header of `{path}` is not a JSON object.", file=str(path))
     start = 8 + n

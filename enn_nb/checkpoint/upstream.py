@@ -97,7 +97,9 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
 
 
 def from_dcp(path: Path, table: Mapping[str, tuple[str, tuple[int, ...]]]) -> Manifest:
-    meta = read_json_file(path / UPSTREAM_DCP_META)
+    from enn_nb._safeio import confined
+
+    meta = read_json_file(confined(path, UPSTREAM_DCP_META, what="The ENN-PyTorch `meta.json`"))
     missing = [f for f in META_FIELDS if f not in meta]
     tensors = [TensorEntry(n, dtype, shape, expected_nbytes(dtype, shape)) for n, (dtype, shape) in table.items()]
     return _manifest("dcp", path, meta, tensors, missing, LAYOUT)
