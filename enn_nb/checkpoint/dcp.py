@@ -243,8 +243,14 @@ def write(final: Path, request: SaveRequest) -> Manifest:
 
 def _raise_recorded(errors: list[BaseException]) -> None:
     """Raise the first write error DCP's threads recorded (an OSError first: it names the real cause)."""
+    for exc in errors:  # torch's zip writer wraps the OSError of a short write in a RuntimeError
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, OSError):
+                raise seen
+            seen = seen.__cause__ or seen.__context__
     if errors:
-        raise next((e for e in errors if isinstance(e, OSError)), errors[0])
+        raise errors[0]
 
 
 def _write_manifest(directory: Path, text: str) -> None:
