@@ -151,9 +151,11 @@ def _hashing_writer(path: Path) -> Any:
                         return
                     hashing = _HashingStream(stream)
                     yield hashing
-            except BaseException as exc:
+            except Exception as exc:  # noqa: BLE001 - raised by write() once dcp.save returns
+                # Swallowed here so DCP's worker threads do not print a traceback each; the save
+                # then fails as a whole, with this error, before anything is committed.
                 self.errors.append(exc)
-                raise
+                return
             self.hashes[Path(path).name] = (hashing.sha.hexdigest(), hashing.count)
 
         def rename(self, path: Any, new_path: Any) -> None:

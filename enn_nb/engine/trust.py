@@ -86,7 +86,9 @@ def _check_weights_only(path: Path, archive: zipfile.ZipFile, member: str) -> No
     import torch
 
     try:
-        torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about protocols it did not write: noise here
+            torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - whatever the weights-only unpickler refuses, torch retries unsafely
         _refuse(path, member, "sample inputs the weights-only unpickler refuses")
 

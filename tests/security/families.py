@@ -751,6 +751,7 @@ def magics(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
         ip = InteractiveShell.instance()
         ip.run_line_magic("load_ext", "enn_nb")
+        ip.user_ns["x"] = Victim()
         return ip
 
     pt = base.pt

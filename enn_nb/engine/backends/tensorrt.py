@@ -515,6 +515,18 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
 _SAFE_INPUT_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 
 
+_SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
+
+
+def _safe_file_name(name: Any, what: str) -> str:
+    """A plain file name of letters, digits and ``._+-`` only: safe in a shell command, inside the folder."""
+    plain_name(name, what=what, error=ExportError)
+    if not _SAFE_FILE_NAME.match(name):
+        raise ExportError(f"{what} is {escape(repr(name))[:80]}; build-trt accepts file names of letters, digits and "
+                          "`._+-` only. Rename the files and re-export.")
+    return name
+
+
 def validated_build(data: dict[str, Any], path: Path) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
     """(ONNX file name, engine file name, profile, build options) of a sidecar, each checked.
 
@@ -526,10 +538,9 @@ def validated_build(data: dict[str, Any], path: Path) -> tuple[str, str, dict[st
         ExportError: a field is missing or not of the expected kind (names it).
     """
     details = data.get("details") or {}
-    onnx_name = plain_name((details.get("onnx") or {}).get("file"), what=f"The sidecar `{path.name}`'s ONNX file",
-                           error=ExportError)
-    engine_name = plain_name(data.get("artifact") or path.name[: -len(SIDECAR_SUFFIX)],
-                             what=f"The sidecar `{path.name}`'s artifact", error=ExportError)
+    onnx_name = _safe_file_name((details.get("onnx") or {}).get("file"), f"The sidecar `{path.name}`'s ONNX file")
+    engine_name = _safe_file_name(data.get("artifact") or path.name[: -len(SIDECAR_SUFFIX)],
+                                  f"The sidecar `{path.name}`'s artifact")
     raw = details.get("profile")
     if not isinstance(raw, dict) or not raw:
         raise ExportError(f"The sidecar `{path.name}` holds no optimisation profile; re-export with the tensorrt backend.")
