@@ -243,6 +243,14 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     return manifest
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _raise_recorded(errors: list[BaseException]) -> None:
     """Raise the first write error DCP's threads recorded (an OSError first: it names the real cause)."""
     for exc in errors:  # torch's zip writer wraps the OSError of a short write in a RuntimeError
@@ -324,6 +332,18 @@ class DcpReader:
     """An open DCP checkpoint directory (enn_nb manifest, or ENN-PyTorch ``meta.json``)."""
 
     def __init__(self, path: Path) -> None:
+        # A concurrent save swaps the whole directory in one rename: when what was read does not
+        # fit together and the directory was swapped meanwhile, read the new one from the start.
+        for attempt in range(3):
+            before = _identity(path)
+            try:
+                self._open(path)
+                return
+            except CheckpointError:
+                if attempt == 2 or _identity(path) == before:
+                    raise
+
+    def _open(self, path: Path) -> None:
         self.path = path
         manifest = _read_manifest(path)
         if manifest is not None:
