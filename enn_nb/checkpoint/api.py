@@ -147,6 +147,7 @@ def inspect(path: str | os.PathLike[str]) -> Manifest:
 
 
 # -- load ------------------------------------------------------------------------------------------------
+@dcp.retry_when_replaced
 def load(
     path: str | os.PathLike[str],
     *,
@@ -318,6 +319,7 @@ def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
 
 
 # -- convert ---------------------------------------------------------------------------------------------
+@dcp.retry_when_replaced
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format: str | None = None) -> Manifest:
     """Copy a checkpoint into another format (any of .pt, .safetensors, DCP), manifest carried over.
 

@@ -243,12 +243,35 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     return manifest
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+class ReplacedWhileReading(CorruptCheckpointError):
+    """A concurrent save swapped the DCP directory between two reads; reading again sees the new one."""
+
+
+def retry_when_replaced(fn: Any) -> Any:
+    """Run ``fn`` again (up to 3 times) when a DCP directory was replaced under it: readers see old or new."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(3):
+            try:
+                return fn(*args, **kwargs)
+            except ReplacedWhileReading:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """Which directory ``path`` names now: inode numbers get reused, so change times count too."""
     try:
         st = os.stat(path)
+        marker = os.stat(path / DCP_MANIFEST) if (path / DCP_MANIFEST).exists() else st
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, marker.st_ino, marker.st_mtime_ns, marker.st_ctime_ns)
 
 
 def _raise_recorded(errors: list[BaseException]) -> None:
@@ -345,6 +368,7 @@ class DcpReader:
 
     def _open(self, path: Path) -> None:
         self.path = path
+        self._identity = _identity(path)
         manifest = _read_manifest(path)
         if manifest is not None:
             # The small `.metadata` pickle is checked before it is parsed, whatever `verify` says:
@@ -435,7 +459,27 @@ class DcpReader:
             raise CorruptCheckpointError(f"Reading the DCP checkpoint `{self.path}` failed: {exc}",
                                          file=str(self.path)) from exc
 
+    @contextlib.contextmanager
+    def _detect_replacement(self) -> Iterator[None]:
+        """Turn a failure caused by a concurrent save swapping the directory into :class:`ReplacedWhileReading`."""
+        try:
+            yield
+        except CheckpointError as exc:
+            if _identity(self.path) != self._identity:
+                raise ReplacedWhileReading(
+                    f"`{self.path}` was replaced by a concurrent save while being read; read it again.",
+                    file=str(self.path)) from exc
+            raise
+
     def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        with self._detect_replacement():
+            return self._tensors(names, verify=verify, into=into)
+
+    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+        with self._detect_replacement():
+            return self._optimizer_state(verify=verify)
+
+    def _tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         import torch
 
         if verify:
@@ -455,7 +499,7 @@ class DcpReader:
             check_hashes(out, {name: table[name].sha256 for name in out}, what=f"`{self.path}`")
         return out
 
-    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+    def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
         import torch
 
         opt = self.manifest.optimizer
