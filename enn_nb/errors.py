@@ -22,6 +22,7 @@
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
     │   ├── UnsafeArtifactError             an artifact whose loading would run untrusted code
     │   └── OutputDirError (OSError)        the output directory cannot be written
+    ├── OverwriteRefusedError (FileExistsError) the path holds what enn_nb did not write (a folder, a FIFO)
     ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
     └── ReportError
         └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
@@ -74,7 +75,9 @@ class MissingDependencyError(EnnError, ImportError):
 
     @property
     def install_line(self) -> str:
-        return f"%pip install 'enn-nb[{self.extra}]'" if self.extra else f"%pip install {self.package}"
+        from enn_nb._optional import pip_line
+
+        return pip_line(extra=self.extra, dist=self.package)
 
 
 class BrokenDependencyError(EnnError, ImportError):
@@ -190,6 +193,10 @@ class UnsafeArtifactError(ExportError):
 
 class OutputDirError(ExportError, OSError):
     """The output directory cannot be created or written."""
+
+
+class OverwriteRefusedError(EnnError, FileExistsError):
+    """enn_nb refused to replace something it did not write: a folder by a file, a file by a folder, a device."""
 
 
 class PlatformUnavailableError(EnnError):
