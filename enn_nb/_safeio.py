@@ -7,9 +7,11 @@ blocks, ``/dev/zero`` never ends) and no read may exceed a size fixed before rea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from enn_nb.errors import CorruptCheckpointError, EnnError
@@ -67,11 +69,12 @@ def _kind(mode: int) -> str:
     return "a special file"
 
 
-def read_capped(path: Path, limit: int, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> bytes:
-    """The bytes of the regular file ``path``, refusing anything larger than ``limit``.
+@contextlib.contextmanager
+def _open_regular(path: Path, what: str, error: type[EnnError]) -> Iterator[tuple[int, os.stat_result]]:
+    """(descriptor, fstat) of ``path`` opened non-blocking, when it is a regular file.
 
-    Opened non-blocking and checked with ``fstat`` on the open descriptor, so a FIFO or device put
-    there after a first check cannot block or stream forever.
+    Checked with ``fstat`` on the open descriptor, so a FIFO or device put there after a first
+    check can neither block the open nor stream forever.
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
@@ -81,20 +84,29 @@ def read_capped(path: Path, limit: int, *, what: str, error: type[EnnError] = Co
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{what} `{path}` is {_kind(st.st_mode)}, not a regular file; enn_nb refused to read it.")
+        yield fd, st
+    except OSError as exc:
+        if isinstance(exc, EnnError):
+            raise
+        raise error(f"{what} `{path}` cannot be read: {exc.strerror or exc}.") from None
+    finally:
+        os.close(fd)
+
+
+def read_capped(path: Path, limit: int, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> bytes:
+    """The bytes of the regular file ``path``, refusing anything larger than ``limit``."""
+    chunks: list[bytes] = []
+    with _open_regular(path, what, error) as (fd, st):
         if st.st_size > limit:
             raise error(f"{what} `{path}` is {st.st_size} bytes, more than the {limit}-byte limit for such a "
                         "file; it is damaged or hostile.")
-        chunks, left = [], limit + 1
+        left = limit + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
             left -= len(chunk)
-    except OSError as exc:
-        raise error(f"{what} `{path}` cannot be read: {exc.strerror or exc}.") from None
-    finally:
-        os.close(fd)
     data = b"".join(chunks)
     if len(data) > limit:  # grew while being read
         raise error(f"{what} `{path}` is larger than the {limit}-byte limit; it is damaged or hostile.")
@@ -103,19 +115,8 @@ def read_capped(path: Path, limit: int, *, what: str, error: type[EnnError] = Co
 
 def read_head(path: Path, n: int, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> tuple[bytes, int]:
     """(first ``n`` bytes, size) of the regular file ``path``; a FIFO, device or socket is refused unopened."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise error(f"{what} `{path}` cannot be read: {exc.strerror or exc}.") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what} `{path}` is {_kind(st.st_mode)}, not a regular file; enn_nb refused to read it.")
+    with _open_regular(path, what, error) as (fd, st):
         return os.read(fd, n), st.st_size
-    except OSError as exc:
-        raise error(f"{what} `{path}` cannot be read: {exc.strerror or exc}.") from None
-    finally:
-        os.close(fd)
 
 
 def json_loads(text: str | bytes, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> object:
