@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import ExportError
+from enn_nb.errors import EnnError, ExportError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -401,6 +401,18 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     atol, rtol = parse_tolerances(tolerances).resolve(backend_name, recorded)  # what is not given: the sidecar's
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
     require_trust(backend_name, artifact, trust)
-    runner = backend.load(artifact, load_options)
-    parity = finite(run_cases(runner, chosen, atol, rtol))
+    try:
+        runner = backend.load(artifact, load_options)
+        parity = finite(run_cases(runner, chosen, atol, rtol))
+    except EnnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a runtime's own error on a damaged artifact: one enn_nb error
+        from enn_nb.errors import BackendError
+
+        raise BackendError(
+            f"`{artifact.name}` could not be loaded or run by the `{backend_name}` runtime ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}). Its hashes match the sidecar, so "
+            "it was written this way or resealed after a change; re-export it.",
+            backend=backend_name, stage="verify",
+        ) from exc
     return VerifyResult(artifact, backend_name, parity["status"], None, parity, problems)

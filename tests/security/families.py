@@ -616,8 +616,8 @@ def artifacts(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
     src = base.root / "exported"
     if not (src / "model.pt2").exists():
-        enn_nb.export(Victim(), ["pt2", "tensorrt"], out_dir=src, example_inputs=torch.randn(2, 4), isolate=False,
-                      cache=False)
+        enn_nb.export(Victim(), ["pt2", "onnx", "tensorrt"], out_dir=src, example_inputs=torch.randn(2, 4),
+                      isolate=False, cache=False)
 
     def fresh() -> Path:
         base.counter += 1
@@ -682,6 +682,17 @@ def artifacts(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
                        check=None if sealed else (lambda r: r.status == "failed" and bool(r.problems)))
             yield Case("artifacts", f"pt2/{name}/{'resealed' if sealed else 'hash-mismatch'}/cli",
                        lambda o=out: cli(["verify", str(o / "model.pt2")]), marker)
+    # damaged artifacts, resealed: the runtime's own errors become one enn_nb error
+    for name in ("model.pt2", "model.onnx"):
+        for i in range(max(2, n // 3)):
+            out = fresh()
+            data = bytearray((out / name).read_bytes())
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            (out / name).write_bytes(bytes(data))
+            reseal(out, name)
+            yield Case("artifacts", f"{name}/flipped-resealed-{i}", lambda o=out, a=name: enn_nb.verify(o / a),
+                       base.marker(), check=lambda r: r.status in ("passed", "failed"))
     # an AOTI package (native code) needs explicit trust: forged from the .pt2 so nothing native exists here
     out = fresh()
     shutil.copy(out / "model.pt2", out / "model.aoti.pt2")
