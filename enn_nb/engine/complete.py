@@ -115,7 +115,11 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
 
 
 def _vectors(data: dict[str, Any], base: Path, stem: str) -> Path | None:
+    from enn_nb._safeio import plain_name
+
     named = ((data.get("parity") or {}).get("vectors") or {}).get("file")
+    if named is not None:
+        named = plain_name(named, what="The sidecar's vectors file", error=ExportError)
     for candidate in ([base / named] if named else []) + [base / f"{stem}{VECTORS_SUFFIX}"]:
         if candidate.is_file():
             return candidate
