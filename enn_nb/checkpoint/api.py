@@ -289,13 +289,15 @@ def _build(manifest: Manifest) -> Any:
 
     note = missing_fields_note(manifest)
     try:
-        return build(manifest.spec)
+        return build(manifest.spec, shapes={t.name: tuple(t.shape) for t in manifest.tensors})
     except UnknownNameError as exc:
         if not (manifest.source or {}).get("layout"):  # an enn_nb checkpoint: the registry's error as is
             raise
+        hint = (" Install ENN-PyTorch (`enn_torch`) beside enn_nb: enn_nb registers the `enn_pytorch` builder "
+                "through its `enn_nb.builders` entry point." if manifest.spec.builder == "enn_pytorch" else "")
         raise UnknownNameError(
             f"{exc} This is an upstream checkpoint: pass `model=` (an instance of its architecture) or "
-            f"register a builder named `{manifest.spec.builder}`.{note}",
+            f"register a builder named `{manifest.spec.builder}`.{hint}{note}",
             name=exc.name,
             known=exc.known,
         ) from None
