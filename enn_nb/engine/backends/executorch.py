@@ -119,6 +119,7 @@ class ExecutorchBackend(Backend):
     def _lower(self, ep: Any, job: ExportJob, delegate: str) -> tuple[Any, dict[str, Any]]:
         from executorch.exir import to_edge_transform_and_lower
 
+        ep = _without_inplace_detach(ep)
         partitioners = []
         if delegate == "xnnpack":
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -151,6 +152,20 @@ class ExecutorchBackend(Backend):
             return None
         (value,) = program.load_method(ESSENTIALS_KEY).execute([])
         return {str(k): str(v) for k, v in json.loads(value).items()}
+
+
+def _without_inplace_detach(ep: Any) -> Any:
+    """The program with ``aten.detach_`` made functional (``run_decompositions({})``), else unchanged.
+
+    ``torch.tensor(...)`` inside a traced forward becomes ``lift_fresh_copy`` + ``detach_``, which
+    ExecuTorch's edge lowering refuses ("Can't detach views in-place"); detaching in place means
+    nothing in an inference graph.
+    """
+    import torch
+
+    if any(node.target is torch.ops.aten.detach_.default for node in ep.graph.nodes):
+        return ep.run_decompositions({})
+    return ep
 
 
 def _program(artifact: Path) -> Any:
