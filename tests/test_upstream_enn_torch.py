@@ -266,3 +266,21 @@ def test_magics_load_and_export_an_upstream_model_without_arguments(upstream_fil
     report = ip.run_cell_magic("enn_export", "up_model", "backends: [pt2]")
     assert [r.status for r in report.results] == ["ok"]
     assert any(d["name"] == "scaler.calibrate" for d in report.deviations)
+
+
+def test_checkpoint_report_shows_upstream_origin_and_restore_check(upstream_files, tmp_path, project_builders):
+    import enn_nb
+    from enn_nb.reports.checkpoints import origin
+
+    table = origin(enn_nb.inspect(upstream_files / "header.safetensors"))
+    rows = dict((r[0], r[1]) for r in table.rows)
+    assert rows["written by"] == "ENN-PyTorch (upstream)"
+    assert rows["layout"] == "safetensors + header `enn_meta_json`"
+    assert rows["fields present"] == "in_dim, out_shape, config"
+    assert rows["fields missing"] == "version, pytorch_version, extra, tasks"
+    assert rows["recorded vectors"] == "none" and rows["restore check"].startswith("not_run")
+    saved = tmp_path / "saved.safetensors"
+    enn_nb.save(enn_nb.load(upstream_files / "up.pt").model, saved)
+    rows = dict((r[0], r[1]) for r in origin(enn_nb.inspect(saved)).rows)
+    assert rows["written by"] == "enn_nb" and rows["recorded vectors"] == "batch 2, `forward_export`"
+    assert rows["restore check"] == "passed (max abs err 0)"
