@@ -76,7 +76,8 @@ def from_pt_payload(payload: Any, path: Path) -> tuple[Manifest, dict[str, torch
         meta = read_json_file(meta_file) if meta_file is not None else {}
         if meta_file is not None:
             layout, variant = LAYOUT, f"bare state dict + {_relative(meta_file, path.parent)}"
-        missing = [f for f in META_FIELDS if f not in meta]
+        # No payload keys at all (not even `state_dict`): the fields come from the meta file, if any.
+        missing = [f for f in META_FIELDS if f not in meta] if meta_file is not None else list(PT_FIELDS)
     import torch
 
     bad = [k for k, v in state_raw.items() if not isinstance(v, torch.Tensor)]
