@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _conformance import assert_backend_conforms
 
 import enn_nb
 from enn_nb.engine import sidecar as sc
+
+from tests.fixtures.conformance import assert_backend_conforms
 
 EDGE = ["executorch", "litert", "coreml", "tensorflow", "tensorrt"]
 ALL = ["onnx", "ort", "pt2", "aoti", *EDGE]
@@ -157,7 +158,8 @@ def test_tensorrt_deferred_plan_is_buildable_from_the_sidecar_alone(all_nine, tr
 @pytest.mark.slow
 def test_build_trt_without_tensorrt_says_so_and_exits_non_zero(all_nine, capsys):
     from enn_nb.cli import main
-    from enn_nb.engine.backends.tensorrt import EXIT_UNAVAILABLE, build_unavailable_reason
+    from enn_nb.engine.backends.tensorrt import build_unavailable_reason
+    from enn_nb.engine.cli import EXIT_UNAVAILABLE
 
     if build_unavailable_reason() is None:
         pytest.skip("this machine can build TensorRT engines")

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _export_helpers import EchoBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.engine.registry import BUILTINS, get_backend, register_backend, unregister_backend
+
+from tests.fixtures.backends import EchoBackend
+from tests.fixtures.models import TinyMLP
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "executorch", "coremltools", "litert_torch",
@@ -37,7 +39,7 @@ def test_backends_lists_name_suffix_availability_and_install_line():
     for name, suffix in (("onnx", ".onnx"), ("ort", ".ort"), ("pt2", ".pt2"), ("aoti", ".aoti.pt2")):
         row = rows[name]
         assert row.suffix == suffix and row.available and row.reason is None and row.runtime_available
-        assert row["name"] == name  # rows also read like dicts
+        assert row.missing == ()
     assert rows["onnx"].install == "%pip install 'enn-nb[onnx]'"
     table = enn_nb.backends()
     assert "<table" in table._repr_html_() and "aoti" in str(table)
@@ -103,7 +105,7 @@ def test_entry_point_plugins_are_found(tmp_path):
     dist = tmp_path / "enn_echo_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: enn-echo-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[enn_nb.backends]\nechoplug = _export_helpers:EchoBackend\n")
+    (dist / "entry_points.txt").write_text("[enn_nb.backends]\nechoplug = tests.fixtures.backends:EchoBackend\n")
     code = textwrap.dedent(
         """
         import enn_nb
@@ -116,3 +118,22 @@ def test_entry_point_plugins_are_found(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == ".echo.pt2 EchoBackend"
+
+
+def test_a_missing_package_is_data_on_the_row_and_require_available_raises_with_it(monkeypatch):
+    from enn_nb.engine.registry import require_available
+    from enn_nb.errors import MissingDependencyError, UnknownNameError
+
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    row = next(r for r in enn_nb.backends() if r.name == "coreml")
+    assert not row.available and row.missing == ("coremltools",) and row.extra == "coreml"
+    assert row.install == "%pip install 'enn-nb[coreml]'"
+    with pytest.raises(MissingDependencyError) as info:
+        require_available(["pt2", "coreml"])
+    assert (info.value.package, info.value.extra) == ("coremltools", "coreml")
+    assert info.value.install_line in str(info.value) and "`coremltools` is not installed" in str(info.value)
+    chosen = require_available("all")
+    assert "coreml" not in chosen and "pt2" in chosen
+    assert require_available(["pt2", "onnx,pt2"]) == ["pt2", "onnx"]
+    with pytest.raises(UnknownNameError, match="onnx"):
+        require_available(["onxx"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
-from enn_nb.notebook.display import Link, Table
+from enn_nb.table import Link, Table
 from enn_nb.reports.verdict import FAILING, Pending, Verdict
 
 if TYPE_CHECKING:
@@ -55,19 +55,6 @@ def requested_backends(backends: str | Sequence[str] | None) -> Requested:
     if isinstance(backends, str) and backends.strip() == "all":
         return Requested(resolve_names("all"), explicit=False)
     return Requested(resolve_names(backends if isinstance(backends, str) else list(backends)), explicit=True)
-
-
-def tolerances(atol: float | None, rtol: float | None, names: Sequence[str]) -> dict[str, tuple[float, float]] | None:
-    """Per-backend ``(atol, rtol)`` for ``enn_nb.export``: a value given overrides; None keeps the backend default."""
-    if atol is None and rtol is None:
-        return None
-    from enn_nb.engine.registry import get_backend
-
-    out = {}
-    for name in names:
-        default_atol, default_rtol = get_backend(name).default_tolerance
-        out[name] = (float(default_atol if atol is None else atol), float(default_rtol if rtol is None else rtol))
-    return out
 
 
 def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path:
@@ -347,7 +334,7 @@ class Image:
     """A matplotlib figure as a PNG output (``image/png``): it survives papermill, nbconvert and git."""
 
     def __init__(self, figure: Any, *, dpi: int = 100) -> None:
-        from enn_nb.notebook.plots import to_png
+        from enn_nb.plots import to_png
 
         self.png = to_png(figure, dpi=dpi)
 
@@ -360,7 +347,7 @@ class Image:
 
 def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     """Parity error per backend and batch size, latency vs eager at each batch size, artifact size."""
-    from enn_nb.notebook.plots import latency_figure, parity_figure, size_figure
+    from enn_nb.plots import latency_figure, parity_figure, size_figure
 
     atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
     images = [Image(parity_figure(measurements.errors, tolerances=atol))]
