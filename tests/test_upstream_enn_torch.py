@@ -1,7 +1,7 @@
 """Real ENN-PyTorch (enn_torch) models end to end: every upstream layout restores, exports keep calibration.
 
-The checkpoints are written by upstream's own functions (tests/_upstream.py) and loaded in a fresh
-process that imports only enn_nb (tests/_upstream_check.py). Without enn_torch installed every test
+The checkpoints are written by upstream's own functions (tests/fixtures/upstream.py) and loaded in a fresh
+process that imports only enn_nb (tests/fixtures/upstream_check.py). Without enn_torch installed every test
 here skips with one line naming what to install.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._upstream import INSTALL_HINT, LAYOUTS, available
+from tests.fixtures.upstream import INSTALL_HINT, LAYOUTS, available
 
 pytestmark = pytest.mark.skipif(not available(), reason=INSTALL_HINT)
 
@@ -34,20 +34,20 @@ def _run(module: str, *args: str, timeout: int = 600) -> None:
 @pytest.fixture(scope="module")
 def upstream_files(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("enn_torch") / "layouts"
-    _run("tests._upstream", str(out))
+    _run("tests.fixtures.upstream", str(out))
     return out
 
 
 @pytest.fixture(scope="module")
 def checked(upstream_files, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("enn_torch_check") / "result.json"
-    _run("tests._upstream_check", str(upstream_files), str(out))
+    _run("tests.fixtures.upstream_check", str(upstream_files), str(out))
     return json.loads(out.read_text())
 
 
 @pytest.fixture
 def project_builders():
-    from tests._upstream_check import ensure_project_builders
+    from tests.fixtures.upstream_check import ensure_project_builders
 
     added = ensure_project_builders()
     yield
@@ -135,7 +135,7 @@ def test_piecewise_substitute_equals_bucketize_bit_for_bit():
     import torch
 
     from enn_nb.adapters.enn_torch import piecewise_linear
-    from tests._upstream import trained
+    from tests.fixtures.upstream import trained
 
     model, _opt, _x = trained("piecewise")
     scaler = model.scaler
@@ -153,7 +153,7 @@ def test_piecewise_substitute_equals_bucketize_bit_for_bit():
 
 def test_provider_switches_are_restored_exactly_and_shared_across_threads(monkeypatch):
     import enn_nb
-    from tests._upstream import trained
+    from tests.fixtures.upstream import trained
 
     monkeypatch.setenv("ENN_DISABLE_SDPA", "0")
     monkeypatch.delenv("ENN_DISABLE_FLEX_ATTENTION", raising=False)
@@ -193,7 +193,7 @@ def test_provider_switches_are_restored_exactly_and_shared_across_threads(monkey
 @pytest.mark.slow
 def test_piecewise_model_exports_with_parity_and_named_deviations(tmp_path):
     import enn_nb
-    from tests._upstream import trained
+    from tests.fixtures.upstream import trained
 
     model, _opt, _x = trained("piecewise")
     report = enn_nb.export(model, ["onnx", "pt2", "executorch"], out_dir=tmp_path, cache=False)
@@ -215,47 +215,23 @@ def test_without_the_substitute_the_traced_piecewise_model_would_mismatch(tmp_pa
     import torch
 
     from enn_nb.adapters.enn_torch import _exact_piecewise
-    from tests._upstream import trained
+    from enn_nb.engine.wrapper import export_module
+    from tests.fixtures.upstream import trained
 
     model, _opt, x = trained("piecewise")
     with torch.no_grad():
         eager = model.forward_export(x[:4])
     with model.eager_for_export(), torch.no_grad():
-        plain = torch.export.export(_Export(model), (x[:4],)).module()(x[:4])
+        plain = torch.export.export(export_module(model), (x[:4],)).module()(x[:4])
         with _exact_piecewise(model):
-            kept = torch.export.export(_Export(model), (x[:4],)).module()(x[:4])
+            kept = torch.export.export(export_module(model), (x[:4],)).module()(x[:4])
     assert float((plain - eager).abs().max()) > 1e-2
     assert float((kept - eager).abs().max()) < 1e-5
 
 
-class _Export:
-    pass
-
-
-def _export_module():
-    import torch
-
-    class Export(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, x):
-            return self.model.forward_export(x)
-
-    return Export
-
-
-_Export = _export_module()  # noqa: F811 - a real nn.Module, built lazily so collection imports no torch
-
-
 @pytest.mark.slow
-def test_magics_load_and_export_an_upstream_model_without_arguments(upstream_files, tmp_path, project_builders,
+def test_magics_load_and_export_an_upstream_model_without_arguments(ip, upstream_files, tmp_path, project_builders,
                                                                      monkeypatch):
-    from IPython.testing.globalipapp import start_ipython
-
-    ip = start_ipython()
-    ip.run_line_magic("load_ext", "enn_nb")
     monkeypatch.chdir(upstream_files)
     loaded = ip.run_line_magic("enn_load", "up.pt")
     model = loaded.model if hasattr(loaded, "model") else ip.user_ns["model"]
