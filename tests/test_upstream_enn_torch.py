@@ -92,6 +92,7 @@ def test_every_layout_loads_with_defaults_in_a_fresh_process(checked, layout):
         assert row["enn_pytorch"]["format"] == "enn-model-meta-v1"
     for fmt, conv in row["converted"].items():
         assert conv["outputs_equal"] and conv["format"] == fmt, (layout, fmt)
+        assert conv["restore_check"] == "passed", (layout, fmt)  # vectors recorded while converting
 
 
 @pytest.mark.slow
