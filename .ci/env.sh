@@ -20,6 +20,8 @@ start=$(date +%s)
 "$venv/bin/python" -m pip install --disable-pip-version-check -q \
     -c constraints.txt --only-binary=onnxsim \
     "torch==2.13.0" -e ".[dev]" onnxsim
+# The kernelspec ipykernel ships starts `python` from PATH: register one that starts this venv's Python.
+"$venv/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (enn_nb)" >/dev/null
 if [ -n "$upstream" ]; then
     # Upstream declares Python >= 3.12 and CUDA-only extras; it runs on 3.11 CPU with the three
     # packages of the `enn-torch` extra. --no-deps keeps pip from pulling a CUDA torch.
