@@ -41,6 +41,7 @@ benchmarks: env
 	$(PY) benchmarks/checkpoint_io.py
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/load_ext.py
+	$(PY) benchmarks/attack_campaign.py
 
 clean:
 	rm -rf "$(OUT)" .cache .pytest_cache

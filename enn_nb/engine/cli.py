@@ -82,6 +82,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
     p.add_argument("--rtol", type=float, default=None, help="override the sidecar's relative tolerance")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
     p.set_defaults(func=_verify)
 
     _register_build_trt(subparsers)
@@ -186,7 +188,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from enn_nb.engine import verify
 
-    result = verify(args.artifact, tolerances=(args.atol, args.rtol))  # a bound not given: the sidecar's
+    result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
         return 3  # nothing was checked: not a pass, not a mismatch
@@ -194,6 +196,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _build_trt(args: argparse.Namespace) -> int:
+    from enn_nb._safeio import escape
     from enn_nb.engine import sidecar as sc
     from enn_nb.engine.complete import complete
     from enn_nb.errors import EnnError, PlatformUnavailableError
@@ -208,10 +211,10 @@ def _build_trt(args: argparse.Namespace) -> int:
             return 1
         result = complete(path, out=args.out)
     except PlatformUnavailableError as exc:
-        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
+        print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except EnnError as exc:  # a failed build leaves the deferred sidecar as it was
-        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
+        print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
         return 1
     print(result.summary() + f"; sidecar updated: {path.name}")
     return 0 if result.ok else 1
