@@ -118,11 +118,13 @@ def export(
     )
     emit = Emitter(progress, total=len(settings.names))
 
-    model, source, loaded_spec = load_source(model_or_checkpoint)
+    with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
+        model, source, loaded_spec = load_source(model_or_checkpoint)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
     inputs = example_tensors(model, spec, example_inputs, settings.dynamic_batch)
     report = ExportReport(results=[], out_dir=settings.out, source=source)
     info = RunInfo(settings=settings, spec=spec, source=source, report=report)
+    _shared_log(info, loading)
 
     plans = _plans(settings)
     with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after

@@ -266,12 +266,14 @@ class ExportReport:
                     (r.error or r.deferred or "") if r.status != "ok" else r.verification.reason,
                 ]
             )
-        footer = f"{self.summary}\n{self.log_line}\n" + (
+        footer = (
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
-            + f", total {self.total_s:.2f}s -> {self.out_dir}"
+            + f", total {self.total_s:.2f}s -> {self.out_dir}; {self.log_line}"
         )
-        return Table(self._HEADER, rows, footer=footer, css_class="enn-export-report", max_width=100)
+        # the summary leads: what was verified, what was only converted (and why), what is deferred
+        return Table(self._HEADER, rows, title=self.summary, footer=footer, css_class="enn-export-report",
+                     max_width=100)
 
     def __str__(self) -> str:
         return str(self.table())
