@@ -160,7 +160,8 @@ def load(
             (compiled models and, for DCP under torchrun, FSDP2/DTensor-sharded models work).
         strict: raise when keys are missing, unexpected or of another shape (all listed). With
             ``strict=False`` the matching ones are loaded and the rest reported on the result.
-        verify: check the sha256 hashes before anything is copied into the model.
+        verify: check the tensor hashes (BLAKE3, or sha256 in older checkpoints) before anything is
+            copied into the model.
         map_location: device for a built model and the optimizer state (``"cpu"`` default).
 
     Returns:

@@ -18,8 +18,6 @@ destination holds.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import os
 import pickle
 import warnings
@@ -37,8 +35,9 @@ from enn_nb.errors import (
 from .atomic import check_replaceable, fsync_dir, remove_path, replace_dir, temp_path
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
+from .hashing import HashingStream, HashPool, file_matches
 from .manifest import FileEntry, Manifest, decode, encode
-from .tensors import HASH_WORKERS, HashPool, dtype_name, join_tree
+from .tensors import dtype_name, join_tree
 
 if TYPE_CHECKING:
     import torch
@@ -85,40 +84,6 @@ def _quiet() -> Iterator[None]:
 
 
 # -- hashing while DCP writes -------------------------------------------------------------------------------
-class _HashingStream(io.RawIOBase):
-    """A write-only file wrapper that hashes exactly the bytes that go through it."""
-
-    def __init__(self, raw: Any) -> None:
-        super().__init__()
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        written = self.raw.write(view)
-        self.sha.update(view[:written])
-        self.count += written
-        return written
-
-    def tell(self) -> int:
-        return self.raw.tell()
-
-    def fileno(self) -> int:
-        return self.raw.fileno()
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def close(self) -> None:
-        if not self.closed:
-            super().close()  # flushes through us first
-            self.raw.close()
-
-
 def _hashing_writer(path: Path) -> Any:
     from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint.filesystem import FileSystem
@@ -126,7 +91,7 @@ def _hashing_writer(path: Path) -> Any:
     class HashingFileSystem(FileSystem):
         def __init__(self) -> None:
             super().__init__()
-            self.hashes: dict[str, tuple[str, int]] = {}
+            self.hashes: dict[str, tuple[str, int]] = {}  # file name -> (digest, bytes)
 
         @contextlib.contextmanager
         def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
@@ -134,9 +99,9 @@ def _hashing_writer(path: Path) -> Any:
                 if "w" not in mode:
                     yield stream
                     return
-                hashing = _HashingStream(stream)
+                hashing = HashingStream(stream)
                 yield hashing
-            self.hashes[Path(path).name] = (hashing.sha.hexdigest(), hashing.count)
+            self.hashes[Path(path).name] = (hashing.digest(), hashing.count)
 
         def rename(self, path: Any, new_path: Any) -> None:
             super().rename(path, new_path)
@@ -192,7 +157,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         if rank == 0:
             manifest = build_manifest(
                 "dcp", request, hashes, optimizer_structure=structure, optimizer_tensors=opt_tensors,
-                files=[FileEntry(name, n, sha) for name, (sha, n) in sorted(files.items())],
+                files=[FileEntry(name, n, digest) for name, (digest, n) in sorted(files.items())],
             )
             text = encode(manifest)
             _write_manifest(tmp, text)
@@ -321,7 +286,7 @@ class DcpReader:
             entry = next((f for f in manifest.files if f.path == DCP_METADATA), None)
             if entry is not None and (path / DCP_METADATA).exists() and not _file_matches(path / DCP_METADATA, entry):
                 raise CorruptCheckpointError(
-                    f"The sha256 of `{DCP_METADATA}` in `{path}` does not match the manifest: the checkpoint is "
+                    f"The hash of `{DCP_METADATA}` in `{path}` does not match the manifest: the checkpoint is "
                     "damaged. Restore it from a good copy.",
                     file=DCP_METADATA,
                 )
@@ -354,21 +319,22 @@ class DcpReader:
         return not self.upstream
 
     def verify_files(self) -> None:
-        """Check every file's sha256 (split across ranks when a process group is up)."""
+        """Check every file's hash (split across ranks when a process group is up).
+
+        Each file is read once, in chunks hashed while cached (BLAKE3 spreads each chunk over all
+        cores); the load that follows finds the bytes in the page cache.
+        """
         if self._verified or self.upstream:
             return
-        from concurrent.futures import ThreadPoolExecutor
-
         dist, rank, world = _dist()
         mine = self.manifest.files[rank::world]
-        with ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="enn-nb-verify") as pool:
-            ok = list(pool.map(lambda entry: _file_matches(self.path / entry.path, entry), mine))
+        ok = [_file_matches(self.path / entry.path, entry) for entry in mine]
         bad = [entry.path for entry, good in zip(mine, ok) if not good]
         bad = sorted({name for part in _all_gather(dist, bad, world) for name in part})
         if bad:
             holds = self._tensors_in(bad[0])
             raise CorruptCheckpointError(
-                f"The sha256 of shard file(s) {', '.join(f'`{b}`' for b in bad)} in `{self.path}` does not match "
+                f"The hash of shard file(s) {', '.join(f'`{b}`' for b in bad)} in `{self.path}` does not match "
                 f"the manifest: the checkpoint is damaged{f' (`{bad[0]}` holds {holds})' if holds else ''}. "
                 "Restore it from a good copy, or pass `verify=False` to load it anyway (not recommended).",
                 file=bad[0],
@@ -430,13 +396,4 @@ class DcpReader:
 
 
 def _file_matches(path: Path, entry: FileEntry) -> bool:
-    try:
-        if path.stat().st_size != entry.nbytes:
-            return False
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                sha.update(chunk)
-    except OSError:
-        return False
-    return sha.hexdigest() == entry.sha256
+    return file_matches(path, entry.nbytes, entry.hash)

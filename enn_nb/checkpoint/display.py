@@ -6,6 +6,8 @@ import html
 import json
 from typing import TYPE_CHECKING, Any
 
+from .hashing import short
+
 if TYPE_CHECKING:
     from .manifest import Manifest
 
@@ -57,7 +59,7 @@ def _short_json(value: Any, limit: int = 300) -> str:
 def _tensor_rows(m: Manifest) -> list[tuple[str, str, str, str, str]]:
     return [
         (t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]", human_bytes(t.nbytes),
-         (t.sha256 or "-")[:12])
+         short(t.hash))
         for t in m.tensors[:MAX_ROWS]
     ]
 
@@ -70,7 +72,7 @@ def manifest_text(m: Manifest) -> str:
     lines += [f"  {k.ljust(width)}  {v}" for k, v in summary]
     rows = _tensor_rows(m)
     if rows:
-        header = ("name", "dtype", "shape", "bytes", "sha256")
+        header = ("name", "dtype", "shape", "bytes", "hash")
         widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(5)]
         lines.append("")
         lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
@@ -99,7 +101,7 @@ def manifest_html(m: Manifest) -> str:
         f"<strong>enn_nb checkpoint ({esc(m.format)})</strong>"
         f"<table class='enn-nb-summary'>{head}</table>"
         "<table class='enn-nb-tensors'><thead><tr><th>name</th><th>dtype</th><th>shape</th><th>bytes</th>"
-        f"<th>sha256</th></tr></thead><tbody>{body}{more}</tbody></table></div>"
+        f"<th>hash</th></tr></thead><tbody>{body}{more}</tbody></table></div>"
     )
 
 
