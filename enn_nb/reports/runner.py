@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enn_nb._fs import atomic_path
 from enn_nb.errors import ReportCellError, ReportError
 from enn_nb.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
 from enn_nb.reports.verdict import Verdict, find_verdict
@@ -172,17 +173,13 @@ def report(
 
 
 def _output_dir(out_dir: str | os.PathLike[str]) -> Path:
-    out = Path(out_dir).expanduser().resolve()
+    from enn_nb.engine.settings import prepare_out_dir
+    from enn_nb.errors import OutputDirError
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".enn-nb-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ReportError(
-            f"The report folder `{out}` cannot be written ({exc.strerror or exc}); pass another --out."
-        ) from None
-    return out
+        return prepare_out_dir(out_dir, "out")
+    except OutputDirError as exc:
+        raise ReportError(f"The report folder cannot be used: {exc} Pass another --out.") from None
 
 
 def _absolute_paths(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -250,7 +247,6 @@ def _attach(nb_path: Path, template: Path, values: dict[str, Any]) -> Verdict | 
         "verdict": verdict.to_dict() if verdict else None,
         "sidecars": sidecars,
     }
-    tmp = nb_path.with_name(f".{nb_path.name}.tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, nb_path)
+    with atomic_path(nb_path) as tmp:
+        nbformat.write(nb, str(tmp))
     return verdict
