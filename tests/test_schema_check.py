@@ -70,6 +70,6 @@ def _valid_sidecar() -> dict:
         "host": {"os": "Linux", "machine": "x86_64", "python": "3.11.7"},
         "files": [], "inputs": [{"name": "x", "shape": ["batch", 6], "dtype": "float32"}], "outputs": [],
         "format": {}, "options": {}, "spec": None, "source": {"kind": "model"}, "deviations": [],
-        "timings": {"export_s": 0.5}, "created": "2026-11-29T12:00:00Z", "stage": "export",
+        "timings": {"convert": 0.5}, "created": "2026-11-29T12:00:00Z", "stage": "convert",
         "error": {"type": "ExportError", "message": "boom"},
     }
