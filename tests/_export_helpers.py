@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,6 +71,18 @@ class ExitBackend(_Misbehaving):
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         os._exit(3)
+
+
+class HangBackend(_Misbehaving):
+    """Never returns (a converter stuck in a native loop): only killing its process ends it."""
+
+    name: ClassVar[str] = "hang"
+    suffix: ClassVar[str] = ".hang"
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        print(f"hang backend: stuck in process {os.getpid()}", flush=True)
+        while True:
+            time.sleep(3600)
 
 
 class HalfWriteBackend(_Misbehaving):
