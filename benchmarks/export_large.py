@@ -1,6 +1,6 @@
 """A model over 2 GiB of weights through the export engine: ONNX with external data and pt2, then verify.
 
-Exports ``tests._large_model.BigTable`` (one float32 table just over ONNX's 2 GiB protobuf limit,
+Exports ``tests.fixtures.large_model.BigTable`` (one float32 table just over ONNX's 2 GiB protobuf limit,
 cheap to fill, read by an input-dependent gather so parity checks real weights) with the engine's
 defaults (isolated child, onnxruntime / torch.export parity) to ``onnx`` and ``pt2``, then re-checks
 each artifact with ``enn_nb.verify`` in this process. Prints one table: seconds per step, artifact
@@ -46,7 +46,7 @@ def main() -> None:
     import torch
 
     import enn_nb
-    from tests._large_model import BigTable
+    from tests.fixtures.large_model import BigTable
 
     base = _hwm()
     t0 = time.perf_counter()

@@ -21,7 +21,8 @@ from enn_nb.checkpoint import migrations
 from enn_nb.checkpoint.hashing import file_digest, split
 from enn_nb.errors import CorruptCheckpointError
 
-from tests._fixtures_checkpoint import flip_byte, pt_record_of, pt_record_offset, safetensors_offset, tiny
+from tests.fixtures.files import flip_byte, pt_record_of, pt_record_offset, safetensors_offset
+from tests.fixtures.models import tiny
 
 V1 = Path(__file__).parent / "data" / "checkpoint_v1"
 V1_NAMES = ("tiny.pt", "tiny.safetensors", "tiny_dcp")

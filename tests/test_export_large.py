@@ -8,7 +8,7 @@ import torch
 import enn_nb
 from enn_nb.engine import sidecar as sc
 
-from tests._large_model import TWO_GIB, BigTable
+from tests.fixtures.large_model import TWO_GIB, BigTable
 
 pytest.importorskip("onnxruntime")
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _export_helpers import TinyMLP, enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.engine import warm
 from enn_nb.engine.isolate import Setup, Task, Worker
+
+from tests.fixtures.models import TinyMLP
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.skipif(not warm.supported(), reason="needs fork")]
 
@@ -64,7 +65,7 @@ def test_a_hung_worker_is_killed_and_reported_like_a_crash(tmp_path):
         input_names=["x"], output_names=["y"], spec=None, essentials={}, onnx_options={}, sdpa=None,
         sys_path=[p for p in sys.path if p],
     )
-    task = Task(name="hang", backend_ref="_export_helpers:HangBackend", out_path=str(tmp_path / "m.hang"),
+    task = Task(name="hang", backend_ref="tests.fixtures.backends:HangBackend", out_path=str(tmp_path / "m.hang"),
                 options={}, verify=False, tolerance=(1e-5, 1e-5), cases=[])
     worker = Worker(setup, tmp_path)
     worker.start()
@@ -95,14 +96,14 @@ def test_a_script_without_a_main_guard_is_not_run_again(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(
         "import pathlib, torch, enn_nb\n"
-        "from _export_helpers import TinyMLP\n"
+        "from tests.fixtures.models import TinyMLP\n"
         f"pathlib.Path({str(marker)!r}).open('a').write('x')\n"
         f"r = enn_nb.export(TinyMLP(), 'pt2', out_dir={str(tmp_path / 'o')!r}, example_inputs=torch.randn(2, 6), cache=False)\n"
         "print(r['pt2'].status)\n"
     )
     import subprocess
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), *sys.path]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "ok"

@@ -23,7 +23,7 @@ def test_checkpoints_and_sidecars_are_checked_without_importing_jsonschema(tmp_p
         import json, sys, time
         import enn_nb
         from enn_nb.engine import sidecar
-        from tests._fixtures_checkpoint import tiny
+        from tests.fixtures.models import tiny
         start = time.perf_counter()
         for name in ("m.pt", "m.safetensors", "m_dcp"):
             enn_nb.save(tiny(), {str(tmp_path)!r} + "/" + name)
@@ -53,7 +53,7 @@ def test_a_refused_document_is_explained_by_jsonschema():
 def test_compiled_and_reference_validators_agree_on_a_manifest(tmp_path):
     import enn_nb
     from enn_nb.checkpoint.schema import _validator
-    from tests._fixtures_checkpoint import tiny
+    from tests.fixtures.models import tiny
 
     doc = enn_nb.save(tiny(), tmp_path / "m.pt").to_dict()
     assert passes_compiled(SCHEMA_FILE, doc) and not list(_validator().iter_errors(doc))
