@@ -129,11 +129,6 @@ class HashPool:
         self.close()
 
 
-def hash_tensors(tensors: Mapping[str, torch.Tensor], algorithm: str = ALGORITHM) -> dict[str, str]:
-    """``{name: "<algorithm>:<hex>"}`` of each tensor's bytes, each spread over all cores."""
-    return {name: tensor_digest(t, algorithm, threads=True) for name, t in tensors.items()}
-
-
 def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, str | None], *, what: str) -> None:
     """Hash ``tensors`` with the algorithm each expected digest names and compare.
 
