@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import enn_nb
+from enn_nb.checkpoint.manifest import self_hash
 from enn_nb.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -211,10 +212,10 @@ def test_malicious_dcp_metadata_is_refused(tmp_path):
     (path / ".metadata").write_bytes(evil)
     manifest_file = path / "enn_nb.manifest.json"
     doc = json.loads(manifest_file.read_text())
-    doc.pop("manifest_sha256")
     for entry in doc["files"]:
         if entry["path"] == ".metadata":
             entry.update(nbytes=len(evil), hash="blake3:" + blake3.blake3(evil).hexdigest())
+    doc["manifest_sha256"] = self_hash(doc)  # a forger recomputes every hash
     manifest_file.write_text(json.dumps(doc))
     with pytest.raises(UnsafeCheckpointError, match="system"):
         enn_nb.load(path)
@@ -229,8 +230,8 @@ def test_malicious_dcp_metadata_is_refused(tmp_path):
 def _rewrite_pt_manifest(path: Path, change) -> None:
     payload = torch.load(path, weights_only=True)
     doc = json.loads(payload["enn_nb.manifest"])
-    doc.pop("manifest_sha256", None)
     doc = change(doc)
+    doc["manifest_sha256"] = self_hash(doc)
     payload["enn_nb.manifest"] = json.dumps(doc)
     torch.save(payload, path)
 
@@ -355,16 +356,17 @@ def test_dcp_missing_metadata_with_manifest(tmp_path):
         enn_nb.load(path)
 
 
-def test_non_tensor_state_is_refused_before_writing(tmp_path):
+def test_non_json_extra_state_is_refused_before_writing(tmp_path):
+    # JSON extra state is stored (tests/test_checkpoint_hooks.py); an arbitrary object cannot be.
     class WithExtra(Tiny):
         def get_extra_state(self):
-            return {"step": 3}
+            return {"step": 3, "when": object()}
 
         def set_extra_state(self, state):
             pass
 
     path = tmp_path / "m.pt"
-    with pytest.raises(CheckpointError, match="_extra_state"):
+    with pytest.raises(CheckpointError, match=r"_extra_state.*get_extra_state"):
         enn_nb.save(WithExtra(), path)
     assert not path.exists() and list(tmp_path.iterdir()) == []
 

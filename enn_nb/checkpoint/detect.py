@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -15,6 +15,10 @@ FORMAT_ALIASES = {"pt": "pt", "pth": "pt", "torch": "pt", "safetensors": "safete
 DCP_MANIFEST = "enn_nb.manifest.json"
 DCP_METADATA = ".metadata"
 UPSTREAM_DCP_META = "meta.json"
+# ENN-PyTorch reads its metadata from either name, in the checkpoint's folder or up to three above.
+UPSTREAM_META_NAMES = (UPSTREAM_DCP_META, "model.meta.json")
+UPSTREAM_META_PARENTS = 3
+_RANK_METADATA = re.compile(r"^__(\d+)\.metadata$")
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOLS = tuple(bytes([0x80, p]) for p in range(2, 6))
@@ -63,11 +67,11 @@ def detect_format(path: Path) -> str:
         raise NotACheckpointError(f"`{path}` does not exist.")
     if path.is_dir():
         return _detect_dir(path)
-    size = path.stat().st_size
+    from enn_nb._safeio import read_head
+
+    head, size = read_head(path, 16, what="The checkpoint", error=NotACheckpointError)
     if size == 0:
         raise NotACheckpointError(f"`{path}` is an empty file, not a checkpoint.")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
     if head.startswith(_ZIP_MAGIC):
         return "pt"
     if len(head) >= 9:
@@ -96,6 +100,8 @@ def _detect_dir(path: Path) -> str:
         return "dcp"
     if not names:
         raise NotACheckpointError(f"`{path}` is an empty directory, not a checkpoint.")
+    if dcp_metadata_name(names) is not None and upstream_meta_file(path) is not None:
+        return "dcp"  # an ENN-PyTorch DCP folder whose meta.json lies in a parent folder
     if DCP_METADATA in names or any(n.endswith(".distcp") for n in names):
         raise IncompleteCheckpointError(
             f"`{path}` holds DCP files but no `{DCP_MANIFEST}` commit marker: the save did not finish (a "
@@ -115,14 +121,29 @@ def safetensors_sidecar(path: Path) -> Path:
 
 
 def read_json_file(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        from enn_nb.errors import CorruptCheckpointError
+    """A JSON object from a regular file of bounded size and nesting (``meta.json``, sidecars)."""
+    from enn_nb._safeio import MAX_JSON_BYTES, json_loads, read_capped
 
-        raise CorruptCheckpointError(f"`{path}` is not readable JSON: {exc}", file=str(path)) from exc
+    value = json_loads(read_capped(path, MAX_JSON_BYTES, what="The JSON file"), what=f"`{path}`")
     if not isinstance(value, dict):
         from enn_nb.errors import CorruptCheckpointError
 
         raise CorruptCheckpointError(f"`{path}` does not hold a JSON object.", file=str(path))
     return value
+
+
+def dcp_metadata_name(names: set[str] | list[str]) -> str | None:
+    """DCP's ``.metadata``, else the lowest rank-local ``__N.metadata`` (saved without collectives)."""
+    if DCP_METADATA in names:
+        return DCP_METADATA
+    ranks = sorted((int(m.group(1)), n) for n in names if (m := _RANK_METADATA.match(n)))
+    return ranks[0][1] if ranks else None
+
+
+def upstream_meta_file(folder: Path) -> Path | None:
+    """ENN-PyTorch's ``meta.json``/``model.meta.json`` for ``folder``: in it or up to three folders up."""
+    for where in [folder, *list(folder.resolve().parents)[:UPSTREAM_META_PARENTS]]:
+        for name in UPSTREAM_META_NAMES:
+            if (where / name).is_file():
+                return where / name
+    return None

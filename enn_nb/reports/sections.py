@@ -425,15 +425,26 @@ class Sidecars:
 
 
 def reproduce(
-    checkpoint: Path, requested: Requested, batch_sizes: Sequence[int], atol: float | None, rtol: float | None
+    checkpoint: Path,
+    requested: Requested,
+    batch_sizes: Sequence[int],
+    atol: float | None,
+    rtol: float | None,
+    *,
+    out: str | os.PathLike[str] | None = None,
 ) -> str:
-    """The command line that re-runs this report (for a scheduler or a colleague)."""
+    """The command line that re-runs this report (for a scheduler or a colleague).
+
+    ``out`` is the report folder; by default the working directory, which is where the report's
+    kernel runs, so the command writes the same files again.
+    """
     parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
     if requested.explicit:
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
     parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
-    return " ".join(parts) + " --out REPORT_DIR --html"
+    folder = Path(out if out is not None else Path.cwd()).resolve()
+    return " ".join(parts) + f" --out {_quote(str(folder))} --html"
 
 
 def _quote(text: str) -> str:
