@@ -14,17 +14,17 @@ from enn_nb.engine.lanes import timeout_of
 from enn_nb.engine.plan import Plan
 from enn_nb.engine.registry import get_backend, register_backend, unregister_backend
 
-from tests.fixtures.backends import HangBackend, HangInVerifyBackend
+from tests.fixtures.backends import HangWithHelperBackend, HangInVerifyBackend
 from tests.fixtures.conformance import assert_backend_conforms
 from tests.fixtures.models import TinyMLP
 
 
 @pytest.fixture()
 def hangers():
-    for cls in (HangBackend, HangInVerifyBackend):
+    for cls in (HangWithHelperBackend, HangInVerifyBackend):
         register_backend(cls, replace=True)
     yield
-    for cls in (HangBackend, HangInVerifyBackend):
+    for cls in (HangWithHelperBackend, HangInVerifyBackend):
         unregister_backend(cls.name)
 
 
@@ -43,11 +43,11 @@ def test_hanging_backends_time_out_in_their_stage_and_the_others_finish(hangers,
     pid_file = tmp_path / "helper.pid"
     started = time.monotonic()
     report = enn_nb.export(
-        TinyMLP(), "hang,hangverify,pt2", out_dir=tmp_path / "out", example_inputs=torch.randn(3, 6), cache=False,
-        workers=3, options={"hang": {"timeout_s": 4, "pid_file": str(pid_file)}, "hangverify": {"timeout_s": 4}},
+        TinyMLP(), "hanghelper,hangverify,pt2", out_dir=tmp_path / "out", example_inputs=torch.randn(3, 6), cache=False,
+        workers=3, options={"hanghelper": {"timeout_s": 4, "pid_file": str(pid_file)}, "hangverify": {"timeout_s": 4}},
     )
     assert time.monotonic() - started < 300  # not the 600 s the converters would sleep
-    hang, verify, pt2 = report["hang"], report["hangverify"], report["pt2"]
+    hang, verify, pt2 = report["hanghelper"], report["hangverify"], report["pt2"]
     assert (hang.status, hang.stage, hang.error_type) == ("timeout", "convert", "Timeout")
     assert (verify.status, verify.stage) == ("timeout", "verify")
     assert "did not finish within 4 s (option `timeout_s`)" in hang.error and "the other backends went on" in hang.error
@@ -56,7 +56,7 @@ def test_hanging_backends_time_out_in_their_stage_and_the_others_finish(hangers,
     assert "hang backend: converting forever" in data["error"]["log_tail"]
     assert_backend_conforms(report, "pt2")
     assert pt2.status == "ok"
-    assert "2 timeout" in report.summary and {r.backend for r in report.failed} == {"hang", "hangverify"}
+    assert "2 timeout" in report.summary and {r.backend for r in report.failed} == {"hanghelper", "hangverify"}
     helper = int(pid_file.read_text())
     deadline = time.monotonic() + 10
     while _alive(helper) and time.monotonic() < deadline:
