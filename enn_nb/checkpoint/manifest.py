@@ -140,7 +140,7 @@ class Manifest:
             "format": self.format,
             "created": self.created,
             "versions": dict(self.versions),
-            "spec": {key: spec[key] for key in _SPEC_KEYS},
+            "spec": {key: spec[key] for key in _SPEC_KEYS if key in spec},
             "metadata": spec["metadata"],
             "hash_algorithm": "sha256",
             "tensors": [t.to_dict() for t in self.tensors],
