@@ -111,6 +111,7 @@ def finish(
         details=details,
         deferred=conv.get("deferred"),
         cache_key=plan.key if status == "ok" else None,
+        conversion_path=conv.get("path") or {"name": "shared", "costs": []},
     )
     return _write_result(plan, data, timings, t0)
 
@@ -202,6 +203,7 @@ def _sidecar_common(plan: Plan, common: dict[str, Any]) -> dict[str, Any]:
         "provenance": dict(common["provenance"]) if common["provenance"] else None,
         "metadata": common["metadata"] or None,
         "parity": {"status": "not_run", "reason": "the export did not reach verification"},
+        **({"signature": common["signature"]} if common.get("signature") else {}),
     }
 
 

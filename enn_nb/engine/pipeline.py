@@ -27,10 +27,9 @@ from enn_nb.engine.inputs import (
     default_onnx_options,
     essential_metadata,
     example_tensors,
-    input_names_of,
     load_source,
-    output_names_of,
     prepare_out_dir,
+    resolve_io,
     resolve_spec,
 )
 from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
@@ -120,6 +119,7 @@ def export(
     model, source, loaded_spec = load_source(model_or_checkpoint)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
     inputs = example_tensors(model, spec, example_inputs, dynamic_batch)
+    io = resolve_io(model, spec, inputs)
     onnx_options = {**default_onnx_options(), **dict(options.get("onnx", {}))}
     if provenance is None:
         provenance = sc.provenance_from_kernel()
@@ -158,7 +158,7 @@ def export(
     vectors_path = out / f"{stem}{VECTORS_SUFFIX}"
     if todo:
         _run(todo, model, inputs, spec, source, out, stem, dynamic_batch, batch_range, verify, isolate, safe, cache,
-             onnx_options, provenance, metadata, emit, should_stop, report, vectors_path, tolerances, workers)
+             onnx_options, provenance, metadata, emit, should_stop, report, vectors_path, tolerances, workers, io)
     elif verify and vectors_path.exists():
         report.vectors = vectors_path
     report.results = [p.result for p in plans if p.result is not None]
@@ -194,6 +194,7 @@ def _run(
     vectors_path: Path,
     tolerances: Any,
     workers: int | None,
+    io: Any,
 ) -> None:
     import torch
 
@@ -204,8 +205,7 @@ def _run(
     from enn_nb.engine.wrapper import export_module
     from enn_nb.fastpaths import declared_fast_paths
 
-    input_names = input_names_of(inputs)
-    output_names = output_names_of(model)
+    input_names, output_names = io.input_names, io.output_names
     workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=out))
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
@@ -225,7 +225,7 @@ def _run(
         cases: list[Any] = []
         if verify:
             call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
-            make = case_maker(spec, inputs)
+            make = case_maker(spec, inputs, io)
             with parity.eval_only(model), torch.no_grad():
                 cases = parity.make_cases(call, inputs, make=make, dynamic=dynamic_batch)
             parity.save_vectors(vectors_path, cases, input_names, output_names)
@@ -244,10 +244,11 @@ def _run(
             fast_paths = declared_fast_paths(model)
         module = export_module(target)
         report.deviations = deviations
-        essentials = essential_metadata(spec, source, input_names, output_names, inputs, deviations, metadata)
+        essentials = essential_metadata(spec, source, input_names, output_names, inputs, deviations, metadata, io)
         common = dict(
             out=out, stem=stem, spec=spec, source=source, deviations=deviations, provenance=provenance,
             metadata=metadata, batch_range=batch_range, vectors=vectors_info, essentials=essentials,
+            signature=io.to_dict(),
         )
 
         # the one capture
@@ -258,7 +259,7 @@ def _run(
         t_capture = time.perf_counter()
         try:
             ep, batch_dynamic, capture_notes = capture_program(
-                module, inputs, dynamic_batch=dynamic_batch, fast_paths=fast_paths
+                module, inputs, dynamic_batch=dynamic_batch, fast_paths=fast_paths, signature=io.inputs
             )
         except Exception as exc:
             from enn_nb.engine.isolate import error_dict
@@ -284,6 +285,7 @@ def _run(
             essentials=essentials,
             onnx_options=onnx_options,
             ep=ep,
+            signature=io.to_dict(),
         )
         shared.timings["capture"] = report.capture_s
 
@@ -302,6 +304,7 @@ def _run(
             workdir=workdir,
             get_exported_program=shared.exported_program,
             get_onnx_path=shared.onnx_path,
+            signature=io.to_dict(),
         )
         if pool:
             setup = Setup(
@@ -320,6 +323,7 @@ def _run(
                 onnx_options=onnx_options,
                 sdpa="math" if safe else None,
                 sys_path=[p for p in sys.path if p],
+                signature=io.to_dict(),
             )
             for worker in pool:
                 worker.configure(setup)

@@ -72,6 +72,8 @@ class ExportJob:
         workdir: a scratch directory of this export (shared ONNX file, temporary files).
         get_exported_program: returns the one ``torch.export.ExportedProgram`` (captured on first call).
         get_onnx_path: returns the one shared ONNX file (exported on first call, single file).
+        signature: the model's I/O signature as JSON (``ModelIO.to_dict()``: named inputs with symbolic
+            dims, named outputs, output structure); None for jobs built by older callers.
     """
 
     module: torch.nn.Module
@@ -85,6 +87,30 @@ class ExportJob:
     workdir: Path
     get_exported_program: Callable[[], Any]
     get_onnx_path: Callable[[], Path]
+    signature: dict[str, Any] | None = None
+
+    @property
+    def input_signature(self) -> list[Any]:
+        """The inputs' TensorSig rows (inferred from the example inputs when the job has no signature)."""
+        from enn_nb.signature import TensorSig, infer_inputs
+
+        if self.signature:
+            return [TensorSig.from_dict(s) for s in self.signature["inputs"]]
+        sigs = infer_inputs(lambda *a: None, self.example_inputs)
+        return [TensorSig(n, s.dtype, s.shape, s.categories) for n, s in zip(self.input_names, sigs)]
+
+    def dynamic_shapes(self, forward: Any, *, batch_bounds: tuple[int, int | None] | None = None,
+                       symbols: Sequence[str] | None = None) -> Any:
+        """``dynamic_shapes`` for re-exporting ``forward`` on the example inputs, shaped like its signature.
+
+        ``symbols`` defaults to every symbolic dim of the signature when the batch is dynamic, else none.
+        """
+        from enn_nb.signature import dynamic_shapes, symbolic_names
+
+        sigs = self.input_signature
+        if symbols is None:
+            symbols = symbolic_names(sigs) if self.dynamic_batch else []
+        return dynamic_shapes(forward, sigs, self.example_inputs, dynamic=symbols, batch_bounds=batch_bounds)
 
     @property
     def exported_program(self) -> Any:
@@ -110,6 +136,8 @@ class Conversion:
         notes: human-readable remarks that belong in the sidecar (e.g. why an artifact is static).
         details: backend-specific facts for the sidecar (delegation ratio, TRT profile, build command).
         embedded_metadata: whether ``job.essentials`` were written into the artifact.
+        path: which conversion path made the artifact when it is not the shared one (a fallback):
+            ``{"name": ..., "costs": [...]}`` - what the artifact gives up (static batch, a dtype cast).
     """
 
     artifact: Path
@@ -122,6 +150,7 @@ class Conversion:
     notes: list[str] = dataclasses.field(default_factory=list)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     embedded_metadata: bool = False
+    path: dict[str, Any] | None = None
 
 
 class Backend:
