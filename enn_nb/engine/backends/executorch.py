@@ -61,6 +61,7 @@ class ExecutorchBackend(Backend):
         delegate = check_option(self.name, "delegate", opts["delegate"], DELEGATES)
         require("executorch.exir", purpose="the `executorch` backend")
         notes: list[str] = []
+        path = None
         ep = job.exported_program
         bounds = batch_bounds(ep)
         dynamic = bool(job.dynamic_batch) and bounds is not None
@@ -75,6 +76,8 @@ class ExecutorchBackend(Backend):
                 )
         try:
             program, info = self._lower(ep, job, delegate)
+            if dynamic:
+                _smoke_run(program.buffer, job)  # some kernels lower with dynamic shapes but fail at run time
         except Exception as exc:
             if not dynamic:
                 raise BackendError(
@@ -91,10 +94,12 @@ class ExecutorchBackend(Backend):
                     backend=self.name, stage="convert",
                 ) from static_exc
             ep, dynamic = static_ep, False
+            batch = int(job.example_inputs[0].shape[0])
             notes.append(
                 f"the {delegate} lowering could not handle a dynamic batch ({first_line(exc)}); the artifact "
-                f"is static at batch {int(job.example_inputs[0].shape[0])}."
+                f"is static at batch {batch}."
             )
+            path = {"name": "static-shapes", "costs": [f"static batch {batch}"]}
         write_bytes_atomic(out_path, program.buffer)
         inputs, outputs = program_io(ep, job, dynamic=dynamic)
         details = {"delegate": delegate, **info}
@@ -114,6 +119,7 @@ class ExecutorchBackend(Backend):
             notes=notes,
             details=details,
             embedded_metadata=True,
+            path=path,
         )
 
     def _lower(self, ep: Any, job: ExportJob, delegate: str) -> tuple[Any, dict[str, Any]]:
@@ -151,6 +157,19 @@ class ExecutorchBackend(Backend):
             return None
         (value,) = program.load_method(ESSENTIALS_KEY).execute([])
         return {str(k): str(v) for k, v in json.loads(value).items()}
+
+
+def _smoke_run(buffer: bytes, job: ExportJob) -> None:
+    """Run a freshly lowered dynamic program on the example inputs and at batch 1 (skipped without the runtime)."""
+    from enn_nb._optional import is_installed
+
+    if not is_installed("executorch.runtime"):
+        return
+    runtime = require("executorch.runtime", purpose="running `.pte` programs")
+    with captured_output():
+        method = runtime.Runtime.get().load_program(bytes(buffer)).load_method("forward")
+        method.execute([t.contiguous() for t in job.example_inputs])
+        method.execute([t[:1].contiguous() if t.dim() else t for t in job.example_inputs])  # batch 1 too
 
 
 def _program(artifact: Path) -> Any:
