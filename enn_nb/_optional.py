@@ -33,7 +33,14 @@ PACKAGES: dict[str, tuple[str, str]] = {
 def install_line(module: str) -> str:
     """The ``%pip install`` line that brings ``module``."""
     dist, extra = PACKAGES.get(module, (module, ""))
-    return f"%pip install 'enn-nb[{extra}]'" if extra else f"%pip install {dist}"
+    return pip_line(extra=extra, dist=dist)
+
+
+def pip_line(*, extra: str = "", dist: str = "") -> str:
+    """The one format of an install line: the enn-nb extra when there is one, else the distribution."""
+    if extra:
+        return f"%pip install 'enn-nb[{extra}]'"
+    return f"%pip install {dist}" if dist else ""
 
 
 def is_installed(module: str) -> bool:

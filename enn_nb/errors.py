@@ -72,7 +72,9 @@ class MissingDependencyError(EnnError, ImportError):
 
     @property
     def install_line(self) -> str:
-        return f"%pip install 'enn-nb[{self.extra}]'" if self.extra else f"%pip install {self.package}"
+        from enn_nb._optional import pip_line
+
+        return pip_line(extra=self.extra, dist=self.package)
 
 
 class BrokenDependencyError(EnnError, ImportError):

@@ -1,46 +1,14 @@
-"""Atomic writes: a temporary path in the same directory, fsync, then one rename into place."""
+"""Checkpoint writes: refuse to replace what is not a checkpoint, then write through :mod:`enn_nb._fs`."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import os
-import shutil
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-TEMP_MARK = ".enn-tmp-"  # temporary files and directories are named `.<final name>.enn-tmp-<id>`
-
-
-def temp_path(final: Path, token: str | None = None) -> Path:
-    """A hidden sibling of ``final`` (same directory, hence same filesystem: the rename is atomic)."""
-    return final.with_name(f".{final.name}{TEMP_MARK}{token or uuid.uuid4().hex[:12]}")
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and TEMP_MARK in name
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable (a no-op where directories cannot be opened)."""
-    if sys.platform == "win32":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from enn_nb._fs import atomic_path
+from enn_nb._fs import fsync_dir, remove_path, replace_dir, temp_path  # noqa: F401  (dcp.py imports them from here)
 
 
 def check_replaceable(final: Path, *, directory: bool) -> None:
@@ -81,80 +49,5 @@ def atomic_file(final: Path) -> Iterator[Path]:
     file, so the last rename wins and ``final`` is always one complete file.
     """
     check_replaceable(final, directory=False)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(final)
-    try:
+    with atomic_path(final) as tmp:
         yield tmp
-        fsync_file(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(final.parent)
-
-
-# -- directories -------------------------------------------------------------------------------------
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # old kernel or filesystem without it
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def replace_dir(src: Path, final: Path) -> None:
-    """Move the complete directory ``src`` onto ``final`` atomically, removing what was there.
-
-    On Linux an existing ``final`` is swapped out in one ``renameat2(RENAME_EXCHANGE)`` and then
-    deleted, so ``final`` always names a complete checkpoint. Elsewhere the old one is renamed aside
-    first (a crash in between leaves it at ``.<name>.enn-tmp-old-*``).
-    """
-    for _ in range(100):  # concurrent savers may keep replacing `final` under us
-        try:
-            os.rename(src, final)  # succeeds when `final` is absent (or an empty directory)
-            fsync_dir(final.parent)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM):
-                raise
-        try:
-            swapped = _exchange(src, final)
-        except FileNotFoundError:
-            continue  # `final` vanished between the two calls: rename again
-        if swapped:
-            fsync_dir(final.parent)
-            remove_path(src)  # `src` now names the old checkpoint
-            return
-        aside = temp_path(final, "old-" + uuid.uuid4().hex[:12])
-        try:
-            os.rename(final, aside)
-        except FileNotFoundError:
-            continue
-        os.rename(src, final)
-        fsync_dir(final.parent)
-        remove_path(aside)
-        return
-    raise OSError(f"Could not move the new checkpoint into `{final}`: other processes keep replacing it.")

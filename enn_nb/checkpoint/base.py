@@ -6,10 +6,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from enn_nb._fs import timestamp
 from enn_nb.errors import CheckpointError, CorruptCheckpointError
 from enn_nb.spec import ModelSpec
 
-from .manifest import FileEntry, Manifest, TensorEntry, now_utc, versions
+from .manifest import FileEntry, Manifest, TensorEntry, versions
 from .tensors import OPTIMIZER_PREFIX, dtype_name, nbytes, split_tree
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def build_manifest(
         spec=request.spec,
         tensors=tensor_entries(request.state, hashes),
         versions=versions(**dict(extra_versions or {})),
-        created=request.created or now_utc(),
+        created=request.created or timestamp(),
         files=list(files or []),
         optimizer=optimizer,
         source=request.source,

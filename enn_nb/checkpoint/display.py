@@ -6,19 +6,13 @@ import html
 import json
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._format import human_size
+from enn_nb.table import Cell, Table
+
 if TYPE_CHECKING:
     from .manifest import Manifest
 
 MAX_ROWS = 50  # tensor rows shown; the rest are summarised
-
-
-def human_bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _summary(m: Manifest) -> list[tuple[str, str]]:
@@ -32,14 +26,14 @@ def _summary(m: Manifest) -> list[tuple[str, str]]:
         ("in_dim", str(spec.in_dim)),
         ("out_shape", str(list(spec.out_shape)) if spec.out_shape is not None else "None"),
         ("tasks", ", ".join(str(t.get("name", "?")) for t in spec.tasks or []) or "None"),
-        ("tensors", f"{len(m.tensors)} ({m.parameter_count:,} values, {human_bytes(m.tensor_bytes)})"),
+        ("tensors", f"{len(m.tensors)} ({m.parameter_count:,} values, {human_size(m.tensor_bytes)})"),
         ("content_hash", m.content_hash),
         ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items() if v)),
     ]
     if m.optimizer:
         rows.append(("optimizer", f"{m.optimizer.get('class')} ({len(m.optimizer.get('tensors', []))} tensors)"))
     if m.files:
-        rows.append(("files", f"{len(m.files)} ({human_bytes(sum(f.nbytes for f in m.files))})"))
+        rows.append(("files", f"{len(m.files)} ({human_size(sum(f.nbytes for f in m.files))})"))
     if m.source:
         rows.append(("source", json.dumps(m.source, sort_keys=True)))
     if m.metadata:
@@ -56,50 +50,39 @@ def _short_json(value: Any, limit: int = 300) -> str:
 
 def _tensor_rows(m: Manifest) -> list[tuple[str, str, str, str, str]]:
     return [
-        (t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]", human_bytes(t.nbytes),
+        (t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]", human_size(t.nbytes),
          (t.sha256 or "-")[:12])
         for t in m.tensors[:MAX_ROWS]
     ]
 
 
+def _tables(m: Manifest) -> tuple[Table, Table]:
+    more = len(m.tensors) - MAX_ROWS
+    tensors = Table(
+        ("name", "dtype", "shape", "bytes", "sha256"),
+        [[Cell(c, code=True) for c in row] for row in _tensor_rows(m)],
+        footer=f"... {more} more tensors" if more > 0 else "",
+        css_class="enn-nb-tensors",
+    )
+    summary = Table(("field", "value"), [[k, Cell(v, code=True)] for k, v in _summary(m)], css_class="enn-nb-summary")
+    return summary, tensors
+
+
 def manifest_text(m: Manifest) -> str:
     """A plain-text rendering for terminals (``print(manifest)``, ``enn-nb inspect``)."""
-    summary = _summary(m)
-    width = max(len(k) for k, _ in summary)
-    lines = [f"enn_nb checkpoint ({m.format})"]
-    lines += [f"  {k.ljust(width)}  {v}" for k, v in summary]
-    rows = _tensor_rows(m)
-    if rows:
-        header = ("name", "dtype", "shape", "bytes", "sha256")
-        widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(5)]
-        lines.append("")
-        lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        if len(m.tensors) > MAX_ROWS:
-            lines.append(f"  ... {len(m.tensors) - MAX_ROWS} more tensors")
-    return "\n".join(line.rstrip() for line in lines)
+    summary, tensors = _tables(m)
+    parts = [f"enn_nb checkpoint ({m.format})", str(summary)]
+    if tensors.rows:
+        parts += ["", str(tensors)]
+    return "\n".join(parts)
 
 
 def manifest_html(m: Manifest) -> str:
     """An HTML table for notebooks (``Manifest._repr_html_``)."""
-    esc = html.escape
-    head = "".join(
-        f"<tr><th style='text-align:left'>{esc(k)}</th><td style='text-align:left'><code>{esc(v)}</code></td></tr>"
-        for k, v in _summary(m)
-    )
-    body = "".join(
-        "<tr>" + "".join(f"<td style='text-align:left'><code>{esc(c)}</code></td>" for c in row) + "</tr>"
-        for row in _tensor_rows(m)
-    )
-    more = (
-        f"<tr><td colspan='5'>... {len(m.tensors) - MAX_ROWS} more tensors</td></tr>" if len(m.tensors) > MAX_ROWS else ""
-    )
+    summary, tensors = _tables(m)
     return (
-        "<div class='enn-nb-manifest'>"
-        f"<strong>enn_nb checkpoint ({esc(m.format)})</strong>"
-        f"<table class='enn-nb-summary'>{head}</table>"
-        "<table class='enn-nb-tensors'><thead><tr><th>name</th><th>dtype</th><th>shape</th><th>bytes</th>"
-        f"<th>sha256</th></tr></thead><tbody>{body}{more}</tbody></table></div>"
+        f"<div class='enn-nb-manifest'><strong>enn_nb checkpoint ({html.escape(m.format)})</strong>"
+        f"{summary._repr_html_()}{tensors._repr_html_()}</div>"
     )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import platform
@@ -241,10 +240,6 @@ def decode(text: str | bytes, *, path: str | None = None, where: str = "manifest
 
 
 # -- building ----------------------------------------------------------------------------------------
-def now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def versions(**extra: str | None) -> dict[str, str | None]:
     import torch
 

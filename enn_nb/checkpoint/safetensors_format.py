@@ -19,11 +19,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._fs import timestamp
 from enn_nb.errors import CorruptCheckpointError, NotACheckpointError
 
 from .atomic import atomic_file
 from .base import SaveRequest, build_manifest, check_table
-from .manifest import Manifest, decode, encode, now_utc
+from .manifest import Manifest, decode, encode
 from .tensors import HashPool, byte_view, check_hashes, cpu_contiguous, dtype_name, join_tree
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         offset += size
 
     # Fix the creation time once: both header passes must have exactly the same length.
-    request = dataclasses.replace(request, created=request.created or now_utc())
+    request = dataclasses.replace(request, created=request.created or timestamp())
 
     def header(hashes: Mapping[str, str], reserve: int = 0) -> tuple[bytes, Manifest]:
         manifest = build_manifest("safetensors", request, hashes, optimizer_structure=structure,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -142,6 +141,8 @@ def onnx_from_program(
     import onnx
     import torch
 
+    from enn_nb._fs import replace_path
+
     external = program_nbytes(ep) > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnx-", dir=path.parent))
@@ -168,9 +169,9 @@ def onnx_from_program(
             # external tensors keep their relative `location`; move the data file beside the target
             for data in tmp_dir.iterdir():
                 if data.name != tmp.name:
-                    os.replace(data, path.parent / data.name)
+                    replace_path(data, path.parent / data.name)
         onnx.save(model, str(tmp))
-        os.replace(tmp, path)
+        replace_path(tmp, path)
     finally:
         for leftover in tmp_dir.iterdir() if tmp_dir.exists() else []:
             leftover.unlink(missing_ok=True)

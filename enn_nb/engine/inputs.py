@@ -1,88 +1,25 @@
-"""Checks and preparation of `export()`'s arguments: out_dir, stem, options, the model, its spec and inputs."""
+"""The model side of `export()`: the model or checkpoint, its spec, example inputs, names and essentials.
+
+(The other arguments are checked in :mod:`enn_nb.engine.settings`.)
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb._version import __version__
-from enn_nb.errors import InputMismatchError, OutputDirError, SpecError
+from enn_nb.errors import InputMismatchError, SpecError
 from enn_nb.engine import sidecar as sc
 
 if TYPE_CHECKING:
     import torch
 
     from enn_nb.signature import TensorSig
-
-
-def prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
-    """Create ``out_dir`` if needed and prove it writable, before any work.
-
-    Raises:
-        OutputDirError: it cannot be created or written (names the path, the reason and the fix).
-    """
-    path = Path(out_dir).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".enn-write-probe-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        blocker = next((p for p in [path, *path.parents] if p.exists()), None)
-        hint = (
-            f" `{blocker}` is a file, not a folder."
-            if blocker is not None and blocker.is_file()
-            else ""
-        )
-        raise OutputDirError(
-            f"`out_dir` {str(path)!r} cannot be written: {exc.strerror or exc}.{hint} "
-            "Choose a folder you can write to (it is created if missing)."
-        ) from None
-    return path.resolve()
-
-
-def check_stem(stem: str) -> str:
-    """``stem`` if it is a plain file name stem (no folder, no leading dot); else ValueError."""
-    if not isinstance(stem, str) or not stem or any(c in stem for c in "/\\\0") or stem.startswith("."):
-        raise ValueError(f"`stem` is {stem!r}; give a plain file name stem such as 'model' (no folders, no leading dot).")
-    return stem
-
-
-def check_batch_range(batch_range: Sequence[int]) -> tuple[int, int, int]:
-    """``(min, opt, max)`` as ints with ``1 <= min <= opt <= max``; else ValueError."""
-    try:
-        lo, opt, hi = (int(b) for b in batch_range)
-    except (TypeError, ValueError):
-        raise ValueError(f"`batch_range` is {batch_range!r}; give (min, opt, max) batch sizes, e.g. (1, 8, 64).") from None
-    if not 1 <= lo <= opt <= hi:
-        raise ValueError(f"`batch_range` is {tuple(batch_range)!r}; it needs 1 <= min <= opt <= max, e.g. (1, 8, 64).")
-    return lo, opt, hi
-
-
-def check_options(options: Mapping[str, Any] | None, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Per-backend option dicts, each for a backend being exported (or ``"onnx"``); else ValueError."""
-    options = dict(options or {})
-    allowed = set(names) | {"onnx"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(
-            f"`options` has entries for {unknown}, which are not being exported; options are per backend, "
-            f"e.g. options={{'ort': {{'optimization_level': 'basic'}}}}; backends here: {', '.join(names)}."
-        )
-    for key, value in options.items():
-        if not isinstance(value, Mapping):
-            raise ValueError(f"`options[{key!r}]` is {value!r}; it must be a dict of that backend's options.")
-    return {k: dict(v) for k, v in options.items()}
-
-
-def default_onnx_options() -> dict[str, Any]:
-    """How the shared ONNX is made unless ``options["onnx"]`` says otherwise."""
-    return {"opset": None, "optimize": True}
 
 
 def load_source(obj: Any) -> tuple[Any, dict[str, Any], Any]:
@@ -178,8 +115,7 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
     return tuple(tensors)
 
 
-def case_maker(spec: Any, inputs: tuple[torch.Tensor, ...],
-               io: ModelIO | None = None) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
+def case_maker(spec: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``make(batch, seed)`` giving the parity inputs at one batch size."""
     from enn_nb import signature as sig
     from enn_nb.engine.parity import default_example_inputs, resample_inputs
@@ -191,19 +127,6 @@ def case_maker(spec: Any, inputs: tuple[torch.Tensor, ...],
         dtype = str(inputs[0].dtype).removeprefix("torch.")
         return lambda batch, seed: default_example_inputs(spec, spec.in_dim, dtype, batch=batch, seed=seed)
     return lambda batch, seed: resample_inputs(inputs, batch, seed)
-
-
-def input_names_of(inputs: tuple[Any, ...]) -> list[str]:
-    """``["features"]`` for one input, else ``input_0``, ``input_1``..."""
-    return ["features"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))]
-
-
-def output_names_of(model: Any) -> list[str]:
-    """The model's ``export_output_names``, else ``["prediction"]``."""
-    names = getattr(model, "export_output_names", None)
-    if isinstance(names, (list, tuple)) and names:
-        return [str(n) for n in names]
-    return ["prediction"]
 
 
 @dataclasses.dataclass

@@ -17,12 +17,11 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from enn_nb.errors import MissingDependencyError
+from enn_nb.engine.outcome import Crash, ErrorInfo, UnitResult
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -62,11 +61,12 @@ class Task:
 
 
 # -- the work unit, shared by both modes ---------------------------------------------------------------
-def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> dict[str, Any]:
-    """Convert, then verify; never raises: errors come back as ``{"error": {...}, "stage": ...}``."""
+def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
+    """Convert, then verify; never raises: an error comes back in ``UnitResult.error`` with its stage."""
+    from enn_nb.engine.backends.base import Conversion
     from enn_nb.engine.parity import cases_for, run_cases
 
-    out: dict[str, Any] = {"stage": None, "error": None, "conversion": None, "parity": None, "metadata": None, "timings": {}}
+    out = UnitResult()
     stage = "convert"
     try:
         emit({"backend": task.name, "stage": "convert", "status": "running"})
@@ -74,66 +74,45 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> dict[str, Any]:
         out_path = Path(task.out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         conv = backend.convert(job, out_path, dict(task.options))
-        out["timings"]["convert"] = time.perf_counter() - started
+        out.timings["convert"] = time.perf_counter() - started
         artifact = Path(conv.artifact)
         if not conv.deferred and not artifact.exists():
             raise RuntimeError(f"the backend reported artifact `{artifact}` but did not write it")
-        out["conversion"] = {
-            "artifact": str(artifact),
-            "extra_files": [str(p) for p in conv.extra_files],
-            "inputs": [t.to_dict() for t in conv.inputs],
-            "outputs": [t.to_dict() for t in conv.outputs],
-            "format": dict(conv.format),
-            "dynamic_batch": bool(conv.dynamic_batch),
-            "deferred": conv.deferred,
-            "notes": list(conv.notes),
-            "details": dict(conv.details),
-            "embedded_metadata": bool(conv.embedded_metadata),
-            "path": dict(conv.path) if conv.path else None,
-        }
+        # a plain Conversion of plain values: it crosses the pipe whatever class the backend returned
+        out.conversion = Conversion(
+            artifact=artifact,
+            inputs=list(conv.inputs),
+            outputs=list(conv.outputs),
+            extra_files=[Path(p) for p in conv.extra_files],
+            format=dict(conv.format),
+            dynamic_batch=bool(conv.dynamic_batch),
+            deferred=conv.deferred,
+            notes=list(conv.notes),
+            details=dict(conv.details),
+            embedded_metadata=bool(conv.embedded_metadata),
+            path=dict(conv.path) if conv.path else None,
+        )
         if conv.deferred or not task.verify:
             return out
         stage = "verify"
         reason = backend.runtime_unavailable_reason()
         if reason:
-            out["parity"] = {"status": "skipped", "reason": reason}
+            out.parity = {"status": "skipped", "reason": reason}
             return out
         emit({"backend": task.name, "stage": "verify", "status": "running"})
         started = time.perf_counter()
         runner = backend.load(artifact, dict(task.options))
         chosen = cases_for(task.cases, bool(conv.dynamic_batch))
-        out["parity"] = run_cases(runner, chosen, *task.tolerance)
+        out.parity = run_cases(runner, chosen, *task.tolerance)
         if conv.embedded_metadata:
-            out["metadata"] = backend.read_metadata(artifact)
-        out["timings"]["verify"] = time.perf_counter() - started
+            out.metadata = backend.read_metadata(artifact)
+        out.timings["verify"] = time.perf_counter() - started
     except BaseException as exc:  # a converter may raise anything; the caller decides
         if isinstance(exc, KeyboardInterrupt):
             raise
-        out["stage"] = stage
-        out["error"] = error_dict(exc)
+        out.stage = stage
+        out.error = ErrorInfo.from_exception(exc)
     return out
-
-
-def error_dict(exc: BaseException) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "type": type(exc).__name__,
-        "message": str(exc) or type(exc).__name__,
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-6000:],
-        "chain": _chain(exc),
-    }
-    if isinstance(exc, MissingDependencyError):
-        info["missing"] = {"package": exc.package, "extra": exc.extra}
-    return info
-
-
-def _chain(exc: BaseException) -> str:
-    parts, seen = [], set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        parts.append(f"{type(cur).__name__}: {cur}")
-        cur = cur.__cause__ or cur.__context__
-    return "\n".join(parts)[-8000:]
 
 
 def build_job(setup: Setup, shared: Any) -> Any:
@@ -230,8 +209,8 @@ def _serve(recv: Any, send: Any) -> None:
             backend = load_class(task.backend_ref)()
             result = run_unit(backend, job, task, emit)
         except BaseException as exc:
-            result = {"stage": "convert", "error": error_dict(exc), "conversion": None, "parity": None, "metadata": None, "timings": {}}
-        result["shared_timings"] = dict(shared.timings)
+            result = UnitResult(stage="convert", error=ErrorInfo.from_exception(exc))
+        result.shared_timings = dict(shared.timings)
         send.send(("result", result))
 
 
@@ -307,8 +286,8 @@ class Worker:
             except (BrokenPipeError, OSError):
                 pass  # the child died while starting: run() sees it and reports the crash
 
-    def run(self, task: Task, on_event: Emit) -> dict[str, Any]:
-        """Run one task in the child; a dead child gives ``{"crashed": True, "exit_code", "signal", ...}``."""
+    def run(self, task: Task, on_event: Emit) -> UnitResult:
+        """Run one task in the child; a dead child gives a result whose ``crash`` says how it ended."""
         if self._proc is None or self._proc.poll() is not None:
             self.start()
         try:
@@ -340,7 +319,7 @@ class Worker:
             self._close_pipes()
             self._proc = None
 
-    def _crashed(self) -> dict[str, Any]:
+    def _crashed(self) -> UnitResult:
         try:
             code = self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -357,7 +336,7 @@ class Worker:
         tail = ""
         if self._log is not None and self._log.exists():
             tail = self._log.read_bytes()[-3000:].decode("utf-8", "replace")
-        return {"crashed": True, "exit_code": code, "signal": sig, "log_tail": tail, "log": str(self._log)}
+        return UnitResult(crash=Crash(exit_code=code, signal=sig, log_tail=tail, log=str(self._log)))
 
     def _close_pipes(self) -> None:
         for conn in (self._send, self._recv):

@@ -208,9 +208,6 @@ def _as_outputs(out: Any) -> list[Any]:
 # -- vectors file -----------------------------------------------------------------------------------
 def save_vectors(path: Path, cases: list[Case], input_names: list[str], output_names: list[str]) -> Path:
     """Write the cases to a safetensors file (atomically)."""
-    import os
-    import tempfile
-
     from safetensors.numpy import save_file
 
     tensors: dict[str, Any] = {}
@@ -226,17 +223,10 @@ def save_vectors(path: Path, cases: list[Case], input_names: list[str], output_n
         "output_names": json.dumps(output_names),
         "reference": "eager model, fast paths on, eval mode",
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: _contiguous(v) for k, v in tensors.items()}, tmp, metadata=meta)
-        from enn_nb.engine.sidecar import file_mode
+    from enn_nb._fs import atomic_path
 
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: _contiguous(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
     return path
 
 

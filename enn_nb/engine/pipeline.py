@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -15,27 +14,26 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
 from enn_nb.engine import sidecar as sc
+from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
-from enn_nb.engine.finish import finish_failed, finish_unavailable
+from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
 from enn_nb.engine.inputs import (
     case_maker,
-    check_batch_range,
-    check_options,
-    check_stem,
-    default_onnx_options,
+    ModelIO,
     essential_metadata,
     example_tensors,
     load_source,
-    prepare_out_dir,
     resolve_io,
     resolve_spec,
 )
 from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
+from enn_nb.engine.outcome import ErrorInfo
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
-from enn_nb.engine.report import BackendResult, ExportReport
+from enn_nb.engine.report import ExportReport
+from enn_nb.engine.settings import ExportSettings
+from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
 
 if TYPE_CHECKING:
     import torch
@@ -107,111 +105,96 @@ def export(
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
     """
     started = time.perf_counter()
-    from enn_nb.engine.registry import get_backend, resolve_names
+    if provenance is None:
+        from enn_nb.provenance import from_kernel
 
-    names = resolve_names(backends)
-    stem = check_stem(stem)
-    batch_range = check_batch_range(batch_range)
-    options = check_options(options, names)
-    out = prepare_out_dir(out_dir)
-    emit = Emitter(progress, total=len(names))
+        provenance = from_kernel()
+    settings = ExportSettings.from_call(
+        backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
+        tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
+        provenance=provenance, stem=stem, safe=safe, workers=workers,
+    )
+    emit = Emitter(progress, total=len(settings.names))
 
     model, source, loaded_spec = load_source(model_or_checkpoint)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
-    inputs = example_tensors(model, spec, example_inputs, dynamic_batch)
+    inputs = example_tensors(model, spec, example_inputs, settings.dynamic_batch)
     io = resolve_io(model, spec, inputs)
-    onnx_options = {**default_onnx_options(), **dict(options.get("onnx", {}))}
-    if provenance is None:
-        provenance = sc.provenance_from_kernel()
-    metadata = dict(metadata or {})
+    report = ExportReport(results=[], out_dir=settings.out, source=source)
+    info = RunInfo(settings=settings, spec=spec, source=source, report=report, signature=io.to_dict())
 
-    from enn_nb.engine.parity import resolve_tolerance
-
-    plans: list[Plan] = []
-    for i, name in enumerate(names):
-        backend = get_backend(name)
-        opts = {**backend.default_options, **dict(options.get(name, {}))}
-        # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
-        plans.append(Plan(i, name, backend, opts, resolve_tolerance(name, backend.default_tolerance, tolerances)))
-
-    # availability, then the cache: neither needs a capture
-    digest = None
-    for plan in plans:
-        reason = plan.backend.unavailable_reason()
-        if reason:
-            plan.result = finish_unavailable(plan, reason, out, stem, spec, source, provenance, metadata, batch_range)
-            emit(plan.name, "done", "unavailable", plan.index)
-    if cache:
-        digest = {"module": module_digest(model), "inputs": tensors_digest(inputs)}
-        for plan in plans:
-            if plan.result is not None:
-                continue
-            plan.key = export_key(plan, digest, spec, source, dynamic_batch, batch_range, verify, safe, stem, metadata,
-                                  onnx_options, tolerances)
-            hit = lookup(plan, out, stem)
-            if hit is not None:
-                plan.result = hit
-                emit(plan.name, "done", hit.status, plan.index, cached=True)
-
+    plans = _plans(settings)
+    _finish_early(plans, model, inputs, info, emit)  # availability, then the cache: neither needs a capture
     todo = [p for p in plans if p.result is None]
-    report = ExportReport(results=[], out_dir=out, source=source)
-    vectors_path = out / f"{stem}{VECTORS_SUFFIX}"
+    vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
     if todo:
-        _run(todo, model, inputs, spec, source, out, stem, dynamic_batch, batch_range, verify, isolate, safe, cache,
-             onnx_options, provenance, metadata, emit, should_stop, report, vectors_path, tolerances, workers, io)
-    elif verify and vectors_path.exists():
+        _run(todo, model, inputs, info, emit, should_stop)
+    elif settings.verify and vectors_path.exists():
         report.vectors = vectors_path
     report.results = [p.result for p in plans if p.result is not None]
     report.total_s = time.perf_counter() - started
     for result in report.results:  # logged from the calling thread (lanes run in their own)
         log.info("%s", result.summary())
-    log.info("export finished in %.2fs -> %s", report.total_s, out)
-    _raise_if_needed(report, strict)
+    log.info("export finished in %.2fs -> %s", report.total_s, settings.out)
+    _raise_if_needed(report, settings.strict)
     return report
 
 
-# -- the work ------------------------------------------------------------------------------------------------
+# -- the stages ------------------------------------------------------------------------------------------
+def _plans(settings: ExportSettings) -> list[Plan]:
+    from enn_nb.engine.registry import get_backend
+
+    plans = []
+    for i, name in enumerate(settings.names):
+        backend = get_backend(name)
+        opts = {**backend.default_options, **dict(settings.options.get(name, {}))}
+        # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
+        plans.append(Plan(i, name, backend, opts, settings.tolerances.resolve(name, backend.default_tolerance)))
+    return plans
+
+
+def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo, emit: Emitter) -> None:
+    """Finish the plans that need no conversion: unavailable backends, then cache hits."""
+    for plan in plans:
+        reason = plan.backend.unavailable_reason()
+        if reason:
+            plan.result = finish_unavailable(plan, reason, info)
+            emit(plan.name, "done", "unavailable", plan.index)
+    if not info.settings.cache:
+        return
+    digest = {"module": module_digest(model), "inputs": tensors_digest(inputs)}
+    for plan in plans:
+        if plan.result is not None:
+            continue
+        plan.key = export_key(plan, digest, info.spec, info.source, info.settings)
+        hit = lookup(plan, info.settings)
+        if hit is not None:
+            plan.result = hit
+            emit(plan.name, "done", hit.status, plan.index, cached=True)
+
+
 def _run(
     todo: list[Plan],
     model: Any,
     inputs: tuple[torch.Tensor, ...],
-    spec: ModelSpec | None,
-    source: dict[str, Any],
-    out: Path,
-    stem: str,
-    dynamic_batch: bool,
-    batch_range: tuple[int, int, int],
-    verify: bool,
-    isolate: bool,
-    safe: bool,
-    cache: bool,
-    onnx_options: dict[str, Any],
-    provenance: Mapping[str, Any] | None,
-    metadata: dict[str, Any],
+    info: RunInfo,
     emit: Emitter,
     should_stop: Callable[[], bool] | None,
-    report: ExportReport,
-    vectors_path: Path,
-    tolerances: Any,
-    workers: int | None,
-    io: Any,
 ) -> None:
-    import torch
-
-    from enn_nb.engine import parity
-    from enn_nb.engine.capture import Shared, capture_program
+    """Capture once, then convert, verify and finish every plan of ``todo`` over the lanes."""
+    from enn_nb.engine.capture import Shared
     from enn_nb.engine.isolate import Worker
     from enn_nb.engine.safe import export_safe
     from enn_nb.engine.wrapper import export_module
     from enn_nb.fastpaths import declared_fast_paths
 
-    input_names, output_names = io.input_names, io.output_names
-    workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=out))
+    settings, report = info.settings, info.report
+    workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=settings.out))
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
         # Children start now: their interpreter and torch import overlap with the capture below.
-        isolated = isolate and os.name == "posix"
-        lanes = split_lanes(todo, workers if isolated else 1)
+        isolated = settings.isolate and os.name == "posix"
+        lanes = split_lanes(todo, settings.workers if isolated else 1)
         pool: list[Worker] = []
         if isolated:
             for _ in lanes:
@@ -221,135 +204,133 @@ def _run(
                 pool.append(worker)
         threading.Thread(target=sc.warm_up, daemon=True).start()  # jsonschema takes seconds to import
 
-        # Parity reference: the eager model as the user has it (fast paths on), in eval mode.
-        cases: list[Any] = []
-        if verify:
-            call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
-            make = case_maker(spec, inputs, io)
-            with parity.eval_only(model), torch.no_grad():
-                cases = parity.make_cases(call, inputs, make=make, dynamic=dynamic_batch)
-            parity.save_vectors(vectors_path, cases, input_names, output_names)
-            report.vectors = vectors_path
-            dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
-            for plan in todo:
-                plan.tolerance = parity.resolve_tolerance(plan.name, plan.backend.default_tolerance, tolerances, dtypes)
-        vectors_info = {"file": vectors_path.name, "sha256": sc.sha256_file(vectors_path)} if verify else None
-
-        if safe:
+        cases = _reference_cases(todo, model, inputs, info) if settings.verify else []
+        if settings.safe:
             state = stack.enter_context(export_safe(model))
-            target, deviations = state.model, state.to_list()
-            fast_paths: list[Any] = []
+            target, info.deviations = state.model, state.to_list()
         else:
-            target, deviations = model, []
-            fast_paths = declared_fast_paths(model)
+            target, info.deviations = model, []
+            info.fast_paths = declared_fast_paths(model)
         module = export_module(target)
-        report.deviations = deviations
-        essentials = essential_metadata(spec, source, input_names, output_names, inputs, deviations, metadata, io)
-        common = dict(
-            out=out, stem=stem, spec=spec, source=source, deviations=deviations, provenance=provenance,
-            metadata=metadata, batch_range=batch_range, vectors=vectors_info, essentials=essentials,
-            signature=io.to_dict(),
-        )
+        report.deviations = info.deviations
+        io = ModelIO.from_dict(info.signature or {})
+        input_names, output_names = io.input_names, io.output_names
+        info.essentials = essential_metadata(info.spec, info.source, input_names, output_names, inputs,
+                                             info.deviations, dict(settings.metadata), io)
 
-        # the one capture
         if stopped(should_stop):
             cancel(todo, emit)
             return
-        emit(None, "capture", "running", 0)
-        t_capture = time.perf_counter()
-        try:
-            ep, batch_dynamic, capture_notes = capture_program(
-                module, inputs, dynamic_batch=dynamic_batch, fast_paths=fast_paths, signature=io.inputs
-            )
-        except Exception as exc:
-            from enn_nb.engine.isolate import error_dict
-
-            capture_error = error_dict(exc)
-            capture_error["fast_path"] = exc.fast_path if isinstance(exc, FastPathExportError) else None
-            if isinstance(exc, FastPathExportError):
-                capture_error["type"] = "FastPathExportError"
-            emit(None, "capture", "failed", 0)
-            for plan in todo:
-                plan.result = finish_failed(plan, "capture", capture_error, common, timings={})
-                emit(plan.name, "done", "failed", plan.index)
+        captured = _capture(todo, module, inputs, info, emit)
+        if captured is None:
             return
-        report.capture_s = time.perf_counter() - t_capture
-        log.info("capture: torch.export in %.2fs (batch %s), shared by %d backend(s)", report.capture_s,
-                 "dynamic" if batch_dynamic else "static", len(todo))
-        emit(None, "capture", "ok", 0)
-        shared = Shared(
-            workdir=workdir,
-            stem=stem,
-            input_names=input_names,
-            output_names=output_names,
-            essentials=essentials,
-            onnx_options=onnx_options,
-            ep=ep,
-            signature=io.to_dict(),
-        )
+        ep, batch_dynamic, capture_notes = captured
+        shared = Shared(workdir=workdir, stem=settings.stem, input_names=input_names, output_names=output_names,
+                        essentials=info.essentials, onnx_options=settings.onnx_options, ep=ep,
+                        signature=info.signature)
         shared.timings["capture"] = report.capture_s
-
-        from enn_nb.engine.backends.base import ExportJob
-        from enn_nb.engine.isolate import Setup
-
         job = ExportJob(
-            module=module,
-            example_inputs=inputs,
-            dynamic_batch=batch_dynamic,
-            batch_range=batch_range,
-            input_names=input_names,
-            output_names=output_names,
-            spec=spec,
-            essentials=essentials,
-            workdir=workdir,
-            get_exported_program=shared.exported_program,
-            get_onnx_path=shared.onnx_path,
-            signature=io.to_dict(),
+            module=module, example_inputs=inputs, dynamic_batch=batch_dynamic, batch_range=settings.batch_range,
+            input_names=input_names, output_names=output_names, spec=info.spec, essentials=info.essentials,
+            workdir=workdir, get_exported_program=shared.exported_program, get_onnx_path=shared.onnx_path,
+            signature=info.signature,
         )
-        if pool:
-            setup = Setup(
-                workdir=str(workdir),
-                stem=stem,
-                ep_path=str(shared.save_program()),
-                # backends may re-export `job.module` (e.g. with other batch bounds): ship the real one
-                module_path=_save_module(module, workdir),
-                example_inputs=[t.detach().cpu().numpy() for t in inputs],
-                dynamic_batch=batch_dynamic,
-                batch_range=batch_range,
-                input_names=input_names,
-                output_names=output_names,
-                spec=spec.to_dict() if spec is not None else None,
-                essentials=essentials,
-                onnx_options=onnx_options,
-                sdpa="math" if safe else None,
-                sys_path=[p for p in sys.path if p],
-                signature=io.to_dict(),
-            )
-            for worker in pool:
-                worker.configure(setup)
+        for worker in pool:
+            worker.configure(_child_setup(job, shared, settings))
 
-        ctx = LaneContext(
-            job=job, shared=shared, cases=cases, verify=verify, isolate=isolate, cache=cache, stem=stem, out=out,
-            notes=list(capture_notes), fast_paths=fast_paths, common=common, report=report,
-            batch_dynamic=batch_dynamic, emit=emit, should_stop=should_stop, lock=threading.Lock(),
-        )
-        if len(lanes) == 1:
-            run_lane(lanes[0], pool[0] if pool else None, ctx)
-        else:
-            threads = [
-                threading.Thread(target=run_lane, args=(lane, worker, ctx), name=f"enn-export-lane-{i}")
-                for i, (lane, worker) in enumerate(zip(lanes, pool))
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        ctx = LaneContext(job=job, shared=shared, info=info, cases=cases, notes=list(capture_notes), emit=emit,
+                          should_stop=should_stop)
+        _run_lanes(lanes, pool, ctx)
         for plan in todo:  # a lane that died of an unexpected error leaves its plans unfinished
             if plan.result is None:
-                plan.result = finish_failed(
-                    plan, "convert", {"type": "ExportError", "message": ctx.errors.get(plan.name, "not run")}, common,
-                    timings={},
-                )
+                error = ErrorInfo(type="ExportError", message=ctx.errors.get(plan.name, "not run"))
+                plan.result = finish_failed(plan, "convert", error, info, timings={})
+
+
+def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo) -> list[Any]:
+    """Parity cases from the eager model as the user has it (fast paths on), in eval mode; saved as the vectors
+    file, and each plan's tolerance raised for low-precision outputs."""
+    import torch
+
+    from enn_nb.engine import parity
+
+    settings = info.settings
+    call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
+    with parity.eval_only(model), torch.no_grad():
+        cases = parity.make_cases(call, inputs, make=case_maker(info.spec, inputs), dynamic=settings.dynamic_batch)
+    vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
+    io = ModelIO.from_dict(info.signature or {})
+    parity.save_vectors(vectors_path, cases, io.input_names, io.output_names)
+    info.report.vectors = vectors_path
+    info.vectors = {"file": vectors_path.name, "sha256": sc.sha256_file(vectors_path)}
+    dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
+    for plan in todo:
+        plan.tolerance = settings.tolerances.resolve(plan.name, plan.backend.default_tolerance, dtypes)
+    return cases
+
+
+def _capture(todo: list[Plan], module: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo,
+             emit: Emitter) -> tuple[Any, bool, list[str]] | None:
+    """The one ``torch.export`` capture; None (every plan failed at ``capture``) when it raised."""
+    from enn_nb.engine.capture import capture_program
+
+    emit(None, "capture", "running", 0)
+    started = time.perf_counter()
+    try:
+        ep, batch_dynamic, notes = capture_program(
+            module, inputs, dynamic_batch=info.settings.dynamic_batch, fast_paths=info.fast_paths,
+            signature=ModelIO.from_dict(info.signature).inputs if info.signature else None,
+        )
+    except Exception as exc:
+        error = ErrorInfo.from_exception(exc)
+        emit(None, "capture", "failed", 0)
+        for plan in todo:
+            plan.result = finish_failed(plan, "capture", error, info, timings={})
+            emit(plan.name, "done", "failed", plan.index)
+        return None
+    info.report.capture_s = time.perf_counter() - started
+    log.info("capture: torch.export in %.2fs (batch %s), shared by %d backend(s)", info.report.capture_s,
+             "dynamic" if batch_dynamic else "static", len(todo))
+    emit(None, "capture", "ok", 0)
+    return ep, batch_dynamic, list(notes)
+
+
+def _child_setup(job: ExportJob, shared: Any, settings: ExportSettings) -> Any:
+    """What a worker process needs to rebuild ``job`` (all picklable)."""
+    from enn_nb.engine.isolate import Setup
+
+    return Setup(
+        workdir=str(job.workdir),
+        stem=settings.stem,
+        ep_path=str(shared.save_program()),
+        # backends may re-export `job.module` (e.g. with other batch bounds): ship the real one
+        module_path=_save_module(job.module, job.workdir),
+        example_inputs=[t.detach().cpu().numpy() for t in job.example_inputs],
+        dynamic_batch=job.dynamic_batch,
+        batch_range=job.batch_range,
+        input_names=job.input_names,
+        output_names=job.output_names,
+        spec=job.spec.to_dict() if job.spec is not None else None,
+        essentials=job.essentials,
+        onnx_options=settings.onnx_options,
+        sdpa="math" if settings.safe else None,
+        sys_path=[p for p in sys.path if p],
+        signature=job.signature,
+    )
+
+
+def _run_lanes(lanes: list[list[Plan]], pool: list[Any], ctx: LaneContext) -> None:
+    if len(lanes) == 1:
+        run_lane(lanes[0], pool[0] if pool else None, ctx)
+        return
+    threads = [
+        threading.Thread(target=run_lane, args=(lane, worker, ctx), name=f"enn-export-lane-{i}")
+        for i, (lane, worker) in enumerate(zip(lanes, pool))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 # -- helpers and strictness --------------------------------------------------------------------------------------
@@ -368,7 +349,7 @@ def _save_module(module: Any, workdir: Path) -> str | None:
 def _raise_if_needed(report: ExportReport, strict: bool) -> None:
     fast = next((r for r in report.results if r.error_type == "FastPathExportError"), None)
     if fast is not None:
-        exc = FastPathExportError(fast.error or "", fast_path=_fast_path_name(fast))
+        exc = FastPathExportError(fast.error or "", fast_path=fast.fast_path or "")
         exc.report = report  # type: ignore[attr-defined]
         raise exc
     if not strict:
@@ -397,13 +378,6 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
             continue
         exc.report = report  # type: ignore[attr-defined]
         raise exc
-
-
-def _fast_path_name(result: BackendResult) -> str:
-    if result.sidecar and Path(result.sidecar).exists():
-        data = json.loads(Path(result.sidecar).read_text())
-        return str((data.get("error") or {}).get("fast_path") or "")
-    return ""
 
 
 def _backend_safe(name: str) -> Any:

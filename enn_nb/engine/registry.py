@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 from typing import Any
 
 from enn_nb._registry import Registry
 from enn_nb.engine.backends.base import Backend
+from enn_nb.table import Cell, Table
 
 #: Built-in backends, in the order ``enn-nb backends`` lists them.
 BUILTINS: dict[str, str] = {
@@ -127,34 +127,21 @@ class BackendTable(list):
     def to_json(self) -> list[dict[str, Any]]:
         return [row.to_dict() for row in self]
 
-    def __str__(self) -> str:
-        header = ("backend", "suffix", "available", "runtime", "install / reason")
+    def table(self) -> Table:
+        """The backends as a :class:`~enn_nb.table.Table`."""
         rows = [
-            (
-                r.name,
-                r.suffix or "-",
-                "yes" if r.available else "no",
-                "yes" if r.runtime_available else "no",
-                r.reason or r.runtime_reason or r.error or "",
-            )
+            [Cell(r.name, code=True), r.suffix or "-", r.available, r.runtime_available,
+             r.reason or r.runtime_reason or r.error or r.description]
             for r in self
         ]
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-        lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in (header, *rows)]
-        return "\n".join(lines)
+        return Table(("backend", "suffix", "available", "runtime here", "install / reason"), rows,
+                     css_class="enn-backends")
+
+    def __str__(self) -> str:
+        return str(self.table())
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{h}</th>" for h in ("backend", "suffix", "available", "runtime here", "notes"))
-        body = []
-        for r in self:
-            mark = "&#10003;" if r.available else "&#10007;"
-            run = "&#10003;" if r.runtime_available else "&#10007;"
-            note = html.escape(r.reason or r.runtime_reason or r.error or r.description)
-            body.append(
-                f"<tr><td><code>{html.escape(r.name)}</code></td><td>{html.escape(r.suffix or '-')}</td>"
-                f"<td>{mark}</td><td>{run}</td><td>{note}</td></tr>"
-            )
-        return f"<table class='enn-backends'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return self.table()._repr_html_()
 
 
 def backends() -> BackendTable:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 from pathlib import Path
 from typing import Any
 
 from enn_nb._format import human_size
+from enn_nb.table import Cell, Table
 from enn_nb.engine.backends.base import STATUSES
 
 #: What each status means (shown by ``enn-nb backends --help`` and the docs).
@@ -40,6 +40,7 @@ class BackendResult:
         stage: the stage that failed, when one did.
         error: the error message, when the status is not ok.
         error_type: the exception's class name.
+        fast_path: the fast path that made the export fail (``error_type`` FastPathExportError).
         exit_code / signal: how the isolated child ended, when it crashed.
         deferred: why the artifact could not be finished here.
         notes / details / format / dynamic_batch: from the backend's conversion.
@@ -56,6 +57,7 @@ class BackendResult:
     stage: str | None = None
     error: str | None = None
     error_type: str | None = None
+    fast_path: str | None = None
     exit_code: int | None = None
     signal: str | None = None
     deferred: str | None = None
@@ -69,6 +71,34 @@ class BackendResult:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"`BackendResult.status` is {self.status!r}; allowed values: {', '.join(STATUSES)}.")
+
+    @classmethod
+    def from_sidecar(cls, data: dict[str, Any], out: Path, side: Path, *, cached: bool) -> BackendResult:
+        """The result a sidecar describes (``cached`` when it came from the export cache)."""
+        error = data.get("error") or {}
+        return cls(
+            backend=data["backend"],
+            status=data["status"],
+            cached=cached,
+            artifact=(out / data["artifact"]) if data.get("artifact") else None,
+            sidecar=side,
+            files=list(data.get("files") or []),
+            parity=dict(data.get("parity") or {}),
+            timings=dict(data.get("timings") or {}),
+            stage=data.get("stage"),
+            error=error.get("message"),
+            error_type=error.get("type"),
+            fast_path=error.get("fast_path"),
+            exit_code=error.get("exit_code"),
+            signal=error.get("signal"),
+            deferred=data.get("deferred"),
+            notes=list(data.get("notes") or []),
+            details=dict(data.get("details") or {}),
+            format=dict(data.get("format") or {}),
+            dynamic_batch=data.get("dynamic_batch"),
+            inputs=list(data.get("inputs") or []),
+            outputs=list(data.get("outputs") or []),
+        )
 
     @property
     def ok(self) -> bool:
@@ -188,59 +218,40 @@ class ExportReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
-    def _rows(self) -> list[tuple[str, ...]]:
+    _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
+    _COLORS = {"ok": "#1a7f37", "mismatch": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
+
+    def table(self) -> Table:
+        """The report as a :class:`~enn_nb.table.Table` (one row per backend, timings in the footer)."""
         rows = []
         for r in self.results:
-            err = f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-"
+            color = self._COLORS.get(r.status, "#cf222e")
             rows.append(
-                (
-                    r.backend,
-                    r.status + (" (cached)" if r.cached else ""),
+                [
+                    Cell(r.backend, code=True),
+                    Cell(r.status + (" (cached)" if r.cached else ""), style=f"color:{color};font-weight:bold"),
                     Path(r.artifact).name if r.artifact else "-",
                     human_size(r.size_bytes) if r.files else "-",
-                    err,
+                    f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-",
                     f"{r.timings.get('convert', 0.0):.2f}",
                     f"{r.timings.get('verify', 0.0):.2f}",
                     f"{r.seconds:.2f}",
                     (r.error or r.deferred or "") if r.status != "ok" else "",
-                )
+                ]
             )
-        return rows
-
-    _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
-
-    def __str__(self) -> str:
-        rows = [tuple(self._HEADER), *self._rows()]
-        rows = [tuple(c if len(c) <= 100 else c[:97] + "..." for c in row) for row in rows]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(self._HEADER))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-        lines.append(
+        footer = (
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
             + f", total {self.total_s:.2f}s -> {self.out_dir}"
         )
-        return "\n".join(lines)
+        return Table(self._HEADER, rows, footer=footer, css_class="enn-export-report", max_width=100)
+
+    def __str__(self) -> str:
+        return str(self.table())
 
     def __repr__(self) -> str:
         statuses = ", ".join(f"{r.backend}={r.status}" for r in self.results)
         return f"ExportReport({statuses}, out_dir={str(self.out_dir)!r})"
 
     def _repr_html_(self) -> str:
-        colors = {"ok": "#1a7f37", "mismatch": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self._HEADER)
-        body = []
-        for row, result in zip(self._rows(), self.results):
-            color = colors.get(result.status, "#cf222e")
-            cells = [f"<td><code>{html.escape(row[0])}</code></td>"]
-            cells.append(f"<td style='color:{color};font-weight:bold'>{html.escape(row[1])}</td>")
-            cells.extend(f"<td>{html.escape(c)}</td>" for c in row[2:])
-            body.append(f"<tr>{''.join(cells)}</tr>")
-        foot = html.escape(
-            f"capture {self.capture_s:.2f}s (torch.export, shared)"
-            + (f" · onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
-            + f" · total {self.total_s:.2f}s · {self.out_dir}"
-        )
-        return (
-            f"<table class='enn-export-report'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            f"<div style='font-size:small'>{foot}</div>"
-        )
+        return self.table()._repr_html_()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import functools
 import hashlib
 import json
 import os
 import platform
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from enn_nb._fs import timestamp, write_text
 from enn_nb._version import __version__
 from enn_nb.errors import ExportError
 
@@ -159,10 +157,6 @@ def dist_version(dist: str) -> str | None:
         return None
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def build(**fields: Any) -> dict[str, Any]:
     """A sidecar dict with every required key, defaults filled in for what ``fields`` lacks."""
     data: dict[str, Any] = {
@@ -171,7 +165,7 @@ def build(**fields: Any) -> dict[str, Any]:
         "status": "failed",
         "stage": None,
         "error": None,
-        "created": now(),
+        "created": timestamp(),
         "artifact": None,
         "directory_artifact": False,
         "files": [],
@@ -217,9 +211,9 @@ def jsonable(value: Any) -> Any:
 
 
 def write(path: Path, data: dict[str, Any]) -> Path:
-    """Validate ``data`` and write it to ``path`` atomically (temp file + ``os.replace``)."""
+    """Validate ``data`` and write it to ``path`` atomically."""
     validate(data)
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -250,56 +244,3 @@ def read(path: Path, *, check_schema: bool = True) -> dict[str, Any]:
     if check_schema:
         validate(data)
     return data
-
-
-def file_mode() -> int:
-    """The mode a plainly created file gets here (0o666 less the umask); temp files start at 0o600."""
-    umask = 0o022
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    umask = int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def provenance_from_kernel() -> dict[str, Any] | None:
-    """Notebook path, cell source hash and execution count when running inside an IPython kernel."""
-    if "IPython" not in sys.modules:  # never import IPython just to ask
-        return None
-    try:
-        from IPython import get_ipython
-
-        shell = get_ipython()
-    except Exception:
-        return None
-    if shell is None:
-        return None
-    try:
-        from enn_nb.notebook.provenance import current_cell, notebook_path, sha256_text
-    except ImportError:
-        return None
-    source, count = current_cell(shell)
-    return {
-        "notebook": notebook_path(shell),
-        "cell_sha256": sha256_text(source) if source is not None else None,
-        "execution_count": count,
-        "recorded_at": now(),
-    }

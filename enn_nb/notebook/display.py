@@ -1,66 +1,12 @@
-"""Shared notebook displays: a table that renders as HTML or text, and export progress as tqdm bars."""
+"""Export progress as tqdm bars in a notebook (tables are :class:`enn_nb.table.Table`)."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 #: Statuses after which a backend does no more work (the export engine's vocabulary).
 FINAL_STATUSES = frozenset({"ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled"})
-
-
-class Link(NamedTuple):
-    """A table cell shown as a link in HTML and as its text in a terminal."""
-
-    text: str
-    href: str
-
-
-class Table:
-    """Rows of values shown as an HTML table in a notebook and as aligned text in a terminal.
-
-    A cell is any value (None shows empty, booleans as yes/no) or a :class:`Link`.
-    """
-
-    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str = "") -> None:
-        self.columns = list(columns)
-        self.rows = [list(row) for row in rows]
-        self.title = title
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>" for row in self.rows)
-        caption = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" if self.title else ""
-        return f"<table class='enn-nb-table'>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    def __repr__(self) -> str:
-        cells = [self.columns, *[[_text(v) for v in row] for row in self.rows]]
-        widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(([self.title] if self.title else []) + lines)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def _td(value: Any) -> str:
-    if isinstance(value, Link):
-        inner = f"<a href='{html.escape(str(value.href))}'>{html.escape(str(value.text))}</a>"
-    else:
-        inner = html.escape(_text(value))
-    return f"<td style='text-align:left'>{inner}</td>"
-
-
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, Link):
-        return str(value.text)
-    return str(value)
 
 
 class TqdmProgress:

@@ -18,7 +18,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Int, List, TraitError, Unicode, validate
 
 from enn_nb.notebook import _magic_logic as logic
-from enn_nb.notebook import provenance
+from enn_nb import provenance
 
 # A backend's stages as the export engine reports them; the shared capture is one more bar.
 PROGRESS_STAGES = ("convert", "verify", "done")

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enn_nb._fs import write_text
 from enn_nb.errors import ReportError, UnknownNameError
 from enn_nb.reports.catalog import declared_parameters, resolve_template, template_metadata
 from enn_nb.reports.runner import ReportResult, report
@@ -138,9 +139,7 @@ def _unique(stem: str, used: set[str]) -> str:
 
 def _write_index(out: Path, entries: list[BatchEntry], template: str) -> None:
     page = _index_html(entries, title=f"{template}: {len(entries)} reports", base=out)
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out / "index.html")
+    write_text(out / "index.html", page)
     doc = [
         {
             "source": str(e.source),
@@ -152,9 +151,7 @@ def _write_index(out: Path, entries: list[BatchEntry], template: str) -> None:
         }
         for e in entries
     ]
-    tmp = out / ".index.json.tmp"
-    tmp.write_text(json.dumps({"template": template, "reports": doc}, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "index.json")
+    write_text(out / "index.json", json.dumps({"template": template, "reports": doc}, indent=2))
 
 
 _STATUS_STYLE = {"pass": "#188038", "fail": "#c5221f", "error": "#8a1111"}

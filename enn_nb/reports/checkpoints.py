@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
-from enn_nb.notebook.display import Table
+from enn_nb.table import Table
 from enn_nb.reports.sections import Header
 
 if TYPE_CHECKING:

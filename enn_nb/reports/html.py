@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from enn_nb._fs import write_text
 from enn_nb.errors import ReportError
 
 
@@ -37,9 +38,7 @@ def to_html(
         body, _resources = exporter.from_notebook_node(nb, resources={"metadata": {"name": _title(nb, src)}})
     except Exception as exc:
         raise ReportError(f"nbconvert could not render `{src}` as HTML: {type(exc).__name__}: {exc}") from exc
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, dst)
+    write_text(dst, body)
     return dst
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enn_nb._fs import atomic_path
 from enn_nb.errors import ReportCellError, ReportError
 from enn_nb.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
 from enn_nb.reports.verdict import Verdict, find_verdict
@@ -250,7 +251,6 @@ def _attach(nb_path: Path, template: Path, values: dict[str, Any]) -> Verdict | 
         "verdict": verdict.to_dict() if verdict else None,
         "sidecars": sidecars,
     }
-    tmp = nb_path.with_name(f".{nb_path.name}.tmp")
-    nbformat.write(nb, tmp)
-    os.replace(tmp, nb_path)
+    with atomic_path(nb_path) as tmp:
+        nbformat.write(nb, str(tmp))
     return verdict

@@ -286,9 +286,3 @@ def check_option(backend: str, key: str, value: Any, allowed: tuple[Any, ...]) -
             f"`{backend}` option `{key}` is {value!r}; allowed values: {', '.join(repr(a) for a in allowed)}."
         )
     return value
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from enn_nb._optional import install_line, is_installed
+from enn_nb._optional import install_line, is_installed, pip_line
 
 if TYPE_CHECKING:
     import numpy as np
@@ -210,7 +210,7 @@ class Backend:
         return self.runtime_platform_reason()
 
     def install_hint(self) -> str:
-        return f"%pip install 'enn-nb[{self.extra}]'" if self.extra else ""
+        return pip_line(extra=self.extra)
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this backend involves (for the sidecar and the cache key)."""

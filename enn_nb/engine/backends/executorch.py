@@ -8,6 +8,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
+from enn_nb._fs import write_bytes
 from enn_nb._optional import require
 from enn_nb.errors import BackendError
 from enn_nb.engine.backends._edge_common import (
@@ -20,7 +21,6 @@ from enn_nb.engine.backends._edge_common import (
     program_io,
     retrace,
     to_numpy_outputs,
-    write_bytes_atomic,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner
 
@@ -100,7 +100,7 @@ class ExecutorchBackend(Backend):
                 f"is static at batch {batch}."
             )
             path = {"name": "static-shapes", "costs": [f"static batch {batch}"]}
-        write_bytes_atomic(out_path, program.buffer)
+        write_bytes(out_path, program.buffer)
         inputs, outputs = program_io(ep, job, dynamic=dynamic)
         details = {"delegate": delegate, **info}
         if dynamic:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+from enn_nb._fs import write_bytes
 from enn_nb._optional import require
 from enn_nb.errors import BackendError
 from enn_nb.engine.backends._edge_common import (
@@ -18,7 +19,6 @@ from enn_nb.engine.backends._edge_common import (
     dtype_name,
     essentials_json,
     first_line,
-    write_bytes_atomic,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 
@@ -118,7 +118,7 @@ class LitertBackend(Backend):
                 embedded = True
             else:
                 notes.append("the model is too large to re-pack its flatbuffer, so the essentials are in the sidecar only.")
-        write_bytes_atomic(out_path, content)
+        write_bytes(out_path, content)
         inputs, outputs = _describe(out_path)
         casts = _input_casts(job, inputs)
         if casts:

@@ -29,9 +29,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
+from enn_nb._fs import write_bytes
 from enn_nb._optional import install_line, is_installed, require
 from enn_nb.errors import BackendError
-from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note, write_bytes_atomic
+from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner
 
 SIDECAR_SUFFIX = ".enn.json"
@@ -150,7 +151,7 @@ class TensorrtBackend(Backend):
                 ),
             )
         engine, info = build_engine(trt_onnx, profile, opts)
-        write_bytes_atomic(out_path, engine)
+        write_bytes(out_path, engine)
         details["engine"] = info
         return Conversion(
             **common,
@@ -470,7 +471,7 @@ def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.Pa
         print(f"enn-nb build-trt: {exc}", file=sys.stderr)
         return 1
     artifact = base / (Path(out).name if out else (data.get("artifact") or path.name[: -len(SIDECAR_SUFFIX)]))
-    write_bytes_atomic(artifact, engine_bytes)
+    write_bytes(artifact, engine_bytes)
     status, parity = "ok", {"status": "not_run", "reason": "no vectors file beside the sidecar"}
     vectors = _vectors_file(data, base, artifact)
     if vectors is not None:

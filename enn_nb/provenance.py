@@ -1,11 +1,16 @@
-"""Where a save or export started from a notebook came from: cell source hash, execution count, notebook path."""
+"""Where a save or export started from a notebook came from: cell source hash, execution count, notebook path.
+
+Core, not notebook layer: it reads an IPython shell it is handed but never imports IPython.
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import os
+import sys
 from typing import Any
+
+from enn_nb._fs import timestamp
 
 #: Namespace variables and environment variables that name the running notebook, most specific first.
 #: VS Code sets ``__vsc_ipynb_file__``; ipykernel copies Jupyter Server's ``JPY_SESSION_NAME`` (the
@@ -70,5 +75,26 @@ def collect(shell: Any, *, magic: str, line: str, cell: str | None = None) -> di
         "cell_sha256": sha256_text(source),
         "execution_count": count,
         "notebook": notebook_path(shell),
-        "recorded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "recorded_at": timestamp(),
+    }
+
+
+def from_kernel() -> dict[str, Any] | None:
+    """Notebook path, cell source hash and execution count when running inside an IPython kernel."""
+    if "IPython" not in sys.modules:  # never import IPython just to ask
+        return None
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except Exception:
+        return None
+    if shell is None:
+        return None
+    source, count = current_cell(shell)
+    return {
+        "notebook": notebook_path(shell),
+        "cell_sha256": sha256_text(source) if source is not None else None,
+        "execution_count": count,
+        "recorded_at": timestamp(),
     }

@@ -1,0 +1,155 @@
+"""``ExportSettings``: everything one ``export()`` call was asked for, validated once, before any work.
+
+The checks here are the only ones: the magics, the wizard and the report templates call
+:func:`check_batch_range`, :func:`out_dir_problem` and :func:`~enn_nb.engine.tolerance.parse_tolerances`
+to tell a user early, and the engine calls them again through :meth:`ExportSettings.from_call`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from enn_nb.engine.tolerance import Tolerances, parse_tolerances
+from enn_nb.errors import OutputDirError, SpecError
+
+#: How the shared ONNX is made unless ``options["onnx"]`` says otherwise.
+DEFAULT_ONNX_OPTIONS: Mapping[str, Any] = {"opset": None, "optimize": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """What one ``enn_nb.export`` call asked for (see its docstring for each field), checked.
+
+    ``names`` are registry names in request order; ``out`` exists and is writable; ``options``
+    holds only backends being exported (and ``"onnx"``, the shared ONNX's options, merged over the
+    defaults in ``onnx_options``).
+    """
+
+    names: tuple[str, ...]
+    out: Path
+    stem: str = "model"
+    dynamic_batch: bool = True
+    batch_range: tuple[int, int, int] = (1, 8, 64)
+    verify: bool = True
+    tolerances: Tolerances = dataclasses.field(default_factory=Tolerances)
+    isolate: bool = True
+    cache: bool = True
+    strict: bool = False
+    safe: bool = True
+    workers: int | None = None
+    options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    provenance: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_call(cls, backends: str | Sequence[str], out_dir: str | os.PathLike[str], **given: Any) -> ExportSettings:
+        """Check ``export()``'s arguments (all but the model, its spec and inputs) and create ``out_dir``.
+
+        Raises:
+            UnknownNameError: an unknown backend.
+            ValueError (SpecError): a bad stem, batch range, options or tolerances.
+            OutputDirError: ``out_dir`` cannot be written.
+        """
+        from enn_nb.engine.registry import resolve_names
+
+        names = tuple(resolve_names(backends))
+        workers = given.get("workers")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise SpecError(f"`workers` is {workers!r}; give a positive number of child processes, or None.")
+        return cls(
+            names=names,
+            stem=check_stem(given.get("stem", "model")),
+            batch_range=check_batch_range(given.get("batch_range", (1, 8, 64))),
+            options=check_options(given.get("options"), names),
+            tolerances=parse_tolerances(given.get("tolerances")),
+            metadata=dict(given.get("metadata") or {}),
+            out=prepare_out_dir(out_dir),
+            **{k: given[k] for k in ("dynamic_batch", "verify", "isolate", "cache", "strict", "safe", "provenance")
+               if k in given},
+            workers=workers,
+        )
+
+    @property
+    def onnx_options(self) -> dict[str, Any]:
+        return {**DEFAULT_ONNX_OPTIONS, **dict(self.options.get("onnx", {}))}
+
+
+def check_stem(stem: Any) -> str:
+    """``stem`` if it is a plain file name stem (no folder, no leading dot); else SpecError."""
+    if not isinstance(stem, str) or not stem or any(c in stem for c in "/\\\0") or stem.startswith("."):
+        raise SpecError(f"`stem` is {stem!r}; give a plain file name stem such as 'model' (no folders, no leading dot).")
+    return stem
+
+
+def check_batch_range(value: Any, what: str = "batch_range") -> tuple[int, int, int]:
+    """``(min, opt, max)`` as ints with ``1 <= min <= opt <= max``; else SpecError naming ``what``."""
+    try:
+        if isinstance(value, (str, bytes)) or any(isinstance(v, bool) or int(v) != v for v in value):
+            raise TypeError
+        lo, opt, hi = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise SpecError(f"`{what}` is {value!r}; give (min, opt, max) batch sizes, e.g. (1, 8, 64).") from None
+    if not 1 <= lo <= opt <= hi:
+        raise SpecError(f"`{what}` is {(lo, opt, hi)!r}; it needs 1 <= min <= opt <= max, e.g. (1, 8, 64).")
+    return lo, opt, hi
+
+
+def check_options(options: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per-backend option dicts, each for a backend being exported (or ``"onnx"``); else SpecError."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(names) - {"onnx"})
+    if unknown:
+        raise SpecError(
+            f"`options` has entries for {unknown}, which are not being exported; options are per backend, "
+            f"e.g. options={{'ort': {{'optimization_level': 'basic'}}}}; backends here: {', '.join(names)}."
+        )
+    for key, value in options.items():
+        if not isinstance(value, Mapping):
+            raise SpecError(f"`options[{key!r}]` is {value!r}; it must be a dict of that backend's options.")
+    return {k: dict(v) for k, v in options.items()}
+
+
+def out_dir_problem(out_dir: str | os.PathLike[str]) -> str:
+    """Why ``out_dir`` cannot be used as an output folder ('' when it can); creates nothing."""
+    text = str(out_dir).strip()
+    if not text:
+        return "No output folder: give a folder to write into (it is created if missing)."
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"`{text}` is a file, not a folder. Choose a folder you can write to."
+    probe = path
+    while not probe.exists() and probe.parent != probe:  # the nearest existing ancestor decides
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"`{text}` cannot be created: `{probe}` is a file. Choose a folder you can write to."
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"`{text}` cannot be written (no write permission on `{probe}`). Choose a folder you can write to."
+    if probe == path:
+        try:  # permission bits can lie (root, read-only mounts): really write a file
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".enn-write-probe-"):
+                pass
+        except OSError as exc:
+            return f"`{text}` cannot be written: {exc.strerror or exc}. Choose a folder you can write to."
+    return ""
+
+
+def prepare_out_dir(out_dir: str | os.PathLike[str], what: str = "out_dir") -> Path:
+    """Create ``out_dir`` if needed and prove it writable, before any work; its resolved path.
+
+    Raises:
+        OutputDirError: it cannot be created or written (names the path, the reason and the fix).
+    """
+    path = Path(out_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".enn-write-probe-"):
+            pass
+    except OSError as exc:
+        problem = out_dir_problem(path) or f"`{path}` cannot be written: {exc.strerror or exc}."
+        raise OutputDirError(f"`{what}` {str(path)!r} cannot be used: {problem} (It is created if missing.)") from None
+    return path.resolve()
