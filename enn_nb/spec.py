@@ -304,7 +304,8 @@ def build(spec: ModelSpec) -> torch.nn.Module:
     if not spec.builder:
         raise SpecError(
             "This `ModelSpec` names no builder, so the model cannot be rebuilt from it. "
-            "Pass `model=` (an instance to load into) or set `builder` to a registered name."
+            "Pass `model=` (an instance to load into; `--model pkg.module:factory` on the CLI) or set `builder` "
+            "to a registered name."
         )
     return _builders.get(spec.builder)(spec)
 

@@ -41,10 +41,18 @@ def load_source(obj: Any) -> tuple[Any, dict[str, Any], Any]:
             "model_class": f"{type(loaded.model).__module__}.{type(loaded.model).__qualname__}",
         }
         return loaded.model, source, getattr(manifest, "spec", None)
+    if hasattr(obj, "model") and hasattr(obj, "manifest") and isinstance(obj.model, torch.nn.Module):
+        # an `enn_nb.load(...)` result: a checkpoint loaded into a model the caller built (`--model`)
+        return obj.model, {
+            "kind": "checkpoint",
+            "content_hash": getattr(obj.manifest, "content_hash", None),
+            "model_class": f"{type(obj.model).__module__}.{type(obj.model).__qualname__}",
+        }, obj.manifest.spec
     if isinstance(obj, torch.nn.Module):
         return obj, {"kind": "model", "model_class": f"{type(obj).__module__}.{type(obj).__qualname__}"}, None
     raise TypeError(
-        f"`model_or_checkpoint` is a {type(obj).__name__}; pass a torch.nn.Module or the path of a checkpoint."
+        f"`model_or_checkpoint` is a {type(obj).__name__}; pass a torch.nn.Module, the path of a checkpoint or "
+        "an `enn_nb.load(...)` result."
     )
 
 
