@@ -42,6 +42,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
     parser.add_argument("--describe", action="store_true", help="list the template's parameters and exit")
+    parser.add_argument(
+        "--model", metavar="PKG.MODULE:FACTORY", default=None,
+        help="the template's `model` parameter: a factory building your own model, imported by module name (never "
+        "from a file), into which the checkpoint is loaded",
+    )
     parser.set_defaults(func=run)
 
 
@@ -56,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if args.no_input and not args.html:
         args.html = True  # --no-input only shapes the HTML; asking for it means wanting one
     params = dict(parse_assignment(text) for text in args.params)
+    if args.model:
+        from enn_nb.factory import import_factory
+
+        import_factory(args.model)  # a typo fails here, before a kernel starts
+        params["model"] = args.model
     common = {"html": args.html, "no_input": args.no_input, "progress": not args.no_progress, "parameters": params}
     if args.each:
         from enn_nb.reports.batch import run_batch
