@@ -306,9 +306,23 @@ def infer_inputs(forward: Callable[..., Any], tensors: Sequence[Any]) -> list[Te
         shape = tuple([BATCH, *(int(d) for d in tensor.shape[1:])]) if tensor.dim() >= 1 else ()
         cats = None
         if dtype.startswith(("int", "uint")) and tensor.numel():
-            cats = max(int(tensor.max()) + 1, 1)
+            cats = inferred_categories(tensor)
         out.append(TensorSig(name, dtype, shape, cats))
     return out
+
+
+#: A last axis this short on a code tensor of rank >= 3 holds several code columns (hour, weekday...).
+CODE_COLUMNS_MAX = 8
+
+
+def inferred_categories(tensor: Any) -> int:
+    """Category count inferred from example codes: the largest code + 1, or, for a tensor whose short last
+    axis holds several code columns (``calendar [B, T, 2]``: hour, weekday), the smallest column's, so
+    codes drawn below it are valid in every column."""
+    if tensor.dim() >= 3 and tensor.shape[-1] <= CODE_COLUMNS_MAX:
+        per_column = tensor.reshape(-1, tensor.shape[-1]).max(0).values
+        return max(int(per_column.min()) + 1, 1)
+    return max(int(tensor.max()) + 1, 1)
 
 
 def flatten_outputs(out: Any) -> tuple[list[Any], list[str], str]:

@@ -68,6 +68,9 @@ def test_from_model_infers_names_categories_and_dict_outputs() -> None:
     assert [s.name for s in head.outputs] == ["mean", "scale"] and head.output_structure == "dict"
     args = ModelSpec.from_model(zoo.ids_mask_args(), zoo.example_inputs("ids_mask_args"))
     assert [s.name for s in args.inputs] == ["args_0", "args_1"]
+    # hour and weekday codes in one tensor: drawn codes must fit the smaller column (7 weekdays)
+    calendar = ModelSpec.from_model(zoo.calendar_forecaster(), zoo.example_inputs("calendar_forecaster", batch=16))
+    assert calendar.inputs[1].categories == 7
 
 
 def test_declared_signature_wins_over_inference() -> None:
