@@ -105,6 +105,44 @@ class EchoBackend(Backend):
         return lambda inputs: [module(*[torch.from_numpy(a) for a in inputs]).detach().numpy()]
 
 
+class DeferredEchoBackend(EchoBackend):
+    """Defers like TensorRT off a GPU: writes a build plan (the saved program) at export time, and the
+    artifact only in ``complete``, when the ``ENN_TEST_CAN_BUILD`` variable says this machine can."""
+
+    name: ClassVar[str] = "deferred-echo"
+    suffix: ClassVar[str] = ".later.pt2"
+
+    def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        plan = out_path.with_name(out_path.name.replace(self.suffix, ".plan.pt2"))
+        torch.export.save(job.exported_program, str(plan))
+        shape: list[int | str] = ["batch", *job.example_inputs[0].shape[1:]]
+        return Conversion(
+            artifact=out_path,
+            inputs=[TensorInfo(job.input_names[0], shape, "float32")],
+            outputs=[TensorInfo(job.output_names[0], ["batch"], "float32")],
+            extra_files=[plan],
+            dynamic_batch=job.dynamic_batch,
+            details={"plan": plan.name},
+            deferred="this machine cannot build it (test)",
+        )
+
+    def complete(self, sidecar: dict[str, Any], base: Path, out_path: Path, options: dict[str, Any]) -> Conversion:
+        from enn_nb.errors import PlatformUnavailableError
+
+        if not os.environ.get("ENN_TEST_CAN_BUILD"):
+            raise PlatformUnavailableError("cannot build here (test): set ENN_TEST_CAN_BUILD")
+        plan = base / sidecar["details"]["plan"]
+        out_path.write_bytes(plan.read_bytes())
+        return Conversion(
+            artifact=out_path,
+            inputs=[TensorInfo.from_dict(t) for t in sidecar["inputs"]],
+            outputs=[TensorInfo.from_dict(t) for t in sidecar["outputs"]],
+            extra_files=[plan],
+            dynamic_batch=bool(sidecar["dynamic_batch"]),
+            details={**sidecar["details"], "built": True},
+        )
+
+
 class ApproxGeluNet(nn.Module):
     """A fast path that is *not* numerically equivalent: tanh-approximated GELU (fast) vs exact (safe).
 

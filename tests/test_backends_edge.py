@@ -157,7 +157,8 @@ def test_tensorrt_deferred_plan_is_buildable_from_the_sidecar_alone(all_nine, tr
 @pytest.mark.slow
 def test_build_trt_without_tensorrt_says_so_and_exits_non_zero(all_nine, capsys):
     from enn_nb.cli import main
-    from enn_nb.engine.backends.tensorrt import EXIT_UNAVAILABLE, build_unavailable_reason
+    from enn_nb.engine.backends.tensorrt import build_unavailable_reason
+    from enn_nb.engine.cli import EXIT_UNAVAILABLE
 
     if build_unavailable_reason() is None:
         pytest.skip("this machine can build TensorRT engines")

@@ -37,7 +37,7 @@ def test_backends_lists_name_suffix_availability_and_install_line():
     for name, suffix in (("onnx", ".onnx"), ("ort", ".ort"), ("pt2", ".pt2"), ("aoti", ".aoti.pt2")):
         row = rows[name]
         assert row.suffix == suffix and row.available and row.reason is None and row.runtime_available
-        assert row["name"] == name  # rows also read like dicts
+        assert row.missing == ()
     assert rows["onnx"].install == "%pip install 'enn-nb[onnx]'"
     table = enn_nb.backends()
     assert "<table" in table._repr_html_() and "aoti" in str(table)
@@ -116,3 +116,22 @@ def test_entry_point_plugins_are_found(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == ".echo.pt2 EchoBackend"
+
+
+def test_a_missing_package_is_data_on_the_row_and_require_available_raises_with_it(monkeypatch):
+    from enn_nb.engine.registry import require_available
+    from enn_nb.errors import MissingDependencyError, UnknownNameError
+
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    row = next(r for r in enn_nb.backends() if r.name == "coreml")
+    assert not row.available and row.missing == ("coremltools",) and row.extra == "coreml"
+    assert row.install == "%pip install 'enn-nb[coreml]'"
+    with pytest.raises(MissingDependencyError) as info:
+        require_available(["pt2", "coreml"])
+    assert (info.value.package, info.value.extra) == ("coremltools", "coreml")
+    assert info.value.install_line in str(info.value) and "`coremltools` is not installed" in str(info.value)
+    chosen = require_available("all")
+    assert "coreml" not in chosen and "pt2" in chosen
+    assert require_available(["pt2", "onnx,pt2"]) == ["pt2", "onnx"]
+    with pytest.raises(UnknownNameError, match="onnx"):
+        require_available(["onxx"])

@@ -226,8 +226,10 @@ def test_export_all_skips_unavailable_backends(ip, monkeypatch) -> None:
     from enn_nb.notebook import _magic_logic as logic
 
     monkeypatch.setitem(sys.modules, "coremltools", None)
-    rows = logic.backend_rows()
-    chosen = logic.resolve_backends(["all"], rows)
+    from enn_nb.engine.registry import backends
+
+    rows = backends()
+    chosen = logic.resolve_backends(["all"])
     available = [r.name for r in rows if r.available]
     assert chosen == available and "coreml" not in chosen and "pt2" in chosen
 

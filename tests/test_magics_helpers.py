@@ -183,10 +183,8 @@ def test_export_kwargs_precedence_flag_then_body_then_settings() -> None:
     kwargs = logic.export_kwargs(body, settings, ["onnx", "pt2"], {}, out="from_flag")
     assert str(kwargs["out_dir"]) == "from_flag"
     assert kwargs["isolate"] is False and kwargs["cache"] is True and kwargs["batch_range"] == (1, 8, 64)
-    from enn_nb.engine.registry import get_backend
-
-    pt2_rtol = get_backend("pt2").default_tolerance[1]
-    assert kwargs["tolerances"] == {"onnx": (1e-3, 1e-2), "pt2": (1e-3, pt2_rtol)}
+    # passed through unchanged (the body's entries over the settings'): the engine fills in the rest per backend
+    assert kwargs["tolerances"] == {"*": {"atol": 1e-3}, "onnx": {"rtol": 1e-2}}
     assert str(logic.export_kwargs(body, settings, ["pt2"], {})["out_dir"]) == "from_body"
     assert str(logic.export_kwargs({}, settings, ["pt2"], {})["out_dir"]) == "from_settings"
 
@@ -215,3 +213,18 @@ def test_wizard_defaults_expand_all_to_the_available_backends(monkeypatch) -> No
     assert "pt2" in defaults["backends"] and "coreml" not in defaults["backends"]
     assert defaults["model"] == "net" and defaults["tolerances"] == (1e-4, 1e-3)
     assert defaults["batch_range"] == (1, 4, 8) and defaults["isolate"] is False
+
+
+def test_export_body_keys_are_export_keywords() -> None:
+    import inspect
+
+    from enn_nb.engine.pipeline import export
+
+    params = set(inspect.signature(export).parameters)
+    # every keyword of enn_nb.export is a body key, or is listed (with the reason) as set another way
+    assert set(logic.EXPORT_KEYS) | set(logic.NOT_BODY_KEYS) == params
+    assert not set(logic.EXPORT_KEYS) & set(logic.NOT_BODY_KEYS)
+    kwargs = logic.export_kwargs(logic.parse_export_body("safe: false\nworkers: 2\n"), {
+        "out_dir": "o", "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True, "isolate": True, "cache": True,
+    }, ["pt2"], {})  # fmt: skip
+    assert kwargs["safe"] is False and kwargs["workers"] == 2

@@ -151,17 +151,6 @@ def test_requested_backends_forms():
         requested_backends(["onxx"])
 
 
-def test_tolerances_override_only_what_is_given():
-    from enn_nb.engine.registry import get_backend
-    from enn_nb.reports.sections import tolerances
-
-    assert tolerances(None, None, ["onnx"]) is None
-    both = tolerances(0, 0, ["onnx", "pt2"])
-    assert both == {"onnx": (0.0, 0.0), "pt2": (0.0, 0.0)}
-    only_atol = tolerances(1e-3, None, ["pt2"])
-    assert only_atol == {"pt2": (1e-3, get_backend("pt2").default_tolerance[1])}
-
-
 @pytest.mark.slow
 def test_empty_checkpoint_trains_and_saves_the_reference_model(tmp_path):
     import enn_nb

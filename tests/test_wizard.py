@@ -128,13 +128,13 @@ def test_unavailable_or_unknown_default_backends_are_not_preselected(monkeypatch
     "change, expected",
     [
         ({"backends": []}, "No backend chosen"),
-        ({"batch_min": 9}, "Bad batch range min=9, opt=8, max=64"),
-        ({"batch_opt": 100}, "Bad batch range min=1, opt=100, max=64"),
-        ({"batch_min": 0}, "Bad batch range min=0"),
-        ({"atol": "abc"}, "Tolerance `atol` = 'abc' is not a number"),
-        ({"rtol": "-1"}, "Tolerance `rtol` = '-1' must be a finite number >= 0"),
+        ({"batch_min": 9}, "`batch range` is (9, 8, 64)"),
+        ({"batch_opt": 100}, "`batch range` is (1, 100, 64)"),
+        ({"batch_min": 0}, "`batch range` is (0, 8, 64)"),
+        ({"atol": "abc"}, "`tolerance.atol: 'abc'` must be a finite number >= 0"),
+        ({"rtol": "-1"}, "`tolerance.rtol: '-1'` must be a finite number >= 0"),
         ({"opset": 3}, "ONNX opset 3 is out of range"),
-        ({"out_dir": ""}, "No output directory"),
+        ({"out_dir": ""}, "No output folder"),
     ],
 )
 def test_invalid_options_show_inline_and_block_next(change, expected, tmp_path):
@@ -163,7 +163,7 @@ def test_an_unwritable_output_directory_blocks_next(tmp_path):
     assert f"`{blocker}` is a file" in w.state.messages["targets"]
     w.view.out_dir.value = str(blocker)
     w.view.next_button.click()
-    assert "is a file, not a directory" in w.state.messages["targets"]
+    assert "is a file, not a folder" in w.state.messages["targets"]
     w.view.out_dir.value = str(tmp_path / "ok" / "deeper")
     assert w.state.messages["targets"] == ""  # re-checked as the user types: the message goes at once
     w.view.next_button.click()
@@ -201,7 +201,7 @@ def test_back_and_next_keep_every_choice(tmp_path):
 
     kwargs = w.state.export_kwargs()
     assert kwargs["batch_range"] == (2, 4, 16) and kwargs["dynamic_batch"] is False
-    assert kwargs["tolerances"] == {"onnx": (1e-3, 2e-3), "pt2": (1e-3, 2e-3)}
+    assert kwargs["tolerances"] == (1e-3, 2e-3)  # as typed: the engine applies them to every backend
     assert kwargs["options"]["onnx"]["opset"] == 18 and kwargs["isolate"] is False and kwargs["cache"] is False
 
 
@@ -242,7 +242,7 @@ def test_run_refuses_to_start_with_invalid_settings(tmp_path):
     w.state.batch_min = 100
     w.view.run_button.click()
     assert not w.state.running and w.controller._thread is None
-    assert "Fix step 2 first" in _message(w, "run") and "Bad batch range" in _message(w, "run")
+    assert "Fix step 2 first" in _message(w, "run") and "`batch range` is" in _message(w, "run")
 
 
 def test_a_model_without_in_dim_needs_example_inputs():

@@ -25,14 +25,17 @@ the ``enn_nb.engine.backends`` subpackage: import it from :mod:`enn_nb.engine.re
 
 from __future__ import annotations
 
-from enn_nb.engine.backends.base import STATUSES, Backend, Conversion, ExportJob, TensorInfo
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, TensorInfo
 from enn_nb.engine.parity import VerifyResult, verify
 from enn_nb.engine.pipeline import export
 from enn_nb.engine.registry import register_backend
-from enn_nb.engine.report import STATUS_MEANING, BackendResult, ExportReport
+from enn_nb.engine.report import BackendResult, ExportReport
 from enn_nb.engine.safe import Deviation, SafeState, export_safe
+from enn_nb.engine.settings import ExportSettings
+from enn_nb.engine.vocabulary import STAGES, STATUS_MEANING, STATUSES
 
 __all__ = [
+    "STAGES",
     "STATUSES",
     "STATUS_MEANING",
     "Backend",
@@ -41,6 +44,7 @@ __all__ = [
     "Deviation",
     "ExportJob",
     "ExportReport",
+    "ExportSettings",
     "SafeState",
     "TensorInfo",
     "VerifyResult",

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-#: Statuses that make ``enn-nb export`` exit non-zero.
-FAILING = ("failed", "mismatch", "crashed", "unavailable", "cancelled")
+from enn_nb.engine.vocabulary import FAILED_STATUSES
 
-#: The TensorRT backend module: it may contribute ``build-trt`` through ``register_cli(subparsers)``;
-#: otherwise ``build-trt SIDECAR [--out ENGINE]`` calls its ``build_from_sidecar(sidecar, out=...)``.
-TRT_MODULE = "enn_nb.engine.backends.tensorrt"
+#: Statuses that make ``enn-nb export`` exit non-zero.
+FAILING = (*FAILED_STATUSES, "cancelled")
+
+#: ``enn-nb build-trt``'s exit code when this machine cannot build TensorRT engines.
+EXIT_UNAVAILABLE = 2
 
 
 def register(subparsers: Any) -> None:
@@ -60,21 +60,15 @@ def register(subparsers: Any) -> None:
 
 
 def _register_build_trt(subparsers: Any) -> None:
-    try:
-        trt = importlib.import_module(TRT_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != TRT_MODULE:
-            raise
-        trt = None
-    if trt is not None and callable(getattr(trt, "register_cli", None)):
-        trt.register_cli(subparsers)
-        return
     p = subparsers.add_parser(
         "build-trt",
-        help="build a TensorRT engine from a deferred tensorrt export (on a machine with a GPU)",
+        help="build the TensorRT engine of a deferred tensorrt export (on a CUDA host with TensorRT)",
+        description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
+        "check parity against the vectors file beside it and rewrite the sidecar. Exit codes: 0 built and "
+        f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
     )
     p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
-    p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: beside the sidecar)")
+    p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
     p.set_defaults(func=_build_trt)
 
 
@@ -159,10 +153,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from enn_nb.engine import verify
 
-    tolerances = None
-    if args.atol is not None or args.rtol is not None:
-        tolerances = (args.atol if args.atol is not None else 0.0, args.rtol if args.rtol is not None else 0.0)
-    result = verify(args.artifact, tolerances=tolerances)
+    result = verify(args.artifact, tolerances=(args.atol, args.rtol))  # a bound not given: the sidecar's
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
         return 3  # nothing was checked: not a pass, not a mismatch
@@ -170,8 +161,25 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _build_trt(args: argparse.Namespace) -> int:
-    trt = importlib.import_module(TRT_MODULE)
-    out = trt.build_from_sidecar(Path(args.sidecar), out=Path(args.out) if args.out else None)
-    if out is not None:
-        print(out)
-    return 0
+    from enn_nb.engine import sidecar as sc
+    from enn_nb.engine.complete import complete
+    from enn_nb.errors import EnnError, PlatformUnavailableError
+
+    path = Path(args.sidecar)
+    if not path.name.endswith(sc.SIDECAR_SUFFIX):
+        path = sc.sidecar_path(path)
+    try:
+        backend = sc.read(path).get("backend")
+        if backend != "tensorrt":
+            print(f"enn-nb build-trt: `{path.name}` is a `{backend}` sidecar, not a `tensorrt` one.", file=sys.stderr)
+            return 1
+        result = complete(path, out=args.out)
+    except PlatformUnavailableError as exc:
+        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except EnnError as exc:  # a failed build leaves the deferred sidecar as it was
+        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary() + f"; sidecar updated: {path.name}")
+    return 0 if result.ok else 1
+

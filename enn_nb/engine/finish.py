@@ -116,9 +116,15 @@ def _parity_block(plan: Plan, unit: UnitResult, info: RunInfo) -> tuple[str, dic
 
 
 def _place(artifact_src: Path, extra_src: list[Path], out: Path) -> tuple[Path, list[dict[str, Any]]]:
-    """Move a conversion's files into ``out``: extra files first, the artifact last, each atomically."""
+    """Move a conversion's files into ``out``: extra files first, the artifact last, each atomically.
+
+    Files already in ``out`` (those a deferred export left for its completion) stay where they are.
+    """
     placed_extra = []
     for path in extra_src:
+        if path.resolve().is_relative_to(out.resolve()) and not path.resolve().is_relative_to(artifact_src.parent.resolve()):
+            placed_extra.append(path)
+            continue
         dst = out / path.relative_to(artifact_src.parent)
         dst.parent.mkdir(parents=True, exist_ok=True)
         replace_path(path, dst)

@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 VECTORS_SCHEMA = "enn_nb.vectors/1"
 VECTORS_SUFFIX = ".vectors.safetensors"
 
-#: Tolerance floors for lower-precision outputs.
-DTYPE_TOLERANCE: dict[str, tuple[float, float]] = {"float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
-
 #: Batch sizes checked when the artifact's batch is dynamic.
 DYNAMIC_BATCHES = (1, 7)
 
@@ -61,49 +58,6 @@ class Case:
 
 
 # -- tolerances -------------------------------------------------------------------------------------
-def resolve_tolerance(
-    backend: str,
-    default: tuple[float, float],
-    tolerances: Any,
-    output_dtypes: Sequence[str] = (),
-) -> tuple[float, float]:
-    """The (atol, rtol) for ``backend``: user override, else the backend default raised by the dtype floor.
-
-    Raises:
-        ValueError: a malformed override (names the accepted forms).
-    """
-    override = None
-    if tolerances is not None:
-        if isinstance(tolerances, Mapping) and not {"atol", "rtol"} & set(tolerances):
-            override = tolerances.get(backend)
-        else:
-            override = tolerances
-    if override is not None:
-        return _as_pair(override, backend)
-    atol, rtol = default
-    for dtype in output_dtypes:
-        floor = DTYPE_TOLERANCE.get(dtype)
-        if floor:
-            atol, rtol = max(atol, floor[0]), max(rtol, floor[1])
-    return float(atol), float(rtol)
-
-
-def _as_pair(value: Any, backend: str) -> tuple[float, float]:
-    try:
-        if isinstance(value, Mapping):
-            atol, rtol = float(value["atol"]), float(value["rtol"])
-        else:
-            atol, rtol = (float(v) for v in value)
-    except (TypeError, ValueError, KeyError):
-        raise ValueError(
-            f"`tolerances` for `{backend}` is {value!r}; give (atol, rtol), {{'atol': ..., 'rtol': ...}}, "
-            "or a dict of those per backend name."
-        ) from None
-    if atol < 0 or rtol < 0 or math.isnan(atol) or math.isnan(rtol):
-        raise ValueError(f"`tolerances` for `{backend}` must be non-negative numbers, got ({atol}, {rtol}).")
-    return atol, rtol
-
-
 # -- inputs -----------------------------------------------------------------------------------------
 def default_example_inputs(spec: ModelSpec | None, in_dim: int | None, feature_dtype: str | None, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Example ``[batch, in_dim]`` features drawn from the spec.
@@ -387,7 +341,7 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
 
     Args:
         artifact: the artifact (or its ``.enn.json`` sidecar).
-        tolerances: ``(atol, rtol)`` overriding the sidecar's.
+        tolerances: ``(atol, rtol)`` (either may be None) or ``{"atol": ...}`` overriding the sidecar's.
         options: backend load options overriding the sidecar's.
 
     Raises:
@@ -395,6 +349,7 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     """
     from enn_nb.engine import sidecar as sc
     from enn_nb.engine.registry import get_backend
+    from enn_nb.engine.tolerance import parse_tolerances
 
     artifact = Path(artifact)
     if artifact.name.endswith(sc.SIDECAR_SUFFIX):
@@ -427,10 +382,8 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     wanted = {c["key"] for c in data["parity"].get("cases", [])}
     chosen = [c for c in cases if c.key in wanted] or cases_for(cases, bool(data.get("dynamic_batch")))
     tol = data["parity"].get("tolerance") or {}
-    if tolerances is not None:
-        atol, rtol = _as_pair(tolerances, backend_name)
-    else:
-        atol, rtol = float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1]))
+    recorded = (float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1])))
+    atol, rtol = parse_tolerances(tolerances).resolve(backend_name, recorded)  # what is not given: the sidecar's
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
     runner = backend.load(artifact, load_options)
     parity = finite(run_cases(runner, chosen, atol, rtol))

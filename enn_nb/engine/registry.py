@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
+from enn_nb._optional import pip_line
 from enn_nb._registry import Registry
+from enn_nb.errors import MissingDependencyError, SpecError
 from enn_nb.engine.backends.base import Backend
 from enn_nb.table import Cell, Table
 
@@ -101,7 +104,15 @@ def resolve_names(backends: str | list[str] | tuple[str, ...]) -> list[str]:
 
 @dataclasses.dataclass
 class BackendInfo:
-    """One row of :func:`backends`."""
+    """One row of :func:`backends`: what a backend makes, whether it converts and runs here, and why not.
+
+    Attributes:
+        missing: import names the backend needs to convert that are not installed (first one first).
+        extra: the enn-nb extra that installs them; ``install`` is its ``%pip install`` line.
+        reason: why it cannot convert here (None when ``available``); ``runtime_reason`` likewise for
+            running the artifact (parity).
+        error: the backend's module failed to import (a broken plugin).
+    """
 
     name: str
     suffix: str
@@ -110,15 +121,13 @@ class BackendInfo:
     install: str
     description: str = ""
     extra: str = ""
+    missing: tuple[str, ...] = ()
     runtime_available: bool = False
     runtime_reason: str | None = None
-    error: str | None = None  # the backend's module failed to import (a broken plugin)
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def __getitem__(self, key: str) -> Any:
-        return getattr(self, key)
 
 
 class BackendTable(list):
@@ -159,22 +168,63 @@ def backends() -> BackendTable:
                 BackendInfo(name, "", False, f"backend failed to load: {exc}", "", error=f"{type(exc).__name__}: {exc}")
             )
             continue
-        reason = backend.unavailable_reason()
-        runtime_reason = backend.runtime_unavailable_reason()
-        table.append(
-            BackendInfo(
-                name=name,
-                suffix=backend.suffix,
-                available=reason is None,
-                reason=reason,
-                install=backend.install_hint(),
-                description=backend.description,
-                extra=backend.extra,
-                runtime_available=runtime_reason is None,
-                runtime_reason=runtime_reason,
-            )
-        )
+        table.append(info(name, backend))
     return table
+
+
+def info(name: str, backend: Backend) -> BackendInfo:
+    """The :class:`BackendInfo` of one registered backend."""
+    reason = backend.unavailable_reason()
+    runtime_reason = backend.runtime_unavailable_reason()
+    return BackendInfo(
+        name=name,
+        suffix=backend.suffix,
+        available=reason is None,
+        reason=reason,
+        install=backend.install_hint(),
+        description=backend.description,
+        extra=backend.extra,
+        missing=tuple(backend.missing_packages()),
+        runtime_available=runtime_reason is None,
+        runtime_reason=runtime_reason,
+    )
+
+
+def require_available(names: str | Sequence[str]) -> list[str]:
+    """Backend names that can convert here: ``"all"`` is every available one; each other name is checked.
+
+    Raises:
+        UnknownNameError: a name that is not registered (the closest is suggested).
+        MissingDependencyError: a named backend whose package is missing (``package``, ``extra`` and
+            the install line).
+        SpecError: a named backend that cannot run on this platform, or nothing to export to.
+    """
+    from enn_nb._optional import PACKAGES
+
+    requested = [names] if isinstance(names, str) else list(names)
+    if not requested:
+        raise SpecError("No backend chosen: name at least one (see `enn_nb.backends()`), or 'all'.")
+    chosen: list[str] = []
+    for item in requested:
+        if item.strip() == "all":
+            chosen += [row.name for row in backends() if row.available and row.name not in chosen]
+            continue
+        for name in resolve_names(item):
+            row = info(name, get_backend(name))
+            if row.missing:
+                dist = PACKAGES.get(row.missing[0], (row.missing[0], ""))[0]
+                raise MissingDependencyError(
+                    f"Backend `{name}` cannot run here: `{row.missing[0]}` is not installed. Install it with: "
+                    f"{pip_line(extra=row.extra, dist=dist)}",
+                    package=dist, extra=row.extra,
+                )
+            if not row.available:
+                raise SpecError(f"Backend `{name}` is not available here: {row.reason}")
+            if name not in chosen:
+                chosen.append(name)
+    if not chosen:
+        raise SpecError("`all` matched no available backend here; run `enn_nb.backends()` to see why.")
+    return chosen
 
 
 def class_reference(cls: type) -> str:

@@ -9,19 +9,7 @@ from typing import Any
 
 from enn_nb._format import human_size
 from enn_nb.table import Cell, Table
-from enn_nb.engine.backends.base import STATUSES
-
-#: What each status means (shown by ``enn-nb backends --help`` and the docs).
-STATUS_MEANING = {
-    "ok": "artifact written; parity passed (or could not run here: see parity.status)",
-    "mismatch": "artifact written, but its outputs differ from the eager model beyond tolerance",
-    "failed": "a stage raised; no new artifact (the sidecar names the stage and the error)",
-    "crashed": "the isolated child process died (signal or exit code recorded); the caller survived",
-    "deferred": "the artifact cannot be finished on this machine (e.g. a TensorRT engine needs a GPU)",
-    "unavailable": "a package the backend needs is not installed (the message has the install line)",
-    "cancelled": "not attempted: the export was stopped before this backend",
-}
-
+from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUS_MEANING, STATUSES  # noqa: F401  (STATUS_MEANING re-exported)
 
 @dataclasses.dataclass
 class BackendResult:
@@ -196,7 +184,7 @@ class ExportReport:
     @property
     def failed(self) -> list[BackendResult]:
         """Results that count as a failure of the export: failed, mismatch, crashed, unavailable."""
-        return [r for r in self.results if r.status in ("failed", "mismatch", "crashed", "unavailable")]
+        return [r for r in self.results if r.status in FAILED_STATUSES]
 
     @property
     def artifacts(self) -> dict[str, Path]:

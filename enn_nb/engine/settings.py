@@ -100,10 +100,18 @@ def check_batch_range(value: Any, what: str = "batch_range") -> tuple[int, int, 
 
 
 def check_options(options: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per-backend option dicts, each for a backend being exported (or ``"onnx"``); else SpecError."""
+    """Per-backend option dicts, each for a backend being exported (or ``"onnx"``).
+
+    Raises:
+        UnknownNameError: a key that names no backend (the closest name is suggested).
+        SpecError: a key for a backend not being exported, or a value that is not a dict.
+    """
     options = dict(options or {})
     unknown = sorted(set(options) - set(names) - {"onnx"})
     if unknown:
+        from enn_nb.engine.registry import resolve_names
+
+        resolve_names(unknown)  # a name no backend has: UnknownNameError with the closest name
         raise SpecError(
             f"`options` has entries for {unknown}, which are not being exported; options are per backend, "
             f"e.g. options={{'ort': {{'optimization_level': 'basic'}}}}; backends here: {', '.join(names)}."

@@ -109,7 +109,7 @@ def _number(value: Any, what: str) -> float | None:
             raise TypeError
         number = float(value)
     except (TypeError, ValueError):
-        raise SpecError(f"`{what}: {value!r}` must be a non-negative number, e.g. 1e-5.") from None
-    if number < 0 or math.isnan(number):
-        raise SpecError(f"`{what}: {value!r}` must be a non-negative number, e.g. 1e-5.")
+        raise SpecError(f"`{what}: {value!r}` must be a finite number >= 0, e.g. 1e-5.") from None
+    if number < 0 or not math.isfinite(number):
+        raise SpecError(f"`{what}: {value!r}` must be a finite number >= 0, e.g. 1e-5.")
     return number

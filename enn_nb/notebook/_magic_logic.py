@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import keyword
-import math
 import os
 import re
 import shlex
@@ -46,6 +45,17 @@ EXPORT_KEYS: dict[str, str] = {
     "strict": "true/false: raise on the first failure or mismatch",
     "stem": "artifact file name without suffix",
     "metadata": "JSON object stored in every sidecar",
+    "safe": "true/false: export inside export_safe (false: a fast path left on fails the export)",
+    "workers": "number of child processes converting side by side",
+}
+
+#: ``enn_nb.export`` keywords that no body key sets, and why (tests check EXPORT_KEYS against the signature).
+NOT_BODY_KEYS: dict[str, str] = {
+    "model_or_checkpoint": "the magic's argument",
+    "spec": "the `--spec` flag",
+    "provenance": "recorded from the running cell",
+    "progress": "the magic draws progress bars",
+    "should_stop": "a callable, not YAML",
 }
 
 # Names every IPython namespace holds that are never what a user means by "my model".
@@ -278,68 +288,22 @@ def save_format(path: str, fmt: str | None) -> str | None:
 
 
 # -- backends -----------------------------------------------------------------------------------
-def field(row: Any, key: str, default: Any = None) -> Any:
-    if isinstance(row, Mapping):
-        return row.get(key, default)
-    return getattr(row, key, default)
-
-
-def backend_rows() -> list[Any]:
-    """``enn_nb.backends()`` (imports no heavy package)."""
-    from enn_nb.engine.registry import backends
-
-    return list(backends())
-
-
-def resolve_backends(requested: list[str], rows: list[Any]) -> list[str]:
-    """The backends to export to: names checked against the registry, ``all`` = every available one.
+def resolve_backends(requested: list[str]) -> list[str]:
+    """The backends to export to, checked by the engine's :func:`~enn_nb.engine.registry.require_available`.
 
     Raises:
         UnknownNameError: a name that is not registered (lists the known ones, suggests the closest).
         MissingDependencyError: a requested backend whose package is missing (names the install line).
         SpecError: nothing to export to.
     """
-    known = [str(field(r, "name")) for r in rows]
-    by_name = {str(field(r, "name")): r for r in rows}
+    from enn_nb.engine.registry import require_available
+
     if not requested:
         raise SpecError(
             "No backend chosen: give `--backends onnx,pt2` (or `all`), a `backends:` list in the cell, "
             "or set `%config EnnMagics.default_backends = ['onnx']`."
         )
-    chosen: list[str] = []
-    for name in requested:
-        if name == "all":
-            chosen.extend(n for n in known if field(by_name[n], "available") and n not in chosen)
-            continue
-        if name not in by_name:
-            close = close_names(name, known, n=1)
-            hint = f" Did you mean `{close[0]}`?" if close else ""
-            raise UnknownNameError(
-                f"Unknown backend `{name}`.{hint} Known backends: {', '.join(known)}.", name=name, known=known
-            )
-        row = by_name[name]
-        if not field(row, "available"):
-            reason = str(field(row, "reason") or "it is not available here")
-            install = str(field(row, "install") or field(row, "install_line") or "")
-            missing = re.search(r"`([\w.]+)` is not installed", reason)
-            if missing:
-                raise MissingDependencyError(
-                    f"Backend `{name}` cannot run here: {reason.rstrip('.')}."
-                    + (f" Install it with: {install}" if install and install not in reason else ""),
-                    package=missing.group(1),
-                    extra=_extra_of(install),
-                )
-            raise SpecError(f"Backend `{name}` is not available here: {reason}")
-        if name not in chosen:
-            chosen.append(name)
-    if not chosen:
-        raise SpecError("`all` matched no available backend here; run `%enn_backends` to see why.")
-    return chosen
-
-
-def _extra_of(install_line: str) -> str:
-    match = re.search(r"enn-nb\[([\w-]+)\]", install_line or "")
-    return match.group(1) if match else ""
+    return require_available(requested)
 
 
 # -- the %%enn_export body ------------------------------------------------------------------------
@@ -394,7 +358,7 @@ def parse_export_body(body: str) -> dict[str, Any]:
 
 def _check_value(key: str, value: Any) -> Any:
     bad = SpecError(f"`{key}: {value!r}` in the `%%enn_export` body: expected {EXPORT_KEYS[key]}.")
-    if key in ("dynamic_batch", "verify", "isolate", "cache", "strict"):
+    if key in ("dynamic_batch", "verify", "isolate", "cache", "strict", "safe"):
         if not isinstance(value, bool):
             raise bad
         return value
@@ -408,8 +372,12 @@ def _check_value(key: str, value: Any) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise bad
         return value
+    if key == "workers":
+        if not _positive_int(value):
+            raise bad
+        return value
     if key == "batch_range":
-        return check_batch_range(value, where=f"`batch_range: {value!r}` in the `%%enn_export` body")
+        return check_batch_range(value, "batch_range")
     if key == "example_inputs":
         if isinstance(value, str) and value.isidentifier():
             return value
@@ -439,41 +407,21 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def check_batch_range(value: Any, *, where: str = "`batch_range`") -> tuple[int, int, int]:
-    ok = (
-        isinstance(value, (list, tuple))
-        and len(value) == 3
-        and all(_positive_int(v) for v in value)
-    )
-    if not ok or not value[0] <= value[1] <= value[2]:
-        raise SpecError(f"{where}: expected three positive batch sizes [min, opt, max] with min <= opt <= max.")
-    return (int(value[0]), int(value[1]), int(value[2]))
-
-
 def check_tolerances(value: Any) -> dict[str, dict[str, float]]:
-    """``{onnx: {atol, rtol}}``, ``{onnx: [atol, rtol]}`` or ``{atol, rtol}`` (key ``*`` = every backend)."""
-    if not isinstance(value, Mapping):
-        raise SpecError(f"`tolerances: {value!r}`: expected {EXPORT_KEYS['tolerances']}.")
-    if not value:
-        return {}
-    if set(value) <= {"atol", "rtol"}:
-        value = {"*": value}
-    out: dict[str, dict[str, float]] = {}
-    for backend, tol in value.items():
-        if isinstance(tol, (list, tuple)) and len(tol) == 2:
-            tol = {"atol": tol[0], "rtol": tol[1]}
-        if not isinstance(tol, Mapping) or not set(tol) <= {"atol", "rtol"} or not tol:
-            raise SpecError(
-                f"`tolerances.{backend}: {tol!r}`: expected {{atol: 1.0e-5, rtol: 1.0e-4}} or [atol, rtol]."
-            )
-        entry: dict[str, float] = {}
-        for name, number in tol.items():
-            f = _float_or_none(number)
-            if f is None or not math.isfinite(f) or f < 0:
-                raise SpecError(f"`tolerances.{backend}.{name}: {number!r}` must be a non-negative number.")
-            entry[str(name)] = f
-        out[str(backend)] = entry
-    return out
+    """The user's tolerances as JSON (``{"*" or backend: {"atol"?, "rtol"?}}``), checked by the engine's parser.
+
+    Nothing is filled in: the engine keeps each backend's own bound for what is not given.
+    """
+    from enn_nb.engine.tolerance import parse_tolerances
+
+    return parse_tolerances(value).to_dict()
+
+
+def check_batch_range(value: Any, what: str = "batch_range") -> tuple[int, int, int]:
+    """``(min, opt, max)``, checked by the engine's own rule (SpecError naming ``what``)."""
+    from enn_nb.engine.settings import check_batch_range as check
+
+    return check(value, what)
 
 
 # -- from parsed options to enn_nb.export's arguments ------------------------------------------------
@@ -506,38 +454,19 @@ def export_kwargs(
         kwargs[key] = body.get(key, settings[key])
     kwargs["batch_range"] = tuple(kwargs["batch_range"])
     kwargs["strict"] = body.get("strict", False)
-    for key in ("stem", "metadata"):
+    for key in ("stem", "metadata", "safe", "workers"):
         if key in body:
             kwargs[key] = body[key]
     if "options" in body:
-        resolve_backends(list(body["options"]), backend_rows())  # option keys must name backends
-        kwargs["options"] = body["options"]
+        kwargs["options"] = body["options"]  # the engine checks that each key is a backend being exported
     tolerances = {**check_tolerances(settings.get("tolerances") or {}), **body.get("tolerances", {})}
-    if tolerances:
-        kwargs["tolerances"] = tolerances_for(tolerances, backends)
+    if tolerances:  # passed through as given: the engine fills in what is left out, per backend
+        kwargs["tolerances"] = tolerances
     if spec is not None:
         kwargs["spec"] = spec
     if "example_inputs" in body:
         kwargs["example_inputs"] = example_inputs(body["example_inputs"], namespace, spec)
     return kwargs
-
-
-def tolerances_for(
-    tolerances: Mapping[str, Mapping[str, float]], backends: list[str]
-) -> dict[str, tuple[float, float]]:
-    """``{"*": {atol}, "onnx": {rtol}}`` -> ``{backend: (atol, rtol)}`` for the chosen backends.
-
-    A named backend wins over ``*``; a bound given for neither is the backend's documented default.
-    """
-    from enn_nb.engine.registry import get_backend
-
-    out: dict[str, tuple[float, float]] = {}
-    for name in backends:
-        given = {**tolerances.get("*", {}), **tolerances.get(name, {})}
-        if given:
-            atol, rtol = get_backend(name).default_tolerance
-            out[name] = (float(given.get("atol", atol)), float(given.get("rtol", rtol)))
-    return out
 
 
 #: Seed of the random example inputs built from an ``example_inputs: [shape]`` body key.
@@ -600,7 +529,9 @@ def wizard_defaults(settings: Mapping[str, Any], source: Any = None, name: str =
     """``enn_nb.wizard`` starting choices from the magics' settings and an optional model or checkpoint."""
     names = split_names(settings["default_backends"])
     if "all" in names:
-        names = [str(field(r, "name")) for r in backend_rows() if field(r, "available")]
+        from enn_nb.engine.registry import require_available
+
+        names = require_available("all")
     defaults: dict[str, Any] = {"out_dir": settings["out_dir"], "backends": names}
     for key in ("isolate", "verify", "cache", "dynamic_batch"):
         defaults[key] = settings[key]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-#: Statuses after which a backend does no more work (the export engine's vocabulary).
-FINAL_STATUSES = frozenset({"ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled"})
+from enn_nb.engine.vocabulary import STATUSES
+
+#: Statuses after which a backend does no more work: every status of the engine is final.
+FINAL_STATUSES = frozenset(STATUSES)
 
 
 class TqdmProgress:

@@ -17,11 +17,11 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Int, List, TraitError, Unicode, validate
 
-from enn_nb.notebook import _magic_logic as logic
 from enn_nb import provenance
+from enn_nb.engine.vocabulary import PROGRESS_STAGES
+from enn_nb.notebook import _magic_logic as logic
 
 # A backend's stages as the export engine reports them; the shared capture is one more bar.
-PROGRESS_STAGES = ("convert", "verify", "done")
 
 
 @contextlib.contextmanager
@@ -87,7 +87,7 @@ class EnnMagics(Magics):
     @validate("batch_range")
     def _check_batch_range(self, proposal: Any) -> list[int]:
         try:
-            return list(logic.check_batch_range(proposal["value"], where="`EnnMagics.batch_range`"))
+            return list(logic.check_batch_range(proposal["value"], "EnnMagics.batch_range"))
         except Exception as exc:
             raise TraitError(logic.one_line(exc)) from None
 
@@ -253,7 +253,7 @@ class EnnMagics(Magics):
             if args.as_name:
                 logic.check_identifier(args.as_name, "--as")
             requested = logic.split_names(args.backends) or body.get("backends") or list(self.default_backends)
-            backends = logic.resolve_backends(requested, logic.backend_rows())
+            backends = logic.resolve_backends(requested)
             kwargs = logic.export_kwargs(
                 body, self._settings(), backends, self._ns, out=args.out, spec=self._spec(args.spec)
             )
@@ -287,14 +287,7 @@ class EnnMagics(Magics):
             _parse(self.enn_backends, line)
             from enn_nb.engine.registry import backends
 
-            rows = backends()
-            if hasattr(rows, "_repr_html_"):
-                return rows
-            from enn_nb.notebook.display import Table
-
-            columns = ("name", "suffix", "available", "reason", "install")
-            table = [[logic.field(r, c) for c in columns] for r in rows]
-            return Table(columns, table, title="enn_nb export backends")
+            return backends()
 
     # -- %enn_wizard --------------------------------------------------------------------------
     @magic_arguments()

@@ -37,11 +37,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from enn_nb.engine.vocabulary import STATUSES
 from enn_nb.errors import EnnError
 from enn_nb.notebook.wizard_state import STEPS, WizardState
 
 #: statuses that end a backend's part of the run
-TERMINAL = ("ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled")
+TERMINAL = STATUSES
 
 
 class ExportRun:

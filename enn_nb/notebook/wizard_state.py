@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, HasTraits, Int, List, Unicode, validate
 
 from enn_nb.errors import SpecError
+
+if TYPE_CHECKING:
+    from enn_nb.engine.registry import BackendInfo
 
 #: the wizard's steps, in order; ``WizardState.step`` indexes this tuple
 STEPS = ("model", "targets", "run", "results")
@@ -95,7 +96,7 @@ class WizardState(HasTraits):
         super().__init__(**kwargs)
         # The user's namespace is not a trait: it is theirs, we only read nn.Module variables from it.
         self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
-        self._backend_rows: list[dict[str, Any]] | None = None
+        self._backend_rows: list[BackendInfo] | None = None
 
     # -- defaults --------------------------------------------------------------------------------
     def apply_defaults(self, defaults: Mapping[str, Any]) -> None:
@@ -138,16 +139,16 @@ class WizardState(HasTraits):
     def _preselect_backends(self, names: list[str]) -> None:
         # A ticked box of an unavailable backend would be disabled, so the user could not untick it:
         # preselect only available ones and say on the targets step what was left out and why.
-        rows = {row["name"]: row for row in self.backend_rows()}
+        rows = {row.name: row for row in self.backend_rows()}
         chosen, dropped = [], []
         for name in names:
             row = rows.get(name)
-            if row is not None and row["available"]:
+            if row is not None and row.available:
                 chosen.append(name)
             elif row is None:
                 dropped.append(f"`{name}` is not a registered backend (known: {', '.join(rows)})")
             else:
-                dropped.append(f"`{name}` is unavailable here: {row['reason']}")
+                dropped.append(f"`{name}` is unavailable here: {row.reason}")
         self.backends = chosen
         if dropped:
             self.messages = {**self.messages, "targets": "Not preselected: " + "; ".join(dropped)}
@@ -191,16 +192,16 @@ class WizardState(HasTraits):
         return self.namespace.get(self.variable) if self.variable else None
 
     # -- step 2 helpers --------------------------------------------------------------------------
-    def backend_rows(self, *, refresh: bool = False) -> list[dict[str, Any]]:
-        """The registry's backends as dicts: name, suffix, available, reason, install (cached)."""
+    def backend_rows(self, *, refresh: bool = False) -> list[BackendInfo]:
+        """The registry's backends: name, suffix, available, reason, install (cached)."""
         if self._backend_rows is None or refresh:
             from enn_nb.engine.registry import backends
 
-            self._backend_rows = [_row_dict(row) for row in backends()]
+            self._backend_rows = list(backends())
         return self._backend_rows
 
     def available_backends(self) -> list[str]:
-        return [row["name"] for row in self.backend_rows() if row["available"]]
+        return [row.name for row in self.backend_rows() if row.available]
 
     def batch_range(self) -> tuple[int, int, int]:
         return (self.batch_min, self.batch_opt, self.batch_max)
@@ -211,7 +212,10 @@ class WizardState(HasTraits):
         Raises:
             ValueError: a field is not a positive finite number (the message names it).
         """
-        return _tolerance("atol", self.atol), _tolerance("rtol", self.rtol)
+        from enn_nb.engine.tolerance import parse_tolerances
+
+        given = parse_tolerances((self.atol.strip() or None, self.rtol.strip() or None), "tolerance").given("*")
+        return given.atol, given.rtol
 
     # -- validation ------------------------------------------------------------------------------
     @validate("step")
@@ -292,25 +296,26 @@ class WizardState(HasTraits):
         if not self.backends:
             problems.append("No backend chosen: tick at least one target.")
         else:
-            rows = {row["name"]: row for row in self.backend_rows()}
+            rows = {row.name: row for row in self.backend_rows()}
             for name in self.backends:
                 row = rows.get(name)
                 if row is None:
                     problems.append(f"Backend `{name}` is not registered. Known: {', '.join(rows)}.")
-                elif not row["available"]:
-                    problems.append(f"Backend `{name}` is unavailable here: {row['reason']}")
-        lo, opt, hi = self.batch_range()
-        if lo < 1 or not lo <= opt <= hi:
-            problems.append(
-                f"Bad batch range min={lo}, opt={opt}, max={hi}: it needs 1 <= min <= opt <= max."
-            )
+                elif not row.available:
+                    problems.append(f"Backend `{name}` is unavailable here: {row.reason}")
+        from enn_nb.engine.settings import check_batch_range, out_dir_problem
+
+        try:
+            check_batch_range(self.batch_range(), "batch range")
+        except ValueError as exc:
+            problems.append(str(exc))
         if self.opset < 7 or self.opset > 30:
             problems.append(f"ONNX opset {self.opset} is out of range; use a value like 17 to 21.")
         try:
             self.tolerances()
         except ValueError as exc:
             problems.append(str(exc))
-        out_problem = writable_dir_problem(self.out_dir)
+        out_problem = out_dir_problem(self.out_dir)
         if out_problem:
             problems.append(out_problem)
         return "\n".join(problems)
@@ -371,13 +376,8 @@ class WizardState(HasTraits):
     def export_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``enn_nb.export`` for the chosen settings (model excluded)."""
         atol, rtol = self.tolerances()
-        tolerances = None
-        if atol is not None or rtol is not None:
-            tolerances = {}
-            for name in self.backends:
-                default_atol, default_rtol = self.backend_tolerance(name)
-                tolerances[name] = (atol if atol is not None else default_atol,
-                                    rtol if rtol is not None else default_rtol)  # fmt: skip
+        # passed through as given: the engine keeps each backend's own bound for what is left empty
+        tolerances = (atol, rtol) if atol is not None or rtol is not None else None
         example_inputs = self.example_inputs
         typed = self.signature_inputs() if example_inputs is None else None
         if typed is not None:
@@ -396,10 +396,6 @@ class WizardState(HasTraits):
             "cache": self.cache,
             "options": self.export_options() or None,
         }
-
-    def backend_tolerance(self, name: str) -> tuple[float, float]:
-        atol, rtol = self._backend_attr(name, "default_tolerance") or (1e-4, 1e-4)
-        return float(atol), float(rtol)
 
     def reset_run(self) -> None:
         """Clear progress, log and results before a new run."""
@@ -425,60 +421,6 @@ def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
     if "compute_precision" in defaults:  # CoreML
         return {"compute_precision": "float16"}
     return {}
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    """A ``backends()`` row (dataclass, mapping or object) as the dict the wizard uses."""
-    get = row.get if isinstance(row, Mapping) else (lambda key, default=None: getattr(row, key, default))
-    available = bool(get("available", False))
-    return {
-        "name": str(get("name")),
-        "suffix": str(get("suffix", "") or ""),
-        "available": available,
-        "reason": "" if available else str(get("reason", "") or ""),
-        "install": str(get("install", "") or get("install_line", "") or ""),
-        "description": str(get("description", "") or ""),
-    }
-
-
-def _tolerance(name: str, text: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"Tolerance `{name}` = {text!r} is not a number; type e.g. 1e-4, or leave it empty.") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"Tolerance `{name}` = {text!r} must be a finite number >= 0 (e.g. 1e-4).")
-    return value
-
-
-def writable_dir_problem(path_text: str) -> str:
-    """Why ``path_text`` cannot be used as an output directory ('' when it can); creates nothing."""
-    text = path_text.strip()
-    if not text:
-        return "No output directory: type a folder to write the artifacts into."
-    path = Path(text).expanduser()
-    if path.exists() and not path.is_dir():
-        return f"Output directory `{text}` is a file, not a directory. Choose another path."
-    probe = path
-    while not probe.exists():  # the nearest existing ancestor decides whether it can be created
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"Output directory `{text}` cannot be created: `{probe}` is a file. Choose another path."
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"Output directory `{text}` is not writable (no write permission on `{probe}`)."
-    if probe == path:
-        # Permission bits can lie (root, read-only mounts): really try to write a file.
-        try:
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".enn_write_probe_"):
-                pass
-        except OSError as exc:
-            return f"Output directory `{text}` is not writable: {exc.strerror or exc}."
-    return ""
 
 
 def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list[dict[str, Any]]:

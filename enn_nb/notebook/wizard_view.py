@@ -189,16 +189,16 @@ class WizardView:
             rows.append(w.HTML(f"<span style='{_ERROR_STYLE}'>Could not list backends: "
                                f"{html.escape(str(exc))}</span>"))  # fmt: skip
         for row in backend_rows:
-            box = w.Checkbox(value=row["name"] in state.backends, description=row["name"], indent=False,
-                             disabled=not row["available"], layout=w.Layout(width="130px"))  # fmt: skip
+            box = w.Checkbox(value=row.name in state.backends, description=row.name, indent=False,
+                             disabled=not row.available, layout=w.Layout(width="130px"))  # fmt: skip
             box.observe(self._on_backend_box, "value")
-            self.backend_boxes[row["name"]] = box
-            if row["available"]:
-                note = f"<code>{html.escape(row['suffix'])}</code> {html.escape(row['description'])}"
+            self.backend_boxes[row.name] = box
+            if row.available:
+                note = f"<code>{html.escape(row.suffix)}</code> {html.escape(row.description)}"
             else:
                 note = (
-                    f"<span style='color:#777'>unavailable: {html.escape(row['reason'])}</span>"
-                    + (f" &nbsp;<code>{html.escape(row['install'])}</code>" if row["install"] else "")
+                    f"<span style='color:#777'>unavailable: {html.escape(row.reason or '')}</span>"
+                    + (f" &nbsp;<code>{html.escape(row.install)}</code>" if row.install else "")
                 )
             rows.append(w.HBox([box, w.HTML(note)]))
         state.observe(lambda c: self._sync_backend_boxes(), "backends")

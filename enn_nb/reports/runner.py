@@ -173,17 +173,13 @@ def report(
 
 
 def _output_dir(out_dir: str | os.PathLike[str]) -> Path:
-    out = Path(out_dir).expanduser().resolve()
+    from enn_nb.engine.settings import prepare_out_dir
+    from enn_nb.errors import OutputDirError
+
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".enn-nb-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ReportError(
-            f"The report folder `{out}` cannot be written ({exc.strerror or exc}); pass another --out."
-        ) from None
-    return out
+        return prepare_out_dir(out_dir, "out")
+    except OutputDirError as exc:
+        raise ReportError(f"The report folder cannot be used: {exc} Pass another --out.") from None
 
 
 def _absolute_paths(values: dict[str, Any], names: list[str]) -> dict[str, Any]:

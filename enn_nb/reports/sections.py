@@ -57,19 +57,6 @@ def requested_backends(backends: str | Sequence[str] | None) -> Requested:
     return Requested(resolve_names(backends if isinstance(backends, str) else list(backends)), explicit=True)
 
 
-def tolerances(atol: float | None, rtol: float | None, names: Sequence[str]) -> dict[str, tuple[float, float]] | None:
-    """Per-backend ``(atol, rtol)`` for ``enn_nb.export``: a value given overrides; None keeps the backend default."""
-    if atol is None and rtol is None:
-        return None
-    from enn_nb.engine.registry import get_backend
-
-    out = {}
-    for name in names:
-        default_atol, default_rtol = get_backend(name).default_tolerance
-        out[name] = (float(default_atol if atol is None else atol), float(default_rtol if rtol is None else rtol))
-    return out
-
-
 def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path:
     """The checkpoint to report on; an empty value trains the reference model and saves it in ``out_dir``.
 

@@ -11,6 +11,10 @@ Lifecycle for one backend in one export::
     backend.runtime_unavailable_reason()  -> None, or why it cannot run here (CoreML on Linux...)
     backend.load(artifact, opts)          -> Runner            (numpy in, numpy out)
     backend.read_metadata(artifact)       -> dict | None       (embedded essentials, round-trip test)
+
+A backend that cannot finish here returns ``Conversion(deferred=reason)``; later, on a machine that
+can, ``backend.complete(sidecar, folder, out_path, opts) -> Conversion`` builds the artifact and the
+pipeline's usual verification and sidecar writing follow (``enn_nb.engine.complete``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from enn_nb._optional import install_line, is_installed, pip_line
+from enn_nb.engine.vocabulary import STATUSES  # noqa: F401  (part of the backend protocol's vocabulary)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -28,9 +33,6 @@ if TYPE_CHECKING:
 
     from enn_nb.spec import ModelSpec
 
-#: The status vocabulary shared by results and sidecars (meanings: ``enn_nb.engine.report.STATUS_MEANING``).
-#: ``cancelled`` marks backends not attempted because the export was stopped (``should_stop``).
-STATUSES = ("ok", "mismatch", "failed", "crashed", "deferred", "unavailable", "cancelled")
 
 #: What a backend consumes from the shared capture.
 SOURCES = ("exported_program", "onnx", "module")
@@ -240,3 +242,16 @@ class Backend:
     def read_metadata(self, artifact: Path) -> dict[str, str] | None:
         """The essentials embedded in the artifact, or None when the format has no slot."""
         return None
+
+    def complete(self, sidecar: dict[str, Any], base: Path, out_path: Path, options: dict[str, Any]) -> Conversion:
+        """Finish a ``deferred`` conversion on a machine that can (e.g. build a TensorRT engine).
+
+        ``sidecar`` is the deferred export's sidecar, ``base`` its folder (the files it lists are
+        there); write the artifact at ``out_path`` (a temporary path). The engine then verifies
+        against the vectors file and writes the sidecar, as for any conversion
+        (:func:`enn_nb.engine.complete.complete`).
+
+        Raises:
+            PlatformUnavailableError: it still cannot be finished here (say where it can).
+        """
+        raise NotImplementedError(f"the `{self.name}` backend never defers a conversion")

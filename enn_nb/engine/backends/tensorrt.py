@@ -11,7 +11,8 @@ Two halves, both real:
   with ``onnx.checker`` (full check) and linted with ``polygraphy check lint``; the profile is written
   as JSON (``<stem>.trt-profile.json``) and the sidecar's ``details.build`` holds the exact
   ``trtexec`` command and ``enn-nb build-trt SIDECAR``, so the engine can be built later from the
-  sidecar alone (:func:`build_from_sidecar`).
+  sidecar alone: ``TensorrtBackend.complete`` builds it and the engine's
+  :func:`enn_nb.engine.complete.complete` verifies it and rewrites the sidecar as an export would.
 
 Profile defaults: ``min``/``opt``/``max`` batch = the export's ``batch_range`` (``(1, 8, 64)`` by
 default), overridable with the options ``min_batch``/``opt_batch``/``max_batch``; every other dim is
@@ -21,7 +22,6 @@ the captured one. A static capture gives min = opt = max.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -33,11 +33,9 @@ from enn_nb._fs import write_bytes
 from enn_nb._optional import install_line, is_installed, require
 from enn_nb.errors import BackendError
 from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note
-from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner
+from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 
 SIDECAR_SUFFIX = ".enn.json"
-#: exit code of ``enn-nb build-trt`` when this machine cannot build engines (no TensorRT / no CUDA)
-EXIT_UNAVAILABLE = 2
 
 _TORCH_DTYPES = {
     "FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
@@ -162,6 +160,9 @@ class TensorrtBackend(Backend):
                 "onnx_opset": _opset(model),
             },
         )
+
+    def complete(self, sidecar: dict[str, Any], base: Path, out_path: Path, options: dict[str, Any]) -> Conversion:
+        return complete_deferred(sidecar, base, out_path, options)
 
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
         reason = build_unavailable_reason()
@@ -401,118 +402,43 @@ def engine_runner(engine_bytes: bytes) -> Runner:
     return run
 
 
-# -- `enn-nb build-trt SIDECAR` --------------------------------------------------------------------
-def register_cli(subparsers: Any) -> None:
-    """``enn-nb build-trt SIDECAR [--out ENGINE]`` (the export CLI calls this when it builds its parser)."""
-    p = subparsers.add_parser(
-        "build-trt",
-        help="build the TensorRT engine of a deferred tensorrt export (on a CUDA host with TensorRT)",
-        description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
-        "check parity against the vectors file beside it and update the sidecar. Exit codes: 0 built and "
-        f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
-    )
-    p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
-    p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
-    p.set_defaults(func=lambda args: build_from_sidecar(args.sidecar, out=args.out))
+# -- completing a deferred export (`enn-nb build-trt SIDECAR`, enn_nb.engine.complete) ----------------
+def complete_deferred(sidecar: dict[str, Any], base: Path, out_path: Path, options: dict[str, Any]) -> Conversion:
+    """Build the engine a deferred ``tensorrt`` sidecar describes (``TensorrtBackend.complete``)."""
+    from enn_nb.engine.sidecar import sha256_file
+    from enn_nb.errors import PlatformUnavailableError
 
-
-def build_from_sidecar(sidecar_path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> int:
-    """Build the engine a deferred ``tensorrt`` sidecar describes, check parity, update the sidecar.
-
-    Args:
-        sidecar_path: the ``<stem>.engine.enn.json`` sidecar (or the engine path beside it).
-        out: where to write the engine (default: beside the sidecar, under the sidecar's artifact name).
-
-    Returns:
-        The exit code, after printing what happened: 0 built and parity passed (or no vectors to check),
-        1 failed or mismatched, :data:`EXIT_UNAVAILABLE` (2) when this machine has no TensorRT or no
-        CUDA device (the message says where and how to build it instead).
-    """
-    from enn_nb.engine import sidecar as sc
-
-    path = Path(sidecar_path)
-    if not path.name.endswith(SIDECAR_SUFFIX):
-        path = sc.sidecar_path(path)
-    data = sc.read(path)
-    if data.get("backend") != "tensorrt":
-        print(f"enn-nb build-trt: `{path.name}` is a `{data.get('backend')}` sidecar, not a `tensorrt` one.", file=sys.stderr)
-        return 1
-    details = data.get("details") or {}
+    details = sidecar.get("details") or {}
     build = details.get("build") or {}
     reason = build_unavailable_reason()
     if reason:
-        print(
-            f"enn-nb build-trt: cannot build the engine on this machine: {reason}.\n"
-            f"On a CUDA host with TensorRT, in `{path.parent}`, run:\n"
-            f"  {build.get('enn_nb', f'enn-nb build-trt {path.name}')}\n"
-            f"or\n  {build.get('trtexec', '(no trtexec command recorded)')}",
-            file=sys.stderr,
+        raise PlatformUnavailableError(
+            f"cannot build the engine on this machine: {reason}. On a CUDA host with TensorRT, in the sidecar's "
+            f"folder, run `{build.get('enn_nb', 'enn-nb build-trt SIDECAR')}` "
+            f"or `{build.get('trtexec', '(no trtexec command recorded)')}`."
         )
-        return EXIT_UNAVAILABLE
-    base = path.parent
-    if out is not None and Path(out).resolve().parent != base.resolve():
-        print(f"enn-nb build-trt: --out `{out}` must be in the sidecar's folder `{base}` (the sidecar lists its "
-              "files relative to itself).", file=sys.stderr)
-        return 1
     onnx_entry = details.get("onnx") or {}
     onnx_path = base / str(onnx_entry.get("file", ""))
     if not onnx_path.is_file():
-        print(f"enn-nb build-trt: the TensorRT-ready ONNX `{onnx_entry.get('file')}` is missing beside `{path.name}`.",
-              file=sys.stderr)
-        return 1
-    if onnx_entry.get("sha256") and sc.sha256_file(onnx_path) != onnx_entry["sha256"]:
-        print(f"enn-nb build-trt: `{onnx_path.name}` has another sha256 than the sidecar records; re-export.",
-              file=sys.stderr)
-        return 1
-    opts = {**TensorrtBackend.default_options, **(data.get("options") or {}), **(details.get("build_options") or {})}
-    try:
-        engine_bytes, info = build_engine(onnx_path, details["profile"], opts)
-    except BackendError as exc:
-        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
-        return 1
-    artifact = base / (Path(out).name if out else (data.get("artifact") or path.name[: -len(SIDECAR_SUFFIX)]))
-    write_bytes(artifact, engine_bytes)
-    status, parity = "ok", {"status": "not_run", "reason": "no vectors file beside the sidecar"}
-    vectors = _vectors_file(data, base, artifact)
-    if vectors is not None:
-        from enn_nb.engine.parity import cases_for, finite, load_vectors, run_cases
-
-        cases, _, _ = load_vectors(vectors)
-        atol, rtol = TensorrtBackend.default_tolerance
-        tol = (data.get("parity") or {}).get("tolerance") or {}
-        atol, rtol = float(tol.get("atol", atol)), float(tol.get("rtol", rtol))
-        parity = finite(run_cases(engine_runner(engine_bytes), cases_for(cases, bool(data.get("dynamic_batch"))),
-                                  atol, rtol))
-        parity.update(vectors={"file": vectors.name, "sha256": sc.sha256_file(vectors)},
-                      reference="eager model with its fast paths on, eval mode")
-        status = "ok" if parity["status"] == "passed" else "mismatch"
-    extras = [base / n for n in (onnx_entry.get("file"), details.get("profile_file")) if n and (base / n).is_file()]
-    data.update(
-        status=status,
-        stage=None,
-        error=None,
-        deferred=None,
-        artifact=artifact.name,
-        files=sc.file_entries(artifact, extras, base),
-        parity=parity,
-        format={**(data.get("format") or {}), "name": "TensorRT engine", "tensorrt": info["tensorrt"],
+        raise BackendError(f"the TensorRT-ready ONNX `{onnx_entry.get('file')}` is missing beside the sidecar.",
+                           backend="tensorrt", stage="convert")
+    if onnx_entry.get("sha256") and sha256_file(onnx_path) != onnx_entry["sha256"]:
+        raise BackendError(f"`{onnx_path.name}` has another sha256 than the sidecar records; re-export.",
+                           backend="tensorrt", stage="convert")
+    opts = {**options, **(details.get("build_options") or {})}
+    engine, info = build_engine(onnx_path, details["profile"], opts)
+    write_bytes(out_path, engine)
+    profile = base / str(details.get("profile_file", ""))
+    return Conversion(
+        artifact=out_path,
+        inputs=[TensorInfo.from_dict(t) for t in sidecar.get("inputs") or []],
+        outputs=[TensorInfo.from_dict(t) for t in sidecar.get("outputs") or []],
+        extra_files=[p for p in (onnx_path, profile) if p.is_file()],
+        format={**(sidecar.get("format") or {}), "name": "TensorRT engine", "tensorrt": info["tensorrt"],
                 "compute_capability": info["compute_capability"]},
+        dynamic_batch=bool(sidecar.get("dynamic_batch")),
         details={**details, "engine": info},
-        versions={**(data.get("versions") or {}), "tensorrt": info["tensorrt"]},
-        host=sc.host(),
+        embedded_metadata=False,
     )
-    sc.write(path, data)
-    worst = parity.get("max_abs_err")
-    print(f"built {artifact.name} (TensorRT {info['tensorrt']}, compute capability {info['compute_capability']}); "
-          f"parity {parity['status']}" + (f", max |err| {worst:.3e}" if isinstance(worst, float) else "")
-          + f"; sidecar updated: {path.name}")
-    return 0 if status == "ok" else 1
 
 
-def _vectors_file(data: dict[str, Any], base: Path, artifact: Path) -> Path | None:
-    named = ((data.get("parity") or {}).get("vectors") or {}).get("file")
-    stem = artifact.name[: -len(TensorrtBackend.suffix)] if artifact.name.endswith(TensorrtBackend.suffix) else artifact.stem
-    for candidate in ([base / named] if named else []) + [base / f"{stem}.vectors.safetensors"]:
-        if candidate.is_file():
-            return candidate
-    return None
