@@ -73,8 +73,10 @@ def export(
             its content hash goes into the sidecars).
         backends: names (list or ``"onnx,ort"``) or ``"all"``; see ``enn_nb.backends()``.
         out_dir: folder for artifacts, sidecars and the vectors file (created if needed).
-        example_inputs: a tensor or tuple of tensors; default: drawn from the spec at batch 2.
-        dynamic_batch: make dim 0 dynamic (``torch.export.Dim``); static when the model specialises it.
+        example_inputs: a tensor or tuple of tensors, checked against the spec's signature; default: drawn
+            from the spec's signature (``ModelSpec.inputs``, else the ``[B, in_dim]`` shorthand) at batch 2.
+        dynamic_batch: make the signature's symbolic dims dynamic (``batch``, ``time``...; dim 0 when the
+            model has no signature); fewer or none when the model specialises them (noted).
         batch_range: ``(min, opt, max)`` batch sizes for backends that need bounds (TensorRT, CoreML).
         verify: run each artifact at >= 2 batch sizes against the eager model (fast paths on).
         tolerances: ``(atol, rtol)`` for all backends or ``{"onnx": (atol, rtol), ...}``.
@@ -100,7 +102,8 @@ def export(
     Raises:
         UnknownNameError: an unknown backend (the closest name is suggested).
         OutputDirError: ``out_dir`` cannot be written (raised before any work).
-        InputMismatchError: example inputs of the wrong shape or dtype (expected vs got).
+        InputMismatchError: example inputs that do not fit the signature, or that the model rejects (names
+            the input, the expected and the received signature).
         FastPathExportError: ``safe=False`` and a fast path made capture or conversion fail.
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
     """

@@ -92,29 +92,6 @@ class ExportJob:
     signature: dict[str, Any] | None = None
 
     @property
-    def input_signature(self) -> list[Any]:
-        """The inputs' TensorSig rows (inferred from the example inputs when the job has no signature)."""
-        from enn_nb.signature import TensorSig, infer_inputs
-
-        if self.signature:
-            return [TensorSig.from_dict(s) for s in self.signature["inputs"]]
-        sigs = infer_inputs(lambda *a: None, self.example_inputs)
-        return [TensorSig(n, s.dtype, s.shape, s.categories) for n, s in zip(self.input_names, sigs)]
-
-    def dynamic_shapes(self, forward: Any, *, batch_bounds: tuple[int, int | None] | None = None,
-                       symbols: Sequence[str] | None = None) -> Any:
-        """``dynamic_shapes`` for re-exporting ``forward`` on the example inputs, shaped like its signature.
-
-        ``symbols`` defaults to every symbolic dim of the signature when the batch is dynamic, else none.
-        """
-        from enn_nb.signature import dynamic_shapes, symbolic_names
-
-        sigs = self.input_signature
-        if symbols is None:
-            symbols = symbolic_names(sigs) if self.dynamic_batch else []
-        return dynamic_shapes(forward, sigs, self.example_inputs, dynamic=symbols, batch_bounds=batch_bounds)
-
-    @property
     def exported_program(self) -> Any:
         return self.get_exported_program()
 
