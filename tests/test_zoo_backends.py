@@ -90,3 +90,4 @@ def test_onnx_names_every_symbolic_dim(tmp_path) -> None:
     graph = onnx.load(str(result.artifact)).graph
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.input]
     assert dims == [["batch", "time"], ["batch", "time"]]
+    assert set(json.loads(result.sidecar.read_text())["dynamic_dims"]) == {"batch", "time"}

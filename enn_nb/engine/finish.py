@@ -84,7 +84,7 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
         inputs=[t.to_dict() for t in conv.inputs],
         outputs=[t.to_dict() for t in conv.outputs],
         dynamic_batch=bool(conv.dynamic_batch),
-        dynamic_dims={"batch": {"min": 1, "max": None}} if conv.dynamic_batch else {},
+        dynamic_dims=_dynamic_dims(conv),
         format=dict(conv.format),
         parity=parity_block,
         embedded=info.essentials if conv.embedded_metadata else None,
@@ -192,6 +192,16 @@ def _write_result(plan: Plan, data: dict[str, Any], timings: dict[str, float], t
     sidecar["timings"] = {k: float(v) for k, v in timings.items()}
     sc.write(side, sidecar)
     return BackendResult.from_sidecar(sidecar, out, side, cached=False)
+
+
+def _dynamic_dims(conv: Any) -> dict[str, dict[str, int | None]]:
+    """Each symbolic dim the artifact's inputs keep (``batch``, ``time``...), by name."""
+    dims: dict[str, dict[str, int | None]] = {"batch": {"min": 1, "max": None}} if conv.dynamic_batch else {}
+    for tensor in conv.inputs:
+        for dim in tensor.shape:
+            if isinstance(dim, str) and dim not in ("?", "batch"):
+                dims.setdefault(dim, {"min": 1, "max": None})
+    return dims
 
 
 def _sidecar_common(plan: Plan, info: RunInfo) -> dict[str, Any]:
