@@ -37,6 +37,7 @@ def _job(model, workdir: Path, batch_range: tuple[int, int, int]):
 
     from enn_nb.engine.backends.base import ExportJob
     from enn_nb.engine.capture import onnx_from_program
+    from enn_nb.engine.wrapper import ForwardExport
     from enn_nb.fastpaths import declared_fast_paths
     from enn_nb.reference import sample_features
 
@@ -45,15 +46,7 @@ def _job(model, workdir: Path, batch_range: tuple[int, int, int]):
         setattr(path.module, path.attr, path.safe_value)
     safe.eval()
 
-    class ForwardExport(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = safe
-
-        def forward(self, features):
-            return self.model.forward_export(features)
-
-    module = ForwardExport().eval()
+    module = ForwardExport(safe).eval()
     example = (sample_features(model, 2, seed=0),)
     essentials = {"enn_nb.schema": "enn_nb.export/1", "enn_nb.check": "trt_device_check"}
     cache: dict = {}

@@ -1,9 +1,14 @@
-"""Shared fixtures: one trained reference model per test session, project-local caches."""
+"""Shared fixtures: one trained reference model per test session, project-local compile caches, an empty
+export cache for every test."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +19,23 @@ os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
 # torch writes precompiled C++ headers under the system temp folder whatever the cache dir says.
 os.environ.setdefault("TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS", "0")
+# The export cache is never the shared one (`make` points ENN_NB_CACHE_DIR at .cache/enn_nb): an empty
+# store for the session, replaced per test by `isolated_export_cache`. It is an environment variable,
+# so isolated export workers, report kernels and CLI subprocesses started by a test use it too.
+_SESSION_CACHE = Path(tempfile.mkdtemp(prefix="enn-nb-test-cache-"))
+os.environ["ENN_NB_CACHE_DIR"] = str(_SESSION_CACHE)
+
+
+@pytest.fixture(autouse=True)
+def isolated_export_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test starts with an empty export cache: a test that claims a conversion really converts."""
+    path = tmp_path_factory.mktemp("enn-cache")
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(path))
+    return path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +52,23 @@ def artifacts_dir() -> Path:
     path = ROOT / "out" / "test-artifacts"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The shell with ``%load_ext enn_nb`` done, cwd in ``tmp_path``; unloaded and its new names removed after.
+
+    The export cache is empty for each test (``isolated_export_cache``), so every export converts.
+    """
+    from tests.fixtures.magics import get_shell
+
+    shell = get_shell()
+    monkeypatch.chdir(tmp_path)
+    before = set(shell.user_ns)
+    shell.run_line_magic("load_ext", "enn_nb")
+    try:
+        yield shell
+    finally:
+        shell.run_line_magic("unload_ext", "enn_nb")
+        for name in set(shell.user_ns) - before:
+            del shell.user_ns[name]

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _conformance import assert_backend_conforms
 
 import enn_nb
 from enn_nb.engine import sidecar as sc
+
+from tests.fixtures.conformance import assert_backend_conforms
 
 EDGE = ["executorch", "litert", "coreml", "tensorflow", "tensorrt"]
 ALL = ["onnx", "ort", "pt2", "aoti", *EDGE]

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _fixtures_edge import ESSENTIALS, features, make_job, parity
+
+from tests.fixtures.edge import ESSENTIALS, features, make_job, parity
 
 
 @pytest.fixture(scope="module")

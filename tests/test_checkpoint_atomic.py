@@ -17,7 +17,8 @@ import torch
 import enn_nb
 from enn_nb.checkpoint import dcp, pt, safetensors_format
 
-from tests._fixtures_checkpoint import tiny
+from tests.fixtures.models import tiny
+
 
 NAMES = ("m.pt", "m.safetensors", "m_dcp")
 
@@ -56,6 +57,8 @@ CHILD = textwrap.dedent(
             time.sleep(0.02)
             return write(self, data)
         dcp._HashingStream.write = slow_write
+    if go != "-":
+        Path(go).with_name(f"ready-{sys.argv[2]}").touch()  # torch imported, model built: waiting on `go`
     while go != "-" and not Path(go).exists():
         time.sleep(0.005)
     for _ in range(rounds):
@@ -158,10 +161,13 @@ def test_concurrent_savers_leave_one_complete_checkpoint(tmp_path):
     paths = [tmp_path / name for name in NAMES]
     go = tmp_path / "go"
     procs = [_child(tmp_path, paths, fill, slow=False, go=str(go), rounds=6) for fill in (3.0, 4.0)]
-    deadline = time.monotonic() + 5  # let both import torch and wait on the go file
-    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        time.sleep(0.1)
-    go.touch()
+    ready = [tmp_path / f"ready-{fill}" for fill in (3.0, 4.0)]
+    deadline = time.monotonic() + 300  # both import torch, build their model, then wait on the go file
+    while not all(r.exists() for r in ready):
+        assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs if p.poll() is not None]
+        assert time.monotonic() < deadline, "the savers never got ready"
+        time.sleep(0.05)
+    go.touch()  # both start saving together
     for proc in procs:
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err

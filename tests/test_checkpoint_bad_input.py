@@ -23,15 +23,9 @@ from enn_nb.errors import (
     UnsafeCheckpointError,
 )
 
-from tests._fixtures_checkpoint import (
-    Tiny,
-    flip_byte,
-    pt_record_of,
-    pt_record_offset,
-    safetensors_offset,
-    tiny,
-    truncate,
-)
+from tests.fixtures.files import flip_byte, pt_record_of, pt_record_offset, safetensors_offset, truncate
+from tests.fixtures.models import Tiny, tiny
+
 
 FILES = ("m.pt", "m.safetensors")
 

@@ -14,7 +14,8 @@ import enn_nb
 from enn_nb.checkpoint.schema import validate
 from enn_nb.cli import main
 
-from tests._fixtures_checkpoint import tiny
+from tests.fixtures.models import tiny
+
 
 ENN_NB = Path(sys.executable).with_name("enn-nb")
 

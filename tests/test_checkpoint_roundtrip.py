@@ -14,7 +14,8 @@ from enn_nb.checkpoint import Manifest
 from enn_nb.checkpoint.schema import SCHEMA_FILE, schema, validate
 from enn_nb.reference import ModelConfig, ReferenceModel
 
-from tests._fixtures_checkpoint import features, forward, tiny
+from tests.fixtures.models import features, forward, tiny
+
 
 FORMATS = {"pt": "model.pt", "pth": "model.pth", "safetensors": "model.safetensors", "dcp": "model_dcp"}
 METADATA = {"run": {"seed": 0, "lr": 3e-3, "tags": ["a", "b"], "nested": {"ok": True, "none": None}},
@@ -123,7 +124,7 @@ def test_safetensors_file_opens_with_the_safetensors_library(trained_model, tmp_
 
 def test_inspect_reads_no_tensor_data(trained_model, tmp_path):
     """Tensor bytes replaced by garbage: inspect still works (it never reads them), load refuses."""
-    from tests._fixtures_checkpoint import pt_record_offset, safetensors_offset
+    from tests.fixtures.files import pt_record_offset, safetensors_offset
 
     st = tmp_path / "m.safetensors"
     enn_nb.save(trained_model, st)

@@ -12,7 +12,8 @@ import enn_nb
 from enn_nb.checkpoint.schema import schema, validate
 from enn_nb.errors import CorruptCheckpointError, SpecError
 
-from tests._fixtures_checkpoint import tiny
+from tests.fixtures.models import tiny
+
 
 BAD_VALUES = [None, "", "x", -1, 1.5, 2.0, -3.0, True, [], [1, -2], ["a"], {}, "A" * 64, "0" * 63, "0" * 64, 3, [2, 3]]
 

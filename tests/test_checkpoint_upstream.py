@@ -16,7 +16,8 @@ from enn_nb.checkpoint import UPSTREAM_BUILDER
 from enn_nb.errors import CorruptCheckpointError, UnknownNameError
 from enn_nb.reference import ModelConfig, ReferenceModel
 
-from tests._fixtures_checkpoint import features, forward
+from tests.fixtures.models import features, forward
+
 
 META_FIELDS = ("version", "in_dim", "out_shape", "config", "pytorch_version", "extra", "tasks")
 
@@ -92,7 +93,7 @@ def test_upstream_pt_with_registered_builder(trained_model, tmp_path, upstream_b
 
 
 def test_upstream_pt_corruption_is_caught_by_the_zip_crc(trained_model, tmp_path):
-    from tests._fixtures_checkpoint import flip_byte, pt_record_offset
+    from tests.fixtures.files import flip_byte, pt_record_offset
 
     path = _upstream_pt(tmp_path / "up.pt", trained_model)
     offset, size = pt_record_offset(path, "data/5")

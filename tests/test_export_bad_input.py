@@ -6,12 +6,14 @@ import sys
 
 import pytest
 import torch
-from _export_helpers import HalfWriteBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.errors import InputMismatchError, MissingDependencyError, OutputDirError, UnknownNameError
 from enn_nb.engine import sidecar
 from enn_nb.engine.registry import register_backend, unregister_backend
+
+from tests.fixtures.backends import HalfWriteBackend
+from tests.fixtures.models import TinyMLP
 
 
 def test_unknown_backend_suggests_the_closest_and_lists_the_known(tmp_path):

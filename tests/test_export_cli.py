@@ -7,13 +7,14 @@ import sys
 
 import pytest
 import torch
-from _conformance import assert_backend_conforms
-from _export_helpers import TinyMLP, enn_cache_in_tmp  # noqa: F401
 from safetensors.numpy import load_file, save_file
 
 import enn_nb
 from enn_nb.cli import build_parser, main
 from enn_nb.engine import sidecar
+
+from tests.fixtures.conformance import assert_backend_conforms
+from tests.fixtures.models import TinyMLP
 
 
 def test_backends_json(capsys):

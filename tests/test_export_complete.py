@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from _export_helpers import DeferredEchoBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.engine.complete import complete
 from enn_nb.engine.registry import register_backend, unregister_backend
 from enn_nb.errors import ExportError, PlatformUnavailableError
+
+from tests.fixtures.backends import DeferredEchoBackend
+from tests.fixtures.models import TinyMLP
 
 
 @pytest.fixture

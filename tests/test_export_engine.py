@@ -9,8 +9,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from _conformance import assert_backend_conforms
-from _export_helpers import ApproxGeluNet, TinyMLP
 
 import enn_nb
 from enn_nb.errors import ParityError
@@ -18,15 +16,19 @@ from enn_nb.engine import sidecar
 from enn_nb.engine.parity import load_vectors
 from enn_nb.spec import ModelSpec
 
+from tests.fixtures.conformance import assert_backend_conforms
+from tests.fixtures.models import ApproxGeluNet, TinyMLP
+
 BACKENDS = ["onnx", "ort", "pt2", "aoti"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def cache_store(tmp_path_factory):
-    """The export cache's store in a temporary folder for this module."""
+    """The export cache's store of this module's shared export (each test else gets an empty one)."""
+    path = tmp_path_factory.mktemp("enn-cache")
     mp = pytest.MonkeyPatch()
-    mp.setenv("ENN_NB_CACHE_DIR", str(tmp_path_factory.mktemp("enn-cache")))
-    yield
+    mp.setenv("ENN_NB_CACHE_DIR", str(path))
+    yield path
     mp.undo()
 
 
@@ -161,7 +163,8 @@ def test_report_renders_as_html_text_and_json(exported):
 
 
 @pytest.mark.slow
-def test_unchanged_model_hits_the_cache(exported, trained_model, tmp_path):
+def test_unchanged_model_hits_the_cache(exported, trained_model, tmp_path, cache_store, monkeypatch):
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(cache_store))  # the store the module's export filled
     out = exported["out"]
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
     report = enn_nb.export(trained_model, BACKENDS, out_dir=out, metadata={"run": "test"})

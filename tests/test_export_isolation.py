@@ -6,19 +6,14 @@ import os
 
 import pytest
 import torch
-from _conformance import assert_backend_conforms
-from _export_helpers import (  # noqa: F401
-    AbortBackend,
-    EchoBackend,
-    ExitBackend,
-    SegfaultBackend,
-    TinyMLP,
-    enn_cache_in_tmp,
-)
 
 import enn_nb
 from enn_nb.engine import sidecar
 from enn_nb.engine.registry import register_backend, unregister_backend
+
+from tests.fixtures.backends import AbortBackend, EchoBackend, ExitBackend, SegfaultBackend
+from tests.fixtures.conformance import assert_backend_conforms
+from tests.fixtures.models import TinyMLP
 
 
 @pytest.fixture()

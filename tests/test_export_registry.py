@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from _export_helpers import EchoBackend, TinyMLP, enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.engine.registry import BUILTINS, get_backend, register_backend, unregister_backend
+
+from tests.fixtures.backends import EchoBackend
+from tests.fixtures.models import TinyMLP
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnx", "onnxruntime", "onnxscript", "tensorflow", "executorch", "coremltools", "litert_torch",
@@ -103,7 +105,7 @@ def test_entry_point_plugins_are_found(tmp_path):
     dist = tmp_path / "enn_echo_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: enn-echo-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[enn_nb.backends]\nechoplug = _export_helpers:EchoBackend\n")
+    (dist / "entry_points.txt").write_text("[enn_nb.backends]\nechoplug = tests.fixtures.backends:EchoBackend\n")
     code = textwrap.dedent(
         """
         import enn_nb

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _export_helpers import enn_cache_in_tmp  # noqa: F401
 
 import enn_nb
 from enn_nb.errors import FastPathExportError

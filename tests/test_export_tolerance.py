@@ -13,7 +13,8 @@ from enn_nb.engine.registry import get_backend
 from enn_nb.engine.tolerance import DTYPE_TOLERANCE, Bounds, Tolerances, parse_tolerances
 from enn_nb.errors import SpecError
 
-from _export_helpers import TinyMLP
+from tests.fixtures.models import TinyMLP
+
 
 
 @pytest.mark.parametrize(

@@ -14,14 +14,9 @@ from IPython.core.error import UsageError
 import enn_nb
 from enn_nb.checkpoint import Loaded, Manifest
 from enn_nb.engine import ExportReport
-from tests._fixtures_magics import ip, run_cell  # noqa: F401 - ip is a fixture
 
-
-def tiny_model() -> tuple[torch.nn.Module, enn_nb.ModelSpec]:
-    """A plain module with an explicit spec: converts in about a second."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).eval()
-    return net, enn_nb.ModelSpec(in_dim=4, out_shape=(2,))
+from tests.fixtures.magics import run_cell
+from tests.fixtures.models import tiny_mlp_with_spec
 
 
 def sha(text: str) -> str:
@@ -90,15 +85,15 @@ def test_load_binds_the_model_and_never_clobbers_a_variable(ip, trained_model, c
 
 
 def test_load_into_an_existing_module_and_optimizer_state(ip) -> None:
-    net, spec = tiny_model()
+    net, spec = tiny_mlp_with_spec()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    net(torch.randn(3, 4)).sum().backward()
+    net(torch.randn(3, 6)).sum().backward()
     opt.step()
     ip.user_ns.update(net=net, opt=opt, spec=spec)
     manifest = ip.run_line_magic("enn_save", "net plain.pt --spec spec --optimizer opt")
-    assert manifest.spec.in_dim == 4 and manifest.optimizer is not None
+    assert manifest.spec.in_dim == 6 and manifest.optimizer is not None
 
-    fresh, _ = tiny_model()
+    fresh, _ = tiny_mlp_with_spec()
     with torch.no_grad():
         for p in fresh.parameters():
             p.zero_()
@@ -119,8 +114,8 @@ def test_checkpoint_errors_are_one_line(ip, tmp_path) -> None:
 
 # -- %%enn_export -------------------------------------------------------------------------------
 def test_export_cell_writes_artifacts_binds_the_report_and_records_provenance(ip, tmp_path, capsys) -> None:
-    net, spec = tiny_model()
-    ip.user_ns.update(net=net, spec=spec, x_example=torch.randn(3, 4))
+    net, spec = tiny_mlp_with_spec()
+    ip.user_ns.update(net=net, spec=spec, x_example=torch.randn(3, 6))
     source = (
         "%%enn_export net --spec spec --out exports --as report\n"
         "backends: [onnx, pt2]\n"
@@ -154,7 +149,7 @@ def test_export_cell_writes_artifacts_binds_the_report_and_records_provenance(ip
 
 
 def test_export_uses_the_config_settings(ip, tmp_path) -> None:
-    net, spec = tiny_model()
+    net, spec = tiny_mlp_with_spec()
     ip.user_ns.update(net=net, spec=spec)
     ip.run_line_magic("config", 'EnnMagics.out_dir = "configured"')
     ip.run_line_magic("config", "EnnMagics.default_backends = ['pt2']")
@@ -197,7 +192,7 @@ def test_export_strict_mismatch_is_one_line_with_the_numbers(ip) -> None:
 
 
 def test_unknown_backend_suggests_the_closest(ip) -> None:
-    net, spec = tiny_model()
+    net, spec = tiny_mlp_with_spec()
     ip.user_ns.update(net=net, spec=spec)
     with pytest.raises(UsageError) as info:
         ip.run_line_magic("enn_export", "net --spec spec --backends onnxx")
@@ -211,7 +206,7 @@ def test_unknown_backend_suggests_the_closest(ip) -> None:
     ("backend", "hidden", "extra"), [("onnx", "onnxscript", "onnx"), ("coreml", "coremltools", "coreml")]
 )
 def test_missing_package_names_the_install_line(ip, monkeypatch, backend: str, hidden: str, extra: str) -> None:
-    net, spec = tiny_model()
+    net, spec = tiny_mlp_with_spec()
     ip.user_ns.update(net=net, spec=spec)
     monkeypatch.setitem(sys.modules, hidden, None)
     with pytest.raises(UsageError) as info:

@@ -7,7 +7,8 @@ import torch
 from IPython.core.error import UsageError
 
 from enn_nb.errors import SpecError, UnknownNameError
-from tests._fixtures_magics import ip, run_cell  # noqa: F401 - ip is a fixture
+
+from tests.fixtures.magics import run_cell
 
 
 def usage_error(ip, kind: str, name: str, line: str, cell: str | None = None) -> str:

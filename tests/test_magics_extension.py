@@ -11,7 +11,8 @@ import pytest
 from IPython.core.error import UsageError
 from traitlets import TraitError
 
-from tests._fixtures_magics import get_shell, ip  # noqa: F401 - ip is a fixture
+from tests.fixtures.magics import get_shell
+
 
 LINE_MAGICS = ("enn_save", "enn_load", "enn_inspect", "enn_export", "enn_backends", "enn_wizard")
 CELL_MAGICS = ("enn_export",)

@@ -11,7 +11,8 @@ from enn_nb.notebook import _magic_logic as logic
 from enn_nb import provenance
 from enn_nb.notebook.display import TqdmProgress
 from enn_nb.table import Table
-from tests._fixtures_magics import get_shell, run_cell
+
+from tests.fixtures.magics import get_shell, run_cell
 
 
 # -- provenance -----------------------------------------------------------------------------------

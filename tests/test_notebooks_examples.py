@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures_notebooks import cell_with, check_stored, execute, html, sha, stdout
+from tests.fixtures.notebooks import cell_with, check_stored, execute, html, sha, stdout
+
 
 EXAMPLES = ("01_quickstart.ipynb", "02_bring_your_own_model.ipynb")
 

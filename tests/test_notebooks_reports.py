@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures_notebooks import cell_with, check_stored, execute, html, stdout
-from tests._fixtures_reports import metadata
+from tests.fixtures.notebooks import cell_with, check_stored, execute, html, metadata, stdout
+
 
 NAME = "04_reports.ipynb"
 VERDICT_MIME = "application/vnd.enn-nb.verdict+json"

@@ -8,19 +8,9 @@ import warnings
 import pytest
 import torch
 
+from enn_nb.engine.wrapper import ForwardExport  # what the export engine captures
 from enn_nb.fastpaths import declared_fast_paths
 from enn_nb.reference import make_dataset
-
-
-class ExportView(torch.nn.Module):
-    """``forward`` is the model's ``forward_export`` (what the export engine captures)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_export(features)
 
 
 @pytest.fixture()
@@ -46,7 +36,7 @@ def test_torch_export_fails_with_fast_paths_on_and_names_one(model, example):
     # Grad-requiring weights: FlexAttention refuses first; under no_grad the custom op does.
     for context in (torch.enable_grad, torch.no_grad):
         with context(), pytest.raises(Exception) as info:
-            torch.export.export(ExportView(model), (example,))
+            torch.export.export(ForwardExport(model), (example,))
         assert any(marker in str(info.value) for marker in _fast_markers(model)), str(info.value)
     assert "no fake impl registered" in str(info.value) and "enn_nb::fused_gelu_linear" in str(info.value)
 
@@ -56,7 +46,7 @@ def test_torch_export_succeeds_with_every_fast_path_safe(model, example):
         eager_fast = model.forward_export(example)
     _set_safe(model)
     assert not _fast_markers(model)
-    program = torch.export.export(ExportView(model), (example,))
+    program = torch.export.export(ForwardExport(model), (example,))
     targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert not any("fused_gelu_linear" in t or "flex" in t or "bucketize" in t for t in targets)
     with torch.no_grad():
@@ -75,11 +65,11 @@ def test_onnx_export_fails_on_flex_attention_and_succeeds_when_safe(model, examp
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         with pytest.raises(Exception) as info:
-            torch.onnx.export(ExportView(model), (example,), str(path), dynamo=True, external_data=False)
+            torch.onnx.export(ForwardExport(model), (example,), str(path), dynamo=True, external_data=False)
         assert type(info.value).__name__ == "ConversionError"
         assert any(marker in str(info.value) for marker in _fast_markers(model)), str(info.value)
         _set_safe(model)
-        torch.onnx.export(ExportView(model), (example,), str(path), dynamo=True, external_data=False)
+        torch.onnx.export(ForwardExport(model), (example,), str(path), dynamo=True, external_data=False)
         expected = model.forward_export(example).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: example.numpy()})
@@ -94,7 +84,7 @@ def test_float32_compute_removes_float64_arithmetic_from_the_graph(model, exampl
         model.scaler.compute_dtype = "float32"  # for runtimes without float64 Sub (onnx2tf)
         f32 = model.forward_export(example)
     assert 0 < float((f64 - f32).abs().max()) < 1e-4
-    program = torch.export.export(ExportView(model), (example,))
+    program = torch.export.export(ForwardExport(model), (example,))
     f64_arith = [
         str(node.target) for node in program.graph.nodes
         if node.op == "call_function" and "_to_copy" not in str(node.target)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests._fixtures_reports import metadata, outputs, tiny_model
+from tests.fixtures.models import tiny_reference
+from tests.fixtures.notebooks import metadata, outputs
+
 
 
 @pytest.fixture(scope="module")
@@ -14,14 +16,14 @@ def checkpoints(tmp_path_factory):
     import enn_nb
 
     d = tmp_path_factory.mktemp("ckpts")
-    model = tiny_model()
+    model = tiny_reference()
     enn_nb.save(model, d / "a.pt")
     enn_nb.save(model, d / "a.dcp", format="dcp")
     name = next(n for n, p in model.named_parameters() if p.dim() == 2)
     with torch.no_grad():
         dict(model.named_parameters())[name][0, 0] += 0.25
     enn_nb.save(model, d / "b.safetensors", metadata={"note": "nudged"})
-    enn_nb.save(tiny_model(depth=2), d / "c.safetensors")
+    enn_nb.save(tiny_reference(depth=2), d / "c.safetensors")
     return d, name
 
 

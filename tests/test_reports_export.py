@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures_reports import metadata, outputs, tiny_model
+from tests.fixtures.models import tiny_reference
+from tests.fixtures.notebooks import metadata, outputs
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
@@ -20,7 +22,7 @@ def tiny_checkpoint(tmp_path_factory):
     import enn_nb
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    enn_nb.save(tiny_model(), path, metadata={"purpose": "report tests"})
+    enn_nb.save(tiny_reference(), path, metadata={"purpose": "report tests"})
     return path
 
 
@@ -84,7 +86,7 @@ def test_artifact_table_has_status_error_and_latency_per_batch(passed):
     text = tables[0]["text/plain"]
     rows = {line.split()[0]: line for line in text.splitlines()[1:]}
     assert {"onnx", "pt2", "eager"} <= set(rows)
-    assert re.search(r"onnx\s+ok( \(cached\))?\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
+    assert re.search(r"onnx\s+ok\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
     assert "ms @ 4 (vs eager)" in text
     assert "href='export_report-artifacts/model.onnx'" in tables[0]["text/html"]
 

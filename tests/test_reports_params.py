@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests._fixtures_reports import TEMPLATES
+from tests.fixtures.notebooks import TEMPLATES
+
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures_reports import metadata, outputs, write_notebook
+from tests.fixtures.notebooks import metadata, outputs, write_notebook
+
 
 pytestmark = pytest.mark.notebook
 

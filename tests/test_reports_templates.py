@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._fixtures_reports import ROOT, TEMPLATES, documented_parameters
+from tests.fixtures.notebooks import ROOT, TEMPLATES, documented_parameters
+
 
 NAMES = ["export_report", "checkpoint_report"]
 

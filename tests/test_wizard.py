@@ -446,7 +446,7 @@ def test_importing_the_wizard_imports_nothing_heavy():
     import subprocess
 
     code = (
-        "import sys, enn_nb.notebook.wizard, enn_nb.notebook.plots, enn_nb.notebook.latency; "
+        "import sys, enn_nb.notebook.wizard, enn_nb.plots, enn_nb.notebook.latency; "
         "print(sorted(m for m in ('ipywidgets', 'torch', 'matplotlib', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,17 +6,23 @@ engine uses, ``enn_nb.backends()`` lists backends and ``enn_nb.verify(artifact)`
 
 Stages, in the order one ``export()`` call runs them (one module each)::
 
+    settings  export()'s arguments -> ExportSettings (frozen; names, out_dir, tolerances... checked once)
+      |
     inputs    model or checkpoint -> (model, spec, example inputs, source hash)
       |
-    plan      backend names -> registry entries; cache look-up; which lanes need which capture
+    plan      backend names -> Plan per backend; unavailable ones and cache hits finish here
       |
     capture   one torch.export program / one ONNX file, inside export_safe, shared by the lanes
       |
-    lanes     one lane per backend (an isolated worker, or in-process): convert
+    lanes     one lane per worker process (or in-process): convert + verify -> UnitResult (picklable)
       |
-    finish    parity against eager, sidecar written, result recorded
+    finish    UnitResult -> files moved into out_dir, sidecar written, BackendResult
       |
     cache     finished artifacts stored for the next identical request
+
+``complete`` (later, on a machine that can) takes a ``deferred`` result from its sidecar through
+the backend's ``complete`` and then the same ``finish``. ``vocabulary`` declares the statuses and
+stage names, ``tolerance`` the one tolerance parser, ``outcome`` the unit's result types.
 
 This package is named ``engine`` (not ``export``) so that no module shares its name with the
 ``enn_nb.export`` function; for the same reason it does not re-export ``backends()``, whose name is

@@ -1,4 +1,4 @@
-"""Jupyter surfaces over the core API: the ``%enn_*`` magics, rich displays, provenance, the wizard.
+"""Jupyter surfaces over the core API: the ``%enn_*`` magics, progress bars, the wizard.
 
 Importing this package imports nothing heavy; ``%load_ext enn_nb`` loads :mod:`enn_nb.notebook.magics`
 and torch only loads when a magic first needs it.

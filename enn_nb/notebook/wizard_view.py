@@ -346,7 +346,7 @@ class WizardView:
         ])  # fmt: skip
 
     def _show_results(self, change: Any = None) -> None:
-        from enn_nb.notebook import plots
+        from enn_nb import plots
 
         state = self.state
         rows = result_rows(state.report, state.latency) if state.report is not None else []

@@ -375,7 +375,7 @@ class Image:
     """A matplotlib figure as a PNG output (``image/png``): it survives papermill, nbconvert and git."""
 
     def __init__(self, figure: Any, *, dpi: int = 100) -> None:
-        from enn_nb.notebook.plots import to_png
+        from enn_nb.plots import to_png
 
         self.png = to_png(figure, dpi=dpi)
 
@@ -388,7 +388,7 @@ class Image:
 
 def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     """Parity error per backend and batch size, latency vs eager at each batch size, artifact size."""
-    from enn_nb.notebook.plots import latency_figure, parity_figure, size_figure
+    from enn_nb.plots import latency_figure, parity_figure, size_figure
 
     atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
     images = [Image(parity_figure(measurements.errors, tolerances=atol))]
