@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 import enn_nb
 from enn_nb.engine import ExportReport
 from enn_nb.reference import zoo
-from tests._fixtures_magics import ip, run_cell  # noqa: F401 - ip is a fixture
+from tests.fixtures.magics import run_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORY = "enn_nb.reference.zoo:gru_forecaster"
