@@ -14,6 +14,7 @@ from enn_nb.errors import BackendError
 from enn_nb.engine.backends._edge_common import (
     ESSENTIALS_KEY,
     batch_bounds,
+    both_paths_failed,
     captured_output,
     check_option,
     essentials_json,
@@ -88,11 +89,7 @@ class ExecutorchBackend(Backend):
             try:
                 program, info = self._lower(static_ep, job, delegate)
             except Exception as static_exc:
-                raise BackendError(
-                    f"`executorch` lowering ({delegate}) failed with a dynamic batch ({first_line(exc)}) and "
-                    f"with a static one ({first_line(static_exc)}).",
-                    backend=self.name, stage="convert",
-                ) from static_exc
+                raise both_paths_failed(self.name, f"lowering ({delegate})", exc, static_exc) from static_exc
             ep, dynamic = static_ep, False
             batch = int(job.example_inputs[0].shape[0])
             notes.append(

@@ -20,6 +20,7 @@ from enn_nb.engine.backends._edge_common import (
     ESSENTIALS_KEY,
     captured_output,
     demote_float64_onnx,
+    both_paths_failed,
     demotion_note,
     first_line,
 )
@@ -82,11 +83,7 @@ class TensorflowBackend(Backend):
         try:
             conversion = self._convert_onnx(job, static_onnx, out_path, opts)
         except Exception as static_exc:
-            raise BackendError(
-                f"`tensorflow`: onnx2tf failed on the dynamic ONNX ({first_line(first_error)}) and on a static-shape "
-                f"one ({first_line(static_exc)}).",
-                backend=self.name, stage="convert",
-            ) from static_exc
+            raise both_paths_failed(self.name, "onnx2tf", first_error, static_exc) from static_exc
         sizes = ", ".join(f"`{t.name}` {list(t.shape)}" for t in conversion.inputs)
         conversion.notes = [n for n in conversion.notes if not n.startswith("onnx2tf produced a static batch")]
         conversion.notes.insert(0, (
