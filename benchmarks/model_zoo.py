@@ -20,6 +20,7 @@ Run: ``python benchmarks/model_zoo.py [--models a,b] [--backends onnx,pt2]``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -164,7 +165,8 @@ def run_model(name: str, backends: list[str]) -> dict[str, dict[str, Any]]:
             work = Path(tmp) / f"raw-{backend}"
             work.mkdir()
             try:
-                with torch.no_grad():
+                # the converters print progress to stdout: keep it for the table
+                with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
                     status, err = raw_cell(backend, model, inputs, expected, work)
                 row[backend]["raw"] = (status, err, "", "")
             except Exception as exc:  # the raw tool failing is a result of this benchmark
