@@ -1,4 +1,4 @@
-# enn_nb - the README's two commands: `make demo` and `make test`.
+# enn_nb - the README's commands: `make demo`, `make test` and `make lab`.
 # The environment lives in .venv (or $ENN_NB_VENV); it is created when missing and reinstalled only
 # when pyproject.toml or constraints.txt change (a content hash is kept in the venv).
 
@@ -16,7 +16,7 @@ export TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS := 0
 export ENN_NB_CACHE_DIR := $(CURDIR)/.cache/enn_nb
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: env demo test benchmarks browser clean
+.PHONY: env demo test lab benchmarks browser clean
 
 env:
 	@bash .ci/env.sh "$(PYTHON)" "$(VENV)"
@@ -28,6 +28,12 @@ browser:
 demo: env
 	$(PY) -m enn_nb.demo --out "$(OUT)"
 
+# JupyterLab on the example notebooks (the venv's kernel first on the kernel path). LAB_ARGS adds options,
+# e.g. `make lab LAB_ARGS="--no-browser --ip=0.0.0.0"` on a remote host.
+LAB_ARGS ?=
+lab: env
+	JUPYTER_PATH="$(VENV)/share/jupyter" $(PY) -m jupyterlab --notebook-dir="$(CURDIR)/notebooks" $(LAB_ARGS)
+
 test: env browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -35,6 +41,7 @@ benchmarks: env
 	$(PY) benchmarks/checkpoint_io.py
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/load_ext.py
+	$(PY) benchmarks/attack_campaign.py
 
 clean:
 	rm -rf "$(OUT)" .cache .pytest_cache

@@ -17,5 +17,7 @@ start=$(date +%s)
 "$venv/bin/python" -m pip install --disable-pip-version-check -q \
     -c constraints.txt --only-binary=onnxsim \
     "torch==2.13.0" -e ".[dev]" onnxsim
+# The kernelspec ipykernel ships starts `python` from PATH: register one that starts this venv's Python.
+"$venv/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (enn_nb)" >/dev/null
 echo "$want" > "$stamp"
 echo "environment ready in $(( $(date +%s) - start ))s: $venv"

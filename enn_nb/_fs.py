@@ -14,7 +14,9 @@ import datetime as _dt
 import errno
 import os
 import shutil
+import stat
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +25,96 @@ TEMP_MARK = ".enn-tmp-"  # temporary files and folders are named `.<final name>.
 
 
 def temp_path(final: Path, token: str | None = None) -> Path:
-    """A hidden sibling of ``final`` (same folder, hence same filesystem: the rename is atomic)."""
+    """A hidden sibling of ``final`` (same folder, hence same filesystem: the rename is atomic).
+
+    The name carries the writer's pid (``.<name>.enn-tmp-<pid>x<random>``) so a later save can tell
+    the leftovers of a killed writer from the file of one still running.
+    """
     final = Path(final)
-    return final.with_name(f".{final.name}{TEMP_MARK}{token or uuid.uuid4().hex[:12]}")
+    return final.with_name(f".{final.name}{TEMP_MARK}{token or new_token()}")
+
+
+def new_token() -> str:
+    return f"{os.getpid()}x{uuid.uuid4().hex[:12]}"
+
+
+#: A leftover temporary of a live writer is swept only when it has not changed for this long.
+STALE_LIVE_WRITER_S = 3600.0
+
+
+def sweep_stale_temps(final: Path, started: float) -> list[Path]:
+    """Remove the temporaries that killed writes to ``final`` left (call it after a write to it completed).
+
+    A temporary is stale when it was last modified before this write ``started`` and its writer (the
+    pid in its name) is gone, or when it has not changed for :data:`STALE_LIVE_WRITER_S`. Returns
+    what was removed; errors are ignored (sweeping is housekeeping, the write already succeeded).
+    """
+    final = Path(final)
+    removed: list[Path] = []
+    prefix = f".{final.name}{TEMP_MARK}"
+    try:
+        names = [n for n in os.listdir(final.parent) if n.startswith(prefix)]
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = final.parent / name
+        try:
+            mtime = path.lstat().st_mtime
+        except OSError:
+            continue
+        pid_text = name[len(prefix):].removeprefix("old-").split("x", 1)[0]
+        alive = pid_text.isdigit() and _pid_alive(int(pid_text))
+        if (not alive and mtime < started) or now - mtime > STALE_LIVE_WRITER_S:
+            remove_path(path)
+            removed.append(path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def check_same_kind(final: Path, *, directory: bool, what: str = "file", error: type[Exception] | None = None) -> None:
+    """Refuse to replace a file with a folder, a folder with a file, or anything not a regular file/folder.
+
+    A symlink at ``final`` is replaced as a link (its target is never touched).
+
+    Raises:
+        ``error`` (default :class:`~enn_nb.errors.OverwriteRefusedError`): ``final`` is of another kind.
+    """
+    from enn_nb.errors import OverwriteRefusedError
+
+    error = error or OverwriteRefusedError
+    try:
+        st = os.lstat(final)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        return
+    article = "an" if what[0] in "aeiou" else "a"
+    if stat.S_ISDIR(st.st_mode):
+        if not directory:
+            hint = ", or pass `format=\"dcp\"` to save a DCP directory there" if what == "checkpoint" else ""
+            raise error(f"`{final}` is a directory and the {what} to write there is a file: enn_nb will not replace "
+                        f"a directory with a file. Pick a file path{hint}.")
+        return
+    if stat.S_ISREG(st.st_mode):
+        if directory:
+            hint = " with a `.pt`/`.safetensors` suffix" if what == "checkpoint" else ""
+            raise error(f"`{final}` is an existing file and the {what} to write there is a directory: enn_nb will "
+                        f"not replace a file with a directory. Give a path{hint} or a new directory path.")
+        return
+    raise error(f"`{final}` is a special file (device, FIFO or socket), not {article} {what}; enn_nb never replaces "
+                "one. Write to a regular path.")
 
 
 def is_temp_name(name: str) -> bool:
@@ -113,12 +202,11 @@ def replace_path(new: Path, dst: Path) -> None:
     :func:`replace_dir`. Either way the parent folder is fsynced after.
     """
     new, dst = Path(new), Path(dst)
+    check_same_kind(dst, directory=new.is_dir())  # never a folder (a user's) for a file, nor a device or FIFO
     fsync_tree(new)
     if new.is_dir():
         replace_dir(new, dst)
         return
-    if dst.is_dir() and not dst.is_symlink():
-        shutil.rmtree(dst)
     os.replace(new, dst)
     fsync_dir(dst.parent)
 
@@ -154,6 +242,7 @@ def replace_dir(src: Path, final: Path) -> None:
     """
     src, final = Path(src), Path(final)
     for _ in range(100):  # concurrent writers may keep replacing `final` under us
+        check_same_kind(final, directory=True)  # never swap out a file, a device or a FIFO
         try:
             os.rename(src, final)  # succeeds when `final` is absent (or an empty folder)
             fsync_dir(final.parent)
@@ -169,7 +258,7 @@ def replace_dir(src: Path, final: Path) -> None:
             fsync_dir(final.parent)
             remove_path(src)  # `src` now names the old folder
             return
-        aside = temp_path(final, "old-" + uuid.uuid4().hex[:12])
+        aside = temp_path(final, "old-" + new_token())
         try:
             os.rename(final, aside)
         except FileNotFoundError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -51,10 +52,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EnnError as exc:
-        print(f"enn-nb {args.command}: error: {exc}", file=sys.stderr)
+        _error(args.command, str(exc))
+        return 1
+    except OSError as exc:  # a read-only or full disk, a missing folder: the path and the reason, one line
+        where = f"`{exc.filename}`: " if getattr(exc, "filename", None) else ""
+        _error(args.command, f"{where}{exc.strerror or exc}. Check the path, its permissions and the free disk space.")
         return 1
     except KeyboardInterrupt:
         return 130
+    except (RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            RuntimeError) as exc:
+        # Not an enn_nb error: a bug or an input enn_nb failed to classify. One line, never a traceback.
+        _error(args.command, f"unexpected {type(exc).__name__}: {str(exc)[:300]} (please report this as a bug; set "
+               "ENN_NB_TRACEBACK=1 to see the traceback)")
+        if os.environ.get("ENN_NB_TRACEBACK"):
+            raise
+        return 1
+
+
+def _error(command: str, message: str) -> None:
+    from enn_nb._safeio import escape
+
+    print(f"enn-nb {command}: error: {escape(' '.join(message.split()))}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,19 @@ from pathlib import Path
 from typing import Any
 
 
+#: ``--help`` text: plain words, not the module docstring's reStructuredText.
+DESCRIPTION = (
+    "Train the reference model, save it as .pt, .safetensors and a DCP folder, and write the export report\n"
+    "for every backend available here (and the checkpoint report comparing the formats). Writes under OUT:\n"
+    "  checkpoints/          the same weights in three formats\n"
+    "  export_report.html    the export report, verdict first (and the executed .ipynb)\n"
+    "  export_report-artifacts/  one artifact + .enn.json sidecar per backend\n"
+    "  checkpoint_report.html    the .pt and DCP checkpoints compared\n"
+    "Prints the HTML report's path last; exits 1 when the report's verdict fails."
+)
+EPILOG = "examples:\n  enn-nb demo --out out\n  enn-nb demo --out /tmp/quick --backends onnx,pt2 --no-progress"
+
+
 def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "available", html: bool = True,
              progress: bool = True) -> int:
     """Train, save in .pt/.safetensors/DCP, run both report templates; return the exit code."""
@@ -70,7 +83,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="train the reference model, save it in 3 formats and write the export report",
-        description=(__doc__ or "").split("\n\n")[0],
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _arguments(parser)
     parser.set_defaults(func=_run)
@@ -89,7 +104,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m enn_nb.demo", description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m enn_nb.demo", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(parser)
     args = parser.parse_args(argv)
     from enn_nb.errors import EnnError

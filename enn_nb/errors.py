@@ -13,13 +13,16 @@
     │   ├── CorruptCheckpointError          truncated file, bad hash, unreadable header
     │   ├── IncompleteCheckpointError       a DCP directory without its commit marker
     │   ├── UnsafeCheckpointError           a pickle that would run code
+    │   ├── CheckpointWriteError (OSError)  disk full, read-only or too large: the old checkpoint is intact
     │   ├── SchemaVersionError              a manifest newer than this enn_nb knows
     │   └── StateDictMismatchError          missing / unexpected / shape-mismatched keys (all listed)
     ├── ExportError
     │   ├── FastPathExportError             a fast path left on made capture/conversion fail
     │   ├── BackendError                    a backend's conversion failed (stage, cause)
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
+    │   ├── UnsafeArtifactError             an artifact whose loading would run untrusted code
     │   └── OutputDirError (OSError)        the output directory cannot be written
+    ├── OverwriteRefusedError (FileExistsError) the path holds what enn_nb did not write (a folder, a FIFO)
     ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
     └── ReportError
         └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
@@ -110,6 +113,10 @@ class UnsafeCheckpointError(CheckpointError):
     """The file holds a pickle that would import or call arbitrary code; nothing was executed."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (disk full, read-only, file too large); what was at the path is intact."""
+
+
 class SchemaVersionError(CheckpointError):
     """The manifest's schema is newer than this enn_nb understands."""
 
@@ -180,8 +187,16 @@ class ParityError(ExportError):
         self.rtol = rtol
 
 
+class UnsafeArtifactError(ExportError):
+    """Loading the artifact would run code: pickles in a .pt2, or an AOTI package without ``trust=True``."""
+
+
 class OutputDirError(ExportError, OSError):
     """The output directory cannot be created or written."""
+
+
+class OverwriteRefusedError(EnnError, FileExistsError):
+    """enn_nb refused to replace something it did not write: a folder by a file, a file by a folder, a device."""
 
 
 class PlatformUnavailableError(EnnError):

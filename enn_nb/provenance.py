@@ -19,18 +19,30 @@ NOTEBOOK_NS_KEYS = ("__vsc_ipynb_file__", "__session__")
 NOTEBOOK_ENV_KEYS = ("JPY_SESSION_NAME",)
 
 
+#: What provenance says when no notebook path is known.
+UNKNOWN_NOTEBOOK = (
+    "unknown: the kernel was not told its notebook (JupyterLab and Jupyter Server set JPY_SESSION_NAME, "
+    "VS Code sets __vsc_ipynb_file__; papermill, nbclient and plain IPython set neither)"
+)
+
+
 def notebook_path(shell: Any) -> str | None:
     """The path of the notebook this kernel runs, when the kernel was told; otherwise None."""
+    return notebook_origin(shell)[0]
+
+
+def notebook_origin(shell: Any) -> tuple[str | None, str]:
+    """``(path, where it was read)``, e.g. ``("notebooks/a.ipynb", "JPY_SESSION_NAME")``, or ``(None, why not)``."""
     user_ns = getattr(shell, "user_ns", None) or {}
     for key in NOTEBOOK_NS_KEYS:
         value = user_ns.get(key)
         if isinstance(value, str) and value.strip():
-            return value
+            return value, key
     for key in NOTEBOOK_ENV_KEYS:
         value = os.environ.get(key)
         if value and value.strip():
-            return value
-    return None
+            return value, key
+    return None, UNKNOWN_NOTEBOOK
 
 
 def current_cell(shell: Any) -> tuple[str | None, int | None]:
@@ -63,18 +75,21 @@ def collect(shell: Any, *, magic: str, line: str, cell: str | None = None) -> di
         cell: a cell magic's body.
 
     Returns:
-        ``{"magic", "cell_sha256", "execution_count", "notebook", "recorded_at"}``. ``cell_sha256``
-        hashes the whole cell's source when the magic runs in a cell, else the magic invocation itself;
-        ``execution_count`` and ``notebook`` are None when unknown.
+        ``{"magic", "cell_sha256", "execution_count", "notebook", "notebook_source", "recorded_at"}``.
+        ``cell_sha256`` hashes the whole cell's source when the magic runs in a cell, else the magic
+        invocation itself; ``execution_count`` and ``notebook`` are None when unknown;
+        ``notebook_source`` says where the path was read, or why it is unknown.
     """
     source, count = current_cell(shell)
     if source is None:
         source = f"{magic} {line}".rstrip() + (f"\n{cell}" if cell is not None else "")
+    notebook, origin = notebook_origin(shell)
     return {
         "magic": magic,
         "cell_sha256": sha256_text(source),
         "execution_count": count,
-        "notebook": notebook_path(shell),
+        "notebook": notebook,
+        "notebook_source": origin,
         "recorded_at": timestamp(),
     }
 
@@ -92,8 +107,10 @@ def from_kernel() -> dict[str, Any] | None:
     if shell is None:
         return None
     source, count = current_cell(shell)
+    notebook, origin = notebook_origin(shell)
     return {
-        "notebook": notebook_path(shell),
+        "notebook": notebook,
+        "notebook_source": origin,
         "cell_sha256": sha256_text(source) if source is not None else None,
         "execution_count": count,
         "recorded_at": timestamp(),

@@ -69,11 +69,16 @@ class Table:
         )
 
     def __str__(self) -> str:
-        cells = [self.columns, *[[self._cut(text(v)) for v in row] for row in self.rows]]
+        from enn_nb._safeio import escape
+
+        # Cells may hold strings from someone else's file (manifests, sidecars): no ANSI escape,
+        # carriage return or newline of theirs reaches the terminal.
+        cells = [self.columns, *[[self._cut(escape(text(v))) for v in row] for row in self.rows]]
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
         lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(([self.title] if self.title else []) + lines + ([self.footer] if self.footer else []))
+        extra = [escape(self.title)] if self.title else []
+        return "\n".join(extra + lines + ([escape(self.footer)] if self.footer else []))
 
     __repr__ = __str__
 

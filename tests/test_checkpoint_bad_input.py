@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import enn_nb
+from enn_nb.checkpoint.manifest import self_hash
 from enn_nb.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -210,10 +211,10 @@ def test_malicious_dcp_metadata_is_refused(tmp_path):
     (path / ".metadata").write_bytes(evil)
     manifest_file = path / "enn_nb.manifest.json"
     doc = json.loads(manifest_file.read_text())
-    doc.pop("manifest_sha256")
     for entry in doc["files"]:
         if entry["path"] == ".metadata":
             entry.update(nbytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
+    doc["manifest_sha256"] = self_hash(doc)  # a forger recomputes every hash
     manifest_file.write_text(json.dumps(doc))
     with pytest.raises(UnsafeCheckpointError, match="system"):
         enn_nb.load(path)
@@ -228,8 +229,8 @@ def test_malicious_dcp_metadata_is_refused(tmp_path):
 def _rewrite_pt_manifest(path: Path, change) -> None:
     payload = torch.load(path, weights_only=True)
     doc = json.loads(payload["enn_nb.manifest"])
-    doc.pop("manifest_sha256", None)
     doc = change(doc)
+    doc["manifest_sha256"] = self_hash(doc)
     payload["enn_nb.manifest"] = json.dumps(doc)
     torch.save(payload, path)
 

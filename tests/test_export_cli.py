@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,7 +70,18 @@ def test_verify_detects_changed_outputs_and_tampered_files(tmp_path, capsys):
     save_file(tensors, str(vectors), metadata=meta)
     assert main(["verify", str(artifact)]) == 1
     text = capsys.readouterr().out
-    assert "MISMATCH" in text and "has another sha256" in text
+    # a file that differs from its sidecar stops verify before anything is loaded
+    assert "has another sha256" in text and "nothing was loaded" in text and "MISMATCH" not in text
+    # resealed (the sidecar records the new hash): the artifact runs, and its outputs no longer match
+    side = sidecar.sidecar_path(Path(artifact))
+    data = json.loads(side.read_text())
+    data["parity"]["vectors"]["sha256"] = sidecar.sha256_file(vectors)
+    for entry in data["files"]:
+        if entry["path"] == vectors.name:
+            entry.update(sha256=sidecar.sha256_file(vectors), size=vectors.stat().st_size)
+    side.write_text(json.dumps(data))
+    assert main(["verify", str(artifact)]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
 
 
 def test_export_exits_non_zero_when_a_backend_is_not_ok(trained_model, tmp_path, monkeypatch, capsys):

@@ -50,3 +50,15 @@ def test_complete_builds_verifies_and_rewrites_the_sidecar_like_an_export(deferr
     assert enn_nb.verify(result.artifact).ok
     with pytest.raises(ExportError, match="only a `deferred` export"):
         complete(side)
+
+
+def test_complete_writes_where_asked_in_the_sidecars_folder(deferred, monkeypatch, tmp_path):
+    monkeypatch.setenv("ENN_TEST_CAN_BUILD", "1")
+    side = Path(deferred.sidecar)
+    with pytest.raises(ExportError, match="must be in the sidecar's folder"):
+        complete(side, out=tmp_path / "elsewhere" / "model.later.pt2")
+    with pytest.raises(ExportError, match="must end with `.later.pt2`"):
+        complete(side, out="net.pt2")
+    result = complete(side, out="net.later.pt2")  # a bare name: in the sidecar's folder
+    assert result.status == "ok" and result.artifact == side.parent / "net.later.pt2"
+    assert result.sidecar == side.parent / "net.later.pt2.enn.json"

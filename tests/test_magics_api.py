@@ -53,6 +53,19 @@ def test_save_in_three_formats_with_metadata_and_provenance(ip, trained_model, t
     assert on_disk.spec.builder == "enn_nb.reference"
 
 
+def test_save_shows_one_line_and_the_table_on_demand(ip, trained_model) -> None:
+    ip.user_ns["model"] = trained_model
+    saved = run_cell(ip, "%enn_save model one/model.safetensors --meta run=1")
+    line = repr(saved)
+    params = sum(p.numel() for p in trained_model.state_dict().values())
+    assert "\n" not in line and line.startswith("saved one/model.safetensors (safetensors): enn_nb.reference")
+    assert f"{params:,} parameters" in line and saved.content_hash[:12] in line
+    html = saved._repr_html_()
+    assert html.startswith("<details") and "<table class='enn-nb-tensors'>" in html  # folded, one click away
+    full = str(saved)  # print() gives the whole manifest
+    assert full == str(saved.table()) and len(full.splitlines()) > 10 and "sha256" in full
+
+
 def test_inspect_returns_the_manifest_as_html(ip, trained_model) -> None:
     ip.user_ns["model"] = trained_model
     ip.run_line_magic("enn_save", "model m.safetensors --meta owner=me")
@@ -237,6 +250,12 @@ def test_backends_table(ip, monkeypatch) -> None:
     assert {"onnx", "ort", "pt2", "aoti", "coreml", "tensorrt"} <= set(names)
     html = table._repr_html_()
     assert "<table" in html and all(name in html for name in names)
+    # the text/plain form (nbconvert, terminals) is the same table, not a list of BackendInfo(...)
+    text = repr(table)
+    assert "BackendInfo(" not in text
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["backend", "suffix", "available"] and len(lines) == len(names) + 2
+    assert any(line.split()[:3] == ["coreml", ".mlpackage", "no"] for line in lines)
     for row in table:
         assert (row.reason is None) == row.available, row
     coreml = next(row for row in table if row.name == "coreml")

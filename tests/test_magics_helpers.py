@@ -32,6 +32,7 @@ def test_provenance_inside_a_cell_hashes_the_cell_and_keeps_its_count(monkeypatc
     assert record["cell_sha256"] == hashlib.sha256(source.encode()).hexdigest()
     assert record["magic"] == "%enn_save"
     assert record["notebook"] is None
+    assert record["notebook_source"].startswith("unknown: the kernel was not told its notebook")
     assert record["recorded_at"].endswith("Z")  # the one timestamp format (enn_nb._fs.timestamp)
 
 
@@ -49,6 +50,7 @@ def test_notebook_path_from_the_kernel(monkeypatch) -> None:
     assert provenance.notebook_path(ip) is None
     monkeypatch.setenv("JPY_SESSION_NAME", "work/analysis.ipynb")
     assert provenance.notebook_path(ip) == "work/analysis.ipynb"
+    assert provenance.notebook_origin(ip) == ("work/analysis.ipynb", "JPY_SESSION_NAME")
     monkeypatch.setitem(ip.user_ns, "__session__", "lab/session.ipynb")
     assert provenance.notebook_path(ip) == "lab/session.ipynb"
     monkeypatch.setitem(ip.user_ns, "__vsc_ipynb_file__", "/home/u/vscode.ipynb")
@@ -99,7 +101,7 @@ def test_progress_shows_cached_results_and_closes_open_bars_on_exit() -> None:
 
 
 def test_final_statuses_cover_the_engine_vocabulary() -> None:
-    from enn_nb.engine.backends.base import STATUSES
+    from enn_nb.engine.vocabulary import STATUSES
 
     from enn_nb.notebook.display import FINAL_STATUSES
 

@@ -31,10 +31,19 @@ def passed(tiny_checkpoint, tmp_path_factory):
     from enn_nb.cli import main
 
     out = tmp_path_factory.mktemp("report")
+    _git_repo(out)  # the report records the commit of the working tree it is written in
     code = main(["report", "export_report", "-p", f"checkpoint={tiny_checkpoint}", "-p", "backends=[onnx, pt2]",
                  "-p", "batch_sizes=[1, 4]", "-p", "title=Tiny export", "-p", "author=CI bot",
                  "--out", str(out), "--html", "--no-progress"])
     return code, out
+
+
+def _git_repo(folder: Path) -> None:
+    import subprocess
+
+    git = ["git", "-C", str(folder), "-c", "user.name=CI", "-c", "user.email=ci@example.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
 
 
 def test_report_passes_and_writes_notebook_html_artifacts_and_sidecars(passed):
@@ -142,3 +151,95 @@ def test_batch_runs_one_report_per_checkpoint_and_indexes_verdicts(tiny_checkpoi
     assert (tmp_path / "nightly" / "export_report-good_safetensors-artifacts" / "model.pt2.enn.json").is_file()
     broken = metadata(tmp_path / "nightly" / "export_report-broken_safetensors.ipynb")
     assert broken["enn_nb"]["verdict"] is None  # it failed before a verdict: kept for inspection
+
+
+# -- a report worth sharing ------------------------------------------------------------------------
+SECTIONS = ["Artifacts", "Plots", "Model", "Environment", "Export-safe deviations", "Checkpoint manifest",
+            "Sidecars", "Reproduce"]  # fmt: skip
+
+
+def test_sections_come_verdict_first_then_results_then_details(passed):
+    import nbformat
+
+    _, out = passed
+    nb = nbformat.read(out / "export_report.ipynb", as_version=4)
+    headings = [c.source.splitlines()[0][3:] for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("## ")]
+    assert headings == SECTIONS
+    # every code cell of the template is folded in JupyterLab too (the parameter cells keep theirs)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "code" and "parameters" not in tags and "injected-parameters" not in tags:
+            assert cell.metadata["jupyter"]["source_hidden"] is True, cell.source[:60]
+
+    page = (out / "export_report.html").read_text(encoding="utf-8")
+    positions = [page.index(f">{name}<") for name in SECTIONS]  # heading text, as nbconvert renders it
+    assert positions == sorted(positions)
+    assert page.index('data-verdict="pass"') < positions[0]
+    assert page.index("data:image/png;base64") < page.index(">Model<")  # plots before the details
+
+
+def test_html_hides_the_code_by_default(passed):
+    _, out = passed
+    page = (out / "export_report.html").read_text(encoding="utf-8")
+    for code in ("rs.checkpoint_or_reference(", "display(rs.artifact_table", "checkpoint = ", "injected"):
+        assert code not in page, code
+    assert 'class="highlight' not in page and "In&nbsp;[" not in page  # no code block, no prompt
+
+
+def test_model_summary_signature_and_environment(passed, tiny_checkpoint):
+    import enn_nb
+
+    _, out = passed
+    page = (out / "export_report.html").read_text(encoding="utf-8")
+    manifest = enn_nb.inspect(tiny_checkpoint)
+    spec = manifest.spec
+    assert f"{manifest.parameter_count:,} values in {len(manifest.tensors)} tensors" in page
+    assert all(task["name"] in page for task in spec.tasks)
+    # the signature: input [batch, in_dim], output [batch, *out_shape], example shapes at the report's batches
+    assert f"[batch, {spec.in_dim}]" in page and f"[batch, {', '.join(map(str, spec.out_shape))}]" in page
+    assert f"[1, {spec.in_dim}], [4, {spec.in_dim}]" in page
+    # the environment
+    import onnxruntime
+    import torch
+
+    assert f"torch {torch.__version__}" in page and f"onnxruntime {onnxruntime.__version__}" in page
+    assert "CPUExecutionProvider" in page and "intra-op" in page
+    import subprocess
+
+    sha = subprocess.run(["git", "-C", str(out), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert f"{sha} on main" in page and "uncommitted change" in page
+    # the tensor table is folded, one click away
+    folded = page.split('<details class="enn-nb-folded">', 1)
+    assert len(folded) == 2 and "enn-nb-tensors" in folded[1] and "enn-nb-tensors" not in folded[0]
+
+
+def test_reproduce_names_the_real_report_folder(passed):
+    import shlex
+
+    _, out = passed
+    text = [o for _, o in outputs(out / "export_report.ipynb") if o.get("name") == "stdout"][-1]["text"].strip()
+    assert "REPORT_DIR" not in text and text.endswith(f"--out {shlex.quote(str(out.resolve()))} --html")
+    args = shlex.split(text)
+    assert args[:3] == ["enn-nb", "report", "export_report"] and "backends=[onnx, pt2]" in args
+
+
+@pytest.mark.browser
+def test_the_shared_html_opens_on_the_verdict_and_the_artifacts(passed, tmp_path, artifacts_dir):
+    from tests.fixtures.browser import chromium_page
+
+    _, out = passed
+    shutil.copy(out / "export_report.html", artifacts_dir / "export_report.html")
+    with chromium_page(tmp_path / "chromium-profile", width=1100, height=900) as page:
+        page.goto((out / "export_report.html").resolve().as_uri())
+        # what a colleague sees without scrolling: the title, the verdict and the artifact table
+        assert page.get_by_text("Tiny export").first.bounding_box()["y"] < 200
+        assert page.locator("[data-verdict='pass']").first.bounding_box()["y"] < 400
+        table = page.get_by_text("ms @ 1 (vs eager)").first.bounding_box()["y"]
+        assert table < 900 and table < page.get_by_role("heading", name="Environment").bounding_box()["y"]
+        # folded until clicked: the tensor table and the sidecars
+        tensors = page.locator(".enn-nb-folded .enn-nb-tensors").first
+        assert not tensors.is_visible()
+        page.locator(".enn-nb-folded summary").first.click()
+        assert tensors.is_visible()
+        page.locator(".enn-nb-folded summary").first.click()
+        page.screenshot(path=str(artifacts_dir / "export_report.png"), full_page=True)

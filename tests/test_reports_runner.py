@@ -108,9 +108,10 @@ def test_html_without_input_keeps_outputs_only(tmp_path):
 
     template = write_notebook(tmp_path / "h.ipynb", "value = 1  # a number\nsidecar = ''  # a path",
                               VERDICT, "print('visible-output')")
-    result = enn_nb.report(template, tmp_path / "out", html=True, no_input=True, progress=False)
+    result = enn_nb.report(template, tmp_path / "out", html=True, progress=False)  # code hidden by default
     page = result.html.read_text(encoding="utf-8")
     assert "visible-output" in page and 'data-verdict="pass"' in page
     assert "from enn_nb.reports.verdict import Verdict" not in page
-    with_code = enn_nb.report(template, tmp_path / "out2", html=True, progress=False).html.read_text(encoding="utf-8")
+    with_code = enn_nb.report(template, tmp_path / "out2", html=True, no_input=False, progress=False)
+    with_code = with_code.html.read_text(encoding="utf-8")
     assert "Verdict" in with_code and "visible-output" in with_code

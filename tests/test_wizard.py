@@ -175,6 +175,7 @@ def test_back_and_next_keep_every_choice(tmp_path):
     w.view.variable.value = "b"
     _to_targets(w)
     v = w.view
+    v.backend_boxes["ort"].value = False  # preselected with onnx and pt2 (the fast ones)
     v.backend_boxes["pt2"].value = True
     v.backend_boxes["onnx"].value = True
     v.dynamic_batch.value = False
@@ -347,11 +348,16 @@ def test_save_as_report_writes_the_papermill_report(exported):
     nb = nbformat.read(report_nb, as_version=4)
     params = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
     values = dict(line.split(" = ", 1) for line in params.source.splitlines() if " = " in line)
-    assert values["checkpoint"] == f'"{(out / "wizard_model.safetensors").resolve()}"'
+    saved_model = out / "report" / "model.safetensors"  # named after the variable, beside the report
+    assert values["checkpoint"] == f'"{saved_model.resolve()}"'
     assert values["backends"].replace("'", '"') == '["onnx", "pt2"]'
     assert values["batch_sizes"] == "[1, 8, 64]"
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert (out / "wizard_model.safetensors").is_file()  # the variable was saved for the report's kernel
+    assert saved_model.is_file()  # the variable was saved for the report's kernel...
+    status = w.view.save_report_status.value
+    assert "`model` was saved as" in status and "fresh kernel" in status  # ...and the wizard says where and why
+    assert (out / "report" / "export_report.html").is_file() and "export_report.html" in status
+    assert not (out / "wizard_model.safetensors").exists()  # no side file among the artifacts
 
 
 def _rows(w: Wizard) -> list[dict]:

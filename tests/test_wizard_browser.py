@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.browser import chromium_page
+from tests.fixtures.servers import free_port, serve
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    # Without these the closed network refuses Chromium's own connections and slows every page.
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 NOTEBOOK_CELLS = [
     "import enn_nb\n"
     "from enn_nb.reference import train_reference\n"
     "model = train_reference(seed=0, steps=20)  # a quickly trained reference model",
     'enn_nb.wizard(model="model", out_dir="exports", batch_range=(1, 4, 16))',
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_notebook(path: Path) -> None:
@@ -57,70 +39,26 @@ def voila_url(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _write_notebook(work / "wizard.ipynb")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
         "PYTHONUNBUFFERED": "1",
     }
-    log = open(tmp_path / "voila.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voila", "wizard.ipynb", "--no-browser", f"--port={port}",
-         "--Voila.ip=127.0.0.1", "--VoilaConfiguration.show_tracebacks=True"],  # fmt: skip
-        cwd=work,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: killpg takes the kernel down too
-    )
+    cmd = [sys.executable, "-m", "voila", "wizard.ipynb", "--no-browser", f"--port={port}",
+           "--Voila.ip=127.0.0.1", "--VoilaConfiguration.show_tracebacks=True"]  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"voila exited with {proc.returncode}:\n{(tmp_path / 'voila.log').read_text()}")
-            try:
-                # a static file answers without starting a kernel (a GET of / would start one)
-                with urllib.request.urlopen(f"{base}/voila/static/voila.js", timeout=5) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"voila did not answer:\n{(tmp_path / 'voila.log').read_text()}")
-            time.sleep(0.5)
-        yield base + "/", work, tmp_path / "voila.log"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        log.close()
+    log = tmp_path / "voila.log"
+    # a static file answers without starting a kernel (a GET of / would start one)
+    with serve(cmd, cwd=work, env=env, log=log, ready_url=f"{base}/voila/static/voila.js"):
+        yield base + "/", work, log
 
 
 @pytest.fixture
 def browser_page(tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's Chromium (/usr/bin/chromium) is not installed: run `make browser` (apt-get chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),  # a fresh user-data dir
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1000},
-        )
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            yield page
-        finally:
-            context.close()
+    with chromium_page(tmp_path / "chromium-profile") as page:
+        yield page
 
 
 def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artifacts_dir):
@@ -139,7 +77,11 @@ def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artif
         next_button.click()
         onnx = page.get_by_role("checkbox", name="onnx", exact=True)
         onnx.wait_for()
-        # Next without a backend: the inline message blocks it
+        # the fast backends come preselected; untick them all: Next without a backend is blocked inline
+        for name in ("onnx", "ort", "pt2"):
+            box = page.get_by_role("checkbox", name=name, exact=True)
+            if box.is_checked():
+                box.uncheck()
         next_button.click()
         page.get_by_text("No backend chosen").wait_for()
         onnx.check()

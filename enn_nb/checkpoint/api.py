@@ -108,6 +108,9 @@ def save(
     """
     path = Path(path)
     fmt = save_format(path, format)
+    if not isinstance(model, Mapping) and not callable(getattr(model, "state_dict", None)):
+        raise SpecError(f"`model` is a {type(model).__name__}; pass an nn.Module, or a {{name: tensor}} mapping "
+                        "together with `spec=`.")
     resolved = _resolve_spec(model, spec)
     resolved = resolved.replace(metadata=user_metadata(resolved, metadata))
     resolved.to_dict()  # raises SpecError naming any non-JSON value before anything is written
@@ -144,6 +147,7 @@ def inspect(path: str | os.PathLike[str]) -> Manifest:
 
 
 # -- load ------------------------------------------------------------------------------------------------
+@dcp.retry_when_replaced
 def load(
     path: str | os.PathLike[str],
     *,
@@ -178,6 +182,8 @@ def load(
     """
     reader = open_reader(path)
     manifest = reader.manifest
+    if model is None and strict:
+        _probe_on_meta(manifest, path)  # a forged config must not allocate gigabytes before the table check
     target = model if model is not None else _build(manifest)
     key_map = model_key_map(target)
     own = target.state_dict()
@@ -237,6 +243,28 @@ def _build(manifest: Manifest) -> Any:
         raise SpecError(f"{exc}{note}") from None
 
 
+def _probe_on_meta(manifest: Manifest, path: Any) -> None:
+    """Build the model on the meta device (no memory) and refuse before the real build if its shapes differ.
+
+    Raises:
+        StateDictMismatchError: the manifest's spec builds a model whose state does not match its tensor table.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            probe = _build(manifest)
+        shapes = {canonical_key(k): tuple(v.shape) for k, v in probe.state_dict().items()}
+    except Exception:  # noqa: BLE001 - a builder that cannot run on meta: the real build reports problems
+        return
+    stored = {t.name: tuple(t.shape) for t in manifest.tensors}
+    missing = [k for k in shapes if k not in stored]
+    unexpected = [k for k in stored if k not in shapes]
+    mismatched = {k: (stored[k], shapes[k]) for k in shapes if k in stored and stored[k] != shapes[k]}
+    if missing or unexpected or mismatched:
+        raise _mismatch_error(path, missing, unexpected, mismatched)
+
+
 def _loaded_in_place(model: Any, key: str, loaded: Any, dest: Any) -> bool:
     """True when ``loaded`` was written straight into the model's own storage (DCP in-place load)."""
     if loaded is not dest:
@@ -291,6 +319,7 @@ def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
 
 
 # -- convert ---------------------------------------------------------------------------------------------
+@dcp.retry_when_replaced
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format: str | None = None) -> Manifest:
     """Copy a checkpoint into another format (any of .pt, .safetensors, DCP), manifest carried over.
 

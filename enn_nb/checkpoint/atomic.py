@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from enn_nb._fs import atomic_path
-from enn_nb._fs import fsync_dir, remove_path, replace_dir, temp_path  # noqa: F401  (dcp.py imports them from here)
+from enn_nb._fs import atomic_path, check_same_kind, sweep_stale_temps
+from enn_nb._fs import fsync_dir, new_token, remove_path, replace_dir, temp_path  # noqa: F401  (dcp.py imports them from here)
+from enn_nb.errors import EnnError
 
 
 def check_replaceable(final: Path, *, directory: bool) -> None:
@@ -22,13 +24,9 @@ def check_replaceable(final: Path, *, directory: bool) -> None:
     """
     from enn_nb.errors import CheckpointError
 
+    check_same_kind(final, directory=directory, what="checkpoint", error=CheckpointError)
     if not final.is_dir() or final.is_symlink():
         return
-    if not directory:
-        raise CheckpointError(
-            f"`{final}` is a directory; a .pt/.safetensors checkpoint is a file. Pick a file path, or pass "
-            "`format=\"dcp\"` to save a DCP directory there."
-        )
     from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 
     names = set(os.listdir(final))
@@ -49,5 +47,22 @@ def atomic_file(final: Path) -> Iterator[Path]:
     file, so the last rename wins and ``final`` is always one complete file.
     """
     check_replaceable(final, directory=False)
-    with atomic_path(final) as tmp:
-        yield tmp
+    started = time.time()
+    try:
+        with atomic_path(final) as tmp:
+            yield tmp
+    except OSError as exc:
+        if isinstance(exc, EnnError):
+            raise
+        raise write_error(final, exc) from exc
+    sweep_stale_temps(final, started)
+
+
+def write_error(final: Path, exc: OSError) -> Exception:
+    """The enn_nb error for a failed write to ``final`` (keeps errno and strerror; the old content is intact)."""
+    from enn_nb.errors import CheckpointWriteError
+
+    return CheckpointWriteError(
+        exc.errno, f"{exc.strerror or exc} while writing `{final}`; nothing was replaced (the previous checkpoint, if "
+        "any, is intact). Free disk space, check permissions, or save elsewhere."
+    )

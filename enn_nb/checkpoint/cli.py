@@ -16,6 +16,8 @@ def register(subparsers: Any) -> None:
         description="Show what a checkpoint holds: spec, versions, metadata, tensor table and hashes. "
         "Reads .pt/.pth, .safetensors and DCP directories (enn_nb and ENN-PyTorch layouts) without "
         "loading tensor data.",
+        epilog="examples:\n  enn-nb inspect checkpoints/model.safetensors\n  enn-nb inspect checkpoints/model_dcp --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("path", help="a .pt/.pth/.safetensors file or a DCP directory")
     p.add_argument("--json", action="store_true", help="print the manifest JSON document instead of a table")
@@ -26,6 +28,8 @@ def register(subparsers: Any) -> None:
         help="convert a checkpoint to another format (manifest carried over)",
         description="Copy a checkpoint into another format; the source is verified first and its manifest "
         "(spec, metadata, hashes, optimizer state) carries over.",
+        epilog="examples:\n  enn-nb convert model.pt model.safetensors\n  enn-nb convert model.safetensors model_dcp --format dcp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", help="the checkpoint to read")
     p.add_argument("dst", help="where to write: .pt/.pth, .safetensors, or a directory for DCP")

@@ -21,12 +21,13 @@ import contextlib
 import hashlib
 import io
 import os
-import pickle
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._safeio import MAX_JSON_BYTES, confined, plain_name, read_capped
 from enn_nb.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -34,11 +35,21 @@ from enn_nb.errors import (
     UnsafeCheckpointError,
 )
 
-from .atomic import check_replaceable, fsync_dir, remove_path, replace_dir, temp_path
+from . import dcp_metadata
+from .atomic import (
+    check_replaceable,
+    fsync_dir,
+    new_token,
+    remove_path,
+    replace_dir,
+    sweep_stale_temps,
+    temp_path,
+    write_error,
+)
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 from .manifest import FileEntry, Manifest, decode, encode
-from .tensors import HASH_WORKERS, HashPool, dtype_name, join_tree
+from .tensors import HASH_WORKERS, HashPool, check_hashes, dtype_name, expected_nbytes, join_tree, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -127,15 +138,24 @@ def _hashing_writer(path: Path) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.hashes: dict[str, tuple[str, int]] = {}
+            # DCP's extra writer threads drop their exceptions (a full disk there would commit a
+            # checkpoint with missing shards): every failure is recorded here and raised after the save.
+            self.errors: list[BaseException] = []
 
         @contextlib.contextmanager
         def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
-            with super().create_stream(path, mode) as stream:
-                if "w" not in mode:
-                    yield stream
-                    return
-                hashing = _HashingStream(stream)
-                yield hashing
+            try:
+                with super().create_stream(path, mode) as stream:
+                    if "w" not in mode:
+                        yield stream
+                        return
+                    hashing = _HashingStream(stream)
+                    yield hashing
+            except Exception as exc:  # noqa: BLE001 - raised by write() once dcp.save returns
+                # Swallowed here so DCP's worker threads do not print a traceback each; the save
+                # then fails as a whole, with this error, before anything is committed.
+                self.errors.append(exc)
+                return
             self.hashes[Path(path).name] = (hashing.sha.hexdigest(), hashing.count)
 
         def rename(self, path: Any, new_path: Any) -> None:
@@ -157,7 +177,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     import torch.distributed.checkpoint as dcp
 
     dist, rank, world = _dist()
-    token = _broadcast(dist, os.urandom(6).hex() if rank == 0 else None)
+    token = _broadcast(dist, new_token() if rank == 0 else None)
+    started = time.time()
     tmp = temp_path(final, token)
     structure, opt_tensors = request.optimizer_parts()
     state: dict[str, Any] = {MODEL_KEY: dict(request.state)}
@@ -183,8 +204,13 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         if rank == 0:
             final.parent.mkdir(parents=True, exist_ok=True)
         writer = _hashing_writer(tmp)
-        with _quiet():
-            dcp.save(state, storage_writer=writer, no_dist=dist is None)
+        try:
+            with _quiet():
+                dcp.save(state, storage_writer=writer, no_dist=dist is None)
+        except BaseException:
+            _raise_recorded(writer.fs.errors)
+            raise
+        _raise_recorded(writer.fs.errors)
         files = {}
         for part in _all_gather(dist, writer.fs.hashes, world):
             files.update(part)
@@ -197,6 +223,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             text = encode(manifest)
             _write_manifest(tmp, text)
             replace_dir(tmp, final)  # the commit: `final` switches from the old checkpoint to this one
+            sweep_stale_temps(final, started)
     except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
         error = exc
         if pool is not None:
@@ -205,6 +232,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             remove_path(tmp)
     status = _broadcast(dist, ("error", f"{type(error).__name__}: {error}") if error else ("ok", text))
     if error is not None:
+        if isinstance(error, OSError) and not isinstance(error, CheckpointError):
+            raise write_error(final, error) from error
         raise error
     if status[0] != "ok":
         raise CheckpointError(f"Rank 0 failed to commit the DCP checkpoint `{final}`: {status[1]}")
@@ -212,6 +241,49 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     if dist is not None:
         dist.barrier()
     return manifest
+
+
+class ReplacedWhileReading(CorruptCheckpointError):
+    """A concurrent save swapped the DCP directory between two reads; reading again sees the new one."""
+
+
+def retry_when_replaced(fn: Any) -> Any:
+    """Run ``fn`` again (up to 3 times) when a DCP directory was replaced under it: readers see old or new."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for attempt in range(3):
+            try:
+                return fn(*args, **kwargs)
+            except ReplacedWhileReading:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """Which directory ``path`` names now: inode numbers get reused, so change times count too."""
+    try:
+        st = os.stat(path)
+        marker = os.stat(path / DCP_MANIFEST) if (path / DCP_MANIFEST).exists() else st
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns, marker.st_ino, marker.st_mtime_ns, marker.st_ctime_ns)
+
+
+def _raise_recorded(errors: list[BaseException]) -> None:
+    """Raise the first write error DCP's threads recorded (an OSError first: it names the real cause)."""
+    for exc in errors:  # torch's zip writer wraps the OSError of a short write in a RuntimeError
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, OSError):
+                raise seen
+            seen = seen.__cause__ or seen.__context__
+    if errors:
+        raise errors[0]
 
 
 def _write_manifest(directory: Path, text: str) -> None:
@@ -228,67 +300,38 @@ def _is_dtensor(t: Any) -> bool:
 
 
 # -- the restricted reader ---------------------------------------------------------------------------------
-_SAFE_EXACT = {
-    ("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"),
-    ("pathlib", "PureWindowsPath"), ("pathlib", "Path"), ("builtins", "set"), ("builtins", "frozenset"),
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata`` allowing only DCP's metadata classes, torch dtypes and paths."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        import torch
-
-        if (module, name) in _SAFE_EXACT:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        if module.startswith("torch.distributed.checkpoint."):
-            obj = super().find_class(module, name)
-            if isinstance(obj, type):  # dataclasses and enums only: no callable that could run code
-                return obj
-        raise UnsafeCheckpointError(
-            f"The DCP `{DCP_METADATA}` file references `{module}.{name}`, which a checkpoint's metadata "
-            "never needs; enn_nb refused to unpickle it and nothing was executed."
-        )
-
-
 def read_metadata(path: Path) -> Any:
-    """DCP's metadata object, unpickled safely.
+    """DCP's metadata object, unpickled through an allow-list and checked (see :mod:`.dcp_metadata`).
 
     Raises:
         IncompleteCheckpointError: the file is missing.
         UnsafeCheckpointError: it references code.
         CorruptCheckpointError: it is damaged.
     """
-    file = path / DCP_METADATA
-    if not file.exists():
-        raise IncompleteCheckpointError(
-            f"`{path}` has no DCP `{DCP_METADATA}` file: the save did not finish or the directory was damaged."
-        )
-    try:
-        with open(file, "rb") as fh:
-            return _MetadataUnpickler(fh).load()
-    except UnsafeCheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise CorruptCheckpointError(f"`{file}` is damaged ({type(exc).__name__}: {exc}).", file=str(file)) from exc
+    return dcp_metadata.read(path)
 
 
-def _safe_reader(path: Path) -> Any:
+def _safe_reader(path: Path, metadata: Any) -> Any:
+    """A FileSystemReader that serves the metadata already checked and never reads pickled bytes entries."""
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.planner import LoadItemType
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             from torch.distributed.checkpoint.metadata import StorageMeta
 
-            metadata = read_metadata(Path(self.path))
+            # The object checked by DcpReader, not a second read of the file (which could have changed).
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
             return metadata
+
+        def read_data(self, plan: Any, planner: Any) -> Any:
+            if any(item.type == LoadItemType.BYTE_IO for item in plan.items):
+                raise UnsafeCheckpointError(
+                    f"DCP was about to unpickle a bytes entry of `{path}` (`weights_only=False`); enn_nb refused it."
+                )
+            return super().read_data(plan, planner)
 
     return SafeReader(path)
 
@@ -312,9 +355,21 @@ class DcpReader:
     """An open DCP checkpoint directory (enn_nb manifest, or ENN-PyTorch ``meta.json``)."""
 
     def __init__(self, path: Path) -> None:
+        # A concurrent save swaps the whole directory in one rename: when what was read does not
+        # fit together and the directory was swapped meanwhile, read the new one from the start.
+        for attempt in range(3):
+            before = _identity(path)
+            try:
+                self._open(path)
+                return
+            except CheckpointError:
+                if attempt == 2 or _identity(path) == before:
+                    raise
+
+    def _open(self, path: Path) -> None:
         self.path = path
-        manifest_file = path / DCP_MANIFEST
-        manifest = decode(manifest_file.read_bytes(), path=str(path)) if manifest_file.exists() else None
+        self._identity = _identity(path)
+        manifest = _read_manifest(path)
         if manifest is not None:
             # The small `.metadata` pickle is checked before it is parsed, whatever `verify` says:
             # a damaged one would otherwise surface as a confusing unpickling error.
@@ -326,6 +381,7 @@ class DcpReader:
                     file=DCP_METADATA,
                 )
         self.metadata = read_metadata(path)
+        _check_layout(path, manifest, self.metadata)
         try:
             table = metadata_table(self.metadata)
         except Exception as exc:  # noqa: BLE001 - an unpickled object of the wrong shape
@@ -360,6 +416,8 @@ class DcpReader:
         from concurrent.futures import ThreadPoolExecutor
 
         dist, rank, world = _dist()
+        for entry in self.manifest.files:
+            confined(self.path, entry.path, what="A file the DCP manifest lists")
         mine = self.manifest.files[rank::world]
         with ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="enn-nb-verify") as pool:
             ok = list(pool.map(lambda entry: _file_matches(self.path / entry.path, entry), mine))
@@ -390,22 +448,45 @@ class DcpReader:
             for part in key[:-1]:
                 node = node.setdefault(part, {})
             node[key[-1]] = tensor
+        dcp_metadata.check_request(self.metadata, dest, where=str(self.path))
         dist, _rank, _world = _dist()
         try:
             with _quiet():
-                dcp.load(nested, storage_reader=_safe_reader(self.path), no_dist=dist is None)
+                dcp.load(nested, storage_reader=_safe_reader(self.path, self.metadata), no_dist=dist is None)
         except (UnsafeCheckpointError, CorruptCheckpointError):
             raise
         except Exception as exc:  # noqa: BLE001 - DCP wraps read failures in its own exception types
             raise CorruptCheckpointError(f"Reading the DCP checkpoint `{self.path}` failed: {exc}",
                                          file=str(self.path)) from exc
 
+    @contextlib.contextmanager
+    def _detect_replacement(self) -> Iterator[None]:
+        """Turn a failure caused by a concurrent save swapping the directory into :class:`ReplacedWhileReading`."""
+        try:
+            yield
+        except CheckpointError as exc:
+            if _identity(self.path) != self._identity:
+                raise ReplacedWhileReading(
+                    f"`{self.path}` was replaced by a concurrent save while being read; read it again.",
+                    file=str(self.path)) from exc
+            raise
+
     def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        with self._detect_replacement():
+            return self._tensors(names, verify=verify, into=into)
+
+    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+        with self._detect_replacement():
+            return self._optimizer_state(verify=verify)
+
+    def _tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         import torch
 
         if verify:
             self.verify_files()
         table = {t.name: t for t in self.manifest.tensors}
+        _check_declared_bytes(self.metadata, {self.paths[n]: table[n].to_dict() for n in names
+                                              if into is None or n not in into}, self.path)
         out: dict[str, Any] = {}
         for name in names:
             if into is not None and name in into:
@@ -414,9 +495,11 @@ class DcpReader:
                 entry = table[name]
                 out[name] = torch.empty(entry.shape, dtype=getattr(torch, entry.dtype))
         self._load({self.paths[name]: tensor for name, tensor in out.items()})
+        if verify and not self.upstream:
+            check_hashes(out, {name: table[name].sha256 for name in out}, what=f"`{self.path}`")
         return out
 
-    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+    def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
         import torch
 
         opt = self.manifest.optimizer
@@ -424,14 +507,52 @@ class DcpReader:
             return None
         if verify:
             self.verify_files()
-        tensors = {t["name"]: torch.empty(t["shape"], dtype=getattr(torch, t["dtype"])) for t in opt["tensors"]}
+        _check_declared_bytes(self.metadata, {(OPTIMIZER_KEY, t["name"]): t for t in opt["tensors"]}, self.path)
+        tensors = {t["name"]: torch.empty(t["shape"], dtype=torch_dtype(t["dtype"])) for t in opt["tensors"]}
         self._load({(OPTIMIZER_KEY, name): t for name, t in tensors.items()})
+        if verify:
+            check_hashes(tensors, {t["name"]: t.get("sha256") for t in opt["tensors"]},
+                         what=f"the optimizer state of `{self.path}`")
         return join_tree(opt["structure"], tensors)
+
+
+# -- checks on what a directory declares (paths, sizes) before anything is read -------------------------
+def _read_manifest(path: Path) -> Manifest | None:
+    """The enn_nb manifest of a DCP directory (size-capped, a regular file inside it), or None."""
+    file = path / DCP_MANIFEST
+    if not file.exists() and not file.is_symlink():
+        return None
+    confined(path, DCP_MANIFEST, what="The DCP manifest")
+    return decode(read_capped(file, MAX_JSON_BYTES, what="The DCP manifest"), path=str(path))
+
+
+def _check_layout(path: Path, manifest: Manifest | None, metadata: Any) -> None:
+    """Every listed and every referenced file is a plain name inside ``path``; shards hold their slices."""
+    allowed = None
+    if manifest is not None:
+        for entry in manifest.files:
+            plain_name(entry.path, what="A file the DCP manifest lists")
+        allowed = {entry.path for entry in manifest.files}
+    dcp_metadata.check_files(metadata, path, allowed=allowed)
+
+
+def _check_declared_bytes(metadata: Any, wanted: Mapping[tuple[str, ...], Mapping[str, Any]], path: Path) -> None:
+    """Refuse to allocate a tensor larger than the shard bytes the metadata stores for it."""
+    stored: dict[str, int] = {}
+    for index, info in (metadata.storage_data or {}).items():
+        stored[index.fqn] = stored.get(index.fqn, 0) + info.length
+    for key, entry in wanted.items():
+        need = expected_nbytes(str(entry["dtype"]), entry["shape"])
+        have = stored.get(dcp_metadata.fqn_of(metadata, key), 0)
+        if need > have:
+            raise CorruptCheckpointError(
+                f"`{'/'.join(key)}` in `{path}` is declared as {need} bytes but its shards hold only {have}; the "
+                "checkpoint is damaged or forged. Nothing was allocated.", tensor=key[-1])
 
 
 def _file_matches(path: Path, entry: FileEntry) -> bool:
     try:
-        if path.stat().st_size != entry.nbytes:
+        if not path.is_file() or path.stat().st_size != entry.nbytes:
             return False
         sha = hashlib.sha256()
         with open(path, "rb") as fh:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
@@ -63,11 +62,11 @@ def detect_format(path: Path) -> str:
         raise NotACheckpointError(f"`{path}` does not exist.")
     if path.is_dir():
         return _detect_dir(path)
-    size = path.stat().st_size
+    from enn_nb._safeio import read_head
+
+    head, size = read_head(path, 16, what="The checkpoint", error=NotACheckpointError)
     if size == 0:
         raise NotACheckpointError(f"`{path}` is an empty file, not a checkpoint.")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
     if head.startswith(_ZIP_MAGIC):
         return "pt"
     if len(head) >= 9:
@@ -115,12 +114,10 @@ def safetensors_sidecar(path: Path) -> Path:
 
 
 def read_json_file(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        from enn_nb.errors import CorruptCheckpointError
+    """A JSON object from a regular file of bounded size and nesting (``meta.json``, sidecars)."""
+    from enn_nb._safeio import MAX_JSON_BYTES, json_loads, read_capped
 
-        raise CorruptCheckpointError(f"`{path}` is not readable JSON: {exc}", file=str(path)) from exc
+    value = json_loads(read_capped(path, MAX_JSON_BYTES, what="The JSON file"), what=f"`{path}`")
     if not isinstance(value, dict):
         from enn_nb.errors import CorruptCheckpointError
 

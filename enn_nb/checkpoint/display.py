@@ -104,4 +104,6 @@ def loaded_text(loaded: Any) -> str:
         lines.append(f"  shape mismatches: {loaded.shape_mismatches}")
     if loaded.optimizer_state is not None:
         lines.append("  optimizer state: present")
-    return "\n".join(lines)
+    from enn_nb._safeio import escape
+
+    return "\n".join(escape(line) for line in lines)

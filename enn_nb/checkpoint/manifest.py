@@ -121,7 +121,7 @@ class Manifest:
         written by several ranks) the file hashes stand in.
         """
         spec = {key: value for key, value in self.spec.to_dict().items() if key != "metadata"}
-        if self.tensors and all(t.sha256 for t in self.tensors):
+        if all(t.sha256 for t in self.tensors):  # an empty table too: the same identity in every format
             body: Any = sorted([t.name, t.dtype, list(t.shape), t.sha256] for t in self.tensors)
             kind = "tensors"
         else:
@@ -202,6 +202,11 @@ def _canonical(document: Mapping[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def self_hash(document: Mapping[str, Any]) -> str:
+    """The ``manifest_sha256`` of a manifest document (computed without that key)."""
+    return hashlib.sha256(_canonical({k: v for k, v in document.items() if k != "manifest_sha256"})).hexdigest()
+
+
 def encode(manifest: Manifest, *, validate: bool = True) -> str:
     """The manifest as the JSON text stored in a checkpoint, validated, with ``manifest_sha256``.
 
@@ -212,7 +217,15 @@ def encode(manifest: Manifest, *, validate: bool = True) -> str:
     if validate:
         validate_document(document, where="manifest to write", error=SpecError)
     document["manifest_sha256"] = hashlib.sha256(_canonical(document)).hexdigest()
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    from enn_nb._safeio import MAX_JSON_BYTES
+
+    if len(text) > MAX_JSON_BYTES:  # readers refuse larger manifests: never write one
+        raise SpecError(
+            f"The manifest would be {len(text)} bytes, over the {MAX_JSON_BYTES}-byte limit enn_nb reads back "
+            "(most of it is `metadata=`); nothing was replaced. Store large data in a file of its own."
+        )
+    return text
 
 
 def decode(text: str | bytes, *, path: str | None = None, where: str = "manifest") -> Manifest:
@@ -222,15 +235,20 @@ def decode(text: str | bytes, *, path: str | None = None, where: str = "manifest
         CorruptCheckpointError: not JSON, self-hash mismatch, or schema violations.
         SchemaVersionError: newer than this enn_nb understands.
     """
-    try:
-        document = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CorruptCheckpointError(f"The {where} of `{path}` is not valid JSON ({exc}); the file is damaged.",
-                                     file=path) from exc
+    from enn_nb._safeio import MAX_JSON_BYTES, json_loads
+
+    if len(text) > MAX_JSON_BYTES:
+        raise CorruptCheckpointError(f"The {where} of `{path}` is {len(text)} bytes, over the {MAX_JSON_BYTES}-byte "
+                                     "limit; the file is damaged or hostile.", file=path)
+    document = json_loads(text, what=f"The {where} of `{path}`")
     if not isinstance(document, dict):
         raise CorruptCheckpointError(f"The {where} of `{path}` is not a JSON object; the file is damaged.", file=path)
     stored = document.pop("manifest_sha256", None)
-    if stored is not None and hashlib.sha256(_canonical(document)).hexdigest() != stored:
+    if stored is None and document.get("schema") == SCHEMA_ID:  # pre-release (v0) manifests had no self-hash
+        raise CorruptCheckpointError(
+            f"The {where} of `{path}` has no `manifest_sha256`: every manifest enn_nb writes carries one, so it was "
+            "edited or damaged. Restore the checkpoint from a good copy.", file=path)
+    if stored is not None and self_hash(document) != stored:
         raise CorruptCheckpointError(
             f"The {where} of `{path}` does not match its own sha256: the manifest was damaged or edited. "
             "Restore the checkpoint from a good copy.",

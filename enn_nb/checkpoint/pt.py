@@ -69,6 +69,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         try:
             for key, storage in storages.items():
                 writer.write_record(f"data/{key}", storage, storage.nbytes())
+                handle.raise_if_failed()  # stop at the first short write instead of writing the rest
             hashes = pool.results()
             manifest = build_manifest(
                 "pt", request, hashes, optimizer_structure=structure, optimizer_tensors=opt_tensors
@@ -81,8 +82,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             writer.write_end_of_file()
         finally:
             del writer  # the C++ writer closes its file when released: before the fsync and rename
-            if handle is not None:
-                handle.close()
+            handle.close()
+        handle.raise_if_failed()
     manifest.path = str(final)
     return manifest
 
@@ -112,22 +113,57 @@ def _pickle(obj: Any) -> tuple[bytes, dict[str, Any]]:
     return buf.getvalue(), storages
 
 
-def _open_writer(path: Path) -> tuple[Any, Any]:
+class _GuardedFile:
+    """The file torch's C++ zip writer writes through: a failed write is recorded, never raised into C++.
+
+    An error raised inside ``PyTorchFileWriter`` (disk full, file too large) reaches a C++ destructor
+    that cannot throw and aborts the interpreter (a notebook kernel dies). Here a failing ``write``
+    stores the OSError, reports the bytes as written and drops everything after it; the caller raises
+    the stored error once the writer is released, and the atomic write removes the temporary file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.raw = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if self.error is None and not self.raw.closed:
+            try:
+                self.raw.write(view)
+            except OSError as exc:
+                self.error = exc
+            except Exception as exc:  # noqa: BLE001 - nothing may propagate into the C++ writer
+                self.error = OSError(f"{type(exc).__name__}: {exc}")
+        return view.nbytes  # also after close: the writer's destructor may finish an abandoned file late
+
+    def flush(self) -> None:
+        if self.error is None and not self.raw.closed:
+            try:
+                self.raw.flush()
+            except Exception as exc:  # noqa: BLE001 - see write()
+                self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except OSError as exc:
+            self.error = self.error or exc
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error  # atomic_file turns it into a CheckpointWriteError naming the checkpoint
+
+
+def _open_writer(path: Path) -> tuple[Any, _GuardedFile]:
     import torch
     from torch.serialization import _get_storage_alignment
 
-    name = str(path)
-    handle = None
-    target: Any = name
-    try:
-        name.encode("ascii")
-    except UnicodeEncodeError:  # the C++ writer opens ascii paths only; hand it a Python file instead
-        handle = open(path, "wb")  # noqa: SIM115 - closed by write()
-        target = handle
+    handle = _GuardedFile(path)
     # No CRC-32: the sha256 of every tensor and the manifest's self-hash cover the content, and a
     # CRC pass over every byte would cost as much as the sha256 one. torch.load does not check CRCs;
     # zip tools do (`unzip -t` reports them).
-    return torch._C.PyTorchFileWriter(target, False, _get_storage_alignment()), handle
+    return torch._C.PyTorchFileWriter(handle, False, _get_storage_alignment()), handle
 
 
 def _write_torch_records(writer: Any) -> None:
@@ -150,6 +186,7 @@ def torch_load(path: Path) -> Any:
     """
     import torch
 
+    _check_zip_bounds(path)
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -178,6 +215,37 @@ def torch_load(path: Path) -> Any:
     except Exception as exc:  # noqa: BLE001 - a damaged pickle/zip fails in many ways inside torch.load
         raise CorruptCheckpointError(f"`{path}` is truncated or damaged ({type(exc).__name__}: {exc}).",
                                      file=str(path)) from exc
+
+
+#: The pickle inside a .pt (``data.pkl``): the manifest and the optimizer structure, never the tensors.
+MAX_PICKLE_BYTES = 256 * 1024 * 1024
+
+
+def _check_zip_bounds(path: Path) -> None:
+    """Refuse a .pt zip whose records are compressed (torch never compresses) or claim more than the file holds.
+
+    torch's zip reader inflates a deflated ``data.pkl``: half a megabyte can unpack into gigabytes of
+    pickle before any check runs.
+
+    Raises:
+        CorruptCheckpointError: a compressed or oversized record.
+    """
+    with open(path, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            return  # legacy torch.save (not a zip): nothing to inflate
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below with its own words
+        return
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > size or (
+                info.filename.endswith("data.pkl") and info.file_size > MAX_PICKLE_BYTES):
+            raise CorruptCheckpointError(
+                f"`{path}` holds the record `{info.filename}` {'compressed' if info.compress_type else 'stored'} as "
+                f"{info.file_size} bytes in a {size}-byte file; torch.save never writes that, so the file is damaged "
+                "or built to exhaust memory. enn_nb refused to read it.", file=str(path))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -80,6 +80,14 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         return raw + b" " * (size - len(raw)), manifest
 
     placeholder, _ = header({name: "0" * 64 for name in tensors})
+    if len(placeholder) > MAX_HEADER:  # the safetensors library could never open the file: refuse before replacing
+        from enn_nb.errors import CheckpointError
+
+        raise CheckpointError(
+            f"The safetensors header for `{final}` would be {len(placeholder)} bytes (manifest and metadata included), "
+            f"over safetensors' {MAX_HEADER}-byte limit, so the file could never be loaded; nothing was written. "
+            "Shrink `metadata=`, or save as .pt or DCP."
+        )
     with atomic_file(final) as tmp, HashPool() as pool:
         pool.submit_all(tensors, order)
         with open(tmp, "wb") as fh:
@@ -117,23 +125,20 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         raise CorruptCheckpointError(
             f"`{path}` is truncated: its safetensors header needs {n} bytes, the file has {size - 8}.", file=str(path)
         )
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptCheckpointError(f"The safetensors header of `{path}` is not valid JSON ({exc}); the file is "
-                                     "damaged.", file=str(path)) from exc
+    from enn_nb._safeio import json_loads
+
+    header = json_loads(raw, what=f"The safetensors header of `{path}`")
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"The safetensors header of `{path}` is not a JSON object.", file=str(path))
     start = 8 + n
     end = 0
     for name, info in header.items():
         if name == "__metadata__":
+            if info is not None and not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise CorruptCheckpointError(f"The safetensors `__metadata__` of `{path}` is not a string map.",
+                                             file=str(path))
             continue
-        try:
-            end = max(end, int(info["data_offsets"][1]))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise CorruptCheckpointError(f"The safetensors header entry `{name}` of `{path}` is malformed.",
-                                         file=str(path), tensor=name) from exc
+        end = max(end, _check_entry(path, name, info))
     if size < start + end:
         raise CorruptCheckpointError(
             f"`{path}` is truncated: the header describes {start + end} bytes, the file has {size}. Save it again "
@@ -141,6 +146,33 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             file=str(path),
         )
     return header, start
+
+
+def _check_entry(path: Path, name: str, info: Any) -> int:
+    """The end offset of a well-formed tensor entry (dtype known, shape of ints, byte range matching it)."""
+    import math
+
+    def bad(what: str) -> CorruptCheckpointError:
+        from enn_nb._safeio import escape
+
+        return CorruptCheckpointError(f"The safetensors header entry `{escape(name)}` of `{path}` is malformed "
+                                      f"({what}); the file is damaged.", file=str(path), tensor=name)
+
+    if not isinstance(info, dict):
+        raise bad("not an object")
+    code, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if code not in TORCH_DTYPES:
+        raise bad(f"dtype {code!r}")
+    if not isinstance(shape, list) or len(shape) > 16 or not all(type(d) is int and d >= 0 for d in shape):
+        raise bad("shape is not a list of sizes")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets)
+            or offsets[0] > offsets[1]):
+        raise bad("data_offsets is not [begin, end]")
+    from .tensors import expected_nbytes
+
+    if offsets[1] - offsets[0] != expected_nbytes(TORCH_DTYPES[code], shape) or math.prod(shape) > 1 << 40:
+        raise bad(f"{offsets[1] - offsets[0]} bytes for shape {shape}")
+    return offsets[1]
 
 
 def header_table(header: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:

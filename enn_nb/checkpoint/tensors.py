@@ -228,8 +228,20 @@ def join_tree(structure: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     """Inverse of :func:`split_tree`.
 
     Raises:
-        CorruptCheckpointError: the structure names a tensor that is not in ``tensors``.
+        CorruptCheckpointError: the structure names a tensor that is not in ``tensors``, or is malformed.
     """
+    try:
+        return _join_tree(structure, tensors)
+    except CorruptCheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as exc:
+        raise CorruptCheckpointError(
+            f"The optimizer structure in the manifest is malformed ({type(exc).__name__}: {str(exc)[:200]}); the "
+            "checkpoint is damaged or forged. Load it with `optimizer` state ignored, or restore a good copy."
+        ) from None
+
+
+def _join_tree(structure: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
 
     def walk(value: Any) -> Any:
         if isinstance(value, list):
@@ -237,7 +249,7 @@ def join_tree(structure: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
         if isinstance(value, dict):
             if set(value) == {"$tensor"}:
                 name = value["$tensor"]
-                if name not in tensors:
+                if not isinstance(name, str) or name not in tensors:
                     raise CorruptCheckpointError(f"The optimizer state names tensor `{name}`, which the checkpoint lacks.")
                 return tensors[name]
             if set(value) == {"$tuple"}:

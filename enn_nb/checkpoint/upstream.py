@@ -83,15 +83,9 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
     raw = next((header_metadata[k] for k in SAFETENSORS_META_KEYS if isinstance(header_metadata.get(k), str)), None)
     layout = LAYOUT
     if raw is not None:
-        import json
+        from enn_nb._safeio import json_loads
 
-        try:
-            value = json.loads(raw)
-        except ValueError as exc:
-            from enn_nb.errors import CorruptCheckpointError
-
-            raise CorruptCheckpointError(f"`{path}`'s `enn_meta_json` header entry is not JSON ({exc}).",
-                                         file=str(path)) from exc
+        value = json_loads(raw, what=f"`{path}`'s `enn_meta_json` header entry")
         meta = value if isinstance(value, dict) else {}
     elif safetensors_sidecar(path).exists():
         meta = read_json_file(safetensors_sidecar(path))
@@ -103,7 +97,9 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
 
 
 def from_dcp(path: Path, table: Mapping[str, tuple[str, tuple[int, ...]]]) -> Manifest:
-    meta = read_json_file(path / UPSTREAM_DCP_META)
+    from enn_nb._safeio import confined
+
+    meta = read_json_file(confined(path, UPSTREAM_DCP_META, what="The ENN-PyTorch `meta.json`"))
     missing = [f for f in META_FIELDS if f not in meta]
     tensors = [TensorEntry(n, dtype, shape, expected_nbytes(dtype, shape)) for n, (dtype, shape) in table.items()]
     return _manifest("dcp", path, meta, tensors, missing, LAYOUT)

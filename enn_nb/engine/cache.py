@@ -151,9 +151,45 @@ def fetch(key: str, names: list[str], out_dir: Path) -> bool:
         return False
     for name in names:
         src, dst = source / name, out_dir / name
+        check_replaceable_artifact(dst, directory=src.is_dir())
         with atomic_path(dst) as tmp:
             _link_or_copy(src, tmp)
     return True
+
+
+def check_replaceable_artifact(dst: Path, *, directory: bool) -> None:
+    """Refuse to replace ``dst`` unless it is absent, a file (for a file) or an earlier enn_nb artifact folder.
+
+    Raises:
+        OutputDirError: ``dst`` holds something enn_nb did not write (a user's folder, a FIFO...).
+    """
+    from enn_nb._fs import check_same_kind
+    from enn_nb.errors import OutputDirError
+
+    check_same_kind(dst, directory=directory, what="artifact", error=OutputDirError)
+    if directory and dst.is_dir() and not dst.is_symlink() and not _is_enn_artifact_dir(dst):
+        raise OutputDirError(
+            f"`{dst}` is a folder enn_nb did not write (no sidecar lists its files); enn_nb will not replace it. "
+            "Move it away, or export to another `out_dir`/`stem`."
+        )
+
+
+def _is_enn_artifact_dir(path: Path) -> bool:
+    """True when ``path``'s sidecar names it as a folder artifact and lists every file inside it."""
+    from enn_nb.engine import sidecar as sc
+
+    try:
+        data = sc.read(sc.sidecar_path(path), check_schema=False)
+    except Exception:  # noqa: BLE001 - no readable sidecar: not provably ours
+        return False
+    if data.get("artifact") != path.name or not data.get("directory_artifact"):
+        return False
+    listed = {str(entry.get("path")) for entry in data.get("files") or [] if isinstance(entry, dict)}
+    try:
+        inside = {p.relative_to(path.parent).as_posix() for p in path.rglob("*") if not p.is_dir()}
+    except OSError:
+        return False
+    return inside <= listed
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -18,7 +18,15 @@ EXIT_UNAVAILABLE = 2
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("backends", help="list export backends and whether they work here")
+    p = subparsers.add_parser(
+        "backends",
+        help="list export backends and whether they work here",
+        description="List every export backend: its artifact suffix, whether it converts here, whether its "
+        "runtime can run the artifact here (for parity), and for a missing one why and the pip line that "
+        "installs it.",
+        epilog="example:\n  enn-nb backends\n  enn-nb backends --json | python -m json.tool",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_backends)
 
@@ -28,6 +36,10 @@ def register(subparsers: Any) -> None:
         description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
         "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable (with `--backends all`, "
         "unavailable ones are listed but do not fail the command); 2 when SRC does not exist.",
+        epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
+        "  enn-nb export model.pt -b all -o exports --json > report.json\n"
+        "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
     p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
@@ -49,11 +61,22 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(func=_export)
 
-    p = subparsers.add_parser("verify", help="re-check an exported artifact against its saved vectors")
+    p = subparsers.add_parser(
+        "verify",
+        help="re-check an exported artifact against its saved vectors",
+        description="Run ARTIFACT in its runtime on the inputs saved beside it at export time "
+        "(<stem>.vectors.safetensors) and compare with the eager model's saved outputs, within the "
+        "sidecar's tolerance (or --atol/--rtol). Works on any machine with the runtime; needs no model "
+        "and no checkpoint. Exits 1 on a mismatch.",
+        epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("artifact", metavar="ARTIFACT", help="the artifact (or its .enn.json sidecar)")
     p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
     p.add_argument("--rtol", type=float, default=None, help="override the sidecar's relative tolerance")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
     p.set_defaults(func=_verify)
 
     _register_build_trt(subparsers)
@@ -66,6 +89,8 @@ def _register_build_trt(subparsers: Any) -> None:
         description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
         "check parity against the vectors file beside it and rewrite the sidecar. Exit codes: 0 built and "
         f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
+        epilog="example:\n  enn-nb build-trt exports/model.engine.enn.json --out model.engine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
     p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
@@ -153,7 +178,7 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from enn_nb.engine import verify
 
-    result = verify(args.artifact, tolerances=(args.atol, args.rtol))  # a bound not given: the sidecar's
+    result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
         return 3  # nothing was checked: not a pass, not a mismatch
@@ -161,6 +186,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _build_trt(args: argparse.Namespace) -> int:
+    from enn_nb._safeio import escape
     from enn_nb.engine import sidecar as sc
     from enn_nb.engine.complete import complete
     from enn_nb.errors import EnnError, PlatformUnavailableError
@@ -175,10 +201,10 @@ def _build_trt(args: argparse.Namespace) -> int:
             return 1
         result = complete(path, out=args.out)
     except PlatformUnavailableError as exc:
-        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
+        print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except EnnError as exc:  # a failed build leaves the deferred sidecar as it was
-        print(f"enn-nb build-trt: {exc}", file=sys.stderr)
+        print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
         return 1
     print(result.summary() + f"; sidecar updated: {path.name}")
     return 0 if result.ok else 1

@@ -32,7 +32,8 @@ def complete(sidecar_path: str | os.PathLike[str], *, out: str | os.PathLike[str
 
     Args:
         sidecar_path: the deferred export's ``.enn.json`` sidecar (or the artifact path beside it).
-        out: the artifact's path (default: the name the sidecar records); in the sidecar's folder.
+        out: the artifact's path (default: the name the sidecar records); in the sidecar's folder (a bare
+            file name is taken there).
 
     Returns:
         The result, as ``export()`` reports one: ``ok`` or ``mismatch``.
@@ -53,6 +54,8 @@ def complete(sidecar_path: str | os.PathLike[str], *, out: str | os.PathLike[str
     if data["status"] != "deferred":
         raise ExportError(f"`{path.name}` records status `{data['status']}`; only a `deferred` export can be completed.")
     backend = get_backend(data["backend"])
+    if out is not None and Path(out).parent == Path("."):
+        out = base / out  # a bare file name is one in the sidecar's folder
     artifact_name = Path(out).name if out is not None else path.name[: -len(sc.SIDECAR_SUFFIX)]
     if out is not None and Path(out).resolve().parent != base:
         raise ExportError(f"`out` {str(out)!r} must be in the sidecar's folder `{base}` (a sidecar lists its files "
@@ -112,7 +115,11 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
 
 
 def _vectors(data: dict[str, Any], base: Path, stem: str) -> Path | None:
+    from enn_nb._safeio import plain_name
+
     named = ((data.get("parity") or {}).get("vectors") or {}).get("file")
+    if named is not None:
+        named = plain_name(named, what="The sidecar's vectors file", error=ExportError)
     for candidate in ([base / named] if named else []) + [base / f"{stem}{VECTORS_SUFFIX}"]:
         if candidate.is_file():
             return candidate

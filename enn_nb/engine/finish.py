@@ -131,6 +131,9 @@ def _place(artifact_src: Path, extra_src: list[Path], out: Path) -> tuple[Path, 
         placed_extra.append(dst)
     artifact = out / artifact_src.name
     if artifact_src.exists():
+        from enn_nb.engine.cache import check_replaceable_artifact
+
+        check_replaceable_artifact(artifact, directory=artifact_src.is_dir())
         replace_path(artifact_src, artifact)
     return artifact, sc.file_entries(artifact if artifact.exists() else None, placed_extra, out)
 

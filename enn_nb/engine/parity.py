@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import ExportError
+from enn_nb.errors import EnnError, ExportError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -73,6 +73,9 @@ def default_example_inputs(spec: ModelSpec | None, in_dim: int | None, feature_d
             "Cannot make example inputs: the model has no `in_dim` and no `spec`. "
             "Pass `example_inputs=(torch.randn(2, N),)` or `spec=ModelSpec(in_dim=N)`."
         )
+    from enn_nb._safeio import check_example_shape
+
+    check_example_shape([int(batch), int(in_dim)], what="example input shape [batch, in_dim]")
     dtype = getattr(torch, feature_dtype or "float32")
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, in_dim, generator=gen, dtype=torch.float64)
@@ -330,26 +333,35 @@ class VerifyResult:
         if tol:
             lines.append(f"  tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}")
         lines += [f"  problem: {p}" for p in self.problems]
-        return "\n".join(lines)
+        from enn_nb._safeio import escape
+
+        return "\n".join(escape(line) for line in lines)
 
 
-def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, Any] | None = None) -> VerifyResult:
+def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, Any] | None = None,
+           trust: bool = False) -> VerifyResult:
     """Re-check an exported artifact from its sidecar and vectors file.
 
-    Checks the files' sha256 against the sidecar, runs the artifact on the saved inputs with its
-    backend's runtime and compares with the saved eager outputs.
+    Checks the files' sha256 against the sidecar first and stops (``failed``, nothing loaded) on any
+    mismatch; then runs the artifact on the saved inputs with its backend's runtime and compares with
+    the saved eager outputs.
 
     Args:
         artifact: the artifact (or its ``.enn.json`` sidecar).
         tolerances: ``(atol, rtol)`` (either may be None) or ``{"atol": ...}`` overriding the sidecar's.
         options: backend load options overriding the sidecar's.
+        trust: allow loading an artifact that is native code (an AOTInductor package runs its shared
+            library when loaded); a one-line warning says so.
 
     Raises:
         ExportError: no/invalid sidecar, or no vectors file.
+        UnsafeArtifactError: an AOTI package without ``trust=True``, or a .pt2 holding pickles.
     """
+    from enn_nb._safeio import confined, escape
     from enn_nb.engine import sidecar as sc
     from enn_nb.engine.registry import get_backend
     from enn_nb.engine.tolerance import parse_tolerances
+    from enn_nb.engine.trust import require_trust
 
     artifact = Path(artifact)
     if artifact.name.endswith(sc.SIDECAR_SUFFIX):
@@ -362,18 +374,21 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     if data["status"] not in ("ok", "mismatch"):
         return VerifyResult(artifact, backend_name, "skipped", f"the export's status is `{data['status']}`: no artifact to verify", {}, [])
     base = side_path.parent
-    problems = sc.check_files(data, base)
+    problems = sc.check_files(data, base, artifact)
     vectors = (data.get("parity") or {}).get("vectors") or {}
     if not vectors.get("file"):
         raise ExportError(f"The sidecar of `{artifact.name}` names no vectors file; re-export with verify=True.")
-    vec_path = base / vectors["file"]
+    vec_path = confined(base, vectors["file"], what="The sidecar's vectors file", error=ExportError, must_exist=False)
     if not vec_path.is_file():
         raise ExportError(
             f"The vectors file `{vectors['file']}` is missing beside `{artifact.name}`; copy it with the artifact "
             "or re-export."
         )
     if vectors.get("sha256") and sc.sha256_file(vec_path) != vectors["sha256"]:
-        problems.append(f"`{vectors['file']}` has another sha256 than the sidecar records")
+        problems.append(f"`{escape(vectors['file'])}` has another sha256 than the sidecar records")
+    if problems:  # never load what does not match its hashes
+        return VerifyResult(artifact, backend_name, "failed", "files differ from the sidecar; nothing was loaded",
+                            {}, problems)
     backend = get_backend(backend_name)
     reason = backend.runtime_unavailable_reason()
     if reason:
@@ -385,6 +400,19 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     recorded = (float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1])))
     atol, rtol = parse_tolerances(tolerances).resolve(backend_name, recorded)  # what is not given: the sidecar's
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
-    runner = backend.load(artifact, load_options)
-    parity = finite(run_cases(runner, chosen, atol, rtol))
+    require_trust(backend_name, artifact, trust)
+    try:
+        runner = backend.load(artifact, load_options)
+        parity = finite(run_cases(runner, chosen, atol, rtol))
+    except EnnError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a runtime's own error on a damaged artifact: one enn_nb error
+        from enn_nb.errors import BackendError
+
+        raise BackendError(
+            f"`{artifact.name}` could not be loaded or run by the `{backend_name}` runtime ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}). Its hashes match the sidecar, so "
+            "it was written this way or resealed after a change; re-export it.",
+            backend=backend_name, stage="verify",
+        ) from exc
     return VerifyResult(artifact, backend_name, parity["status"], None, parity, problems)

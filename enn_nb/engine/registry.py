@@ -149,6 +149,9 @@ class BackendTable(list):
     def __str__(self) -> str:
         return str(self.table())
 
+    # a notebook's text/plain form (nbconvert, terminals): the table, not a list of BackendInfo(...)
+    __repr__ = __str__
+
     def _repr_html_(self) -> str:
         return self.table()._repr_html_()
 

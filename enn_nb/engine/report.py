@@ -9,7 +9,7 @@ from typing import Any
 
 from enn_nb._format import human_size
 from enn_nb.table import Cell, Table
-from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUS_MEANING, STATUSES  # noqa: F401  (STATUS_MEANING re-exported)
+from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUSES
 
 @dataclasses.dataclass
 class BackendResult:

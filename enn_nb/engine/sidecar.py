@@ -99,17 +99,34 @@ def file_entries(artifact: Path | None, extra_files: list[Path], base: Path) -> 
     return entries
 
 
-def check_files(sidecar: dict[str, Any], base: Path) -> list[str]:
-    """Problems with the files a sidecar lists (missing, other size, other sha256); empty when all match."""
+def check_files(sidecar: dict[str, Any], base: Path, artifact: Path | None = None) -> list[str]:
+    """Problems with the files a sidecar lists (missing, other size, other sha256); empty when all match.
+
+    Every listed path must stay inside ``base`` (symlinks included) and be a regular file; when
+    ``artifact`` is given, every file it consists of must be listed (an unlisted file would be loaded
+    unchecked).
+    """
+    from enn_nb._safeio import confined, escape
+    from enn_nb.errors import ExportError
+
     problems = []
+    listed = set()
     for entry in sidecar.get("files", []):
-        path = base / entry["path"]
+        path = confined(base, entry["path"], what="A file the sidecar lists", error=ExportError, must_exist=False)
+        listed.add(path.resolve())
+        shown = escape(entry["path"])
         if not path.is_file():
-            problems.append(f"`{entry['path']}` is missing")
+            problems.append(f"`{shown}` is missing or not a regular file")
         elif path.stat().st_size != entry["size"]:
-            problems.append(f"`{entry['path']}` has {path.stat().st_size} bytes, the sidecar says {entry['size']}")
+            problems.append(f"`{shown}` has {path.stat().st_size} bytes, the sidecar says {entry['size']}")
         elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"`{entry['path']}` has another sha256 than the sidecar records")
+            problems.append(f"`{shown}` has another sha256 than the sidecar records")
+    if artifact is not None and artifact.exists():
+        parts = [p for p in artifact.rglob("*") if not p.is_dir()] if artifact.is_dir() else [artifact]
+        unlisted = [p for p in parts if p.resolve() not in listed]
+        if unlisted:
+            problems.append(f"`{escape(unlisted[0].relative_to(base) if unlisted[0].is_relative_to(base) else unlisted[0])}` "
+                            f"is part of the artifact but not listed in its sidecar ({len(unlisted)} unlisted)")
     return problems
 
 
@@ -234,10 +251,10 @@ def read(path: Path, *, check_schema: bool = True) -> dict[str, Any]:
             f"No sidecar `{path.name}` beside the artifact in `{path.parent}`; enn_nb verifies only artifacts it "
             "exported (re-export with `enn_nb.export`)."
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"`{path}` is not valid JSON ({exc}); the sidecar is damaged, re-export the artifact.") from None
+    from enn_nb._safeio import MAX_JSON_BYTES, json_loads, read_capped
+
+    data = json_loads(read_capped(path, MAX_JSON_BYTES, what="The sidecar", error=ExportError),
+                      what=f"The sidecar `{path}` (damaged: re-export the artifact)", error=ExportError)
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise ExportError(f"`{path}` has schema {found!r}; this enn_nb reads `{SCHEMA}`.")

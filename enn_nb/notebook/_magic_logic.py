@@ -162,7 +162,26 @@ def check_identifier(name: str, option: str) -> str:
     """``name`` if it can be bound as a Python variable."""
     if not name.isidentifier() or keyword.iskeyword(name):
         raise SpecError(f"`{option} {name}`: `{name}` is not a valid Python variable name; use letters, digits and _.")
+    if is_reserved_name(name):
+        raise SpecError(
+            f"`{option} {name}`: `{name}` is a Python builtin or one of IPython's own names; binding it would break "
+            "the kernel. Pick another name, e.g. `model`."
+        )
     return name
+
+
+#: Names IPython itself binds in the user namespace (rebinding them breaks the shell).
+IPYTHON_NAMES = frozenset({"get_ipython", "exit", "quit", "In", "Out", "_ih", "_oh", "_dh", "_ii", "_iii", "_i",
+                           "_", "__", "___", "__builtins__", "__builtin__", "__name__", "__doc__", "__spec__",
+                           "__loader__", "__package__"})
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for builtins (``print``, ``__builtins__``), dunders and IPython's own names (``get_ipython``, ``In``)."""
+    import builtins
+
+    return (name in IPYTHON_NAMES or hasattr(builtins, name) or (name.startswith("__") and name.endswith("__"))
+            or re.fullmatch(r"_i{0,3}\d*|_\d+", name) is not None)
 
 
 def name_from_path(path: str | os.PathLike[str]) -> str:
@@ -226,14 +245,12 @@ def parse_meta(items: Iterable[str]) -> dict[str, Any]:
 def _yaml_value(text: str) -> Any:
     import yaml
 
+    from enn_nb._yaml import safe_load
+
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        return safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
-    if isinstance(value, str):
-        number = _float_or_none(value)
-        return number if number is not None and re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", value) else value
-    return value
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -316,10 +333,12 @@ def parse_export_body(body: str) -> dict[str, Any]:
     """
     import yaml
 
+    from enn_nb._yaml import safe_load
+
     if not body.strip():
         return {}
     try:
-        data = yaml.safe_load(quote_typed_shapes(body))
+        data = safe_load(quote_typed_shapes(body))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -490,9 +509,12 @@ def example_inputs(value: str | list[Any] | Mapping[str, Any], namespace: Mappin
     import torch
 
     if isinstance(value, list) and all(_positive_int(d) for d in value):
+        from enn_nb._safeio import check_example_shape
+
+        shape = check_example_shape(value, what="example_inputs")
         dtype = getattr(torch, getattr(spec, "feature_dtype", None) or "float32")
         generator = torch.Generator().manual_seed(EXAMPLE_SEED)
-        return (torch.rand(*value, generator=generator).to(dtype),)
+        return (torch.rand(*shape, generator=generator).to(dtype),)
     if isinstance(value, (list, Mapping)):
         return signature_inputs(value, spec)
     inputs = lookup(namespace, value, what="example_inputs")
@@ -514,6 +536,12 @@ def signature_inputs(value: list[Any] | Mapping[str, Any], spec: Any = None) -> 
         sigs = [sig.TensorSig(sigs[0].name, declared[single[0]].dtype, sigs[0].shape)]
     sigs = [sig.TensorSig(s.name, s.dtype, s.shape, s.categories or getattr(declared.get(s.name), "categories", None))
             for s in sigs]
+    from enn_nb._safeio import check_example_shape
+
+    sizes = sig.dim_sizes(sigs)
+    for s in sigs:  # the same cap as a plain shape: a typo must not allocate gigabytes
+        check_example_shape([d if isinstance(d, int) else sizes[sig.dim_name(d)] for d in s.shape] or [1],
+                            what=f"example_inputs.{s.name}")
     return sig.draw(sigs, seed=EXAMPLE_SEED)
 
 
@@ -561,7 +589,9 @@ def is_user_error(exc: BaseException) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """The error as one line: its message with whitespace collapsed, plus the install line if missing."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    from enn_nb._safeio import escape
+
+    text = escape(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, OSError) and getattr(exc, "filename", None) and not isinstance(exc, EnnError):
         text = f"`{exc.filename}`: {exc.strerror or text}"
     if isinstance(exc, MissingDependencyError) and exc.install_line not in text:

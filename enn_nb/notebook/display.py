@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,7 @@ class TqdmProgress:
         self._factory = tqdm_factory
         self._kwargs = {"leave": True, **tqdm_kwargs}
         self.bars: dict[str, Any] = {}
+        self._handles: dict[str, Any] = {}
         self._seen: dict[str, list[str]] = {}
         self.events: list[dict[str, Any]] = []
         self.final: dict[str, str] = {}
@@ -53,7 +55,32 @@ class TqdmProgress:
         else:
             label = backend
         total = 1 if backend is None else (len(self.stages) if self.stages else None)
-        return factory(total=total, desc=label, unit="stage", **self._kwargs)
+        if not _is_widget_tqdm(factory):
+            return factory(total=total, desc=label, unit="stage", **self._kwargs)
+        # A widget bar's text/plain form (what nbconvert HTML and GitHub show) is frozen when it is
+        # displayed, at 0%. Display it ourselves, under an id, so that _finish can refresh that text.
+        from IPython.display import display
+
+        bar = factory(total=total, desc=label, unit="stage", display=False, **self._kwargs)
+        self._handles[label] = display(bar.container, display_id=True)
+        bar._enn_label = label
+        return bar
+
+    def _finish(self, bar: Any) -> None:
+        bar.close()
+        handle = self._handles.pop(getattr(bar, "_enn_label", None), None)
+        if handle is not None:
+            # A finished bar has nothing left to animate: replace the widget by its final state as
+            # HTML and text, which every renderer shows (a widget without saved state renders as
+            # nothing in nbconvert HTML, and its text/plain was frozen at 0%).
+            text = repr(bar.container)
+            total = bar.total if bar.total else max(bar.n, 1)
+            handle.update({
+                "text/plain": text,
+                "text/html": f"<div class='enn-nb-progress'><progress value='{bar.n}' max='{total}'></progress> "
+                             f"<code>{html.escape(text)}</code></div>",
+            }, raw=True)  # fmt: skip
+            bar.container.close()  # its view is gone: free the widget
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         event = dict(event)
@@ -79,15 +106,24 @@ class TqdmProgress:
             self.final[backend] = str(status)
             if bar.total is not None and bar.n < bar.total:
                 bar.update(bar.total - bar.n)
-            bar.close()
+            self._finish(bar)
 
     def close(self) -> None:
         for backend, bar in self.bars.items():
             if backend not in self.final:
-                bar.close()
+                self._finish(bar)
 
     def __enter__(self) -> TqdmProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_widget_tqdm(factory: Any) -> bool:
+    """Whether ``factory`` is tqdm's ipywidgets bar (what ``tqdm.auto`` picks inside a kernel)."""
+    try:
+        from tqdm.notebook import tqdm_notebook
+    except ImportError:
+        return False
+    return isinstance(factory, type) and issubclass(factory, tqdm_notebook)

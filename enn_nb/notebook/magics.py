@@ -126,7 +126,8 @@ class EnnMagics(Magics):
     def enn_save(self, line: str) -> Any:
         """Save a model from the namespace as a self-describing checkpoint; returns its Manifest.
 
-        The cell's provenance (source hash, execution count, notebook path) is stored in the
+        The manifest shows as one line (path, format, parameters, size, hash); ``print(_)`` or
+        ``%enn_inspect PATH`` shows the whole table. The cell's provenance (source hash, execution count, notebook path) is stored in the
         manifest's metadata under ``provenance``.
 
         Example::
@@ -154,8 +155,10 @@ class EnnMagics(Magics):
             path.parent.mkdir(parents=True, exist_ok=True)
 
             from enn_nb.checkpoint import save
+            from enn_nb.notebook.saved import SavedManifest
 
-            return save(model, path, format=fmt, spec=spec, metadata=metadata or None, optimizer=optimizer)
+            manifest = save(model, path, format=fmt, spec=spec, metadata=metadata or None, optimizer=optimizer)
+            return SavedManifest.of(manifest)
 
     # -- %enn_load ----------------------------------------------------------------------------
     @magic_arguments()
@@ -174,7 +177,7 @@ class EnnMagics(Magics):
         Example::
 
             %enn_load checkpoints/model.safetensors --into restored
-            restored(x)
+            restored.eval()
         """
         with user_errors():
             args = _parse(self.enn_load, line)
@@ -240,7 +243,7 @@ class EnnMagics(Magics):
             backends: [onnx, pt2]
             dynamic_batch: true
             batch_range: [1, 8, 64]
-            example_inputs: x_example      # or a shape: [2, 32]
+            example_inputs: [2, 38]  # a shape, or the name of a tensor variable
             tolerances:
               onnx: {atol: 1.0e-5, rtol: 1.0e-4}
             options:

@@ -73,14 +73,17 @@ class Wizard:
     def save_report(self) -> Any:
         """Produce the papermill export report for the same model and settings; blocks until done.
 
-        The "Save as report" button does the same in a background thread. A model chosen from a
-        variable is first saved as a checkpoint next to the artifacts, since a report runs in a
-        fresh kernel that can only read files.
+        The "Save as report" button does the same in a background thread. Both write
+        ``<out_dir>/report/export_report.ipynb`` and ``.html``. A model chosen from a checkpoint is
+        reported from that file; one chosen from a variable is first saved as
+        ``<out_dir>/report/<variable>.safetensors``, since a report runs in a fresh kernel that can
+        only read files (``result.model_note`` says so, and the wizard shows it).
 
         Returns:
-            The ``enn_nb.reports.ReportResult`` (``.notebook`` is the executed report).
+            The ``enn_nb.reports.ReportResult`` (``.notebook`` is the executed report, ``.html`` its HTML).
         """
         result = self._make_report()
+        self.view._saved_report = result
         self.state.report_path = str(getattr(result, "notebook", result))
         return result
 
@@ -92,15 +95,22 @@ class Wizard:
         state = self.state
         if state.report is None:
             raise RuntimeError("Run the export before saving it as a report.")
-        out_dir = Path(state.out_dir).expanduser()
+        report_dir = Path(state.out_dir).expanduser() / "report"
         checkpoint = state.selected_model()
+        note = ""
         if not isinstance(checkpoint, Path):
-            checkpoint = out_dir / "wizard_model.safetensors"
-            save(state.namespace[state.variable], checkpoint)
+            checkpoint = report_dir / f"{state.variable}.safetensors"
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            save(state.namespace[state.variable], checkpoint, metadata={"made_by": "enn_nb wizard, Save as report"})
+            note = (
+                f"`{state.variable}` was saved as {checkpoint} for the report: a report runs in a fresh "
+                "kernel, which can only read a checkpoint file (choose a checkpoint on step 1 to report on it instead)."
+            )
         atol, rtol = state.tolerances()
         result = report(
             "export_report",
-            out_dir / "report",
+            report_dir,
+            html=True,
             checkpoint=str(checkpoint.resolve()),
             backends=list(state.backends),
             batch_sizes=sorted(set(state.batch_range())),
@@ -108,11 +118,24 @@ class Wizard:
             rtol=rtol,
             progress=False,
         )
+        result.model_note = note  # type: ignore[attr-defined]
         return result
 
     # -- display -------------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.view.widget._repr_mimebundle_(**kwargs)
+        bundle = self.view.widget._repr_mimebundle_(**kwargs)
+        if isinstance(bundle, dict):  # a static rendering (nbconvert, GitHub) shows this, not VBox(children=...)
+            bundle["text/plain"] = self._static_text()
+        return bundle
+
+    def _static_text(self) -> str:
+        state = self.state
+        step = STEPS.index(self.step) + 1
+        backends = ", ".join(state.backends) or "none chosen"
+        text = f"enn_nb export wizard, step {step} of {len(STEPS)} ({self.step}); backends: {backends}"
+        if state.report is not None:
+            text += "; last run: " + ", ".join(f"{r.backend}={r.status}" for r in state.report.results)
+        return text + " (an interactive widget: run the notebook in Jupyter to use it)"
 
     def __repr__(self) -> str:
         state = self.state

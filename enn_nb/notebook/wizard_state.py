@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 STEPS = ("model", "targets", "run", "results")
 STEP_TITLES = {"model": "Model", "targets": "Targets and options", "run": "Run", "results": "Results"}
 
+#: Backends preselected when ``wizard()`` is opened without ``backends``: they convert in seconds.
+FAST_BACKENDS = ("onnx", "ort", "pt2")
+#: Backends whose conversion is slow, with what the targets step says about them (observed on a
+#: 2-core CPU machine with the reference model).
+SLOW_BACKENDS = {
+    "aoti": "slow: compiles C++, typically a minute or more",
+    "executorch": "slow: lowers to XNNPACK, typically a minute or more",
+}
+
 #: ``wizard(**defaults)`` keys that are not trait names
 _DEFAULT_ALIASES = {"model": "variable", "batch_range": None, "tolerances": None, "backend": "backends"}
 
@@ -135,6 +144,9 @@ class WizardState(HasTraits):
                 raise TypeError(
                     f"`wizard()` got an unknown option `{key}`={value!r}. Known options: {', '.join(known)}."
                 )
+        if "backends" not in defaults and "backend" not in defaults:
+            available = set(self.available_backends())
+            self.backends = [name for name in FAST_BACKENDS if name in available]
 
     def _preselect_backends(self, names: list[str]) -> None:
         # A ticked box of an unavailable backend would be disabled, so the user could not untick it:
@@ -250,7 +262,8 @@ class WizardState(HasTraits):
                 return "No checkpoint chosen: type the path of a .pt, .safetensors or DCP checkpoint."
             path = Path(text).expanduser()
             if not path.exists():
-                return f"Checkpoint `{text}` does not exist. Check the path (relative to {os.getcwd()})."
+                hint = did_you_mean(path)
+                return f"Checkpoint `{text}` does not exist{hint}. Check the path (relative to {os.getcwd()})."
             return ""
         names = self.module_names()
         if not self.variable:
@@ -423,21 +436,51 @@ def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+#: What a checkpoint looks like on disk: a file with one of these suffixes, or a (DCP) directory.
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def did_you_mean(path: Path) -> str:
+    """``"; did you mean `runs/model.pt`?"`` from the checkpoints near a path that does not exist, else ''."""
+    import difflib
+
+    folder = path.parent
+    while not folder.is_dir():  # a wrong folder: look in the nearest one that exists
+        if folder.parent == folder:
+            return ""
+        folder = folder.parent
+    try:
+        entries = [p for p in folder.iterdir() if p.is_dir() or p.suffix in CHECKPOINT_SUFFIXES]
+    except OSError:
+        return ""
+    names = {p.name: p for p in entries if not p.name.startswith(".")}
+    close = difflib.get_close_matches(path.name, list(names), n=3, cutoff=0.5)
+    if not close:
+        return ""
+    shown = [str(names[name]) if folder != Path(".") else name for name in close]
+    return "; did you mean " + " or ".join(f"`{s}`" for s in shown) + "?"
+
+
+def result_rows(
+    report: Any, latency: Mapping[str, float] | None = None, batches: Mapping[str, int] | None = None,
+    batch: int | None = None,
+) -> list[dict[str, Any]]:
     """One plain dict per backend of an ExportReport, what the results table and plots show.
 
     Keys: backend, status, cached, artifact, sidecar (paths as str or ''), size (bytes of all the
     artifact's files, or None), max_abs_err (or None), parity ``{batch_size: max_abs_err}`` (the
     worst case of each batch size), atol (the tolerance parity used, or None), latency_ms (or
-    None), message (the error or deferral reason, '' when ok).
+    None), latency_batch (the batch size it was measured at: ``batches[backend]``, else ``batch``),
+    message (the error or deferral reason, '' when ok).
     """
     latency = latency or {}
+    batches = batches or {}
     rows = []
     for result in report.results:
         parity: dict[int, float] = {}
         for case in result.parity.get("cases") or []:
-            batch = int(case["batch_size"])
-            parity[batch] = max(parity.get(batch, 0.0), float(case["max_abs_err"]))
+            size = int(case["batch_size"])
+            parity[size] = max(parity.get(size, 0.0), float(case["max_abs_err"]))
         tolerance = result.parity.get("tolerance") or {}
         rows.append(
             {
@@ -451,6 +494,7 @@ def result_rows(report: Any, latency: Mapping[str, float] | None = None) -> list
                 "parity": parity,
                 "atol": tolerance.get("atol"),
                 "latency_ms": latency.get(result.backend),
+                "latency_batch": batches.get(result.backend, batch) if result.backend in latency else None,
                 "message": (result.error or result.deferred or "") if result.status != "ok" else "",
             }
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import SpecError
-from enn_nb.notebook.wizard_state import STEP_TITLES, STEPS, WizardState, result_rows
+from enn_nb.notebook.wizard_state import SLOW_BACKENDS, STEP_TITLES, STEPS, WizardState, result_rows
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -195,6 +195,9 @@ class WizardView:
             self.backend_boxes[row.name] = box
             if row.available:
                 note = f"<code>{html.escape(row.suffix)}</code> {html.escape(row.description)}"
+                if row.name in SLOW_BACKENDS:
+                    note += (f" <span class='enn-wizard-slow' style='color:#b36b00'>"
+                             f"({html.escape(SLOW_BACKENDS[row.name])})</span>")  # fmt: skip
             else:
                 note = (
                     f"<span style='color:#777'>unavailable: {html.escape(row.reason or '')}</span>"
@@ -277,7 +280,7 @@ class WizardView:
         self._bars: dict[str, tuple[ipywidgets.FloatProgress, ipywidgets.Label]] = {}
         self.log = w.HTML(layout=w.Layout(max_height="220px", overflow="auto", border="1px solid #eee"))
         self.run_error = w.HTML()
-        state.observe(self._on_progress, ["progress", "overall"])
+        state.observe(self._on_progress, ["progress", "overall", "backends"])
         state.observe(self._on_log, "log")
         state.observe(self._on_run_error, "run_error")
         self._on_progress()
@@ -308,6 +311,10 @@ class WizardView:
         total = max(1, len(names))
         self.overall.max = total
         self.overall.value = min(state.overall, total)
+        if not state.progress:  # nothing ran yet: say what Run will do, not "0/0 backends"
+            chosen = ", ".join(state.backends)
+            self.overall_label.value = f"ready: {chosen} (press Run)" if chosen else "no backend chosen (step 2)"
+            return
         self.overall_label.value = f"{state.overall}/{len(names)} backends" + (
             " (cancel requested)" if state.cancel_requested and state.running else ""
         )
@@ -349,7 +356,10 @@ class WizardView:
         from enn_nb import plots
 
         state = self.state
-        rows = result_rows(state.report, state.latency) if state.report is not None else []
+        rows = (
+            result_rows(state.report, state.latency, state.latency_batches, state.batch_opt)
+            if state.report is not None else []
+        )  # fmt: skip
         self.results_table.value = results_table_html(rows)
         self.skipped_note.value = (
             f"<i>Skipped after Cancel: {html.escape(', '.join(state.skipped))}</i>" if state.skipped else ""
@@ -382,11 +392,12 @@ class WizardView:
         if self._save_report is None:
             return
         self.save_report_button.disabled = True
-        self.save_report_status.value = "<i>writing the report (a fresh kernel runs the export again)…</i>"
+        self.save_report_status.value = "<i>writing the report and its HTML (a fresh kernel runs the export again)…</i>"
         self.run.background(self._save_report, done=self._report_done, failed=self._report_failed)
 
     def _report_done(self, result: Any) -> None:
         self.save_report_button.disabled = False
+        self._saved_report = result
         self.state.report_path = str(getattr(result, "notebook", result))
         self._on_report_path()
 
@@ -399,8 +410,17 @@ class WizardView:
 
     def _on_report_path(self, change: Any = None) -> None:
         path = self.state.report_path
-        if path:
-            self.save_report_status.value = "report written: " + _link(Path(path))
+        if not path:
+            return
+        text = "report written: " + _link(Path(path))
+        saved = getattr(self, "_saved_report", None)
+        html_path = getattr(saved, "html", None)
+        if html_path:
+            text += " · HTML: " + _link(Path(html_path))
+        note = getattr(saved, "model_note", "")
+        if note:
+            text += f"<br><small>{html.escape(note)}</small>"
+        self.save_report_status.value = text
 
 
 # -- HTML helpers (pure) ------------------------------------------------------------------------------
@@ -469,13 +489,15 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
         return "<i>No results yet.</i>"
     head = "".join(
         f"<th style='text-align:left;padding:2px 10px'>{h}</th>"
-        for h in ("backend", "status", "artifact", "size", "max abs error", "latency")
+        for h in ("backend", "status", "artifact", "size", "max abs error", "latency (batch)")
     )
     body = []
     for r in rows:
         color = _STATUS_COLORS.get(r["status"], "#333")
         err = "" if r["max_abs_err"] is None else f"{r['max_abs_err']:.2e}"
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.3g} ms"
+        if latency and r.get("latency_batch"):
+            latency += f" (batch {r['latency_batch']})"
         artifact = html.escape(_display_path(r["artifact"])) if r["artifact"] else ""
         status = html.escape(r["status"]) + (" <small>(cached)</small>" if r.get("cached") else "")
         title = f" title='{html.escape(r['message'], quote=True)}'" if r.get("message") else ""

@@ -61,7 +61,7 @@ def run_batch(
     *,
     parameter: str | None = None,
     html: bool = False,
-    no_input: bool = False,
+    no_input: bool = True,
     progress: bool = True,
     parameters: Mapping[str, Any] | None = None,
     **params: Any,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +72,6 @@ def template_metadata(notebook: str | Path) -> dict[str, Any]:
         return dict(json.load(fh).get("metadata", {}).get("enn_nb", {}))
 
 
-# PyYAML follows YAML 1.1, where `1e-5` is a string; command lines mean the number.
-_FLOAT_1_2 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
-
-
-def _yaml_loader() -> type:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_1_2, list("-+0123456789."))
-    return Loader
-
-
 def parse_value(text: str) -> Any:
     """A ``-p`` value parsed as YAML: ``[onnx, pt2]`` -> list, ``1e-5`` -> float, ``x.pt`` -> str.
 
@@ -95,8 +80,10 @@ def parse_value(text: str) -> Any:
     """
     import yaml
 
+    from enn_nb._yaml import safe_load
+
     try:
-        value = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+        value = safe_load(text)
     except yaml.YAMLError as exc:
         raise ReportError(
             f"The value `{text}` is not valid YAML ({str(exc).splitlines()[0]}); quote it, e.g. -p 'key=\"{text}\"'."

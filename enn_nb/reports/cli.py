@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
             "      --out reports --html\n"
             "  enn-nb report export_report --each 'ckpts/*.safetensors' -p atol=1e-5 --out nightly --html\n"
             "  enn-nb report checkpoint_report -p checkpoint=a.pt -p other=b.safetensors --out diff\n"
-            "  enn-nb report export_report --describe"
+            "  enn-nb report export_report --describe\n"
+            "The HTML hides the code (outputs and text only); --show-code keeps it."
         ),
     )
     parser.add_argument("template", metavar="TEMPLATE", help="a built-in template name or a path to an .ipynb")
@@ -34,7 +35,10 @@ def register(subparsers: Any) -> None:
                         help="a template parameter; the value is parsed as YAML (numbers, [lists], strings)")
     parser.add_argument("--out", metavar="DIR", help="folder for the executed notebook(s), HTML and artifacts")
     parser.add_argument("--html", action="store_true", help="also write an HTML rendering (nbconvert)")
-    parser.add_argument("--no-input", action="store_true", help="leave the code out of the HTML")
+    parser.add_argument("--show-code", action="store_true",
+                        help="keep the code cells in the HTML (by default it shows outputs and text only)")
+    parser.add_argument("--no-input", action="store_true",
+                        help="leave the code out of the HTML (the default; kept for older scripts)")
     parser.add_argument("--each", metavar="GLOB", help="run one report per matching path and write index.html")
     parser.add_argument("--each-param", metavar="NAME", help="the parameter each match goes to (default: checkpoint)")
     parser.add_argument("--name", metavar="STEM", help="file name of the outputs (default: the template's name)")
@@ -58,15 +62,17 @@ def run(args: argparse.Namespace) -> int:
         return _describe(declared_parameters(resolve_template(args.template)), args.json)
     if not args.out:
         raise ReportError("`--out DIR` is required: the folder for the executed notebook and its files.")
-    if args.no_input and not args.html:
-        args.html = True  # --no-input only shapes the HTML; asking for it means wanting one
+    if (args.no_input or args.show_code) and not args.html:
+        args.html = True  # these only shape the HTML; asking for one means wanting it
+    if args.no_input and args.show_code:
+        raise ReportError("`--no-input` and `--show-code` contradict each other; pass one of them.")
     params = dict(parse_assignment(text) for text in args.params)
     if args.model:
         from enn_nb.factory import import_factory
 
         import_factory(args.model)  # a typo fails here, before a kernel starts
         params["model"] = args.model
-    common = {"html": args.html, "no_input": args.no_input, "progress": not args.no_progress, "parameters": params}
+    common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params}
     if args.each:
         from enn_nb.reports.batch import run_batch
 

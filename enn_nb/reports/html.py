@@ -30,6 +30,8 @@ def to_html(
     src = Path(notebook)
     dst = Path(html_path) if html_path is not None else src.with_suffix(".html")
     nb = _without_logs(nbformat.read(src, as_version=4))
+    if no_input:  # without their code, cells that print nothing (the parameter cells) are empty boxes
+        nb.cells = [c for c in nb.cells if c.cell_type != "code" or c.get("outputs")]
     exporter = nbconvert.HTMLExporter()
     exporter.exclude_input = no_input
     exporter.exclude_input_prompt = no_input

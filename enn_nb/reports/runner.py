@@ -83,7 +83,7 @@ def report(
     *,
     name: str | None = None,
     html: bool = False,
-    no_input: bool = False,
+    no_input: bool = True,
     progress: bool = True,
     kernel_name: str | None = None,
     timeout: float | None = None,
@@ -99,7 +99,8 @@ def report(
             parameter is given) its artifacts under ``<name>-artifacts/``. The kernel runs there.
         name: file stem of the outputs; defaults to the template's name.
         html: also write ``<name>.html`` through nbconvert.
-        no_input: leave the code out of the HTML (outputs only).
+        no_input: leave the code out of the HTML (outputs and markdown only), the default: a report
+            is read by people who did not write it; False keeps the code (`--show-code`).
         progress: show a progress bar over the cells.
         kernel_name: the Jupyter kernel; defaults to the template's kernelspec (``python3``, which
             Jupyter maps to the running interpreter).

@@ -85,38 +85,6 @@ def load_checkpoint(path: Path, model: str = "") -> Any:
     return load_with_model(path, model or None)
 
 
-def signature_table(spec: Any, export: Any = None) -> Table:
-    """The model's I/O signature: each input and output with its dtype and shape (symbolic dims by name).
-
-    Inputs come from the spec's declared signature (or its ``[B, in_dim]`` shorthand); when an export
-    is given, the signature it followed (sidecar ``signature``) fills in what the spec lacks.
-    """
-    from enn_nb.signature import TensorSig
-
-    followed: dict[str, Any] = {}
-    for result in getattr(export, "results", []) or []:
-        side = Path(result.sidecar) if getattr(result, "sidecar", None) else None
-        if side is not None and side.is_file():
-            followed = json.loads(side.read_text(encoding="utf-8")).get("signature") or {}
-            if followed:
-                break
-    inputs = spec.input_signature() if spec is not None else None
-    outputs = spec.output_signature() if spec is not None else None
-    if inputs is None and followed:
-        inputs = [TensorSig.from_dict(s) for s in followed["inputs"]]
-    if followed.get("outputs") and (outputs is None or spec.outputs is None):
-        outputs = [TensorSig.from_dict(s) for s in followed["outputs"]]
-    rows = []
-    for kind, sigs in (("input", inputs or []), ("output", outputs or [])):
-        for s in sigs:
-            shape = "[" + ", ".join(str(d) for d in s.shape) + "]"
-            rows.append([kind, s.name, s.dtype, shape, s.categories or ""])
-    structure = (spec.output_structure if spec is not None else None) or followed.get("structure") or "tensor"
-    return Table(["", "name", "dtype", "shape", "categories"], rows, title="I/O signature",
-                 footer=f"outputs returned as a {structure}" if rows else "the model declares no signature",
-                 css_class="enn-nb-table enn-nb-signature")
-
-
 # -- header -----------------------------------------------------------------------------------------
 class Header:
     """Title, author, date and source of a report, shown above its verdict."""
@@ -466,10 +434,20 @@ class Sidecars:
 
 
 def reproduce(
-    checkpoint: Path, requested: Requested, batch_sizes: Sequence[int], atol: float | None, rtol: float | None,
+    checkpoint: Path,
+    requested: Requested,
+    batch_sizes: Sequence[int],
+    atol: float | None,
+    rtol: float | None,
+    *,
+    out: str | os.PathLike[str] | None = None,
     model: str = "",
 ) -> str:
-    """The command line that re-runs this report (for a scheduler or a colleague)."""
+    """The command line that re-runs this report (for a scheduler or a colleague).
+
+    ``out`` is the report folder; by default the working directory, which is where the report's
+    kernel runs, so the command writes the same files again. ``model`` is the ``--model`` factory.
+    """
     parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
     if model:
         parts.append(f"--model {_quote(model)}")
@@ -477,7 +455,8 @@ def reproduce(
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
     parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
-    return " ".join(parts) + " --out REPORT_DIR --html"
+    folder = Path(out if out is not None else Path.cwd()).resolve()
+    return " ".join(parts) + f" --out {_quote(str(folder))} --html"
 
 
 def _quote(text: str) -> str:

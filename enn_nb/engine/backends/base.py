@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from enn_nb._optional import install_line, is_installed, pip_line
-from enn_nb.engine.vocabulary import STATUSES  # noqa: F401  (part of the backend protocol's vocabulary)
 
 if TYPE_CHECKING:
     import numpy as np

@@ -47,11 +47,17 @@ class Pt2Backend(Backend):
     def load(self, artifact: Path, options: dict[str, Any]):  # type: ignore[no-untyped-def]
         import torch
 
+        from enn_nb.engine.trust import check_pt2_archive
+
+        check_pt2_archive(artifact)  # torch.export.load unpickles some payloads with weights_only=False
         return torch_runner(torch.export.load(str(artifact)).module())
 
     def read_metadata(self, artifact: Path) -> dict[str, str] | None:
         import torch
 
+        from enn_nb.engine.trust import check_pt2_archive
+
+        check_pt2_archive(artifact)
         extra = {EXTRA_FILE: ""}
         torch.export.load(str(artifact), extra_files=extra)
         return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}

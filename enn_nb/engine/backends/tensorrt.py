@@ -22,6 +22,7 @@ the captured one. A static capture gives min = opt = max.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -31,7 +32,8 @@ from typing import Any, ClassVar
 
 from enn_nb._fs import write_bytes
 from enn_nb._optional import install_line, is_installed, require
-from enn_nb.errors import BackendError
+from enn_nb._safeio import confined, escape, plain_name
+from enn_nb.errors import BackendError, ExportError
 from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 
@@ -402,6 +404,62 @@ def engine_runner(engine_bytes: bytes) -> Runner:
     return run
 
 
+_SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
+_SAFE_INPUT_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+
+
+def _safe_file_name(name: Any, what: str) -> str:
+    """A plain file name of letters, digits and ``._+-`` only: safe in a shell command, inside the folder."""
+    plain_name(name, what=what, error=ExportError)
+    if not _SAFE_FILE_NAME.match(name):
+        raise ExportError(f"{what} is {escape(repr(name))[:80]}; build-trt accepts file names of letters, digits and "
+                          "`._+-` only. Rename the files and re-export.")
+    return name
+
+
+def validated_build(sidecar: dict[str, Any], engine_name: str) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+    """(ONNX file name, engine file name, profile, build options) of a deferred sidecar, each checked.
+
+    File names must be plain names in the sidecar's folder, input names plain identifiers, shapes
+    positive integers and options of their declared types: anything else is refused, so nothing
+    from the sidecar reaches a command line or the builder unchecked.
+
+    Raises:
+        ExportError: a field is missing or not of the expected kind (names it).
+    """
+    details = sidecar.get("details") or {}
+    onnx_name = _safe_file_name((details.get("onnx") or {}).get("file"), "The sidecar's ONNX file")
+    engine_name = _safe_file_name(engine_name, "The engine file")
+    raw = details.get("profile")
+    if not isinstance(raw, dict) or not raw:
+        raise ExportError("The sidecar holds no optimisation profile; re-export with the tensorrt backend.")
+    profile: dict[str, Any] = {}
+    for name, shapes in raw.items():
+        if not isinstance(name, str) or not _SAFE_INPUT_NAME.match(name) or not isinstance(shapes, dict):
+            raise ExportError(f"The sidecar names the input {escape(repr(name))[:80]}, which is not a plain input "
+                              "name; re-export.")
+        entry = {}
+        for which in ("min", "opt", "max"):
+            dims = shapes.get(which)
+            if not isinstance(dims, list) or not dims or not all(type(d) is int and 0 < d < 1 << 31 for d in dims):
+                raise ExportError(f"The sidecar gives input `{name}` the {which} shape {escape(repr(dims))[:80]}; "
+                                  "expected positive integers. Re-export.")
+            entry[which] = list(dims)
+        profile[name] = entry
+    given = {**TensorrtBackend.default_options, **(sidecar.get("options") or {}), **(details.get("build_options") or {})}
+    checked: dict[str, Any] = {}
+    for key, kind in (("workspace_mb", int), ("builder_optimization_level", int), ("tf32", bool), ("fp16", bool)):
+        value = given.get(key)
+        if value is None and key == "builder_optimization_level":
+            checked[key] = None
+        elif type(value) is kind or (kind is int and type(value) is float and value.is_integer()):
+            checked[key] = kind(value)
+        else:
+            raise ExportError(f"The sidecar sets `{key}` to {escape(repr(value))[:80]}; expected {kind.__name__}. "
+                              "Re-export.")
+    return onnx_name, engine_name, profile, checked
+
+
 # -- completing a deferred export (`enn-nb build-trt SIDECAR`, enn_nb.engine.complete) ----------------
 def complete_deferred(sidecar: dict[str, Any], base: Path, out_path: Path, options: dict[str, Any]) -> Conversion:
     """Build the engine a deferred ``tensorrt`` sidecar describes (``TensorrtBackend.complete``)."""
@@ -409,26 +467,30 @@ def complete_deferred(sidecar: dict[str, Any], base: Path, out_path: Path, optio
     from enn_nb.errors import PlatformUnavailableError
 
     details = sidecar.get("details") or {}
-    build = details.get("build") or {}
+    onnx_name, engine_name, profile_checked, build_opts = validated_build(sidecar, out_path.name)
     reason = build_unavailable_reason()
     if reason:
+        # Rebuilt from validated fields: free text in a sidecar is never shown as a command to run.
+        build = build_commands(onnx_name, engine_name, profile_checked, build_opts)
         raise PlatformUnavailableError(
             f"cannot build the engine on this machine: {reason}. On a CUDA host with TensorRT, in the sidecar's "
-            f"folder, run `{build.get('enn_nb', 'enn-nb build-trt SIDECAR')}` "
-            f"or `{build.get('trtexec', '(no trtexec command recorded)')}`."
+            f"folder, run `{build['enn_nb']}` or `{build['trtexec']}`."
         )
     onnx_entry = details.get("onnx") or {}
-    onnx_path = base / str(onnx_entry.get("file", ""))
+    onnx_path = confined(base, onnx_name, what="The sidecar's TensorRT-ready ONNX", error=ExportError,
+                         must_exist=False)
     if not onnx_path.is_file():
         raise BackendError(f"the TensorRT-ready ONNX `{onnx_entry.get('file')}` is missing beside the sidecar.",
                            backend="tensorrt", stage="convert")
     if onnx_entry.get("sha256") and sha256_file(onnx_path) != onnx_entry["sha256"]:
         raise BackendError(f"`{onnx_path.name}` has another sha256 than the sidecar records; re-export.",
                            backend="tensorrt", stage="convert")
-    opts = {**options, **(details.get("build_options") or {})}
-    engine, info = build_engine(onnx_path, details["profile"], opts)
+    opts = {**options, **build_opts}
+    engine, info = build_engine(onnx_path, profile_checked, opts)
     write_bytes(out_path, engine)
-    profile = base / str(details.get("profile_file", ""))
+    profile_file = details.get("profile_file")
+    profile = confined(base, _safe_file_name(profile_file, "The sidecar's profile file"), what="The profile file",
+                       error=ExportError, must_exist=False) if profile_file else base / ".none"
     return Conversion(
         artifact=out_path,
         inputs=[TensorInfo.from_dict(t) for t in sidecar.get("inputs") or []],
