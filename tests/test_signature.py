@@ -157,3 +157,16 @@ def test_no_signature_message_names_every_surface(tmp_path) -> None:
         enn_nb.export(zoo.ids_mask(), "pt2", out_dir=tmp_path, isolate=False)
     text = str(err.value)
     assert "ModelSpec(inputs=" in text and "%%enn_export" in text and "--input" in text
+
+
+def test_report_signature_table_shows_the_declared_signature() -> None:
+    from enn_nb.reports.model_info import signature_table
+
+    spec = ModelSpec(inputs=["values:float32[B, T, 6]", "ids:int64[B, T]{7}"], outputs=["mean:float32[B, 2]",
+                     "scale:float32[B, 2]"], output_structure="dict")
+    rows = signature_table(spec).rows
+    assert rows[0][:4] == ["input", "values", "[batch, time, 6]", "float32"]
+    assert rows[1][1:] == ["ids", "[batch, time]", "int64", "integer codes in [0, 7)"]
+    assert [r[1] for r in rows[2:]] == ["mean", "scale"] and rows[2][4] == "key of the returned dict"
+    # the ENN shorthand keeps its rows
+    assert signature_table(ModelSpec(in_dim=4, out_shape=(2,))).rows[0][:3] == ["input", "x", "[batch, 4]"]

@@ -88,7 +88,7 @@ def test_cli_report_of_a_bring_your_own_checkpoint(byo_checkpoints, tmp_path) ->
     notebook = json.loads(Path(outcome["notebook"]).read_text())
     texts = [out.get("data", {}).get("text/html", "") for cell in notebook["cells"] for out in cell.get("outputs", [])]
     table = next("".join(t) for t in texts if "[batch, 12, 5]" in "".join(t))  # rmi.signature_table
-    assert "<td>values</td>" in table and "<td>prediction</td>" in table and "[batch, 5]" in table
+    assert ">values</td>" in table and ">prediction</td>" in table and "[batch, 5]" in table
     assert "--model enn_nb.reference.zoo:gru_forecaster" in json.dumps(notebook)  # the reproduce line
 
 
