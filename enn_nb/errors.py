@@ -15,7 +15,8 @@
     │   ├── UnsafeCheckpointError           a pickle that would run code
     │   ├── CheckpointWriteError (OSError)  disk full, read-only or too large: the old checkpoint is intact
     │   ├── SchemaVersionError              a manifest newer than this enn_nb knows
-    │   └── StateDictMismatchError          missing / unexpected / shape-mismatched keys (all listed)
+    │   ├── StateDictMismatchError          missing / unexpected / shape-mismatched keys (all listed)
+    │   └── RestoreCheckError               the restored model does not compute what the saved one did
     ├── ExportError
     │   ├── FastPathExportError             a fast path left on made capture/conversion fail
     │   ├── BackendError                    a backend's conversion failed (stage, cause)
@@ -141,6 +142,17 @@ class StateDictMismatchError(CheckpointError):
         self.missing_keys = list(missing_keys or [])
         self.unexpected_keys = list(unexpected_keys or [])
         self.shape_mismatches = dict(shape_mismatches or {})
+
+
+class RestoreCheckError(CheckpointError):
+    """The restored model's outputs on the checkpoint's recorded inputs differ from the recorded outputs."""
+
+    def __init__(self, message: str, *, max_abs_err: float | None = None, atol: float | None = None,
+                 rtol: float | None = None) -> None:
+        super().__init__(message)
+        self.max_abs_err = max_abs_err
+        self.atol = atol
+        self.rtol = rtol
 
 
 class ExportError(EnnError):

@@ -21,7 +21,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
+
+from enn_nb._registry import Registry
 
 # Vocabulary of kinds, shown in sidecars' ``deviations``.
 KINDS = ("attention", "custom_kernel", "calibration", "compiled", "mode", "other")
@@ -80,3 +84,30 @@ def declared_fast_paths(model: Any) -> list[FastPath]:
                 switches.add((id(path.module), path.attr))
                 found.append(path)
     return found
+
+
+# -- providers: fast paths for models that declare none themselves -----------------------------------------
+#: A provider is ``fn(model) -> context manager yielding a list of enn_nb.engine.safe.Deviation``: it
+#: switches the model's library-specific fast paths for the block and undoes them on exit.
+Provider = Callable[[Any], AbstractContextManager[list[Any]]]
+
+_providers: Registry[Provider] = Registry(
+    kind="fast-path provider",
+    group="enn_nb.fast_path_providers",
+    how_to_register=(
+        "Register one with `enn_nb.fastpaths.register_provider(\"package\", fn)` (the top-level package of the "
+        "model classes it handles) or an entry point in the `enn_nb.fast_path_providers` group."
+    ),
+)
+_providers.register("enn_torch", "enn_nb.adapters.enn_torch:fast_paths")
+
+
+def register_provider(package: str, provider: Provider | str, *, replace: bool = False) -> None:
+    """Use ``provider`` for models whose class comes from the top-level package ``package``."""
+    _providers.register(package, provider, replace=replace)
+
+
+def provider_for(model: Any) -> Provider | None:
+    """The fast-path provider for a model that declares no ``enn_fast_paths`` (by its class's package)."""
+    package = type(model).__module__.partition(".")[0]
+    return _providers.get(package) if package in _providers else None

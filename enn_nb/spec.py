@@ -212,6 +212,10 @@ class ModelSpec:
 
         ``overrides`` replace what was read (e.g. ``metadata=...``).
         """
+        from enn_nb.adapters import adapter_for
+
+        adapter = adapter_for(model)  # a library's adapter (ENN-PyTorch) fills what its models lack
+        adapted = adapter.spec_fields(model) if adapter is not None else {}
         spec = cls(
             builder=getattr(model, "enn_builder", None),
             config=_config_dict(getattr(model, "config", None)),
@@ -222,6 +226,8 @@ class ModelSpec:
             embedding=_call(model, "embedding_spec"),
             feature_dtype=_dtype_name(getattr(model, "feature_dtype", "float32")),
         )
+        if adapted:
+            spec = spec.replace(**adapted)
         spec = _with_signature(spec, model, example_inputs)
         return spec.replace(**overrides) if overrides else spec
 
@@ -294,8 +300,13 @@ def check_features(x: Any, *, in_dim: int | None, feature_dtype: str | None, nam
         )
 
 
-def build(spec: ModelSpec) -> torch.nn.Module:
+def build(spec: ModelSpec, *, shapes: Mapping[str, tuple[int, ...]] | None = None) -> torch.nn.Module:
     """Rebuild the (untrained) architecture a spec describes, through its registered builder.
+
+    Args:
+        spec: the spec; ``spec.builder`` names the builder.
+        shapes: the checkpoint's tensor table (name -> shape), passed to builders that take a
+            ``shapes`` keyword so they can size state that fitting resizes (``load`` passes it).
 
     Raises:
         SpecError: the spec names no builder.
@@ -307,7 +318,19 @@ def build(spec: ModelSpec) -> torch.nn.Module:
             "Pass `model=` (an instance to load into; `--model pkg.module:factory` on the CLI) or set `builder` "
             "to a registered name."
         )
-    return _builders.get(spec.builder)(spec)
+    builder = _builders.get(spec.builder)
+    if shapes is not None and _takes_shapes(builder):
+        return builder(spec, shapes=dict(shapes))
+    return builder(spec)
+
+
+def _takes_shapes(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    try:
+        return "shapes" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSpec:

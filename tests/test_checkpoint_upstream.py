@@ -57,14 +57,31 @@ def upstream_builder():
     _builders.unregister(UPSTREAM_BUILDER)
 
 
+@pytest.fixture
+def no_upstream_builder():
+    """No `enn_pytorch` builder, as where enn_nb's entry point is not installed (the error path)."""
+    from enn_nb.spec import _builders
+
+    _builders.names()  # entry points read first, so the removal sticks
+    saved = _builders._items.pop(UPSTREAM_BUILDER, None)
+    yield
+    if saved is not None:
+        _builders._items[UPSTREAM_BUILDER] = saved
+
+
+def _source(manifest) -> dict:
+    """The source keys these fixtures pin (upstream manifests also name the variant and present fields)."""
+    return {k: v for k, v in manifest.source.items() if k in ("layout", "missing_fields", "converted_from")}
+
+
 def _fresh(model: ReferenceModel) -> ReferenceModel:
     return ReferenceModel(ModelConfig.from_dict(model.config.to_dict())).eval()
 
 
-def test_upstream_pt_needs_model_or_builder_and_names_missing_fields(trained_model, tmp_path):
+def test_upstream_pt_needs_model_or_builder_and_names_missing_fields(trained_model, tmp_path, no_upstream_builder):
     path = _upstream_pt(tmp_path / "up.pt", trained_model, drop=("extra", "tasks"))
     manifest = enn_nb.inspect(path)
-    assert manifest.source == {"layout": "enn-pytorch", "missing_fields": ["extra", "tasks"]}
+    assert _source(manifest) == {"layout": "enn-pytorch", "missing_fields": ["extra", "tasks"]}
     assert manifest.spec.in_dim == trained_model.in_dim and manifest.spec.out_shape == (4, 2)
     assert manifest.spec.config["d_model"] == trained_model.config.d_model
     assert manifest.spec.builder == UPSTREAM_BUILDER and manifest.versions["torch"] == "2.5.1"
@@ -117,14 +134,14 @@ def test_upstream_safetensors_with_header_json(trained_model, tmp_path, upstream
     assert loaded.verified is False  # upstream safetensors carry no hashes
 
 
-def test_upstream_safetensors_with_sidecar(trained_model, tmp_path):
+def test_upstream_safetensors_with_sidecar(trained_model, tmp_path, no_upstream_builder):
     from safetensors.torch import save_file
 
     path = tmp_path / "up.safetensors"
     save_file({k: v.contiguous() for k, v in trained_model.state_dict().items()}, path)
     (tmp_path / "up.safetensors.json").write_text(json.dumps(_meta(trained_model, drop=("version",))))
     manifest = enn_nb.inspect(path)
-    assert manifest.source == {"layout": "enn-pytorch", "missing_fields": ["version"]}
+    assert _source(manifest) == {"layout": "enn-pytorch", "missing_fields": ["version"]}
     assert manifest.spec.in_dim == trained_model.in_dim
     with pytest.raises(UnknownNameError, match="`version`"):
         enn_nb.load(path)
@@ -138,7 +155,7 @@ def test_plain_safetensors_without_any_metadata(tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file({"w": torch.ones(2, 3)}, path)
     manifest = enn_nb.inspect(path)
-    assert manifest.source == {"layout": "safetensors", "missing_fields": list(META_FIELDS)}
+    assert _source(manifest) == {"layout": "safetensors", "missing_fields": list(META_FIELDS)}
     model = torch.nn.Module()
     model.register_buffer("w", torch.zeros(2, 3))
     assert torch.equal(enn_nb.load(path, model=model).model.w, torch.ones(2, 3))
@@ -159,7 +176,7 @@ def test_upstream_dcp_directory_with_meta_json(trained_model, tmp_path, upstream
     assert torch.equal(forward(loaded.model, x), forward(trained_model, x))
 
 
-def test_upstream_without_builder_or_model_says_what_is_missing(tmp_path):
+def test_upstream_without_builder_or_model_says_what_is_missing(tmp_path, no_upstream_builder):
     path = tmp_path / "bare.pt"
     torch.save({"w": torch.ones(3)}, path)  # torch.save(model.state_dict())
     manifest = enn_nb.inspect(path)
@@ -184,7 +201,7 @@ def test_upstream_builder_named_in_extra(trained_model, tmp_path):
 def test_upstream_converts_to_enn_nb_formats(trained_model, tmp_path, upstream_builder):
     path = _upstream_pt(tmp_path / "up.pt", trained_model)
     converted = enn_nb.convert(path, tmp_path / "now.safetensors")
-    assert converted.source == {"layout": "enn-pytorch", "missing_fields": [], "converted_from": "pt"}
+    assert _source(converted) == {"layout": "enn-pytorch", "missing_fields": [], "converted_from": "pt"}
     assert all(t.sha256 for t in converted.tensors)
     assert enn_nb.load(tmp_path / "now.safetensors").verified
     assert converted.content_hash == enn_nb.convert(path, tmp_path / "now_dcp").content_hash

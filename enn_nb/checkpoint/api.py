@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import SpecError, StateDictMismatchError, UnknownNameError
+from enn_nb.errors import CheckpointError, RestoreCheckError, SpecError, StateDictMismatchError, UnknownNameError
 from enn_nb.spec import ModelSpec, build
 
-from . import dcp, pt, safetensors_format
+from . import dcp, pt, safetensors_format, selfcheck
 from .base import Reader, SaveRequest
 from .detect import detect_format, save_format
 from .manifest import Manifest, user_metadata
+from .restore import alias_sources, hooks_decide_shapes, shapes_now, split_extra_state
 from .tensors import canonical_key, model_key_map, model_state
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class Loaded:
         unexpected_keys: checkpoint keys the model lacks (only non-empty with ``strict=False``).
         shape_mismatches: key -> (checkpoint shape, model shape), not loaded (``strict=False``).
         verified: True when hashes were checked.
+        restore_check: ``"passed"``/``"failed"``/``"not_run"``: the restored model run on the inputs
+            recorded at save time, compared with the outputs recorded then (``restore`` has the detail).
     """
 
     model: torch.nn.Module
@@ -52,6 +55,11 @@ class Loaded:
     unexpected_keys: list[str] = dataclasses.field(default_factory=list)
     shape_mismatches: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = dataclasses.field(default_factory=dict)
     verified: bool = False
+    restore: selfcheck.RestoreCheck = dataclasses.field(default_factory=lambda: selfcheck.RestoreCheck("not_run"))
+
+    @property
+    def restore_check(self) -> str:
+        return self.restore.status
 
     def __iter__(self) -> Any:  # `model, manifest = enn_nb.load(...)`
         return iter((self.model, self.manifest))
@@ -118,8 +126,11 @@ def save(
         opt_state, opt_class = optimizer, None
     else:
         opt_state, opt_class = optimizer.state_dict(), type(optimizer).__name__
-    request = SaveRequest(state=model_state(model), spec=resolved, optimizer_state=opt_state,
-                          optimizer_class=opt_class)
+    raw = model if isinstance(model, Mapping) else model.state_dict()
+    tensors, extra_state = split_extra_state(raw)
+    request = SaveRequest(state=model_state(tensors), spec=resolved, optimizer_state=opt_state,
+                          optimizer_class=opt_class, extra_state=extra_state or None,
+                          self_check=None if isinstance(model, Mapping) else selfcheck.record(model, resolved))
     return _WRITERS[fmt](path, request)
 
 
@@ -185,33 +196,40 @@ def load(
     if model is None and strict:
         _probe_on_meta(manifest, path)  # a forged config must not allocate gigabytes before the table check
     target = model if model is not None else _build(manifest)
-    key_map = model_key_map(target)
-    own = target.state_dict()
+    key_map, own, aliases, extra, missing, unexpected, mismatched, hooked = _compare(target, manifest)
     stored = {t.name: tuple(t.shape) for t in manifest.tensors}
-    missing = [k for k in key_map if k not in stored]
-    unexpected = [k for k in stored if k not in key_map]
-    mismatched = {
-        k: (stored[k], tuple(own[key_map[k]].shape))
-        for k in key_map if k in stored and stored[k] != tuple(own[key_map[k]].shape)
-    }
-    if strict and (missing or unexpected or mismatched):
+    if strict and (missing or unexpected or (mismatched and not hooked)):
         raise _mismatch_error(path, missing, unexpected, mismatched)
-    names = [k for k in key_map if k in stored and k not in mismatched]
-    into = {k: own[key_map[k]] for k in names}
-    tensors = reader.tensors(names, verify=verify, into=into)
+    names = [k for k in key_map if k in stored and (hooked or k not in mismatched)]
+    # DTensors are filled in place (DCP reshards into them); everything else arrives at the
+    # checkpoint's shapes and goes through the model's load_state_dict.
+    into = {k: own[key_map[k]] for k in names if type(own[key_map[k]]).__name__ == "DTensor"}
+    tensors = reader.tensors(names, verify=verify, into=into or None)
     optimizer_state = reader.optimizer_state(verify=verify)  # verified too before the model changes
-    pending = {key_map[k]: t for k, t in tensors.items() if not _loaded_in_place(target, key_map[k], t, into[k])}
-    if pending:
-        result = target.load_state_dict(pending, strict=False)
-        leftover = [k for k in result.missing_keys if k in pending] + list(result.unexpected_keys)
-        if leftover:  # cannot happen with matching keys; keep it loud if a module renames on load
-            raise _mismatch_error(path, [], leftover, {})
+    state: dict[str, Any] = {key_map[k]: t for k, t in tensors.items()}
+    state.update({key_map[k]: v for k, v in extra.items() if k in key_map})
+    state.update({key_map[k]: tensors[src] for k, src in aliases.items() if src in tensors})
+    mismatched = _load_into(target, state, path, key_map, stored, mismatched, hooked=hooked, strict=strict)
     if model is None:
         target.eval()
         if str(map_location) != "cpu":
             target.to(map_location)
     if optimizer_state is not None and str(map_location) != "cpu":
         optimizer_state = _to_device(optimizer_state, map_location)
+    complete = not (missing or unexpected or mismatched)
+    restore = (selfcheck.check(target, manifest.self_check, device=_device_of(target)) if complete
+               else selfcheck.RestoreCheck("not_run", reason="partial load (strict=False)"))
+    if restore.status == "failed" and strict:
+        raise RestoreCheckError(
+            f"The model restored from `{path}` does not compute what the saved one did: on the inputs recorded "
+            f"at save time its outputs differ by up to {restore.max_abs_err:.3g} ({restore.reason}). A state the "
+            "checkpoint does not hold was not restored (a non-tensor attribute, a buffer its loading code "
+            "resizes): load into the model class it was saved from, or pass `strict=False` to get the model "
+            "anyway with `Loaded.restore_check == 'failed'`.",
+            max_abs_err=restore.max_abs_err,
+            atol=(manifest.self_check or {}).get("atol"),
+            rtol=(manifest.self_check or {}).get("rtol"),
+        )
     return Loaded(
         model=target,
         manifest=manifest,
@@ -221,7 +239,43 @@ def load(
         unexpected_keys=unexpected,
         shape_mismatches=mismatched,
         verified=bool(verify and reader.verifiable),
+        restore=restore,
     )
+
+
+def _load_into(target: Any, state: dict[str, Any], path: Any, key_map: Mapping[str, str],
+               stored: Mapping[str, tuple[int, ...]], mismatched: dict[str, Any], *, hooked: bool,
+               strict: bool) -> dict[str, Any]:
+    """``target.load_state_dict(state)``; returns the shape mismatches its hooks did not resolve."""
+    try:
+        result = target.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        if not hooked:
+            raise CheckpointError(f"`{type(target).__name__}.load_state_dict` failed on the state of `{path}`: "
+                                  f"{exc}") from exc
+        if strict:
+            raise _mismatch_error(path, [], [], mismatched, refused=str(exc)) from None
+        skip = {key_map[k] for k in mismatched}
+        target.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=False)
+        return mismatched
+    leftover = [k for k in result.missing_keys if k in state] + list(result.unexpected_keys)
+    if leftover:  # cannot happen with matching keys; keep it loud if a module renames on load
+        raise _mismatch_error(path, [], leftover, {})
+    if not hooked:
+        return mismatched
+    now = shapes_now(target, {k: key_map[k] for k in mismatched})
+    left = {k: (stored[k], now.get(k, shape)) for k, (_, shape) in mismatched.items() if now.get(k) != stored[k]}
+    if left and strict:
+        raise _mismatch_error(path, [], [], left, refused="its load_state_dict kept the model's shapes")
+    return left
+
+
+def _device_of(model: Any) -> Any:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return "cpu"
 
 
 def _build(manifest: Manifest) -> Any:
@@ -229,13 +283,15 @@ def _build(manifest: Manifest) -> Any:
 
     note = missing_fields_note(manifest)
     try:
-        return build(manifest.spec)
+        return build(manifest.spec, shapes={t.name: tuple(t.shape) for t in manifest.tensors})
     except UnknownNameError as exc:
         if not (manifest.source or {}).get("layout"):  # an enn_nb checkpoint: the registry's error as is
             raise
+        hint = (" Install ENN-PyTorch (`enn_torch`) beside enn_nb: enn_nb registers the `enn_pytorch` builder "
+                "through its `enn_nb.builders` entry point." if manifest.spec.builder == "enn_pytorch" else "")
         raise UnknownNameError(
             f"{exc} This is an upstream checkpoint: pass `model=` (an instance of its architecture) or "
-            f"register a builder named `{manifest.spec.builder}`.{note}",
+            f"register a builder named `{manifest.spec.builder}`.{hint}{note}",
             name=exc.name,
             known=exc.known,
         ) from None
@@ -243,8 +299,30 @@ def _build(manifest: Manifest) -> Any:
         raise SpecError(f"{exc}{note}") from None
 
 
+def _compare(target: Any, manifest: Manifest) -> tuple:
+    """How ``target``'s state lines up with the checkpoint's tensor table.
+
+    Returns ``(key_map, own state, aliases, extra state, missing, unexpected, mismatched, hooked)``.
+    """
+    key_map = model_key_map(target)
+    own = target.state_dict()
+    stored = {t.name: tuple(t.shape) for t in manifest.tensors}
+    extra = dict(manifest.extra_state or {})
+    aliases = alias_sources(own, key_map, stored)
+    missing = [k for k in key_map if k not in stored and k not in extra and k not in aliases]
+    unexpected = [k for k in (*stored, *extra) if k not in key_map]
+    mismatched = {
+        k: (stored[k], tuple(own[key_map[k]].shape))
+        for k in key_map if k in stored and hasattr(own[key_map[k]], "shape") and stored[k] != tuple(own[key_map[k]].shape)
+    }
+    # A shape that differs from a fresh model's is the model's business when its own loading code may
+    # resize it (ENN-PyTorch's fitted Scaler); otherwise it is an error found before anything is loaded.
+    hooked = bool(mismatched) and hooks_decide_shapes(target, [key_map[k] for k in mismatched])
+    return key_map, own, aliases, extra, missing, unexpected, mismatched, hooked
+
+
 def _probe_on_meta(manifest: Manifest, path: Any) -> None:
-    """Build the model on the meta device (no memory) and refuse before the real build if its shapes differ.
+    """Build the model on the meta device (no memory) and refuse before the real build if its state differs.
 
     Raises:
         StateDictMismatchError: the manifest's spec builds a model whose state does not match its tensor table.
@@ -254,34 +332,11 @@ def _probe_on_meta(manifest: Manifest, path: Any) -> None:
     try:
         with torch.device("meta"):
             probe = _build(manifest)
-        shapes = {canonical_key(k): tuple(v.shape) for k, v in probe.state_dict().items()}
+        _, _, _, _, missing, unexpected, mismatched, hooked = _compare(probe, manifest)
     except Exception:  # noqa: BLE001 - a builder that cannot run on meta: the real build reports problems
         return
-    stored = {t.name: tuple(t.shape) for t in manifest.tensors}
-    missing = [k for k in shapes if k not in stored]
-    unexpected = [k for k in stored if k not in shapes]
-    mismatched = {k: (stored[k], shapes[k]) for k in shapes if k in stored and stored[k] != shapes[k]}
-    if missing or unexpected or mismatched:
+    if missing or unexpected or (mismatched and not hooked):
         raise _mismatch_error(path, missing, unexpected, mismatched)
-
-
-def _loaded_in_place(model: Any, key: str, loaded: Any, dest: Any) -> bool:
-    """True when ``loaded`` was written straight into the model's own storage (DCP in-place load)."""
-    if loaded is not dest:
-        return False
-    try:
-        own = model.get_parameter(key)
-    except AttributeError:
-        try:
-            own = model.get_buffer(key)
-        except AttributeError:
-            return False
-    return _storage_ptr(own) == _storage_ptr(dest)
-
-
-def _storage_ptr(t: Any) -> int:
-    local = getattr(t, "_local_tensor", t)  # DTensor: its shard
-    return local.untyped_storage().data_ptr()
 
 
 def _to_device(tree: Any, device: Any) -> Any:
@@ -299,7 +354,8 @@ def _to_device(tree: Any, device: Any) -> Any:
 
 
 def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
-                    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]) -> StateDictMismatchError:
+                    mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+                    refused: str | None = None) -> StateDictMismatchError:
     parts = []
     if missing:
         parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(f'`{k}`' for k in missing)}")
@@ -308,9 +364,12 @@ def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
     if mismatched:
         parts.append(f"different shapes ({len(mismatched)}): " + ", ".join(
             f"`{k}` checkpoint {list(a)} vs model {list(b)}" for k, (a, b) in mismatched.items()))
+    done = ("Nothing was loaded." if refused is None else
+            f"The model's own `load_state_dict` did not accept them ({refused.strip().splitlines()[0][:200]}); "
+            "a model passed as `model=` may be partly loaded.")
     return StateDictMismatchError(
         f"The checkpoint `{path}` does not match the model: " + "; ".join(parts)
-        + ". Nothing was loaded. Pass the model this checkpoint was saved from, or `strict=False` to load "
+        + f". {done} Pass the model this checkpoint was saved from, or `strict=False` to load "
         "the matching tensors and get the rest on `Loaded.missing_keys`/`unexpected_keys`.",
         missing_keys=missing,
         unexpected_keys=unexpected,
@@ -325,7 +384,9 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format:
 
     The source is verified first; the spec, metadata, optimizer state, creation time and tensor
     hashes carry over (so ``content_hash`` stays the same); ``source.converted_from`` records the
-    original format. Upstream ENN-PyTorch checkpoints convert too. No model is built.
+    original format. Upstream ENN-PyTorch checkpoints convert too. The recorded self-check vectors
+    carry over; a source without them (an upstream file) gets them when its builder is registered:
+    the model is then rebuilt once, loaded completely and run on two inputs.
 
     Raises:
         The errors of :func:`load` for the source, and those of :func:`save` for the destination.
@@ -345,5 +406,40 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format:
         optimizer_class=(manifest.optimizer or {}).get("class"),
         source=source,
         created=manifest.created,
+        extra_state=manifest.extra_state,
+        self_check=manifest.self_check or _record_rebuilt(manifest, tensors),
     )
     return _WRITERS[fmt](dst_path, request)
+
+
+def _record_rebuilt(manifest: Manifest, tensors: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Self-check vectors of the model rebuilt from ``manifest`` and loaded with all of ``tensors``, or None.
+
+    None when no builder is registered or the load is not complete: vectors of a partly loaded
+    model would later confirm a wrong restore.
+    """
+    try:
+        model = build(manifest.spec, shapes={t.name: tuple(t.shape) for t in manifest.tensors})
+    except Exception:  # noqa: BLE001 - no builder (or it cannot run here): convert without vectors
+        return None
+    key_map = model_key_map(model)
+    own = model.state_dict()
+    aliases = alias_sources(own, key_map, tensors)
+    extra = manifest.extra_state or {}
+    if any(k not in tensors and k not in aliases and k not in extra for k in key_map) or any(
+            k not in key_map for k in tensors):
+        return None
+    state: dict[str, Any] = {key_map[k]: t for k, t in tensors.items()}
+    state.update({key_map[k]: v for k, v in extra.items() if k in key_map})
+    state.update({key_map[k]: tensors[src] for k, src in aliases.items()})
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError:
+        return None
+    if result.missing_keys or result.unexpected_keys:
+        return None
+    shapes = shapes_now(model, {k: key_map[k] for k in tensors})
+    if any(shapes.get(k) != tuple(t.shape) for k, t in tensors.items()):
+        return None
+    model.eval()
+    return selfcheck.record(model, manifest.spec)

@@ -27,6 +27,8 @@ class SaveRequest:
     optimizer_class: str | None = None
     source: dict[str, Any] | None = None
     created: str | None = None
+    extra_state: dict[str, Any] | None = None
+    self_check: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         clash = [name for name in self.state if name.startswith(OPTIMIZER_PREFIX)]
@@ -77,6 +79,8 @@ def build_manifest(
         files=list(files or []),
         optimizer=optimizer,
         source=request.source,
+        extra_state=request.extra_state,
+        self_check=request.self_check,
     )
 
 

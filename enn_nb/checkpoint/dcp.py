@@ -47,7 +47,7 @@ from .atomic import (
     write_error,
 )
 from .base import SaveRequest, build_manifest, check_table
-from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
+from .detect import DCP_MANIFEST, DCP_METADATA, dcp_metadata_name, upstream_meta_file
 from .manifest import FileEntry, Manifest, decode, encode
 from .tensors import HASH_WORKERS, HashPool, check_hashes, dtype_name, expected_nbytes, join_tree, torch_dtype
 
@@ -308,7 +308,15 @@ def read_metadata(path: Path) -> Any:
         UnsafeCheckpointError: it references code.
         CorruptCheckpointError: it is damaged.
     """
-    return dcp_metadata.read(path)
+    return dcp_metadata.read(path, metadata_name(path) or DCP_METADATA)
+
+
+def metadata_name(path: Path) -> str | None:
+    """``.metadata``, or the rank-local ``__N.metadata`` an upstream training checkpoint has instead."""
+    try:
+        return dcp_metadata_name(os.listdir(path))
+    except OSError:
+        return None
 
 
 def _safe_reader(path: Path, metadata: Any) -> Any:
@@ -393,13 +401,13 @@ class DcpReader:
             self.paths = {key[1]: key for key in table if len(key) == 2 and key[0] == MODEL_KEY}
             check_table(self.manifest, {key[1]: v for key, v in table.items() if key in self.paths.values()},
                         where=f"`{path}`")
-        elif (path / UPSTREAM_DCP_META).exists():
+        elif upstream_meta_file(path) is not None:
             from . import upstream
 
             nested = all(len(key) == 2 and key[0] == MODEL_KEY for key in table)
             self.paths = {(key[1] if nested else ".".join(key)): key for key in table}
             names = {name: table[key] for name, key in self.paths.items()}
-            self.manifest = upstream.from_dcp(path, names)
+            self.manifest = upstream.from_dcp(path, names, metadata_name(path) or DCP_METADATA)
             self.upstream = True
         else:
             raise IncompleteCheckpointError(f"`{path}` has no `{DCP_MANIFEST}` commit marker: the save did not finish.")

@@ -124,21 +124,21 @@ def unpickle(data: bytes, *, where: str) -> Any:
     return obj
 
 
-def read(directory: Path) -> Any:
-    """The checked DCP metadata of ``directory`` (``.metadata`` read with a size limit).
+def read(directory: Path, name: str = DCP_METADATA) -> Any:
+    """The checked DCP metadata of ``directory`` (``.metadata``, or a rank-local ``__N.metadata``, size-limited).
 
     Raises:
         IncompleteCheckpointError: no ``.metadata``.
         UnsafeCheckpointError, CorruptCheckpointError: see :func:`unpickle`.
     """
-    file = directory / DCP_METADATA
+    file = directory / name
     if not file.exists() and not file.is_symlink():
         raise IncompleteCheckpointError(
             f"`{directory}` has no DCP `{DCP_METADATA}` file: the save did not finish or the directory was damaged."
         )
     from enn_nb._safeio import confined
 
-    confined(directory, DCP_METADATA, what="The DCP metadata file")
+    confined(directory, name, what="The DCP metadata file")
     data = read_capped(file, MAX_DCP_METADATA_BYTES, what="The DCP metadata file")
     return unpickle(data, where=str(file))
 

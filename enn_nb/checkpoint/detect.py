@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 from pathlib import Path
 
@@ -14,6 +15,10 @@ FORMAT_ALIASES = {"pt": "pt", "pth": "pt", "torch": "pt", "safetensors": "safete
 DCP_MANIFEST = "enn_nb.manifest.json"
 DCP_METADATA = ".metadata"
 UPSTREAM_DCP_META = "meta.json"
+# ENN-PyTorch reads its metadata from either name, in the checkpoint's folder or up to three above.
+UPSTREAM_META_NAMES = (UPSTREAM_DCP_META, "model.meta.json")
+UPSTREAM_META_PARENTS = 3
+_RANK_METADATA = re.compile(r"^__(\d+)\.metadata$")
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOLS = tuple(bytes([0x80, p]) for p in range(2, 6))
@@ -95,6 +100,8 @@ def _detect_dir(path: Path) -> str:
         return "dcp"
     if not names:
         raise NotACheckpointError(f"`{path}` is an empty directory, not a checkpoint.")
+    if dcp_metadata_name(names) is not None and upstream_meta_file(path) is not None:
+        return "dcp"  # an ENN-PyTorch DCP folder whose meta.json lies in a parent folder
     if DCP_METADATA in names or any(n.endswith(".distcp") for n in names):
         raise IncompleteCheckpointError(
             f"`{path}` holds DCP files but no `{DCP_MANIFEST}` commit marker: the save did not finish (a "
@@ -123,3 +130,20 @@ def read_json_file(path: Path) -> dict:
 
         raise CorruptCheckpointError(f"`{path}` does not hold a JSON object.", file=str(path))
     return value
+
+
+def dcp_metadata_name(names: set[str] | list[str]) -> str | None:
+    """DCP's ``.metadata``, else the lowest rank-local ``__N.metadata`` (saved without collectives)."""
+    if DCP_METADATA in names:
+        return DCP_METADATA
+    ranks = sorted((int(m.group(1)), n) for n in names if (m := _RANK_METADATA.match(n)))
+    return ranks[0][1] if ranks else None
+
+
+def upstream_meta_file(folder: Path) -> Path | None:
+    """ENN-PyTorch's ``meta.json``/``model.meta.json`` for ``folder``: in it or up to three folders up."""
+    for where in [folder, *list(folder.resolve().parents)[:UPSTREAM_META_PARENTS]]:
+        for name in UPSTREAM_META_NAMES:
+            if (where / name).is_file():
+                return where / name
+    return None

@@ -43,6 +43,8 @@ def _summary(m: Manifest) -> list[tuple[str, str]]:
         rows.append(("files", f"{len(m.files)} ({human_size(sum(f.nbytes for f in m.files))})"))
     if m.source:
         rows.append(("source", json.dumps(m.source, sort_keys=True)))
+    if m.self_check:
+        rows.append(("self_check", f"batch {m.self_check['inputs'][0]['shape'][0]} recorded (`{m.self_check['call']}`)"))
     if m.metadata:
         rows.append(("metadata", _short_json(m.metadata)))
     if spec.config:
@@ -104,6 +106,7 @@ def loaded_text(loaded: Any) -> str:
         lines.append(f"  shape mismatches: {loaded.shape_mismatches}")
     if loaded.optimizer_state is not None:
         lines.append("  optimizer state: present")
+    lines.append(f"  restore check: {loaded.restore}")
     from enn_nb._safeio import escape
 
     return "\n".join(escape(line) for line in lines)

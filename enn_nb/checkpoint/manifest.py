@@ -70,6 +70,9 @@ class Manifest:
         optimizer: optimizer state description (class, tensor table, JSON structure) or None.
         source: set when the content was not written by ``enn_nb.save`` (upstream layout, conversion,
             migration), e.g. ``{"layout": "enn-pytorch", "missing_fields": [...]}``.
+        extra_state: JSON ``get_extra_state()`` values by state-dict key (handed to ``set_extra_state``).
+        self_check: inputs and outputs recorded at save time (batch 2) that ``load`` re-runs; None for
+            checkpoints written before it existed or of models that could not run on spec inputs.
         path: where it was read from or written to (not part of the document).
     """
 
@@ -81,6 +84,8 @@ class Manifest:
     files: list[FileEntry] = dataclasses.field(default_factory=list)
     optimizer: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
+    extra_state: dict[str, Any] | None = None
+    self_check: dict[str, Any] | None = None
     schema: str = SCHEMA_ID
     path: str | None = None
 
@@ -134,7 +139,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """The manifest document (plain JSON types)."""
         spec = self.spec.to_dict()
-        return {
+        document = {
             "schema": self.schema,
             "format": self.format,
             "created": self.created,
@@ -147,6 +152,12 @@ class Manifest:
             "optimizer": self.optimizer,
             "source": self.source,
         }
+        # Optional parts appear only when present: documents without them stay as they were.
+        if self.extra_state:
+            document["extra_state"] = self.extra_state
+        if self.self_check:
+            document["self_check"] = self.self_check
+        return document
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -177,6 +188,8 @@ class Manifest:
             files=[FileEntry(f["path"], int(f["nbytes"]), f["sha256"]) for f in doc.get("files") or []],
             optimizer=doc.get("optimizer"),
             source=doc.get("source"),
+            extra_state=doc.get("extra_state"),
+            self_check=doc.get("self_check"),
             path=path,
         )
 

@@ -185,15 +185,20 @@ def torch_load(path: Path) -> Any:
         NotACheckpointError: not something torch.load reads.
     """
     import torch
+    from torch.serialization import safe_globals
+    from torch.torch_version import TorchVersion
 
     _check_zip_bounds(path)
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap can only be used" not in str(exc):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        # ENN-PyTorch stores `pytorch_version` as a TorchVersion, a `str` subclass without code of its
+        # own: allowed for this load only, so files work in processes that never imported enn_torch.
+        with safe_globals([TorchVersion]):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap can only be used" not in str(exc):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except pickle.UnpicklingError as exc:
         unsafe = unsafe_globals(path)
         if unsafe:

@@ -13,10 +13,15 @@ Every switch is recorded as a :class:`Deviation` (the sidecar's ``deviations``).
 exception) each switch is undone in reverse order, so attributes, submodules and flags are exactly
 what they were.
 
+A model that declares no fast paths may have a *provider* (:func:`enn_nb.fastpaths.provider_for`,
+registered per library, e.g. ENN-PyTorch's in ``enn_nb.adapters.enn_torch``): its context is entered
+for the block and each switch it makes is a deviation too. A provider may set process-wide switches
+(ENN-PyTorch reads environment variables); it owns their locking and exact restoration.
+
 Scope: switches are attributes of one model instance. Entering the context again for the same model
 (nested, or from another thread) shares the switches already made; they are undone when the last
 user leaves, so one thread's exit never turns fast paths back on under another thread's export.
-Nothing reads environment variables and nothing in torch is patched. The one process-wide setting
+enn_nb itself reads no environment variables and patches nothing in torch. The one process-wide setting
 involved is torch's SDPA kernel selection (a torch API, ``torch.nn.attention.sdpa_kernel``): it is
 reference-counted across all open blocks and restored when the last one closes.
 """
@@ -139,13 +144,16 @@ def _apply(model: Any, *, eval_mode: bool) -> _Entry:
             )
             target = target._orig_mod
         _unwrap_compiled(target, undo, deviations)
-        for path in declared_fast_paths(target):
+        declared = declared_fast_paths(target)
+        for path in declared:
             if not path.is_fast:
                 continue
             old = path.current
             setattr(path.module, path.attr, path.safe_value)
             undo.append(_setter(path.module, path.attr, old))
             deviations.append(Deviation(path.name, path.kind, old, path.safe_value, path.reason))
+        if not declared:
+            deviations += _enter_provider(target, undo)
         # Switching a fast path can make the model unwrap compiled parts lazily; unwrap again.
         _unwrap_compiled(target, undo, deviations)
         if eval_mode and hasattr(target, "modules"):
@@ -167,6 +175,21 @@ def _apply(model: Any, *, eval_mode: bool) -> _Entry:
         _undo(undo)
         raise
     return _Entry(SafeState(target, deviations), undo)
+
+
+def _enter_provider(target: Any, undo: list[Callable[[], None]]) -> list[Deviation]:
+    """Enter the model library's fast-path provider, if one is registered; its exit joins ``undo``."""
+    from contextlib import ExitStack
+
+    from enn_nb.fastpaths import provider_for
+
+    provider = provider_for(target)
+    if provider is None:
+        return []
+    stack = ExitStack()
+    made = stack.enter_context(provider(target))
+    undo.append(stack.close)
+    return list(made)
 
 
 def _unwrap_compiled(root: Any, undo: list[Callable[[], None]], deviations: list[Deviation]) -> None:

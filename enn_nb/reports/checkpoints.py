@@ -18,7 +18,7 @@ from enn_nb.reports.sections import Header
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Manifest
 
-__all__ = ["CheckpointDiff", "Header", "diff", "require", "subject", "summary", "tensor_table"]
+__all__ = ["CheckpointDiff", "Header", "diff", "origin", "require", "subject", "summary", "tensor_table"]
 
 
 def require(path: str | os.PathLike[str], *, name: str) -> Path:
@@ -53,6 +53,43 @@ def tensor_table(manifest: Manifest) -> Table:
         f"{manifest.parameter_count:,} values, {human_size(manifest.tensor_bytes)}"
     )
     return Table(["name", "dtype", "shape", "elements", "size", "sha256"], rows, title=title)
+
+
+def origin(manifest: Manifest, *, restore: bool = True) -> Table:
+    """Where a checkpoint comes from and whether it restores: layout, upstream fields, restore check.
+
+    With ``restore=True`` the model is loaded (its builder must be registered) and run on the
+    vectors recorded at save time; a checkpoint without them (upstream files) shows ``not_run``.
+    """
+    from enn_nb.checkpoint.upstream import META_FIELDS
+
+    source = manifest.source or {}
+    upstream = source.get("layout") == "enn-pytorch"
+    rows = [
+        ["written by", "ENN-PyTorch (upstream)" if upstream else (source.get("layout") or "enn_nb")],
+        ["layout", source.get("variant") or manifest.format],
+    ]
+    if upstream or "missing_fields" in source:
+        present = source.get("present_fields") or [f for f in META_FIELDS if f not in source.get("missing_fields", [])]
+        rows.append(["fields present", ", ".join(present) or "-"])
+        rows.append(["fields missing", ", ".join(source.get("missing_fields") or []) or "-"])
+    if source.get("converted_from"):
+        rows.append(["converted from", str(source["converted_from"])])
+    check = manifest.self_check
+    rows.append(["recorded vectors", f"batch {check['inputs'][0]['shape'][0]}, `{check['call']}`" if check else "none"])
+    rows.append(["restore check", _restore_status(manifest) if restore else "not run (restore=False)"])
+    return Table(["", ""], rows, title=f"{Path(manifest.path or '').name or manifest.format}: origin and restore")
+
+
+def _restore_status(manifest: Manifest) -> str:
+    import enn_nb
+    from enn_nb.errors import EnnError
+
+    try:
+        loaded = enn_nb.load(manifest.path, strict=False)
+    except EnnError as exc:
+        return f"not_run (the model cannot be rebuilt: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    return str(loaded.restore)
 
 
 @dataclasses.dataclass

@@ -63,7 +63,8 @@ class ExecutorchBackend(Backend):
         require("executorch.exir", purpose="the `executorch` backend")
         notes: list[str] = []
         path = None
-        ep = job.exported_program
+        source = _without_inplace_detach(job.exported_program)
+        ep = source
         bounds = batch_bounds(ep)
         dynamic = bool(job.dynamic_batch) and bounds is not None
         high = int(opts["max_batch"] or job.batch_range[2])
@@ -77,6 +78,17 @@ class ExecutorchBackend(Backend):
                 )
         try:
             program, info = self._lower(ep, job, delegate)
+            if dynamic and info.pop("batch_specialised", False):
+                # The edge lowering fixed the batch without an error: say so and make it static on purpose.
+                static_ep = retrace(source, job, None)
+                program, info = self._lower(static_ep, job, delegate)
+                ep, dynamic = static_ep, False
+                path = {"name": "static-shapes", "costs": [f"static batch {int(job.example_inputs[0].shape[0])}"]}
+                notes.append(
+                    "ExecuTorch's edge lowering specialised the dynamic batch of this program to the capture "
+                    f"batch; the artifact is static at batch {int(job.example_inputs[0].shape[0])} (torch.export's "
+                    "program itself is dynamic, see the pt2 artifact)."
+                )
             if dynamic:
                 _smoke_run(program.buffer, job)  # some kernels lower with dynamic shapes but fail at run time
         except Exception as exc:
@@ -85,7 +97,7 @@ class ExecutorchBackend(Backend):
                     f"`executorch` lowering ({delegate}) failed: {first_line(exc)}", backend=self.name, stage="convert"
                 ) from exc
             # Some delegates cannot lower dynamic shapes; never fall back silently.
-            static_ep = retrace(job.exported_program, job, None)
+            static_ep = retrace(source, job, None)
             try:
                 program, info = self._lower(static_ep, job, delegate)
             except Exception as static_exc:
@@ -132,6 +144,7 @@ class ExecutorchBackend(Backend):
                 ep, partitioner=partitioners, constant_methods={ESSENTIALS_KEY: essentials_json(job)}
             )
             info = delegation(edge.exported_program().graph_module)
+            info["batch_specialised"] = _batch_is_static(edge.exported_program())
             program = edge.to_executorch()
         return program, info
 
@@ -167,6 +180,39 @@ def _smoke_run(buffer: bytes, job: ExportJob) -> None:
         method = runtime.Runtime.get().load_program(bytes(buffer)).load_method("forward")
         method.execute([t.contiguous() for t in job.example_inputs])
         method.execute([t[:1].contiguous() if t.dim() else t for t in job.example_inputs])  # batch 1 too
+
+
+def _batch_is_static(ep: Any) -> bool:
+    """True when the program's first user input has a concrete (int) batch dimension."""
+    names = list(ep.graph_signature.user_inputs)
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and names and node.name == names[0]:
+            from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+            shape = getattr(node.meta.get("val"), "shape", ())
+            return bool(shape) and is_concrete_int(shape[0])
+    return False
+
+
+def _without_inplace_detach(ep: Any) -> Any:
+    """The program with in-place ``aten.detach_`` nodes made functional ``aten.detach`` (a copy), else ``ep``.
+
+    ``torch.tensor(...)`` inside a traced forward becomes ``lift_fresh_copy`` + ``detach_``, which
+    ExecuTorch's edge lowering refuses ("Can't detach views in-place"). Detaching in place changes
+    nothing in an inference graph; the node's users already read its result, so only the op changes.
+    """
+    import copy
+
+    import torch
+
+    if not any(node.target is torch.ops.aten.detach_.default for node in ep.graph.nodes):
+        return ep
+    ep = copy.deepcopy(ep)
+    for node in ep.graph.nodes:
+        if node.target is torch.ops.aten.detach_.default:
+            node.target = torch.ops.aten.detach.default
+    ep.graph_module.recompile()
+    return ep
 
 
 def _program(artifact: Path) -> Any:

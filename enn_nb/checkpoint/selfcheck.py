@@ -1,0 +1,150 @@
+"""The restore self-check: two recorded input/output vectors in the manifest, re-run after a load.
+
+``save`` runs the model once on a batch of 2 inputs drawn from its spec and stores inputs and
+outputs as exact JSON numbers in ``manifest.self_check``. ``load`` runs the restored model on the
+same inputs and compares: a restore that leaves the model computing something else (a buffer not
+resized, a non-tensor state such as a calibration mode never set) is reported, never silent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from enn_nb.spec import ModelSpec
+
+BATCH = 2
+ATOL = 1e-5
+RTOL = 1e-4
+MAX_VALUES = 16384  # outputs beyond this are not recorded: the manifest stays small
+PASSED, FAILED, NOT_RUN = "passed", "failed", "not_run"
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreCheck:
+    """The outcome of re-running the recorded vectors: ``status`` is passed, failed or not_run."""
+
+    status: str
+    max_abs_err: float | None = None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.status == NOT_RUN:
+            return f"not_run ({self.reason})" if self.reason else NOT_RUN
+        return f"{self.status} (max abs err {self.max_abs_err:.3g})"
+
+
+# -- recording at save time ---------------------------------------------------------------------------
+def record(model: Any, spec: ModelSpec) -> dict[str, Any] | None:
+    """``{"call", "inputs", "outputs", "atol", "rtol"}`` for ``model``, or None when it cannot run.
+
+    Never raises: a model that cannot run on inputs drawn from its spec is saved without a self-check.
+    """
+    import torch
+
+    if not isinstance(model, torch.nn.Module) or spec.in_dim is None or _is_sharded(model):
+        return None
+    try:
+        from enn_nb.engine.parity import default_example_inputs
+
+        inputs = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=BATCH, seed=0)
+        name, call = _call(model)
+        with _eval(model), torch.no_grad():
+            outputs = _as_tensors(call(*inputs))
+    except Exception:  # noqa: BLE001 - the self-check is an extra; saving must not fail because of it
+        return None
+    if outputs is None or sum(t.numel() for t in outputs) > MAX_VALUES:
+        return None
+    return {"call": name, "inputs": [_encode(t) for t in inputs], "outputs": [_encode(t) for t in outputs],
+            "atol": ATOL, "rtol": RTOL}
+
+
+# -- checking at load time ------------------------------------------------------------------------------
+def check(model: Any, recorded: Mapping[str, Any] | None, *, device: Any = "cpu") -> RestoreCheck:
+    """Run ``model`` on the recorded inputs and compare with the recorded outputs."""
+    import torch
+
+    if not recorded:
+        return RestoreCheck(NOT_RUN, reason="the checkpoint holds no recorded vectors")
+    if _is_sharded(model):
+        return RestoreCheck(NOT_RUN, reason="the model is sharded (DTensor); run it on every rank to check")
+    try:
+        inputs = [_decode(item).to(device) for item in recorded["inputs"]]
+        expected = [_decode(item) for item in recorded["outputs"]]
+        _name, call = _call(model, recorded.get("call"))
+        with _eval(model), torch.no_grad():
+            got = _as_tensors(call(*inputs))
+    except Exception as exc:  # noqa: BLE001 - report why, the caller decides what it means
+        return RestoreCheck(FAILED, math.inf, reason=f"running the restored model failed: {type(exc).__name__}: {exc}")
+    if got is None or len(got) != len(expected):
+        return RestoreCheck(FAILED, math.inf, reason="the restored model returns another number of outputs")
+    atol, rtol = float(recorded.get("atol", ATOL)), float(recorded.get("rtol", RTOL))
+    worst, ok = 0.0, True
+    for a, b in zip(got, expected):
+        a = a.detach().cpu()
+        if tuple(a.shape) != tuple(b.shape):
+            return RestoreCheck(FAILED, math.inf, reason=f"output shape {list(a.shape)} instead of {list(b.shape)}")
+        a64, b64 = a.double(), b.double()
+        diff = (a64 - b64).abs()
+        both_nan = torch.isnan(a64) & torch.isnan(b64)
+        diff = torch.where(both_nan | (a64 == b64), torch.zeros_like(diff), diff)  # equal infinities too
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+        ok = ok and bool((diff <= atol + rtol * b64.abs().nan_to_num(posinf=0.0, neginf=0.0)).all())
+    return RestoreCheck(PASSED if ok else FAILED, worst,
+                        reason="" if ok else f"outputs differ from the recorded ones beyond atol={atol}, rtol={rtol}")
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def _call(model: Any, name: str | None = None) -> tuple[str, Any]:
+    if name in (None, "forward_export") and callable(getattr(model, "forward_export", None)):
+        return "forward_export", model.forward_export
+    return "forward", model
+
+
+@contextmanager
+def _eval(model: Any) -> Iterator[None]:
+    """Every module in eval mode for the block, flags restored one by one (mixed modes survive)."""
+    training = [m for m in model.modules() if m.training]
+    for module in training:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in training:
+            module.training = True
+
+
+def _is_sharded(model: Any) -> bool:
+    return any(type(t).__name__ == "DTensor" for t in model.state_dict().values())
+
+
+def _as_tensors(value: Any) -> list[torch.Tensor] | None:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return list(value)
+    return None
+
+
+def _encode(t: torch.Tensor) -> dict[str, Any]:
+    values = t.detach().cpu().reshape(-1).tolist()
+    # JSON has no NaN/Infinity: those few become their repr strings; finite floats round-trip exactly.
+    flat = [v if not isinstance(v, float) or math.isfinite(v) else repr(v) for v in values]
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "values": flat}
+
+
+def _decode(item: Mapping[str, Any]) -> torch.Tensor:
+    import torch
+
+    from .tensors import torch_dtype
+
+    values = [float(v) if isinstance(v, str) else v for v in item["values"]]
+    return torch.tensor(values, dtype=torch_dtype(str(item["dtype"]))).reshape(item["shape"])
