@@ -9,10 +9,17 @@ the raw library calls and enn_nb's, interleaved, ``--reps`` times (the best time
 - a plain write of the same bytes (``file.write`` of every tensor, then fsync)
 
 enn_nb's saves are atomic and durable (temporary file, fsync, rename) and hash every tensor with
-sha256; ``torch.save`` and ``save_file`` do neither, so the raw calls are also shown with an fsync
-added. enn_nb's loads verify every hash (``verify=True``, the default); ``verify=False`` is shown too.
+BLAKE3 while writing it; ``torch.save`` and ``save_file`` do neither, so the raw calls are also shown
+with an fsync added. enn_nb's loads verify every hash (``verify=True``, the default), which reads
+every byte once more than a raw load does: they are compared with the raw load followed by one full
+read of the file(s) (8 MiB chunks into one buffer); ``verify=False`` is compared with the raw load.
 Peak RSS while saving is measured in the saving process (VmHWM reset before each save) and given
 relative to the tensor bytes: ``(peak RSS - RSS before the model existed) / tensor bytes``.
+
+Scale run: with ``--mb`` above 512 (e.g. ``--mb 4096``), the three formats are also measured at
+512 MiB in the same run and a second table gives, per format and operation, the time per byte at
+the large size over the time per byte at 512 MiB (target <= 1.2: I/O grows linearly). Check
+``free -g`` first: the jobs hold two copies of the state (the saved model and the load destination).
 
 Every measurement runs in a child process; files go to ``--dir`` and are deleted afterwards.
 Usage: ``python benchmarks/checkpoint_io.py [--mb 512] [--reps 3] [--dir out/bench]``.
@@ -35,7 +42,8 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 FORMATS = ("pt", "safetensors", "dcp")
-TARGETS = {"save": 1.10, "load": 1.10, "throughput": 0.80, "rss": 1.25}
+TARGETS = {"save": 1.10, "load": 1.10, "throughput": 0.80, "rss": 1.25, "scale": 1.20}
+SCALE_BASE_MB = 512
 
 
 # -- process memory ---------------------------------------------------------------------------------------
@@ -101,6 +109,14 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+def _read_all(path: Path, buffer: bytearray) -> None:
+    """One full read of a file (or every file of a directory) through a reused buffer."""
+    for file in [path] if path.is_file() else sorted(path.iterdir()):
+        with open(file, "rb", buffering=0) as fh:
+            while fh.readinto(buffer):
+                pass
 
 
 def _fsync_path(path: Path) -> None:
@@ -199,13 +215,14 @@ def _plain_ops(model: Any, directory: Path) -> list[tuple[str, str, Callable[[],
 
     import hashlib
 
-    from enn_nb.checkpoint.tensors import hash_tensors
+    import blake3
 
-    state = model.state_dict()
     return [("plain write", "save", lambda: write(False), lambda: _rm(path)),
             ("plain write + fsync", "save", lambda: write(True), lambda: _rm(path)),
             ("sha256, 1 thread", "info", lambda: [hashlib.sha256(v).digest() for v in views], None),
-            ("sha256, enn_nb pool", "info", lambda: hash_tensors(state), None)]
+            ("blake3, 1 thread", "info", lambda: [blake3.blake3(v).digest() for v in views], None),
+            ("blake3, all threads", "info",
+             lambda: [blake3.blake3(v, max_threads=blake3.blake3.AUTO).digest() for v in views], None)]
 
 
 def _format_ops(fmt: str, model: Any, other: Any, directory: Path) -> list[Any]:
@@ -256,9 +273,16 @@ def _format_ops(fmt: str, model: Any, other: Any, directory: Path) -> list[Any]:
         raw_save()
         _fsync_path(raw_path)
 
+    buffer = bytearray(8 << 20)
+
+    def raw_load_read() -> None:
+        raw_load()
+        _read_all(raw_path, buffer)
+
     ops: list[Any] = [
         ("raw save", "save", raw_save, None),
         ("raw load", "load", raw_load, None),
+        ("raw load + full read", "load", raw_load_read, None),
     ]
     if raw_read_only is not None:
         ops.append(("raw read only", "info", raw_read_only, None))
@@ -276,8 +300,8 @@ def _format_ops(fmt: str, model: Any, other: Any, directory: Path) -> list[Any]:
 
 
 # -- orchestration and the table ------------------------------------------------------------------------------
-def _run_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--job", name, "--mb", str(args.mb),
+def _run_child(name: str, args: argparse.Namespace, mb: int | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--job", name, "--mb", str(mb or args.mb),
            "--reps", str(args.reps), "--dir", str(args.dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -301,9 +325,9 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         f"{os.cpu_count()} CPUs, best of the repetitions",
         f"plain write of the same bytes: {plain_s:.3f} s ({mib / plain_s:.0f} MiB/s); with fsync "
         f"{plain_sync_s:.3f} s ({mib / plain_sync_s:.0f} MiB/s)",
-        f"sha256 of the same bytes (what hashing on save and verify=True on load cost): "
-        f"{_best(plain, 'sha256, 1 thread')['s']:.3f} s on 1 thread, {_best(plain, 'sha256, enn_nb pool')['s']:.3f} s "
-        f"in enn_nb's pool of {min(8, os.cpu_count() or 1)} threads",
+        f"hashing the same bytes in memory: BLAKE3 {_best(plain, 'blake3, 1 thread')['s']:.3f} s on 1 thread "
+        f"(what a save adds, beside the writer), {_best(plain, 'blake3, all threads')['s']:.3f} s on all threads "
+        f"(what verify=True adds); sha256 {_best(plain, 'sha256, 1 thread')['s']:.3f} s on 1 thread",
         "",
         f"{'format':<12}{'operation':<26}{'raw s':>8}{'enn_nb s':>10}{'ratio':>8}{'target':>8}  verdict",
     ]
@@ -324,6 +348,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         raw_save_sync = _best(res, "raw save + fsync") if fmt != "dcp" else raw_save
         ours_save = _best(res, "enn_nb save")
         raw_load = _best(res, "raw load")["s"]
+        raw_load_read = _best(res, "raw load + full read")["s"]
         row(fmt, "save vs raw call", raw_save["s"], ours_save["s"], TARGETS["save"])
         if fmt != "dcp":
             row(fmt, "save vs raw call + fsync", raw_save_sync["s"], ours_save["s"], TARGETS["save"])
@@ -336,7 +361,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{fmt:<12}{'save MiB/s vs plain':<26}{mib / plain_s:>8.0f}{mib / ours_save['s']:>10.0f}"
                      f"{plain_s / ours_save['s']:>8.2f}{'>=0.80':>8}  "
                      f"{'ok' if plain_s / ours_save['s'] >= 0.8 else 'MISS'}")
-        row(fmt, "load (verify=True)", raw_load, _best(res, "enn_nb load")["s"], TARGETS["load"])
+        row(fmt, "load (verify=True)", raw_load_read, _best(res, "enn_nb load")["s"], TARGETS["load"])
+        lines[-1] += "   (raw: load + one full read)"
         row(fmt, "load (verify=False)", raw_load, _best(res, "enn_nb load verify=False")["s"], TARGETS["load"])
         if any(r["op"] == "raw read only" for r in res["runs"]):
             row(fmt, "  raw read only (no copy)", None, _best(res, "raw read only")["s"], None)
@@ -368,17 +394,49 @@ def main() -> None:
             print(json.dumps(job(args.job, args.mb, args.reps, args.dir / args.job)))
         return
     names = ("plain", *FORMATS, *(f"rss-{fmt}" for fmt in FORMATS))
-    results = {}
+    results: dict[str, Any] = {}
+    small: dict[str, Any] = {}
     try:
         for name in names:
             print(f"running {name} ...", file=sys.stderr, flush=True)
             results[name] = _run_child(name, args)
+        if args.mb > SCALE_BASE_MB:
+            for name in FORMATS:
+                print(f"running {name} at {SCALE_BASE_MB} MiB ...", file=sys.stderr, flush=True)
+                small[name] = _run_child(name, args, SCALE_BASE_MB)
     finally:
         for name in names:
             _rm(args.dir / name)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(json.dumps({"results": results, f"at_{SCALE_BASE_MB}": small}, indent=1))
     print(table(results))
+    if small:
+        print()
+        print(scale_table(results, small))
+
+
+SCALE_OPS = ("raw save", "enn_nb save", "raw load", "enn_nb load", "enn_nb load verify=False")
+
+
+def scale_table(big: dict[str, Any], small: dict[str, Any]) -> str:
+    """Per format and operation: seconds per GiB at both sizes and their ratio (linear growth: 1.0)."""
+    gib_big = big["plain"]["tensor_bytes"] / 2**30
+    gib_small = small[FORMATS[0]]["tensor_bytes"] / 2**30
+    lines = [f"scale: {gib_big * 1024:.0f} MiB against {gib_small * 1024:.0f} MiB, seconds per GiB (best of the "
+             "repetitions), ratio = large / small",
+             f"{'format':<12}{'operation':<26}{'small s/GiB':>12}{'large s/GiB':>12}{'ratio':>8}{'target':>8}  verdict"]
+    for fmt in FORMATS:
+        for op in SCALE_OPS:
+            per_small = _best(small[fmt], op)["s"] / gib_small
+            per_big = _best(big[fmt], op)["s"] / gib_big
+            ratio = per_big / per_small
+            verdict = "" if op.startswith("raw") else ("ok" if ratio <= TARGETS["scale"] else "MISS")
+            target = "" if op.startswith("raw") else f"<={TARGETS['scale']:.2f}"
+            lines.append(f"{fmt:<12}{op:<26}{per_small:>12.3f}{per_big:>12.3f}{ratio:>8.2f}{target:>8}  {verdict}")
+    rss = [(fmt, big[f"rss-{fmt}"]["enn_nb"]["peak_over_base"] / big["plain"]["tensor_bytes"]) for fmt in FORMATS]
+    lines.append("peak RSS while saving / tensor bytes at the large size: "
+                 + ", ".join(f"{fmt} {r:.2f} ({'ok' if r <= TARGETS['rss'] else 'MISS'})" for fmt, r in rss))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -52,11 +52,11 @@ CHILD = textwrap.dedent(
             w, h = opener(p)
             return Slow(w), h
         pt._open_writer = slow_open
-        write = dcp._HashingStream.write
+        write = dcp.HashingStream.write
         def slow_write(self, data):
             time.sleep(0.02)
             return write(self, data)
-        dcp._HashingStream.write = slow_write
+        dcp.HashingStream.write = slow_write
     if go != "-":
         Path(go).with_name(f"ready-{sys.argv[2]}").touch()  # torch imported, model built: waiting on `go`
     while go != "-" and not Path(go).exists():

@@ -8,6 +8,7 @@ import os
 import pickle
 from pathlib import Path
 
+import blake3
 import pytest
 import torch
 
@@ -213,7 +214,7 @@ def test_malicious_dcp_metadata_is_refused(tmp_path):
     doc = json.loads(manifest_file.read_text())
     for entry in doc["files"]:
         if entry["path"] == ".metadata":
-            entry.update(nbytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
+            entry.update(nbytes=len(evil), hash="blake3:" + blake3.blake3(evil).hexdigest())
     doc["manifest_sha256"] = self_hash(doc)  # a forger recomputes every hash
     manifest_file.write_text(json.dumps(doc))
     with pytest.raises(UnsafeCheckpointError, match="system"):
@@ -250,8 +251,8 @@ def test_newer_schema_names_both_versions(tmp_path):
     _rewrite_pt_manifest(path, lambda d: {**d, "schema": "enn_nb.checkpoint/7", "new_field": 1})
     with pytest.raises(SchemaVersionError) as info:
         enn_nb.inspect(path)
-    assert info.value.found == "enn_nb.checkpoint/7" and info.value.supported == "enn_nb.checkpoint/1"
-    assert "enn_nb.checkpoint/7" in str(info.value) and "enn_nb.checkpoint/1" in str(info.value)
+    assert info.value.found == "enn_nb.checkpoint/7" and info.value.supported == "enn_nb.checkpoint/2"
+    assert "enn_nb.checkpoint/7" in str(info.value) and "enn_nb.checkpoint/2" in str(info.value)
     assert "pip install -U enn-nb" in str(info.value)
 
 
@@ -284,7 +285,7 @@ def test_v0_manifest_is_migrated(tmp_path):
     path = tmp_path / "v0.pt"
     torch.save({"enn_nb.manifest": json.dumps(v0), "state_dict": state}, path)
     manifest = enn_nb.inspect(path)
-    assert manifest.schema == "enn_nb.checkpoint/1" and manifest.source == {"migrated_from": "enn_nb.checkpoint/0"}
+    assert manifest.schema == "enn_nb.checkpoint/2" and manifest.source == {"migrated_from": "enn_nb.checkpoint/0"}
     assert manifest.metadata == {"owner": "team-a"} and manifest.versions["torch"] == "2.5.0"
     assert manifest.tensor("mean").nbytes == 48
     loaded = enn_nb.load(path)

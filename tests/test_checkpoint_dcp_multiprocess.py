@@ -132,14 +132,14 @@ def test_fsdp2_sharded_dcp_save_and_reshard(tmp_path):
         assert report["listing"] == ["ckpt", "reference.pt"]  # no temporary directory left
         assert report["load2_verified"] is True
         assert report["load2_equal"] == report["load2_keys"] == sorted(reference)
-        assert "__1_0.distcp" in report["corrupt"] and "sha256" in report["corrupt"]
+        assert "__1_0.distcp" in report["corrupt"] and "hash" in report["corrupt"]
     assert reports[0]["save_content_hash"] == reports[1]["save_content_hash"]
 
     manifest = enn_nb.inspect(tmp_path / "ckpt")
     assert manifest.metadata == {"ranks": 2}
     assert manifest.tensor("blocks.0.attn.qkv.weight").shape == (96, 32)  # the global shape
-    assert manifest.tensor("blocks.0.attn.qkv.weight").sha256 is None  # no rank held it whole
-    assert manifest.tensor("scaler.x_mean").sha256  # replicated buffers are hashed on rank 0
+    assert manifest.tensor("blocks.0.attn.qkv.weight").hash is None  # no rank held it whole
+    assert manifest.tensor("scaler.x_mean").hash  # replicated buffers are hashed on rank 0
 
     # load on 1 process: resharded into a plain, unsharded model built from the manifest
     loaded = enn_nb.load(tmp_path / "ckpt")
@@ -155,7 +155,7 @@ def test_fsdp2_sharded_dcp_save_and_reshard(tmp_path):
         assert torch.equal(loaded.model.forward_export(x[:16]), original.forward_export(x[:16]))
     # and it converts to a single file whose tensors are now all hashed
     converted = enn_nb.convert(tmp_path / "ckpt", tmp_path / "single.safetensors")
-    assert all(t.sha256 for t in converted.tensors)
+    assert all(t.hash for t in converted.tensors)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def test_restored_model_is_bit_identical(trained_model, x, tmp_path, fmt):
 def test_manifest_describes_the_model(trained_model, tmp_path):
     manifest = enn_nb.save(trained_model, tmp_path / "m.safetensors", metadata=METADATA)
     doc = manifest.to_dict()
-    assert doc["schema"] == "enn_nb.checkpoint/1" and doc["format"] == "safetensors"
+    assert doc["schema"] == "enn_nb.checkpoint/2" and doc["format"] == "safetensors"
     validate(doc)  # the shipped JSON Schema accepts what we write
     spec = doc["spec"]
     assert spec["builder"] == "enn_nb.reference"
@@ -67,7 +67,7 @@ def test_manifest_describes_the_model(trained_model, tmp_path):
         assert row["dtype"] == str(tensor.dtype).removeprefix("torch.")
         assert row["shape"] == list(tensor.shape)
         assert row["nbytes"] == tensor.numel() * tensor.element_size()
-        assert len(row["sha256"]) == 64
+        assert row["hash"].startswith("blake3:") and len(row["hash"]) == len("blake3:") + 64
     assert table["scaler.x_mean"]["dtype"] == "float64"
 
 
@@ -116,7 +116,7 @@ def test_safetensors_file_opens_with_the_safetensors_library(trained_model, tmp_
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
     assert list(meta) == ["enn_nb.manifest"]
-    assert json.loads(meta["enn_nb.manifest"])["schema"] == "enn_nb.checkpoint/1"
+    assert json.loads(meta["enn_nb.manifest"])["schema"] == "enn_nb.checkpoint/2"
     with open(path, "rb") as fh:  # tensor data starts 8-byte aligned
         (n,) = struct.unpack("<Q", fh.read(8))
     assert (8 + n) % 8 == 0

@@ -69,11 +69,11 @@ def test_fast_row_check_agrees_with_jsonschema(document, array):
 def test_errors_list_every_problem(document):
     doc = copy.deepcopy(document)
     doc["tensors"][0]["nbytes"] = -1
-    doc["tensors"][3]["sha256"] = "XYZ"
+    doc["tensors"][3]["hash"] = "XYZ"
     doc["files"][1]["path"] = ""
     with pytest.raises(CorruptCheckpointError) as info:
         validate(doc)
     text = str(info.value)
-    assert "`tensors/0/nbytes`" in text and "`tensors/3/sha256`" in text and "`files/1/path`" in text
+    assert "`tensors/0/nbytes`" in text and "`tensors/3/hash`" in text and "`files/1/path`" in text
     with pytest.raises(SpecError):
         validate(doc, error=SpecError)

@@ -63,7 +63,7 @@ def test_readme_blocks_run_in_a_kernel_in_order(tmp_path: Path, monkeypatch: pyt
     saved = _text(outputs["%enn_save model checkpoints/model.safetensors --meta run=42"])
     assert saved.count("\n") == 0 and "model.safetensors" in saved  # one line, not the whole manifest
     inspected = _text(outputs["# The manifest from the file's header only: no tensor is read."])
-    assert "enn_nb.reference" in inspected and "sha256" in inspected
+    assert "enn_nb.reference" in inspected and "blake3:" in inspected
     exported = _text(outputs["%%enn_export model --out exports"])
     assert "onnx" in exported and "ok" in exported
     # finished progress bars become their final state as HTML and text (nbconvert HTML, GitHub), not "0%"

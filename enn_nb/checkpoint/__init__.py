@@ -1,6 +1,6 @@
 """Self-describing checkpoints: .pt/.pth, .safetensors and DCP directories that restore exactly.
 
-``save`` writes the weights with a manifest (ModelSpec, versions, metadata, tensor table, sha256
+``save`` writes the weights with a manifest (ModelSpec, versions, metadata, tensor table, BLAKE3
 hashes), ``load`` rebuilds the model from it, ``inspect`` reads only the manifest, ``convert`` moves
 a checkpoint between formats. ENN-PyTorch (upstream) checkpoints are read too.
 """

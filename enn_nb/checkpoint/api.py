@@ -175,7 +175,9 @@ def load(
             (compiled models and, for DCP under torchrun, FSDP2/DTensor-sharded models work).
         strict: raise when keys are missing, unexpected or of another shape (all listed). With
             ``strict=False`` the matching ones are loaded and the rest reported on the result.
-        verify: check the sha256 hashes before anything is copied into the model.
+        verify: check the tensor hashes (BLAKE3, or sha256 in older checkpoints) before anything is
+            copied into the model, and re-run the recorded self-check vectors afterwards
+            (``Loaded.restore_check``); ``verify=False`` skips both.
         map_location: device for a built model and the optimizer state (``"cpu"`` default).
 
     Returns:
@@ -217,8 +219,12 @@ def load(
     if optimizer_state is not None and str(map_location) != "cpu":
         optimizer_state = _to_device(optimizer_state, map_location)
     complete = not (missing or unexpected or mismatched)
-    restore = (selfcheck.check(target, manifest.self_check, device=_device_of(target)) if complete
-               else selfcheck.RestoreCheck("not_run", reason="partial load (strict=False)"))
+    if not complete:
+        restore = selfcheck.RestoreCheck("not_run", reason="partial load (strict=False)")
+    elif not verify:  # verify=False asks for the fastest load: no hashes, no forward pass
+        restore = selfcheck.RestoreCheck("not_run", reason="verify=False")
+    else:
+        restore = selfcheck.check(target, manifest.self_check, device=_device_of(target))
     if restore.status == "failed" and strict:
         raise RestoreCheckError(
             f"The model restored from `{path}` does not compute what the saved one did: on the inputs recorded "

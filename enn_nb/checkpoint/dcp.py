@@ -18,8 +18,6 @@ destination holds.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import os
 import time
 import warnings
@@ -48,8 +46,9 @@ from .atomic import (
 )
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, dcp_metadata_name, upstream_meta_file
+from .hashing import HashingStream, HashPool, check_tensors, file_matches
 from .manifest import FileEntry, Manifest, decode, encode
-from .tensors import HASH_WORKERS, HashPool, check_hashes, dtype_name, expected_nbytes, join_tree, torch_dtype
+from .tensors import dtype_name, expected_nbytes, join_tree, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -96,40 +95,6 @@ def _quiet() -> Iterator[None]:
 
 
 # -- hashing while DCP writes -------------------------------------------------------------------------------
-class _HashingStream(io.RawIOBase):
-    """A write-only file wrapper that hashes exactly the bytes that go through it."""
-
-    def __init__(self, raw: Any) -> None:
-        super().__init__()
-        self.raw = raw
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        written = self.raw.write(view)
-        self.sha.update(view[:written])
-        self.count += written
-        return written
-
-    def tell(self) -> int:
-        return self.raw.tell()
-
-    def fileno(self) -> int:
-        return self.raw.fileno()
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-    def close(self) -> None:
-        if not self.closed:
-            super().close()  # flushes through us first
-            self.raw.close()
-
-
 def _hashing_writer(path: Path) -> Any:
     from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint.filesystem import FileSystem
@@ -137,7 +102,7 @@ def _hashing_writer(path: Path) -> Any:
     class HashingFileSystem(FileSystem):
         def __init__(self) -> None:
             super().__init__()
-            self.hashes: dict[str, tuple[str, int]] = {}
+            self.hashes: dict[str, tuple[str, int]] = {}  # file name -> (digest, bytes)
             # DCP's extra writer threads drop their exceptions (a full disk there would commit a
             # checkpoint with missing shards): every failure is recorded here and raised after the save.
             self.errors: list[BaseException] = []
@@ -149,14 +114,14 @@ def _hashing_writer(path: Path) -> Any:
                     if "w" not in mode:
                         yield stream
                         return
-                    hashing = _HashingStream(stream)
+                    hashing = HashingStream(stream)
                     yield hashing
             except Exception as exc:  # noqa: BLE001 - raised by write() once dcp.save returns
                 # Swallowed here so DCP's worker threads do not print a traceback each; the save
                 # then fails as a whole, with this error, before anything is committed.
                 self.errors.append(exc)
                 return
-            self.hashes[Path(path).name] = (hashing.sha.hexdigest(), hashing.count)
+            self.hashes[Path(path).name] = (hashing.digest(), hashing.count)
 
         def rename(self, path: Any, new_path: Any) -> None:
             super().rename(path, new_path)
@@ -218,7 +183,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         if rank == 0:
             manifest = build_manifest(
                 "dcp", request, hashes, optimizer_structure=structure, optimizer_tensors=opt_tensors,
-                files=[FileEntry(name, n, sha) for name, (sha, n) in sorted(files.items())],
+                files=[FileEntry(name, n, digest) for name, (digest, n) in sorted(files.items())],
             )
             text = encode(manifest)
             _write_manifest(tmp, text)
@@ -384,7 +349,7 @@ class DcpReader:
             entry = next((f for f in manifest.files if f.path == DCP_METADATA), None)
             if entry is not None and (path / DCP_METADATA).exists() and not _file_matches(path / DCP_METADATA, entry):
                 raise CorruptCheckpointError(
-                    f"The sha256 of `{DCP_METADATA}` in `{path}` does not match the manifest: the checkpoint is "
+                    f"The hash of `{DCP_METADATA}` in `{path}` does not match the manifest: the checkpoint is "
                     "damaged. Restore it from a good copy.",
                     file=DCP_METADATA,
                 )
@@ -418,23 +383,24 @@ class DcpReader:
         return not self.upstream
 
     def verify_files(self) -> None:
-        """Check every file's sha256 (split across ranks when a process group is up)."""
+        """Check every file's hash (split across ranks when a process group is up).
+
+        Each file is read once, in chunks hashed while cached (BLAKE3 spreads each chunk over all
+        cores); the load that follows finds the bytes in the page cache.
+        """
         if self._verified or self.upstream:
             return
-        from concurrent.futures import ThreadPoolExecutor
-
         dist, rank, world = _dist()
         for entry in self.manifest.files:
             confined(self.path, entry.path, what="A file the DCP manifest lists")
         mine = self.manifest.files[rank::world]
-        with ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="enn-nb-verify") as pool:
-            ok = list(pool.map(lambda entry: _file_matches(self.path / entry.path, entry), mine))
+        ok = [_file_matches(self.path / entry.path, entry) for entry in mine]
         bad = [entry.path for entry, good in zip(mine, ok) if not good]
         bad = sorted({name for part in _all_gather(dist, bad, world) for name in part})
         if bad:
             holds = self._tensors_in(bad[0])
             raise CorruptCheckpointError(
-                f"The sha256 of shard file(s) {', '.join(f'`{b}`' for b in bad)} in `{self.path}` does not match "
+                f"The hash of shard file(s) {', '.join(f'`{b}`' for b in bad)} in `{self.path}` does not match "
                 f"the manifest: the checkpoint is damaged{f' (`{bad[0]}` holds {holds})' if holds else ''}. "
                 "Restore it from a good copy, or pass `verify=False` to load it anyway (not recommended).",
                 file=bad[0],
@@ -504,7 +470,7 @@ class DcpReader:
                 out[name] = torch.empty(entry.shape, dtype=getattr(torch, entry.dtype))
         self._load({self.paths[name]: tensor for name, tensor in out.items()})
         if verify and not self.upstream:
-            check_hashes(out, {name: table[name].sha256 for name in out}, what=f"`{self.path}`")
+            check_tensors(out, {name: table[name].hash for name in out}, what=f"`{self.path}`")
         return out
 
     def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
@@ -519,8 +485,8 @@ class DcpReader:
         tensors = {t["name"]: torch.empty(t["shape"], dtype=torch_dtype(t["dtype"])) for t in opt["tensors"]}
         self._load({(OPTIMIZER_KEY, name): t for name, t in tensors.items()})
         if verify:
-            check_hashes(tensors, {t["name"]: t.get("sha256") for t in opt["tensors"]},
-                         what=f"the optimizer state of `{self.path}`")
+            check_tensors(tensors, {t["name"]: t.get("hash") for t in opt["tensors"]},
+                          what=f"the optimizer state of `{self.path}`")
         return join_tree(opt["structure"], tensors)
 
 
@@ -560,12 +526,8 @@ def _check_declared_bytes(metadata: Any, wanted: Mapping[tuple[str, ...], Mappin
 
 def _file_matches(path: Path, entry: FileEntry) -> bool:
     try:
-        if not path.is_file() or path.stat().st_size != entry.nbytes:
+        if not path.is_file():
             return False
-        sha = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 24):
-                sha.update(chunk)
     except OSError:
         return False
-    return sha.hexdigest() == entry.sha256
+    return file_matches(path, entry.nbytes, entry.hash)

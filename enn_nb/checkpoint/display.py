@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from enn_nb._format import human_size
 from enn_nb.table import Cell, Table
 
+from .hashing import short
+
 if TYPE_CHECKING:
     from .manifest import Manifest
 
@@ -60,7 +62,7 @@ def _short_json(value: Any, limit: int = 300) -> str:
 def _tensor_rows(m: Manifest) -> list[tuple[str, str, str, str, str]]:
     return [
         (t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]", human_size(t.nbytes),
-         (t.sha256 or "-")[:12])
+         short(t.hash))
         for t in m.tensors[:MAX_ROWS]
     ]
 
@@ -68,7 +70,7 @@ def _tensor_rows(m: Manifest) -> list[tuple[str, str, str, str, str]]:
 def _tables(m: Manifest) -> tuple[Table, Table]:
     more = len(m.tensors) - MAX_ROWS
     tensors = Table(
-        ("name", "dtype", "shape", "bytes", "sha256"),
+        ("name", "dtype", "shape", "bytes", "hash"),
         [[Cell(c, code=True) for c in row] for row in _tensor_rows(m)],
         footer=f"... {more} more tensors" if more > 0 else "",
         css_class="enn-nb-tensors",

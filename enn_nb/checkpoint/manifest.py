@@ -28,28 +28,28 @@ class TensorEntry:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
-    sha256: str | None = None
+    hash: str | None = None  # "<algorithm>:<hex>" (see checkpoint/hashing.py); None when no rank held it whole
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "nbytes": self.nbytes,
-                "sha256": self.sha256}
+                "hash": self.hash}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TensorEntry:
         return cls(str(data["name"]), str(data["dtype"]), tuple(int(d) for d in data["shape"]),
-                   int(data["nbytes"]), data.get("sha256"))
+                   int(data["nbytes"]), data.get("hash"))
 
 
 @dataclasses.dataclass(frozen=True)
 class FileEntry:
-    """A file of a DCP directory and its sha256."""
+    """A file of a DCP directory and its digest (``"<algorithm>:<hex>"``)."""
 
     path: str
     nbytes: int
-    sha256: str
+    hash: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "nbytes": self.nbytes, "sha256": self.sha256}
+        return {"path": self.path, "nbytes": self.nbytes, "hash": self.hash}
 
 
 @dataclasses.dataclass
@@ -57,16 +57,16 @@ class Manifest:
     """What a checkpoint holds and how to rebuild its model.
 
     Render it in a notebook (HTML table) or print it (text); :meth:`to_dict` gives the JSON document
-    (``"schema": "enn_nb.checkpoint/1"``, validated against ``enn_nb/schemas/checkpoint.schema.json``).
+    (``"schema": "enn_nb.checkpoint/2"``, validated against ``enn_nb/schemas/checkpoint.schema.json``).
 
     Attributes:
         format: ``"pt"``, ``"safetensors"`` or ``"dcp"``.
         spec: the ModelSpec (builder, config, in_dim, out_shape, tasks, scaler, embedding);
             ``spec.metadata`` is the user metadata.
-        tensors: the tensor table (name, dtype, shape, byte size, sha256).
+        tensors: the tensor table (name, dtype, shape, byte size, digest ``"blake3:<hex>"``).
         versions: ``enn_nb``, ``torch``, ``python`` (and format libraries) at save time.
         created: ISO 8601 UTC creation time.
-        files: DCP only, every data file with its sha256.
+        files: DCP only, every data file with its digest.
         optimizer: optimizer state description (class, tensor table, JSON structure) or None.
         source: set when the content was not written by ``enn_nb.save`` (upstream layout, conversion,
             migration), e.g. ``{"layout": "enn-pytorch", "missing_fields": [...]}``.
@@ -123,14 +123,15 @@ class Manifest:
 
         Two checkpoints of the same weights and spec in .pt, .safetensors or DCP share it (metadata,
         versions and times are not part of it). When tensor hashes are unknown (a DCP directory
-        written by several ranks) the file hashes stand in.
+        written by several ranks) the file hashes stand in. The digests include their algorithm, so
+        a checkpoint hashed with sha256 (schema 1) and its BLAKE3 re-save have different ones.
         """
         spec = {key: value for key, value in self.spec.to_dict().items() if key != "metadata"}
-        if all(t.sha256 for t in self.tensors):  # an empty table too: the same identity in every format
-            body: Any = sorted([t.name, t.dtype, list(t.shape), t.sha256] for t in self.tensors)
+        if all(t.hash for t in self.tensors):  # an empty table too: the same identity in every format
+            body: Any = sorted([t.name, t.dtype, list(t.shape), t.hash] for t in self.tensors)
             kind = "tensors"
         else:
-            body = sorted([f.path, f.sha256] for f in self.files)
+            body = sorted([f.path, f.hash] for f in self.files)
             kind = "files"
         text = json.dumps({"spec": spec, kind: body}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -146,7 +147,6 @@ class Manifest:
             "versions": dict(self.versions),
             "spec": {key: spec[key] for key in _SPEC_KEYS if key in spec},
             "metadata": spec["metadata"],
-            "hash_algorithm": "sha256",
             "tensors": [t.to_dict() for t in self.tensors],
             "files": [f.to_dict() for f in self.files],
             "optimizer": self.optimizer,
@@ -185,7 +185,7 @@ class Manifest:
             tensors=[TensorEntry.from_dict(t) for t in doc["tensors"]],
             versions=dict(doc["versions"]),
             created=doc["created"],
-            files=[FileEntry(f["path"], int(f["nbytes"]), f["sha256"]) for f in doc.get("files") or []],
+            files=[FileEntry(f["path"], int(f["nbytes"]), f["hash"]) for f in doc.get("files") or []],
             optimizer=doc.get("optimizer"),
             source=doc.get("source"),
             extra_state=doc.get("extra_state"),

@@ -124,4 +124,32 @@ def _v0_to_v1(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# -- built-in: v1 -> v2 -----------------------------------------------------------------------------
+# Version 1 hashed with sha256 only: one top-level `hash_algorithm: "sha256"` and bare hex digests under
+# `sha256` in every tensor/file row. Version 2 names the algorithm in each digest (`"hash": "blake3:…"`),
+# so rows of a migrated v1 manifest become `"hash": "sha256:<hex>"` and still verify with sha256.
+
+
+def _v1_row(row: Any) -> Any:
+    if not isinstance(row, dict) or "sha256" not in row:
+        return row
+    out = {key: value for key, value in row.items() if key != "sha256"}
+    out["hash"] = None if row["sha256"] is None else f"sha256:{row['sha256']}"
+    return out
+
+
+@register_migration(1)
+def _v1_to_v2(doc: dict[str, Any]) -> dict[str, Any]:
+    algorithm = doc.pop("hash_algorithm", "sha256")
+    if algorithm != "sha256":
+        raise ValueError(f"schema 1 knows only sha256, the manifest says hash_algorithm={algorithm!r}")
+    doc["schema"] = f"{SCHEMA_NAME}/2"
+    doc["tensors"] = [_v1_row(row) for row in doc.get("tensors") or []]
+    doc["files"] = [_v1_row(row) for row in doc.get("files") or []]
+    if isinstance(doc.get("optimizer"), dict):
+        doc["optimizer"] = {**doc["optimizer"],
+                            "tensors": [_v1_row(row) for row in doc["optimizer"].get("tensors") or []]}
+    return doc
+
+
 assert SCHEMA_ID == f"{SCHEMA_NAME}/{CURRENT_VERSION}"

@@ -5,10 +5,12 @@ Layout of the pickled payload (a plain dict, safe for the weights-only unpickler
     {"enn_nb.manifest": "<manifest JSON>", "state_dict": {name: tensor}, "optimizer": optimizer.state_dict()}
 
 The zip is written by torch's own ``PyTorchFileWriter`` with the tensor records *first* and
-``data.pkl`` last, so the tensors are hashed (in threads) while they are written and the manifest
-holding those hashes is pickled after. ``torch.load`` finds records by name, so any order loads, with
-or without ``mmap=True``. No CRC-32 is computed (torch.load ignores it; the sha256 hashes and the
-manifest's self-hash cover every byte that is read), which halves the CPU work of a save.
+``data.pkl`` last, so the tensors are hashed (BLAKE3, in a background thread) while they are written
+and the manifest holding those hashes is pickled after. ``torch.load`` finds records by name, so any
+order loads, with or without ``mmap=True``. No CRC-32 is computed (torch.load ignores it; the tensor
+hashes and the manifest's self-hash cover every byte that is read), which saves a pass over the bytes.
+Tensors go from their own memory to the file (``write_record`` of each storage) and come back as a
+memory map (``torch.load(mmap=True)``) that is hashed in place: no intermediate buffer either way.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from enn_nb.errors import CorruptCheckpointError, NotACheckpointError, UnsafeChe
 
 from .atomic import atomic_file
 from .base import SaveRequest, build_manifest, check_table
+from .hashing import HashPool, check_tensors
 from .manifest import Manifest, decode, encode
 from .tensors import (
     OPTIMIZER_PREFIX,
-    HashPool,
-    check_hashes,
     cpu_contiguous,
     dtype_name,
     join_tree,
@@ -160,9 +161,10 @@ def _open_writer(path: Path) -> tuple[Any, _GuardedFile]:
     from torch.serialization import _get_storage_alignment
 
     handle = _GuardedFile(path)
-    # No CRC-32: the sha256 of every tensor and the manifest's self-hash cover the content, and a
-    # CRC pass over every byte would cost as much as the sha256 one. torch.load does not check CRCs;
-    # zip tools do (`unzip -t` reports them).
+    # No CRC-32: the hash of every tensor and the manifest's self-hash cover the content, and a CRC
+    # pass over every byte would cost more than the BLAKE3 one. torch.load does not check CRCs; zip
+    # tools do (`unzip -t` reports them). The writer hands _GuardedFile memoryviews of the storages:
+    # no copy on the way to the file.
     return torch._C.PyTorchFileWriter(handle, False, _get_storage_alignment()), handle
 
 
@@ -353,7 +355,7 @@ class PtReader:
 
     @property
     def verifiable(self) -> bool:
-        # enn_nb files: sha256 hashes. Upstream ones: the zip's CRC-32s, unless written without them.
+        # enn_nb files: tensor hashes. Upstream ones: the zip's CRC-32s, unless written without them.
         return not (self.upstream and self._unchecked_records)
 
     def _check_container(self) -> None:
@@ -383,8 +385,8 @@ class PtReader:
         out = {name: self.state[name] for name in names}
         if verify:
             self._check_container()
-            expected = {t.name: t.sha256 for t in self.manifest.tensors if t.name in out}
-            check_hashes(out, expected, what=f"`{self.path}`")
+            expected = {t.name: t.hash for t in self.manifest.tensors if t.name in out}
+            check_tensors(out, expected, what=f"`{self.path}`")
         return out
 
     def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
@@ -398,8 +400,8 @@ class PtReader:
                     f"The optimizer state in `{self.path}` differs from its manifest; the file is damaged.",
                     file=str(self.path),
                 )
-            check_hashes(tensors, {t["name"]: t.get("sha256") for t in self.manifest.optimizer["tensors"]},
-                         what=f"the optimizer state of `{self.path}`")
+            check_tensors(tensors, {t["name"]: t.get("hash") for t in self.manifest.optimizer["tensors"]},
+                          what=f"the optimizer state of `{self.path}`")
         return self.raw_optimizer
 
 

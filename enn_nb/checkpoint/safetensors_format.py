@@ -6,8 +6,9 @@ is stored as ordinary tensors named ``__optimizer__/<path>`` (``__optimizer__/st
 its non-tensor parts (param groups, hyper-parameters) live in the manifest's ``optimizer.structure``.
 
 The file is written in one pass: the header is reserved with placeholder hashes of the final length,
-the tensor bytes are written straight from the tensors' memory while threads hash them, and the
-header is then rewritten in place with the real hashes (a sha256 hex digest has a fixed length).
+the tensor bytes are written straight from the tensors' memory while a background thread hashes them
+(BLAKE3), and the header is then rewritten in place with the real hashes (a digest has a fixed length).
+Loading memory-maps the file (safetensors' ``safe_open``) and hashes the mapped bytes in place.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from enn_nb.errors import CorruptCheckpointError, NotACheckpointError
 
 from .atomic import atomic_file
 from .base import SaveRequest, build_manifest, check_table
+from .hashing import ALGORITHM, HEX_DIGITS, HashPool, check_tensors
 from .manifest import Manifest, decode, encode
-from .tensors import HashPool, byte_view, check_hashes, cpu_contiguous, dtype_name, join_tree
+from .tensors import byte_view, cpu_contiguous, dtype_name, join_tree
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +81,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         size = max(reserve, len(raw) + (-(8 + len(raw)) % 8))  # pad so tensor data starts 8-aligned
         return raw + b" " * (size - len(raw)), manifest
 
-    placeholder, _ = header({name: "0" * 64 for name in tensors})
+    placeholder, _ = header({name: f"{ALGORITHM}:" + "0" * HEX_DIGITS for name in tensors})
     if len(placeholder) > MAX_HEADER:  # the safetensors library could never open the file: refuse before replacing
         from enn_nb.errors import CheckpointError
 
@@ -231,8 +233,8 @@ class SafetensorsReader:
     def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         out = self._read(names)
         if verify and not self.upstream:
-            check_hashes(out, {t.name: t.sha256 for t in self.manifest.tensors if t.name in out},
-                         what=f"`{self.path}`")
+            check_tensors(out, {t.name: t.hash for t in self.manifest.tensors if t.name in out},
+                          what=f"`{self.path}`")
         return out
 
     def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
@@ -246,7 +248,7 @@ class SafetensorsReader:
                                          file=str(self.path), tensor=missing[0])
         tensors = self._read(names)
         if verify:
-            check_hashes(tensors, {t["name"]: t.get("sha256") for t in opt["tensors"]},
-                         what=f"the optimizer state of `{self.path}`")
+            check_tensors(tensors, {t["name"]: t.get("hash") for t in opt["tensors"]},
+                          what=f"the optimizer state of `{self.path}`")
         return join_tree(opt["structure"], tensors)
 

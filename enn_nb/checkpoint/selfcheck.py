@@ -40,6 +40,17 @@ class RestoreCheck:
         return f"{self.status} (max abs err {self.max_abs_err:.3g})"
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # The self-check is enn_nb's own extra call: the model's warnings (e.g. eager FlexAttention's)
+    # belong to the user's calls, not to every save and load.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 # -- recording at save time ---------------------------------------------------------------------------
 def record(model: Any, spec: ModelSpec) -> dict[str, Any] | None:
     """``{"call", "inputs", "outputs", "atol", "rtol"}`` for ``model``, or None when it cannot run.
@@ -55,7 +66,7 @@ def record(model: Any, spec: ModelSpec) -> dict[str, Any] | None:
 
         inputs = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=BATCH, seed=0)
         name, call = _call(model)
-        with _eval(model), torch.no_grad():
+        with _eval(model), torch.no_grad(), _quiet():
             outputs = _as_tensors(call(*inputs))
     except Exception:  # noqa: BLE001 - the self-check is an extra; saving must not fail because of it
         return None
@@ -78,7 +89,7 @@ def check(model: Any, recorded: Mapping[str, Any] | None, *, device: Any = "cpu"
         inputs = [_decode(item).to(device) for item in recorded["inputs"]]
         expected = [_decode(item) for item in recorded["outputs"]]
         _name, call = _call(model, recorded.get("call"))
-        with _eval(model), torch.no_grad():
+        with _eval(model), torch.no_grad(), _quiet():
             got = _as_tensors(call(*inputs))
     except Exception as exc:  # noqa: BLE001 - report why, the caller decides what it means
         return RestoreCheck(FAILED, math.inf, reason=f"running the restored model failed: {type(exc).__name__}: {exc}")

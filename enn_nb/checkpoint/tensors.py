@@ -1,12 +1,9 @@
-"""State-dict plumbing shared by every format: key normalisation, byte views, sha256, optimizer trees."""
+"""State-dict plumbing shared by every format: key normalisation, byte views, optimizer trees (hashes: hashing.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 from collections.abc import Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import CheckpointError, CorruptCheckpointError
@@ -16,9 +13,6 @@ if TYPE_CHECKING:
 
 COMPILE_WRAPPER = "_orig_mod"  # the attribute torch.compile's OptimizedModule keeps the real module in
 OPTIMIZER_PREFIX = "__optimizer__/"
-
-# Hashing runs in threads beside the writer/reader (hashlib releases the GIL on large buffers).
-HASH_WORKERS = max(1, min(8, (os.cpu_count() or 1)))
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -111,71 +105,6 @@ def byte_view(tensor: torch.Tensor) -> memoryview:
 
 def nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
-
-
-def sha256_tensor(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(byte_view(cpu_contiguous(tensor))).hexdigest()
-
-
-class HashPool:
-    """Hash tensors in background threads while the caller writes or copies them."""
-
-    def __init__(self, workers: int = HASH_WORKERS) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="enn-nb-sha256")
-        self._futures: dict[str, Future[str]] = {}
-
-    def submit(self, name: str, tensor: torch.Tensor) -> None:
-        self._futures[name] = self._pool.submit(sha256_tensor, tensor)
-
-    def submit_all(self, tensors: Mapping[str, torch.Tensor], order: Iterable[str] | None = None) -> HashPool:
-        """Queue every tensor, in ``order`` (default: the mapping's).
-
-        Writers pass their write order: the first worker then hashes the tensor being written at
-        the same moment, so both read the same memory while it is in the CPU caches.
-        """
-        for name in order if order is not None else tensors:
-            self.submit(name, tensors[name])
-        return self
-
-    def results(self) -> dict[str, str]:
-        try:
-            return {name: fut.result() for name, fut in self._futures.items()}
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        for fut in self._futures.values():
-            fut.cancel()
-        self._pool.shutdown(wait=True)
-
-    def __enter__(self) -> HashPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """sha256 of each tensor's bytes, computed in parallel."""
-    return HashPool().submit_all(tensors).results()
-
-
-def check_hashes(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, str | None], *, what: str) -> None:
-    """Hash ``tensors`` and compare with ``expected``; a mismatch names every tensor that differs.
-
-    Raises:
-        CorruptCheckpointError: one or more hashes differ (``.tensor`` holds the first name).
-    """
-    wanted = {name: tensors[name] for name, digest in expected.items() if digest and name in tensors}
-    got = hash_tensors(wanted)
-    bad = [name for name in wanted if got[name] != expected[name]]
-    if bad:
-        shown = ", ".join(f"`{n}`" for n in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise CorruptCheckpointError(
-            f"The sha256 of tensor(s) {shown} in {what} does not match the manifest: the file is damaged. "
-            "Restore it from a good copy, or pass `verify=False` to load it anyway (not recommended).",
-            tensor=bad[0],
-        )
 
 
 def expected_nbytes(dtype: str, shape: Iterable[int]) -> int:

@@ -1,8 +1,9 @@
-"""Run a backend's conversion and verification, in this process or in a spawned child that may crash.
+"""Run a backend's conversion and verification, in this process or in a child process that may crash.
 
-The child is a fresh interpreter started as ``python -m enn_nb.engine.isolate`` (a spawn that does
-not re-import the caller's ``__main__``, so it is safe from notebooks and from scripts without an
-``if __name__ == "__main__"`` guard). It receives what it needs once: the captured program saved as
+The child is forked from the session's warm server (``engine/warm.py``: torch and the engine already
+imported, reused by every lane and every export), or, where that is unavailable, a fresh interpreter
+started as ``python -m enn_nb.engine.isolate``. Neither re-imports the caller's ``__main__``, so both
+are safe from notebooks and from scripts without an ``if __name__ == "__main__"`` guard. It receives what it needs once: the captured program saved as
 ``capture.pt2`` in the export's work folder, the example inputs, names, spec and essentials. Then
 it converts and verifies one backend per request. A converter that segfaults or aborts kills only
 the child: the caller records ``crashed`` with the signal or exit code and the tail of the child's
@@ -12,16 +13,20 @@ log, and starts a new child for the next backend.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from enn_nb.engine.outcome import Crash, ErrorInfo, UnitResult
+
+log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -125,7 +130,8 @@ def build_job(setup: Setup, shared: Any) -> Any:
     module = None
     if setup.module_path:
         try:
-            module = torch.load(setup.module_path, weights_only=False)  # our own file, written by the parent
+            # our own file, written by the parent; mapped, not read: a large model costs no copy in each child
+            module = torch.load(setup.module_path, weights_only=False, mmap=True)
             module.train(False)
         except Exception:  # its class cannot be imported here (defined in a notebook or a test function)
             module = None
@@ -247,24 +253,55 @@ class Worker:
         self._count = 0
         self._log: Path | None = None
         self._configured = False
+        self._starting: threading.Thread | None = None
 
     def start(self) -> None:
-        from multiprocessing.connection import Connection
+        """Start the child without waiting for it: forked from the session's warm server in a
+        background thread (the first one waits for the server's imports, overlapping the capture),
+        or spawned as a fresh interpreter where forking is not available."""
+        from enn_nb.engine import warm
 
         self._count += 1
         self._log = self.log_dir / f"child-{id(self):x}-{self._count}.log"
+        self._configured = False
+        self._proc = None
+        if warm.supported() and os.environ.get("ENN_NB_WARM_WORKERS", "1") != "0":
+            self._starting = threading.Thread(target=self._start_warm, name="enn-nb-worker-start", daemon=True)
+            self._starting.start()
+        else:
+            self._start_spawned()
+
+    def _start_warm(self) -> None:
+        from enn_nb.engine import warm
+
+        try:
+            self._proc, self._send, self._recv = warm.start_worker(self._log)
+        except Exception as exc:  # noqa: BLE001 - no fork server here: a fresh interpreter does the same work
+            log.info("warm worker unavailable (%s: %s); spawning a fresh interpreter", type(exc).__name__, exc)
+            self._start_spawned()
+
+    def _ready(self) -> None:
+        """Wait until a start in progress has a process (and hand it the setup if known)."""
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.join()
+        if self.setup is not None and not self._configured:
+            self.configure(self.setup)
+
+    def _start_spawned(self) -> None:
+        from multiprocessing.connection import Connection
+
+        from enn_nb.engine.warm import child_environment
+
         task_r, task_w = os.pipe()
         res_r, res_w = os.pipe()
-        env = dict(os.environ)
-        paths = [p for p in sys.path if p and os.path.isdir(p)]
-        env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        with open(self._log, "wb") as log:
+        env = child_environment()
+        with open(self._log, "wb") as logfile:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "enn_nb.engine.isolate", str(task_r), str(res_w)],
                 pass_fds=(task_r, res_w),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=logfile,
                 stderr=subprocess.STDOUT,
                 env=env,
                 close_fds=True,
@@ -273,12 +310,12 @@ class Worker:
         os.close(res_w)
         self._send = Connection(task_w, readable=False)
         self._recv = Connection(res_r, writable=False)
-        self._configured = False
-        if self.setup is not None:
-            self.configure(self.setup)
 
     def configure(self, setup: Setup) -> None:
         self.setup = setup
+        if self._starting is not None:
+            self._ready()  # configures once the process exists
+            return
         if self._proc is not None and not self._configured:
             try:
                 self._send.send(setup)
@@ -288,8 +325,10 @@ class Worker:
 
     def run(self, task: Task, on_event: Emit) -> UnitResult:
         """Run one task in the child; a dead child gives a result whose ``crash`` says how it ended."""
+        self._ready()
         if self._proc is None or self._proc.poll() is not None:
             self.start()
+            self._ready()
         try:
             self._send.send(task)
         except (BrokenPipeError, OSError):
@@ -313,6 +352,7 @@ class Worker:
 
     def kill(self) -> None:
         """Stop the child now (an interrupted export)."""
+        self._ready()
         if self._proc is not None:
             self._proc.kill()
             self._proc.wait()
@@ -348,6 +388,7 @@ class Worker:
         self._send = self._recv = None
 
     def close(self) -> None:
+        self._ready()
         if self._proc is None:
             return
         try:

@@ -80,7 +80,8 @@ def export(
         batch_range: ``(min, opt, max)`` batch sizes for backends that need bounds (TensorRT, CoreML).
         verify: run each artifact at >= 2 batch sizes against the eager model (fast paths on).
         tolerances: ``(atol, rtol)`` for all backends or ``{"onnx": (atol, rtol), ...}``.
-        isolate: convert and verify in a spawned child process (a crash gives status ``crashed``).
+        isolate: convert and verify in a child process (a crash gives status ``crashed``), forked from
+            a warm server that has torch and the engine imported and serves the whole session.
         cache: reuse artifacts of an identical earlier export (content hash), status + ``cached``.
         strict: raise after the export when a backend is not ok (``ParityError`` for a mismatch).
         options: per-backend options, e.g. ``{"ort": {"optimization_level": "basic"}}``; the
@@ -195,7 +196,8 @@ def _run(
     workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=settings.out))
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
-        # Children start now: their interpreter and torch import overlap with the capture below.
+        # Children start now (forked from the session's warm server; the first export of a session
+        # waits for the server's imports): that overlaps with the capture below.
         isolated = settings.isolate and os.name == "posix"
         lanes = split_lanes(todo, settings.workers if isolated else 1)
         pool: list[Worker] = []
@@ -205,7 +207,7 @@ def _run(
                 worker.start()
                 stack.callback(worker.close)
                 pool.append(worker)
-        threading.Thread(target=sc.warm_up, daemon=True).start()  # jsonschema takes seconds to import
+        threading.Thread(target=sc.warm_up, daemon=True).start()  # compiles the sidecar validator
 
         cases = _reference_cases(todo, model, inputs, info) if settings.verify else []
         if settings.safe:

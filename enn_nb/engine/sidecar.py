@@ -39,18 +39,21 @@ def _validator() -> Any:
 
 
 def warm_up() -> None:
-    """Import jsonschema and build the validator (seconds: its format checkers compile a grammar).
+    """Compile the sidecar validator (milliseconds); jsonschema is imported only to explain a refusal.
 
     The engine calls it in a background thread while the children convert.
     """
-    try:
-        _validator()
-    except Exception:  # the real call reports any problem
-        pass
+    from enn_nb._schema_check import warm_up as compile_validator
+
+    compile_validator(_SCHEMA_FILE)
 
 
 def validate(data: dict[str, Any]) -> None:
     """Raise ExportError naming the first schema violation (path and message)."""
+    from enn_nb._schema_check import passes_compiled
+
+    if passes_compiled(_SCHEMA_FILE, data):
+        return
     validator = _validator()
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:

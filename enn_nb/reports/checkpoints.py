@@ -40,19 +40,20 @@ def subject(first: Path, second: Path | None) -> str:
 
 
 def tensor_table(manifest: Manifest) -> Table:
-    """Every tensor of a checkpoint: name, dtype, shape, elements, bytes, sha256 (first 16 hex digits)."""
+    """Every tensor of a checkpoint: name, dtype, shape, elements, bytes, hash (first 16 hex digits)."""
     from enn_nb._format import human_size
+    from enn_nb.checkpoint.hashing import short
 
     rows = [
         [t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]", f"{math.prod(t.shape):,}",
-         human_size(t.nbytes), (t.sha256 or "-")[:16]]
+         human_size(t.nbytes), short(t.hash, 16)]
         for t in manifest.tensors
     ]
     title = (
         f"{Path(manifest.path or '').name or manifest.format}: {len(rows)} tensors, "
         f"{manifest.parameter_count:,} values, {human_size(manifest.tensor_bytes)}"
     )
-    return Table(["name", "dtype", "shape", "elements", "size", "sha256"], rows, title=title)
+    return Table(["name", "dtype", "shape", "elements", "size", "hash"], rows, title=title)
 
 
 def origin(manifest: Manifest, *, restore: bool = True) -> Table:

@@ -9,7 +9,6 @@ cannot be what stops it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -22,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import torch
 from torch import nn
 
@@ -70,8 +70,9 @@ def same_weights(model: Any, reference: Victim) -> bool:
 
 
 # -- sealing forged checkpoints -----------------------------------------------------------------------
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _digest(data: bytes) -> str:
+    """A manifest digest as enn_nb writes it (``blake3:<hex>``): what a forger would compute."""
+    return "blake3:" + blake3.blake3(data).hexdigest()
 
 
 def reseal_dcp(directory: Path, change: Callable[[dict], Any] | None = None) -> None:
@@ -84,7 +85,7 @@ def reseal_dcp(directory: Path, change: Callable[[dict], Any] | None = None) -> 
         path = directory / entry["path"]
         if path.is_file() and not path.is_symlink() and path.resolve().is_relative_to(directory.resolve()):
             data = path.read_bytes()
-            entry.update(nbytes=len(data), sha256=_sha(data))
+            entry.update(nbytes=len(data), hash=_digest(data))
     doc["manifest_sha256"] = self_hash(doc)
     file.write_text(json.dumps(doc))
 
@@ -276,7 +277,7 @@ def bytes_entries(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
             meta.storage_data[MetadataIndex(fqn)] = _StorageInfo("__9_9.distcp", 0, len(evil))
             (path / ".metadata").write_bytes(pickle.dumps(meta))
             if layout == "dcp":
-                reseal_dcp(path, lambda doc: doc["files"].append({"path": "__9_9.distcp", "nbytes": 0, "sha256": "0" * 64}))
+                reseal_dcp(path, lambda doc: doc["files"].append({"path": "__9_9.distcp", "nbytes": 0, "hash": "blake3:" + "0" * 64}))
             yield Case("bytes_entries", f"{layout}/{fqn}/load", _load(path), marker)
             # upstream directories carry no manifest: the bytes entry is simply not a tensor, never read
             skipped = (lambda m, f=fqn: all(t.name not in f for t in m.tensors)) if layout == "upstream_dcp" else None
@@ -291,7 +292,7 @@ def bytes_entries(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
     (path / "__9_9.distcp").write_bytes(evil)
     meta.storage_data[MetadataIndex("extra.evil")] = _StorageInfo("__9_9.distcp", 0, len(evil))
     (path / ".metadata").write_bytes(pickle.dumps(meta))
-    reseal_dcp(path, lambda doc: doc["files"].append({"path": "__9_9.distcp", "nbytes": 0, "sha256": "0" * 64}))
+    reseal_dcp(path, lambda doc: doc["files"].append({"path": "__9_9.distcp", "nbytes": 0, "hash": "blake3:" + "0" * 64}))
     yield Case("bytes_entries", "dcp/unrequested-bytes-entry", _load(path), marker, check=base.loads_right)
 
 
@@ -302,7 +303,7 @@ def path_escapes(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
         victim_file = base.outside_victim()
         path = base.fresh("dcp")
         name = target.format(v=victim_file.name, abs=str(victim_file))
-        reseal_dcp(path, lambda doc, name=name: doc["files"].append({"path": name, "nbytes": 19, "sha256": "0" * 64}))
+        reseal_dcp(path, lambda doc, name=name: doc["files"].append({"path": name, "nbytes": 19, "hash": "blake3:" + "0" * 64}))
         yield Case("path_escapes", f"manifest-files/{target}", _load(path), base.marker(),
                    victims={victim_file: snapshot(victim_file)})
     for layout in ("dcp", "upstream_dcp"):
@@ -356,7 +357,7 @@ def special_files(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
     yield Case("special_files", "dcp/manifest-is-a-directory", _load(path), base.marker())
     path = base.fresh("dcp")
     fifo(path / "extra.distcp")
-    reseal_dcp(path, lambda doc: doc["files"].append({"path": "extra.distcp", "nbytes": 10, "sha256": "0" * 64}))
+    reseal_dcp(path, lambda doc: doc["files"].append({"path": "extra.distcp", "nbytes": 10, "hash": "blake3:" + "0" * 64}))
     yield Case("special_files", "dcp/listed-fifo", _load(path), base.marker(), timeout=20)
     plain = base.fresh("safetensors")
     from safetensors.torch import save_file

@@ -38,13 +38,8 @@ class OnnxBackend(Backend):
         extra_files: list[Path] = []
         model = onnx.load(str(source), load_external_data=False)
         if _has_external_data(model):
-            # rewrite so the data file is named after this artifact, not after the shared file
-            full = onnx.load(str(source))
-            data_name = out_path.name + ".data"
-            onnx.save(full, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                      location=data_name, size_threshold=0)
-            if out_path.with_name(data_name).exists():
-                extra_files.append(out_path.with_name(data_name))
+            # the data file is named after this artifact, not after the shared file
+            extra_files.append(_relocate_external_data(model, source, out_path))
         else:
             shutil.copyfile(source, out_path)
         if options.get("check", True):
@@ -77,6 +72,33 @@ class OnnxBackend(Backend):
         onnx = require("onnx", purpose="reading ONNX metadata")
         model = onnx.load(str(artifact), load_external_data=False)
         return {p.key: p.value for p in model.metadata_props}
+
+
+def _relocate_external_data(model: Any, source: Path, out_path: Path) -> Path:
+    """Point ``model``'s external tensors at ``<artifact>.data`` and give that name the shared data file.
+
+    Only the small graph proto is rewritten; the weights (gigabytes, the reason they are external)
+    are copied by the kernel (``shutil.copyfile`` uses sendfile), never loaded into memory. Not a hard
+    link: ``onnx.checker`` refuses data files with several links (a hard-link attack guard).
+    """
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    data_path = out_path.with_name(out_path.name + ".data")
+    tensors = [t for t in model.graph.initializer if uses_external_data(t)]
+    locations = {entry.value for t in tensors for entry in t.external_data if entry.key == "location"}
+    if len(locations) != 1:  # several data files: gather them into one through onnx (loads the weights)
+        full = onnx.load(str(source))
+        onnx.save(full, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data_path.name, size_threshold=0)
+        return data_path
+    shutil.copyfile(source.parent / locations.pop(), data_path)
+    for tensor in tensors:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = data_path.name
+    onnx.save(model, str(out_path))
+    return data_path
 
 
 def _has_external_data(model: Any) -> bool:

@@ -1,0 +1,110 @@
+"""The warm export engine: isolated workers are forked from one pre-imported server, reused across exports."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import enn_nb
+from enn_nb.engine import warm
+from enn_nb.engine.isolate import Setup, Task, Worker
+
+from tests.fixtures.models import TinyMLP
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.skipif(not warm.supported(), reason="needs fork")]
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _started(tmp_path: Path) -> Worker:
+    worker = Worker(None, tmp_path)
+    worker.start()
+    worker._ready()
+    return worker
+
+
+@pytest.mark.slow
+def test_workers_are_forks_of_one_server_that_already_imported_torch(tmp_path):
+    first = _started(tmp_path)
+    server_pid = warm.server()._forkserver_pid
+    assert server_pid not in (None, os.getpid())
+    assert _parent_of(first._proc.pid) == server_pid
+    assert "libtorch_cpu" in _maps(first._proc.pid)  # mapped before the worker was asked to do anything
+    first.close()
+    assert first._proc is None
+
+    # an export in between forks its workers from the same server, which outlives it
+    report = enn_nb.export(TinyMLP(), "pt2", out_dir=tmp_path / "out", example_inputs=torch.randn(2, 6), cache=False)
+    assert report["pt2"].status == "ok"
+    assert not any("ran in this process" in n for n in report["pt2"].notes)
+    second = _started(tmp_path)
+    assert warm.server()._forkserver_pid == server_pid and _parent_of(second._proc.pid) == server_pid
+    second.close()
+
+
+@pytest.mark.slow
+def test_a_hung_worker_is_killed_and_reported_like_a_crash(tmp_path):
+    ep = torch.export.export(TinyMLP().eval(), (torch.randn(2, 6),))
+    torch.export.save(ep, str(tmp_path / "capture.pt2"))
+    setup = Setup(
+        workdir=str(tmp_path), stem="m", ep_path=str(tmp_path / "capture.pt2"), module_path=None,
+        example_inputs=[np.zeros((2, 6), np.float32)], dynamic_batch=False, batch_range=(1, 2, 4),
+        input_names=["x"], output_names=["y"], spec=None, essentials={}, onnx_options={}, sdpa=None,
+        sys_path=[p for p in sys.path if p],
+    )
+    task = Task(name="hang", backend_ref="tests.fixtures.backends:HangBackend", out_path=str(tmp_path / "m.hang"),
+                options={}, verify=False, tolerance=(1e-5, 1e-5), cases=[])
+    worker = Worker(setup, tmp_path)
+    worker.start()
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(worker.run(task, lambda event: None)))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while "hang backend: stuck" not in (worker._log.read_text() if worker._log.exists() else ""):
+        assert time.monotonic() < deadline, "the hang backend never started"
+        time.sleep(0.05)
+    pid = worker._proc.pid
+    worker._proc.kill()  # what a watchdog does to a lane past its time
+    runner.join(60)
+    assert not runner.is_alive()
+    crash = outcome[0].crash
+    assert crash is not None and crash.signal == "SIGKILL" and crash.exit_code == -9
+    assert f"stuck in process {pid}" in crash.log_tail
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    # the server survives its child's death and forks the next worker
+    again = _started(tmp_path)
+    assert _parent_of(again._proc.pid) == warm.server()._forkserver_pid
+    again.close()
+
+
+def test_a_script_without_a_main_guard_is_not_run_again(tmp_path):
+    """Workers drop the preparation step that would re-import the caller's ``__main__``."""
+    marker = tmp_path / "ran"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import pathlib, torch, enn_nb\n"
+        "from tests.fixtures.models import TinyMLP\n"
+        f"pathlib.Path({str(marker)!r}).open('a').write('x')\n"
+        f"r = enn_nb.export(TinyMLP(), 'pt2', out_dir={str(tmp_path / 'o')!r}, example_inputs=torch.randn(2, 6), cache=False)\n"
+        "print(r['pt2'].status)\n"
+    )
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), *sys.path]))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok"
+    assert marker.read_text() == "x"  # once: the worker did not execute the script again
