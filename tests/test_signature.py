@@ -170,3 +170,16 @@ def test_report_signature_table_shows_the_declared_signature() -> None:
     assert [r[1] for r in rows[2:]] == ["mean", "scale"] and rows[2][4] == "key of the returned dict"
     # the ENN shorthand keeps its rows
     assert signature_table(ModelSpec(in_dim=4, out_shape=(2,))).rows[0][:3] == ["input", "x", "[batch, 4]"]
+
+
+@pytest.mark.parametrize("name", ["ids_mask", "gaussian_head"])
+def test_checkpoints_of_signature_models_record_and_pass_the_restore_self_check(tmp_path, name):
+    # Several integer/bool inputs and dict outputs get recorded vectors too, drawn from the signature.
+    from enn_nb.reference import zoo
+
+    model = getattr(zoo, name)()
+    spec = enn_nb.ModelSpec.from_model(model, zoo.example_inputs(name))
+    for target in (tmp_path / "m.pt", tmp_path / "m.safetensors", tmp_path / "m_dcp"):
+        manifest = enn_nb.save(model, target, spec=spec)
+        assert manifest.self_check is not None
+        assert enn_nb.load(target, model=getattr(zoo, name)()).restore_check == "passed"
