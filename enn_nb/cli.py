@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnnError as exc:
         _error(args.command, str(exc))
         return 1
+    except BrokenPipeError:  # `enn-nb inspect ... | head`: the reader left; stop quietly like other tools
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except OSError as exc:  # a read-only or full disk, a missing folder: the path and the reason, one line
         where = f"`{exc.filename}`: " if getattr(exc, "filename", None) else ""
         _error(args.command, f"{where}{exc.strerror or exc}. Check the path, its permissions and the free disk space.")
@@ -74,6 +77,15 @@ def _error(command: str, message: str) -> None:
     from enn_nb._safeio import escape
 
     print(f"enn-nb {command}: error: {escape(' '.join(message.split()))}", file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real stdout (embedded): nothing is left to flush
+        pass
 
 
 if __name__ == "__main__":

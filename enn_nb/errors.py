@@ -21,6 +21,7 @@
     │   ├── FastPathExportError             a fast path left on made capture/conversion fail
     │   ├── BackendError                    a backend's conversion failed (stage, cause)
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
+    │   ├── OptionError (ValueError)        a backend option that is unknown, of the wrong type or out of range
     │   ├── UnsafeArtifactError             an artifact whose loading would run untrusted code
     │   └── OutputDirError (OSError)        the output directory cannot be written
     ├── OverwriteRefusedError (FileExistsError) the path holds what enn_nb did not write (a folder, a FIFO)
@@ -199,6 +200,16 @@ class ParityError(ExportError):
         self.rtol = rtol
 
 
+class OptionError(ExportError, ValueError):
+    """A backend option that the backend does not declare, or a value outside its declared type or range."""
+
+    def __init__(self, message: str, *, backend: str = "", option: str = "", value: Any = None,
+                 known: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.option = option
+        self.value = value
+        self.known = list(known or [])
 class UnsafeArtifactError(ExportError):
     """Loading the artifact would run code: pickles in a .pt2, or an AOTI package without ``trust=True``."""
 

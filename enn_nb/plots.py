@@ -98,13 +98,16 @@ def latency_figure(
     batches: Mapping[str, int] | None = None,
     title: str = "Latency per runtime vs eager",
 ) -> Figure:
-    """Horizontal bars of the latency per runtime, eager PyTorch first, labelled with the ratio to eager.
+    """Horizontal bars of the latency per runtime, eager PyTorch first, labelled with the speed-up.
+
+    The one ratio convention (:mod:`enn_nb.engine.timing`): reference ms / runtime ms, above 1x the
+    runtime is faster; the reference is export-safe eager when given (the same computation), else eager.
 
     Args:
         latency_ms: ``{backend: milliseconds per call}``; ``None`` (not measured) is skipped.
-        eager_ms: the eager model on the same input (fast paths on), drawn first in grey; the
-            ratios are to it.
-        safe_ms: the eager model inside ``export_safe`` (what was exported), drawn second in grey.
+        eager_ms: the eager model on the same input (fast paths on), drawn first in grey.
+        safe_ms: the eager model inside ``export_safe`` (what was exported), drawn second in grey; the
+            ratios are to it (to ``eager_ms`` when it is None).
         batch_size: the batch everything was timed at, shown in the axis label.
         batches: ``{backend: batch}`` where a runtime was timed at another batch (a static
             artifact): its label says so and no ratio to eager is given.
@@ -123,7 +126,7 @@ def latency_figure(
             labels.append(label)
             data.append(float(ms))
             colors.append(grey)
-            comparable.append(label != EAGER)
+            comparable.append(True)
     palette = _colors(max(len(values), 1))
     for i, (name, ms) in enumerate(values.items()):
         other = (batches or {}).get(name)
@@ -135,10 +138,14 @@ def latency_figure(
     ax = fig.add_subplot()
     ys = list(range(len(labels)))[::-1]
     bars = ax.barh(ys, data, color=colors)
-    for bar, ms, ratio in zip(bars, data, comparable):
+    from enn_nb.engine.timing import ratio_text, speedup
+
+    reference, name, own = (safe_ms, "export-safe eager", EAGER_SAFE) if safe_ms else (eager_ms, "eager", EAGER)
+    for bar, ms, label, same in zip(bars, data, labels, comparable):
         text = f"{ms:.3g} ms"
-        if eager_ms and ratio:
-            text += f"  ({ms / eager_ms:.2g}x eager)"
+        ratio = speedup(reference, ms)
+        if ratio and same and label != own:
+            text += f"  ({ratio_text(ratio)} vs {name})"
         ax.annotate(text, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center",
                     fontsize=7, xytext=(3, 0), textcoords="offset points")
     ax.set_yticks(ys, labels)

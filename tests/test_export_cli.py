@@ -98,10 +98,10 @@ def test_export_option_parsing(trained_model, tmp_path, capsys):
     ckpt = tmp_path / "ref.pt"
     enn_nb.save(trained_model, ckpt)
     rc = main(["export", str(ckpt), "-b", "pt2", "-o", str(tmp_path / "o"), "--no-isolate", "--static-batch",
-               "--option", "pt2.note=\"x\""])
+               "--option", "pt2.timeout_s=600"])
     assert rc == 0, capsys.readouterr()
     data = assert_backend_conforms(enn_nb.export(ckpt, "pt2", out_dir=tmp_path / "o", dynamic_batch=False,
-                                                 options={"pt2": {"note": "x"}}, isolate=False), "pt2")
-    assert data["options"]["note"] == "x" and data["dynamic_batch"] is False
+                                                 options={"pt2": {"timeout_s": 600}}, isolate=False), "pt2")
+    assert data["options"]["timeout_s"] == 600 and data["dynamic_batch"] is False
     with pytest.raises(SystemExit):
         main(["export", str(ckpt), "-b", "pt2", "-o", str(tmp_path / "o"), "--option", "bad"])

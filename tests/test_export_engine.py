@@ -171,7 +171,13 @@ def test_unchanged_model_hits_the_cache(exported, trained_model, tmp_path, cache
     assert all(r.status == "ok" and r.cached for r in report)
     assert report.capture_s == 0.0
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
-    assert after == before  # nothing was rewritten
+    sidecars = {name for name in before if name.endswith(".enn.json")}
+    # no artifact or vectors file was rewritten; only each sidecar was replaced (a new file, never written
+    # into) to record this export's provenance and timings, the first export's under `cached_from`
+    assert {k: v for k, v in after.items() if k not in sidecars} == {k: v for k, v in before.items() if k not in sidecars}
+    assert all(after[name][0] != before[name][0] for name in sidecars)
+    assert all(r.timings.keys() == {"cache_lookup", "total"} for r in report)
+    assert all(sidecar.read(r.sidecar)["cached_from"]["timings"]["convert"] > 0 for r in report)
     # another folder: the artifacts come from the cache store, byte for byte
     again = enn_nb.export(trained_model, BACKENDS, out_dir=tmp_path, metadata={"run": "test"})
     assert all(r.cached for r in again)

@@ -80,7 +80,7 @@ def test_reports_notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     }
     for entry in index["reports"]:
         assert (nightly / entry["notebook"]).is_file() and (nightly / entry["html"]).is_file()
-        assert entry["headline"].startswith("2 of 2 backends")
+        assert entry["headline"].startswith("2 verified")
     index_page = (nightly / "index.html").read_text(encoding="utf-8")
     assert index_page.count("data-status='pass'") == 2
     _links_resolve(index_page, nightly)

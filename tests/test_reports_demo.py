@@ -30,7 +30,7 @@ def test_demo_writes_everything_under_one_folder_and_prints_the_html_last(tmp_pa
                 "checkpoint_report.html"):
         assert (out / rel).exists(), rel
     assert "Same model: identical spec" in (out / "checkpoint_report.html").read_text(encoding="utf-8")
-    assert "PASS: 1 of 1 backend exported" in proc.stdout
+    assert "PASS: 1 verified" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "checkpoints", "checkpoint_report.ipynb", "checkpoint_report.html",
         "export_report.ipynb", "export_report.html", "export_report-artifacts"])

@@ -63,7 +63,7 @@ def test_header_and_verdict_are_the_first_outputs(passed):
     verdict = second["data"]["application/vnd.enn-nb.verdict+json"]
     assert verdict["ok"] is True and verdict["failures"] == []
     assert {k: v["status"] for k, v in verdict["backends"].items()} == {"onnx": "ok", "pt2": "ok"}
-    assert verdict["headline"].startswith("2 of 2 backends")
+    assert verdict["headline"].startswith("2 verified")
     assert second["data"]["text/plain"].startswith("PASS")
 
 
@@ -90,13 +90,13 @@ def test_plots_are_png_images(passed):
 def test_artifact_table_has_status_error_and_latency_per_batch(passed):
     _, out = passed
     tables = [o["data"] for _, o in outputs(out / "export_report.ipynb")
-              if "text/html" in o.get("data", {}) and "ms @ 1 (vs eager)" in o["data"]["text/html"]]
+              if "text/html" in o.get("data", {}) and "latency, batch 1" in o["data"]["text/html"]]
     assert len(tables) == 1
     text = tables[0]["text/plain"]
     rows = {line.split()[0]: line for line in text.splitlines()[1:]}
     assert {"onnx", "pt2", "eager"} <= set(rows)
-    assert re.search(r"onnx\s+ok\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
-    assert "ms @ 4 (vs eager)" in text
+    assert re.search(r"onnx\s+ok( \(cached\))?\s+verified\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
+    assert "latency, batch 4" in text and re.search(r"ms ±[\d.e-]+ IQR, batch 4, 1 thread", rows["onnx"])
     assert "href='export_report-artifacts/model.onnx'" in tables[0]["text/html"]
 
 
@@ -234,7 +234,7 @@ def test_the_shared_html_opens_on_the_verdict_and_the_artifacts(passed, tmp_path
         # what a colleague sees without scrolling: the title, the verdict and the artifact table
         assert page.get_by_text("Tiny export").first.bounding_box()["y"] < 200
         assert page.locator("[data-verdict='pass']").first.bounding_box()["y"] < 400
-        table = page.get_by_text("ms @ 1 (vs eager)").first.bounding_box()["y"]
+        table = page.get_by_text("latency, batch 1").first.bounding_box()["y"]
         assert table < 900 and table < page.get_by_role("heading", name="Environment").bounding_box()["y"]
         # folded until clicked: the tensor table and the sidecars
         tensors = page.locator(".enn-nb-folded .enn-nb-tensors").first

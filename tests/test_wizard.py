@@ -133,7 +133,7 @@ def test_unavailable_or_unknown_default_backends_are_not_preselected(monkeypatch
         ({"batch_min": 0}, "`batch range` is (0, 8, 64)"),
         ({"atol": "abc"}, "`tolerance.atol: 'abc'` must be a finite number >= 0"),
         ({"rtol": "-1"}, "`tolerance.rtol: '-1'` must be a finite number >= 0"),
-        ({"opset": 3}, "ONNX opset 3 is out of range"),
+        ({"opset": 3}, "ONNX opset 3 is not allowed: the opset takes an integer from 18 to 23"),
         ({"out_dir": ""}, "No output folder"),
     ],
 )

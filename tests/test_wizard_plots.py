@@ -42,7 +42,9 @@ def test_latency_figure_puts_eager_first_and_labels_the_ratio():
     widths = [b.get_width() for b in sorted(bars, key=lambda b: -b.get_y())]
     assert widths == [1.0, 0.8, 0.5, 2.0]
     texts = [t.get_text() for t in ax.texts]
-    assert texts == ["1 ms", "0.8 ms  (0.8x eager)", "0.5 ms  (0.5x eager)", "2 ms  (2x eager)"]
+    # one convention (export-safe eager ms / ms, above 1x faster), also for eager as trained
+    assert texts == ["1 ms  (0.8x vs export-safe eager)", "0.8 ms", "0.5 ms  (1.6x vs export-safe eager)",
+                     "2 ms  (0.4x vs export-safe eager)"]
     assert "batch 8" in ax.get_xlabel()
 
 
@@ -57,7 +59,7 @@ def test_latency_of_a_static_artifact_at_another_batch_gets_no_ratio():
     fig = plots.latency_figure({"onnx": 0.5, "coreml": 0.7}, eager_ms=1.0, batch_size=8, batches={"coreml": 2})
     ax, _ = _bars(fig)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["eager (torch)", "onnx", "coreml (batch 2)"]
-    assert [t.get_text() for t in ax.texts] == ["1 ms", "0.5 ms  (0.5x eager)", "0.7 ms"]
+    assert [t.get_text() for t in ax.texts] == ["1 ms", "0.5 ms  (2x vs eager)", "0.7 ms"]
 
 
 def test_size_figure_in_kib_with_human_labels():

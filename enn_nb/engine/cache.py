@@ -21,6 +21,7 @@ from enn_nb._fs import atomic_path
 from enn_nb._version import __version__
 from enn_nb.errors import ExportError
 from enn_nb.engine import sidecar as sc
+from enn_nb.engine.options import TIMEOUT
 from enn_nb.engine.parity import VECTORS_SUFFIX
 
 if TYPE_CHECKING:
@@ -139,7 +140,7 @@ def store(key: str, out_dir: Path, names: list[str]) -> None:
             for name in names:
                 dst = tmp / name
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(out_dir / name, dst)
+                link_or_copy(out_dir / name, dst)
     except OSError:
         pass  # the cache is an optimisation: a full disk or a read-only cache folder must not fail the export
 
@@ -153,7 +154,7 @@ def fetch(key: str, names: list[str], out_dir: Path) -> bool:
         src, dst = source / name, out_dir / name
         check_replaceable_artifact(dst, directory=src.is_dir())
         with atomic_path(dst) as tmp:
-            _link_or_copy(src, tmp)
+            link_or_copy(src, tmp)
     return True
 
 
@@ -192,14 +193,17 @@ def _is_enn_artifact_dir(path: Path) -> bool:
     return inside <= listed
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (each file of a folder), a copy where links are impossible.
+
+    Linked files are shared: they are only ever replaced (a new file), never written into."""
     if src.is_dir():
-        shutil.copytree(src, dst, copy_function=_link_file)
+        shutil.copytree(src, dst, copy_function=link_file)
     else:
-        _link_file(src, dst)
+        link_file(src, dst)
 
 
-def _link_file(src: str | Path, dst: str | Path) -> None:
+def link_file(src: str | Path, dst: str | Path) -> None:
     try:
         os.link(src, dst)
     except OSError:
@@ -218,7 +222,7 @@ def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, 
         source_hash=source.get("content_hash"),
         backend=plan.name,
         backend_class=class_reference(type(plan.backend)),
-        options=sc.jsonable(plan.options),
+        options=sc.jsonable({k: v for k, v in plan.options.items() if k != TIMEOUT}),  # a limit, not the artifact
         onnx_options=sc.jsonable(settings.onnx_options) if plan.backend.consumes == "onnx" else None,
         versions=sc.versions(plan.backend.versions()),
         tolerance=list(plan.backend.default_tolerance),
@@ -277,6 +281,9 @@ def stored_names(result: BackendResult, settings: ExportSettings) -> list[str]:
     names += [f["path"] for f in result.files if f["role"] != "artifact"]
     if result.sidecar is not None:
         names.append(Path(result.sidecar).name)
+    log_file = (result.log or {}).get("file")
+    if log_file and (settings.out / log_file).is_file():  # the conversion's captured output travels with its artifact
+        names.append(log_file)
     vectors = f"{settings.stem}{VECTORS_SUFFIX}"
     if settings.verify and (settings.out / vectors).exists():
         names.append(vectors)

@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--options", action="store_true", help="list each backend's options (name, type, range, default, help)")
     p.set_defaults(func=_backends)
 
     p = subparsers.add_parser(
@@ -52,12 +53,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example input's")
     add_model_arguments(p)
     p.add_argument("--strict", action="store_true", help="raise on the first backend that is not ok")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="kill a backend's isolated conversion and verification after SECONDS (status `timeout`); "
+                   "default: each backend's own (`enn-nb backends --options`, option timeout_s)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print the warnings and converter output captured during the export (always kept in "
+                   "each backend's <artifact>.enn.log)")
     p.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="BACKEND.KEY=VALUE",
-        help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be)",
+        help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be); "
+        "`enn-nb backends --options` lists them",
     )
     p.set_defaults(func=_export)
 
@@ -129,6 +137,16 @@ def _backends(args: argparse.Namespace) -> int:
     from enn_nb.engine.registry import backends
 
     table = backends()
+    if args.options:
+        from enn_nb.engine.options import describe_backend
+        from enn_nb.engine.registry import get_backend
+
+        described = {row.name: describe_backend(get_backend(row.name)) for row in table if not row.error}
+        if args.json:
+            print(json.dumps(described, indent=2))
+        else:
+            print("\n\n".join(f"{name}:\n" + "\n".join(f"  {line}" for line in lines) for name, lines in described.items()))
+        return 0
     print(json.dumps(table.to_json(), indent=2) if args.json else table)
     return 0
 
@@ -148,9 +166,29 @@ def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _with_timeout(options: dict[str, dict[str, Any]], backends: str, timeout: float | None) -> dict[str, dict[str, Any]]:
+    """``--timeout`` as every named backend's ``timeout_s`` (an explicit ``--option B.timeout_s`` wins)."""
+    if timeout is None:
+        return options
+    from enn_nb.engine.registry import resolve_names
+
+    for name in resolve_names(backends):
+        options.setdefault(name, {}).setdefault("timeout_s", timeout)
+    return options
+
+
 def _export(args: argparse.Namespace) -> int:
     from enn_nb.engine import export
 
+    if args.verbose:
+        import logging
+
+        from enn_nb.engine.outlog import LOGGER
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOGGER.addHandler(handler)
+        LOGGER.setLevel(logging.DEBUG)
     src = Path(args.src)
     if not src.exists():
         print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
@@ -167,12 +205,15 @@ def _export(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
         dynamic_batch=not args.static_batch,
         strict=args.strict,
-        options=_parse_options(args.option),
+        options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
     )
     print(report.to_json() if args.json else report)
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
     failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
-    return 1 if any(r.status in failing for r in report.results) else 0
+    bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
+    # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
+    print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _verify(args: argparse.Namespace) -> int:

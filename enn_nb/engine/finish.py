@@ -11,6 +11,7 @@ from enn_nb._fs import replace_path
 from enn_nb._optional import PACKAGES, pip_line
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.outcome import ErrorInfo, UnitResult
+from enn_nb.engine.outlog import LOG_SUFFIX, OutputLog, write_log
 from enn_nb.engine.report import BackendResult, ExportReport
 from enn_nb.engine.settings import ExportSettings
 
@@ -32,6 +33,7 @@ class RunInfo:
     essentials: dict[str, str] = dataclasses.field(default_factory=dict)
     fast_paths: list[Any] = dataclasses.field(default_factory=list)  # declared ones, when safe=False
     signature: dict[str, Any] | None = None  # the ModelIO the export follows, as JSON
+    shared_log: OutputLog = dataclasses.field(default_factory=OutputLog)  # captured in the shared stages
 
 
 def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: float) -> BackendResult:
@@ -41,7 +43,20 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
     report = info.report
     timings = {"capture": report.capture_s, **({"onnx": report.onnx_s} if plan.backend.consumes == "onnx" else {}),
                **unit.timings}
+    report.log.extend(unit.log)
     stage = unit.stage or "convert"
+    if unit.crash is not None and unit.crash.timeout_s is not None:
+        error = ErrorInfo(
+            type="Timeout",
+            message=(
+                f"`{plan.name}` did not finish within {unit.crash.timeout_s:g} s (option `timeout_s`) and was killed "
+                f"during its `{stage}` stage; the other backends went on. Raise it with "
+                f"options={{'{plan.name}': {{'timeout_s': ...}}}} (CLI: --timeout or --option {plan.name}.timeout_s=...)."
+            ),
+            log_tail=unit.crash.log_tail,
+        )
+        return finish_failed(plan, stage, error, info, timings=timings, status="timeout", t0=t0, notes=notes,
+                             log=unit.log)
     if unit.crash is not None:
         crash = unit.crash
         what = crash.signal or f"exit code {crash.exit_code}"
@@ -55,16 +70,18 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
             signal=crash.signal,
             log_tail=crash.log_tail,
         )
-        return finish_failed(plan, stage, error, info, timings=timings, status="crashed", t0=t0, notes=notes)
+        return finish_failed(plan, stage, error, info, timings=timings, status="crashed", t0=t0, notes=notes,
+                             log=unit.log)
     if unit.error is not None:
         error = unit.error
         if error.missing:
-            return finish_failed(plan, stage, error, info, timings=timings, status="unavailable", t0=t0, notes=notes)
+            return finish_failed(plan, stage, error, info, timings=timings, status="unavailable", t0=t0, notes=notes,
+                                 log=unit.log)
         mapped = fast_path_error(error.chain or error.message, info.fast_paths, stage=stage)
         if mapped is not None:
             error = ErrorInfo(type="FastPathExportError", message=str(mapped), fast_path=mapped.fast_path,
                               cause=error.message[:2000], traceback=error.traceback)
-        return finish_failed(plan, stage, error, info, timings=timings, t0=t0, notes=notes)
+        return finish_failed(plan, stage, error, info, timings=timings, t0=t0, notes=notes, log=unit.log)
 
     conv = unit.conversion
     status, parity_block = _parity_block(plan, unit, info)
@@ -95,7 +112,7 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
         conversion_path=dict(conv.path) if conv.path else {"name": "shared", "costs": []},
         cache_key=plan.key if status == "ok" else None,
     )
-    return _write_result(plan, data, timings, t0, info)
+    return _write_result(plan, data, timings, t0, info, unit.log)
 
 
 def _parity_block(plan: Plan, unit: UnitResult, info: RunInfo) -> tuple[str, dict[str, Any]]:
@@ -148,6 +165,7 @@ def finish_failed(
     status: str = "failed",
     t0: float | None = None,
     notes: list[str] | None = None,
+    log: OutputLog | None = None,
 ) -> BackendResult:
     """Write the sidecar of a backend that did not make an artifact (``error`` says why) and its result."""
     data = _sidecar_common(plan, info)
@@ -157,7 +175,7 @@ def finish_failed(
     data.update(status=status, stage=stage, error=block, notes=list(notes or []))
     if error.traceback:
         data["details"] = {"traceback": error.traceback}
-    return _write_result(plan, data, timings, t0 if t0 is not None else time.perf_counter(), info)
+    return _write_result(plan, data, timings, t0 if t0 is not None else time.perf_counter(), info, log)
 
 
 def _missing_line(plan: Plan, error: ErrorInfo) -> str:
@@ -182,10 +200,18 @@ def finish_unavailable(plan: Plan, reason: str, info: RunInfo) -> BackendResult:
     return _write_result(plan, data, {}, time.perf_counter(), info)
 
 
-def _write_result(plan: Plan, data: dict[str, Any], timings: dict[str, float], t0: float, info: RunInfo) -> BackendResult:
+def _write_result(plan: Plan, data: dict[str, Any], timings: dict[str, float], t0: float, info: RunInfo,
+                  own_log: OutputLog | None = None) -> BackendResult:
     out = info.settings.out
     started = time.perf_counter()
-    side = sc.sidecar_path(out / plan.backend.artifact_name(info.settings.stem))
+    name = plan.backend.artifact_name(info.settings.stem)
+    side = sc.sidecar_path(out / name)
+    log = OutputLog().extend(info.shared_log).extend(own_log)
+    file = None
+    if log.warnings or log.lines:  # what the export warned and printed for this backend: kept, never shown unasked
+        file = name + LOG_SUFFIX
+        write_log(out / file, log)
+    data["log"] = log.sidecar_block(file)
     data["timings"] = {k: float(v) for k, v in timings.items()}
     sidecar = sc.build(**data)
     sc.write(side, sidecar)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb.engine.outcome import Crash, ErrorInfo, UnitResult
+from enn_nb.engine.outlog import CHILD_LOG
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,22 @@ class Task:
 def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
     """Convert, then verify; never raises: an error comes back in ``UnitResult.error`` with its stage."""
     from enn_nb.engine.backends.base import Conversion
+    from enn_nb.engine.outlog import OutputLog, capture
     from enn_nb.engine.parity import cases_for, run_cases
 
-    out = UnitResult()
+    out = UnitResult(log=OutputLog())
     stage = "convert"
     try:
         emit({"backend": task.name, "stage": "convert", "status": "running"})
         started = time.perf_counter()
         out_path = Path(task.out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        conv = backend.convert(job, out_path, dict(task.options))
+        # captured, not printed; emit() stays outside: a progress callback's prints belong to the user
+        with capture(f"{task.name} convert") as got:
+            try:
+                conv = backend.convert(job, out_path, dict(task.options))
+            finally:
+                out.log.extend(got)
         out.timings["convert"] = time.perf_counter() - started
         artifact = Path(conv.artifact)
         if not conv.deferred and not artifact.exists():
@@ -106,11 +113,15 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
             return out
         emit({"backend": task.name, "stage": "verify", "status": "running"})
         started = time.perf_counter()
-        runner = backend.load(artifact, dict(task.options))
-        chosen = cases_for(task.cases, bool(conv.dynamic_batch))
-        out.parity = run_cases(runner, chosen, *task.tolerance)
-        if conv.embedded_metadata:
-            out.metadata = backend.read_metadata(artifact)
+        with capture(f"{task.name} verify") as got:
+            try:
+                runner = backend.load(artifact, dict(task.options))
+                chosen = cases_for(task.cases, bool(conv.dynamic_batch))
+                out.parity = run_cases(runner, chosen, *task.tolerance)
+                if conv.embedded_metadata:
+                    out.metadata = backend.read_metadata(artifact)
+            finally:
+                out.log.extend(got)
         out.timings["verify"] = time.perf_counter() - started
     except BaseException as exc:  # a converter may raise anything; the caller decides
         if isinstance(exc, KeyboardInterrupt):
@@ -296,6 +307,7 @@ class Worker:
         task_r, task_w = os.pipe()
         res_r, res_w = os.pipe()
         env = child_environment()
+        env[CHILD_LOG] = str(self._log)  # its output stays there (crash tails) and is read back as its log
         with open(self._log, "wb") as logfile:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "enn_nb.engine.isolate", str(task_r), str(res_w)],
@@ -305,6 +317,7 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 env=env,
                 close_fds=True,
+                start_new_session=True,  # a process group of its own: a timeout kills its helpers too
             )
         os.close(task_r)
         os.close(res_w)
@@ -323,18 +336,28 @@ class Worker:
             except (BrokenPipeError, OSError):
                 pass  # the child died while starting: run() sees it and reports the crash
 
-    def run(self, task: Task, on_event: Emit) -> UnitResult:
-        """Run one task in the child; a dead child gives a result whose ``crash`` says how it ended."""
+    def run(self, task: Task, on_event: Emit, timeout_s: float | None = None) -> UnitResult:
+        """Run one task in the child; a dead child gives a result whose ``crash`` says how it ended.
+
+        A child still busy ``timeout_s`` seconds after the task was sent is killed with its process
+        group (converters start processes of their own); ``crash.timeout_s`` then says so.
+        """
         self._ready()
         if self._proc is None or self._proc.poll() is not None:
             self.start()
             self._ready()
+        deadline = time.monotonic() + timeout_s if timeout_s else None
         try:
             self._send.send(task)
         except (BrokenPipeError, OSError):
             return self._crashed()
         try:
             while True:
+                if deadline is not None and time.monotonic() > deadline:
+                    self._kill_group()
+                    result = self._crashed()
+                    result.crash.timeout_s = timeout_s
+                    return result
                 try:
                     if self._recv.poll(0.1):
                         kind, payload = self._recv.recv()
@@ -354,10 +377,18 @@ class Worker:
         """Stop the child now (an interrupted export)."""
         self._ready()
         if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
+            self._kill_group()
             self._close_pipes()
             self._proc = None
+
+    def _kill_group(self) -> None:
+        """SIGKILL the child and whatever it started (its own session: the group is the child's)."""
+        if self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except OSError:
+                self._proc.kill()
+        self._proc.wait()
 
     def _crashed(self) -> UnitResult:
         try:

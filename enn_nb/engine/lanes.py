@@ -70,6 +70,14 @@ def run_lane(lane: list[Plan], worker: Worker | None, ctx: LaneContext) -> None:
             raise
 
 
+def timeout_of(plan: Plan) -> float:
+    """Seconds the plan's isolated convert + verify may take: its option ``timeout_s``, else the backend's default."""
+    from enn_nb.engine.options import TIMEOUT
+
+    given = plan.options.get(TIMEOUT)
+    return float(given if given is not None else getattr(plan.backend, "default_timeout_s", 1800.0))
+
+
 def _run_plan(plan: Plan, worker: Worker | None, ctx: LaneContext) -> None:
     from enn_nb.engine.isolate import Task, importable_reference, run_unit
 
@@ -94,7 +102,7 @@ def _run_plan(plan: Plan, worker: Worker | None, ctx: LaneContext) -> None:
 
     notes = list(ctx.notes)
     if worker is not None and task.backend_ref:
-        unit = worker.run(task, on_event)
+        unit = worker.run(task, on_event, timeout_s=timeout_of(plan))
     else:
         if settings.isolate and worker is not None:
             notes.append(

@@ -9,22 +9,35 @@ compares each runtime's outputs with eager PyTorch there (``compare=True``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb.engine.outlog import OutputLog, capture
+from enn_nb.engine.timing import (
+    Stat,
+    host_load,
+    noise_warning,
+    pinned_threads,
+    sample_call,
+    speedup,
+    threads_for,
+)
+
 if TYPE_CHECKING:
     import torch
 
     from enn_nb.engine.report import BackendResult, ExportReport
     from enn_nb.spec import ModelSpec
+
+#: The labels of the two eager references in :attr:`Timings.stats` (the headline ratio is to ``SAFE``).
+EAGER, SAFE = "eager", "eager (export-safe)"
 
 #: Statuses whose artifact was written and runs (a ``mismatch`` artifact runs; its outputs are off).
 MEASURED_STATUSES = ("ok", "mismatch")
@@ -47,6 +60,12 @@ class Timings:
         static: ``{backend: batch}`` for artifacts that accept only their capture batch (timed there only).
         skipped: ``{backend: why}`` for artifacts not (fully) timed, and ``"eager"`` /
             ``"eager (export-safe)"`` when the model itself could not be timed.
+        stats: ``{label: {batch: Stat}}`` (median, IQR, calls, threads) for ``"eager"``,
+            ``"eager (export-safe)"`` and each backend.
+        threads: ``{batch: intra-op threads}`` every runtime and eager ran with at that batch size.
+        host: the CPU, its core count and the load average before and after timing.
+        warnings: one line per timing whose IQR is too wide to trust.
+        log: what loading the runtimes printed or warned (LiteRT's XNNPACK line...), captured.
     """
 
     eager_ms: dict[int, float] = dataclasses.field(default_factory=dict)
@@ -56,20 +75,22 @@ class Timings:
     mismatches: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     static: dict[str, int] = dataclasses.field(default_factory=dict)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    stats: dict[str, dict[int, Stat]] = dataclasses.field(default_factory=dict)
+    threads: dict[int, int] = dataclasses.field(default_factory=dict)
+    host: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    log: OutputLog = dataclasses.field(default_factory=OutputLog)
+
+    def speedup(self, label: str, batch: int) -> float | None:
+        """The headline ratio: export-safe eager ms / ``label``'s ms at ``batch`` (above 1: faster)."""
+        ms = self.safe_ms.get(batch) if label == SAFE else self.latency_ms.get(label, {}).get(batch)
+        return speedup(self.safe_ms.get(batch), ms)
 
 
 def time_call(fn: Callable[[], Any], *, budget_s: float = 0.25, min_calls: int = 5, max_calls: int = 200,
               warmup: int = 2) -> float:  # fmt: skip
-    """Median milliseconds of ``fn()`` over as many calls as fit in ``budget_s`` (within the bounds)."""
-    for _ in range(warmup):
-        fn()
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < max_calls and (len(samples) < min_calls or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
+    """Median milliseconds of ``fn()`` (:func:`enn_nb.engine.timing.sample_call` has the spread too)."""
+    return sample_call(fn, budget_s=budget_s, min_calls=min_calls, max_calls=max_calls, warmup=warmup).median_ms
 
 
 def spec_inputs(spec: ModelSpec) -> Inputs:
@@ -121,6 +142,8 @@ def measure(
     max_calls: int = 200,
     on_backend: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    threads: int | None = None,
+    clock: Callable[[], float] | None = None,
 ) -> Timings:
     """Time every artifact of an export in its runtime and the eager model on the same inputs.
 
@@ -138,6 +161,9 @@ def measure(
             eager outputs are then the reference, so an eager model or runtime that raises raises here;
             without it, what raises is recorded in ``skipped`` and the rest is still timed.
         budget_s, min_calls, max_calls: the timer's bounds per measurement.
+        threads: intra-op threads for torch and for runtimes that take a thread count (onnxruntime,
+            LiteRT); default 1 up to batch 8, else up to 4 (:func:`enn_nb.engine.timing.threads_for`).
+        clock: the timer (default ``time.perf_counter``), injectable for tests of the bookkeeping.
         on_backend: called with each backend's name before it is timed (progress).
         should_stop: polled between backends; True stops timing (the rest are ``cancelled``).
     """
@@ -147,10 +173,19 @@ def measure(
     from enn_nb.engine.registry import get_backend
     from enn_nb.engine.safe import export_safe
 
-    def timed(fn: Callable[[], Any]) -> float:
-        return time_call(fn, budget_s=budget_s, min_calls=min_calls, max_calls=max_calls)
+    out = Timings(host=host_load())
 
-    out = Timings()
+    def timed(fn: Callable[[], Any], label: str, batch: int) -> float:
+        count = out.threads.setdefault(batch, threads_for(batch, threads))
+        extra = {"clock": clock} if clock is not None else {}
+        with pinned_threads(count):
+            stat = sample_call(fn, budget_s=budget_s, min_calls=min_calls, max_calls=max_calls, **extra)
+        stat.threads, stat.batch = count, batch
+        out.stats.setdefault(label, {})[batch] = stat
+        if stat.noisy:
+            out.warnings.append(noise_warning(label, stat, out.host))
+        return stat.median_ms
+
     sizes = sorted({int(b) for b in batch_sizes})
     feeds: dict[int, list[Any]] = {}
     references: dict[int, list[Any]] = {}
@@ -167,16 +202,16 @@ def measure(
             call = _forward(model)
             with eval_only(model), torch.no_grad(), _quiet_flex():
                 references[batch] = _numpy(call(*tensors))
-                out.eager_ms[batch] = timed(lambda: call(*tensors))
+                out.eager_ms[batch] = timed(lambda: call(*tensors), EAGER, batch)
         return references[batch]
 
     for b in sizes:
-        _attempt(compare, out.skipped, "eager", lambda b=b: eager(b))
+        _attempt(compare, out.skipped, EAGER, lambda b=b: eager(b))
     with eval_only(model), torch.no_grad(), _quiet_flex(), export_safe(model) as safe:
         safe_call = _forward(safe.model)
         for b in sizes:
             tensors = [torch.from_numpy(a) for a in feed(b)]
-            ms = _attempt(compare, out.skipped, "eager (export-safe)", lambda t=tensors: timed(lambda: safe_call(*t)))
+            ms = _attempt(compare, out.skipped, SAFE, lambda t=tensors, b=b: timed(lambda: safe_call(*t), SAFE, b))
             if ms is not None:
                 out.safe_ms[b] = ms
 
@@ -196,20 +231,30 @@ def measure(
             on_backend(r.backend)
         given = dict((options or {}).get(r.backend, {}))
         load_options = {**backend.default_options, **sidecar_options(r.sidecar), **given}
-        try:
-            runner = backend.load(Path(r.artifact), load_options)
-        except Exception as exc:  # the artifact passed parity in the export's child process; say why not here
-            out.skipped[r.backend] = f"loading it here raised {type(exc).__name__}: {exc}"
-            continue
         fixed = static_batch(r)
         if fixed is not None:
             out.static[r.backend] = fixed
         tol = r.parity.get("tolerance") or {}
         atol = float(tol.get("atol", backend.default_tolerance[0]))
         rtol = float(tol.get("rtol", backend.default_tolerance[1]))
+        runners: dict[int, Any] = {}  # one per thread count: runtimes fix their threads when loading
         for b in sizes if fixed is None else [fixed]:
+            count = out.threads.setdefault(b, threads_for(b, threads))
+            if count not in runners:
+                option = getattr(backend, "thread_option", None)
+                try:
+                    with capture(f"{r.backend} load") as got:  # runtimes print when loading and on first run
+                        runner = backend.load(Path(r.artifact), {**load_options, **({option: count} if option else {})})
+                        with contextlib.suppress(Exception):  # a failing call fails again below, recorded there
+                            runner([a.copy() for a in feed(b)])
+                    out.log.extend(got)
+                    runners[count] = runner
+                except Exception as exc:  # the artifact passed parity in the export's child process; say why not here
+                    out.skipped[r.backend] = f"loading it here raised {type(exc).__name__}: {exc}"
+                    break
+            runner = runners[count]
             # a fresh copy per call: a runtime may write into its input buffers
-            run = lambda a=feed(b): runner([x.copy() for x in a])  # noqa: E731
+            run = lambda a=feed(b), runner=runner: runner([x.copy() for x in a])  # noqa: E731
             if compare:
                 err, passed = _compare(run(), eager(b), atol, rtol)
                 out.errors.setdefault(r.backend, {})[b] = err
@@ -217,10 +262,11 @@ def measure(
                     out.mismatches.setdefault(r.backend, []).append(
                         f"batch {b}: max abs error {err:.3g} beyond atol={atol:g}, rtol={rtol:g}"
                     )
-            ms = _attempt(compare, out.skipped, r.backend, lambda run=run: timed(run))
+            ms = _attempt(compare, out.skipped, r.backend, lambda run=run, b=b: timed(run, r.backend, b))
             if ms is None:
                 break
             out.latency_ms.setdefault(r.backend, {})[b] = ms
+    out.host["load_1min_after"] = host_load()["load_1min"]
     return out
 
 

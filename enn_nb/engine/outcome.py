@@ -71,6 +71,7 @@ class Crash:
     signal: str | None
     log_tail: str = ""
     log: str = ""
+    timeout_s: float | None = None  # set when the parent killed it for running past its time limit
 
 
 @dataclasses.dataclass
@@ -89,3 +90,4 @@ class UnitResult:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     shared_timings: dict[str, float] = dataclasses.field(default_factory=dict)  # the worker's shared ONNX export
     crash: Crash | None = None
+    log: Any = None  # an outlog.OutputLog: what converting and verifying warned and printed (captured)

@@ -44,6 +44,12 @@ VECTORS_SUFFIX = ".vectors.safetensors"
 
 #: Batch sizes checked when the artifact's batch is dynamic.
 DYNAMIC_BATCHES = (1, 7)
+#: Why those two, for legends: the user never asked for batch 7.
+DYNAMIC_BATCHES_WHY = (
+    "a dynamic-batch artifact is checked at batch 1 and batch 7: 1 is the smallest, and 7 an odd size other than "
+    "the capture batch (2), so a graph that silently specialised to the capture batch fails there; a static "
+    "artifact is checked at its capture batch"
+)
 
 
 @dataclasses.dataclass
@@ -321,6 +327,10 @@ class VerifyResult:
 
     def __str__(self) -> str:
         head = f"{self.artifact.name} [{self.backend}]: {self.status}"
+        if self.problems:  # never "passed" on a line whose command fails
+            count = len(self.problems)
+            head = (f"{self.artifact.name} [{self.backend}]: FAILED - {count} file problem{'s' if count != 1 else ''} "
+                    f"(parity {self.status})")
         if self.reason:
             head += f" - {self.reason}"
         lines = [head]

@@ -18,6 +18,7 @@ from enn_nb.engine import sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
 from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
+from enn_nb.engine.hits import Hits
 from enn_nb.engine.inputs import (
     case_maker,
     ModelIO,
@@ -29,6 +30,7 @@ from enn_nb.engine.inputs import (
 )
 from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
 from enn_nb.engine.outcome import ErrorInfo
+from enn_nb.engine.outlog import OutputLog, capture
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
 from enn_nb.engine.report import ExportReport
@@ -120,21 +122,25 @@ def export(
     )
     emit = Emitter(progress, total=len(settings.names))
 
-    model, source, loaded_spec = load_source(model_or_checkpoint)
+    with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
+        model, source, loaded_spec = load_source(model_or_checkpoint)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
     inputs = example_tensors(model, spec, example_inputs, settings.dynamic_batch)
     io = resolve_io(model, spec, inputs)
     report = ExportReport(results=[], out_dir=settings.out, source=source)
     info = RunInfo(settings=settings, spec=spec, source=source, report=report, signature=io.to_dict())
+    _shared_log(info, loading)
 
     plans = _plans(settings)
-    _finish_early(plans, model, inputs, info, emit)  # availability, then the cache: neither needs a capture
-    todo = [p for p in plans if p.result is None]
-    vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
-    if todo:
-        _run(todo, model, inputs, info, emit, should_stop)
-    elif settings.verify and vectors_path.exists():
-        report.vectors = vectors_path
+    with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
+        _finish_early(plans, model, inputs, info, emit, hits)  # availability, then the cache: no capture needed
+        todo = [p for p in plans if p.result is None]
+        vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
+        if todo:
+            _run(todo, model, inputs, info, emit, should_stop)
+        elif settings.verify and vectors_path.exists():
+            report.vectors = vectors_path
+        hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
     report.results = [p.result for p in plans if p.result is not None]
     report.total_s = time.perf_counter() - started
     for result in report.results:  # logged from the calling thread (lanes run in their own)
@@ -157,7 +163,8 @@ def _plans(settings: ExportSettings) -> list[Plan]:
     return plans
 
 
-def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo, emit: Emitter) -> None:
+def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo, emit: Emitter,
+                  hits: Hits) -> None:
     """Finish the plans that need no conversion: unavailable backends, then cache hits."""
     for plan in plans:
         reason = plan.backend.unavailable_reason()
@@ -174,6 +181,7 @@ def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...
         hit = lookup(plan, info.settings)
         if hit is not None:
             plan.result = hit
+            hits.keep(plan, hit)
             emit(plan.name, "done", hit.status, plan.index, cached=True)
 
 
@@ -211,7 +219,9 @@ def _run(
 
         cases = _reference_cases(todo, model, inputs, info) if settings.verify else []
         if settings.safe:
-            state = stack.enter_context(export_safe(model))
+            with capture("export_safe") as got:
+                state = stack.enter_context(export_safe(model))
+            _shared_log(info, got)
             target, info.deviations = state.model, state.to_list()
         else:
             target, info.deviations = model, []
@@ -261,8 +271,9 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
 
     settings = info.settings
     call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
-    with parity.eval_only(model), torch.no_grad():
+    with parity.eval_only(model), torch.no_grad(), capture("parity reference") as got:
         cases = parity.make_cases(call, inputs, make=case_maker(info.spec, inputs), dynamic=settings.dynamic_batch)
+    _shared_log(info, got)
     vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
     io = ModelIO.from_dict(info.signature or {})
     parity.save_vectors(vectors_path, cases, io.input_names, io.output_names)
@@ -282,11 +293,14 @@ def _capture(todo: list[Plan], module: Any, inputs: tuple[torch.Tensor, ...], in
     emit(None, "capture", "running", 0)
     started = time.perf_counter()
     try:
-        ep, batch_dynamic, notes = capture_program(
-            module, inputs, dynamic_batch=info.settings.dynamic_batch, fast_paths=info.fast_paths,
-            signature=ModelIO.from_dict(info.signature).inputs if info.signature else None,
-        )
+        with capture("capture") as got:
+            ep, batch_dynamic, notes = capture_program(
+                module, inputs, dynamic_batch=info.settings.dynamic_batch, fast_paths=info.fast_paths,
+                signature=ModelIO.from_dict(info.signature).inputs if info.signature else None,
+            )
+        _shared_log(info, got)
     except Exception as exc:
+        _shared_log(info, got)
         error = ErrorInfo.from_exception(exc)
         emit(None, "capture", "failed", 0)
         for plan in todo:
@@ -298,6 +312,12 @@ def _capture(todo: list[Plan], module: Any, inputs: tuple[torch.Tensor, ...], in
              "dynamic" if batch_dynamic else "static", len(todo))
     emit(None, "capture", "ok", 0)
     return ep, batch_dynamic, list(notes)
+
+
+def _shared_log(info: RunInfo, got: OutputLog) -> None:
+    """What a shared stage warned and printed: in every backend's log and in the report's count."""
+    info.shared_log.extend(got)
+    info.report.log.extend(got)
 
 
 def _child_setup(job: ExportJob, shared: Any, settings: ExportSettings) -> Any:
@@ -377,7 +397,7 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
         elif r.status == "unavailable":
             extra = getattr(_backend_safe(r.backend), "extra", "")
             exc = MissingDependencyError(r.error or f"`{r.backend}` is unavailable", extra=extra)
-        elif r.status in ("failed", "crashed"):
+        elif r.status in ("failed", "crashed", "timeout"):
             exc = BackendError(f"`{r.backend}` {r.status} at stage `{r.stage}`: {r.error}", backend=r.backend, stage=r.stage or "")
         else:
             continue

@@ -9,7 +9,12 @@ from typing import Any
 
 from enn_nb._format import human_size
 from enn_nb.table import Cell, Table
+from enn_nb.engine.outlog import LOG_SUFFIX, OutputLog
+from enn_nb.engine.verification import Verification
+from enn_nb.engine.verification import summary as summary_line
+from enn_nb.engine.verification import verification as verification_of
 from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUSES
+
 
 @dataclasses.dataclass
 class BackendResult:
@@ -32,6 +37,8 @@ class BackendResult:
         exit_code / signal: how the isolated child ended, when it crashed.
         deferred: why the artifact could not be finished here.
         notes / details / format / dynamic_batch: from the backend's conversion.
+        log: the sidecar's ``log``: counts of the warnings and output lines captured while this
+            backend converted and verified (the export's shared stages included), and the log file.
     """
 
     backend: str
@@ -55,6 +62,7 @@ class BackendResult:
     dynamic_batch: bool | None = None
     inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    log: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -86,6 +94,7 @@ class BackendResult:
             dynamic_batch=data.get("dynamic_batch"),
             inputs=list(data.get("inputs") or []),
             outputs=list(data.get("outputs") or []),
+            log=dict(data.get("log") or {}),
         )
 
     @property
@@ -112,24 +121,37 @@ class BackendResult:
     def seconds(self) -> float:
         return float(self.timings.get("total", 0.0))
 
+    @property
+    def verification(self) -> Verification:
+        """Whether the artifact's outputs were checked: verified, not verified (why), deferred or failed."""
+        return verification_of(self)
+
+    @property
+    def verified(self) -> bool:
+        return self.verification.verified
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["artifact"] = str(self.artifact) if self.artifact else None
         out["sidecar"] = str(self.sidecar) if self.sidecar else None
         out["size_bytes"] = self.size_bytes
+        check = self.verification
+        out["verification"] = {"kind": check.kind, "reason": check.reason}
         return out
 
     def summary(self) -> str:
         """One line: status, artifact, size, max error, time, and the reason when not ok."""
-        bits = [f"{self.backend}: {self.status}{' (cached)' if self.cached else ''}"]
+        check = self.verification
+        shown = f", {check.label}" if self.status == "ok" else ""
+        bits = [f"{self.backend}: {self.status}{shown}{' (cached)' if self.cached else ''}"]
         if self.artifact:
             bits.append(f"{Path(self.artifact).name} {human_size(self.size_bytes)}")
         if self.max_abs_err is not None:
             bits.append(f"max|err| {self.max_abs_err:.2e}")
         bits.append(f"{self.seconds:.2f}s")
         line = ", ".join(bits)
-        why = self.error or self.deferred
-        if why and self.status != "ok":
+        why = self.error or self.deferred or check.reason
+        if why and not check.verified:
             line += f" - {why}"
         return line
 
@@ -147,6 +169,8 @@ class ExportReport:
         total_s: wall time of the whole export.
         deviations: the export-safe switches in effect (also in every sidecar).
         source: where the model came from (``{"kind": "model"|"checkpoint", ...}``).
+        log: every warning and output line captured during the export instead of being printed
+            (each backend's share is in its sidecar and ``<artifact>.enn.log``).
     """
 
     results: list[BackendResult]
@@ -157,6 +181,7 @@ class ExportReport:
     total_s: float = 0.0
     deviations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    log: OutputLog = dataclasses.field(default_factory=OutputLog)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.results)
@@ -187,6 +212,17 @@ class ExportReport:
         return [r for r in self.results if r.status in FAILED_STATUSES]
 
     @property
+    def summary(self) -> str:
+        """``7 verified, 1 converted but not verified (CoreML prediction requires macOS), 1 deferred``."""
+        return summary_line(self.results)
+
+    @property
+    def log_line(self) -> str:
+        """``captured, not printed: 2 warnings, 14 output lines (each backend's <artifact>.enn.log ...)``."""
+        return (f"captured, not printed: {self.log.counts()} (each backend's <artifact>{LOG_SUFFIX}; "
+                "`enn-nb export --verbose` prints them)")
+
+    @property
     def artifacts(self) -> dict[str, Path]:
         return {r.backend: r.artifact for r in self.results if r.artifact is not None}
 
@@ -198,6 +234,8 @@ class ExportReport:
             "onnx_s": self.onnx_s,
             "total_s": self.total_s,
             "ok": self.ok,
+            "summary": self.summary,
+            "log": self.log.to_dict(),
             "deviations": self.deviations,
             "source": self.source,
             "results": [r.to_dict() for r in self.results],
@@ -206,7 +244,7 @@ class ExportReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
-    _HEADER = ("backend", "status", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
+    _HEADER = ("backend", "status", "verified", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
     _COLORS = {"ok": "#1a7f37", "mismatch": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
 
     def table(self) -> Table:
@@ -218,21 +256,24 @@ class ExportReport:
                 [
                     Cell(r.backend, code=True),
                     Cell(r.status + (" (cached)" if r.cached else ""), style=f"color:{color};font-weight:bold"),
+                    r.verification.label,
                     Path(r.artifact).name if r.artifact else "-",
                     human_size(r.size_bytes) if r.files else "-",
                     f"{r.max_abs_err:.2e}" if r.max_abs_err is not None else "-",
                     f"{r.timings.get('convert', 0.0):.2f}",
                     f"{r.timings.get('verify', 0.0):.2f}",
                     f"{r.seconds:.2f}",
-                    (r.error or r.deferred or "") if r.status != "ok" else "",
+                    (r.error or r.deferred or "") if r.status != "ok" else r.verification.reason,
                 ]
             )
         footer = (
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
-            + f", total {self.total_s:.2f}s -> {self.out_dir}"
+            + f", total {self.total_s:.2f}s -> {self.out_dir}; {self.log_line}"
         )
-        return Table(self._HEADER, rows, footer=footer, css_class="enn-export-report", max_width=100)
+        # the summary leads: what was verified, what was only converted (and why), what is deferred
+        return Table(self._HEADER, rows, title=self.summary, footer=footer, css_class="enn-export-report",
+                     max_width=100)
 
     def __str__(self) -> str:
         return str(self.table())

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from enn_nb.engine.options import check_options
 from enn_nb.engine.tolerance import Tolerances, parse_tolerances
 from enn_nb.errors import OutputDirError, SpecError
 
@@ -52,7 +53,8 @@ class ExportSettings:
 
         Raises:
             UnknownNameError: an unknown backend.
-            ValueError (SpecError): a bad stem, batch range, options or tolerances.
+            ValueError (SpecError, OptionError): a bad stem, batch range, options or tolerances; options are
+                checked against each backend's declaration (``enn_nb.engine.options``).
             OutputDirError: ``out_dir`` cannot be written.
         """
         from enn_nb.engine.registry import resolve_names
@@ -97,29 +99,6 @@ def check_batch_range(value: Any, what: str = "batch_range") -> tuple[int, int, 
     if not 1 <= lo <= opt <= hi:
         raise SpecError(f"`{what}` is {(lo, opt, hi)!r}; it needs 1 <= min <= opt <= max, e.g. (1, 8, 64).")
     return lo, opt, hi
-
-
-def check_options(options: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per-backend option dicts, each for a backend being exported (or ``"onnx"``).
-
-    Raises:
-        UnknownNameError: a key that names no backend (the closest name is suggested).
-        SpecError: a key for a backend not being exported, or a value that is not a dict.
-    """
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(names) - {"onnx"})
-    if unknown:
-        from enn_nb.engine.registry import resolve_names
-
-        resolve_names(unknown)  # a name no backend has: UnknownNameError with the closest name
-        raise SpecError(
-            f"`options` has entries for {unknown}, which are not being exported; options are per backend, "
-            f"e.g. options={{'ort': {{'optimization_level': 'basic'}}}}; backends here: {', '.join(names)}."
-        )
-    for key, value in options.items():
-        if not isinstance(value, Mapping):
-            raise SpecError(f"`options[{key!r}]` is {value!r}; it must be a dict of that backend's options.")
-    return {k: dict(v) for k, v in options.items()}
 
 
 def out_dir_problem(out_dir: str | os.PathLike[str]) -> str:

@@ -8,6 +8,7 @@ STATUS_MEANING: dict[str, str] = {
     "mismatch": "artifact written, but its outputs differ from the eager model beyond tolerance",
     "failed": "a stage raised; no new artifact (the sidecar names the stage and the error)",
     "crashed": "the isolated child process died (signal or exit code recorded); the caller survived",
+    "timeout": "the isolated child ran past the backend's `timeout_s` and was killed (the stage it was in recorded)",
     "deferred": "the artifact cannot be finished on this machine (e.g. a TensorRT engine needs a GPU)",
     "unavailable": "a package the backend needs is not installed (the message has the install line)",
     "cancelled": "not attempted: the export was stopped before this backend",
@@ -17,7 +18,7 @@ STATUS_MEANING: dict[str, str] = {
 STATUSES: tuple[str, ...] = tuple(STATUS_MEANING)
 
 #: Statuses that count as a failure of the export (``ExportReport.failed``).
-FAILED_STATUSES: tuple[str, ...] = ("failed", "mismatch", "crashed", "unavailable")
+FAILED_STATUSES: tuple[str, ...] = ("failed", "mismatch", "crashed", "timeout", "unavailable")
 
 #: The stages a sidecar's ``stage`` names (the one that failed), in the order an export runs them.
 STAGE_MEANING: dict[str, str] = {

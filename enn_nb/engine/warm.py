@@ -144,6 +144,13 @@ def run_forked(recv: Any, send: Any, log: str, env: dict[str, str]) -> None:
             pass
     os.environ.clear()
     os.environ.update(env)
+    from enn_nb.engine.outlog import CHILD_LOG
+
+    os.environ[CHILD_LOG] = log  # its output stays in the log (crash tails) and is read back as its log
+    try:
+        os.setsid()  # a process group of its own: a timeout kills the tools it started too
+    except OSError:
+        pass
     from enn_nb.engine.isolate import _serve
 
     _serve(recv, send)

@@ -26,6 +26,9 @@ class Latency:
             only their capture batch).
         skipped: ``{backend: why}`` for artifacts not timed (no runtime here, not written...).
         batch_size: the batch the eager model was timed at.
+        threads: the intra-op threads everything was timed with.
+        host: the CPU, its core count and the load average before/after.
+        warnings: timings whose spread (IQR) is too wide to trust.
     """
 
     eager_ms: float | None
@@ -34,6 +37,9 @@ class Latency:
     batches: dict[str, int]
     skipped: dict[str, str]
     batch_size: int
+    threads: int | None = None
+    host: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def measure(
@@ -70,4 +76,7 @@ def measure(
         batches={name: next(iter(ms)) for name, ms in t.latency_ms.items()},
         skipped=t.skipped,
         batch_size=batch_size,
+        threads=t.threads.get(batch_size),
+        host=t.host,
+        warnings=t.warnings,
     )

@@ -232,6 +232,11 @@ class ExportRun:
                 state.latency = values
                 for name, why in payload.skipped.items():
                     self._log(f"latency of {name} not measured: {why}")
+                host = payload.host
+                self._log(f"latency at batch {payload.batch_size} with {payload.threads} intra-op thread(s) on "
+                          f"{host.get('cpu')} ({host.get('cpu_count')} cores, load {host.get('load_1min')})")
+                for line in payload.warnings:
+                    self._log(f"latency warning: {line}")
         elif kind == "error":
             exc, text = payload
             state.run_error = f"{type(exc).__name__}: {exc}"

@@ -322,8 +322,9 @@ class WizardState(HasTraits):
             check_batch_range(self.batch_range(), "batch range")
         except ValueError as exc:
             problems.append(str(exc))
-        if self.opset < 7 or self.opset > 30:
-            problems.append(f"ONNX opset {self.opset} is out of range; use a value like 17 to 21.")
+        opset = _onnx_option("opset")
+        if opset is not None and opset.problem(self.opset):  # the onnx backend's own declaration
+            problems.append(f"ONNX opset {self.opset} is not allowed: the opset takes {opset.allowed()}.")
         try:
             self.tolerances()
         except ValueError as exc:
@@ -427,6 +428,16 @@ class WizardState(HasTraits):
         self.messages = {**self.messages, "run": ""}
 
 
+def _onnx_option(name: str) -> Any:
+    """The ``onnx`` backend's declared option ``name`` (None when the backend cannot be resolved)."""
+    try:
+        from enn_nb.engine.registry import get_backend
+
+        return next((o for o in get_backend("onnx").options or () if o.name == name), None)
+    except Exception:  # a broken registry: the export itself will say why
+        return None
+
+
 def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The option that asks a backend for fp16, judged from its documented defaults ({} if none)."""
     if "fp16" in defaults:  # TensorRT
@@ -471,8 +482,12 @@ def result_rows(
     artifact's files, or None), max_abs_err (or None), parity ``{batch_size: max_abs_err}`` (the
     worst case of each batch size), atol (the tolerance parity used, or None), latency_ms (or
     None), latency_batch (the batch size it was measured at: ``batches[backend]``, else ``batch``),
-    message (the error or deferral reason, '' when ok).
+    speedup (export-safe eager ms / its ms when measured at ``batch``, the references' batch; else None),
+    verification (``verified``, ``unverified``, ``deferred`` or the failing status), message (the error or
+    deferral reason, or why an ``ok`` artifact is not verified; '' when verified).
     """
+    from enn_nb.engine.timing import speedup
+
     latency = latency or {}
     batches = batches or {}
     rows = []
@@ -495,7 +510,11 @@ def result_rows(
                 "atol": tolerance.get("atol"),
                 "latency_ms": latency.get(result.backend),
                 "latency_batch": batches.get(result.backend, batch) if result.backend in latency else None,
-                "message": (result.error or result.deferred or "") if result.status != "ok" else "",
+                # a static artifact timed at another batch has no comparable reference
+                "speedup": speedup(latency.get("eager_safe"), latency.get(result.backend))
+                if batches.get(result.backend, batch) == batch else None,
+                "verification": result.verification.kind,
+                "message": (result.error or result.deferred or "") if result.status != "ok" else result.verification.reason,
             }
         )
     return rows

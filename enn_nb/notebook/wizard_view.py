@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 
 _ERROR_STYLE = "color:#b00020;font-weight:600"
 _STATUS_COLORS = {"ok": "#1b7f3b", "mismatch": "#b36b00", "deferred": "#49759c", "unavailable": "#777",
-                  "cancelled": "#777", "failed": "#b00020", "crashed": "#b00020"}  # fmt: skip
-_BAR_STYLES = {"ok": "success", "mismatch": "warning", "deferred": "info", "failed": "danger", "crashed": "danger"}
+                  "cancelled": "#777", "failed": "#b00020", "crashed": "#b00020", "timeout": "#b00020"}  # fmt: skip
+_BAR_STYLES = {"ok": "success", "mismatch": "warning", "deferred": "info", "failed": "danger", "crashed": "danger",
+               "timeout": "danger"}
 
 
 class WizardView:
@@ -360,7 +361,10 @@ class WizardView:
             result_rows(state.report, state.latency, state.latency_batches, state.batch_opt)
             if state.report is not None else []
         )  # fmt: skip
-        self.results_table.value = results_table_html(rows)
+        summary = state.report.summary if state.report is not None else ""
+        self.results_table.value = (
+            f"<div class='enn-wizard-summary' style='margin:4px 0'>{html.escape(summary)}</div>" if summary else ""
+        ) + results_table_html(rows)
         self.skipped_note.value = (
             f"<i>Skipped after Cancel: {html.escape(', '.join(state.skipped))}</i>" if state.skipped else ""
         )
@@ -484,6 +488,7 @@ def module_summary_html(model: Any, typed: list[Any] | None = None) -> str:
 def results_table_html(rows: list[dict[str, Any]]) -> str:
     """The results table: backend, status, artifact, size, max abs error, latency."""
     from enn_nb._format import human_size
+    from enn_nb.engine.timing import ratio_text
 
     if not rows:
         return "<i>No results yet.</i>"
@@ -498,8 +503,14 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.3g} ms"
         if latency and r.get("latency_batch"):
             latency += f" (batch {r['latency_batch']})"
+        if r.get("speedup"):
+            latency += f" ({ratio_text(r['speedup'])} vs export-safe eager)"
         artifact = html.escape(_display_path(r["artifact"])) if r["artifact"] else ""
-        status = html.escape(r["status"]) + (" <small>(cached)</small>" if r.get("cached") else "")
+        status = html.escape(r["status"])
+        if r["status"] == "ok":  # an artifact whose outputs were not checked must not read like one that was
+            verified = r.get("verification") == "verified"
+            status += " · verified" if verified else " · <span style='color:#b06000'>not verified</span>"
+        status += " <small>(cached)</small>" if r.get("cached") else ""
         title = f" title='{html.escape(r['message'], quote=True)}'" if r.get("message") else ""
         body.append(
             f"<tr class='enn-wizard-row' data-backend='{html.escape(r['backend'])}'>"
@@ -512,7 +523,7 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
         )
     messages = "".join(
         f"<li><b>{html.escape(r['backend'])}</b>: {html.escape(r['message'])}</li>"
-        for r in rows if r.get("message") and r["status"] != "ok"
+        for r in rows if r.get("message") and r.get("verification") != "verified"
     )  # fmt: skip
     notes = f"<ul style='margin:4px 0'>{messages}</ul>" if messages else ""
     return (

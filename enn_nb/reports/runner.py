@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html as _html
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,8 @@ def report(
         html: also write ``<name>.html`` through nbconvert.
         no_input: leave the code out of the HTML (outputs and markdown only), the default: a report
             is read by people who did not write it; False keeps the code (`--show-code`).
-        progress: show a progress bar over the cells.
+        progress: show a progress bar: over the backends for a template whose metadata says
+            ``"progress": "backends"`` (the export report), else over the cells.
         kernel_name: the Jupyter kernel; defaults to the template's kernelspec (``python3``, which
             Jupyter maps to the running interpreter).
         timeout: seconds a single cell may run; None waits.
@@ -132,19 +134,21 @@ def report(
 
     start = time.perf_counter()
     error: ReportError | None = None
+    by_backend = progress and template_metadata(path).get("progress") == "backends"
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(nb_path),
-            parameters=values,
-            kernel_name=kernel_name,
-            progress_bar={"desc": stem, "unit": "cell"} if progress else False,
-            cwd=str(out),
-            execution_timeout=timeout,
-            # jupyter_client interrupts the kernel before every shutdown; the kernel then logs a
-            # spurious "KeyboardInterrupt caught in kernel". Cell errors travel as messages, not logs.
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-        )
+        with _backend_bar(nb_path, stem) if by_backend else contextlib.nullcontext():
+            papermill.execute_notebook(
+                str(path),
+                str(nb_path),
+                parameters=values,
+                kernel_name=kernel_name,
+                progress_bar={"desc": stem, "unit": "cell"} if progress and not by_backend else False,
+                cwd=str(out),
+                execution_timeout=timeout,
+                # jupyter_client interrupts the kernel before every shutdown; the kernel then logs a
+                # spurious "KeyboardInterrupt caught in kernel". Cell errors travel as messages, not logs.
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )
     except papermill.PapermillExecutionError as exc:
         error = _cell_error(exc, path, nb_path)
     except Exception as exc:  # kernel did not start / died: keep what was saved, say what happened
@@ -171,6 +175,24 @@ def report(
     if error is not None:
         raise error
     return ReportResult(str(template), nb_path, html_path, values, verdict, duration)
+
+
+@contextlib.contextmanager
+def _backend_bar(nb_path: Path, desc: str) -> Iterator[None]:
+    """A bar over the export's backends, fed by the kernel (it inherits :data:`progress.ENV`)."""
+    from enn_nb.reports.progress import ENV, BackendBar
+
+    events = nb_path.with_name(f".{nb_path.stem}.progress.jsonl")
+    before = os.environ.get(ENV)
+    os.environ[ENV] = str(events)
+    try:
+        with BackendBar(events, desc):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
 
 
 def _output_dir(out_dir: str | os.PathLike[str]) -> Path:

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
+from enn_nb.engine.verification import UNVERIFIED, Verification
+from enn_nb.engine.verification import summary as summary_line
+from enn_nb.reports.progress import kernel_callback as progress_callback  # noqa: F401 - the template calls it
 from enn_nb.table import Link, Table
 from enn_nb.reports.verdict import FAILING, Pending, Verdict
 
@@ -127,6 +130,10 @@ class Measurements:
             included, at their batch sizes).
         mismatches: ``{backend: [reason, ...]}`` for batch sizes beyond the backend's tolerance.
         notes: ``{backend: why it was not (fully) measured}``.
+        stats: ``{label: {batch: Stat}}``: median, IQR, calls and threads of every timing.
+        threads: ``{batch: intra-op threads}`` used at each batch size.
+        host: CPU, core count and load average before/after timing.
+        warnings: timings whose spread is too wide to trust.
     """
 
     batch_sizes: list[int]
@@ -136,10 +143,32 @@ class Measurements:
     errors: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
     mismatches: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    stats: dict[str, dict[int, Any]] = dataclasses.field(default_factory=dict)
+    threads: dict[int, int] = dataclasses.field(default_factory=dict)
+    host: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def speedup(self, backend: str, batch: int) -> float | None:
-        ms, eager = self.latency_ms.get(backend, {}).get(batch), self.eager_ms.get(batch)
-        return eager / ms if ms and eager else None
+        """The headline ratio: eager inside ``export_safe`` (the same computation) / the runtime (above 1: faster)."""
+        from enn_nb.engine.timing import speedup
+
+        return speedup(self.eager_safe_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
+
+    def speedup_vs_trained(self, backend: str, batch: int) -> float | None:
+        """The second reference: eager as trained (fast paths on) / the runtime."""
+        from enn_nb.engine.timing import speedup
+
+        return speedup(self.eager_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
+
+    def host_line(self) -> str:
+        """``threads: 1 (batch 1, 8), 2 (batch 64) · CPU ... (2 cores) · load 1.4 -> 1.9``."""
+        by: dict[int, list[int]] = {}
+        for batch, count in sorted(self.threads.items()):
+            by.setdefault(count, []).append(batch)
+        threads = ", ".join(f"{n} (batch {', '.join(map(str, b))})" for n, b in by.items())
+        host = self.host
+        return (f"intra-op threads: {threads or '-'} · CPU: {host.get('cpu')} ({host.get('cpu_count')} cores) · "
+                f"load average: {host.get('load_1min')} before, {host.get('load_1min_after')} after")
 
 
 def batch_list(batch_sizes: int | str | Sequence[int]) -> list[int]:
@@ -177,19 +206,22 @@ def measure(
     spec: Any = None,
     seconds: float = 0.2,
     max_calls: int = 200,
+    threads: int | None = None,
 ) -> Measurements:
     """Time every exported artifact in its runtime next to eager PyTorch, and compare their outputs.
 
     Each runtime is loaded with its backend's ``load`` (the same runner the export's parity used) and
-    called on the same inputs as the eager model at every batch size its artifact accepts. The time
-    is the median over calls made for about ``seconds`` after two warm-up calls
-    (:func:`enn_nb.engine.latency.measure`, which the wizard uses too).
+    called on the same inputs as the eager model at every batch size its artifact accepts. Each time
+    is the median (with its IQR) over calls made for about ``seconds`` after two warm-up calls, longer
+    while the median moves, on a fixed thread count (:func:`enn_nb.engine.latency.measure`, which the
+    wizard uses too).
 
     Args:
         model: the eager model (its fast paths on, as trained).
         export: what ``enn_nb.export`` returned for it.
         batch_sizes: batch sizes to measure.
         spec: the model's ModelSpec (realistic inputs); read from the model when None.
+        threads: intra-op threads; default 1 up to batch 8, else up to 4.
     """
     from enn_nb.engine import latency
     from enn_nb.spec import ModelSpec
@@ -199,8 +231,9 @@ def measure(
         spec = ModelSpec.from_model(model)
     inputs = latency.spec_inputs(spec) if spec.input_signature() is not None else latency.vector_inputs(export)
     t = latency.measure(model, export, sizes, inputs, compare=True, budget_s=seconds,
-                        min_calls=3, max_calls=max_calls)  # fmt: skip
-    result = Measurements(sizes, eager_ms=t.eager_ms, eager_safe_ms=t.safe_ms, latency_ms=t.latency_ms)
+                        min_calls=5, max_calls=max_calls, threads=threads)  # fmt: skip
+    result = Measurements(sizes, eager_ms=t.eager_ms, eager_safe_ms=t.safe_ms, latency_ms=t.latency_ms,
+                          stats=t.stats, threads=t.threads, host=t.host, warnings=t.warnings)
     for r in export.results:
         # the export's own parity cases count too, at their batch sizes
         engine = {int(c["batch_size"]): float(c["max_abs_err"]) for c in r.parity.get("cases", [])}
@@ -216,7 +249,7 @@ def measure(
             note = f"static batch {fixed}: timed and compared at that batch size only"
             if fixed not in sizes:
                 ms, eager = t.latency_ms[r.backend][fixed], t.eager_ms[fixed]
-                note += f" ({ms:.3g} ms per call; eager {eager:.3g} ms at that batch size)"
+                note += f" ({ms:.3g} ms per call at batch {fixed}; eager as trained {eager:.3g} ms there)"
             result.notes[r.backend] = note
     return result
 
@@ -234,20 +267,27 @@ def verdict(export: ExportReport, measurements: Measurements | None, requested: 
         if status == "ok" and extra:
             status = "mismatch"
         reason = _reason(r, extra)
-        backends[r.backend] = {"status": status, "reason": reason, "max_abs_err": r.max_abs_err, "cached": r.cached}
+        check = r.verification if status == r.status else Verification(status, reason)
+        backends[r.backend] = {"status": status, "reason": reason, "max_abs_err": r.max_abs_err, "cached": r.cached,
+                               "verification": check.kind, "verification_reason": check.reason}
+        if check.kind == UNVERIFIED:
+            notes.append(f"{r.backend}: converted but not verified ({check.reason})")
         if status in FAILING or (status == "unavailable" and requested.explicit):
             failures.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
         elif status in ("deferred", "unavailable"):
             notes.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
         if r.sidecar and Path(r.sidecar).is_file():
             sidecars[r.backend] = str(Path(r.sidecar).resolve())
-    total = len(export.results)
-    good = sum(1 for info in backends.values() if info["status"] == "ok")
-    headline = f"{good} of {total} backend{'s' if total != 1 else ''} exported and match eager PyTorch within tolerance"
+    headline = _headline(export, backends)
     if failures:
         headline += f"; {len(failures)} failed the check"
     return Verdict(ok=not failures, headline=headline + ".", backends=backends, failures=failures, notes=notes,
                    sidecars=sidecars)
+
+
+def _headline(export: ExportReport, backends: dict[str, dict[str, Any]]) -> str:
+    """``7 verified, 1 converted but not verified (why), 1 deferred`` over the verdict's own statuses."""
+    return summary_line(dataclasses.replace(r, status=backends[r.backend]["status"]) for r in export.results)
 
 
 def _reason(r: Any, extra: list[str]) -> str:
@@ -260,6 +300,8 @@ def _reason(r: Any, extra: list[str]) -> str:
         return f"max abs error {err:.3g}{where} beyond atol={atol:g}, rtol={rtol:g}"
     if r.status == "failed":
         return f"stage `{r.stage}`: {r.error_type + ': ' if r.error_type else ''}{r.error or ''}".strip()
+    if r.status == "timeout":
+        return f"stage `{r.stage}`: {r.error or ''}".strip()
     if r.status == "crashed":
         how = f"signal {r.signal}" if r.signal else f"exit code {r.exit_code}"
         return f"the isolated converter died ({how}){': ' + r.error if r.error else ''}"
@@ -284,8 +326,8 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
     from enn_nb._format import human_size
 
     sizes = measurements.batch_sizes if measurements else []
-    columns = ["backend", "status", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
-    columns += [f"ms @ {b} (vs eager)" for b in sizes]
+    columns = ["backend", "status", "verified", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
+    columns += [f"latency, batch {b}" for b in sizes]
     rows = []
     for r in export.results:
         tol = r.parity.get("tolerance") or {}
@@ -294,47 +336,64 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
         status = r.status + (" (cached)" if r.cached else "")
         if measurements and r.status == "ok" and measurements.mismatches.get(r.backend):
             status = "mismatch (report's check)"
+        check = r.verification.describe() if not status.startswith("mismatch") else "mismatch"
         row: list[Any] = [
             r.backend,
             status,
+            check,
             Link(Path(r.artifact).name, link(r.artifact)) if r.artifact else "-",
             human_size(r.size_bytes) if r.files else "-",
             f"{max(errs):.2e}" if errs else "-",
             f"{tol['atol']:g}, {tol['rtol']:g}" if tol else "-",
         ]
         for b in sizes:
-            ms = measurements.latency_ms.get(r.backend, {}).get(b) if measurements else None
-            ratio = measurements.speedup(r.backend, b) if measurements else None
-            row.append(_latency_cell(ms, ratio))
+            stat = measurements.stats.get(r.backend, {}).get(b) if measurements else None
+            row.append(stat.cell(measurements.speedup(r.backend, b)) if stat and measurements else "-")
         rows.append(row)
     if measurements:
-        rows.append(["eager PyTorch", "reference (as trained)", "-", "-", "-", "-",
-                     *[f"{measurements.eager_ms[b]:.3g}" for b in sizes]])
-        if measurements.eager_safe_ms:
-            rows.append(["eager PyTorch, export-safe", "what the artifacts compute", "-", "-", "-", "-",
-                         *[_latency_cell(measurements.eager_safe_ms.get(b), _ratio(measurements.eager_ms.get(b),
-                                                                                  measurements.eager_safe_ms.get(b)))
-                           for b in sizes]])
+        from enn_nb.engine.latency import EAGER, SAFE
+
+        def cells(label: str, ratio: Any) -> list[str]:
+            out = []
+            for b in sizes:
+                stat = measurements.stats.get(label, {}).get(b)
+                out.append(stat.cell(ratio(b)) if stat else "-")
+            return out
+
+        rows.append(["eager PyTorch, export-safe", "headline reference (what the artifacts compute)", "-", "-", "-",
+                     "-", "-", *cells(SAFE, lambda b: None)])
+        rows.append(["eager PyTorch, as trained", "second reference (fast paths on)", "-", "-", "-", "-", "-",
+                     *cells(EAGER, lambda b: _ratio(measurements.eager_safe_ms.get(b), measurements.eager_ms.get(b)))])
     return Table(columns, rows)
 
 
-def _ratio(eager: float | None, ms: float | None) -> float | None:
-    return eager / ms if eager and ms else None
+def _ratio(reference: float | None, ms: float | None) -> float | None:
+    from enn_nb.engine.timing import speedup
+
+    return speedup(reference, ms)
 
 
-def _latency_cell(ms: float | None, ratio: float | None) -> str:
-    if not ms:
-        return "-"
-    if not ratio:
-        return f"{ms:.3g}"
-    factor = ratio if ratio >= 1 else 1 / ratio
-    text = f"{factor:.0f}x" if factor >= 100 else f"{factor:.2g}x"
-    return f"{ms:.3g} ({text} {'faster' if ratio >= 1 else 'slower'})"
+def _parity_legend() -> str:
+    from enn_nb.engine.parity import DYNAMIC_BATCHES_WHY
+
+    return (f"Parity cases: the export's own ({DYNAMIC_BATCHES_WHY}), plus this report's batch sizes, each "
+            "compared with eager PyTorch as trained.")
+
+
+PARITY_LEGEND = _parity_legend()
+
+LATENCY_LEGEND = (
+    "Latency cells: median ms per call ± interquartile range (IQR), the batch size and the intra-op thread "
+    "count, and the speed-up = export-safe eager ms / runtime ms (above 1x the runtime is faster). The headline "
+    "reference is eager PyTorch inside export_safe, the computation the artifacts hold; eager as trained (fast "
+    "paths on) is the second reference row. [noisy] marks an IQR wider than 25% of the median."
+)
 
 
 def notes_table(measurements: Measurements, export: ExportReport) -> Table | None:
-    """What could not be measured, and errors/notes of backends that did not finish, or None."""
+    """What could not be measured, timings too noisy to trust, and notes of the backends, or None."""
     rows = [[name, text] for name, text in measurements.notes.items()]
+    rows += [["latency", text] for text in measurements.warnings]
     rows += [[r.backend, n] for r in export.results for n in r.notes]
     return Table(["backend", "note"], rows) if rows else None
 
@@ -362,10 +421,11 @@ def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     images = [Image(parity_figure(measurements.errors, tolerances=atol))]
     for b in measurements.batch_sizes:
         per = {name: ms[b] for name, ms in measurements.latency_ms.items() if b in ms}
-        if b in measurements.eager_safe_ms:
-            per = {"eager, export-safe": measurements.eager_safe_ms[b], **per}
-        images.append(Image(latency_figure(per, eager_ms=measurements.eager_ms.get(b), batch_size=b,
-                                           title=f"Latency per runtime vs eager, batch {b}")))
+        threads = measurements.threads.get(b)
+        images.append(Image(latency_figure(per, eager_ms=measurements.eager_ms.get(b),
+                                           safe_ms=measurements.eager_safe_ms.get(b), batch_size=b,
+                                           title=f"Latency per runtime, batch {b}"
+                                           + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""))))
     images.append(Image(size_figure({r.backend: r.size_bytes for r in export.results if r.files})))
     return images
 
@@ -401,6 +461,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _without_log_text(data: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar as shown in a report: the captured converter log is counted and linked, never shown."""
+    log = data.get("log")
+    if isinstance(log, dict) and log.get("warning_messages"):
+        data["log"] = {k: v for k, v in log.items() if k != "warning_messages"}
+    return data
+
+
 class Sidecars:
     """Each sidecar as a link to its file and its JSON content collapsed in ``<details>``."""
 
@@ -410,7 +478,7 @@ class Sidecars:
             if r.sidecar and Path(r.sidecar).is_file():
                 text = Path(r.sidecar).read_text(encoding="utf-8")
                 try:
-                    text = json.dumps(json.loads(text), indent=2)
+                    text = json.dumps(_without_log_text(json.loads(text)), indent=2)
                 except ValueError:
                     pass
                 self.items.append((r.backend, Path(r.sidecar), text))

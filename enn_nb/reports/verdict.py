@@ -7,11 +7,13 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
+from enn_nb.engine.vocabulary import FAILED_STATUSES
+
 #: The mime type under which a verdict travels inside the executed notebook's outputs.
 VERDICT_MIME = "application/vnd.enn-nb.verdict+json"
 
 #: Backend statuses that fail the gate. ``unavailable`` fails only for a backend the caller named.
-FAILING = frozenset({"failed", "crashed", "mismatch"})
+FAILING = frozenset(s for s in FAILED_STATUSES if s != "unavailable")
 
 _COLORS = {"pass": ("#0a5d1f", "#e6f4ea"), "fail": ("#8a1111", "#fdecea"), "running": ("#444", "#f2f2f2")}
 
@@ -61,8 +63,8 @@ class Verdict:
         notes = "".join(f"<li style='color:#555'>{html.escape(line)}</li>" for line in self.notes)
         chips = " ".join(
             f"<span style='display:inline-block;margin:2px 4px 2px 0;padding:1px 8px;border-radius:9px;"
-            f"background:{_chip(info.get('status', ''))};color:white;font-size:85%'>"
-            f"{html.escape(name)}: {html.escape(str(info.get('status', '')))}</span>"
+            f"background:{_chip(info)};color:white;font-size:85%'>"
+            f"{html.escape(name)}: {html.escape(badge(info))}</span>"
             for name, info in self.backends.items()
         )
         return (
@@ -79,9 +81,21 @@ class Verdict:
         return {"text/plain": repr(self), "text/html": self._repr_html_(), VERDICT_MIME: self.to_dict()}
 
 
-def _chip(status: str) -> str:
+def badge(info: Mapping[str, Any]) -> str:
+    """A backend's badge text: its status, and for an ``ok`` whether it was verified (``ok, not verified``)."""
+    status = str(info.get("status", ""))
+    kind = info.get("verification")
+    if status == "ok" and kind:
+        return "ok, verified" if kind == "verified" else "ok, not verified"
+    return status
+
+
+def _chip(info: Mapping[str, Any]) -> str:
+    status = str(info.get("status", ""))
+    if status == "ok" and info.get("verification") == "unverified":
+        return "#b06000"
     return {"ok": "#188038", "mismatch": "#c5221f", "failed": "#c5221f", "crashed": "#8a1111",
-            "deferred": "#b06000", "unavailable": "#777"}.get(status, "#555")
+            "deferred": "#b06000", "unavailable": "#777", "timeout": "#8a1111"}.get(status, "#555")
 
 
 class Pending:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from enn_nb.engine.backends._torch_common import program_io, torch_runner
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.options import Option, defaults
 
 
 class AotiBackend(Backend):
@@ -27,7 +28,10 @@ class AotiBackend(Backend):
     consumes: ClassVar[str] = "exported_program"
     cost: ClassVar[float] = 10.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    default_options: ClassVar[dict[str, Any]] = {"inductor_configs": {}}
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("inductor_configs", dict, {}, "extra torch._inductor configs for aoti_compile_and_package"),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def platform_reason(self) -> str | None:
         import shutil

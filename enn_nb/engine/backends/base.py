@@ -155,8 +155,16 @@ class Backend:
     directory_artifact: ClassVar[bool] = False
     #: documented default tolerances (atol, rtol) against the eager fp32 model
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    #: documented default options, overridable per export
+    #: the options it takes, declared once (name, type, range, help): ``enn_nb.engine.options.Option``;
+    #: ``export`` checks every option given against them before any work. None: not declared (a plugin
+    #: from before declarations; only the names in ``default_options`` are then checked)
+    options: ClassVar[tuple[Any, ...] | None] = None
+    #: the declared options' defaults (``enn_nb.engine.options.defaults(options)``), overridable per export
     default_options: ClassVar[dict[str, Any]] = {}
+    #: seconds an isolated conversion + verification may take before it is killed (option ``timeout_s``)
+    default_timeout_s: ClassVar[float] = 1800.0
+    #: the ``load`` option that sets the runtime's intra-op thread count (latency pins it), if it has one
+    thread_option: ClassVar[str | None] = None
     #: relative conversion cost (1 = a quick lowering); balances backends over parallel child processes
     cost: ClassVar[float] = 1.0
 

@@ -21,6 +21,7 @@ from enn_nb.engine.backends._edge_common import (
     program_io,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.options import Option, defaults
 
 PRECISIONS = ("float32", "float16")
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
@@ -62,14 +63,15 @@ class CoremlBackend(Backend):
     directory_artifact: ClassVar[bool] = True
     # fp32 on CPU/GPU; the GPU's fp32 reductions reorder sums. float16 needs a wider override.
     default_tolerance: ClassVar[tuple[float, float]] = (1e-3, 1e-3)
-    default_options: ClassVar[dict[str, Any]] = {
-        "minimum_deployment_target": "iOS16",
-        "compute_precision": "float32",
-        "compute_units": "ALL",
-        "version": None,
-        "author": None,
-        "license": None,
-    }
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("minimum_deployment_target", str, "iOS16", "coremltools target name (iOS16, macOS13...)"),
+        Option("compute_precision", str, "float32", "ML Program precision", choices=PRECISIONS),
+        Option("compute_units", str, "ALL", "where CoreML may run the model", choices=COMPUTE_UNITS),
+        Option("version", str, None, "the model's version string in its metadata"),
+        Option("author", str, None, "the author in the model's metadata"),
+        Option("license", str, None, "the license in the model's metadata"),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def runtime_platform_reason(self) -> str | None:
         return None if sys.platform == "darwin" else _MACOS_ONLY

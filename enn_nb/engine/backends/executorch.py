@@ -24,6 +24,7 @@ from enn_nb.engine.backends._edge_common import (
     to_numpy_outputs,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner
+from enn_nb.engine.options import Option, defaults
 
 DELEGATES = ("xnnpack", "portable")
 
@@ -55,7 +56,12 @@ class ExecutorchBackend(Backend):
     consumes: ClassVar[str] = "exported_program"
     # XNNPACK uses its own fused fp32 GEMM and softmax kernels; observed errors ~1e-6 on the reference.
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    default_options: ClassVar[dict[str, Any]] = {"delegate": "xnnpack", "max_batch": None}
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("delegate", str, "xnnpack", "xnnpack: delegate to XNNPACK kernels; portable: ExecuTorch's own kernels",
+               choices=DELEGATES),
+        Option("max_batch", int, None, "largest batch a dynamic artifact accepts (None: batch_range's max)", min=1),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}

@@ -21,6 +21,7 @@ from enn_nb.engine.backends._edge_common import (
     first_line,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.options import Option, defaults
 
 #: Protobuf/flatbuffer builders cannot pack a model object over 2 GiB; above this the metadata is skipped.
 _MAX_EMBED_BYTES = 1_900_000_000
@@ -60,7 +61,13 @@ class LitertBackend(Backend):
     consumes: ClassVar[str] = "exported_program"
     # float32 instead of float64 scaler arithmetic plus XNNPACK's fused kernels: ~4e-6 on the reference.
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    default_options: ClassVar[dict[str, Any]] = {"dynamic_batch": False, "embed_metadata": True}
+    thread_option: ClassVar[str | None] = "num_threads"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("dynamic_batch", bool, False, "try a dynamic batch (litert-torch usually cannot lower one)"),
+        Option("embed_metadata", bool, True, "write the essentials into the .tflite metadata"),
+        Option("num_threads", int, None, "LiteRT interpreter threads when the artifact runs (parity, latency)", min=1),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from enn_nb.engine.backends._onnx_common import describe, ort_runner
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.options import Option, defaults
 
 
 class OnnxBackend(Backend):
@@ -28,7 +29,16 @@ class OnnxBackend(Backend):
     consumes: ClassVar[str] = "onnx"
     cost: ClassVar[float] = 3.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    default_options: ClassVar[dict[str, Any]] = {"opset": None, "optimize": True, "check": True}
+    thread_option: ClassVar[str | None] = "intra_op_num_threads"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("opset", int, None, "ONNX opset of the shared ONNX (torch.onnx's dynamo exporter: 18 to 23; None: its "
+               "default)", min=18, max=23),
+        Option("optimize", bool, True, "let torch.onnx optimise the graph (constant folding, fusions)"),
+        Option("check", bool, True, "run onnx.checker.check_model(full_check=True) on the artifact"),
+        Option("intra_op_num_threads", int, None, "onnxruntime's intra-op threads when the artifact runs (parity, latency)", min=1),
+        Option("providers", list, None, "onnxruntime execution providers, e.g. ['CPUExecutionProvider']"),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         from enn_nb._optional import require

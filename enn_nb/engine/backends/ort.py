@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 from enn_nb.engine.backends._onnx_common import ort_metadata, ort_runner, ort_session, session_describe
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.options import Option, defaults
 
 #: optimisation levels of ``convert_onnx_models_to_ort`` (its ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL)
 LEVELS = ("disable", "basic", "extended", "layout", "all")
@@ -36,11 +37,16 @@ class OrtBackend(Backend):
     consumes: ClassVar[str] = "onnx"
     cost: ClassVar[float] = 1.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    default_options: ClassVar[dict[str, Any]] = {
-        "optimization_level": "extended",
-        "optimization_style": "Fixed",
-        "target_platform": None,
-    }
+    thread_option: ClassVar[str | None] = "intra_op_num_threads"
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("optimization_level", str, "extended", "graph optimisations baked into the .ort file", choices=LEVELS),
+        Option("optimization_style", str, "Fixed", "Fixed: optimised for this build; Runtime: optimised when loaded",
+               choices=STYLES),
+        Option("target_platform", str, None, "tune for a target CPU family", choices=(None, "arm", "amd64")),
+        Option("intra_op_num_threads", int, None, "onnxruntime's intra-op threads when the artifact runs (parity, latency)", min=1),
+        Option("providers", list, None, "onnxruntime execution providers, e.g. ['CPUExecutionProvider']"),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         level = str(options.get("optimization_level", "extended"))

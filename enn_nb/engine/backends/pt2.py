@@ -27,6 +27,7 @@ class Pt2Backend(Backend):
     consumes: ClassVar[str] = "exported_program"
     cost: ClassVar[float] = 0.5
     default_tolerance: ClassVar[tuple[float, float]] = (1e-5, 1e-5)
+    options: ClassVar[tuple[Any, ...] | None] = ()  # none but the common `timeout_s`
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch

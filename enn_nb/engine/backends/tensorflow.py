@@ -25,6 +25,7 @@ from enn_nb.engine.backends._edge_common import (
     first_line,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.options import Option, defaults
 
 SIGNATURE = "serving_default"
 ESSENTIALS_ASSET = f"{ESSENTIALS_KEY}.json"
@@ -60,7 +61,12 @@ class TensorflowBackend(Backend):
     directory_artifact: ClassVar[bool] = True
     # float32 instead of float64 scaler arithmetic, TF's own kernels: ~1e-5 on the reference.
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
-    default_options: ClassVar[dict[str, Any]] = {"timeout_s": 900, "keep_tflite": False}
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("timeout_s", float, 1800.0, "seconds onnx2tf, and the whole isolated conversion and verification, "
+               "may take; past it the backend gets status `timeout`", min=1.0),
+        Option("keep_tflite", bool, False, "keep the fp32/fp16 .tflite files onnx2tf writes beside the SavedModel"),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         """onnx2tf on the shared ONNX; when that fails (or its artifact cannot run) on a dynamic ONNX,

@@ -36,6 +36,7 @@ from enn_nb._safeio import confined, escape, plain_name
 from enn_nb.errors import BackendError, ExportError
 from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.options import Option, defaults
 
 SIDECAR_SUFFIX = ".enn.json"
 
@@ -73,16 +74,17 @@ class TensorrtBackend(Backend):
     consumes: ClassVar[str] = "onnx"
     # GPU kernels (cuBLAS GEMMs, fused softmax/layernorm) reorder fp32 sums; TF32 is off by default.
     default_tolerance: ClassVar[tuple[float, float]] = (1e-3, 1e-3)
-    default_options: ClassVar[dict[str, Any]] = {
-        "min_batch": None,
-        "opt_batch": None,
-        "max_batch": None,
-        "fp16": False,
-        "tf32": False,
-        "workspace_mb": 2048,
-        "builder_optimization_level": None,
-        "lint": True,
-    }
+    options: ClassVar[tuple[Option, ...]] = (
+        Option("min_batch", int, None, "the optimisation profile's smallest batch (None: batch_range's min)", min=1),
+        Option("opt_batch", int, None, "the batch TensorRT tunes for (None: batch_range's opt)", min=1),
+        Option("max_batch", int, None, "the optimisation profile's largest batch (None: batch_range's max)", min=1),
+        Option("fp16", bool, False, "allow fp16 kernels (TensorRT 10 and older; 11.x builds strongly typed networks)"),
+        Option("tf32", bool, False, "allow TF32 matrix multiplies on Ampere and newer GPUs"),
+        Option("workspace_mb", int, 2048, "the builder's workspace memory limit in MiB", min=1),
+        Option("builder_optimization_level", int, None, "TensorRT builder optimisation level", min=0, max=5),
+        Option("lint", bool, True, "lint the TensorRT-ready ONNX with polygraphy before planning the build"),
+    )
+    default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     # -- availability ----------------------------------------------------------------------------
     # ``unavailable_reason`` is the base one: only a missing onnx/polygraphy makes conversion
