@@ -14,6 +14,8 @@ from enn_nb.errors import SpecError
 if TYPE_CHECKING:
     import torch
 
+    from enn_nb.signature import TensorSig
+
 SPEC_FIELDS = (
     "builder",
     "config",
@@ -24,7 +26,12 @@ SPEC_FIELDS = (
     "embedding",
     "feature_dtype",
     "metadata",
+    "inputs",
+    "outputs",
+    "output_structure",
 )
+#: Signature fields: written only when set, so specs without one keep their JSON (and content hash).
+SIGNATURE_FIELDS = ("inputs", "outputs", "output_structure")
 
 _builders: Registry[Callable[["ModelSpec"], "torch.nn.Module"]] = Registry(
     kind="builder",
@@ -100,6 +107,10 @@ class ModelSpec:
         embedding: the embedding spec (categorical columns, cardinalities, dims).
         feature_dtype: dtype of the raw input features, e.g. ``"float32"``.
         metadata: free-form user metadata (JSON).
+        inputs: the forward's inputs as :class:`~enn_nb.signature.TensorSig` rows (name, dtype, shape with
+            symbolic dims such as ``batch``/``time``); ``None`` means the ``[B, in_dim]`` shorthand.
+        outputs: the flattened outputs, named after dict keys (``output_0``... for tuples).
+        output_structure: ``"tensor"``, ``"tuple"`` or ``"dict"``: what the forward returns.
     """
 
     builder: str | None = None
@@ -111,8 +122,21 @@ class ModelSpec:
     embedding: dict[str, Any] | None = None
     feature_dtype: str | None = "float32"
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inputs: list[TensorSig] | None = None
+    outputs: list[TensorSig] | None = None
+    output_structure: str | None = None
 
     def __post_init__(self) -> None:
+        from enn_nb.signature import OUTPUT_STRUCTURES, parse_many
+
+        if self.inputs is not None:
+            self.inputs = parse_many(self.inputs)
+        if self.outputs is not None:
+            self.outputs = parse_many(self.outputs, names=("prediction",))
+        if self.output_structure is not None and self.output_structure not in OUTPUT_STRUCTURES:
+            raise SpecError(
+                f"`ModelSpec.output_structure` is {self.output_structure!r}; one of {', '.join(OUTPUT_STRUCTURES)}."
+            )
         if self.in_dim is not None:
             if isinstance(self.in_dim, bool) or not isinstance(self.in_dim, int) or self.in_dim <= 0:
                 raise SpecError(f"`ModelSpec.in_dim` must be a positive int, got {self.in_dim!r}.")
@@ -129,7 +153,16 @@ class ModelSpec:
     # -- JSON -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON types (validated: raises SpecError on non-JSON values)."""
-        return {name: jsonable(getattr(self, name), where=f"ModelSpec.{name}") for name in SPEC_FIELDS}
+        out = {}
+        for name in SPEC_FIELDS:
+            value = getattr(self, name)
+            if name in SIGNATURE_FIELDS:
+                if value is None:
+                    continue
+                if name != "output_structure":
+                    value = [sig.to_dict() for sig in value]
+            out[name] = jsonable(value, where=f"ModelSpec.{name}")
+        return out
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -158,8 +191,14 @@ class ModelSpec:
 
     # -- from a model ---------------------------------------------------------------------------
     @classmethod
-    def from_model(cls, model: Any, **overrides: Any) -> ModelSpec:
+    def from_model(cls, model: Any, example_inputs: Any = None, **overrides: Any) -> ModelSpec:
         """Read a spec from a model that follows the ENN contract; absent parts stay ``None``.
+
+        The I/O signature is the model's declared ``input_signature`` / ``output_signature`` (lists of
+        TensorSig, dicts or ``"name:dtype[dims]"`` texts), else it is inferred from ``example_inputs``
+        (a tensor or a tuple): the forward's parameter names become the input names, dim 0 is
+        ``batch``, integer inputs record their category count, and one eager call gives the outputs
+        (dict keys become their names).
 
         The contract (all optional) — the reference model implements every part:
 
@@ -189,7 +228,33 @@ class ModelSpec:
         )
         if adapted:
             spec = spec.replace(**adapted)
+        spec = _with_signature(spec, model, example_inputs)
         return spec.replace(**overrides) if overrides else spec
+
+    @property
+    def has_signature(self) -> bool:
+        """Whether the spec declares its inputs (else it is the ``[B, in_dim]`` shorthand, if any)."""
+        return self.inputs is not None
+
+    def input_signature(self) -> list[TensorSig] | None:
+        """The inputs: declared ones, else ``features: feature_dtype[batch, in_dim]`` from the shorthand."""
+        from enn_nb.signature import BATCH, TensorSig
+
+        if self.inputs is not None:
+            return list(self.inputs)
+        if self.in_dim is not None:
+            return [TensorSig("features", self.feature_dtype or "float32", (BATCH, self.in_dim))]
+        return None
+
+    def output_signature(self) -> list[TensorSig] | None:
+        """The outputs: declared ones, else ``prediction: float32[batch, *out_shape]`` from the shorthand."""
+        from enn_nb.signature import BATCH, TensorSig
+
+        if self.outputs is not None:
+            return list(self.outputs)
+        if self.out_shape is not None:
+            return [TensorSig("prediction", "float32", (BATCH, *self.out_shape))]
+        return None
 
     # -- rebuilding and checking -----------------------------------------------------------------
     def check_input(self, x: Any, *, name: str = "features") -> None:
@@ -199,6 +264,18 @@ class ModelSpec:
             InputMismatchError: wrong rank, feature count or dtype (names expected and received).
         """
         check_features(x, in_dim=self.in_dim, feature_dtype=self.feature_dtype, name=name)
+
+    def check_inputs(self, tensors: Any, *, where: str = "example_inputs") -> dict[str, int]:
+        """Check inputs against the signature (or the ``[B, in_dim]`` shorthand); returns the symbolic sizes.
+
+        Raises:
+            InputMismatchError: names the input, the expected and the received signature.
+        """
+        from enn_nb.signature import check_inputs
+
+        sigs = self.input_signature()
+        items = tensors if isinstance(tensors, (tuple, list)) else (tensors,)
+        return check_inputs(sigs, items, where=where) if sigs is not None else {}
 
 
 def check_features(x: Any, *, in_dim: int | None, feature_dtype: str | None, name: str = "features") -> None:
@@ -238,7 +315,8 @@ def build(spec: ModelSpec, *, shapes: Mapping[str, tuple[int, ...]] | None = Non
     if not spec.builder:
         raise SpecError(
             "This `ModelSpec` names no builder, so the model cannot be rebuilt from it. "
-            "Pass `model=` (an instance to load into) or set `builder` to a registered name."
+            "Pass `model=` (an instance to load into; `--model pkg.module:factory` on the CLI) or set `builder` "
+            "to a registered name."
         )
     builder = _builders.get(spec.builder)
     if shapes is not None and _takes_shapes(builder):
@@ -253,6 +331,40 @@ def _takes_shapes(fn: Callable[..., Any]) -> bool:
         return "shapes" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSpec:
+    """``spec`` with the model's declared signature, else one inferred from ``example_inputs``."""
+    from enn_nb import signature as sig
+
+    declared_in = getattr(model, "input_signature", None)
+    declared_out = getattr(model, "output_signature", None)
+    changes: dict[str, Any] = {}
+    if declared_in is not None and not callable(declared_in):
+        changes["inputs"] = sig.parse_many(declared_in)
+    if declared_out is not None and not callable(declared_out):
+        changes["outputs"] = sig.parse_many(declared_out, names=("prediction",))
+        changes["output_structure"] = getattr(model, "output_structure", None) or (
+            "tensor" if len(changes["outputs"]) == 1 else "tuple")
+    if example_inputs is not None:
+        import torch
+
+        tensors = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        forward = sig.forward_of(model)
+        if "inputs" not in changes:
+            changes["inputs"] = sig.infer_inputs(forward, tensors)
+        if "outputs" not in changes:
+            was = [m for m in model.modules() if m.training] if hasattr(model, "modules") else []
+            for m in was:
+                m.training = False
+            try:
+                with torch.no_grad():
+                    out = forward(*tensors)
+            finally:
+                for m in was:
+                    m.training = True
+            changes["outputs"], changes["output_structure"] = sig.infer_outputs(out)
+    return spec.replace(**changes) if changes else spec
 
 
 def _call(model: Any, name: str) -> Any:

@@ -105,7 +105,7 @@ def test_bad_arguments_are_named(tmp_path, kwargs, match):
 
 
 def test_not_a_model_and_missing_checkpoint(tmp_path):
-    with pytest.raises(TypeError, match="torch.nn.Module or the path of a checkpoint"):
+    with pytest.raises(TypeError, match="torch.nn.Module, the path of a checkpoint"):
         enn_nb.export({"w": 1}, "pt2", out_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         enn_nb.export(tmp_path / "nope.safetensors", "pt2", out_dir=tmp_path)

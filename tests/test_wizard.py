@@ -251,8 +251,8 @@ def test_a_model_without_in_dim_needs_example_inputs():
     w = wizard({"plain": plain})
     w.view.next_button.click()
     assert w.step == "model"
-    assert "`plain` (Linear) declares no `in_dim`" in _message(w, "model")
-    assert "example_inputs=torch.randn(2, N)" in _message(w, "model")
+    assert "`plain` (Linear) declares no input signature and no `in_dim`" in _message(w, "model")
+    assert "Type its inputs below" in _message(w, "model") and "example_inputs=(...)" in _message(w, "model")
     w = wizard({"plain": plain}, example_inputs=torch.randn(2, 2))
     w.view.next_button.click()
     assert w.step == "targets"
@@ -267,10 +267,14 @@ def test_a_failing_export_is_shown_on_the_run_step_not_raised(tmp_path):
     w.view.run_button.click()
     assert w.wait(120)
     assert w.step == "run" and not w.state.running and w.state.report is None
-    assert w.state.run_error == "RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x5 and 2x2)"
+    # the model's own error, with the signature it was given and the one it received
+    assert w.state.run_error.startswith(
+        "InputMismatchError: `Linear` rejected its example inputs: mat1 and mat2 shapes cannot be multiplied (2x5 and 2x2)"
+    )
+    assert "Expected signature (features: float32[batch, 5]), received (features: float32[2, 5])" in w.state.run_error
     assert "mat1 and mat2 shapes cannot be multiplied" in w.view.run_error.value
     assert "Traceback" not in w.view.run_error.value  # the traceback of an unexpected error is in the log
-    assert "export failed: RuntimeError" in "\n".join(w.state.log)
+    assert "export failed: InputMismatchError" in "\n".join(w.state.log)
     assert not w.view.run_button.disabled and w.view.cancel_button.disabled  # can fix and retry
 
 

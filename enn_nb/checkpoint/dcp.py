@@ -212,18 +212,24 @@ class ReplacedWhileReading(CorruptCheckpointError):
     """A concurrent save swapped the DCP directory between two reads; reading again sees the new one."""
 
 
+#: A writer saving in a tight loop can swap the directory under several reads in a row; backing off a
+#: little longer each time lets the reader land between two saves (about 1 s in all at most).
+REPLACED_RETRIES = 20
+
+
 def retry_when_replaced(fn: Any) -> Any:
-    """Run ``fn`` again (up to 3 times) when a DCP directory was replaced under it: readers see old or new."""
+    """Run ``fn`` again when a DCP directory was replaced under it: readers see the old or the new one."""
     import functools
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for attempt in range(3):
+        for attempt in range(REPLACED_RETRIES):
             try:
                 return fn(*args, **kwargs)
             except ReplacedWhileReading:
-                if attempt == 2:
+                if attempt == REPLACED_RETRIES - 1:
                     raise
+                time.sleep(0.005 * attempt)
         raise AssertionError("unreachable")
 
     return wrapper

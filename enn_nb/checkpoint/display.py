@@ -17,6 +17,12 @@ if TYPE_CHECKING:
 MAX_ROWS = 50  # tensor rows shown; the rest are summarised
 
 
+def _sig_text(sigs: list[Any] | None) -> str:
+    from enn_nb.signature import describe
+
+    return describe(sigs) if sigs else "None"
+
+
 def _summary(m: Manifest) -> list[tuple[str, str]]:
     spec = m.spec
     rows = [
@@ -27,6 +33,7 @@ def _summary(m: Manifest) -> list[tuple[str, str]]:
         ("builder", str(spec.builder)),
         ("in_dim", str(spec.in_dim)),
         ("out_shape", str(list(spec.out_shape)) if spec.out_shape is not None else "None"),
+        *([("inputs", _sig_text(spec.inputs)), ("outputs", _sig_text(spec.outputs))] if spec.inputs is not None else []),
         ("tasks", ", ".join(str(t.get("name", "?")) for t in spec.tasks or []) or "None"),
         ("tensors", f"{len(m.tensors)} ({m.parameter_count:,} values, {human_size(m.tensor_bytes)})"),
         ("content_hash", m.content_hash),

@@ -145,7 +145,7 @@ class Manifest:
             "format": self.format,
             "created": self.created,
             "versions": dict(self.versions),
-            "spec": {key: spec[key] for key in _SPEC_KEYS},
+            "spec": {key: spec[key] for key in _SPEC_KEYS if key in spec},
             "metadata": spec["metadata"],
             "tensors": [t.to_dict() for t in self.tensors],
             "files": [f.to_dict() for f in self.files],

@@ -59,12 +59,18 @@ def record(model: Any, spec: ModelSpec) -> dict[str, Any] | None:
     """
     import torch
 
-    if not isinstance(model, torch.nn.Module) or spec.in_dim is None or _is_sharded(model):
+    if not isinstance(model, torch.nn.Module) or (spec.in_dim is None and not spec.has_signature) \
+            or _is_sharded(model):
         return None
     try:
-        from enn_nb.engine.parity import default_example_inputs
+        if spec.has_signature:  # sequences, several inputs, integer ids: drawn from the declared signature
+            from enn_nb.signature import draw
 
-        inputs = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=BATCH, seed=0)
+            inputs = draw(spec.inputs, batch=BATCH, seed=0)
+        else:
+            from enn_nb.engine.parity import default_example_inputs
+
+            inputs = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=BATCH, seed=0)
         name, call = _call(model)
         with _eval(model), torch.no_grad(), _quiet():
             outputs = _as_tensors(call(*inputs))
@@ -140,8 +146,11 @@ def _as_tensors(value: Any) -> list[torch.Tensor] | None:
 
     if isinstance(value, torch.Tensor):
         return [value]
-    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
-        return list(value)
+    from torch.utils._pytree import tree_leaves
+
+    leaves = tree_leaves(value)  # tuples, lists, dicts (in key order): the same leaves every call
+    if leaves and all(isinstance(v, torch.Tensor) for v in leaves):
+        return list(leaves)
     return None
 
 

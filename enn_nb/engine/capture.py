@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from enn_nb.fastpaths import FastPath
+    from enn_nb.signature import TensorSig
 
 #: Above this many bytes of weights the shared ONNX keeps them in an external ``.data`` file
 #: (protobuf cannot hold a single message over 2 GiB).
@@ -29,32 +30,43 @@ def capture_program(
     *,
     dynamic_batch: bool,
     fast_paths: Sequence[FastPath] = (),
+    signature: Sequence[TensorSig] | None = None,
 ) -> tuple[Any, bool, list[str]]:
-    """``torch.export.export`` the module, batch dimension dynamic when asked.
+    """``torch.export.export`` the module, its symbolic dims (``batch``, ``time``...) dynamic when asked.
+
+    ``dynamic_shapes`` follow the forward's real signature (positional parameters, ``*args``), built
+    from ``signature`` (inferred from the inputs when None: only dim 0, ``batch``, is symbolic).
 
     Returns:
-        ``(exported_program, batch_is_dynamic, notes)``. When the model specialises its batch
-        dimension the capture is retried static and a note says why.
+        ``(exported_program, batch_is_dynamic, notes)``. When the model specialises a dimension the
+        capture is retried with fewer dynamic dims (batch only, then static) and a note says why.
 
     Raises:
         FastPathExportError: the capture failed on a fast path left on (named in the message).
     """
     import torch
 
+    from enn_nb.signature import dynamic_shapes, infer_inputs, symbolic_names
+
     notes: list[str] = []
+    sigs = list(signature) if signature is not None else infer_inputs(module.forward, example_inputs)
+    attempts: list[list[str]] = []
+    if dynamic_batch:
+        every = symbolic_names(sigs)
+        attempts.append(every)
+        if every != [BATCH_DIM] and BATCH_DIM in every:
+            attempts.append([BATCH_DIM])
     try:
-        if dynamic_batch:
-            batch = torch.export.Dim(BATCH_DIM, min=1)
-            shapes = tuple({0: batch} if t.dim() >= 1 else None for t in example_inputs)
+        for symbols in attempts:
+            shapes = dynamic_shapes(module.forward, sigs, example_inputs, dynamic=symbols)
             try:
-                return torch.export.export(module, example_inputs, dynamic_shapes=shapes), True, notes
+                return torch.export.export(module, example_inputs, dynamic_shapes=shapes), BATCH_DIM in symbols, notes
             except Exception as exc:
                 if not _is_specialisation(exc):
                     raise
-                notes.append(
-                    "the model specialises its batch dimension, so the artifact has a static batch of "
-                    f"{example_inputs[0].shape[0]}: {_first_line(exc)}"
-                )
+                what = ", ".join(f"`{s}`" for s in symbols)
+                notes.append(f"the model specialises dimension(s) {what}, so they are static in the artifact "
+                             f"(at the capture sizes): {_first_line(exc)}")
         return torch.export.export(module, example_inputs), False, notes
     except Exception as exc:
         mapped = fast_path_error(exc, fast_paths, stage="capture")
@@ -119,6 +131,7 @@ def onnx_from_program(
     essentials: dict[str, str],
     opset: int | None = None,
     optimize: bool = True,
+    signature: Sequence[TensorSig] | None = None,
 ) -> Path:
     """Export ``ep`` to ONNX at ``path``: single file unless the weights need external data.
 
@@ -149,6 +162,7 @@ def onnx_from_program(
         )
         model = onnx.load(str(tmp), load_external_data=False)
         _name_batch_dim(model)
+        _name_symbolic_dims(model, signature)
         del model.metadata_props[:]
         onnx.helper.set_model_props(model, dict(essentials))
         if external:
@@ -181,6 +195,28 @@ def _name_batch_dim(model: Any) -> None:
                 dim.dim_param = pattern.sub(BATCH_DIM, dim.dim_param)
 
 
+def _name_symbolic_dims(model: Any, signature: Sequence[TensorSig] | None) -> None:
+    """Rename the exporter's symbols (``s12``...) after the signature's dims (``time``...) everywhere."""
+    if not signature:
+        return
+    from enn_nb.signature import dim_name
+
+    graph = model.graph
+    renames: dict[str, str] = {}
+    for value, sig in zip(graph.input, signature):
+        for dim, want in zip(value.type.tensor_type.shape.dim, sig.shape):
+            if dim.dim_param and not isinstance(want, int) and dim.dim_param not in renames:
+                renames[dim.dim_param] = dim_name(want)
+    renames = {k: v for k, v in renames.items() if k != v}
+    if not renames:
+        return
+    pattern = re.compile(r"\b(" + "|".join(re.escape(k) for k in renames) + r")\b")
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda m: renames[m.group(1)], dim.dim_param)
+
+
 class Shared:
     """The shared capture of one export: the program (in memory, or loaded from ``capture.pt2`` in an
     isolated child) and the one ONNX file, exported on first use by the first ONNX consumer.
@@ -200,6 +236,7 @@ class Shared:
         onnx_options: dict[str, Any],
         ep: Any = None,
         ep_path: Path | None = None,
+        signature: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
         self.stem = stem
@@ -209,6 +246,7 @@ class Shared:
         self.onnx_options = onnx_options
         self._ep = ep
         self._ep_path = ep_path
+        self.signature = signature
         self.timings: dict[str, float] = {}
 
     @property
@@ -239,9 +277,15 @@ class Shared:
                 essentials=self.essentials,
                 opset=self.onnx_options.get("opset"),
                 optimize=bool(self.onnx_options.get("optimize", True)),
+                signature=self.input_signature(),
             )
             self.timings["onnx"] = time.perf_counter() - started
         return path
+
+    def input_signature(self) -> list[Any] | None:
+        from enn_nb.signature import TensorSig
+
+        return [TensorSig.from_dict(s) for s in self.signature["inputs"]] if self.signature else None
 
     def save_program(self) -> Path:
         """Write the program to ``workdir/capture.pt2`` for an isolated child; returns the path."""

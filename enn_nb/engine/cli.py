@@ -51,6 +51,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-isolate", action="store_true", help="convert in this process (no child process)")
     p.add_argument("--no-cache", action="store_true", help="always convert, even when an identical export exists")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example input's")
+    add_model_arguments(p)
     p.add_argument("--strict", action="store_true", help="raise on the first backend that is not ok")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="kill a backend's isolated conversion and verification after SECONDS (status `timeout`); "
@@ -102,6 +103,34 @@ def _register_build_trt(subparsers: Any) -> None:
     p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
     p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
     p.set_defaults(func=_build_trt)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model pkg.module:factory`` and ``--input name:dtype[dims]`` (shared by export and report)."""
+    p.add_argument(
+        "--model", metavar="PKG.MODULE:FACTORY", default=None,
+        help="build the model with this factory (imported by module name, never from a file) and load the "
+        "checkpoint into it: for checkpoints of your own models, which name no registered builder",
+    )
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME:DTYPE[DIMS]",
+        help="the model's inputs, one flag each, e.g. --input values:float32[B,24,6] --input mask:bool[B,24] "
+        "(B = batch, T = time; ids:int64[B,16]{1000} for 1000 category codes); default: the checkpoint's signature",
+    )
+
+
+def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
+    """``(what to export, spec override)`` from ``--model`` and ``--input``."""
+    from enn_nb.factory import load_with_model
+
+    loaded = load_with_model(src, args.model) if args.model else None
+    if not args.input:
+        return (loaded if loaded is not None else src), None
+    from enn_nb.checkpoint import inspect
+    from enn_nb.signature import parse
+
+    base = loaded.spec if loaded is not None else inspect(src).spec
+    return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -164,9 +193,11 @@ def _export(args: argparse.Namespace) -> int:
     if not src.exists():
         print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
         return 2
+    source, spec = _export_source(args, src)
     report = export(
-        src,
+        source,
         args.backends,
+        spec=spec,
         out_dir=args.out,
         stem=args.stem,
         verify=not args.no_verify,

@@ -32,6 +32,7 @@ class RunInfo:
     vectors: dict[str, Any] | None = None  # {"file", "sha256"} of the parity vectors
     essentials: dict[str, str] = dataclasses.field(default_factory=dict)
     fast_paths: list[Any] = dataclasses.field(default_factory=list)  # declared ones, when safe=False
+    signature: dict[str, Any] | None = None  # the ModelIO the export follows, as JSON
     shared_log: OutputLog = dataclasses.field(default_factory=OutputLog)  # captured in the shared stages
 
 
@@ -100,7 +101,7 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
         inputs=[t.to_dict() for t in conv.inputs],
         outputs=[t.to_dict() for t in conv.outputs],
         dynamic_batch=bool(conv.dynamic_batch),
-        dynamic_dims={"batch": {"min": 1, "max": None}} if conv.dynamic_batch else {},
+        dynamic_dims=_dynamic_dims(conv),
         format=dict(conv.format),
         parity=parity_block,
         embedded=info.essentials if conv.embedded_metadata else None,
@@ -108,6 +109,7 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
         notes=[*notes, *conv.notes],
         details=details,
         deferred=conv.deferred,
+        conversion_path=dict(conv.path) if conv.path else {"name": "shared", "costs": []},
         cache_key=plan.key if status == "ok" else None,
     )
     return _write_result(plan, data, timings, t0, info, unit.log)
@@ -221,6 +223,16 @@ def _write_result(plan: Plan, data: dict[str, Any], timings: dict[str, float], t
     return BackendResult.from_sidecar(sidecar, out, side, cached=False)
 
 
+def _dynamic_dims(conv: Any) -> dict[str, dict[str, int | None]]:
+    """Each symbolic dim the artifact's inputs keep (``batch``, ``time``...), by name."""
+    dims: dict[str, dict[str, int | None]] = {"batch": {"min": 1, "max": None}} if conv.dynamic_batch else {}
+    for tensor in conv.inputs:
+        for dim in tensor.shape:
+            if isinstance(dim, str) and dim not in ("?", "batch"):
+                dims.setdefault(dim, {"min": 1, "max": None})
+    return dims
+
+
 def _sidecar_common(plan: Plan, info: RunInfo) -> dict[str, Any]:
     settings = info.settings
     return {
@@ -234,4 +246,5 @@ def _sidecar_common(plan: Plan, info: RunInfo) -> dict[str, Any]:
         "provenance": dict(settings.provenance) if settings.provenance else None,
         "metadata": dict(settings.metadata) or None,
         "parity": {"status": "not_run", "reason": "the export did not reach verification"},
+        **({"signature": info.signature} if info.signature else {}),
     }

@@ -50,6 +50,7 @@ class Setup:
     onnx_options: dict[str, Any]
     sdpa: str | None
     sys_path: list[str]
+    signature: dict[str, Any] | None = None  # the export's ModelIO as JSON
 
 
 @dataclasses.dataclass
@@ -101,6 +102,7 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
             notes=list(conv.notes),
             details=dict(conv.details),
             embedded_metadata=bool(conv.embedded_metadata),
+            path=dict(conv.path) if conv.path else None,
         )
         if conv.deferred or not task.verify:
             return out
@@ -158,6 +160,7 @@ def build_job(setup: Setup, shared: Any) -> Any:
         workdir=Path(setup.workdir),
         get_exported_program=shared.exported_program,
         get_onnx_path=shared.onnx_path,
+        signature=setup.signature,
     )
 
 
@@ -199,6 +202,7 @@ def _serve(recv: Any, send: Any) -> None:
         essentials=setup.essentials,
         onnx_options=setup.onnx_options,
         ep_path=Path(setup.ep_path) if setup.ep_path else None,
+        signature=setup.signature,
     )
     if setup.sdpa:
         from enn_nb.engine.safe import _SDPA

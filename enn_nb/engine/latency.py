@@ -97,6 +97,10 @@ def spec_inputs(spec: ModelSpec) -> Inputs:
     """Inputs drawn from the model's spec (scaler statistics, valid category codes), one seed per batch."""
     from enn_nb.engine.parity import default_example_inputs
 
+    if spec.inputs is not None:  # a declared signature: its dtypes, symbolic dims and category codes
+        from enn_nb.signature import draw
+
+        return lambda batch: draw(spec.inputs, batch=batch, seed=1000 + batch)
     return lambda batch: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=batch, seed=1000 + batch)
 
 

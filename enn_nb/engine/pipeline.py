@@ -21,11 +21,11 @@ from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
 from enn_nb.engine.hits import Hits
 from enn_nb.engine.inputs import (
     case_maker,
+    ModelIO,
     essential_metadata,
     example_tensors,
-    input_names_of,
     load_source,
-    output_names_of,
+    resolve_io,
     resolve_spec,
 )
 from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
@@ -75,8 +75,10 @@ def export(
             its content hash goes into the sidecars).
         backends: names (list or ``"onnx,ort"``) or ``"all"``; see ``enn_nb.backends()``.
         out_dir: folder for artifacts, sidecars and the vectors file (created if needed).
-        example_inputs: a tensor or tuple of tensors; default: drawn from the spec at batch 2.
-        dynamic_batch: make dim 0 dynamic (``torch.export.Dim``); static when the model specialises it.
+        example_inputs: a tensor or tuple of tensors, checked against the spec's signature; default: drawn
+            from the spec's signature (``ModelSpec.inputs``, else the ``[B, in_dim]`` shorthand) at batch 2.
+        dynamic_batch: make the signature's symbolic dims dynamic (``batch``, ``time``...; dim 0 when the
+            model has no signature); fewer or none when the model specialises them (noted).
         batch_range: ``(min, opt, max)`` batch sizes for backends that need bounds (TensorRT, CoreML).
         verify: run each artifact at >= 2 batch sizes against the eager model (fast paths on).
         tolerances: ``(atol, rtol)`` for all backends or ``{"onnx": (atol, rtol), ...}``.
@@ -103,7 +105,8 @@ def export(
     Raises:
         UnknownNameError: an unknown backend (the closest name is suggested).
         OutputDirError: ``out_dir`` cannot be written (raised before any work).
-        InputMismatchError: example inputs of the wrong shape or dtype (expected vs got).
+        InputMismatchError: example inputs that do not fit the signature, or that the model rejects (names
+            the input, the expected and the received signature).
         FastPathExportError: ``safe=False`` and a fast path made capture or conversion fail.
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
     """
@@ -123,8 +126,9 @@ def export(
         model, source, loaded_spec = load_source(model_or_checkpoint)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
     inputs = example_tensors(model, spec, example_inputs, settings.dynamic_batch)
+    io = resolve_io(model, spec, inputs)
     report = ExportReport(results=[], out_dir=settings.out, source=source)
-    info = RunInfo(settings=settings, spec=spec, source=source, report=report)
+    info = RunInfo(settings=settings, spec=spec, source=source, report=report, signature=io.to_dict())
     _shared_log(info, loading)
 
     plans = _plans(settings)
@@ -224,9 +228,10 @@ def _run(
             info.fast_paths = declared_fast_paths(model)
         module = export_module(target)
         report.deviations = info.deviations
-        input_names, output_names = input_names_of(inputs), output_names_of(model)
+        io = ModelIO.from_dict(info.signature or {})
+        input_names, output_names = io.input_names, io.output_names
         info.essentials = essential_metadata(info.spec, info.source, input_names, output_names, inputs,
-                                             info.deviations, dict(settings.metadata))
+                                             info.deviations, dict(settings.metadata), io)
 
         if stopped(should_stop):
             cancel(todo, emit)
@@ -236,12 +241,14 @@ def _run(
             return
         ep, batch_dynamic, capture_notes = captured
         shared = Shared(workdir=workdir, stem=settings.stem, input_names=input_names, output_names=output_names,
-                        essentials=info.essentials, onnx_options=settings.onnx_options, ep=ep)
+                        essentials=info.essentials, onnx_options=settings.onnx_options, ep=ep,
+                        signature=info.signature)
         shared.timings["capture"] = report.capture_s
         job = ExportJob(
             module=module, example_inputs=inputs, dynamic_batch=batch_dynamic, batch_range=settings.batch_range,
             input_names=input_names, output_names=output_names, spec=info.spec, essentials=info.essentials,
             workdir=workdir, get_exported_program=shared.exported_program, get_onnx_path=shared.onnx_path,
+            signature=info.signature,
         )
         for worker in pool:
             worker.configure(_child_setup(job, shared, settings))
@@ -268,7 +275,8 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
         cases = parity.make_cases(call, inputs, make=case_maker(info.spec, inputs), dynamic=settings.dynamic_batch)
     _shared_log(info, got)
     vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
-    parity.save_vectors(vectors_path, cases, input_names_of(inputs), output_names_of(model))
+    io = ModelIO.from_dict(info.signature or {})
+    parity.save_vectors(vectors_path, cases, io.input_names, io.output_names)
     info.report.vectors = vectors_path
     info.vectors = {"file": vectors_path.name, "sha256": sc.sha256_file(vectors_path)}
     dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
@@ -287,7 +295,8 @@ def _capture(todo: list[Plan], module: Any, inputs: tuple[torch.Tensor, ...], in
     try:
         with capture("capture") as got:
             ep, batch_dynamic, notes = capture_program(
-                module, inputs, dynamic_batch=info.settings.dynamic_batch, fast_paths=info.fast_paths
+                module, inputs, dynamic_batch=info.settings.dynamic_batch, fast_paths=info.fast_paths,
+                signature=ModelIO.from_dict(info.signature).inputs if info.signature else None,
             )
         _shared_log(info, got)
     except Exception as exc:
@@ -331,6 +340,7 @@ def _child_setup(job: ExportJob, shared: Any, settings: ExportSettings) -> Any:
         onnx_options=settings.onnx_options,
         sdpa="math" if settings.safe else None,
         sys_path=[p for p in sys.path if p],
+        signature=job.signature,
     )
 
 

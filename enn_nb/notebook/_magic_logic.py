@@ -33,7 +33,10 @@ EXPORT_KEYS: dict[str, str] = {
     "out_dir": "output directory",
     "dynamic_batch": "true/false",
     "batch_range": "[min, opt, max] batch sizes",
-    "example_inputs": "a variable holding a tensor (or a tuple of tensors), or a shape like [2, 32]",
+    "example_inputs": (
+        "a variable holding a tensor (or a tuple of tensors), a shape like [B, 24, 6], "
+        "or one shape per input like {values: [B, 24, 6], mask: bool[B, 24]}"
+    ),
     "tolerances": "{backend: {atol: ..., rtol: ...}} or {atol: ..., rtol: ...} for every backend",
     "options": "{backend: {option: value}}",
     "verify": "true/false: run the parity check",
@@ -335,7 +338,7 @@ def parse_export_body(body: str) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        data = safe_load(body)
+        data = safe_load(quote_typed_shapes(body))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -397,8 +400,14 @@ def _check_value(key: str, value: Any) -> Any:
     if key == "example_inputs":
         if isinstance(value, str) and value.isidentifier():
             return value
-        if isinstance(value, list) and value and all(_positive_int(d) for d in value):
-            return list(value)
+        from enn_nb.signature import parse_many
+
+        if isinstance(value, (list, Mapping)) and value:
+            try:
+                parse_many(value)
+            except SpecError as exc:
+                raise SpecError(f"`example_inputs: {value!r}` in the `%%enn_export` body: {exc}") from None
+            return value if isinstance(value, list) else dict(value)
         raise bad
     if key == "tolerances":
         return check_tolerances(value)
@@ -483,31 +492,65 @@ def export_kwargs(
 EXAMPLE_SEED = 0
 
 
-def example_inputs(value: str | list[int], namespace: Mapping[str, Any], spec: Any = None) -> tuple[Any, ...]:
-    """Example inputs from a variable name (a tensor or a tuple of tensors) or from a shape.
+def example_inputs(value: str | list[Any] | Mapping[str, Any], namespace: Mapping[str, Any],
+                   spec: Any = None) -> tuple[Any, ...]:
+    """Example inputs from a variable name (a tensor or a tuple of tensors), a shape or one shape per input.
 
-    A shape gives seeded uniform [0, 1) values of the spec's feature dtype: valid for float features
-    and for float columns that a model casts to embedding indices (they become 0).
+    A shape of plain sizes (``[2, 32]``) gives seeded uniform [0, 1) values of the spec's feature dtype:
+    valid for float features and for float columns that a model casts to embedding indices (they
+    become 0). Shapes with symbolic dims (``[B, 24, 6]``) or per-input maps (``{values: [B, 24, 6],
+    mask: bool[B, 24]}``) are drawn from that signature: normal floats, valid codes for integer inputs
+    (the spec's ``categories`` when it declares the input), random masks.
 
     Raises:
         UnknownNameError: no such variable.
-        SpecError: the variable holds something else than tensors.
+        SpecError: the variable holds something else than tensors, or the shapes are malformed.
     """
     import torch
 
-    if isinstance(value, list):
+    if isinstance(value, list) and all(_positive_int(d) for d in value):
         from enn_nb._safeio import check_example_shape
 
         shape = check_example_shape(value, what="example_inputs")
         dtype = getattr(torch, getattr(spec, "feature_dtype", None) or "float32")
         generator = torch.Generator().manual_seed(EXAMPLE_SEED)
         return (torch.rand(*shape, generator=generator).to(dtype),)
+    if isinstance(value, (list, Mapping)):
+        return signature_inputs(value, spec)
     inputs = lookup(namespace, value, what="example_inputs")
     if isinstance(inputs, torch.Tensor):
         return (inputs,)
     if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, torch.Tensor) for t in inputs):
         return tuple(inputs)
     raise SpecError(f"`example_inputs: {value}` is a {type(inputs).__name__}; expected a tensor or a tuple of tensors.")
+
+
+def signature_inputs(value: list[Any] | Mapping[str, Any], spec: Any = None) -> tuple[Any, ...]:
+    """Seeded inputs drawn from shapes written in a magic body; declared inputs lend their dtype and categories."""
+    from enn_nb import signature as sig
+
+    declared = {s.name: s for s in (getattr(spec, "inputs", None) or [])}
+    single = list(declared)[:1] if len(declared) == 1 else []
+    sigs = sig.parse_many(value, names=single)
+    if isinstance(value, list) and single and declared[single[0]].dtype != "float32":
+        sigs = [sig.TensorSig(sigs[0].name, declared[single[0]].dtype, sigs[0].shape)]
+    sigs = [sig.TensorSig(s.name, s.dtype, s.shape, s.categories or getattr(declared.get(s.name), "categories", None))
+            for s in sigs]
+    from enn_nb._safeio import check_example_shape
+
+    sizes = sig.dim_sizes(sigs)
+    for s in sigs:  # the same cap as a plain shape: a typo must not allocate gigabytes
+        check_example_shape([d if isinstance(d, int) else sizes[sig.dim_name(d)] for d in s.shape] or [1],
+                            what=f"example_inputs.{s.name}")
+    return sig.draw(sigs, seed=EXAMPLE_SEED)
+
+
+def quote_typed_shapes(body: str) -> str:
+    """Quote ``bool[B, 24]``-style values so YAML flow maps (``{mask: bool[B, 24]}``) parse them as text."""
+    from enn_nb.signature import DTYPE_ALIASES, DTYPES
+
+    names = "|".join(sorted({*DTYPES, *DTYPE_ALIASES}, key=len, reverse=True))
+    return re.sub(rf"(?<![\w\"'])((?:{names})\[[^\]\n]*\](?:\{{\d+\}})?)", r'"\1"', body)
 
 
 def wizard_defaults(settings: Mapping[str, Any], source: Any = None, name: str = "") -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, HasTraits, Int, List, Unicode, validate
 
+from enn_nb.errors import SpecError
+
 if TYPE_CHECKING:
     from enn_nb.engine.registry import BackendInfo
 
@@ -57,6 +59,11 @@ class WizardState(HasTraits):
     example_inputs = AnyTrait(
         None, allow_none=True,
         help="Example inputs for a model that declares no `in_dim` (a tensor or tuple); None draws them from its spec.",
+    )
+    signature = Unicode(
+        "",
+        help="The model's inputs, one `name:dtype[dims]` per line (e.g. `values:float32[B, 24, 6]`, `mask:bool[B, 24]`,"
+        " `ids:int64[B, 16]{1000}`); example inputs are drawn from it. '' keeps the model's declared signature.",
     )
 
     # -- step 2: targets and options ----------------------------------------------------------
@@ -162,7 +169,8 @@ class WizardState(HasTraits):
     def user_choices(cls) -> list[str]:
         """Names of the traits the user chooses (steps 1 and 2)."""
         return [
-            "source", "variable", "checkpoint", "example_inputs", "backends", "dynamic_batch", "batch_min", "batch_opt",
+            "source", "variable", "checkpoint", "example_inputs", "signature", "backends", "dynamic_batch", "batch_min",
+            "batch_opt",
             "batch_max", "opset", "fp16", "atol", "rtol", "out_dir", "isolate", "verify", "cache",
         ]  # fmt: skip
 
@@ -270,13 +278,31 @@ class WizardState(HasTraits):
                 f"`{self.variable}` is not an `nn.Module` variable of the namespace (any more). "
                 f"Pick one of: {', '.join(names) or '(none)'}."
             )
-        if self.example_inputs is None and getattr(self.namespace[self.variable], "in_dim", None) is None:
+        try:
+            typed = self.signature_inputs()
+        except SpecError as exc:
+            return f"Inputs: {exc}"
+        model = self.namespace[self.variable]
+        declared = getattr(model, "input_signature", None) is not None or getattr(model, "in_dim", None) is not None
+        if self.example_inputs is None and typed is None and not declared:
             return (
-                f"`{self.variable}` ({type(self.namespace[self.variable]).__name__}) declares no `in_dim`, so "
-                "no example input can be drawn for it. Open the wizard with example inputs, e.g. "
-                f"`enn_nb.wizard(model=\"{self.variable}\", example_inputs=torch.randn(2, N))`."
+                f"`{self.variable}` ({type(model).__name__}) declares no input signature and no `in_dim`, so no "
+                "example input can be drawn for it. Type its inputs below, one per line, e.g. "
+                "`values:float32[B, 24, 6]` and `mask:bool[B, 24]` (B = batch), or open the wizard with "
+                f"`enn_nb.wizard(model=\"{self.variable}\", example_inputs=(...))`."
             )
         return ""
+
+    def signature_inputs(self) -> list[Any] | None:
+        """The typed signature as TensorSig rows (None when the field is empty).
+
+        Raises:
+            SpecError: a line that is not ``name:dtype[dims]`` (the message shows the form).
+        """
+        from enn_nb.signature import parse
+
+        lines = [line.strip() for line in self.signature.replace(";", "\n").splitlines() if line.strip()]
+        return [parse(line) for line in lines] or None
 
     def _check_targets(self) -> str:
         problems: list[str] = []
@@ -366,9 +392,15 @@ class WizardState(HasTraits):
         atol, rtol = self.tolerances()
         # passed through as given: the engine keeps each backend's own bound for what is left empty
         tolerances = (atol, rtol) if atol is not None or rtol is not None else None
+        example_inputs = self.example_inputs
+        typed = self.signature_inputs() if example_inputs is None else None
+        if typed is not None:
+            from enn_nb.signature import draw
+
+            example_inputs = draw(typed)
         return {
             "backends": list(self.backends),
-            "example_inputs": self.example_inputs,
+            "example_inputs": example_inputs,
             "out_dir": Path(self.out_dir).expanduser(),
             "dynamic_batch": self.dynamic_batch,
             "batch_range": self.batch_range(),

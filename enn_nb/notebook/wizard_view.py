@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb.errors import SpecError
 from enn_nb.notebook.wizard_state import SLOW_BACKENDS, STEP_TITLES, STEPS, WizardState, result_rows
 
 if TYPE_CHECKING:
@@ -117,6 +118,11 @@ class WizardView:
             continuous_update=False, layout=w.Layout(width="520px"),
         )  # fmt: skip
         self.variable_row = w.HBox([self.variable, self.refresh_button])
+        self.signature = w.Textarea(
+            value=state.signature, description="Inputs", continuous_update=False,
+            placeholder="one per line, e.g.\nvalues:float32[B, 24, 6]\nmask:bool[B, 24]\n(empty: the model's own signature)",
+            layout=w.Layout(width="520px", height="80px"),
+        )  # fmt: skip
         self.model_info = w.HTML()
         self.step_messages = {name: self._message() for name in STEPS}
 
@@ -124,15 +130,18 @@ class WizardView:
         self.source.observe(lambda c: setattr(state, "source", c["new"]), "value")
         self.variable.observe(self._on_variable_widget, "value")
         self.checkpoint.observe(lambda c: setattr(state, "checkpoint", c["new"]), "value")
+        self.signature.observe(lambda c: setattr(state, "signature", c["new"]), "value")
+        state.observe(lambda c: setattr(self.signature, "value", c["new"]), "signature")
         self.refresh_button.on_click(lambda _: self._refresh_variables())
         state.observe(lambda c: setattr(self.source, "value", c["new"]), "source")
         state.observe(lambda c: setattr(self.checkpoint, "value", c["new"]), "checkpoint")
         state.observe(self._on_variable_state, "variable")
-        state.observe(self._show_model, ["source", "variable", "checkpoint"])
+        state.observe(self._show_model, ["source", "variable", "checkpoint", "signature"])
         self._show_model()
         return w.VBox([
             w.HTML("<b>Which model?</b> An <code>nn.Module</code> of this notebook, or a checkpoint file."),
-            self.source, self.variable_row, self.checkpoint, self.step_messages["model"], self.model_info,
+            self.source, self.variable_row, self.checkpoint, self.signature, self.step_messages["model"],
+            self.model_info,
         ])  # fmt: skip
 
     def _refresh_variables(self) -> None:
@@ -434,16 +443,27 @@ def model_summary_html(state: WizardState) -> str:
         model = state.namespace.get(state.variable) if state.variable else None
         if model is None:
             return ""
-        return module_summary_html(model)
+        return module_summary_html(model, typed=_typed_signature(state))
     except Exception as exc:  # a summary that cannot be built must not break the step
         return f"<span style='{_ERROR_STYLE}'>{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</span>"
 
 
-def module_summary_html(model: Any) -> str:
+def _typed_signature(state: WizardState) -> list[Any] | None:
+    try:
+        return state.signature_inputs()
+    except SpecError:  # the step's message says what is wrong with the text
+        return None
+
+
+def module_summary_html(model: Any, typed: list[Any] | None = None) -> str:
     from enn_nb._format import human_size
+    from enn_nb.signature import describe
     from enn_nb.spec import ModelSpec
 
     spec = ModelSpec.from_model(model)
+    if typed is not None:
+        spec = spec.replace(inputs=typed)
+    inputs = spec.input_signature()
     params = sum(p.numel() for p in model.parameters())
     size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     tasks = ", ".join(str(t.get("name", t)) if isinstance(t, dict) else str(t) for t in spec.tasks or []) or "—"
@@ -452,6 +472,7 @@ def module_summary_html(model: Any) -> str:
         ("builder", spec.builder or "—"),
         ("in_dim", spec.in_dim if spec.in_dim is not None else "—"),
         ("out_shape", list(spec.out_shape) if spec.out_shape is not None else "—"),
+        ("inputs", describe(inputs) if inputs else "— (type them above)"),
         ("tasks", tasks),
         ("parameters", f"{params:,}"),
         ("size", human_size(size)),

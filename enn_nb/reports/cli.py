@@ -46,6 +46,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
     parser.add_argument("--describe", action="store_true", help="list the template's parameters and exit")
+    parser.add_argument(
+        "--model", metavar="PKG.MODULE:FACTORY", default=None,
+        help="the template's `model` parameter: a factory building your own model, imported by module name (never "
+        "from a file), into which the checkpoint is loaded",
+    )
     parser.set_defaults(func=run)
 
 
@@ -62,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     if args.no_input and args.show_code:
         raise ReportError("`--no-input` and `--show-code` contradict each other; pass one of them.")
     params = dict(parse_assignment(text) for text in args.params)
+    if args.model:
+        from enn_nb.factory import import_factory
+
+        import_factory(args.model)  # a typo fails here, before a kernel starts
+        params["model"] = args.model
     common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params}
     if args.each:
         from enn_nb.reports.batch import run_batch

@@ -35,16 +35,28 @@ def model_summary(manifest: Manifest) -> Table:
     return Table(["", ""], rows)
 
 
-def signature_table(spec: ModelSpec, batch_sizes: Sequence[int] = (1, 8, 64)) -> Table:
+def signature_table(spec: ModelSpec, batch_sizes: Sequence[int] = (1, 8, 64), export: Any = None) -> Table:
     """The model's inputs and outputs as the artifacts see them, from its ModelSpec.
 
-    One row per input (``x``: ``[batch, in_dim]``), per output (``y``: ``[batch, *out_shape]``) and
-    per task head (its slice of ``y``), with the example input shapes the report used.
+    One row per input and output: the declared signature (``spec.inputs`` / ``spec.outputs``: names,
+    dtypes, symbolic dims such as ``time``, category counts), else the ``[batch, in_dim]`` shorthand
+    (``x``, ``y: [batch, *out_shape]``); then one row per task head (its slice of ``y``), with the
+    example input shapes the report used. When the spec has no signature, the one the ``export``
+    followed (its sidecars' ``signature``: inferred names, dict output keys) fills it in.
     """
     batch = "batch"
     dtype = spec.feature_dtype or "float32"
     rows: list[list[Any]] = []
-    if spec.in_dim is not None:
+    followed = _followed_signature(export)
+    inputs = spec.inputs if spec.inputs is not None else (followed["inputs"] if spec.in_dim is None else None)
+    outputs = spec.outputs if spec.outputs is not None else (followed["outputs"] if spec.out_shape is None else None)
+    structure = spec.output_structure or followed.get("structure")
+    if inputs:
+        for sig in inputs:
+            shape = "[" + ", ".join(str(d) for d in sig.shape) + "]"
+            detail = f"integer codes in [0, {sig.categories})" if sig.categories else ""
+            rows.append(["input", sig.name, shape, sig.dtype, detail])
+    elif spec.in_dim is not None:
         note = ", ".join(f"[{b}, {spec.in_dim}]" for b in batch_sizes)
         embedding = spec.embedding or {}
         columns = embedding.get("categorical_columns") or []
@@ -53,7 +65,11 @@ def signature_table(spec: ModelSpec, batch_sizes: Sequence[int] = (1, 8, 64)) ->
         rows.append(["input", "x", f"[{batch}, {spec.in_dim}]", dtype, f"examples: {note}"])
     else:
         rows.append(["input", "x", "unknown (no in_dim in the spec)", dtype, "the export's example inputs decide"])
-    if spec.out_shape is not None:
+    if outputs:
+        for sig in outputs:
+            detail = f"key of the returned {structure}" if structure == "dict" else ""
+            rows.append(["output", sig.name, "[" + ", ".join(str(d) for d in sig.shape) + "]", sig.dtype, detail])
+    elif spec.out_shape is not None:
         shape = ", ".join(str(d) for d in spec.out_shape)
         rows.append(["output", "y", f"[{batch}, {shape}]", "float32", ""])
     for task in spec.tasks or []:
@@ -65,6 +81,24 @@ def signature_table(spec: ModelSpec, batch_sizes: Sequence[int] = (1, 8, 64)) ->
             "float32", (f"y{_index(where)}; " if where is not None else "") + detail,
         ])  # fmt: skip
     return Table(["", "name", "shape", "dtype", "details"], rows)
+
+
+def _followed_signature(export: Any) -> dict[str, Any]:
+    """The signature an export followed, from the first sidecar that records one (``{}`` when none)."""
+    import json
+    from pathlib import Path
+
+    from enn_nb.signature import TensorSig
+
+    for result in getattr(export, "results", None) or []:
+        side = getattr(result, "sidecar", None)
+        if side and Path(side).is_file():
+            found = json.loads(Path(side).read_text(encoding="utf-8")).get("signature")
+            if found:
+                return {"inputs": [TensorSig.from_dict(t) for t in found["inputs"]],
+                        "outputs": [TensorSig.from_dict(t) for t in found["outputs"]],
+                        "structure": found.get("structure")}
+    return {"inputs": None, "outputs": None}
 
 
 def _index(where: Any) -> str:

@@ -80,6 +80,14 @@ def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: 
     return target
 
 
+def load_checkpoint(path: Path, model: str = "") -> Any:
+    """``enn_nb.load(path)``; into the model ``"package.module:factory"`` builds when ``model`` is given
+    (a checkpoint of your own model, which names no registered builder)."""
+    from enn_nb.factory import load_with_model
+
+    return load_with_model(path, model or None)
+
+
 # -- header -----------------------------------------------------------------------------------------
 class Header:
     """Title, author, date and source of a report, shown above its verdict."""
@@ -221,7 +229,8 @@ def measure(
     sizes = batch_list(batch_sizes)
     if spec is None:
         spec = ModelSpec.from_model(model)
-    t = latency.measure(model, export, sizes, latency.spec_inputs(spec), compare=True, budget_s=seconds,
+    inputs = latency.spec_inputs(spec) if spec.input_signature() is not None else latency.vector_inputs(export)
+    t = latency.measure(model, export, sizes, inputs, compare=True, budget_s=seconds,
                         min_calls=5, max_calls=max_calls, threads=threads)  # fmt: skip
     result = Measurements(sizes, eager_ms=t.eager_ms, eager_safe_ms=t.safe_ms, latency_ms=t.latency_ms,
                           stats=t.stats, threads=t.threads, host=t.host, warnings=t.warnings)
@@ -500,13 +509,16 @@ def reproduce(
     rtol: float | None,
     *,
     out: str | os.PathLike[str] | None = None,
+    model: str = "",
 ) -> str:
     """The command line that re-runs this report (for a scheduler or a colleague).
 
     ``out`` is the report folder; by default the working directory, which is where the report's
-    kernel runs, so the command writes the same files again.
+    kernel runs, so the command writes the same files again. ``model`` is the ``--model`` factory.
     """
     parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
+    if model:
+        parts.append(f"--model {_quote(model)}")
     if requested.explicit:
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb.engine.backends.base import ExportJob, TensorInfo
+from enn_nb.errors import BackendError
 
 #: Name under which the essentials are embedded where a format has a free-form slot.
 ESSENTIALS_KEY = "enn_nb_essentials"
@@ -255,6 +256,15 @@ def captured_output() -> Iterator[Captured]:
 def first_line(exc: BaseException, limit: int = 300) -> str:
     lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
     return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
+def both_paths_failed(backend: str, step: str, dynamic_exc: BaseException, static_exc: BaseException) -> BackendError:
+    """The error of a backend whose dynamic path and static fallback both failed (both causes named)."""
+    return BackendError(
+        f"`{backend}` {step} failed with dynamic shapes ({first_line(dynamic_exc)}) and with static ones "
+        f"({first_line(static_exc)}).",
+        backend=backend, stage="convert",
+    )
 
 
 def essentials_json(job: ExportJob) -> str:

@@ -73,6 +73,8 @@ class ExportJob:
         workdir: a scratch directory of this export (shared ONNX file, temporary files).
         get_exported_program: returns the one ``torch.export.ExportedProgram`` (captured on first call).
         get_onnx_path: returns the one shared ONNX file (exported on first call, single file).
+        signature: the model's I/O signature as JSON (``ModelIO.to_dict()``: named inputs with symbolic
+            dims, named outputs, output structure); None for jobs built by older callers.
     """
 
     module: torch.nn.Module
@@ -86,6 +88,7 @@ class ExportJob:
     workdir: Path
     get_exported_program: Callable[[], Any]
     get_onnx_path: Callable[[], Path]
+    signature: dict[str, Any] | None = None
 
     @property
     def exported_program(self) -> Any:
@@ -111,6 +114,8 @@ class Conversion:
         notes: human-readable remarks that belong in the sidecar (e.g. why an artifact is static).
         details: backend-specific facts for the sidecar (delegation ratio, TRT profile, build command).
         embedded_metadata: whether ``job.essentials`` were written into the artifact.
+        path: which conversion path made the artifact when it is not the shared one (a fallback):
+            ``{"name": ..., "costs": [...]}`` - what the artifact gives up (static batch, a dtype cast).
     """
 
     artifact: Path
@@ -123,6 +128,7 @@ class Conversion:
     notes: list[str] = dataclasses.field(default_factory=list)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     embedded_metadata: bool = False
+    path: dict[str, Any] | None = None
 
 
 class Backend:

@@ -102,23 +102,42 @@ class CoremlBackend(Backend):
             ct_inputs.append(ct.TensorType(name=name, shape=(first, *rest), dtype=dtype))
         ct_outputs = [ct.TensorType(name=name, dtype=np.float32 if precision == "float32" else np.float16)
                       for name in job.output_names]
+        def convert(program: Any) -> Any:
+            return ct.convert(
+                program,
+                convert_to="mlprogram",
+                inputs=ct_inputs,
+                outputs=ct_outputs,
+                minimum_deployment_target=target,
+                compute_precision=ct.precision.FLOAT32 if precision == "float32" else ct.precision.FLOAT16,
+                compute_units=ct.ComputeUnit[opts["compute_units"]],
+            )
+
+        fallback_notes: list[str] = []
+        path = None
         with captured_output() as log:
             try:
-                model = ct.convert(
-                    ep.run_decompositions({}),
-                    convert_to="mlprogram",
-                    inputs=ct_inputs,
-                    outputs=ct_outputs,
-                    minimum_deployment_target=target,
-                    compute_precision=ct.precision.FLOAT32 if precision == "float32" else ct.precision.FLOAT16,
-                    compute_units=ct.ComputeUnit[opts["compute_units"]],
-                )
+                model = convert(ep.run_decompositions({}))
             except Exception as exc:
-                raise BackendError(
-                    f"`coreml` conversion failed: {first_line(exc)}\n--- coremltools output (tail) ---\n{log.tail()}",
-                    backend=self.name,
-                    stage="convert",
-                ) from exc
+                # coremltools has no conversion for some ATen ops (gru, lstm, new_ones, diff) that the
+                # core ATen decomposition table rewrites into ops it knows: try that before giving up.
+                import torch
+
+                try:
+                    model = convert(ep.run_decompositions(torch.export.default_decompositions()))
+                except Exception as core_exc:
+                    raise BackendError(
+                        f"`coreml` conversion failed: {first_line(exc)}; after decomposing to core ATen ops too: "
+                        f"{first_line(core_exc)}\n--- coremltools output (tail) ---\n{log.tail()}",
+                        backend=self.name,
+                        stage="convert",
+                    ) from exc
+                fallback_notes.append(
+                    f"converted after `run_decompositions(torch.export.default_decompositions())` (core ATen ops): "
+                    f"the program's own ops do not convert ({first_line(exc, 160)}). Same function, more and "
+                    "smaller ops in the ML Program."
+                )
+                path = {"name": "core-aten-decompositions", "costs": ["more, smaller ops (no fused kernels)"]}
         _, program_outputs = program_io(ep, job, dynamic=dynamic)
         model.short_description = _description(job, program_outputs)
         model.version = str(opts["version"] or (job.essentials.get("enn_nb.source_hash") or "")[:16]
@@ -148,7 +167,9 @@ class CoremlBackend(Backend):
                 "coremltools": ct.__version__,
             },
             dynamic_batch=dynamic,
+            path=path,
             notes=[
+                *fallback_notes,
                 "MIL has no float64 arithmetic: coremltools computes the model's float64 ops in float32.",
                 *([] if sys.platform == "darwin" else [
                     "verified by loading the spec back (names, shapes, metadata); prediction needs macOS."

@@ -14,6 +14,7 @@ from enn_nb.errors import BackendError
 from enn_nb.engine.backends._edge_common import (
     ESSENTIALS_KEY,
     batch_bounds,
+    both_paths_failed,
     captured_output,
     check_option,
     essentials_json,
@@ -67,6 +68,7 @@ class ExecutorchBackend(Backend):
         delegate = check_option(self.name, "delegate", opts["delegate"], DELEGATES)
         require("executorch.exir", purpose="the `executorch` backend")
         notes: list[str] = []
+        path = None
         source = _without_inplace_detach(job.exported_program)
         ep = source
         bounds = batch_bounds(ep)
@@ -87,11 +89,14 @@ class ExecutorchBackend(Backend):
                 static_ep = retrace(source, job, None)
                 program, info = self._lower(static_ep, job, delegate)
                 ep, dynamic = static_ep, False
+                path = {"name": "static-shapes", "costs": [f"static batch {int(job.example_inputs[0].shape[0])}"]}
                 notes.append(
                     "ExecuTorch's edge lowering specialised the dynamic batch of this program to the capture "
                     f"batch; the artifact is static at batch {int(job.example_inputs[0].shape[0])} (torch.export's "
                     "program itself is dynamic, see the pt2 artifact)."
                 )
+            if dynamic:
+                _smoke_run(program.buffer, job)  # some kernels lower with dynamic shapes but fail at run time
         except Exception as exc:
             if not dynamic:
                 raise BackendError(
@@ -102,16 +107,14 @@ class ExecutorchBackend(Backend):
             try:
                 program, info = self._lower(static_ep, job, delegate)
             except Exception as static_exc:
-                raise BackendError(
-                    f"`executorch` lowering ({delegate}) failed with a dynamic batch ({first_line(exc)}) and "
-                    f"with a static one ({first_line(static_exc)}).",
-                    backend=self.name, stage="convert",
-                ) from static_exc
+                raise both_paths_failed(self.name, f"lowering ({delegate})", exc, static_exc) from static_exc
             ep, dynamic = static_ep, False
+            batch = int(job.example_inputs[0].shape[0])
             notes.append(
                 f"the {delegate} lowering could not handle a dynamic batch ({first_line(exc)}); the artifact "
-                f"is static at batch {int(job.example_inputs[0].shape[0])}."
+                f"is static at batch {batch}."
             )
+            path = {"name": "static-shapes", "costs": [f"static batch {batch}"]}
         write_bytes(out_path, program.buffer)
         inputs, outputs = program_io(ep, job, dynamic=dynamic)
         details = {"delegate": delegate, **info}
@@ -131,6 +134,7 @@ class ExecutorchBackend(Backend):
             notes=notes,
             details=details,
             embedded_metadata=True,
+            path=path,
         )
 
     def _lower(self, ep: Any, job: ExportJob, delegate: str) -> tuple[Any, dict[str, Any]]:
@@ -169,6 +173,19 @@ class ExecutorchBackend(Backend):
             return None
         (value,) = program.load_method(ESSENTIALS_KEY).execute([])
         return {str(k): str(v) for k, v in json.loads(value).items()}
+
+
+def _smoke_run(buffer: bytes, job: ExportJob) -> None:
+    """Run a freshly lowered dynamic program on the example inputs and at batch 1 (skipped without the runtime)."""
+    from enn_nb._optional import is_installed
+
+    if not is_installed("executorch.runtime"):
+        return
+    runtime = require("executorch.runtime", purpose="running `.pte` programs")
+    with captured_output():
+        method = runtime.Runtime.get().load_program(bytes(buffer)).load_method("forward")
+        method.execute([t.contiguous() for t in job.example_inputs])
+        method.execute([t[:1].contiguous() if t.dim() else t for t in job.example_inputs])  # batch 1 too
 
 
 def _batch_is_static(ep: Any) -> bool:

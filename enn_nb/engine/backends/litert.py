@@ -127,6 +127,13 @@ class LitertBackend(Backend):
                 notes.append("the model is too large to re-pack its flatbuffer, so the essentials are in the sidecar only.")
         write_bytes(out_path, content)
         inputs, outputs = _describe(out_path)
+        casts = _input_casts(job, inputs)
+        if casts:
+            notes.append(
+                "the artifact declares " + ", ".join(f"`{c['input']}` as {c['artifact']}" for c in casts)
+                + f" (litert-torch narrows {', '.join(sorted({c['model'] for c in casts}))} inputs): callers feed that "
+                "dtype, and parity casts the model's inputs to it (codes beyond the int32 range would not fit)."
+            )
         return Conversion(
             artifact=out_path,
             inputs=inputs,
@@ -139,8 +146,11 @@ class LitertBackend(Backend):
             },
             dynamic_batch=dynamic,
             notes=notes,
-            details={"float64_demoted": counts, "metadata_entry": ESSENTIALS_KEY if embedded else None},
+            details={"float64_demoted": counts, "metadata_entry": ESSENTIALS_KEY if embedded else None,
+                     "input_casts": casts},
             embedded_metadata=embedded,
+            path={"name": "shared", "costs": [f"{c['input']}: {c['model']} -> {c['artifact']}" for c in casts]}
+            if casts else None,
         )
 
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
@@ -148,10 +158,14 @@ class LitertBackend(Backend):
         with captured_output():  # the runtime logs its XNNPACK delegate creation
             runner = interpreter.get_signature_runner(SIGNATURE)
         in_names, out_names = _ordered_names(interpreter, runner)
+        declared = runner.get_input_details()
+        wanted = [declared[name]["dtype"] for name in in_names]
 
         first = [True]
 
         def run(inputs: list[Any]) -> list[Any]:
+            # feed the dtype the artifact declares (int64 codes -> int32): recorded as `input_casts`
+            inputs = [a if a.dtype == dtype else a.astype(dtype) for a, dtype in zip(inputs, wanted)]
             if first[0]:  # the interpreter logs its XNNPACK delegate creation on the first call
                 first[0] = False
                 with captured_output():
@@ -182,9 +196,10 @@ def _named_module(inner: Any, input_names: list[str], output_names: list[str]) -
             self.inner = inner
 
         def forward(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            from torch.utils._pytree import tree_leaves
+
             values = [*args, *(kwargs[name] for name in input_names[len(args) :])]
-            out = self.inner(*values)
-            outs = list(out) if isinstance(out, (list, tuple)) else [out]
+            outs = tree_leaves(self.inner(*values))  # tuples and dicts flatten in the signature's order
             return {output_names[i] if i < len(output_names) else f"output_{i}": o for i, o in enumerate(outs)}
 
     # torch.export binds inputs by the signature: name the parameters after the job's inputs.
@@ -194,6 +209,16 @@ def _named_module(inner: Any, input_names: list[str], output_names: list[str]) -
     named = Named()
     named.training = False  # not .eval(): an unlifted program refuses train()/eval()
     return named
+
+
+def _input_casts(job: ExportJob, inputs: list[TensorInfo]) -> list[dict[str, str]]:
+    """Inputs whose artifact dtype differs from the model's (litert-torch turns int64 into int32)."""
+    out = []
+    for tensor, info in zip(job.example_inputs, inputs):
+        model_dtype = dtype_name(tensor.dtype)
+        if info.dtype != model_dtype:
+            out.append({"input": info.name, "model": model_dtype, "artifact": info.dtype})
+    return out
 
 
 def _version(dist: str) -> str:

@@ -20,7 +20,9 @@ from enn_nb.engine.backends._edge_common import (
     ESSENTIALS_KEY,
     captured_output,
     demote_float64_onnx,
+    both_paths_failed,
     demotion_note,
+    first_line,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 from enn_nb.engine.options import Option, defaults
@@ -67,12 +69,46 @@ class TensorflowBackend(Backend):
     default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
+        """onnx2tf on the shared ONNX; when that fails (or its artifact cannot run) on a dynamic ONNX,
+        onnx2tf on a static-shape ONNX of the same program, as calling onnx2tf directly would: the
+        artifact then takes only the capture's sizes, which the sidecar and a note say."""
         opts = {**self.default_options, **options}
-        onnx = require("onnx", purpose="the `tensorflow` backend")
         for child_needs in ("onnx2tf", "tensorflow"):  # imported by the child only: check, do not import
             if not is_installed(child_needs):
                 require(child_needs, purpose="the `tensorflow` backend")  # raises the install hint
-        source = job.onnx_path
+        try:
+            conversion = self._convert_onnx(job, job.onnx_path, out_path, opts)
+            if conversion.dynamic_batch:
+                self._smoke_run(out_path, job)
+            return conversion
+        except Exception as exc:
+            if not job.dynamic_batch:
+                raise
+            first_error = exc
+        static_onnx = _static_onnx(job)
+        try:
+            conversion = self._convert_onnx(job, static_onnx, out_path, opts)
+        except Exception as static_exc:
+            raise both_paths_failed(self.name, "onnx2tf", first_error, static_exc) from static_exc
+        sizes = ", ".join(f"`{t.name}` {list(t.shape)}" for t in conversion.inputs)
+        conversion.notes = [n for n in conversion.notes if not n.startswith("onnx2tf produced a static batch")]
+        conversion.notes.insert(0, (
+            f"converted from a static-shape ONNX after onnx2tf failed on the dynamic one ({first_line(first_error, 200)}): "
+            f"the SavedModel accepts only the capture's sizes ({sizes})."
+        ))
+        conversion.path = {"name": "static-onnx", "costs": [f"static shapes: {sizes}"],
+                           "dynamic_error": first_line(first_error, 500)}
+        return conversion
+
+    def _smoke_run(self, artifact: Path, job: ExportJob) -> None:
+        """Run a dynamic SavedModel at the capture batch and at batch 1 (onnx2tf graphs can fail at run time)."""
+        run = self.load(artifact, {})
+        inputs = [t.detach().cpu().numpy() for t in job.example_inputs]
+        run(inputs)
+        run([a[:1] if a.ndim else a for a in inputs])
+
+    def _convert_onnx(self, job: ExportJob, source: Path, out_path: Path, opts: dict[str, Any]) -> Conversion:
+        onnx = require("onnx", purpose="the `tensorflow` backend")
         model = onnx.load(str(source))
         counts = demote_float64_onnx(model)
         tmp = Path(tempfile.mkdtemp(prefix=".tensorflow-", dir=out_path.parent))
@@ -158,6 +194,20 @@ class TensorflowBackend(Backend):
         if not path.exists():
             return None
         return {str(k): str(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+
+
+def _static_onnx(job: ExportJob) -> Path:
+    """A static-shape ONNX of the shared program (every dim at its capture size), beside the shared one."""
+    from enn_nb.engine.backends._edge_common import retrace
+    from enn_nb.engine.capture import onnx_from_program
+
+    path = Path(job.workdir) / "tensorflow-static" / "model.onnx"
+    if not path.exists():
+        onnx_from_program(
+            retrace(job.exported_program, job, None), path, input_names=job.input_names,
+            output_names=job.output_names, essentials=job.essentials,
+        )
+    return path
 
 
 def _demotion_effect(source: Path, demoted: Path, job: ExportJob) -> float | None:
