@@ -192,11 +192,15 @@ def test_tensorflow_success_is_quiet_and_failure_shows_onnx2tf_output(job, train
     bad = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("enn.test", 1)])
     bad_path = tmp_path / "bad.onnx"
     onnx.save(bad, str(bad_path))
-    bad_job = type(job)(**{**job.__dict__, "get_onnx_path": lambda: bad_path})
+    def no_program():  # the static-shape fallback re-exports from the program: make it fail too
+        raise RuntimeError("no program in this test")
+
+    bad_job = type(job)(**{**job.__dict__, "get_onnx_path": lambda: bad_path, "get_exported_program": no_program})
     with pytest.raises(BackendError) as info:
         backend.convert(bad_job, tmp_path / "bad.savedmodel", {})
     message = str(info.value)
     assert "onnx2tf failed" in message and "--- onnx2tf output (tail) ---" in message and "NoSuchOp" in message
+    assert "with static ones (" in message and "no program in this test" in message
     assert info.value.stage == "convert" and info.value.backend == "tensorflow"
     assert not (tmp_path / "bad.savedmodel" / "saved_model.pb").exists()
     assert not list(tmp_path.glob(".tensorflow-*"))  # the scratch folder is removed

@@ -97,7 +97,7 @@ def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artif
         table = page.locator("table.enn-wizard-results")
         table.wait_for(timeout=600_000)
         row = table.locator("tr[data-backend='onnx']")
-        assert row.locator("td").nth(1).inner_text() == "ok"
+        assert row.locator("td").nth(1).inner_text() == "ok · verified"
         assert "model.onnx" in row.locator("td").nth(2).inner_text()
         assert "ms" in row.locator("td").nth(5).inner_text()  # latency measured against eager
         page.locator("img").nth(2).wait_for()  # the three plots

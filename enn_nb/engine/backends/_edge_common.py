@@ -260,9 +260,11 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
 
 def both_paths_failed(backend: str, step: str, dynamic_exc: BaseException, static_exc: BaseException) -> BackendError:
     """The error of a backend whose dynamic path and static fallback both failed (both causes named)."""
+    # One summary line first (what the CLI and magics show), then each cause in full: a converter's
+    # own output tail is what a user needs to act on.
     return BackendError(
         f"`{backend}` {step} failed with dynamic shapes ({first_line(dynamic_exc)}) and with static ones "
-        f"({first_line(static_exc)}).",
+        f"({first_line(static_exc)}).\n\n--- dynamic shapes ---\n{dynamic_exc}\n\n--- static shapes ---\n{static_exc}",
         backend=backend, stage="convert",
     )
 

@@ -85,9 +85,8 @@ class TensorflowBackend(Backend):
             if not job.dynamic_batch:
                 raise
             first_error = exc
-        static_onnx = _static_onnx(job)
         try:
-            conversion = self._convert_onnx(job, static_onnx, out_path, opts)
+            conversion = self._convert_onnx(job, _static_onnx(job), out_path, opts)
         except Exception as static_exc:
             raise both_paths_failed(self.name, "onnx2tf", first_error, static_exc) from static_exc
         sizes = ", ".join(f"`{t.name}` {list(t.shape)}" for t in conversion.inputs)
