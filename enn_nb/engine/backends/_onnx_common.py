@@ -6,12 +6,20 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb.engine.backends.base import TensorInfo
+from enn_nb.engine.options import Option
 
 #: onnx TensorProto element types -> numpy dtype names.
 _ONNX_DTYPES = {
     1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
     10: "float16", 11: "float64", 12: "uint32", 13: "uint64", 16: "bfloat16",
 }
+
+#: How an ONNX-family artifact runs in onnxruntime (parity, latency): shared by onnx and ort.
+RUNTIME_OPTIONS = (
+    Option("intra_op_num_threads", int, None, "onnxruntime's intra-op threads when the artifact runs (parity, latency)",
+           min=1),
+    Option("providers", list, None, "onnxruntime execution providers, e.g. ['CPUExecutionProvider']"),
+)
 
 
 def describe(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:

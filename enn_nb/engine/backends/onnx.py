@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.engine.backends._onnx_common import describe, ort_runner
+from enn_nb.engine.backends._onnx_common import RUNTIME_OPTIONS, describe, ort_runner
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 from enn_nb.engine.options import Option, defaults
 
@@ -35,8 +35,7 @@ class OnnxBackend(Backend):
                "default)", min=18, max=23),
         Option("optimize", bool, True, "let torch.onnx optimise the graph (constant folding, fusions)"),
         Option("check", bool, True, "run onnx.checker.check_model(full_check=True) on the artifact"),
-        Option("intra_op_num_threads", int, None, "onnxruntime's intra-op threads when the artifact runs (parity, latency)", min=1),
-        Option("providers", list, None, "onnxruntime execution providers, e.g. ['CPUExecutionProvider']"),
+        *RUNTIME_OPTIONS,
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
 

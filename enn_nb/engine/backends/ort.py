@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.engine.backends._onnx_common import ort_metadata, ort_runner, ort_session, session_describe
+from enn_nb.engine.backends._onnx_common import (
+    RUNTIME_OPTIONS,
+    ort_metadata,
+    ort_runner,
+    ort_session,
+    session_describe,
+)
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 from enn_nb.engine.options import Option, defaults
 
@@ -43,8 +49,7 @@ class OrtBackend(Backend):
         Option("optimization_style", str, "Fixed", "Fixed: optimised for this build; Runtime: optimised when loaded",
                choices=STYLES),
         Option("target_platform", str, None, "tune for a target CPU family", choices=(None, "arm", "amd64")),
-        Option("intra_op_num_threads", int, None, "onnxruntime's intra-op threads when the artifact runs (parity, latency)", min=1),
-        Option("providers", list, None, "onnxruntime execution providers, e.g. ['CPUExecutionProvider']"),
+        *RUNTIME_OPTIONS,
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
 
