@@ -125,11 +125,7 @@ def fsync_dir(path: Path) -> None:
     """Make a rename or a new entry in ``path`` durable (a no-op where folders cannot be opened)."""
     if sys.platform == "win32":
         return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
 
 
 def fsync_file(path: Path) -> None:
