@@ -404,3 +404,36 @@ def test_damaged_manifest_key_does_not_fall_back_to_unverified_loading(tmp_path,
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptCheckpointError, match="damaged"):
         enn_nb.load(path, model=tiny())
+
+
+def _pointers(model: torch.nn.Module) -> dict[str, int]:
+    return {k: v.data_ptr() for k, v in model.state_dict().items()}
+
+
+def test_a_verified_dcp_load_reads_straight_into_the_models_tensors(tmp_path):
+    path = tmp_path / "m_dcp"
+    reference = _small()
+    enn_nb.save(reference, path)
+    target = tiny(in_dim=3, hidden=4, horizon=1, seed=9)
+    before = _pointers(target)
+    loaded = enn_nb.load(path, model=target)
+    assert loaded.model is target and loaded.verified and loaded.restore_check == "passed"
+    assert _pointers(target) == before  # filled in place: no fresh buffers were copied in
+    for k, v in reference.state_dict().items():
+        assert torch.equal(target.state_dict()[k], v), k
+
+
+def test_an_unverified_dcp_load_of_a_damaged_shard_leaves_the_users_model_as_it_was(tmp_path):
+    path = tmp_path / "m_dcp"
+    enn_nb.save(_small(), path)
+    shard = next(p for p in path.iterdir() if p.suffix == ".distcp")
+    data = bytearray(shard.read_bytes())
+    data[-40:] = bytes(40)  # the last item's zip directory: that read fails after earlier ones succeeded
+    shard.write_bytes(bytes(data))
+    target = tiny(in_dim=3, hidden=4, horizon=1, seed=9)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    # torch raises a BaseException here (CheckpointException); users catch Exception: it arrives as ours
+    with pytest.raises(CorruptCheckpointError, match="Reading the DCP checkpoint .* failed: RuntimeError"):
+        enn_nb.load(path, model=target, verify=False)
+    for k, v in before.items():
+        assert torch.equal(target.state_dict()[k], v), f"`{k}` changed although the load failed"

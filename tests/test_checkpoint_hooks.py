@@ -141,3 +141,57 @@ def test_self_check_survives_conversion(tmp_path, calibrated_builder):
         assert manifest.self_check == enn_nb.inspect(src).self_check
         assert manifest.extra_state == {"_extra_state": {"mode": "shift"}}
         assert enn_nb.load(dst).restore_check == "passed", fmt
+
+
+class Noisy(Calibrated):
+    """Warns on every call, as eager FlexAttention does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import warnings
+
+        warnings.warn("noisy forward", UserWarning, stacklevel=1)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_a_large_models_self_check_runs_beside_the_writer_quietly(fmt, tmp_path, monkeypatch):
+    import warnings
+
+    from enn_nb.checkpoint import selfcheck
+
+    monkeypatch.setattr(selfcheck, "BACKGROUND_MIN_BYTES", 0)  # every save takes the background path
+    started, original = [], selfcheck.Recording.__init__
+    monkeypatch.setattr(selfcheck.Recording, "__init__", lambda self, job: (started.append(job), original(self, job))[1])
+    model = Noisy()
+    model.fit(torch.arange(5.0) / 3)
+    path = tmp_path / FORMATS[fmt]
+    filters_before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manifest = enn_nb.save(model, path, spec=enn_nb.ModelSpec(in_dim=4))
+    assert started and not [w for w in caught if "noisy forward" in str(w.message)]
+    assert warnings.filters == filters_before  # the hook is gone, no filter was left behind
+    assert manifest.self_check["inputs"][0]["shape"] == [2, 4]
+    with warnings.catch_warnings(record=True) as caught:  # the user's own calls still warn
+        warnings.simplefilter("always")
+        model(torch.zeros(1, 4))
+    assert [w for w in caught if "noisy forward" in str(w.message)]
+    loaded = enn_nb.load(path, model=Noisy())
+    assert loaded.restore_check == "passed" and loaded.model.mode == "shift"
+
+
+def test_safetensors_saves_without_vectors_longer_than_the_reserved_header(tmp_path, monkeypatch):
+    from enn_nb.checkpoint import selfcheck
+
+    monkeypatch.setattr(selfcheck, "BACKGROUND_MIN_BYTES", 0)
+    monkeypatch.setattr(selfcheck, "MAX_CHARS_PER_VALUE", 0)  # the reservation then cannot hold the outputs
+    monkeypatch.setattr(selfcheck.Recording, "max_json_chars", lambda self: 0)
+    path = tmp_path / "m.safetensors"
+    manifest = enn_nb.save(_fitted(), path, spec=enn_nb.ModelSpec(in_dim=4))
+    assert manifest.self_check is None
+    from safetensors.torch import load_file
+
+    tensors = {k for k, v in _fitted().state_dict().items() if isinstance(v, torch.Tensor)}
+    assert set(load_file(path)) == tensors  # a well-formed file all the same
+    loaded = enn_nb.load(path, model=Calibrated())
+    assert loaded.restore_check == "not_run" and loaded.model.mode == "shift"

@@ -15,7 +15,7 @@ from .base import Reader, SaveRequest
 from .detect import detect_format, save_format
 from .manifest import Manifest, user_metadata
 from .restore import alias_sources, hooks_decide_shapes, shapes_now, split_extra_state
-from .tensors import canonical_key, model_key_map, model_state
+from .tensors import canonical_key, dtype_name, model_key_map, model_state
 
 if TYPE_CHECKING:
     import os
@@ -128,10 +128,17 @@ def save(
         opt_state, opt_class = optimizer.state_dict(), type(optimizer).__name__
     raw = model if isinstance(model, Mapping) else model.state_dict()
     tensors, extra_state = split_extra_state(raw)
-    request = SaveRequest(state=model_state(tensors), spec=resolved, optimizer_state=opt_state,
-                          optimizer_class=opt_class, extra_state=extra_state or None,
-                          self_check=None if isinstance(model, Mapping) else selfcheck.record(model, resolved))
-    return _WRITERS[fmt](path, request)
+    state = model_state(tensors)
+    # A large model's self-check runs beside the writer (see selfcheck.start); writers wait for it last.
+    check = None if isinstance(model, Mapping) else selfcheck.start(model, resolved, _state_bytes(state))
+    request = SaveRequest(state=state, spec=resolved, optimizer_state=opt_state, optimizer_class=opt_class,
+                          extra_state=extra_state or None, self_check=check)
+    with selfcheck.running(check):
+        return _WRITERS[fmt](path, request)
+
+
+def _state_bytes(state: Mapping[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values() if hasattr(t, "element_size"))
 
 
 def _resolve_spec(model: Any, spec: ModelSpec | Mapping[str, Any] | None) -> ModelSpec:
@@ -206,6 +213,8 @@ def load(
     # DTensors are filled in place (DCP reshards into them); everything else arrives at the
     # checkpoint's shapes and goes through the model's load_state_dict.
     into = {k: own[key_map[k]] for k in names if type(own[key_map[k]]).__name__ == "DTensor"}
+    if getattr(reader, "fills_in_place", False) and (model is None or (verify and reader.verifiable)):
+        into.update(_in_place_targets(manifest, own, key_map, names, mismatched))
     tensors = reader.tensors(names, verify=verify, into=into or None)
     optimizer_state = reader.optimizer_state(verify=verify)  # verified too before the model changes
     state: dict[str, Any] = {key_map[k]: t for k, t in tensors.items()}
@@ -247,6 +256,26 @@ def load(
         verified=bool(verify and reader.verifiable),
         restore=restore,
     )
+
+
+def _in_place_targets(manifest: Manifest, own: Mapping[str, Any], key_map: Mapping[str, str], names: list[str],
+                      mismatched: Mapping[str, Any]) -> dict[str, Any]:
+    """The model's own tensors a DCP read may fill directly, saving a fresh buffer and a copy per tensor.
+
+    Only where that cannot lose anything: the caller passes a model enn_nb built itself (a failed read
+    discards it), or ``verify=True`` (every shard file's hash was checked before the read). Tensors of
+    another dtype or shape keep going through ``load_state_dict``; it then copies each filled tensor
+    onto itself, which torch skips, and runs the model's hooks as always.
+    """
+    import torch
+
+    dtypes = {t.name: t.dtype for t in manifest.tensors}
+    out = {}
+    for name in names:
+        mine = own[key_map[name]]
+        if name not in mismatched and type(mine) is torch.Tensor and dtype_name(mine.dtype) == dtypes.get(name):
+            out[name] = mine
+    return out
 
 
 def _load_into(target: Any, state: dict[str, Any], path: Any, key_map: Mapping[str, str],

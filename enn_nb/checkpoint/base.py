@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -11,6 +12,7 @@ from enn_nb.errors import CheckpointError, CorruptCheckpointError
 from enn_nb.spec import ModelSpec
 
 from .manifest import FileEntry, Manifest, TensorEntry, versions
+from .selfcheck import Recording, resolve
 from .tensors import OPTIMIZER_PREFIX, dtype_name, nbytes, split_tree
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ class SaveRequest:
     source: dict[str, Any] | None = None
     created: str | None = None
     extra_state: dict[str, Any] | None = None
-    self_check: dict[str, Any] | None = None
+    #: the recorded vectors, or a :class:`~.selfcheck.Recording` still running beside the writer
+    self_check: dict[str, Any] | Recording | None = None
 
     def __post_init__(self) -> None:
         clash = [name for name in self.state if name.startswith(OPTIMIZER_PREFIX)]
@@ -43,6 +46,19 @@ class SaveRequest:
         if self.optimizer_state is None:
             return None, {}
         return split_tree(self.optimizer_state, OPTIMIZER_PREFIX)
+
+
+def sync_while_recording(fh: Any, request: SaveRequest) -> None:
+    """Start a pending self-check and push the bytes written so far to disk meanwhile.
+
+    Once the tensors are written the CPU would only wait for the disk: the forward pass runs in
+    that wait instead of after it (run during the writes, it competes with them and the hashing for
+    the cores). The final fsync then has only the manifest left to write.
+    """
+    if isinstance(request.self_check, Recording):
+        request.self_check.start()
+        fh.flush()
+        os.fdatasync(fh.fileno())
 
 
 def tensor_entries(tensors: Mapping[str, torch.Tensor], hashes: Mapping[str, str | None]) -> list[TensorEntry]:
@@ -80,7 +96,7 @@ def build_manifest(
         optimizer=optimizer,
         source=request.source,
         extra_state=request.extra_state,
-        self_check=request.self_check,
+        self_check=resolve(request.self_check),
     )
 
 

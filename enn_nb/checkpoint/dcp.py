@@ -46,8 +46,9 @@ from .atomic import (
 )
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, dcp_metadata_name, upstream_meta_file
-from .hashing import HashingStream, HashPool, check_tensors, file_matches
+from .hashing import HashingStream, HashPool, file_matches
 from .manifest import FileEntry, Manifest, decode, encode
+from .selfcheck import Recording
 from .tensors import dtype_name, expected_nbytes, join_tree, torch_dtype
 
 if TYPE_CHECKING:
@@ -169,6 +170,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         if rank == 0:
             final.parent.mkdir(parents=True, exist_ok=True)
         writer = _hashing_writer(tmp)
+        if isinstance(request.self_check, Recording):
+            request.self_check.start()  # dcp.save writes and fsyncs on its own threads: run beside it all
         try:
             with _quiet():
                 dcp.save(state, storage_writer=writer, no_dist=dist is None)
@@ -333,6 +336,9 @@ def metadata_table(metadata: Any) -> dict[tuple[str, ...], tuple[str, tuple[int,
 class DcpReader:
     """An open DCP checkpoint directory (enn_nb manifest, or ENN-PyTorch ``meta.json``)."""
 
+    #: ``tensors(into=...)`` reads straight into the given tensors (see ``api._in_place_targets``)
+    fills_in_place = True
+
     def __init__(self, path: Path) -> None:
         # A concurrent save swaps the whole directory in one rename: when what was read does not
         # fit together and the directory was swapped meanwhile, read the new one from the start.
@@ -429,12 +435,22 @@ class DcpReader:
                 node = node.setdefault(part, {})
             node[key[-1]] = tensor
         dcp_metadata.check_request(self.metadata, dest, where=str(self.path))
+        from torch.distributed.checkpoint.api import CheckpointException
+
         dist, _rank, _world = _dist()
         try:
             with _quiet():
                 dcp.load(nested, storage_reader=_safe_reader(self.path, self.metadata), no_dist=dist is None)
         except (UnsafeCheckpointError, CorruptCheckpointError):
             raise
+        except CheckpointException as exc:
+            # A BaseException in torch: an `except Exception` in the user's code would not stop it. The
+            # first rank's own error is the cause; ours (an unsafe entry) pass through as they are.
+            cause = next((failure for failure, _trace in exc.failures.values()), exc)
+            if isinstance(cause, (UnsafeCheckpointError, CorruptCheckpointError)):
+                raise cause from None
+            raise CorruptCheckpointError(f"Reading the DCP checkpoint `{self.path}` failed: "
+                                         f"{type(cause).__name__}: {cause}", file=str(self.path)) from cause
         except Exception as exc:  # noqa: BLE001 - DCP wraps read failures in its own exception types
             raise CorruptCheckpointError(f"Reading the DCP checkpoint `{self.path}` failed: {exc}",
                                          file=str(self.path)) from exc
@@ -474,9 +490,9 @@ class DcpReader:
             else:
                 entry = table[name]
                 out[name] = torch.empty(entry.shape, dtype=getattr(torch, entry.dtype))
+        # verify_files checked every byte of every file the metadata may reference (_check_layout):
+        # the tensors decoded from them need no second hash pass.
         self._load({self.paths[name]: tensor for name, tensor in out.items()})
-        if verify and not self.upstream:
-            check_tensors(out, {name: table[name].hash for name in out}, what=f"`{self.path}`")
         return out
 
     def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
@@ -490,9 +506,6 @@ class DcpReader:
         _check_declared_bytes(self.metadata, {(OPTIMIZER_KEY, t["name"]): t for t in opt["tensors"]}, self.path)
         tensors = {t["name"]: torch.empty(t["shape"], dtype=torch_dtype(t["dtype"])) for t in opt["tensors"]}
         self._load({(OPTIMIZER_KEY, name): t for name, t in tensors.items()})
-        if verify:
-            check_tensors(tensors, {t["name"]: t.get("hash") for t in opt["tensors"]},
-                          what=f"the optimizer state of `{self.path}`")
         return join_tree(opt["structure"], tensors)
 
 

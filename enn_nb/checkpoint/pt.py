@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from enn_nb.errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError
 
 from .atomic import atomic_file
-from .base import SaveRequest, build_manifest, check_table
+from .base import SaveRequest, build_manifest, check_table, sync_while_recording
 from .hashing import HashPool, check_tensors
 from .manifest import Manifest, decode, encode
 from .tensors import (
@@ -71,6 +71,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             for key, storage in storages.items():
                 writer.write_record(f"data/{key}", storage, storage.nbytes())
                 handle.raise_if_failed()  # stop at the first short write instead of writing the rest
+            sync_while_recording(handle.raw, request)
             hashes = pool.results()
             manifest = build_manifest(
                 "pt", request, hashes, optimizer_structure=structure, optimizer_tensors=opt_tensors

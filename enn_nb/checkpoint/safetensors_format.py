@@ -24,9 +24,10 @@ from enn_nb._fs import timestamp
 from enn_nb.errors import CorruptCheckpointError, NotACheckpointError
 
 from .atomic import atomic_file
-from .base import SaveRequest, build_manifest, check_table
+from .base import SaveRequest, build_manifest, check_table, sync_while_recording
 from .hashing import ALGORITHM, HEX_DIGITS, HashPool, check_tensors
 from .manifest import Manifest, decode, encode
+from .selfcheck import Recording
 from .tensors import byte_view, cpu_contiguous, dtype_name, join_tree
 
 if TYPE_CHECKING:
@@ -70,9 +71,10 @@ def write(final: Path, request: SaveRequest) -> Manifest:
 
     # Fix the creation time once: both header passes must have exactly the same length.
     request = dataclasses.replace(request, created=request.created or timestamp())
+    recording = request.self_check if isinstance(request.self_check, Recording) else None
 
-    def header(hashes: Mapping[str, str], reserve: int = 0) -> tuple[bytes, Manifest]:
-        manifest = build_manifest("safetensors", request, hashes, optimizer_structure=structure,
+    def header(req: SaveRequest, hashes: Mapping[str, str], reserve: int = 0) -> tuple[bytes, Manifest]:
+        manifest = build_manifest("safetensors", req, hashes, optimizer_structure=structure,
                                   optimizer_tensors=opt_tensors,
                                   extra_versions={"safetensors": safetensors.__version__})
         # The placeholder pass differs from the real one only in the digests: validate the real one.
@@ -81,7 +83,14 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         size = max(reserve, len(raw) + (-(8 + len(raw)) % 8))  # pad so tensor data starts 8-aligned
         return raw + b" " * (size - len(raw)), manifest
 
-    placeholder, _ = header({name: f"{ALGORITHM}:" + "0" * HEX_DIGITS for name in tensors})
+    placeholders = {name: f"{ALGORITHM}:" + "0" * HEX_DIGITS for name in tensors}
+    if recording is None:
+        placeholder, _ = header(request, placeholders)
+    else:
+        # The self-check is still being recorded beside the writer: reserve room for its longest form.
+        bare, _ = header(dataclasses.replace(request, self_check=None), placeholders)
+        pad = recording.max_json_chars()
+        placeholder = bare + b" " * (pad + (-(8 + len(bare) + pad) % 8))
     if len(placeholder) > MAX_HEADER:  # the safetensors library could never open the file: refuse before replacing
         from enn_nb.errors import CheckpointError
 
@@ -97,7 +106,11 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             fh.write(placeholder)
             for name in order:
                 fh.write(byte_view(tensors[name]))
-            real, manifest = header(pool.results(), reserve=len(placeholder))
+            sync_while_recording(fh, request)
+            hashes = pool.results()
+            real, manifest = header(request, hashes, reserve=len(placeholder))
+            if len(real) != len(placeholder):  # vectors longer than the bound: saved without them
+                real, manifest = header(dataclasses.replace(request, self_check=None), hashes, reserve=len(placeholder))
             if len(real) != len(placeholder):
                 raise RuntimeError("enn_nb internal error: the safetensors header changed length")
             fh.seek(8)

@@ -52,11 +52,129 @@ def _quiet() -> Iterator[None]:
 
 
 # -- recording at save time ---------------------------------------------------------------------------
+#: From this many state bytes on, ``save`` records the self-check on a thread beside the writer: the
+#: forward pass reads every weight once, which costs as much as a fifth of the save when it runs first.
+#: (A safetensors header reserves room for the vectors meanwhile, at most 0.4 MiB: under 0.3% here.)
+BACKGROUND_MIN_BYTES = 128 << 20
+#: The longest JSON one recorded output value can take (``-2.2250738585072014e-308`` and a comma);
+#: a writer that must size its header before the outputs exist reserves this much per value.
+MAX_CHARS_PER_VALUE = 26
+
+
 def record(model: Any, spec: ModelSpec) -> dict[str, Any] | None:
     """``{"call", "inputs", "outputs", "atol", "rtol"}`` for ``model``, or None when it cannot run.
 
     Never raises: a model that cannot run on inputs drawn from its spec is saved without a self-check.
     """
+    job = _prepare(model, spec)
+    if job is None:
+        return None
+    with _quiet():
+        return job.run()
+
+
+class Recording:
+    """A self-check recorded on a background thread while a writer moves the tensor bytes.
+
+    Started by :func:`running`, which the caller holds around the save. The thread only reads the
+    model; its warnings are dropped by a thread-aware hook (a ``catch_warnings`` block on a second
+    thread could restore the filters out of order and leave the process's warnings switched off).
+    """
+
+    def __init__(self, job: _Job) -> None:
+        import threading
+
+        self._job = job
+        self._result: dict[str, Any] | None = None
+        self.thread = threading.Thread(target=self._run, name="enn-nb-selfcheck", daemon=True)
+
+    def start(self) -> None:
+        """Start the forward pass (once); writers start it where the CPU would otherwise wait on the disk."""
+        if self.thread.ident is None:
+            self.thread.start()
+
+    def _run(self) -> None:
+        self._result = self._job.run()
+
+    def result(self) -> dict[str, Any] | None:
+        """Wait for the forward pass; the recorded vectors, or None when the model could not run."""
+        if self.thread.ident is None:  # never started (no `running` block): record here and now
+            with _quiet():
+                return self._job.run()
+        self.thread.join()
+        return self._result
+
+    def max_json_chars(self) -> int:
+        """An upper bound on the recorded vectors' JSON, also once escaped into a JSON string (quotes double)."""
+        return 2 * self._job.inputs_chars + MAX_VALUES * MAX_CHARS_PER_VALUE + 4096
+
+
+def start(model: Any, spec: ModelSpec, state_bytes: int) -> dict[str, Any] | Recording | None:
+    """The self-check for ``save``: recorded now for small states; for large ones a :class:`Recording`
+    the writer starts inside a :func:`running` block, beside its own work."""
+    job = _prepare(model, spec)
+    if job is None:
+        return None
+    if state_bytes < BACKGROUND_MIN_BYTES:
+        with _quiet():
+            return job.run()
+    return Recording(job)
+
+
+def resolve(value: dict[str, Any] | Recording | None) -> dict[str, Any] | None:
+    """The recorded vectors, waiting for a background recording to finish."""
+    return value.result() if isinstance(value, Recording) else value
+
+
+@contextmanager
+def running(value: dict[str, Any] | Recording | None) -> Iterator[None]:
+    """The block in which a background recording may run: its warnings are dropped; joined at the end."""
+    if not isinstance(value, Recording):
+        yield
+        return
+    import threading
+    import warnings
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            if threading.current_thread() is not value.thread:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            yield
+        finally:
+            if value.thread.ident is not None:
+                value.thread.join()  # its warnings must not outlive the hook
+
+
+@dataclasses.dataclass
+class _Job:
+    model: Any
+    name: str
+    call: Any
+    inputs: list[Any]
+    inputs_chars: int
+
+    def run(self) -> dict[str, Any] | None:
+        import torch
+
+        try:
+            with _eval(self.model), torch.no_grad():
+                outputs = _as_tensors(self.call(*self.inputs))
+        except Exception:  # noqa: BLE001 - the self-check is an extra; saving must not fail because of it
+            return None
+        if outputs is None or sum(t.numel() for t in outputs) > MAX_VALUES:
+            return None
+        return {"call": self.name, "inputs": [_encode(t) for t in self.inputs],
+                "outputs": [_encode(t) for t in outputs], "atol": ATOL, "rtol": RTOL}
+
+
+def _prepare(model: Any, spec: ModelSpec) -> _Job | None:
+    import json
+
     import torch
 
     if not isinstance(model, torch.nn.Module) or (spec.in_dim is None and not spec.has_signature) \
@@ -72,14 +190,10 @@ def record(model: Any, spec: ModelSpec) -> dict[str, Any] | None:
 
             inputs = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=BATCH, seed=0)
         name, call = _call(model)
-        with _eval(model), torch.no_grad(), _quiet():
-            outputs = _as_tensors(call(*inputs))
-    except Exception:  # noqa: BLE001 - the self-check is an extra; saving must not fail because of it
+        chars = len(json.dumps([_encode(t) for t in inputs], separators=(",", ":")))
+    except Exception:  # noqa: BLE001 - see _Job.run
         return None
-    if outputs is None or sum(t.numel() for t in outputs) > MAX_VALUES:
-        return None
-    return {"call": name, "inputs": [_encode(t) for t in inputs], "outputs": [_encode(t) for t in outputs],
-            "atol": ATOL, "rtol": RTOL}
+    return _Job(model, name, call, list(inputs), chars)
 
 
 # -- checking at load time ------------------------------------------------------------------------------
