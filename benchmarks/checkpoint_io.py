@@ -13,6 +13,10 @@ BLAKE3 while writing it; ``torch.save`` and ``save_file`` do neither, so the raw
 with an fsync added. enn_nb's loads verify every hash (``verify=True``, the default), which reads
 every byte once more than a raw load does: they are compared with the raw load followed by one full
 read of the file(s) (8 MiB chunks into one buffer); ``verify=False`` is compared with the raw load.
+A verified load also re-runs the self-check recorded at save time (a forward pass at batch 2, which
+reads every weight): it is timed on its own too, and a derived row gives the load without it. The
+loads are also timed cold: each file's pages dropped from the page cache first (``posix_fadvise``),
+so every byte comes from the disk, for the raw and the enn_nb side alike.
 Peak RSS while saving is measured in the saving process (VmHWM reset before each save) and given
 relative to the tensor bytes: ``(peak RSS - RSS before the model existed) / tensor bytes``.
 
@@ -22,7 +26,7 @@ the large size over the time per byte at 512 MiB (target <= 1.2: I/O grows linea
 ``free -g`` first: the jobs hold two copies of the state (the saved model and the load destination).
 
 Every measurement runs in a child process; files go to ``--dir`` and are deleted afterwards.
-Usage: ``python benchmarks/checkpoint_io.py [--mb 512] [--reps 3] [--dir out/bench]``.
+Usage: ``python benchmarks/checkpoint_io.py [--mb 512] [--reps 5] [--dir out/bench]``.
 """
 
 from __future__ import annotations
@@ -119,6 +123,21 @@ def _read_all(path: Path, buffer: bytearray) -> None:
                 pass
 
 
+def _evict(path: Path) -> None:
+    """Drop a file's (or a directory's files') pages from the page cache: the next read comes from disk.
+
+    ``posix_fadvise(DONTNEED)`` works for the files' owner without root; the pages are clean (every
+    save fsyncs), so the kernel drops them at once.
+    """
+    for file in [path] if path.is_file() else sorted(path.iterdir()):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def _fsync_path(path: Path) -> None:
     for file in [path] if path.is_file() else sorted(path.iterdir()):
         fd = os.open(file, os.O_RDONLY)
@@ -187,8 +206,15 @@ def job(name: str, mb: int, reps: int, directory: Path) -> dict[str, Any]:
                                "build_s": build_s, "base_rss": base_rss, "runs": []}
     directory.mkdir(parents=True, exist_ok=True)
     ops = _plain_ops(model, directory) if name == "plain" else _format_ops(name, model, other, directory)
-    for _ in range(reps):
-        for label, kind, fn, cleanup in ops:
+    saves = [op for op in ops if op[1] == "save"]
+    rest = [op for op in ops if op[1] != "save"]
+    for rep in range(reps):
+        # A big write leaves this VM's disk slower for the next one for a while: the saves take turns
+        # at coming first (rotated each repetition), so no side always follows the other's write.
+        turn = rep % len(saves) if saves else 0
+        for label, kind, fn, cleanup, *prepare in saves[turn:] + saves[:turn] + rest:
+            for step in prepare:
+                step()
             _reset_peak()
             before = _status()["VmRSS"]
             seconds, _ = _timed(fn)
@@ -287,14 +313,27 @@ def _format_ops(fmt: str, model: Any, other: Any, directory: Path) -> list[Any]:
     if raw_read_only is not None:
         ops.append(("raw read only", "info", raw_read_only, None))
     if fmt != "dcp":  # DCP's FileSystemWriter already fsyncs (sync_files=True)
-        ops.append(("raw save + fsync", "save", raw_save_fsync, lambda: _rm(raw_path)))
-    else:
-        ops.append(("(cleanup)", "info", lambda: None, lambda: _rm(raw_path)))
+        ops.append(("raw save + fsync", "save", raw_save_fsync, None))
+    from enn_nb.checkpoint import selfcheck
+
+    recorded: dict[str, Any] = {}
+
+    def restore_check() -> None:  # what verify=True adds after the copy: the recorded forward pass
+        recorded.setdefault("v", enn_nb.inspect(ours_path).self_check)
+        selfcheck.check(other, recorded["v"])
+
     ops += [
         ("enn_nb save", "save", lambda: enn_nb.save(model, ours_path, format=fmt), None),
         ("enn_nb load", "load", lambda: enn_nb.load(ours_path, model=other), None),
         ("enn_nb load verify=False", "load", lambda: enn_nb.load(ours_path, model=other, verify=False), None),
-        ("enn_nb inspect", "info", lambda: enn_nb.inspect(ours_path), lambda: _rm(ours_path)),
+        ("restore self-check", "info", restore_check, None),
+        # the same loads with the files' pages dropped first: every byte comes from the disk
+        ("raw load cold", "load", raw_load, None, lambda: _evict(raw_path)),
+        ("raw load + full read cold", "load", raw_load_read, None, lambda: _evict(raw_path)),
+        ("enn_nb load cold", "load", lambda: enn_nb.load(ours_path, model=other), None, lambda: _evict(ours_path)),
+        ("enn_nb load verify=False cold", "load", lambda: enn_nb.load(ours_path, model=other, verify=False), None,
+         lambda: _evict(ours_path)),
+        ("enn_nb inspect", "info", lambda: enn_nb.inspect(ours_path), lambda: (_rm(ours_path), _rm(raw_path))),
     ]
     return ops
 
@@ -311,7 +350,16 @@ def _run_child(name: str, args: argparse.Namespace, mb: int | None = None) -> di
 
 def _best(result: dict[str, Any], op: str) -> dict[str, float]:
     runs = [r for r in result["runs"] if r["op"] == op]
-    return {"s": min(r["s"] for r in runs), "peak_extra": max(r["peak_extra"] for r in runs)}
+    return {"s": min(r["s"] for r in runs), "max": max(r["s"] for r in runs),
+            "peak_extra": max(r["peak_extra"] for r in runs)}
+
+
+SPREAD_OPS = ("raw save + fsync", "raw save", "enn_nb save", "raw load + full read", "enn_nb load", "raw load",
+              "enn_nb load verify=False")
+
+
+def _runs(result: dict[str, Any], op: str) -> int:
+    return sum(r["op"] == op for r in result["runs"])
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -361,15 +409,32 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(f"{fmt:<12}{'save MiB/s vs plain':<26}{mib / plain_s:>8.0f}{mib / ours_save['s']:>10.0f}"
                      f"{plain_s / ours_save['s']:>8.2f}{'>=0.80':>8}  "
                      f"{'ok' if plain_s / ours_save['s'] >= 0.8 else 'MISS'}")
-        row(fmt, "load (verify=True)", raw_load_read, _best(res, "enn_nb load")["s"], TARGETS["load"])
+        verified = _best(res, "enn_nb load")["s"]
+        check_s = _best(res, "restore self-check")["s"]
+        row(fmt, "load (verify=True)", raw_load_read, verified, TARGETS["load"])
         lines[-1] += "   (raw: load + one full read)"
+        row(fmt, "  of which restore check", None, check_s, None)
+        lines[-1] += "   (the recorded forward pass, timed on its own)"
+        row(fmt, "  hashes only (derived)", raw_load_read, verified - check_s, TARGETS["load"])
+        lines[-1] += "   (load - restore check)"
         row(fmt, "load (verify=False)", raw_load, _best(res, "enn_nb load verify=False")["s"], TARGETS["load"])
+        row(fmt, "cold load (verify=True)", _best(res, "raw load + full read cold")["s"],
+            _best(res, "enn_nb load cold")["s"], TARGETS["load"])
+        lines[-1] += "   (pages dropped first: bytes from disk)"
+        row(fmt, "cold load (verify=False)", _best(res, "raw load cold")["s"],
+            _best(res, "enn_nb load verify=False cold")["s"], TARGETS["load"])
         if any(r["op"] == "raw read only" for r in res["runs"]):
             row(fmt, "  raw read only (no copy)", None, _best(res, "raw read only")["s"], None)
         row(fmt, "inspect (manifest only)", None, _best(res, "enn_nb inspect")["s"], None)
         rss = results[f"rss-{fmt}"]
         rss_rows.append((fmt, rss["raw"]["peak_over_base"] / nbytes, rss["enn_nb"]["peak_over_base"] / nbytes,
                          rss["raw"]["extra"] / 2**20, rss["enn_nb"]["extra"] / 2**20))
+    lines += ["", f"spread: best / slowest of the {_runs(results['pt'], 'enn_nb save')} repetitions, seconds"]
+    for fmt in FORMATS:
+        res = results[fmt]
+        cells = [f"{op} {_best(res, op)['s']:.3f}/{_best(res, op)['max']:.3f}" for op in SPREAD_OPS
+                 if any(r["op"] == op for r in res["runs"])]
+        lines.append(f"{fmt:<12}" + ";  ".join(cells))
     lines += ["", "peak RSS while saving, over the process's RSS before the model existed, / tensor bytes:",
               f"{'format':<12}{'raw':>8}{'enn_nb':>8}{'target':>8}  {'raw +MiB':>9}  {'enn_nb +MiB':>11}  verdict"]
     for fmt, raw_r, ours_r, raw_extra, extra in rss_rows:
@@ -381,7 +446,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=512, help="approximate state size in MiB")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions (best time kept)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions (best time kept, slowest shown)")
     parser.add_argument("--dir", type=Path, default=ROOT / "out" / "bench", help="scratch directory")
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")

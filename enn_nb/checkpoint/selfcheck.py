@@ -76,9 +76,10 @@ def record(model: Any, spec: ModelSpec) -> dict[str, Any] | None:
 class Recording:
     """A self-check recorded on a background thread while a writer moves the tensor bytes.
 
-    Started by :func:`running`, which the caller holds around the save. The thread only reads the
-    model; its warnings are dropped by a thread-aware hook (a ``catch_warnings`` block on a second
-    thread could restore the filters out of order and leave the process's warnings switched off).
+    The writer starts it (:meth:`start`) where its own work leaves the CPU idle, inside the
+    :func:`running` block the caller holds around the save. The thread only reads the model; its
+    warnings are dropped by a thread-aware hook there (a ``catch_warnings`` block on a second thread
+    could restore the filters out of order and leave the process's warnings switched off).
     """
 
     def __init__(self, job: _Job) -> None:
