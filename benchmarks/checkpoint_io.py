@@ -397,8 +397,10 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         ours_save = _best(res, "enn_nb save")
         raw_load = _best(res, "raw load")["s"]
         raw_load_read = _best(res, "raw load + full read")["s"]
-        row(fmt, "save vs raw call", raw_save["s"], ours_save["s"], TARGETS["save"])
+        # The target compares durable with durable: torch.save and save_file do not fsync, dcp.save does.
+        row(fmt, "save vs raw call", raw_save["s"], ours_save["s"], TARGETS["save"] if fmt == "dcp" else None)
         if fmt != "dcp":
+            lines[-1] += "  (raw not durable: info)"
             row(fmt, "save vs raw call + fsync", raw_save_sync["s"], ours_save["s"], TARGETS["save"])
         else:
             lines.append(f"{fmt:<12}{'  (dcp.save fsyncs itself)':<26}")
@@ -407,8 +409,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                      f"{plain_sync_s / ours_save['s']:>8.2f}{'>=0.80':>8}  "
                      f"{'ok' if plain_sync_s / ours_save['s'] >= 0.8 else 'MISS'}")
         lines.append(f"{fmt:<12}{'save MiB/s vs plain':<26}{mib / plain_s:>8.0f}{mib / ours_save['s']:>10.0f}"
-                     f"{plain_s / ours_save['s']:>8.2f}{'>=0.80':>8}  "
-                     f"{'ok' if plain_s / ours_save['s'] >= 0.8 else 'MISS'}")
+                     f"{plain_s / ours_save['s']:>8.2f}{'':>8}  (plain not durable: info)")
         verified = _best(res, "enn_nb load")["s"]
         check_s = _best(res, "restore self-check")["s"]
         row(fmt, "load (verify=True)", raw_load_read, verified, TARGETS["load"])
