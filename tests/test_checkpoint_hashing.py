@@ -128,3 +128,23 @@ def test_migration_1_to_2_names_the_algorithm_per_entry():
     assert all("sha256" not in t for t in doc["optimizer"]["tensors"])
     with pytest.raises(CorruptCheckpointError, match="hash_algorithm='md5'"):
         migrations.migrate({**copy.deepcopy(v1), "hash_algorithm": "md5"})
+
+
+def test_a_dcp_save_skips_zip_crcs_and_puts_torchs_switch_back(tmp_path):
+    from torch.serialization import get_crc32_options, set_crc32_options
+
+    path = tmp_path / "m_dcp"
+    for before in (True, False):
+        set_crc32_options(before)
+        try:
+            enn_nb.save(tiny(), path)
+            assert get_crc32_options() is before
+        finally:
+            set_crc32_options(True)
+    crcs = []
+    for shard in path.glob("*.distcp"):  # written by DCP's writer threads, each item a zip archive
+        data, at = shard.read_bytes(), 0
+        while (at := data.find(b"PK\x01\x02", at) + 1) > 0:  # central directory entries: CRC-32 at +16
+            crcs.append(int.from_bytes(data[at + 15:at + 19], "little"))
+    assert crcs and set(crcs) == {0}  # the files' BLAKE3 covers these bytes
+    assert enn_nb.load(path).verified

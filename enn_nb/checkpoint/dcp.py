@@ -95,6 +95,26 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+# -- no CRC-32 while DCP writes ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _without_zip_crc() -> Iterator[None]:
+    """Let ``torch.save`` write zip records without a CRC-32 on this thread, for the block.
+
+    DCP writes each item with ``torch.save``, which computes a CRC-32 of every byte: a quarter of
+    ``dcp.save``'s time here. The BLAKE3 hash of every file already covers every byte, torch.load does
+    not check CRCs (zip tools do: ``unzip -t`` reports them), and enn_nb's .pt writer skips them too.
+    torch keeps the switch per thread: each DCP writer thread turns it off around its own file.
+    """
+    from torch.serialization import get_crc32_options, set_crc32_options
+
+    before = get_crc32_options()
+    set_crc32_options(False)
+    try:
+        yield
+    finally:
+        set_crc32_options(before)
+
+
 # -- hashing while DCP writes -------------------------------------------------------------------------------
 def _hashing_writer(path: Path) -> Any:
     from torch.distributed.checkpoint import FileSystemWriter
@@ -116,7 +136,8 @@ def _hashing_writer(path: Path) -> Any:
                         yield stream
                         return
                     hashing = HashingStream(stream)
-                    yield hashing
+                    with _without_zip_crc():  # on the writer thread that serializes into this file
+                        yield hashing
             except Exception as exc:  # noqa: BLE001 - raised by write() once dcp.save returns
                 # Swallowed here so DCP's worker threads do not print a traceback each; the save
                 # then fails as a whole, with this error, before anything is committed.
