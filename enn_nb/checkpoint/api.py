@@ -262,10 +262,13 @@ def _in_place_targets(manifest: Manifest, own: Mapping[str, Any], key_map: Mappi
                       mismatched: Mapping[str, Any]) -> dict[str, Any]:
     """The model's own tensors a DCP read may fill directly, saving a fresh buffer and a copy per tensor.
 
-    Only where that cannot lose anything: the caller passes a model enn_nb built itself (a failed read
-    discards it), or ``verify=True`` (every shard file's hash was checked before the read). Tensors of
-    another dtype or shape keep going through ``load_state_dict``; it then copies each filled tensor
-    onto itself, which torch skips, and runs the model's hooks as always.
+    Only where a failed read cannot leave the caller's model half-loaded: a model enn_nb built itself
+    (a failed read discards it), or ``verify=True``, where every shard file's hash was checked before
+    the read and a directory swapped by a concurrent save during it is noticed and read again (see
+    ``DcpReader._detect_replacement``). With ``verify=False`` a user's model gets fresh buffers: a
+    damaged shard then fails the read before anything reaches the model. Tensors of another dtype
+    or shape keep going through ``load_state_dict``, which copies each filled tensor onto itself (a
+    no-op in torch) and runs the model's hooks as always.
     """
     import torch
 

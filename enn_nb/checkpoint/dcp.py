@@ -478,15 +478,26 @@ class DcpReader:
 
     @contextlib.contextmanager
     def _detect_replacement(self) -> Iterator[None]:
-        """Turn a failure caused by a concurrent save swapping the directory into :class:`ReplacedWhileReading`."""
+        """Raise :class:`ReplacedWhileReading` when a concurrent save swapped the directory during the block.
+
+        Checked after a failure and after a success alike: the shard files were verified at the start,
+        and a read that went on in the swapped-in directory would otherwise return its tensors
+        silently (possibly some of each save).
+        """
         try:
             yield
         except CheckpointError as exc:
             if _identity(self.path) != self._identity:
-                raise ReplacedWhileReading(
-                    f"`{self.path}` was replaced by a concurrent save while being read; read it again.",
-                    file=str(self.path)) from exc
+                raise self._replaced() from exc
             raise
+        if _identity(self.path) != self._identity:
+            raise self._replaced()
+
+    def _replaced(self) -> ReplacedWhileReading:
+        return ReplacedWhileReading(
+            f"`{self.path}` was replaced by a concurrent save while being read; read it again (a model passed "
+            "to `load` with verify=True was being filled in place and may hold tensors of both saves).",
+            file=str(self.path))
 
     def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         with self._detect_replacement():
