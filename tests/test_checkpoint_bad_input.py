@@ -406,21 +406,36 @@ def test_damaged_manifest_key_does_not_fall_back_to_unverified_loading(tmp_path,
         enn_nb.load(path, model=tiny())
 
 
-def _pointers(model: torch.nn.Module) -> dict[str, int]:
-    return {k: v.data_ptr() for k, v in model.state_dict().items()}
+def test_a_dcp_load_fills_a_model_it_builds_in_place_and_a_users_model_only_after_every_check(tmp_path, monkeypatch):
+    from enn_nb.checkpoint import dcp
 
-
-def test_a_verified_dcp_load_reads_straight_into_the_models_tensors(tmp_path):
     path = tmp_path / "m_dcp"
     reference = _small()
-    enn_nb.save(reference, path)
-    target = tiny(in_dim=3, hidden=4, horizon=1, seed=9)
-    before = _pointers(target)
-    loaded = enn_nb.load(path, model=target)
-    assert loaded.model is target and loaded.verified and loaded.restore_check == "passed"
-    assert _pointers(target) == before  # filled in place: no fresh buffers were copied in
-    for k, v in reference.state_dict().items():
-        assert torch.equal(target.state_dict()[k], v), k
+    enn_nb.save(reference, path, spec=enn_nb.ModelSpec(in_dim=3, builder="tests.tiny"))
+    enn_nb.register_builder("tests.tiny", replace=True)(lambda spec: tiny(in_dim=3, hidden=4, horizon=1, seed=9))
+    targets = []
+    tensors = dcp.DcpReader.tensors
+
+    def spy(self, names, *, verify, into=None):
+        targets.append(dict(into or {}))
+        return tensors(self, names, verify=verify, into=into)
+
+    monkeypatch.setattr(dcp.DcpReader, "tensors", spy)
+    try:
+        built = enn_nb.load(path)
+    finally:
+        from enn_nb.spec import _builders
+
+        _builders.unregister("tests.tiny")
+    state = built.model.state_dict()
+    assert built.verified and built.restore_check == "passed"
+    assert targets[0] and {k: v.data_ptr() for k, v in targets[0].items()} == {k: state[k].data_ptr() for k in targets[0]}
+    assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+
+    user = tiny(in_dim=3, hidden=4, horizon=1, seed=9)
+    loaded = enn_nb.load(path, model=user)
+    assert targets[1] == {}  # fresh buffers: the hashes are checked before the user's model changes
+    assert loaded.model is user and all(torch.equal(user.state_dict()[k], v) for k, v in reference.state_dict().items())
 
 
 def test_an_unverified_dcp_load_of_a_damaged_shard_leaves_the_users_model_as_it_was(tmp_path):

@@ -213,7 +213,7 @@ def load(
     # DTensors are filled in place (DCP reshards into them); everything else arrives at the
     # checkpoint's shapes and goes through the model's load_state_dict.
     into = {k: own[key_map[k]] for k in names if type(own[key_map[k]]).__name__ == "DTensor"}
-    if getattr(reader, "fills_in_place", False) and (model is None or (verify and reader.verifiable)):
+    if model is None and getattr(reader, "fills_in_place", False):
         into.update(_in_place_targets(manifest, own, key_map, names, mismatched))
     tensors = reader.tensors(names, verify=verify, into=into or None)
     optimizer_state = reader.optimizer_state(verify=verify)  # verified too before the model changes
@@ -260,15 +260,12 @@ def load(
 
 def _in_place_targets(manifest: Manifest, own: Mapping[str, Any], key_map: Mapping[str, str], names: list[str],
                       mismatched: Mapping[str, Any]) -> dict[str, Any]:
-    """The model's own tensors a DCP read may fill directly, saving a fresh buffer and a copy per tensor.
+    """The built model's own tensors a DCP read may fill directly, saving a fresh buffer and a copy each.
 
-    Only where a failed read cannot leave the caller's model half-loaded: a model enn_nb built itself
-    (a failed read discards it), or ``verify=True``, where every shard file's hash was checked before
-    the read and a directory swapped by a concurrent save during it is noticed and read again (see
-    ``DcpReader._detect_replacement``). With ``verify=False`` a user's model gets fresh buffers: a
-    damaged shard then fails the read before anything reaches the model. Tensors of another dtype
-    or shape keep going through ``load_state_dict``, which copies each filled tensor onto itself (a
-    no-op in torch) and runs the model's hooks as always.
+    Only for a model enn_nb built itself: a failed read or a hash mismatch discards it. A model the
+    caller passes gets fresh buffers, checked in full before anything is copied into it. Tensors of
+    another dtype or shape keep going through ``load_state_dict``, which copies each filled tensor
+    onto itself (a no-op in torch) and runs the model's hooks as always.
     """
     import torch
 

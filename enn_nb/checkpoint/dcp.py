@@ -46,7 +46,7 @@ from .atomic import (
 )
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, dcp_metadata_name, upstream_meta_file
-from .hashing import HashingStream, HashPool, file_matches
+from .hashing import HashingStream, HashPool, check_tensors, file_matches
 from .manifest import FileEntry, Manifest, decode, encode
 from .selfcheck import Recording
 from .tensors import dtype_name, expected_nbytes, join_tree, torch_dtype
@@ -495,8 +495,7 @@ class DcpReader:
 
     def _replaced(self) -> ReplacedWhileReading:
         return ReplacedWhileReading(
-            f"`{self.path}` was replaced by a concurrent save while being read; read it again (a model passed "
-            "to `load` with verify=True was being filled in place and may hold tensors of both saves).",
+            f"`{self.path}` was replaced by a concurrent save while being read; read it again.",
             file=str(self.path))
 
     def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -522,9 +521,9 @@ class DcpReader:
             else:
                 entry = table[name]
                 out[name] = torch.empty(entry.shape, dtype=getattr(torch, entry.dtype))
-        # verify_files checked every byte of every file the metadata may reference (_check_layout):
-        # the tensors decoded from them need no second hash pass.
         self._load({self.paths[name]: tensor for name, tensor in out.items()})
+        if verify and not self.upstream:
+            check_tensors(out, {name: table[name].hash for name in out}, what=f"`{self.path}`")
         return out
 
     def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
@@ -538,6 +537,9 @@ class DcpReader:
         _check_declared_bytes(self.metadata, {(OPTIMIZER_KEY, t["name"]): t for t in opt["tensors"]}, self.path)
         tensors = {t["name"]: torch.empty(t["shape"], dtype=torch_dtype(t["dtype"])) for t in opt["tensors"]}
         self._load({(OPTIMIZER_KEY, name): t for name, t in tensors.items()})
+        if verify:
+            check_tensors(tensors, {t["name"]: t.get("hash") for t in opt["tensors"]},
+                          what=f"the optimizer state of `{self.path}`")
         return join_tree(opt["structure"], tensors)
 
 
