@@ -454,26 +454,28 @@ def test_an_unverified_dcp_load_of_a_damaged_shard_leaves_the_users_model_as_it_
         assert torch.equal(target.state_dict()[k], v), f"`{k}` changed although the load failed"
 
 
-def test_a_directory_swapped_after_verification_is_read_again_not_mixed(tmp_path, monkeypatch):
-    """A concurrent save replaces the directory between the hash check and the in-place read: the load
-    notices (the directory is another one now), reads the new checkpoint from the start, and the model
-    ends up holding exactly the save its manifest describes."""
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_directory_swapped_before_the_read_is_read_again_not_mixed(tmp_path, monkeypatch, verify):
+    """A concurrent save replaces the directory after it was opened (and hashed) but before DCP reads
+    the shards: the load notices that the directory is another one now, whether the read failed a
+    hash or (verify=False) went through, reads the new checkpoint from the start, and the model ends up
+    holding exactly the save its manifest describes."""
     from enn_nb.checkpoint import dcp
 
     path = tmp_path / "m_dcp"
     first, second = _small(), tiny(in_dim=3, hidden=4, horizon=1, seed=5)
     enn_nb.save(first, path)
-    verify_files, swapped = dcp.DcpReader.verify_files, []
+    read, swapped = dcp.DcpReader._load, []
 
-    def verify_then_swap(self):
-        verify_files(self)
+    def swap_then_read(self, dest):
         if not swapped:
             swapped.append(True)
             enn_nb.save(second, path)  # atomic directory swap, as a writer in another process does
+        return read(self, dest)
 
-    monkeypatch.setattr(dcp.DcpReader, "verify_files", verify_then_swap)
+    monkeypatch.setattr(dcp.DcpReader, "_load", swap_then_read)
     target = tiny(in_dim=3, hidden=4, horizon=1, seed=9)
-    loaded = enn_nb.load(path, model=target)
+    loaded = enn_nb.load(path, model=target, verify=verify)
     assert swapped and loaded.manifest.content_hash == enn_nb.inspect(path).content_hash
     for k, v in second.state_dict().items():
         assert torch.equal(target.state_dict()[k], v), k
