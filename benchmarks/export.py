@@ -270,6 +270,8 @@ def main() -> None:
         return
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+    # torch writes precompiled C++ headers to the system temp folder whatever the cache dir says
+    os.environ.setdefault("TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS", "0")
     os.environ["ENN_NB_CACHE_DIR"] = str(BENCH / "enn_cache")
     BENCH.mkdir(parents=True, exist_ok=True)
     if args.only_e:

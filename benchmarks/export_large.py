@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the artifacts")
     args = parser.parse_args()
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(ROOT / ".cache" / "inductor"))
+    # torch writes precompiled C++ headers to the system temp folder whatever the cache dir says
+    os.environ.setdefault("TORCHINDUCTOR_CPP_CACHE_PRECOMPILE_HEADERS", "0")
     sys.path.insert(0, str(ROOT))
 
     import torch
