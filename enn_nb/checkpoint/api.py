@@ -15,7 +15,7 @@ from .base import Reader, SaveRequest
 from .detect import detect_format, save_format
 from .manifest import Manifest, user_metadata
 from .restore import alias_sources, hooks_decide_shapes, shapes_now, split_extra_state
-from .tensors import canonical_key, dtype_name, model_key_map, model_state
+from .tensors import canonical_key, dtype_name, model_key_map, model_state, nbytes
 
 if TYPE_CHECKING:
     import os
@@ -130,15 +130,11 @@ def save(
     tensors, extra_state = split_extra_state(raw)
     state = model_state(tensors)
     # A large model's self-check runs beside the writer (see selfcheck.start); writers wait for it last.
-    check = None if isinstance(model, Mapping) else selfcheck.start(model, resolved, _state_bytes(state))
+    check = None if isinstance(model, Mapping) else selfcheck.start(model, resolved, sum(map(nbytes, state.values())))
     request = SaveRequest(state=state, spec=resolved, optimizer_state=opt_state, optimizer_class=opt_class,
                           extra_state=extra_state or None, self_check=check)
     with selfcheck.running(check):
         return _WRITERS[fmt](path, request)
-
-
-def _state_bytes(state: Mapping[str, Any]) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values() if hasattr(t, "element_size"))
 
 
 def _resolve_spec(model: Any, spec: ModelSpec | Mapping[str, Any] | None) -> ModelSpec:

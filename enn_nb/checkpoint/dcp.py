@@ -295,15 +295,20 @@ def _is_dtensor(t: Any) -> bool:
 
 
 # -- the restricted reader ---------------------------------------------------------------------------------
-def read_metadata(path: Path) -> Any:
+def read_metadata(path: Path, manifest: Manifest | None = None) -> Any:
     """DCP's metadata object, unpickled through an allow-list and checked (see :mod:`.dcp_metadata`).
+
+    With the enn_nb ``manifest``, the pickle's bytes are first checked against its hash, whatever
+    ``verify`` says: a damaged one would otherwise surface as a confusing unpickling error.
 
     Raises:
         IncompleteCheckpointError: the file is missing.
         UnsafeCheckpointError: it references code.
         CorruptCheckpointError: it is damaged.
     """
-    return dcp_metadata.read(path, metadata_name(path) or DCP_METADATA)
+    name = metadata_name(path) or DCP_METADATA
+    files = manifest.files if manifest is not None else []
+    return dcp_metadata.read(path, name, expected=next((f for f in files if f.path == name), None))
 
 
 def metadata_name(path: Path) -> str | None:
@@ -376,17 +381,7 @@ class DcpReader:
         self.path = path
         self._identity = _identity(path)
         manifest = _read_manifest(path)
-        if manifest is not None:
-            # The small `.metadata` pickle is checked before it is parsed, whatever `verify` says:
-            # a damaged one would otherwise surface as a confusing unpickling error.
-            entry = next((f for f in manifest.files if f.path == DCP_METADATA), None)
-            if entry is not None and (path / DCP_METADATA).exists() and not _file_matches(path / DCP_METADATA, entry):
-                raise CorruptCheckpointError(
-                    f"The hash of `{DCP_METADATA}` in `{path}` does not match the manifest: the checkpoint is "
-                    "damaged. Restore it from a good copy.",
-                    file=DCP_METADATA,
-                )
-        self.metadata = read_metadata(path)
+        self.metadata = read_metadata(path, manifest)
         _check_layout(path, manifest, self.metadata)
         try:
             table = metadata_table(self.metadata)
@@ -568,9 +563,10 @@ def _check_declared_bytes(metadata: Any, wanted: Mapping[tuple[str, ...], Mappin
     stored: dict[str, int] = {}
     for index, info in (metadata.storage_data or {}).items():
         stored[index.fqn] = stored.get(index.fqn, 0) + info.length
+    fqns = dcp_metadata.fqn_map(metadata)
     for key, entry in wanted.items():
         need = expected_nbytes(str(entry["dtype"]), entry["shape"])
-        have = stored.get(dcp_metadata.fqn_of(metadata, key), 0)
+        have = stored.get(fqns.get(key, ".".join(key)), 0)
         if need > have:
             raise CorruptCheckpointError(
                 f"`{'/'.join(key)}` in `{path}` is declared as {need} bytes but its shards hold only {have}; the "

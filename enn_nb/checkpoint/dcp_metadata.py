@@ -124,11 +124,15 @@ def unpickle(data: bytes, *, where: str) -> Any:
     return obj
 
 
-def read(directory: Path, name: str = DCP_METADATA) -> Any:
+def read(directory: Path, name: str = DCP_METADATA, *, expected: Any = None) -> Any:
     """The checked DCP metadata of ``directory`` (``.metadata``, or a rank-local ``__N.metadata``, size-limited).
+
+    ``expected`` (a manifest ``FileEntry``) is checked against the very bytes about to be unpickled:
+    read once, so a file changed between a hash check and the parse cannot slip through.
 
     Raises:
         IncompleteCheckpointError: no ``.metadata``.
+        CorruptCheckpointError: the bytes differ from ``expected``.
         UnsafeCheckpointError, CorruptCheckpointError: see :func:`unpickle`.
     """
     file = directory / name
@@ -140,6 +144,13 @@ def read(directory: Path, name: str = DCP_METADATA) -> Any:
 
     confined(directory, name, what="The DCP metadata file")
     data = read_capped(file, MAX_DCP_METADATA_BYTES, what="The DCP metadata file")
+    if expected is not None:  # the manifest's FileEntry: the bytes checked are the bytes unpickled
+        from .hashing import digest, split
+
+        if len(data) != expected.nbytes or digest(data, split(expected.hash)[0]) != expected.hash:
+            raise CorruptCheckpointError(
+                f"The hash of `{name}` in `{directory}` does not match the manifest: the checkpoint is damaged. "
+                "Restore it from a good copy.", file=name)
     return unpickle(data, where=str(file))
 
 
@@ -256,13 +267,12 @@ def check_files(md: Any, directory: Path, *, allowed: set[str] | None = None) ->
                 "checkpoint is truncated. Restore it from a good copy.", file=name)
 
 
-def fqn_of(md: Any, key: tuple[str, ...]) -> str:
-    """DCP's flattened key of a nested state-dict path (``("model", "fc.weight")`` -> ``model.fc.weight``)."""
-    planner = md.planner_data or {}
-    for fqn, path in planner.items():
-        if tuple(str(p) for p in path) == key:
-            return fqn
-    return ".".join(key)
+def fqn_map(md: Any) -> dict[tuple[str, ...], str]:
+    """Nested state-dict path -> DCP's flattened key (``("model", "fc.weight")`` -> ``model.fc.weight``).
+
+    Paths the planner data does not list flatten with dots: ``fqn_map(md).get(key, ".".join(key))``.
+    """
+    return {tuple(str(p) for p in path): fqn for fqn, path in (md.planner_data or {}).items()}
 
 
 def check_request(md: Any, dest: Mapping[tuple[str, ...], Any], *, where: str) -> None:
@@ -277,7 +287,7 @@ def check_request(md: Any, dest: Mapping[tuple[str, ...], Any], *, where: str) -
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    reverse = {tuple(str(p) for p in path): fqn for fqn, path in (md.planner_data or {}).items()}
+    reverse = fqn_map(md)
     entries = md.state_dict_metadata
     for key, tensor in dest.items():
         fqn = reverse.get(key, ".".join(key))

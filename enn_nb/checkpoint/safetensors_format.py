@@ -28,7 +28,7 @@ from .base import SaveRequest, build_manifest, check_table, sync_while_recording
 from .hashing import ALGORITHM, HEX_DIGITS, HashPool, check_tensors
 from .manifest import Manifest, decode, encode
 from .selfcheck import Recording
-from .tensors import byte_view, cpu_contiguous, dtype_name, join_tree
+from .tensors import byte_view, cpu_contiguous, dtype_name, join_tree, nbytes
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +64,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     offset = 0
     for name in order:
         t = tensors[name]
-        size = t.numel() * t.element_size()
+        size = nbytes(t)
         entries[name] = {"dtype": DTYPES[dtype_name(t.dtype)], "shape": list(t.shape),
                          "data_offsets": [offset, offset + size]}
         offset += size
