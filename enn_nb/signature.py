@@ -369,15 +369,25 @@ def dim_sizes(sigs: Iterable[TensorSig], *, batch: int = EXAMPLE_BATCH, given: M
 
 
 def draw(sigs: Sequence[TensorSig], *, batch: int = EXAMPLE_BATCH, seed: int = 0,
-         sizes: Mapping[str, int] | None = None) -> tuple[torch.Tensor, ...]:
-    """Seeded inputs following the signature: normal floats, valid category codes, random masks."""
+         sizes: Mapping[str, int] | None = None, what: str = "example_inputs") -> tuple[torch.Tensor, ...]:
+    """Seeded inputs following the signature: normal floats, valid category codes, random masks.
+
+    Raises:
+        SpecError: an input would hold more values than enn_nb draws (``_safeio.MAX_EXAMPLE_ELEMENTS``):
+            a typo or a hostile spec must not allocate gigabytes, whichever surface drew it.
+    """
     import torch
+
+    from enn_nb._safeio import check_example_shape
 
     gen = torch.Generator().manual_seed(seed)
     dims = dim_sizes(sigs, batch=batch, given={k: v for k, v in (sizes or {}).items() if k != BATCH})
+    shapes = [tuple(d if isinstance(d, int) else dims[dim_name(d)] for d in sig.shape) for sig in sigs]
+    for sig, shape in zip(sigs, shapes):
+        if all(shape):  # an empty dimension draws nothing: only sizes need the cap
+            check_example_shape(list(shape) or [1], what=f"{what}.{sig.name}")
     out = []
-    for sig in sigs:
-        shape = tuple(d if isinstance(d, int) else dims[dim_name(d)] for d in sig.shape)
+    for sig, shape in zip(sigs, shapes):
         dtype = getattr(torch, sig.dtype)
         if sig.dtype == "bool":
             t = torch.rand(shape, generator=gen) > 0.3

@@ -183,3 +183,11 @@ def test_checkpoints_of_signature_models_record_and_pass_the_restore_self_check(
         manifest = enn_nb.save(model, target, spec=spec)
         assert manifest.self_check is not None
         assert enn_nb.load(target, model=getattr(zoo, name)()).restore_check == "passed"
+
+
+def test_drawing_is_capped_whichever_surface_asks():
+    huge = [sig.parse("x:float32[B, 1000000000]"), sig.parse("t:float32[B, time(1000000000..)]")]
+    for s in huge:  # the engine, the wizard, latency and the save-time self-check all draw through here
+        with pytest.raises(SpecError, match=f"example_inputs.{s.name}.*more than the"):
+            sig.draw([s])
+    assert sig.draw([sig.parse("e:float32[B, 0]")])[0].shape == (2, 0)  # an empty dimension draws nothing
