@@ -196,12 +196,8 @@ def plain_name(name: object, *, what: str, error: type[EnnError] = CorruptCheckp
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def escape(text: object, *, newlines: bool = True) -> str:
-    """``text`` with control characters (ANSI escapes, carriage returns, bidi overrides) made visible.
-
-    With ``newlines=True`` (one-line fields) ``\\n``, ``\\r`` and ``\\t`` are escaped too.
-    """
-    s = str(text)
-    if newlines:
-        s = s.replace("\n", "\\n").replace("\t", "\\t")
+def escape(text: object) -> str:
+    """``text`` on one line with control characters (ANSI escapes, carriage returns, bidi overrides) made visible:
+    ``\\n`` and ``\\t`` as those escapes, the others as ``\\xNN``/``\\uNNNN``."""
+    s = str(text).replace("\n", "\\n").replace("\t", "\\t")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", s)

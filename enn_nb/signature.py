@@ -56,9 +56,6 @@ class Dim:
         return f"{self.name}({self.min if self.min is not None else ''}..{self.max if self.max is not None else ''})"
 
 
-DimLike = "int | str | Dim"
-
-
 @dataclasses.dataclass(frozen=True)
 class TensorSig:
     """One named input or output: dtype and shape (ints, symbolic names or :class:`Dim`).

@@ -246,16 +246,6 @@ class ModelSpec:
             return [TensorSig("features", self.feature_dtype or "float32", (BATCH, self.in_dim))]
         return None
 
-    def output_signature(self) -> list[TensorSig] | None:
-        """The outputs: declared ones, else ``prediction: float32[batch, *out_shape]`` from the shorthand."""
-        from enn_nb.signature import BATCH, TensorSig
-
-        if self.outputs is not None:
-            return list(self.outputs)
-        if self.out_shape is not None:
-            return [TensorSig("prediction", "float32", (BATCH, *self.out_shape))]
-        return None
-
     # -- rebuilding and checking -----------------------------------------------------------------
     def check_input(self, x: Any, *, name: str = "features") -> None:
         """Check a ``[B, in_dim]`` feature tensor against this spec.

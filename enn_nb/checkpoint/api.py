@@ -15,7 +15,7 @@ from .base import Reader, SaveRequest
 from .detect import detect_format, save_format
 from .manifest import Manifest, user_metadata
 from .restore import alias_sources, hooks_decide_shapes, shapes_now, split_extra_state
-from .tensors import canonical_key, dtype_name, model_key_map, model_state, nbytes
+from .tensors import canonical_key, dtype_name, is_dtensor, model_key_map, model_state, nbytes
 
 if TYPE_CHECKING:
     import os
@@ -208,7 +208,7 @@ def load(
     names = [k for k in key_map if k in stored and (hooked or k not in mismatched)]
     # DTensors are filled in place (DCP reshards into them); everything else arrives at the
     # checkpoint's shapes and goes through the model's load_state_dict.
-    into = {k: own[key_map[k]] for k in names if type(own[key_map[k]]).__name__ == "DTensor"}
+    into = {k: own[key_map[k]] for k in names if is_dtensor(own[key_map[k]])}
     if model is None and getattr(reader, "fills_in_place", False):
         into.update(_in_place_targets(manifest, own, key_map, names, mismatched))
     tensors = reader.tensors(names, verify=verify, into=into or None)

@@ -49,7 +49,7 @@ from .detect import DCP_MANIFEST, DCP_METADATA, dcp_metadata_name, upstream_meta
 from .hashing import HashingStream, HashPool, check_tensors, file_matches
 from .manifest import FileEntry, Manifest, decode, encode
 from .selfcheck import Recording
-from .tensors import dtype_name, expected_nbytes, join_tree, torch_dtype
+from .tensors import dtype_name, expected_nbytes, is_dtensor, join_tree, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -183,7 +183,7 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         raise CheckpointError(refusal)
 
     # Tensor-level hashes where this rank holds whole tensors (DTensor shards only have file hashes).
-    local = {name: t for name, t in {**request.state, **opt_tensors}.items() if not _is_dtensor(t)}
+    local = {name: t for name, t in {**request.state, **opt_tensors}.items() if not is_dtensor(t)}
     pool = HashPool().submit_all(local) if rank == 0 else None
     error: BaseException | None = None
     text = None
@@ -288,10 +288,6 @@ def _write_manifest(directory: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     fsync_dir(directory)
-
-
-def _is_dtensor(t: Any) -> bool:
-    return type(t).__name__ == "DTensor"
 
 
 # -- the restricted reader ---------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def encode(manifest: Manifest, *, validate: bool = True) -> str:
     document = manifest.to_dict()
     if validate:
         validate_document(document, where="manifest to write", error=SpecError)
-    document["manifest_sha256"] = hashlib.sha256(_canonical(document)).hexdigest()
+    document["manifest_sha256"] = self_hash(document)
     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
     from enn_nb._safeio import MAX_JSON_BYTES
 

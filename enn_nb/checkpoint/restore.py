@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from enn_nb.errors import CheckpointError, SpecError
 from enn_nb.spec import jsonable
 
-from .tensors import canonical_key
+from .tensors import canonical_key, is_dtensor
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,7 @@ def alias_sources(own: Mapping[str, Any], key_map: Mapping[str, str], stored: Ma
 def _identity(t: Any) -> tuple[Any, ...] | None:
     import torch
 
-    if not isinstance(t, torch.Tensor) or t.is_meta or type(t).__name__ == "DTensor" or t.numel() == 0:
+    if not isinstance(t, torch.Tensor) or t.is_meta or is_dtensor(t) or t.numel() == 0:
         return None
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 

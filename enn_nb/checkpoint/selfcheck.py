@@ -253,7 +253,9 @@ def _eval(model: Any) -> Iterator[None]:
 
 
 def _is_sharded(model: Any) -> bool:
-    return any(type(t).__name__ == "DTensor" for t in model.state_dict().values())
+    from .tensors import is_dtensor
+
+    return any(is_dtensor(t) for t in model.state_dict().values())
 
 
 def _as_tensors(value: Any) -> list[torch.Tensor] | None:

@@ -23,15 +23,14 @@ def canonical_key(key: str) -> str:
     return ".".join(part for part in key.split(".") if part != COMPILE_WRAPPER)
 
 
-def model_state(model: Any) -> dict[str, torch.Tensor]:
-    """The model's state dict, detached, keyed by canonical names (compile wrappers stripped).
+def model_state(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """A state dict's tensors, detached, keyed by canonical names (compile wrappers stripped).
 
     Raises:
         CheckpointError: an entry is not a tensor, or two keys collapse to the same canonical name.
     """
     import torch
 
-    state = model.state_dict() if hasattr(model, "state_dict") else model
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
@@ -101,6 +100,11 @@ def byte_view(tensor: torch.Tensor) -> memoryview:
     if flat.dtype != torch.uint8:
         flat = flat.view(torch.uint8)
     return memoryview(flat.numpy()).cast("B")
+
+
+def is_dtensor(tensor: Any) -> bool:
+    """A ``torch.distributed`` DTensor (FSDP2 / ``distribute_tensor``), told apart without importing it."""
+    return type(tensor).__name__ == "DTensor"
 
 
 def nbytes(tensor: torch.Tensor) -> int:

@@ -153,12 +153,6 @@ class ModelIO:
     def output_names(self) -> list[str]:
         return [s.name for s in self.outputs]
 
-    @property
-    def dynamic_symbols(self) -> list[str]:
-        from enn_nb.signature import symbolic_names
-
-        return symbolic_names(self.inputs)
-
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": [s.to_dict() for s in self.inputs], "outputs": [s.to_dict() for s in self.outputs],
                 "structure": self.structure}
@@ -220,25 +214,20 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0][:300] if lines else type(exc).__name__).rstrip(".")
 
 
-def essential_metadata(spec: Any, source: dict[str, Any], input_names: list[str], output_names: list[str],
-                       inputs: tuple[Any, ...], deviations: list[dict[str, Any]], metadata: dict[str, Any],
-                       io: ModelIO | None = None) -> dict[str, str]:
+def essential_metadata(spec: Any, source: dict[str, Any], io: ModelIO, deviations: list[dict[str, Any]],
+                       metadata: dict[str, Any]) -> dict[str, str]:
     """The flat ``str -> str`` facts embedded where a format has a metadata slot."""
-    if io is not None:
-        described = [{"name": s.name, "shape": s.to_dict()["shape"], "dtype": s.dtype} for s in io.inputs]
-    else:
-        described = [{"name": n, "shape": ["batch", *list(t.shape[1:])], "dtype": str(t.dtype).removeprefix("torch.")}
-                     for n, t in zip(input_names, inputs)]
+    described = [{"name": s.name, "shape": s.to_dict()["shape"], "dtype": s.dtype} for s in io.inputs]
     essentials = {
         "enn_nb.schema": sc.SCHEMA,
         "enn_nb.version": __version__,
         "enn_nb.spec": json.dumps(spec.to_dict() if spec is not None else None, sort_keys=True),
         "enn_nb.source_hash": str(source.get("content_hash") or ""),
         "enn_nb.inputs": json.dumps(described),
-        "enn_nb.outputs": json.dumps(output_names),
+        "enn_nb.outputs": json.dumps(io.output_names),
         "enn_nb.deviations": json.dumps([d["name"] for d in deviations]),
         "enn_nb.metadata": json.dumps(sc.jsonable(metadata), sort_keys=True),
     }
-    if io is not None and io.structure != "tensor":
+    if io.structure != "tensor":
         essentials["enn_nb.output_structure"] = io.structure
     return essentials

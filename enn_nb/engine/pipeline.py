@@ -230,8 +230,7 @@ def _run(
         report.deviations = info.deviations
         io = ModelIO.from_dict(info.signature or {})
         input_names, output_names = io.input_names, io.output_names
-        info.essentials = essential_metadata(info.spec, info.source, input_names, output_names, inputs,
-                                             info.deviations, dict(settings.metadata), io)
+        info.essentials = essential_metadata(info.spec, info.source, io, info.deviations, dict(settings.metadata))
 
         if stopped(should_stop):
             cancel(todo, emit)

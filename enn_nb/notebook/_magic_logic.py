@@ -253,20 +253,6 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
-def _float_or_none(value: Any) -> float | None:
-    """A number from YAML, where PyYAML reads ``1e-5`` (no dot) as a string."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
 def check_checkpoint_path(path: str) -> Path:
     """An existing checkpoint path (file or DCP directory), ``~`` expanded.
 

@@ -2,7 +2,7 @@
 the model-zoo benchmark and ``enn-nb export CKPT --model enn_nb.reference.zoo:NAME``.
 
 Each factory takes no argument (``--model`` calls it) and returns a seeded model in eval mode;
-:data:`EXAMPLES` gives each one's example inputs.
+:func:`example_inputs` gives each one's example inputs.
 """
 
 from __future__ import annotations
@@ -149,15 +149,4 @@ FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "calendar_forecaster": calendar_forecaster,
     "gaussian_head": gaussian_head,
     "tiny_encoder": tiny_encoder,
-}
-
-#: Declared signatures (``ModelSpec(inputs=...)``), for the paths that take no example inputs.
-SIGNATURES: dict[str, list[str]] = {
-    "gru_forecaster": [f"values:float32[batch, {STEPS}, {FEATURES}]"],
-    "lstm_forecaster": [f"values:float32[batch, {STEPS}, {FEATURES}]"],
-    "ids_mask": [f"ids:int64[batch, {TOKENS}]{{{VOCAB}}}", f"mask:bool[batch, {TOKENS}]"],
-    "ids_mask_args": [f"args_0:int64[batch, {TOKENS}]{{{VOCAB}}}", f"args_1:bool[batch, {TOKENS}]"],
-    "calendar_forecaster": [f"values:float32[batch, {STEPS}, {FEATURES}]", f"calendar:int64[batch, {STEPS}, 2]{{7}}"],
-    "gaussian_head": [f"features:float32[batch, {FEATURES}]"],
-    "tiny_encoder": [f"ids:int64[batch, {TOKENS}]{{{VOCAB}}}"],
 }
