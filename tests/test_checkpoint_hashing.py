@@ -133,14 +133,14 @@ def test_migration_1_to_2_names_the_algorithm_per_entry():
 def test_a_dcp_save_skips_zip_crcs_and_puts_torchs_switch_back(tmp_path):
     from torch.serialization import get_crc32_options, set_crc32_options
 
-    path = tmp_path / "m_dcp"
+    path, found = tmp_path / "m_dcp", get_crc32_options()
     for before in (True, False):
         set_crc32_options(before)
         try:
             enn_nb.save(tiny(), path)
             assert get_crc32_options() is before
         finally:
-            set_crc32_options(True)
+            set_crc32_options(found)
     crcs = []
     for shard in path.glob("*.distcp"):  # written by DCP's writer threads, each item a zip archive
         data, at = shard.read_bytes(), 0

@@ -13,6 +13,7 @@ import torch
 import enn_nb
 from enn_nb.engine import sidecar as sc
 
+from tests.fixtures.files import flip_byte
 from tests.fixtures.large_model import TWO_GIB, BigTable
 
 pytest.importorskip("onnxruntime")
@@ -49,9 +50,5 @@ def test_weights_over_2_gib_export_to_onnx_with_external_data(tmp_path):
     checked = enn_nb.verify(artifact)
     assert checked.ok, checked
     # and the check is real: a changed byte in the weights file is found
-    with open(data, "r+b") as fh:
-        fh.seek(123)
-        byte = fh.read(1)
-        fh.seek(123)
-        fh.write(bytes([byte[0] ^ 0xFF]))
+    flip_byte(data, 123)
     assert not enn_nb.verify(artifact).ok

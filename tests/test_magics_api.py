@@ -63,7 +63,7 @@ def test_save_shows_one_line_and_the_table_on_demand(ip, trained_model) -> None:
     html = saved._repr_html_()
     assert html.startswith("<details") and "<table class='enn-nb-tensors'>" in html  # folded, one click away
     full = str(saved)  # print() gives the whole manifest
-    assert full == str(saved.table()) and len(full.splitlines()) > 10 and "sha256" in full
+    assert full == str(saved.table()) and len(full.splitlines()) > 10 and "blake3:" in full
 
 
 def test_inspect_returns_the_manifest_as_html(ip, trained_model) -> None:

@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,9 +30,11 @@ FUZZ_CASES = 9  # per fuzzing family here; the campaign runs many more
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # forked children must not inherit busy OpenMP pools
-    return tmp_path_factory.mktemp("attacks")
+    yield tmp_path_factory.mktemp("attacks")
+    torch.set_num_threads(threads)  # the rest of the session runs as before
 
 
 @pytest.mark.parametrize("family", FAMILIES)

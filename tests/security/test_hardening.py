@@ -48,9 +48,8 @@ def test_no_other_module_parses_user_yaml_itself() -> None:
 def test_anchors_and_aliases_are_refused(text: str) -> None:
     from enn_nb._yaml import UnsafeYamlError, safe_load
 
-    with pytest.raises((UnsafeYamlError, Exception)) as info:
+    with pytest.raises(UnsafeYamlError):  # plain PyYAML would raise its own error for `[*x]`: not good enough
         safe_load(text)
-    assert isinstance(info.value, UnsafeYamlError) or "alias" in str(info.value).lower()
 
 
 # -- terminal output --------------------------------------------------------------------------------------
