@@ -344,15 +344,10 @@ def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSp
         if "inputs" not in changes:
             changes["inputs"] = sig.infer_inputs(forward, tensors)
         if "outputs" not in changes:
-            was = [m for m in model.modules() if m.training] if hasattr(model, "modules") else []
-            for m in was:
-                m.training = False
-            try:
-                with torch.no_grad():
-                    out = forward(*tensors)
-            finally:
-                for m in was:
-                    m.training = True
+            from enn_nb.engine.parity import eval_only
+
+            with eval_only(model), torch.no_grad():
+                out = forward(*tensors)
             changes["outputs"], changes["output_structure"] = sig.infer_outputs(out)
     return spec.replace(**changes) if changes else spec
 

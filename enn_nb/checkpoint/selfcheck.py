@@ -162,8 +162,10 @@ class _Job:
     def run(self) -> dict[str, Any] | None:
         import torch
 
+        from enn_nb.engine.parity import eval_only
+
         try:
-            with _eval(self.model), torch.no_grad():
+            with eval_only(self.model), torch.no_grad():
                 outputs = _as_tensors(self.call(*self.inputs))
         except Exception:  # noqa: BLE001 - the self-check is an extra; saving must not fail because of it
             return None
@@ -202,6 +204,8 @@ def check(model: Any, recorded: Mapping[str, Any] | None, *, device: Any = "cpu"
     """Run ``model`` on the recorded inputs and compare with the recorded outputs."""
     import torch
 
+    from enn_nb.engine.parity import eval_only
+
     if not recorded:
         return RestoreCheck(NOT_RUN, reason="the checkpoint holds no recorded vectors")
     if _is_sharded(model):
@@ -210,7 +214,7 @@ def check(model: Any, recorded: Mapping[str, Any] | None, *, device: Any = "cpu"
         inputs = [_decode(item).to(device) for item in recorded["inputs"]]
         expected = [_decode(item) for item in recorded["outputs"]]
         _name, call = _call(model, recorded.get("call"))
-        with _eval(model), torch.no_grad(), _quiet():
+        with eval_only(model), torch.no_grad(), _quiet():
             got = _as_tensors(call(*inputs))
     except Exception as exc:  # noqa: BLE001 - report why, the caller decides what it means
         return RestoreCheck(FAILED, math.inf, reason=f"running the restored model failed: {type(exc).__name__}: {exc}")
@@ -237,19 +241,6 @@ def _call(model: Any, name: str | None = None) -> tuple[str, Any]:
     if name in (None, "forward_export") and callable(getattr(model, "forward_export", None)):
         return "forward_export", model.forward_export
     return "forward", model
-
-
-@contextmanager
-def _eval(model: Any) -> Iterator[None]:
-    """Every module in eval mode for the block, flags restored one by one (mixed modes survive)."""
-    training = [m for m in model.modules() if m.training]
-    for module in training:
-        module.training = False
-    try:
-        yield
-    finally:
-        for module in training:
-            module.training = True
 
 
 def _is_sharded(model: Any) -> bool:

@@ -13,6 +13,8 @@ from traitlets import Bool, Dict, Enum, HasTraits, Int, List, Unicode, validate
 
 from enn_nb.errors import SpecError
 
+from ._magic_logic import CHECKPOINT_SUFFIXES
+
 if TYPE_CHECKING:
     from enn_nb.engine.registry import BackendInfo
 
@@ -447,8 +449,6 @@ def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-#: What a checkpoint looks like on disk: a file with one of these suffixes, or a (DCP) directory.
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def did_you_mean(path: Path) -> str:
