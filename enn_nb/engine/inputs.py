@@ -197,15 +197,12 @@ def resolve_io(model: Any, spec: Any, inputs: tuple[torch.Tensor, ...]) -> Model
             "tensors, integer codes), declare them with `ModelSpec(inputs=[...])` or pass matching `example_inputs`.",
             expected=expected, received=received,
         ) from exc
-    leaves, names, structure = sig.flatten_outputs(out)
+    out_sigs, structure = sig.infer_outputs(out)
     declared_names = getattr(model, "export_output_names", None)
-    if isinstance(declared_names, (list, tuple)) and len(declared_names) == len(leaves):
-        names = [str(n) for n in declared_names]
-    elif spec is not None and spec.outputs is not None and len(spec.outputs) == len(leaves):
-        names = [s.name for s in spec.outputs]
-    out_sigs = [sig.TensorSig(n, sig.normalise_dtype_safe(leaf.dtype),
-                              ("batch", *leaf.shape[1:]) if leaf.dim() >= 1 else ())
-                for n, leaf in zip(names, leaves)]
+    if isinstance(declared_names, (list, tuple)) and len(declared_names) == len(out_sigs):
+        out_sigs = [dataclasses.replace(s, name=str(n)) for s, n in zip(out_sigs, declared_names)]
+    elif spec is not None and spec.outputs is not None and len(spec.outputs) == len(out_sigs):
+        out_sigs = [dataclasses.replace(s, name=d.name) for s, d in zip(out_sigs, spec.outputs)]
     return ModelIO(in_sigs, out_sigs, structure)
 
 
