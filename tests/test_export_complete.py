@@ -62,3 +62,16 @@ def test_complete_writes_where_asked_in_the_sidecars_folder(deferred, monkeypatc
     result = complete(side, out="net.later.pt2")  # a bare name: in the sidecar's folder
     assert result.status == "ok" and result.artifact == side.parent / "net.later.pt2"
     assert result.sidecar == side.parent / "net.later.pt2.enn.json"
+
+
+def test_complete_refuses_a_vectors_file_that_is_a_symlink_out_of_the_folder(deferred, monkeypatch, tmp_path):
+    monkeypatch.setenv("ENN_TEST_CAN_BUILD", "1")
+    side = Path(deferred.sidecar)
+    vectors = side.parent / "model.vectors.safetensors"  # the export's vectors, found by their stem
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
+    vectors.rename(outside)
+    vectors.symlink_to(outside)  # the same name, leading out of the artifact's folder
+    before = side.read_text()
+    with pytest.raises(ExportError, match="outside .*a symlink"):
+        complete(side)
+    assert side.read_text() == before  # refused before anything was built or rewritten

@@ -115,12 +115,15 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
 
 
 def _vectors(data: dict[str, Any], base: Path, stem: str) -> Path | None:
-    from enn_nb._safeio import plain_name
+    from enn_nb._safeio import confined, plain_name
 
+    what = "The sidecar's vectors file"
     named = ((data.get("parity") or {}).get("vectors") or {}).get("file")
     if named is not None:
-        named = plain_name(named, what="The sidecar's vectors file", error=ExportError)
-    for candidate in ([base / named] if named else []) + [base / f"{stem}{VECTORS_SUFFIX}"]:
+        named = plain_name(named, what=what, error=ExportError)
+    for name in ([named] if named else []) + [f"{stem}{VECTORS_SUFFIX}"]:
+        # confined as `verify` does: a symlink in the folder must not lead the check outside it
+        candidate = confined(base, name, what=what, error=ExportError, must_exist=False)
         if candidate.is_file():
             return candidate
     return None
