@@ -413,12 +413,13 @@ def test_a_dcp_load_fills_a_model_it_builds_in_place_and_a_users_model_only_afte
     reference = _small()
     enn_nb.save(reference, path, spec=enn_nb.ModelSpec(in_dim=3, builder="tests.tiny"))
     enn_nb.register_builder("tests.tiny", replace=True)(lambda spec: tiny(in_dim=3, hidden=4, horizon=1, seed=9))
-    targets = []
+    targets, returned = [], []
     tensors = dcp.DcpReader.tensors
 
     def spy(self, names, *, verify, into=None):
         targets.append(dict(into or {}))
-        return tensors(self, names, verify=verify, into=into)
+        returned.append(tensors(self, names, verify=verify, into=into))
+        return returned[-1]
 
     monkeypatch.setattr(dcp.DcpReader, "tensors", spy)
     try:
@@ -436,6 +437,62 @@ def test_a_dcp_load_fills_a_model_it_builds_in_place_and_a_users_model_only_afte
     loaded = enn_nb.load(path, model=user)
     assert targets[1] == {}  # fresh buffers: the hashes are checked before the user's model changes
     assert loaded.model is user and all(torch.equal(user.state_dict()[k], v) for k, v in reference.state_dict().items())
+    # the fresh tensors are the records DCP read, kept as they are: each owns its bytes (no placeholder
+    # of one element leaked out) and none is one of the user's tensors
+    own = {t.untyped_storage().data_ptr() for t in user.state_dict().values()}
+    for name, tensor in returned[1].items():
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
+        assert 0 not in tensor.stride() or tensor.numel() <= 1, name
+        assert tensor.untyped_storage().data_ptr() not in own, name
+
+
+@pytest.mark.parametrize("into_users_model", [True, False])
+def test_a_damaged_dcp_tensor_in_resealed_files_is_caught_by_its_own_hash(tmp_path, into_users_model):
+    """The shard files' hashes recomputed after a byte of `fc1.weight` changed: the per-tensor hash,
+    taken while DCP reads each record, names the tensor, and the user's model stays as it was."""
+    from tests.security.families import reseal_dcp
+
+    path = tmp_path / "m_dcp"
+    reference = _small()
+    enn_nb.save(reference, path)
+    shard = next(p for p in path.iterdir() if p.suffix == ".distcp")
+    data = bytearray(shard.read_bytes())
+    at = bytes(data).find(reference.fc1.weight.detach().numpy().tobytes())
+    assert at > 0
+    data[at + 5] ^= 0x01
+    shard.write_bytes(bytes(data))
+    reseal_dcp(path)
+    target = tiny(in_dim=3, hidden=4, horizon=1, seed=9)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CorruptCheckpointError, match=r"tensor\(s\) `fc1\.weight`") as info:
+        enn_nb.load(path, model=target if into_users_model else None)
+    assert info.value.tensor == "fc1.weight"
+    for k, v in before.items():
+        assert torch.equal(target.state_dict()[k], v), k
+    assert torch.equal(enn_nb.load(path, model=target, verify=False).model.fc1.bias, reference.fc1.bias)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_dcp_record_of_another_shape_than_its_metadata_is_refused(tmp_path, verify):
+    """A forged record: `fc1.weight`'s bytes as saved, its pickled shape and stride transposed
+    ((4, 3) -> (3, 4)), the files resealed. Its per-tensor hash still matches (the same bytes); what
+    the record holds differs from what the metadata declares, and nothing reaches the user's model."""
+    from tests.security.families import reseal_dcp
+
+    path = tmp_path / "m_dcp"
+    enn_nb.save(_small(), path)
+    shard = next(p for p in path.iterdir() if p.suffix == ".distcp")
+    data = shard.read_bytes()
+    shape, stride = b"K\x04K\x03\x86", b"K\x03K\x01\x86"  # pickled (4, 3) and (3, 1): fc1.weight's alone
+    assert data.count(shape) == 1 and data.count(stride) == 1
+    shard.write_bytes(data.replace(shape, b"K\x03K\x04\x86").replace(stride, b"K\x04K\x01\x86"))
+    reseal_dcp(path)
+    target = tiny(in_dim=3, hidden=4, horizon=1, seed=9)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CorruptCheckpointError, match=r"`model/fc1\.weight` .* holds torch\.float32 \(3, 4\)"):
+        enn_nb.load(path, model=target, verify=verify)
+    for k, v in before.items():
+        assert torch.equal(target.state_dict()[k], v), k
 
 
 def test_an_unverified_dcp_load_of_a_damaged_shard_leaves_the_users_model_as_it_was(tmp_path):
@@ -456,8 +513,7 @@ def test_an_unverified_dcp_load_of_a_damaged_shard_leaves_the_users_model_as_it_
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_a_directory_swapped_before_the_read_is_read_again_not_mixed(tmp_path, monkeypatch, verify):
-    """A concurrent save replaces the directory after it was opened (and hashed) but before DCP reads
-    the shards: the load notices that the directory is another one now, whether the read failed a
+    """A concurrent save replaces the directory after it was opened but before DCP reads the shards: the load notices that the directory is another one now, whether the read failed a
     hash or (verify=False) went through, reads the new checkpoint from the start, and the model ends up
     holding exactly the save its manifest describes."""
     from enn_nb.checkpoint import dcp
@@ -467,11 +523,11 @@ def test_a_directory_swapped_before_the_read_is_read_again_not_mixed(tmp_path, m
     enn_nb.save(first, path)
     read, swapped = dcp.DcpReader._load, []
 
-    def swap_then_read(self, dest):
+    def swap_then_read(self, *args, **kwargs):
         if not swapped:
             swapped.append(True)
             enn_nb.save(second, path)  # atomic directory swap, as a writer in another process does
-        return read(self, dest)
+        return read(self, *args, **kwargs)
 
     monkeypatch.setattr(dcp.DcpReader, "_load", swap_then_read)
     target = tiny(in_dim=3, hidden=4, horizon=1, seed=9)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from .atomic import (
 )
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, dcp_metadata_name, upstream_meta_file
-from .hashing import HashingStream, HashPool, check_tensors, file_matches
+from .hashing import HashingStream, HashPool, check_tensors, file_matches, split
 from .manifest import FileEntry, Manifest, decode, encode
 from .selfcheck import Recording
 from .tensors import dtype_name, expected_nbytes, is_dtensor, join_tree, torch_dtype
@@ -315,8 +316,20 @@ def metadata_name(path: Path) -> str | None:
         return None
 
 
-def _safe_reader(path: Path, metadata: Any) -> Any:
-    """A FileSystemReader that serves the metadata already checked and never reads pickled bytes entries."""
+def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = None,
+                 on_adopt: Callable[[str, Any], None] | None = None) -> Any:
+    """A FileSystemReader that serves the metadata already checked and never reads pickled bytes entries.
+
+    ``adopted`` maps DCP keys (``model.fc.weight``) to ``None``: those entries are kept as the tensors
+    DCP's own ``torch.load`` of each record returns, written back into the dict, instead of being copied
+    into a destination buffer (the destination given to ``dcp.load`` for them is a placeholder).
+    This saves a fresh buffer and one copy per tensor when the destination is a new state dict.
+    Only whole-tensor records without transforms qualify (see :func:`_adoptable`). ``on_adopt(key,
+    tensor)`` is called as each arrives (to hash it while the next one is read).
+    """
+    import dataclasses
+
+    import torch
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.planner import LoadItemType
 
@@ -335,9 +348,49 @@ def _safe_reader(path: Path, metadata: Any) -> Any:
                 raise UnsafeCheckpointError(
                     f"DCP was about to unpickle a bytes entry of `{path}` (`weights_only=False`); enn_nb refused it."
                 )
-            return super().read_data(plan, planner)
+            if adopted:
+                self._adopt([item for item in plan.items if item.dest_index.fqn in adopted])
+                plan = dataclasses.replace(plan, items=[i for i in plan.items if i.dest_index.fqn not in adopted])
+            return super().read_data(plan, planner) if plan.items else _done()
+
+        def _adopt(self, items: list[Any]) -> None:
+            by_file: dict[str, list[Any]] = {}
+            for item in items:
+                by_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
+            for relative_path, group in by_file.items():
+                with self.fs.create_stream(self.fs.concat_path(self.path, relative_path), "rb") as stream:
+                    for item in sorted(group, key=lambda i: self.storage_data[i.storage_index].offset):
+                        record = self._slice_file(stream, self.storage_data[item.storage_index])
+                        tensor = torch.load(record, map_location="cpu", weights_only=True)
+                        adopted[item.dest_index.fqn] = tensor
+                        if on_adopt is not None:
+                            on_adopt(item.dest_index.fqn, tensor)
 
     return SafeReader(path)
+
+
+def _done() -> Any:
+    from torch.futures import Future
+
+    fut: Future = Future()
+    fut.set_result(None)
+    return fut
+
+
+def _adoptable(metadata: Any) -> set[str]:
+    """DCP keys stored as one record holding the whole tensor, without transforms: DCP's own load of
+    that record is the tensor, so it can be kept instead of copied (see :func:`_safe_reader`)."""
+    records: dict[str, list[Any]] = {}
+    for index, info in (metadata.storage_data or {}).items():
+        records.setdefault(index.fqn, []).append(info)
+    out = set()
+    for fqn, entry in metadata.state_dict_metadata.items():
+        chunks = getattr(entry, "chunks", None) or []
+        infos = records.get(fqn, [])
+        if (len(chunks) == 1 and not any(chunks[0].offsets) and tuple(chunks[0].sizes) == tuple(entry.size)
+                and len(infos) == 1 and not getattr(infos[0], "transform_descriptors", None)):
+            out.add(fqn)
+    return out
 
 
 def metadata_table(metadata: Any) -> dict[tuple[str, ...], tuple[str, tuple[int, ...]]]:
@@ -437,9 +490,39 @@ class DcpReader:
                         if getattr(info, "relative_path", None) == file})
         return ", ".join(f"`{n}`" for n in names[:8]) + (" ..." if len(names) > 8 else "")
 
-    def _load(self, dest: dict[tuple[str, ...], Any]) -> None:
+    def _load(self, dest: dict[tuple[str, ...], Any],
+              fresh: Mapping[tuple[str, ...], tuple[tuple[int, ...], str]] | None = None,
+              pool: HashPool | None = None, hashes: Mapping[tuple[str, ...], str | None] | None = None,
+              ) -> dict[tuple[str, ...], Any]:
+        """Read into the tensors of ``dest`` and into new tensors for ``fresh`` (key -> shape, dtype); returns those.
+
+        With ``pool``, each new tensor whose key has a digest in ``hashes`` is queued for hashing (under
+        the key's last part) as soon as it is read.
+        """
+        import torch
         import torch.distributed.checkpoint as dcp
 
+        fqns = dcp_metadata.fqn_map(self.metadata)
+        adoptable = _adoptable(self.metadata) if fresh else set()
+        adopted: dict[str, Any] = {}
+        made: dict[tuple[str, ...], Any] = {}
+        for key, (shape, dtype) in (fresh or {}).items():
+            fqn = fqns.get(key, ".".join(key))
+            if fqn in adoptable and all(shape):  # DCP reads nothing for an empty tensor
+                # a placeholder of the right shape over one element: DCP plans with it, never writes it
+                adopted[fqn] = None
+                made[key] = torch.empty((), dtype=torch_dtype(dtype)).expand(shape)
+            else:
+                made[key] = torch.empty(shape, dtype=torch_dtype(dtype))
+        dest = {**dest, **made}
+        on_adopt = None
+        if pool is not None and hashes:
+            wanted = {fqns.get(key, ".".join(key)): (key[-1], hashes[key]) for key in made if hashes.get(key)}
+
+            def on_adopt(fqn: str, tensor: Any) -> None:
+                if fqn in wanted:
+                    name, digest = wanted[fqn]
+                    pool.put(name, tensor, split(digest)[0])
         nested: dict[str, Any] = {}
         for key, tensor in dest.items():
             node = nested
@@ -452,7 +535,8 @@ class DcpReader:
         dist, _rank, _world = _dist()
         try:
             with _quiet():
-                dcp.load(nested, storage_reader=_safe_reader(self.path, self.metadata), no_dist=dist is None)
+                dcp.load(nested, storage_reader=_safe_reader(self.path, self.metadata, adopted, on_adopt),
+                         no_dist=dist is None)
         except (UnsafeCheckpointError, CorruptCheckpointError):
             raise
         except CheckpointException as exc:
@@ -466,14 +550,30 @@ class DcpReader:
         except Exception as exc:  # noqa: BLE001 - DCP wraps read failures in its own exception types
             raise CorruptCheckpointError(f"Reading the DCP checkpoint `{self.path}` failed: {exc}",
                                          file=str(self.path)) from exc
+        for key, tensor in made.items():
+            fqn = fqns.get(key, ".".join(key))
+            if fqn in adopted:
+                made[key] = self._adopted(key, adopted[fqn], tensor)
+        return made
+
+    def _adopted(self, key: tuple[str, ...], tensor: Any, placeholder: Any) -> Any:
+        import torch
+
+        if (type(tensor) is not torch.Tensor or tensor.dtype != placeholder.dtype
+                or tuple(tensor.shape) != tuple(placeholder.shape)):
+            got = f"{tensor.dtype} {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise CorruptCheckpointError(
+                f"The DCP record of `{'/'.join(key)}` in `{self.path}` holds {got}, not the {placeholder.dtype} "
+                f"{tuple(placeholder.shape)} its metadata declares: the checkpoint is damaged or forged. "
+                "Restore it from a good copy.", tensor=key[-1])
+        return tensor.detach()  # a record of a parameter comes back with requires_grad set
 
     @contextlib.contextmanager
     def _detect_replacement(self) -> Iterator[None]:
         """Raise :class:`ReplacedWhileReading` when a concurrent save swapped the directory during the block.
 
-        Checked after a failure and after a success alike: the shard files were verified at the start,
-        and a read that went on in the swapped-in directory would otherwise return its tensors
-        silently (possibly some of each save).
+        Checked after a failure and after a success alike: with ``verify=False`` a read that went on in
+        the swapped-in directory would otherwise return its tensors silently (possibly some of each save).
         """
         try:
             yield
@@ -498,40 +598,74 @@ class DcpReader:
             return self._optimizer_state(verify=verify)
 
     def _tensors(self, names: list[str], *, verify: bool, into: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        import torch
-
-        if verify:
-            self.verify_files()
         table = {t.name: t for t in self.manifest.tensors}
-        _check_declared_bytes(self.metadata, {self.paths[n]: table[n].to_dict() for n in names
-                                              if into is None or n not in into}, self.path)
-        out: dict[str, Any] = {}
-        for name in names:
-            if into is not None and name in into:
-                out[name] = into[name]
-            else:
-                entry = table[name]
-                out[name] = torch.empty(entry.shape, dtype=getattr(torch, entry.dtype))
-        self._load({self.paths[name]: tensor for name, tensor in out.items()})
-        if verify and not self.upstream:
-            check_tensors(out, {name: table[name].hash for name in out}, what=f"`{self.path}`")
+        into = into or {}
+        fresh = {self.paths[n]: (tuple(table[n].shape), table[n].dtype) for n in names if n not in into}
+        _check_declared_bytes(self.metadata, {key: {"shape": shape, "dtype": dtype} for key, (shape, dtype)
+                                              in fresh.items()}, self.path)
+        check = verify and not self.upstream
+        with self._files_checked_beside(verify), HashPool() as pool:
+            made = self._load({self.paths[n]: into[n] for n in names if n in into}, fresh, pool=pool if check else None,
+                              hashes={self.paths[n]: table[n].hash for n in names})
+            hashed = pool.results()
+        out = {name: into[name] if name in into else made[self.paths[name]] for name in names}
+        if check:
+            check_tensors(out, {name: table[name].hash for name in out}, what=f"`{self.path}`", hashed=hashed)
         return out
 
     def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
-        import torch
-
         opt = self.manifest.optimizer
         if not opt:
             return None
-        if verify:
-            self.verify_files()
         _check_declared_bytes(self.metadata, {(OPTIMIZER_KEY, t["name"]): t for t in opt["tensors"]}, self.path)
-        tensors = {t["name"]: torch.empty(t["shape"], dtype=torch_dtype(t["dtype"])) for t in opt["tensors"]}
-        self._load({(OPTIMIZER_KEY, name): t for name, t in tensors.items()})
+        with self._files_checked_beside(verify), HashPool() as pool:
+            made = self._load({}, {(OPTIMIZER_KEY, t["name"]): (tuple(t["shape"]), t["dtype"]) for t in opt["tensors"]},
+                              pool=pool if verify else None,
+                              hashes={(OPTIMIZER_KEY, t["name"]): t.get("hash") for t in opt["tensors"]})
+            hashed = pool.results()
+        tensors = {key[1]: tensor for key, tensor in made.items()}
         if verify:
             check_tensors(tensors, {t["name"]: t.get("hash") for t in opt["tensors"]},
-                          what=f"the optimizer state of `{self.path}`")
+                          what=f"the optimizer state of `{self.path}`", hashed=hashed)
         return join_tree(opt["structure"], tensors)
+
+    @contextlib.contextmanager
+    def _files_checked_beside(self, verify: bool) -> Iterator[None]:
+        """Check the shard files' hashes on a second thread while the block reads them.
+
+        The load and the file check run side by side instead of one after the other (the load's reads
+        and the check's find the same pages; from a cold cache, whichever comes second finds them
+        cached). Nothing reaches the caller's model before both end (the block reads into fresh tensors or into
+        a model enn_nb built); a damaged shard is reported by name even when the read failed first on
+        it. Under a process group the check gathers across ranks, so it runs first, on this thread.
+        """
+        if not verify or self._verified or self.upstream:
+            yield
+            return
+        if _dist()[0] is not None:
+            self.verify_files()
+            yield
+            return
+        failure: list[BaseException] = []
+
+        def check() -> None:
+            try:
+                self.verify_files()
+            except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+                failure.append(exc)
+
+        thread = threading.Thread(target=check, name="enn_nb-dcp-verify", daemon=True)
+        thread.start()
+        try:
+            yield
+        except BaseException:
+            thread.join()
+            if failure:
+                raise failure[0] from None
+            raise
+        thread.join()
+        if failure:
+            raise failure[0]
 
 
 # -- checks on what a directory declares (paths, sizes) before anything is read -------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -78,49 +79,58 @@ def tensor_digest(tensor: torch.Tensor, algorithm: str = ALGORITHM, *, threads: 
 
 
 class HashPool:
-    """Hash tensors in one background thread while the caller writes them.
+    """Hash tensors in one background thread while the caller writes (or reads) them.
 
     One thread, single-threaded BLAKE3: it outruns the writer (GB/s against the page cache's copy)
     and leaves the other cores to the writer. Tensors are hashed in the order given, which writers
-    set to their write order, so both touch the same memory at about the same time.
+    set to their write order, so both touch the same memory at about the same time. A reader hands
+    each tensor over with :meth:`put` as it arrives; :meth:`results` waits for all of them.
     """
 
     def __init__(self, algorithm: str = ALGORITHM) -> None:
         self.algorithm = algorithm
-        self._queue: list[tuple[str, torch.Tensor]] = []
+        self._queue: queue.SimpleQueue[tuple[str, torch.Tensor, str] | None] = queue.SimpleQueue()
         self._results: dict[str, str] = {}
         self._error: BaseException | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def submit_all(self, tensors: Mapping[str, torch.Tensor], order: Iterable[str] | None = None) -> HashPool:
-        """Queue every tensor, in ``order`` (default: the mapping's), and start hashing."""
-        self._queue = [(name, tensors[name]) for name in (order if order is not None else tensors)]
         self._thread = threading.Thread(target=self._run, name="enn-nb-hash", daemon=True)
         self._thread.start()
+
+    def submit_all(self, tensors: Mapping[str, torch.Tensor], order: Iterable[str] | None = None) -> HashPool:
+        """Queue every tensor, in ``order`` (default: the mapping's)."""
+        for name in order if order is not None else tensors:
+            self.put(name, tensors[name])
         return self
 
+    def put(self, name: str, tensor: torch.Tensor, algorithm: str | None = None) -> None:
+        """Queue one tensor, hashed with ``algorithm`` (default: the pool's)."""
+        self._queue.put((name, tensor, algorithm or self.algorithm))
+
     def _run(self) -> None:
-        try:
-            for name, tensor in self._queue:
-                if self._stop.is_set():
-                    return
-                self._results[name] = tensor_digest(tensor, self.algorithm)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller by results()
-            self._error = exc
+        while (item := self._queue.get()) is not None:
+            if self._stop.is_set() or self._error is not None:
+                continue  # drain without hashing
+            name, tensor, algorithm = item
+            try:
+                self._results[name] = tensor_digest(tensor, algorithm)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller by results()
+                self._error = exc
 
     def results(self) -> dict[str, str]:
-        """Wait for every hash; ``{name: "<algorithm>:<hex>"}``."""
-        if self._thread is not None:
-            self._thread.join()
+        """Wait for every hash queued so far; ``{name: "<algorithm>:<hex>"}``."""
+        self._finish()
         if self._error is not None:
             raise self._error
         return dict(self._results)
 
+    def _finish(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._finish()
 
     def __enter__(self) -> HashPool:
         return self
@@ -129,8 +139,12 @@ class HashPool:
         self.close()
 
 
-def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, str | None], *, what: str) -> None:
+def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, str | None], *, what: str,
+                  hashed: Mapping[str, str] | None = None) -> None:
     """Hash ``tensors`` with the algorithm each expected digest names and compare.
+
+    ``hashed`` holds digests already taken (by a :class:`HashPool` fed while reading); those tensors
+    are not hashed again.
 
     Raises:
         CorruptCheckpointError: one or more hashes differ (all named; ``.tensor`` holds the first).
@@ -140,7 +154,10 @@ def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, st
         if not want or name not in tensors:
             continue
         algorithm, _ = split(want)
-        if tensor_digest(tensors[name], algorithm, threads=True) != want:
+        got = (hashed or {}).get(name)
+        if got is None or not got.startswith(algorithm + ":"):
+            got = tensor_digest(tensors[name], algorithm, threads=True)
+        if got != want:
             bad.append(name)
     if bad:
         shown = ", ".join(f"`{n}`" for n in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
