@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,9 +58,11 @@ def exported(trained_model, tmp_path_factory):
 def test_aoti_leaves_nothing_in_the_system_temp_folder(exported):
     assert exported["report"]["aoti"].status == "ok"
     # torch puts AOTI's precompiled headers (~300 MB) under <tmp>/torchinductor_<user> regardless of
-    # TORCHINDUCTOR_CACHE_DIR; the backend turns them off so only the project's cache grows.
+    # TORCHINDUCTOR_CACHE_DIR; the backend moves them into the inductor cache folder.
     left = sorted(p.name for p in exported["system_tmp"].iterdir() if p.name.startswith("torchinductor"))
     assert left == []
+    headers = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "precompiled_headers"
+    assert any(headers.glob("*.gch")), "AOTI compiled without its precompiled headers"
 
 
 @pytest.mark.slow

@@ -108,3 +108,55 @@ def test_a_script_without_a_main_guard_is_not_run_again(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "ok"
     assert marker.read_text() == "x"  # once: the worker did not execute the script again
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inductor", [True, False])
+def test_a_server_started_for_an_inductor_export_detects_the_cpu_isa_before_forking(tmp_path, monkeypatch, inductor):
+    """The detection compiles a probe per vector ISA into the inductor cache: a server started for an
+    AOTI export has done it before its first worker exists (every worker inherits the answer); one
+    started for other backends has not (an ONNX-only export does not wait for it)."""
+    cache = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setattr(warm, "_server", None)  # a server of this test's own, started with this env
+    worker = Worker(None, tmp_path)
+    worker.start(inductor=inductor)
+    try:
+        worker._ready()
+        probes = list(cache.rglob("*.so")) if cache.exists() else []
+        assert bool(probes) is inductor, probes
+    finally:
+        worker.close()
+        server = warm._server
+        if server is not None and hasattr(server, "_stop"):
+            server._stop()
+
+
+def test_aoti_precompiled_headers_go_to_the_inductor_cache(tmp_path, monkeypatch):
+    from torch._inductor import codecache
+
+    from enn_nb.engine import inductor
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(codecache, "_HEADER_DIR", codecache._HEADER_DIR)
+    monkeypatch.setattr(codecache, "_HEADER_LOCK_DIR", codecache._HEADER_LOCK_DIR)
+    assert inductor.headers_in_cache() == tmp_path / "inductor" / "precompiled_headers"
+    assert codecache._HEADER_DIR == str(tmp_path / "inductor" / "precompiled_headers")
+    assert codecache._HEADER_LOCK_DIR == str(tmp_path / "inductor" / "precompiled_headers" / "locks")
+    monkeypatch.delattr(codecache, "_HEADER_DIR")  # a torch that keeps them elsewhere: headers stay off
+    assert inductor.headers_in_cache() is None
+
+
+def test_a_failing_isa_detection_is_only_logged(monkeypatch):
+    from torch._inductor import cpu_vec_isa
+
+    from enn_nb.engine import inductor
+
+    def broken() -> list:
+        raise RuntimeError("no compiler")
+
+    logged: list[str] = []
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", broken)
+    monkeypatch.setattr(inductor.log, "info", lambda message, *args: logged.append(message % args))
+    inductor.warm_vec_isa()  # does not raise: each compile detects the ISA itself then
+    assert logged == ["inductor ISA detection not warmed (RuntimeError: no compiler)"]

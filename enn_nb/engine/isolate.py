@@ -266,10 +266,11 @@ class Worker:
         self._configured = False
         self._starting: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, *, inductor: bool = False) -> None:
         """Start the child without waiting for it: forked from the session's warm server in a
         background thread (the first one waits for the server's imports, overlapping the capture),
-        or spawned as a fresh interpreter where forking is not available."""
+        or spawned as a fresh interpreter where forking is not available. ``inductor``: a lane of
+        this export compiles with inductor (a server started now detects the CPU's ISA once)."""
         from enn_nb.engine import warm
 
         self._count += 1
@@ -277,16 +278,17 @@ class Worker:
         self._configured = False
         self._proc = None
         if warm.supported() and os.environ.get("ENN_NB_WARM_WORKERS", "1") != "0":
-            self._starting = threading.Thread(target=self._start_warm, name="enn-nb-worker-start", daemon=True)
+            self._starting = threading.Thread(target=self._start_warm, args=(inductor,), name="enn-nb-worker-start",
+                                              daemon=True)
             self._starting.start()
         else:
             self._start_spawned()
 
-    def _start_warm(self) -> None:
+    def _start_warm(self, inductor: bool) -> None:
         from enn_nb.engine import warm
 
         try:
-            self._proc, self._send, self._recv = warm.start_worker(self._log)
+            self._proc, self._send, self._recv = warm.start_worker(self._log, inductor=inductor)
         except Exception as exc:  # noqa: BLE001 - no fork server here: a fresh interpreter does the same work
             log.info("warm worker unavailable (%s: %s); spawning a fresh interpreter", type(exc).__name__, exc)
             self._start_spawned()

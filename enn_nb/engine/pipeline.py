@@ -209,10 +209,11 @@ def _run(
         isolated = settings.isolate and os.name == "posix"
         lanes = split_lanes(todo, settings.workers if isolated else 1)
         pool: list[Worker] = []
+        inductor = any(plan.backend.compiles_with_inductor for plan in todo)
         if isolated:
             for _ in lanes:
                 worker = Worker(None, workdir)
-                worker.start()
+                worker.start(inductor=inductor)
                 stack.callback(worker.close)
                 pool.append(worker)
         threading.Thread(target=sc.warm_up, daemon=True).start()  # compiles the sidecar validator

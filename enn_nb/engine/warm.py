@@ -37,20 +37,28 @@ PRELOAD = [
     "torch.onnx",
     "onnxruntime",
 ]
+#: Also imported when the export that starts the server compiles with inductor: the CPU ISA detection
+#: (~1 s, ~6 s with an empty inductor cache) then runs once there instead of in every such worker.
+#: It compiles and loads small probes in subprocesses; no torch thread pool starts.
+PRELOAD_INDUCTOR = ["enn_nb.engine.warm_inductor"]
 
 _lock = threading.Lock()
 _server: Any = None
 
 
-def server() -> Any:
-    """The session's fork server (created on first use; restarted by multiprocessing if it died)."""
+def server(*, inductor: bool = False) -> Any:
+    """The session's fork server (created on first use; restarted by multiprocessing if it died).
+
+    ``inductor``: the call that creates it also preloads :data:`PRELOAD_INDUCTOR` (the first
+    isolated export of a session decides; a later AOTI export without it detects the ISA per worker).
+    """
     global _server
     with _lock:
         if _server is None:
             from multiprocessing.forkserver import ForkServer
 
             _server = ForkServer()
-            _server.set_forkserver_preload(list(PRELOAD))
+            _server.set_forkserver_preload(PRELOAD + (PRELOAD_INDUCTOR if inductor else []))
         return _server
 
 
@@ -156,10 +164,11 @@ def run_forked(recv: Any, send: Any, log: str, env: dict[str, str]) -> None:
     _serve(recv, send)
 
 
-def start_worker(log: Path) -> tuple[WarmProcess, Any, Any]:
+def start_worker(log: Path, *, inductor: bool = False) -> tuple[WarmProcess, Any, Any]:
     """Fork a worker from the warm server; returns (process, connection to send to, connection to read)."""
     import multiprocessing
 
+    server(inductor=inductor)  # the first call creates it, with the preload this export needs
     task_r, task_w = multiprocessing.Pipe(duplex=False)
     res_r, res_w = multiprocessing.Pipe(duplex=False)
     log.touch()

@@ -28,6 +28,7 @@ class AotiBackend(Backend):
     consumes: ClassVar[str] = "exported_program"
     cost: ClassVar[float] = 10.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
+    compiles_with_inductor: ClassVar[bool] = True
     options: ClassVar[tuple[Option, ...]] = (
         Option("inductor_configs", dict, {}, "extra torch._inductor configs for aoti_compile_and_package"),
     )
@@ -44,14 +45,14 @@ class AotiBackend(Backend):
         import torch
 
         from enn_nb.engine.cache import ensure_inductor_cache
+        from enn_nb.engine.inductor import headers_in_cache
 
         cache = ensure_inductor_cache()
         ep = job.exported_program
         configs = {
-            # torch writes AOTI's precompiled headers (~300 MB) under the system temp folder whatever
-            # TORCHINDUCTOR_CACHE_DIR says; off by default (about 6 s more per compile than with warm
-            # headers), opt in with inductor_configs={"aot_inductor.precompile_headers": True}.
-            "aot_inductor.precompile_headers": False,
+            # torch's default, with the headers (~300 MB) kept in the inductor cache folder instead of
+            # the system temp folder; off where this torch cannot move them
+            "aot_inductor.precompile_headers": headers_in_cache() is not None,
             **dict(options.get("inductor_configs") or {}),
             "aot_inductor.metadata": dict(job.essentials),
         }

@@ -153,6 +153,9 @@ class Backend:
     consumes: ClassVar[str] = "exported_program"
     #: whether the artifact is a directory
     directory_artifact: ClassVar[bool] = False
+    #: whether converting compiles with torch's inductor (the warm server then detects the CPU's ISA
+    #: once for every worker: ``engine/inductor.py``)
+    compiles_with_inductor: ClassVar[bool] = False
     #: documented default tolerances (atol, rtol) against the eager fp32 model
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     #: the options it takes, declared once (name, type, range, help): ``enn_nb.engine.options.Option``;
