@@ -3,13 +3,13 @@
 Two things every AOTInductor compile in a fresh process pays before it compiles the model:
 
 - **CPU ISA detection**: inductor compiles and loads a probe program per vector ISA the CPU claims
-  (AVX2, AVX-512...), about 5 s on 2 cores with a cold cache. The result is cached per process, so
-  the warm fork server (``engine/warm.py``) runs it once (:func:`warm_vec_isa`) and every worker
-  forked from it inherits the answer.
-- **Precompiled headers**: with warm headers a compile is 1.5 s shorter here (16.8 -> 15.3 s for the
-  reference model), but torch keeps them (~300 MB) under the system temp folder whatever
-  ``TORCHINDUCTOR_CACHE_DIR`` says. :func:`headers_in_cache` moves them into the inductor cache folder;
-  where this torch offers no such switch, the headers stay off.
+  (AVX2, AVX-512...): about 6 s on 2 cores with an empty inductor cache, 1 s with a warm one. The
+  result is cached per process, so the warm fork server (``engine/warm.py``) runs it once
+  (:func:`warm_vec_isa`) and every worker forked from it inherits the answer.
+- **Precompiled headers**: with warm headers the reference model's compile took 15.3 s here instead
+  of 16.8 s (building them the first time costs about 8 s), but torch keeps them (~300 MB) under
+  the system temp folder whatever ``TORCHINDUCTOR_CACHE_DIR`` says. :func:`headers_in_cache` moves
+  them into the inductor cache folder; where this torch offers no such switch, the headers stay off.
 """
 
 from __future__ import annotations
