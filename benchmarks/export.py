@@ -88,12 +88,13 @@ def side_engine(out: Path, lean: bool = False) -> dict:
     }
 
 
-def side_engine_warm(out: Path) -> dict:
-    """The engine's second export in one session: its workers fork from the warm server the first
-    export started. The second export gets its own empty inductor cache (no compiled-kernel reuse)."""
+def _second_in_session(side, out: Path) -> dict:
+    """Run ``side`` twice in this process and return the second run: the session's warm-up (the
+    engine's fork server, inductor's per-process ISA detection) is behind it. The second run gets its
+    own empty inductor cache (no compiled-kernel reuse), with the same primed headers."""
     first = out / "first"
     first.mkdir()
-    side_engine(first)
+    side(first)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["TORCHINDUCTOR_CACHE_DIR"] + "-second"
     if HEADERS.is_dir():
         shutil.copytree(HEADERS, Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "precompiled_headers",
@@ -101,7 +102,7 @@ def side_engine_warm(out: Path) -> dict:
     second = out / "second"
     second.mkdir()
     try:
-        return side_engine(second)
+        return side(second)
     finally:
         shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
@@ -133,25 +134,6 @@ def side_independent(out: Path) -> dict:
                           dynamic_shapes=shapes, input_names=["features"], output_names=["prediction"])
         times["onnx"] = time.perf_counter() - t
     return {"total": time.perf_counter() - started, "cpu": _cpu() - cpu, **times}
-
-
-def side_independent_warm(out: Path) -> dict:
-    """The independent calls made a second time in one process, as in a session that exported
-    before: inductor's ISA detection is cached in the process, as in the engine's warm server. The
-    second round gets its own empty inductor cache (no compiled-kernel reuse)."""
-    first = out / "first"
-    first.mkdir()
-    side_independent(first)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["TORCHINDUCTOR_CACHE_DIR"] + "-second"
-    if HEADERS.is_dir():
-        shutil.copytree(HEADERS, Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "precompiled_headers",
-                        copy_function=os.link)
-    second = out / "second"
-    second.mkdir()
-    try:
-        return side_independent(second)
-    finally:
-        shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 
 def _headers_in_side_cache() -> None:
@@ -337,9 +319,9 @@ def main() -> None:
         result = {
             "engine": lambda: side_engine(out),
             "engine_lean": lambda: side_engine(out, lean=True),
-            "engine_warm": lambda: side_engine_warm(out),
+            "engine_warm": lambda: _second_in_session(side_engine, out),
             "independent": lambda: side_independent(out),
-            "independent_warm": lambda: side_independent_warm(out),
+            "independent_warm": lambda: _second_in_session(side_independent, out),
             "prime": lambda: side_prime(out),
         }[args.side]()
         print(json.dumps(result))
