@@ -6,8 +6,9 @@ schema ``enn_nb.checkpoint/1``) still verifies. Hashes are taken in the pass tha
 
 - on save, one background thread hashes each tensor while the writer puts it on disk (BLAKE3
   releases the GIL; single-threaded it runs at several GB/s, faster than any disk the writer feeds);
-- on load, the bytes are hashed where the reader already has them (the memory map torch.load or
-  safetensors made, or the chunk just read from a DCP shard), with BLAKE3's own thread pool.
+- on load, the bytes are hashed where the reader already has them: the memory map torch.load or
+  safetensors made (with BLAKE3's own thread pool), or each DCP record as it arrives (on the
+  background thread, while the next one is read; the shard files are checked beside the read).
 """
 
 from __future__ import annotations
