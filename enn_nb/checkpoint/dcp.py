@@ -463,7 +463,7 @@ class DcpReader:
         """Check every file's hash (split across ranks when a process group is up).
 
         Each file is read once, in chunks hashed while cached (BLAKE3 spreads each chunk over all
-        cores); the load that follows finds the bytes in the page cache.
+        cores). A load runs it beside its own read (:meth:`_files_checked_beside`).
         """
         if self._verified or self.upstream:
             return
@@ -502,12 +502,13 @@ class DcpReader:
         import torch
         import torch.distributed.checkpoint as dcp
 
-        fqns = dcp_metadata.fqn_map(self.metadata)
+        fresh = fresh or {}
+        fqns = dcp_metadata.fqns_of(self.metadata, fresh)
         adoptable = _adoptable(self.metadata) if fresh else set()
         adopted: dict[str, Any] = {}
         made: dict[tuple[str, ...], Any] = {}
-        for key, (shape, dtype) in (fresh or {}).items():
-            fqn = fqns.get(key, ".".join(key))
+        for key, (shape, dtype) in fresh.items():
+            fqn = fqns[key]
             if fqn in adoptable and all(shape):  # DCP reads nothing for an empty tensor
                 # a placeholder of the right shape over one element: DCP plans with it, never writes it
                 adopted[fqn] = None
@@ -517,7 +518,7 @@ class DcpReader:
         dest = {**dest, **made}
         on_adopt = None
         if pool is not None and hashes:
-            wanted = {fqns.get(key, ".".join(key)): (key[-1], hashes[key]) for key in made if hashes.get(key)}
+            wanted = {fqns[key]: (key[-1], hashes[key]) for key in made if hashes.get(key)}
 
             def on_adopt(fqn: str, tensor: Any) -> None:
                 if fqn in wanted:
@@ -551,9 +552,8 @@ class DcpReader:
             raise CorruptCheckpointError(f"Reading the DCP checkpoint `{self.path}` failed: {exc}",
                                          file=str(self.path)) from exc
         for key, tensor in made.items():
-            fqn = fqns.get(key, ".".join(key))
-            if fqn in adopted:
-                made[key] = self._adopted(key, adopted[fqn], tensor)
+            if fqns[key] in adopted:
+                made[key] = self._adopted(key, adopted[fqns[key]], tensor)
         return made
 
     def _adopted(self, key: tuple[str, ...], tensor: Any, placeholder: Any) -> Any:
@@ -604,13 +604,14 @@ class DcpReader:
         _check_declared_bytes(self.metadata, {key: {"shape": shape, "dtype": dtype} for key, (shape, dtype)
                                               in fresh.items()}, self.path)
         check = verify and not self.upstream
+        digests = {name: table[name].hash for name in names}
         with self._files_checked_beside(verify), HashPool() as pool:
             made = self._load({self.paths[n]: into[n] for n in names if n in into}, fresh, pool=pool if check else None,
-                              hashes={self.paths[n]: table[n].hash for n in names})
+                              hashes={self.paths[n]: digest for n, digest in digests.items()})
             hashed = pool.results()
         out = {name: into[name] if name in into else made[self.paths[name]] for name in names}
         if check:
-            check_tensors(out, {name: table[name].hash for name in out}, what=f"`{self.path}`", hashed=hashed)
+            check_tensors(out, digests, what=f"`{self.path}`", hashed=hashed)
         return out
 
     def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
@@ -693,10 +694,10 @@ def _check_declared_bytes(metadata: Any, wanted: Mapping[tuple[str, ...], Mappin
     stored: dict[str, int] = {}
     for index, info in (metadata.storage_data or {}).items():
         stored[index.fqn] = stored.get(index.fqn, 0) + info.length
-    fqns = dcp_metadata.fqn_map(metadata)
+    fqns = dcp_metadata.fqns_of(metadata, wanted)
     for key, entry in wanted.items():
         need = expected_nbytes(str(entry["dtype"]), entry["shape"])
-        have = stored.get(fqns.get(key, ".".join(key)), 0)
+        have = stored.get(fqns[key], 0)
         if need > have:
             raise CorruptCheckpointError(
                 f"`{'/'.join(key)}` in `{path}` is declared as {need} bytes but its shards hold only {have}; the "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -267,12 +267,14 @@ def check_files(md: Any, directory: Path, *, allowed: set[str] | None = None) ->
                 "checkpoint is truncated. Restore it from a good copy.", file=name)
 
 
-def fqn_map(md: Any) -> dict[tuple[str, ...], str]:
-    """Nested state-dict path -> DCP's flattened key (``("model", "fc.weight")`` -> ``model.fc.weight``).
+def fqns_of(md: Any, keys: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], str]:
+    """Nested state-dict path -> DCP's flattened key (``("model", "fc.weight")`` -> ``model.fc.weight``),
+    for each of ``keys``; a path the planner data does not list flattens with dots.
 
-    Paths the planner data does not list flatten with dots: ``fqn_map(md).get(key, ".".join(key))``.
+    The planner data is inverted once per call: looking each key up in it costs N² for N tensors.
     """
-    return {tuple(str(p) for p in path): fqn for fqn, path in (md.planner_data or {}).items()}
+    listed = {tuple(str(p) for p in path): fqn for fqn, path in (md.planner_data or {}).items()}
+    return {key: listed.get(key, ".".join(key)) for key in keys}
 
 
 def check_request(md: Any, dest: Mapping[tuple[str, ...], Any], *, where: str) -> None:
@@ -287,10 +289,10 @@ def check_request(md: Any, dest: Mapping[tuple[str, ...], Any], *, where: str) -
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    reverse = fqn_map(md)
+    fqns = fqns_of(md, dest)
     entries = md.state_dict_metadata
     for key, tensor in dest.items():
-        fqn = reverse.get(key, ".".join(key))
+        fqn = fqns[key]
         entry = entries.get(fqn)
         name = "/".join(key)
         if entry is None:
