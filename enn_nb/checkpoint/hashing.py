@@ -94,8 +94,7 @@ class HashPool:
         self._results: dict[str, str] = {}
         self._error: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="enn-nb-hash", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None  # started by the first put: an idle pool costs nothing
 
     def submit_all(self, tensors: Mapping[str, torch.Tensor], order: Iterable[str] | None = None) -> HashPool:
         """Queue every tensor, in ``order`` (default: the mapping's)."""
@@ -105,6 +104,9 @@ class HashPool:
 
     def put(self, name: str, tensor: torch.Tensor, algorithm: str | None = None) -> None:
         """Queue one tensor, hashed with ``algorithm`` (default: the pool's)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="enn-nb-hash", daemon=True)
+            self._thread.start()
         self._queue.put((name, tensor, algorithm or self.algorithm))
 
     def _run(self) -> None:
@@ -125,7 +127,7 @@ class HashPool:
         return dict(self._results)
 
     def _finish(self) -> None:
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
 
