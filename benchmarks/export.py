@@ -96,9 +96,7 @@ def _second_in_session(side, out: Path) -> dict:
     first.mkdir()
     side(first)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["TORCHINDUCTOR_CACHE_DIR"] + "-second"
-    if HEADERS.is_dir():
-        shutil.copytree(HEADERS, Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]) / "precompiled_headers",
-                        copy_function=os.link)
+    _give_headers(Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]))
     second = out / "second"
     second.mkdir()
     try:
@@ -137,12 +135,18 @@ def side_independent(out: Path) -> dict:
 
 
 def _headers_in_side_cache() -> None:
-    """torch keeps AOTI's precompiled headers under the system temp folder; here, in the side's cache."""
-    from torch._inductor import codecache
+    """torch keeps AOTI's precompiled headers under the system temp folder; here, in the side's inductor
+    cache, where the engine keeps them too (the same relocation, so both sides use the primed copy)."""
+    from enn_nb.engine.inductor import headers_in_cache
 
-    codecache._HEADER_DIR = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "precompiled_headers")
-    codecache._HEADER_LOCK_DIR = os.path.join(codecache._HEADER_DIR, "locks")
-    codecache._precompile_header.cache_clear()  # paths remembered from an earlier cache folder
+    if headers_in_cache() is None:
+        raise RuntimeError("this torch does not let its precompiled headers move; the sides would not match")
+
+
+def _give_headers(cache: Path) -> None:
+    """Hard-link the primed headers into a side's (empty) inductor cache."""
+    if HEADERS.is_dir():
+        shutil.copytree(HEADERS, cache / "precompiled_headers", copy_function=os.link)
 
 
 def _prime_headers() -> None:
@@ -179,8 +183,7 @@ def side_prime(out: Path) -> dict:
 
 def _run_side(name: str) -> dict:
     cache = BENCH / f"inductor-{name}-{os.getpid()}"
-    if HEADERS.is_dir():
-        shutil.copytree(HEADERS, cache / "precompiled_headers", copy_function=os.link)
+    _give_headers(cache)
     out = Path(tempfile.mkdtemp(prefix=f"out-{name}-", dir=BENCH))
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "ENN_NB_CACHE_DIR": str(BENCH / "enn_cache")}
     try:
