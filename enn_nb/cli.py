@@ -11,10 +11,36 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from enn_nb._version import __version__
-from enn_nb.errors import EnnError
+from enn_nb.errors import EnnError, MissingDependencyError, PlatformUnavailableError, SideEffectError
+
+#: The exit codes of every verb: the same problem gives the same code whichever verb met it.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_CHECKED = 0, 1, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "done: everything asked for ran and passed its checks",
+    EXIT_FAILED: "failed: the work ran and did not pass (a backend failed, mismatched or crashed; verify found a "
+    "mismatch; a report failed; a damaged checkpoint)",
+    EXIT_USAGE: "unusable input: a path that does not exist or holds another kind of file, an unknown name, a bad "
+    "flag or option value, a --model module that cannot be used",
+    EXIT_NOT_CHECKED: "not checked: this machine lacks what the work needs (a runtime, TensorRT, CUDA, a platform)",
+    130: "interrupted (Ctrl-C)",
+    141: "its output was closed early (piped into `head`)",
+}
+EXIT_EPILOG = "exit codes (every command):\n" + "\n".join(
+    textwrap.fill(text, 96, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7) for code, text in EXIT_CODES.items()
+)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The :data:`EXIT_CODES` entry for an error a verb raised."""
+    if isinstance(exc, (MissingDependencyError, PlatformUnavailableError)):
+        return EXIT_NOT_CHECKED
+    if isinstance(exc, (ValueError, KeyError, FileNotFoundError, NotADirectoryError, SideEffectError)):
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 # Modules contributing subcommands, in the order `enn-nb --help` lists them.
 SUBCOMMAND_MODULES = (
@@ -29,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="enn-nb",
         description="Save, inspect and export ENN-style PyTorch models.",
+        epilog=EXIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"enn-nb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for verb in sub.choices.values():  # the one table, in every verb's --help too
+        verb.epilog = f"{verb.epilog}\n\n{EXIT_EPILOG}" if verb.epilog else EXIT_EPILOG
+        verb.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -49,18 +80,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from enn_nb._optional import terminal_pip
+
     try:
-        return int(args.func(args) or 0)
+        with terminal_pip():
+            return int(args.func(args) or 0)
     except EnnError as exc:
         _error(args.command, str(exc))
-        return 1
+        return exit_code(exc)
     except BrokenPipeError:  # `enn-nb inspect ... | head`: the reader left; stop quietly like other tools
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except OSError as exc:  # a read-only or full disk, a missing folder: the path and the reason, one line
         where = f"`{exc.filename}`: " if getattr(exc, "filename", None) else ""
         _error(args.command, f"{where}{exc.strerror or exc}. Check the path, its permissions and the free disk space.")
-        return 1
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
     except (RecursionError, MemoryError, ValueError, TypeError, KeyError, IndexError, AttributeError,

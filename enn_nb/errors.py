@@ -23,9 +23,11 @@
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
     │   ├── OptionError (ValueError)        a backend option that is unknown, of the wrong type or out of range
     │   ├── UnsafeArtifactError             an artifact whose loading would run untrusted code
+    │   ├── NotAnArtifactError (ValueError) `verify` on a path that is missing or a checkpoint, not an artifact
     │   └── OutputDirError (OSError)        the output directory cannot be written
     ├── OverwriteRefusedError (FileExistsError) the path holds what enn_nb did not write (a folder, a FIFO)
     ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
+    ├── SideEffectError (RuntimeError)      a save/export run by importing a module (a factory, an export worker)
     └── ReportError
         └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
 
@@ -214,6 +216,10 @@ class UnsafeArtifactError(ExportError):
     """Loading the artifact would run code: pickles in a .pt2, or an AOTI package without ``trust=True``."""
 
 
+class NotAnArtifactError(ExportError, ValueError):
+    """``verify`` was given a path that does not exist, or a checkpoint rather than an exported artifact."""
+
+
 class OutputDirError(ExportError, OSError):
     """The output directory cannot be created or written."""
 
@@ -224,6 +230,16 @@ class OverwriteRefusedError(EnnError, FileExistsError):
 
 class PlatformUnavailableError(EnnError):
     """The runtime is installed or known, but cannot run on this platform (say why)."""
+
+
+class SideEffectError(EnnError, RuntimeError):
+    """A ``save``/``export`` refused because importing a module ran it: a ``--model`` factory's module, or a
+    module an export worker imported. ``call`` names the refused call, ``origin`` the user's line."""
+
+    def __init__(self, message: str, *, call: str = "", origin: str = "") -> None:
+        super().__init__(message)
+        self.call = call
+        self.origin = origin
 
 
 class ReportError(EnnError):

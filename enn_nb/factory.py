@@ -6,6 +6,7 @@ import importlib
 import os
 from typing import Any
 
+from enn_nb._reentry import importing_factory
 from enn_nb.errors import SpecError
 
 
@@ -13,10 +14,12 @@ def import_factory(ref: str) -> Any:
     """The callable named by ``"pkg.module:factory"`` (a dotted attribute path after the colon).
 
     Only importable modules are accepted, never a file path: the module is imported because the user
-    named it, the same as ``python -c "import pkg.module"`` would.
+    named it, the same as ``python -c "import pkg.module"`` would, so its top-level code runs. A
+    ``save``/``export``/``report`` there is refused (SideEffectError: guard it with ``__main__``).
 
     Raises:
         SpecError: the reference is malformed, the module cannot be imported or lacks the attribute.
+        SideEffectError: importing the module ran an enn_nb save/export (nothing was written).
     """
     module_name, sep, attr = str(ref).partition(":")
     if not sep or not module_name or not attr or "/" in module_name or module_name.endswith(".py"):
@@ -25,7 +28,8 @@ def import_factory(ref: str) -> Any:
             "e.g. `--model mypkg.models:build_forecaster` (files are not imported by path)."
         )
     try:
-        obj: Any = importlib.import_module(module_name)
+        with importing_factory(ref):  # its top-level code runs; a save/export there is refused
+            obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise SpecError(
             f"`--model {ref}`: module `{module_name}` cannot be imported ({exc}). Install its package or add its "
@@ -52,7 +56,21 @@ def build_model(ref: str) -> Any:
 
 
 def load_with_model(path: str | os.PathLike[str], ref: str | None) -> Any:
-    """``enn_nb.load(path)``, into ``build_model(ref)`` when a factory is named (a checkpoint without a builder)."""
-    from enn_nb.checkpoint import load
+    """``enn_nb.load(path)``, into ``build_model(ref)`` when a factory is named (a checkpoint without a builder).
 
-    return load(path, model=build_model(ref) if ref else None)
+    Raises:
+        StateDictMismatchError: the factory's model is not the checkpoint's; the fix names ``--model`` (the
+            command line loads strictly: a partly loaded model is never exported).
+    """
+    from enn_nb.checkpoint import load
+    from enn_nb.checkpoint.api import MISMATCH_FIX
+    from enn_nb.errors import StateDictMismatchError
+
+    try:
+        return load(path, model=build_model(ref) if ref else None)
+    except StateDictMismatchError as exc:
+        flag = f"`--model {ref}`" if ref else "`--model pkg.module:factory`"
+        fix = (f"Name the factory of the model this checkpoint was saved from with {flag}; the command line loads "
+               "every tensor or nothing (in Python, `enn_nb.load(..., strict=False)` loads the matching ones).")
+        raise StateDictMismatchError(str(exc).replace(MISMATCH_FIX, fix), missing_keys=exc.missing_keys,
+                                     unexpected_keys=exc.unexpected_keys, shape_mismatches=exc.shape_mismatches) from None

@@ -167,7 +167,7 @@ def test_build_trt_without_tensorrt_says_so_and_exits_non_zero(all_nine, capsys)
     before = Path(sidecar).read_bytes()
     code = main(["build-trt", str(sidecar)])
     err = capsys.readouterr().err
-    assert code == EXIT_UNAVAILABLE == 2
+    assert code == EXIT_UNAVAILABLE == 3
     assert "cannot build the engine on this machine: TensorRT is not installed here" in err
     assert "enn-nb build-trt model.engine.enn.json" in err and "trtexec --onnx=model.trt.onnx" in err
     assert Path(sidecar).read_bytes() == before  # nothing was touched

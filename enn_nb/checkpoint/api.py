@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb import _reentry
 from enn_nb.errors import CheckpointError, RestoreCheckError, SpecError, StateDictMismatchError, UnknownNameError
 from enn_nb.spec import ModelSpec, build
 
@@ -113,7 +114,9 @@ def save(
         SpecError: ``spec``/``metadata`` holds non-JSON values.
         CheckpointError: the state holds something a checkpoint cannot store.
         OSError: the destination cannot be written (the old checkpoint, if any, is untouched).
+        SideEffectError: called by importing a module (a ``--model`` factory, an export worker): nothing written.
     """
+    _reentry.check("enn_nb.save")
     path = Path(path)
     fmt = save_format(path, format)
     if not isinstance(model, Mapping) and not callable(getattr(model, "state_dict", None)):
@@ -384,6 +387,11 @@ def _to_device(tree: Any, device: Any) -> Any:
     return tree
 
 
+#: The fix a mismatch error names in Python; the CLI (which has no ``strict``) swaps in its own.
+MISMATCH_FIX = ("Pass the model this checkpoint was saved from, or `strict=False` to load the matching tensors and "
+                "get the rest on `Loaded.missing_keys`/`unexpected_keys`.")
+
+
 def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
                     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
                     refused: str | None = None) -> StateDictMismatchError:
@@ -400,8 +408,7 @@ def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
             "a model passed as `model=` may be partly loaded.")
     return StateDictMismatchError(
         f"The checkpoint `{path}` does not match the model: " + "; ".join(parts)
-        + f". {done} Pass the model this checkpoint was saved from, or `strict=False` to load "
-        "the matching tensors and get the rest on `Loaded.missing_keys`/`unexpected_keys`.",
+        + f". {done} {MISMATCH_FIX}",
         missing_keys=missing,
         unexpected_keys=unexpected,
         shape_mismatches=mismatched,
@@ -422,6 +429,7 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format:
     Raises:
         The errors of :func:`load` for the source, and those of :func:`save` for the destination.
     """
+    _reentry.check("enn_nb.convert")
     reader = open_reader(src)
     manifest = reader.manifest
     dst_path = Path(dst)

@@ -64,7 +64,10 @@ def detect_format(path: Path) -> str:
         IncompleteCheckpointError: a DCP directory without its commit marker.
     """
     if not path.exists():
-        raise NotACheckpointError(f"`{path}` does not exist.")
+        from enn_nb._paths import CHECKPOINT_SUFFIXES, did_you_mean
+
+        hint = did_you_mean(path, CHECKPOINT_SUFFIXES) or "."
+        raise NotACheckpointError(f"`{path}` does not exist (working directory: {Path.cwd()}){hint}")
     if path.is_dir():
         return _detect_dir(path)
     from enn_nb._safeio import read_head

@@ -13,8 +13,8 @@ from enn_nb.engine.vocabulary import FAILED_STATUSES
 #: Statuses that make ``enn-nb export`` exit non-zero.
 FAILING = (*FAILED_STATUSES, "cancelled")
 
-#: ``enn-nb build-trt``'s exit code when this machine cannot build TensorRT engines.
-EXIT_UNAVAILABLE = 2
+#: ``enn-nb build-trt``'s exit code when this machine cannot build TensorRT engines (``enn_nb.cli.EXIT_CODES``).
+EXIT_UNAVAILABLE = 3
 
 
 def register(subparsers: Any) -> None:
@@ -36,7 +36,7 @@ def register(subparsers: Any) -> None:
         help="export a checkpoint to one or more backends",
         description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
         "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable (with `--backends all`, "
-        "unavailable ones are listed but do not fail the command); 2 when SRC does not exist.",
+        "unavailable ones are listed but do not fail the command); 2 when SRC does not exist or an argument is bad.",
         epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
@@ -75,7 +75,9 @@ def register(subparsers: Any) -> None:
         description="Run ARTIFACT in its runtime on the inputs saved beside it at export time "
         "(<stem>.vectors.safetensors) and compare with the eager model's saved outputs, within the "
         "sidecar's tolerance (or --atol/--rtol). Works on any machine with the runtime; needs no model "
-        "and no checkpoint. Exits 1 on a mismatch.",
+        "and no checkpoint; for a checkpoint use `enn-nb inspect` (verify is for exported artifacts). "
+        "Exits 1 on a mismatch, 2 when ARTIFACT does not exist or is not an exported artifact, 3 when its "
+        "runtime is not installed here (nothing was checked).",
         epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -109,8 +111,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """``--model pkg.module:factory`` and ``--input name:dtype[dims]`` (shared by export and report)."""
     p.add_argument(
         "--model", metavar="PKG.MODULE:FACTORY", default=None,
-        help="build the model with this factory (imported by module name, never from a file) and load the "
-        "checkpoint into it: for checkpoints of your own models, which name no registered builder",
+        help="build the model with this factory and load the checkpoint into it: for checkpoints of your own "
+        "models, which name no registered builder. The module is imported by name (never from a file path), "
+        "so its top-level code runs: keep a script's saves and exports under `if __name__ == \"__main__\":` "
+        "(enn_nb refuses them during that import)",
     )
     p.add_argument(
         "--input", action="append", default=[], metavar="NAME:DTYPE[DIMS]",
@@ -157,7 +161,9 @@ def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
         key, sep, raw = item.partition("=")
         backend, dot, name = key.partition(".")
         if not sep or not dot or not backend or not name:
-            raise SystemExit(f"enn-nb export: error: --option {item!r}; expected BACKEND.KEY=VALUE, e.g. ort.optimization_level=basic")
+            from enn_nb.errors import OptionError
+
+            raise OptionError(f"`--option {item}` is not BACKEND.KEY=VALUE; write e.g. `--option ort.optimization_level=basic`.")
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
@@ -191,7 +197,10 @@ def _export(args: argparse.Namespace) -> int:
         LOGGER.setLevel(logging.DEBUG)
     src = Path(args.src)
     if not src.exists():
-        print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
+        from enn_nb._paths import CHECKPOINT_SUFFIXES, did_you_mean
+
+        print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder"
+              f"{did_you_mean(src, CHECKPOINT_SUFFIXES) or '.'}", file=sys.stderr)
         return 2
     source, spec = _export_source(args, src)
     report = export(
@@ -222,7 +231,7 @@ def _verify(args: argparse.Namespace) -> int:
     result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
-        return 3  # nothing was checked: not a pass, not a mismatch
+        return EXIT_UNAVAILABLE  # nothing was checked: not a pass, not a mismatch
     return 0 if result.ok else 1
 
 

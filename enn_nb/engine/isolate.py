@@ -3,8 +3,10 @@
 The child is forked from the session's warm server (``engine/warm.py``: torch and the engine already
 imported, reused by every lane and every export), or, where that is unavailable, a fresh interpreter
 started as ``python -m enn_nb.engine.isolate``. Neither re-imports the caller's ``__main__``, so both
-are safe from notebooks and from scripts without an ``if __name__ == "__main__"`` guard. It receives what it needs once: the captured program saved as
-``capture.pt2`` in the export's work folder, the example inputs, names, spec and essentials. Then
+are safe from notebooks and from scripts without an ``if __name__ == "__main__"`` guard. It receives
+what it needs once: the captured program saved as ``capture.pt2`` in the export's work folder (not
+the model: unpickling it would import the model's module and run its top-level code), the example
+inputs, names, spec and essentials; a save or export started in it is refused (``_reentry``). Then
 it converts and verifies one backend per request. A converter that segfaults or aborts kills only
 the child: the caller records ``crashed`` with the signal or exit code and the tail of the child's
 log, and starts a new child for the next backend.
@@ -131,15 +133,20 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
     return out
 
 
-def build_job(setup: Setup, shared: Any) -> Any:
-    """The ExportJob of a child, from its Setup and its lazily loaded shared capture."""
+def build_job(setup: Setup, shared: Any, *, real_module: bool = False) -> Any:
+    """The ExportJob of a child, from its Setup and its lazily loaded shared capture.
+
+    Its module is the captured program's (a GraphModule computing the same function): nothing of the
+    user's code is imported. ``real_module`` (a backend consuming the module itself) unpickles the
+    model the parent shipped, which imports its class's module here.
+    """
     import torch
 
     from enn_nb.engine.backends.base import ExportJob
     from enn_nb.spec import ModelSpec
 
     module = None
-    if setup.module_path:
+    if real_module and setup.module_path:
         try:
             # our own file, written by the parent; mapped, not read: a large model costs no copy in each child
             module = torch.load(setup.module_path, weights_only=False, mmap=True)
@@ -147,7 +154,7 @@ def build_job(setup: Setup, shared: Any) -> Any:
         except Exception:  # its class cannot be imported here (defined in a notebook or a test function)
             module = None
     if module is None:
-        module = shared.exported_program().module()  # a GraphModule computing the same function
+        module = shared.exported_program().module()
     return ExportJob(
         module=module,
         example_inputs=tuple(torch.from_numpy(a.copy()) for a in setup.example_inputs),
@@ -208,7 +215,7 @@ def _serve(recv: Any, send: Any) -> None:
         from enn_nb.engine.safe import _SDPA
 
         _SDPA.enter(setup.sdpa)  # this child exists only for the export: held until it exits
-    job = None
+    job, real_module = None, False
     while True:
         try:
             task = recv.recv()
@@ -221,9 +228,10 @@ def _serve(recv: Any, send: Any) -> None:
             send.send(("event", event))
 
         try:
-            if job is None:
-                job = build_job(setup, shared)
             backend = load_class(task.backend_ref)()
+            wants_module = backend.consumes == "module"
+            if job is None or (wants_module and not real_module):
+                job, real_module = build_job(setup, shared, real_module=wants_module), wants_module
             result = run_unit(backend, job, task, emit)
         except BaseException as exc:
             result = UnitResult(stage="convert", error=ErrorInfo.from_exception(exc))

@@ -348,6 +348,25 @@ class VerifyResult:
         return "\n".join(escape(line) for line in lines)
 
 
+def _not_an_artifact(artifact: Path) -> None:
+    """Raise NotAnArtifactError for a path that does not exist or holds a checkpoint; return otherwise."""
+    from enn_nb._paths import did_you_mean
+    from enn_nb.checkpoint.detect import detect_format
+    from enn_nb.errors import CheckpointError, NotAnArtifactError
+
+    if not artifact.exists():
+        raise NotAnArtifactError(f"`{artifact}` does not exist (working directory: {Path.cwd()}){did_you_mean(artifact) or '.'}")
+    try:
+        fmt = detect_format(artifact)
+    except (CheckpointError, OSError):
+        return  # not a checkpoint either: the missing sidecar is the problem
+    raise NotAnArtifactError(
+        f"`{artifact}` is a {fmt} checkpoint; verify is for exported artifacts (it re-runs one on the vectors saved "
+        f"beside it at export). Inspect a checkpoint with `enn-nb inspect {artifact}`, or export it with "
+        f"`enn-nb export {artifact} -b onnx -o exports` and verify what that writes."
+    )
+
+
 def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, Any] | None = None,
            trust: bool = False) -> VerifyResult:
     """Re-check an exported artifact from its sidecar and vectors file.
@@ -364,6 +383,7 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
             library when loaded); a one-line warning says so.
 
     Raises:
+        NotAnArtifactError: the path does not exist, or is a checkpoint (verify is for exported artifacts).
         ExportError: no/invalid sidecar, or no vectors file.
         UnsafeArtifactError: an AOTI package without ``trust=True``, or a .pt2 holding pickles.
     """
@@ -379,6 +399,8 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         artifact = artifact.with_name(artifact.name[: -len(sc.SIDECAR_SUFFIX)])
     else:
         side_path = sc.sidecar_path(artifact)
+    if not side_path.is_file():
+        _not_an_artifact(artifact)
     data = sc.read(side_path)
     backend_name = data["backend"]
     if data["status"] not in ("ok", "mismatch"):

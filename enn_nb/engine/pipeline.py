@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb import _reentry
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
@@ -109,7 +110,9 @@ def export(
             the input, the expected and the received signature).
         FastPathExportError: ``safe=False`` and a fast path made capture or conversion fail.
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
+        SideEffectError: called by importing a module (a ``--model`` factory, an export worker): nothing written.
     """
+    _reentry.check("enn_nb.export")
     started = time.perf_counter()
     if provenance is None:
         from enn_nb.provenance import from_kernel
@@ -250,8 +253,10 @@ def _run(
             workdir=workdir, get_exported_program=shared.exported_program, get_onnx_path=shared.onnx_path,
             signature=info.signature,
         )
-        for worker in pool:
-            worker.configure(_child_setup(job, shared, settings))
+        if pool:
+            setup = _child_setup(job, shared, settings, real_module=any(p.backend.consumes == "module" for p in todo))
+            for worker in pool:
+                worker.configure(setup)
 
         ctx = LaneContext(job=job, shared=shared, info=info, cases=cases, notes=list(capture_notes), emit=emit,
                           should_stop=should_stop)
@@ -320,16 +325,20 @@ def _shared_log(info: RunInfo, got: OutputLog) -> None:
     info.report.log.extend(got)
 
 
-def _child_setup(job: ExportJob, shared: Any, settings: ExportSettings) -> Any:
-    """What a worker process needs to rebuild ``job`` (all picklable)."""
+def _child_setup(job: ExportJob, shared: Any, settings: ExportSettings, *, real_module: bool) -> Any:
+    """What a worker process needs to rebuild ``job`` (all picklable).
+
+    The captured program is shipped, not the model: unpickling a model imports its class's module in
+    the worker, running that module's top-level code again. Only a backend that consumes the module
+    itself (``consumes = "module"``, a plugin's choice) gets the pickled model (``real_module``).
+    """
     from enn_nb.engine.isolate import Setup
 
     return Setup(
         workdir=str(job.workdir),
         stem=settings.stem,
         ep_path=str(shared.save_program()),
-        # backends may re-export `job.module` (e.g. with other batch bounds): ship the real one
-        module_path=_save_module(job.module, job.workdir),
+        module_path=_save_module(job.module, job.workdir) if real_module else None,
         example_inputs=[t.detach().cpu().numpy() for t in job.example_inputs],
         dynamic_batch=job.dynamic_batch,
         batch_range=job.batch_range,

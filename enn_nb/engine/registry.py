@@ -112,6 +112,8 @@ class BackendInfo:
         reason: why it cannot convert here (None when ``available``); ``runtime_reason`` likewise for
             running the artifact (parity).
         error: the backend's module failed to import (a broken plugin).
+        deferred: why a conversion here only prepares the artifact (TensorRT without TensorRT or CUDA):
+            ``available`` (it converts) yet the table says ``no (deferred)``, the artifact is finished elsewhere.
     """
 
     name: str
@@ -125,6 +127,7 @@ class BackendInfo:
     runtime_available: bool = False
     runtime_reason: str | None = None
     error: str | None = None
+    deferred: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,8 +142,8 @@ class BackendTable(list):
     def table(self) -> Table:
         """The backends as a :class:`~enn_nb.table.Table`."""
         rows = [
-            [Cell(r.name, code=True), r.suffix or "-", r.available, r.runtime_available,
-             r.reason or r.runtime_reason or r.error or r.description]
+            [Cell(r.name, code=True), r.suffix or "-", "no (deferred)" if r.available and r.deferred else r.available,
+             r.runtime_available, r.reason or r.deferred or r.runtime_reason or r.error or r.description]
             for r in self
         ]
         return Table(("backend", "suffix", "available", "runtime here", "install / reason"), rows,
@@ -190,6 +193,7 @@ def info(name: str, backend: Backend) -> BackendInfo:
         missing=tuple(backend.missing_packages()),
         runtime_available=runtime_reason is None,
         runtime_reason=runtime_reason,
+        deferred=backend.deferred_reason() if reason is None else None,
     )
 
 

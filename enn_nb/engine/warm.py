@@ -131,8 +131,11 @@ class WarmProcess:
 
 
 def child_environment() -> dict[str, str]:
-    """The environment a worker (and any tool it runs) gets: the caller's, with its ``sys.path``."""
-    env = dict(os.environ)
+    """The environment a worker (and any tool it runs) gets: the caller's, with its ``sys.path``, marked as
+    a worker's (``_reentry``: a module it imports cannot start a save or an export)."""
+    from enn_nb._reentry import worker_environment
+
+    env = worker_environment(dict(os.environ))
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     env["PYTHONPATH"] = os.pathsep.join([*paths, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from enn_nb._paths import CHECKPOINT_SUFFIXES
 from enn_nb.errors import (
     BrokenDependencyError,
     EnnError,
@@ -24,7 +25,6 @@ from enn_nb.errors import (
     UnknownNameError,
 )
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 SAVE_FORMATS = ("pt", "safetensors", "dcp")
 
 #: Keys of the ``%%enn_export`` YAML body and what each one takes (shown when a key is unknown).

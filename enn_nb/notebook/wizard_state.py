@@ -13,7 +13,7 @@ from traitlets import Bool, Dict, Enum, HasTraits, Int, List, Unicode, validate
 
 from enn_nb.errors import SpecError
 
-from ._magic_logic import CHECKPOINT_SUFFIXES
+from enn_nb._paths import CHECKPOINT_SUFFIXES, did_you_mean
 
 if TYPE_CHECKING:
     from enn_nb.engine.registry import BackendInfo
@@ -264,7 +264,7 @@ class WizardState(HasTraits):
                 return "No checkpoint chosen: type the path of a .pt, .safetensors or DCP checkpoint."
             path = Path(text).expanduser()
             if not path.exists():
-                hint = did_you_mean(path)
+                hint = did_you_mean(path, CHECKPOINT_SUFFIXES)
                 return f"Checkpoint `{text}` does not exist{hint}. Check the path (relative to {os.getcwd()})."
             return ""
         names = self.module_names()
@@ -449,27 +449,6 @@ def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
-
-
-def did_you_mean(path: Path) -> str:
-    """``"; did you mean `runs/model.pt`?"`` from the checkpoints near a path that does not exist, else ''."""
-    import difflib
-
-    folder = path.parent
-    while not folder.is_dir():  # a wrong folder: look in the nearest one that exists
-        if folder.parent == folder:
-            return ""
-        folder = folder.parent
-    try:
-        entries = [p for p in folder.iterdir() if p.is_dir() or p.suffix in CHECKPOINT_SUFFIXES]
-    except OSError:
-        return ""
-    names = {p.name: p for p in entries if not p.name.startswith(".")}
-    close = difflib.get_close_matches(path.name, list(names), n=3, cutoff=0.5)
-    if not close:
-        return ""
-    shown = [str(names[name]) if folder != Path(".") else name for name in close]
-    return "; did you mean " + " or ".join(f"`{s}`" for s in shown) + "?"
 
 
 def result_rows(

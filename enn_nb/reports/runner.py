@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from enn_nb import _reentry
 from enn_nb._fs import atomic_path
 from enn_nb.errors import ReportCellError, ReportError
 from enn_nb.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
@@ -117,7 +118,9 @@ def report(
         UnknownNameError: unknown template, or a parameter the template does not declare.
         ReportError: a bad value, or the kernel could not run the notebook.
         ReportCellError: a cell raised; the partial notebook is kept at ``error.output_path``.
+        SideEffectError: called by importing a module (a ``--model`` factory, an export worker): nothing written.
     """
+    _reentry.check("enn_nb.report")
     from enn_nb._optional import require
 
     path = resolve_template(template)

@@ -191,6 +191,10 @@ class Backend:
             return f"`{missing[0]}` is not installed; install it with: {install_line(missing[0])}"
         return self.platform_reason()
 
+    def deferred_reason(self) -> str | None:
+        """Why ``convert`` here only prepares the artifact, finished elsewhere (TensorRT without CUDA), or None."""
+        return None
+
     def runtime_unavailable_reason(self) -> str | None:
         """None when the artifact can be run here for parity; else why not."""
         missing = self.missing_packages(runtime=True)

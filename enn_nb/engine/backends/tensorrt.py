@@ -92,6 +92,13 @@ class TensorrtBackend(Backend):
     def runtime_unavailable_reason(self) -> str | None:
         return build_unavailable_reason()
 
+    def deferred_reason(self) -> str | None:
+        reason = build_unavailable_reason()
+        if reason is None:
+            return None
+        return (f"{reason}; here `-b tensorrt` writes the TensorRT-ready ONNX and its build plan, and "
+                "`enn-nb build-trt` builds the engine on a CUDA host")
+
     # -- work --------------------------------------------------------------------------------------
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
