@@ -29,10 +29,12 @@ demo: env
 	$(PY) -m enn_nb.demo --out "$(OUT)"
 
 # JupyterLab on the example notebooks (the venv's kernel first on the kernel path). LAB_ARGS adds options,
-# e.g. `make lab LAB_ARGS="--no-browser --ip=0.0.0.0"` on a remote host.
+# e.g. `make lab LAB_ARGS="--no-browser --ip=0.0.0.0"` on a remote host. As root (a container), Jupyter
+# refuses to start without --allow-root: it is passed then.
 LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 lab: env
-	JUPYTER_PATH="$(VENV)/share/jupyter" $(PY) -m jupyterlab --notebook-dir="$(CURDIR)/notebooks" $(LAB_ARGS)
+	JUPYTER_PATH="$(VENV)/share/jupyter" $(PY) -m jupyterlab --notebook-dir="$(CURDIR)/notebooks" $(LAB_ROOT) $(LAB_ARGS)
 
 test: env browser
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -15,7 +15,13 @@ import textwrap
 from collections.abc import Sequence
 
 from enn_nb._version import __version__
-from enn_nb.errors import EnnError, MissingDependencyError, PlatformUnavailableError, SideEffectError
+from enn_nb.errors import (
+    EnnError,
+    MissingDependencyError,
+    PlatformUnavailableError,
+    SideEffectError,
+    StateDictMismatchError,
+)
 
 #: The exit codes of every verb: the same problem gives the same code whichever verb met it.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_CHECKED = 0, 1, 2, 3
@@ -24,7 +30,7 @@ EXIT_CODES = {
     EXIT_FAILED: "failed: the work ran and did not pass (a backend failed, mismatched or crashed; verify found a "
     "mismatch; a report failed; a damaged checkpoint)",
     EXIT_USAGE: "unusable input: a path that does not exist or holds another kind of file, an unknown name, a bad "
-    "flag or option value, a --model module that cannot be used",
+    "flag or option value, a --model module that cannot be used or builds another model than the checkpoint's",
     EXIT_NOT_CHECKED: "not checked: this machine lacks what the work needs (a runtime, TensorRT, CUDA, a platform)",
     130: "interrupted (Ctrl-C)",
     141: "its output was closed early (piped into `head`)",
@@ -38,7 +44,8 @@ def exit_code(exc: BaseException) -> int:
     """The :data:`EXIT_CODES` entry for an error a verb raised."""
     if isinstance(exc, (MissingDependencyError, PlatformUnavailableError)):
         return EXIT_NOT_CHECKED
-    if isinstance(exc, (ValueError, KeyError, FileNotFoundError, NotADirectoryError, SideEffectError)):
+    if isinstance(exc, (ValueError, KeyError, FileNotFoundError, NotADirectoryError, SideEffectError,
+                        StateDictMismatchError)):
         return EXIT_USAGE
     return EXIT_FAILED
 

@@ -65,12 +65,12 @@ def test_convert(saved, tmp_path, capsys, dst, fmt, expected):
     assert loaded.optimizer_state["state"][0]["momentum_buffer"].shape == (8, 6)
 
 
-def test_errors_exit_1_with_a_message(tmp_path, capsys):
+def test_unusable_paths_exit_2_with_a_message(tmp_path, capsys):
     (tmp_path / "notes.pt").write_text("not a checkpoint")
-    assert main(["inspect", str(tmp_path / "notes.pt")]) == 1
+    assert main(["inspect", str(tmp_path / "notes.pt")]) == 2  # enn_nb.cli.EXIT_CODES: unusable input
     err = capsys.readouterr().err
     assert err.startswith("enn-nb inspect: error:") and "notes.pt" in err
-    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x.safetensors")]) == 1
+    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x.safetensors")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
 

@@ -34,11 +34,11 @@ def _sha(path: Path) -> str:
 
 
 def _kill_left_in(folder: Path) -> list[int]:
-    """Kill (by id) every process whose working folder is ``folder``: what a runaway export left behind."""
+    """Kill (by id) every process but this one whose working folder is ``folder``: what a runaway export left."""
     killed = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if Path(os.readlink(proc / "cwd")) == folder:
+            if int(proc.name) != os.getpid() and Path(os.readlink(proc / "cwd")) == folder:
                 os.kill(int(proc.name), signal.SIGKILL)
                 killed.append(int(proc.name))
         except (OSError, ValueError):
