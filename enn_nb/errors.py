@@ -21,6 +21,7 @@
     │   ├── FastPathExportError             a fast path left on made capture/conversion fail
     │   ├── BackendError                    a backend's conversion failed (stage, cause)
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
+    │   ├── StaticDimError                  strict=True and a declared dynamic dim ended up static (torch's reason)
     │   ├── OptionError (ValueError)        a backend option that is unknown, of the wrong type or out of range
     │   ├── UnsafeArtifactError             an artifact whose loading would run untrusted code
     │   ├── NotAnArtifactError (ValueError) `verify` on a path that is missing or a checkpoint, not an artifact
@@ -200,6 +201,15 @@ class ParityError(ExportError):
         self.max_rel_err = max_rel_err
         self.atol = atol
         self.rtol = rtol
+
+
+class StaticDimError(ExportError):
+    """``strict=True`` and the model specialises a dim its signature declares dynamic: the artifacts would be
+    static in it. ``dims`` maps each such dim to the constraint torch reported."""
+
+    def __init__(self, message: str, *, dims: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.dims = dict(dims or {})
 
 
 class OptionError(ExportError, ValueError):

@@ -20,7 +20,7 @@ from tests.fixtures.models import TinyMLP
 def _job(workdir: Path) -> tuple[ExportJob, Shared, list[parity.Case]]:
     module = TinyMLP().eval()
     inputs = (torch.randn(2, 6),)
-    ep, dynamic, _ = capture_program(module, inputs, dynamic_batch=True, fast_paths=[])
+    ep, dynamic, _, _ = capture_program(module, inputs, dynamic_batch=True, fast_paths=[])
     shared = Shared(workdir=workdir, stem="model", input_names=["features"], output_names=["output"],
                     essentials={}, onnx_options={"opset": None, "optimize": True}, ep=ep)
     job = ExportJob(module=module, example_inputs=inputs, dynamic_batch=dynamic, batch_range=(1, 8, 64),

@@ -57,9 +57,10 @@ def test_save_shows_one_line_and_the_table_on_demand(ip, trained_model) -> None:
     ip.user_ns["model"] = trained_model
     saved = run_cell(ip, "%enn_save model one/model.safetensors --meta run=1")
     line = repr(saved)
-    params = sum(p.numel() for p in trained_model.state_dict().values())
+    params = sum(p.numel() for p in trained_model.parameters())
+    values = sum(p.numel() for p in trained_model.state_dict().values())
     assert "\n" not in line and line.startswith("saved one/model.safetensors (safetensors): enn_nb.reference")
-    assert f"{params:,} parameters" in line and saved.content_hash[:12] in line
+    assert f"{params:,} parameters ({values:,} values with buffers)" in line and saved.content_hash[:12] in line
     html = saved._repr_html_()
     assert html.startswith("<details") and "<table class='enn-nb-tensors'>" in html  # folded, one click away
     full = str(saved)  # print() gives the whole manifest

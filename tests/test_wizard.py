@@ -49,7 +49,7 @@ def test_the_model_step_offers_the_namespace_modules_and_shows_the_spec(trained_
 
     w.view.variable.value = "other"
     assert w.state.variable == "other"
-    assert "Linear" in w.view.model_info.value and "<td>8</td>" in w.view.model_info.value  # 3*2+2 params
+    assert "Linear" in w.view.model_info.value and "<td>8 parameters</td>" in w.view.model_info.value  # 3*2+2
 
 
 def test_next_is_blocked_inline_when_no_model_exists():

@@ -244,6 +244,7 @@ def load(
             atol=(manifest.self_check or {}).get("atol"),
             rtol=(manifest.self_check or {}).get("rtol"),
         )
+    _carry_signature(target, manifest.spec)
     return Loaded(
         model=target,
         manifest=manifest,
@@ -255,6 +256,19 @@ def load(
         verified=bool(verify and reader.verifiable),
         restore=restore,
     )
+
+
+def _carry_signature(model: Any, spec: ModelSpec) -> None:
+    """Give the loaded model the checkpoint's I/O signature (``input_signature``/``output_signature``, the
+    ModelSpec contract), so ``export(loaded.model, ...)`` and a later ``save`` know it; a model declaring
+    its own keeps it."""
+    if spec.inputs is None or getattr(model, "input_signature", None) is not None:
+        return
+    model.input_signature = [t.text() for t in spec.inputs]
+    if spec.outputs is not None and getattr(model, "output_signature", None) is None:
+        model.output_signature = [t.text() for t in spec.outputs]
+        if spec.output_structure and getattr(model, "output_structure", None) is None:
+            model.output_structure = spec.output_structure
 
 
 def _in_place_targets(manifest: Manifest, own: Mapping[str, Any], key_map: Mapping[str, str], names: list[str],

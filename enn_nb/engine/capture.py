@@ -31,15 +31,17 @@ def capture_program(
     dynamic_batch: bool,
     fast_paths: Sequence[FastPath] = (),
     signature: Sequence[TensorSig] | None = None,
-) -> tuple[Any, bool, list[str]]:
+) -> tuple[Any, bool, list[str], dict[str, str]]:
     """``torch.export.export`` the module, its symbolic dims (``batch``, ``time``...) dynamic when asked.
 
     ``dynamic_shapes`` follow the forward's real signature (positional parameters, ``*args``), built
     from ``signature`` (inferred from the inputs when None: only dim 0, ``batch``, is symbolic).
 
     Returns:
-        ``(exported_program, batch_is_dynamic, notes)``. When the model specialises a dimension the
-        capture is retried with fewer dynamic dims (batch only, then static) and a note says why.
+        ``(exported_program, batch_is_dynamic, notes, static_dims)``. When the model specialises a
+        declared dynamic dim, the capture is retried without the dims torch named (without any but
+        ``batch``, then static, when it named none); ``static_dims`` maps each dim left static to the
+        constraint torch reported, and a note says the same.
 
     Raises:
         FastPathExportError: the capture failed on a fast path left on (named in the message).
@@ -48,31 +50,61 @@ def capture_program(
 
     from enn_nb.signature import dynamic_shapes, infer_inputs, symbolic_names
 
-    notes: list[str] = []
     sigs = list(signature) if signature is not None else infer_inputs(module.forward, example_inputs)
-    attempts: list[list[str]] = []
-    if dynamic_batch:
-        every = symbolic_names(sigs)
-        attempts.append(every)
-        if every != [BATCH_DIM] and BATCH_DIM in every:
-            attempts.append([BATCH_DIM])
+    declared = symbolic_names(sigs) if dynamic_batch else []
+    symbols, static = list(declared), {}
     try:
-        for symbols in attempts:
+        while symbols:
             shapes = dynamic_shapes(module.forward, sigs, example_inputs, dynamic=symbols)
             try:
-                return torch.export.export(module, example_inputs, dynamic_shapes=shapes), BATCH_DIM in symbols, notes
+                ep = torch.export.export(module, example_inputs, dynamic_shapes=shapes)
+                break
             except Exception as exc:
                 if not _is_specialisation(exc):
                     raise
-                what = ", ".join(f"`{s}`" for s in symbols)
-                notes.append(f"the model specialises dimension(s) {what}, so they are static in the artifact "
-                             f"(at the capture sizes): {_first_line(exc)}")
-        return torch.export.export(module, example_inputs), False, notes
+                reasons = specialised_dims(exc, symbols)
+                if not reasons:  # torch named none we know: keep batch alone, then nothing
+                    kept = [BATCH_DIM] if BATCH_DIM in symbols and symbols != [BATCH_DIM] else []
+                    reasons = {s: _first_line(exc) for s in symbols if s not in kept}
+                static.update(reasons)
+                symbols = [s for s in symbols if s not in reasons]
+        else:
+            ep = torch.export.export(module, example_inputs)
     except Exception as exc:
         mapped = fast_path_error(exc, fast_paths, stage="capture")
         if mapped is not None:
             raise mapped from exc
         raise
+    notes = [f"`{name}` is static in the artifact although declared dynamic (at its capture size): {why}"
+             for name, why in static.items()]
+    return ep, BATCH_DIM in symbols, notes, static
+
+
+_VIOLATED = re.compile(r"Constraints violated \(([^)]*)\)")
+
+
+def specialised_dims(exc: BaseException, symbols: Sequence[str]) -> dict[str, str]:
+    """``{dim: why}`` for the dims of ``symbols`` a torch.export constraint violation names, with torch's reason.
+
+    torch says ``Constraints violated (time)!`` then one ``- ...`` line per dim (``You marked time as dynamic
+    but your code specialized it to be a constant (20)``); its advice about ``mark_dynamic``/``Dim.DYNAMIC``
+    concerns torch's own API and is left out.
+    """
+    text = str(exc)
+    found = _VIOLATED.search(text)
+    if not found:
+        return {}
+    named = [n.strip() for n in found.group(1).split(",")]
+    bullets = [line.strip()[2:] for line in text.splitlines() if line.strip().startswith("- ")]
+    out = {}
+    for name in named:
+        if name not in symbols:
+            continue
+        line = next((b for b in bullets if re.search(rf"\b{re.escape(name)}\b", b)), "")
+        line = line.split(" If you're using")[0].strip()
+        line = re.sub(rf"^You marked {re.escape(name)} as dynamic but your code", "the model's code", line)
+        out[name] = f"torch.export: {line or found.group(0)}"
+    return out
 
 
 def _is_specialisation(exc: BaseException) -> bool:

@@ -34,6 +34,7 @@ class RunInfo:
     fast_paths: list[Any] = dataclasses.field(default_factory=list)  # declared ones, when safe=False
     signature: dict[str, Any] | None = None  # the ModelIO the export follows, as JSON
     shared_log: OutputLog = dataclasses.field(default_factory=OutputLog)  # captured in the shared stages
+    static_dims: dict[str, str] = dataclasses.field(default_factory=dict)  # declared dynamic, static: why
 
 
 def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: float) -> BackendResult:
@@ -247,4 +248,5 @@ def _sidecar_common(plan: Plan, info: RunInfo) -> dict[str, Any]:
         "metadata": dict(settings.metadata) or None,
         "parity": {"status": "not_run", "reason": "the export did not reach verification"},
         **({"signature": info.signature} if info.signature else {}),
+        **({"static_dims": dict(info.static_dims)} if info.static_dims else {}),
     }

@@ -65,7 +65,7 @@ def resolve_spec(model: Any, spec: Any) -> Any:
             spec = ModelSpec.from_dict(spec)
         return spec
     inner = getattr(model, "_orig_mod", model)
-    if any(hasattr(inner, a) for a in ("enn_builder", "in_dim", "config")):
+    if any(hasattr(inner, a) for a in ("enn_builder", "in_dim", "config", "input_signature")):
         return ModelSpec.from_model(inner)
     return None
 
@@ -94,7 +94,8 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
                 "drawn. Declare its inputs once, e.g. `spec=ModelSpec(inputs=['values:float32[B, 24, 6]', "
                 "'mask:bool[B, 24]'])` (saved with the checkpoint), or give example inputs: `example_inputs=` in "
                 "Python, `example_inputs: [B, 24, 6]` in a `%%enn_export` body, `--input values:float32[B,24,6]` "
-                "on the CLI."
+                "on the CLI. A model from `enn_nb.load(...)` carries its checkpoint's signature: pass the load's "
+                "result (or the checkpoint's path) itself."
             )
         return default_example_inputs(spec, in_dim, dtype if isinstance(dtype, str) else None)
     items = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)

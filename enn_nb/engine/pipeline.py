@@ -34,9 +34,9 @@ from enn_nb.engine.outcome import ErrorInfo
 from enn_nb.engine.outlog import OutputLog, capture
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
-from enn_nb.engine.report import ExportReport
+from enn_nb.engine.report import ExportReport, static_note
 from enn_nb.engine.settings import ExportSettings
-from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
+from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError, StaticDimError
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +86,8 @@ def export(
         isolate: convert and verify in a child process (a crash gives status ``crashed``), forked from
             a warm server that has torch and the engine imported and serves the whole session.
         cache: reuse artifacts of an identical earlier export (content hash), status + ``cached``.
-        strict: raise after the export when a backend is not ok (``ParityError`` for a mismatch).
+        strict: raise after the export when a backend is not ok (``ParityError`` for a mismatch), or when a
+            dim the signature declares dynamic ended up static (``StaticDimError``, torch's reason named).
         options: per-backend options, e.g. ``{"ort": {"optimization_level": "basic"}}``; the
             ``"onnx"`` entry also shapes the shared ONNX used by every ONNX consumer.
         spec: the model's ModelSpec (read from the model or checkpoint when None).
@@ -299,7 +300,7 @@ def _capture(todo: list[Plan], module: Any, inputs: tuple[torch.Tensor, ...], in
     started = time.perf_counter()
     try:
         with capture("capture") as got:
-            ep, batch_dynamic, notes = capture_program(
+            ep, batch_dynamic, notes, info.static_dims = capture_program(
                 module, inputs, dynamic_batch=info.settings.dynamic_batch, fast_paths=info.fast_paths,
                 signature=ModelIO.from_dict(info.signature).inputs if info.signature else None,
             )
@@ -388,6 +389,15 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
         raise exc
     if not strict:
         return
+    if report.static_dims:
+        exc = StaticDimError(
+            f"{static_note(report.static_dims)}: the artifacts accept only the capture size there. Declare those "
+            "dims with their size in the signature (e.g. `x:float32[B,20,5]`), or export without strict=True to "
+            "keep the static artifacts.",
+            dims=report.static_dims,
+        )
+        exc.report = report  # type: ignore[attr-defined]
+        raise exc
     for r in report.results:
         if r.status == "mismatch":
             worst = max(r.parity.get("cases", []), key=lambda c: c["max_abs_err"], default={})

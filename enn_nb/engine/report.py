@@ -37,6 +37,8 @@ class BackendResult:
         exit_code / signal: how the isolated child ended, when it crashed.
         deferred: why the artifact could not be finished here.
         notes / details / format / dynamic_batch: from the backend's conversion.
+        static_dims: dims the signature declares dynamic that the artifact keeps static (the model's code
+            specialises them), each with the constraint torch reported.
         log: the sidecar's ``log``: counts of the warnings and output lines captured while this
             backend converted and verified (the export's shared stages included), and the log file.
     """
@@ -63,6 +65,7 @@ class BackendResult:
     inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     log: dict[str, Any] = dataclasses.field(default_factory=dict)
+    static_dims: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -95,6 +98,7 @@ class BackendResult:
             inputs=list(data.get("inputs") or []),
             outputs=list(data.get("outputs") or []),
             log=dict(data.get("log") or {}),
+            static_dims=dict(data.get("static_dims") or {}),
         )
 
     @property
@@ -130,6 +134,14 @@ class BackendResult:
     def verified(self) -> bool:
         return self.verification.verified
 
+    @property
+    def note(self) -> str:
+        """What a table's note cell says: the error or deferral, why an ok artifact is not verified, and
+        every declared dynamic dim the artifact keeps static."""
+        if self.status != "ok":
+            return self.error or self.deferred or ""
+        return "; ".join(p for p in (self.verification.reason, static_note(self.static_dims)) if p)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["artifact"] = str(self.artifact) if self.artifact else None
@@ -153,6 +165,8 @@ class BackendResult:
         why = self.error or self.deferred or check.reason
         if why and not check.verified:
             line += f" - {why}"
+        if self.static_dims and self.artifact:
+            line += f" - {static_note(self.static_dims)}"
         return line
 
 
@@ -212,9 +226,21 @@ class ExportReport:
         return [r for r in self.results if r.status in FAILED_STATUSES]
 
     @property
+    def static_dims(self) -> dict[str, str]:
+        """Declared dynamic dims an artifact of this export keeps static, with why (see BackendResult)."""
+        out: dict[str, str] = {}
+        for r in self.results:
+            if r.artifact:
+                out.update(r.static_dims)
+        return out
+
+    @property
     def summary(self) -> str:
-        """``7 verified, 1 converted but not verified (CoreML prediction requires macOS), 1 deferred``."""
-        return summary_line(self.results)
+        """``7 verified, 1 converted but not verified (CoreML prediction requires macOS), 1 deferred``; then
+        ``; `time` static although declared dynamic (torch.export: ...)`` when the model specialised a dim."""
+        line = summary_line(self.results)
+        static = self.static_dims
+        return f"{line}; {static_note(static)}" if static else line
 
     @property
     def log_line(self) -> str:
@@ -263,7 +289,7 @@ class ExportReport:
                     f"{r.timings.get('convert', 0.0):.2f}",
                     f"{r.timings.get('verify', 0.0):.2f}",
                     f"{r.seconds:.2f}",
-                    (r.error or r.deferred or "") if r.status != "ok" else r.verification.reason,
+                    r.note,
                 ]
             )
         footer = (
@@ -284,3 +310,13 @@ class ExportReport:
 
     def _repr_html_(self) -> str:
         return self.table()._repr_html_()
+
+
+def static_note(static_dims: dict[str, str]) -> str:
+    """``"`time` static although declared dynamic (torch.export: ... a constant (20))"`` ('' for none)."""
+    if not static_dims:
+        return ""
+    reasons = sorted(set(static_dims.values()))
+    names = ", ".join(f"`{name}`" for name in static_dims)
+    why = reasons[0] if len(reasons) == 1 else "; ".join(f"{n}: {w}" for n, w in static_dims.items())
+    return f"{names} static although declared dynamic ({why})"

@@ -158,7 +158,7 @@ class EnnMagics(Magics):
             from enn_nb.notebook.saved import SavedManifest
 
             manifest = save(model, path, format=fmt, spec=spec, metadata=metadata or None, optimizer=optimizer)
-            return SavedManifest.of(manifest)
+            return SavedManifest.of(manifest, model=model)
 
     # -- %enn_load ----------------------------------------------------------------------------
     @magic_arguments()

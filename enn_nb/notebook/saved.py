@@ -16,19 +16,27 @@ class SavedManifest(Manifest):
     ``print(saved)`` or :meth:`table` gives the full table.
     """
 
+    #: the saved model's parameter count (buffers excluded), when the model was at hand
+    model_parameters: int | None = None
+
     @classmethod
-    def of(cls, manifest: Manifest) -> SavedManifest:
+    def of(cls, manifest: Manifest, *, model: object = None) -> SavedManifest:
+        from enn_nb._format import model_counts
+
         fields = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(manifest) if f.init}
-        return cls(**fields)
+        saved = cls(**fields)
+        if model is not None:  # a frozen dataclass: this display-only attribute is set past its __setattr__
+            object.__setattr__(saved, "model_parameters", model_counts(model)[0])
+        return saved
 
     def summary(self) -> str:
-        """``saved model.safetensors (safetensors): ReferenceModel, 12,345 parameters, 48.3 KiB, sha256 1a2b…``."""
-        from enn_nb._format import human_size
+        """``saved model.safetensors (safetensors): model, 18,340 parameters (18,452 values with buffers), 72 KiB…``."""
+        from enn_nb._format import count_text, human_size
 
         spec = self.spec
         what = spec.builder or "model"
         tasks = ", ".join(str(t.get("name", "?")) for t in spec.tasks or [])
-        parts = [what, f"{self.parameter_count:,} parameters", human_size(self.tensor_bytes)]
+        parts = [what, count_text(self.model_parameters, self.parameter_count), human_size(self.tensor_bytes)]
         if tasks:
             parts.append(f"tasks {tasks}")
         digest = (self.content_hash or "")[:12]

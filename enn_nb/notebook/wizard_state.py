@@ -463,7 +463,8 @@ def result_rows(
     None), latency_batch (the batch size it was measured at: ``batches[backend]``, else ``batch``),
     speedup (export-safe eager ms / its ms when measured at ``batch``, the references' batch; else None),
     verification (``verified``, ``unverified``, ``deferred`` or the failing status), message (the error or
-    deferral reason, or why an ``ok`` artifact is not verified; '' when verified).
+    deferral reason, or why an ``ok`` artifact is not verified and which declared dynamic dims it keeps
+    static; '' when verified and as declared).
     """
     from enn_nb.engine.timing import speedup
 
@@ -493,7 +494,7 @@ def result_rows(
                 "speedup": speedup(latency.get("eager_safe"), latency.get(result.backend))
                 if batches.get(result.backend, batch) == batch else None,
                 "verification": result.verification.kind,
-                "message": (result.error or result.deferred or "") if result.status != "ok" else result.verification.reason,
+                "message": result.note,
             }
         )
     return rows
