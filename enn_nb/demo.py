@@ -54,9 +54,9 @@ def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "av
     paths = {"pt": ckpts / "reference.pt", "safetensors": ckpts / "reference.safetensors",
              "dcp": ckpts / "reference.dcp"}
     meta = {"made_by": "enn-nb demo"}
-    enn_nb.save(model, paths["pt"], metadata=meta)
-    enn_nb.save(model, paths["safetensors"], metadata=meta)
-    enn_nb.save(model, paths["dcp"], format="dcp", metadata=meta)
+    enn_nb.save(model, paths["pt"], metadata=meta, quiet=True)
+    enn_nb.save(model, paths["safetensors"], metadata=meta, quiet=True)
+    enn_nb.save(model, paths["dcp"], format="dcp", metadata=meta, quiet=True)
     step("saved " + ", ".join(str(p.relative_to(out_dir)) for p in paths.values()))
 
     step("checkpoint_report: the .pt checkpoint against the DCP directory")

@@ -93,6 +93,7 @@ def save(
     spec: ModelSpec | Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     optimizer: Any = None,
+    quiet: bool = False,
 ) -> Manifest:
     """Save a model with everything needed to rebuild it, atomically.
 
@@ -105,6 +106,8 @@ def save(
         metadata: user metadata, any JSON values (merged into ``spec.metadata``); the notebook magics
             record ``{"provenance": {...}}`` here.
         optimizer: an optimizer (or its ``state_dict()``) to store beside the weights.
+        quiet: print nothing. Otherwise a script on a terminal gets one line on stderr (what was written,
+            the labelled parameter count, size, content hash); a notebook displays the returned manifest.
 
     Returns:
         The manifest written (``manifest.content_hash`` identifies the weights + spec).
@@ -137,7 +140,19 @@ def save(
     request = SaveRequest(state=state, spec=resolved, optimizer_state=opt_state, optimizer_class=opt_class,
                           extra_state=extra_state or None, self_check=check)
     with selfcheck.running(check):
-        return _WRITERS[fmt](path, request)
+        manifest = _WRITERS[fmt](path, request)
+    if not quiet:
+        _announce_saved(manifest, model)
+    return manifest
+
+
+def _announce_saved(manifest: Manifest, model: Any) -> None:
+    from enn_nb._format import count_text, human_size, model_counts
+    from enn_nb._terminal import announce
+
+    params = None if isinstance(model, Mapping) else model_counts(model)[0]
+    announce(f"enn_nb.save: wrote {manifest.path} ({manifest.format}, {count_text(params, manifest.parameter_count)}, "
+             f"{human_size(manifest.tensor_bytes)}, content_hash {manifest.content_hash[:12]})", quiet=False)
 
 
 def _resolve_spec(model: Any, spec: ModelSpec | Mapping[str, Any] | None) -> ModelSpec:

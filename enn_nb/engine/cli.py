@@ -215,6 +215,7 @@ def _export(args: argparse.Namespace) -> int:
         dynamic_batch=not args.static_batch,
         strict=args.strict,
         options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
+        quiet=True,  # the table and the exit line below say it
     )
     print(report.to_json() if args.json else report)
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure

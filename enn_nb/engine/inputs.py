@@ -94,8 +94,7 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
                 "drawn. Declare its inputs once, e.g. `spec=ModelSpec(inputs=['values:float32[B, 24, 6]', "
                 "'mask:bool[B, 24]'])` (saved with the checkpoint), or give example inputs: `example_inputs=` in "
                 "Python, `example_inputs: [B, 24, 6]` in a `%%enn_export` body, `--input values:float32[B,24,6]` "
-                "on the CLI. A model from `enn_nb.load(...)` carries its checkpoint's signature: pass the load's "
-                "result (or the checkpoint's path) itself."
+                "on the CLI."
             )
         return default_example_inputs(spec, in_dim, dtype if isinstance(dtype, str) else None)
     items = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)

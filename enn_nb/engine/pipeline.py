@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb import _reentry
+from enn_nb._terminal import announce
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
@@ -68,6 +69,7 @@ def export(
     stem: str = "model",
     safe: bool = True,
     workers: int | None = None,
+    quiet: bool = False,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
 
@@ -100,6 +102,8 @@ def export(
             fail with FastPathExportError naming it.
         workers: child processes converting side by side when isolated (default: up to 4, at most
             the CPU count). Backends consuming ONNX share one child and the one ONNX file.
+        quiet: print nothing. Otherwise a script on a terminal gets one line on stderr (the report's summary
+            and where the artifacts went); a notebook displays the returned report.
 
     Returns:
         ExportReport: one BackendResult per backend (status, artifact, parity, timings).
@@ -150,6 +154,7 @@ def export(
     for result in report.results:  # logged from the calling thread (lanes run in their own)
         log.info("%s", result.summary())
     log.info("export finished in %.2fs -> %s", report.total_s, settings.out)
+    announce(f"enn_nb.export: {report.summary} -> {settings.out}", quiet=quiet)
     _raise_if_needed(report, settings.strict)
     return report
 

@@ -56,6 +56,7 @@ NOT_BODY_KEYS: dict[str, str] = {
     "provenance": "recorded from the running cell",
     "progress": "the magic draws progress bars",
     "should_stop": "a callable, not YAML",
+    "quiet": "a notebook displays the report; the terminal line is for scripts",
 }
 
 # Names every IPython namespace holds that are never what a user means by "my model".
