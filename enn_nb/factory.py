@@ -2,15 +2,73 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from enn_nb._reentry import importing_factory
 from enn_nb.errors import SpecError
 
 
-def import_factory(ref: str) -> Any:
+def model_path(dirs: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
+    """The folders a ``--model`` module is imported from, absolute: ``dirs`` (``--model-path``, relative to the
+    working directory) first, then the PYTHONPATH entries, a relative one resolved against the working directory
+    (``PYTHONPATH=.`` means the caller's folder, also for a report kernel running elsewhere).
+
+    Raises:
+        SpecError: a ``--model-path`` that is not a folder.
+    """
+    out: list[str] = []
+    for entry in dirs:
+        folder = Path(entry).expanduser().resolve()
+        if not folder.is_dir():
+            raise SpecError(f"`--model-path {entry}` is not a folder (working directory: {Path.cwd()}); name the "
+                            "folder that holds your model's module.")
+        out.append(str(folder))
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry:
+            out.append(str(Path(entry).expanduser().resolve()))
+    return list(dict.fromkeys(out))
+
+
+@contextlib.contextmanager
+def child_pythonpath(dirs: Sequence[str | os.PathLike[str]] = ()) -> Iterator[list[str]]:
+    """While the body runs, PYTHONPATH is :func:`model_path` (absolute), for the processes it starts (a report
+    kernel runs in the report folder, where a relative entry means another folder)."""
+    paths = model_path(dirs)
+    before = os.environ.get("PYTHONPATH")
+    if paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    try:
+        yield paths
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def import_root(module_name: str) -> str | None:
+    """The folder on ``sys.path`` a module was imported from (``/work`` for ``/work/pkg/mod.py``), or None."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return None
+    root = Path(spec.origin).resolve().parent
+    for _ in range(module_name.count(".") + (Path(spec.origin).name == "__init__.py")):
+        root = root.parent
+    return str(root)
+
+
+def import_factory(ref: str, path: Sequence[str | os.PathLike[str]] = ()) -> Any:
     """The callable named by ``"pkg.module:factory"`` (a dotted attribute path after the colon).
 
     Only importable modules are accepted, never a file path: the module is imported because the user
@@ -27,13 +85,16 @@ def import_factory(ref: str) -> Any:
             f"`--model {ref}` is not `package.module:factory`; name an importable module and a callable in it, "
             "e.g. `--model mypkg.models:build_forecaster` (files are not imported by path)."
         )
+    for folder in reversed(model_path(path)):  # --model-path, and PYTHONPATH entries made absolute
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     try:
         with importing_factory(ref):  # its top-level code runs; a save/export there is refused
             obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise SpecError(
-            f"`--model {ref}`: module `{module_name}` cannot be imported ({exc}). Install its package or add its "
-            "folder to PYTHONPATH."
+            f"`--model {ref}`: module `{module_name}` cannot be imported ({exc}) from the working directory "
+            f"{Path.cwd()}. Install its package, or name its folder with `--model-path DIR` (or PYTHONPATH)."
         ) from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -45,17 +106,18 @@ def import_factory(ref: str) -> Any:
     return obj
 
 
-def build_model(ref: str) -> Any:
+def build_model(ref: str, path: Sequence[str | os.PathLike[str]] = ()) -> Any:
     """``factory()`` for ``ref`` (or the class itself called without arguments), checked to be an ``nn.Module``."""
     import torch
 
-    model = import_factory(ref)()
+    model = import_factory(ref, path)()
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"`--model {ref}` returned a {type(model).__name__}; the factory must return a torch.nn.Module.")
     return model
 
 
-def load_with_model(path: str | os.PathLike[str], ref: str | None) -> Any:
+def load_with_model(path: str | os.PathLike[str], ref: str | None,
+                    model_dirs: Sequence[str | os.PathLike[str]] = ()) -> Any:
     """``enn_nb.load(path)``, into ``build_model(ref)`` when a factory is named (a checkpoint without a builder).
 
     Raises:
@@ -67,7 +129,7 @@ def load_with_model(path: str | os.PathLike[str], ref: str | None) -> Any:
     from enn_nb.errors import StateDictMismatchError
 
     try:
-        return load(path, model=build_model(ref) if ref else None)
+        return load(path, model=build_model(ref, model_dirs) if ref else None)
     except StateDictMismatchError as exc:
         flag = f"`--model {ref}`" if ref else "`--model pkg.module:factory`"
         fix = (f"Name the factory of the model this checkpoint was saved from with {flag}; the command line loads "

@@ -110,7 +110,7 @@ def test_html_report_has_verdict_collapsed_sidecars_and_working_links(passed):
     assert all((out / link).exists() for link in links)
     assert "custom_kernel" in page and "attention" in page  # export-safe deviations of the fast paths
     assert "flex_attention called without torch.compile" not in page  # converter log kept out of the HTML
-    assert "enn-nb report export_report -p checkpoint=" in page
+    assert "enn-nb report export_report \\\n    -p checkpoint=" in page  # one option per line
 
 
 def test_zero_tolerance_forces_a_mismatch_and_the_gate_fails(tiny_checkpoint, tmp_path, capsys):
@@ -218,8 +218,9 @@ def test_reproduce_names_the_real_report_folder(passed):
 
     _, out = passed
     text = [o for _, o in outputs(out / "export_report.ipynb") if o.get("name") == "stdout"][-1]["text"].strip()
-    assert "REPORT_DIR" not in text and text.endswith(f"--out {shlex.quote(str(out.resolve()))} --html")
-    args = shlex.split(text)
+    assert "REPORT_DIR" not in text and text.endswith(f"--out {shlex.quote(str(out.resolve()))} \\\n    --html")
+    assert all(line.endswith(" \\") for line in text.splitlines()[:-1])  # a shell reads it as one command
+    args = [arg for arg in shlex.split(text) if arg != "\n"]  # shlex keeps the continued newlines
     assert args[:3] == ["enn-nb", "report", "export_report"] and "backends=[onnx, pt2]" in args
 
 

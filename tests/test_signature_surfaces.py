@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FACTORY = "enn_nb.reference.zoo:gru_forecaster"
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+def cli(*args: str, cwd: Path, path: str = "") -> subprocess.CompletedProcess[str]:
+    """``enn-nb ARGS`` in ``cwd``; ``path``: more PYTHONPATH entries (a relative one as a user types it)."""
+    entries = [str(ROOT), path, os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(e for e in entries if e)}
     return subprocess.run([sys.executable, "-m", "enn_nb.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -51,7 +53,7 @@ def test_cli_exports_a_bring_your_own_checkpoint(byo_checkpoints, tmp_path) -> N
 
     # a checkpoint saved without a signature: --input gives it; without, the error says how
     done = cli("export", str(byo_checkpoints["plain"]), "--model", FACTORY, "-b", "pt2", "-o", "out2", cwd=tmp_path)
-    assert done.returncode == 1 and "--input values:float32[B,24,6]" in done.stderr
+    assert done.returncode == 2 and "--input values:float32[B,24,6]" in done.stderr
     done = cli("export", str(byo_checkpoints["plain"]), "--model", FACTORY, "--input", "values:float32[B,12,5]",
                "-b", "pt2", "-o", "out3", "--no-isolate", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -65,7 +67,7 @@ def test_cli_model_errors_name_the_fix(byo_checkpoints, tmp_path, capsys, monkey
     typed = str(byo_checkpoints["typed"])
 
     def run(*args: str) -> str:
-        assert main(["export", typed, "-b", "pt2", "-o", "out", *args]) == 1
+        assert main(["export", typed, "-b", "pt2", "-o", "out", *args]) == 2  # unusable input (enn_nb.cli.EXIT_CODES)
         return capsys.readouterr().err
 
     assert "--model pkg.module:factory" in run()
@@ -80,16 +82,24 @@ def test_cli_model_errors_name_the_fix(byo_checkpoints, tmp_path, capsys, monkey
 @pytest.mark.slow
 @pytest.mark.notebook
 def test_cli_report_of_a_bring_your_own_checkpoint(byo_checkpoints, tmp_path) -> None:
+    # the user's own module beside the checkpoint, found through `PYTHONPATH=.`: the kernel runs in the report
+    # folder, where `.` is another folder; enn_nb hands it the caller's folder as an absolute path
+    (tmp_path / "byo_models.py").write_text("from enn_nb.reference.zoo import gru_forecaster as build\n")
     done = cli("report", "export_report", "-p", f"checkpoint={byo_checkpoints['typed']}", "-p", "backends=[pt2]",
-               "-p", "batch_sizes=[1, 4]", "--model", FACTORY, "--out", "report", "--json", "--no-progress",
-               cwd=tmp_path)
+               "-p", "batch_sizes=[1, 4]", "--model", "byo_models:build", "--out", "report", "--json", "--no-progress",
+               cwd=tmp_path, path=".")
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout)
     notebook = json.loads(Path(outcome["notebook"]).read_text())
     texts = [out.get("data", {}).get("text/html", "") for cell in notebook["cells"] for out in cell.get("outputs", [])]
     table = next("".join(t) for t in texts if "[batch, 12, 5]" in "".join(t))  # rmi.signature_table
     assert ">values</td>" in table and ">prediction</td>" in table and "[batch, 5]" in table
-    assert "--model enn_nb.reference.zoo:gru_forecaster" in json.dumps(notebook)  # the reproduce line
+    reproduce = next(out["text"] for cell in notebook["cells"] for out in cell.get("outputs", [])
+                     if "enn-nb report export_report" in "".join(out.get("text", "")))
+    reproduce = "".join(reproduce)
+    # the folder PYTHONPATH=. meant, then the factory; one option per line: a page wraps between options
+    assert f"\\\n    --model-path {tmp_path.resolve()} \\\n    --model byo_models:build \\\n" in reproduce
+    assert f"\\\n    --out {(tmp_path / 'report').resolve()} \\\n    --html" in reproduce
 
 
 # -- the %%enn_export body ------------------------------------------------------------------------------------------

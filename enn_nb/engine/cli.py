@@ -116,6 +116,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "so its top-level code runs: keep a script's saves and exports under `if __name__ == \"__main__\":` "
         "(enn_nb refuses them during that import)",
     )
+    add_model_path_argument(p)
     p.add_argument(
         "--input", action="append", default=[], metavar="NAME:DTYPE[DIMS]",
         help="the model's inputs, one flag each, e.g. --input values:float32[B,24,6] --input mask:bool[B,24] "
@@ -123,11 +124,24 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_model_path_argument(p: argparse.ArgumentParser) -> None:
+    """``--model-path DIR`` (shared by export and report)."""
+    p.add_argument(
+        "--model-path", action="append", default=[], metavar="DIR",
+        help="a folder --model's module is imported from (repeatable; relative to the working directory, like a "
+        "relative PYTHONPATH entry, which is resolved the same way: report kernels get both as absolute paths)",
+    )
+
+
 def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
     """``(what to export, spec override)`` from ``--model`` and ``--input``."""
     from enn_nb.factory import load_with_model
 
-    loaded = load_with_model(src, args.model) if args.model else None
+    if args.model_path and not args.model:
+        from enn_nb.errors import SpecError
+
+        raise SpecError("`--model-path` says where `--model`'s module is; pass `--model pkg.module:factory` too.")
+    loaded = load_with_model(src, args.model, args.model_path) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None
     from enn_nb.checkpoint import inspect

@@ -9,7 +9,7 @@ import html
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ def run_batch(
     no_input: bool = True,
     progress: bool = True,
     parameters: Mapping[str, Any] | None = None,
+    model_path: Sequence[str | os.PathLike[str]] = (),
     **params: Any,
 ) -> BatchResult:
     """Run ``template`` once per path matching ``pattern``, then write ``<out_dir>/index.html``.
@@ -76,7 +77,7 @@ def run_batch(
         out_dir: folder for every report and the index.
         parameter: the template parameter each match is given to; defaults to the template's
             ``each_parameter`` metadata, else ``checkpoint``.
-        html, no_input, progress, parameters, **params: as for :func:`enn_nb.report`, for every run.
+        html, no_input, progress, parameters, model_path, **params: as for :func:`enn_nb.report`, for every run.
 
     Raises:
         ReportError: the glob matches nothing.
@@ -104,7 +105,7 @@ def run_batch(
         stem = _unique(f"{path.stem}-{_slug(Path(match).name)}", used)
         try:
             result = report(path, out, name=stem, html=html, no_input=no_input, progress=progress,
-                            parameters={**values, target: match})
+                            parameters={**values, target: match}, model_path=model_path)
         except ReportError as exc:
             nb = Path(getattr(exc, "output_path", None) or out / f"{stem}.ipynb")
             page = nb.with_suffix(".html")

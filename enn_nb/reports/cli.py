@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
         help="the template's `model` parameter: a factory building your own model, imported by module name (never "
         "from a file), into which the checkpoint is loaded",
     )
+    from enn_nb.engine.cli import add_model_path_argument
+
+    add_model_path_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -70,9 +73,12 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         from enn_nb.factory import import_factory
 
-        import_factory(args.model)  # a typo fails here, before a kernel starts
+        import_factory(args.model, args.model_path)  # a typo fails here, before a kernel starts
         params["model"] = args.model
-    common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params}
+    elif args.model_path:
+        raise ReportError("`--model-path` says where `--model`'s module is; pass `--model pkg.module:factory` too.")
+    common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params,
+              "model_path": args.model_path}
     if args.each:
         from enn_nb.reports.batch import run_batch
 

@@ -8,12 +8,13 @@ import html as _html
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from enn_nb import _reentry
 from enn_nb._fs import atomic_path
+from enn_nb.factory import child_pythonpath
 from enn_nb.errors import ReportCellError, ReportError
 from enn_nb.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
 from enn_nb.reports.verdict import Verdict, find_verdict
@@ -90,6 +91,7 @@ def report(
     kernel_name: str | None = None,
     timeout: float | None = None,
     parameters: Mapping[str, Any] | None = None,
+    model_path: Sequence[str | os.PathLike[str]] = (),
     **params: Any,
 ) -> ReportResult:
     """Execute a report template through a real kernel and write ``<out_dir>/<name>.ipynb``.
@@ -109,6 +111,9 @@ def report(
             Jupyter maps to the running interpreter).
         timeout: seconds a single cell may run; None waits.
         parameters: template parameters as a mapping (for names that clash with this function's).
+        model_path: folders the ``model`` parameter's module is imported from. The kernel runs in the report
+            folder: these and the PYTHONPATH entries reach it as absolute paths (a relative entry is
+            resolved against this working directory).
         **params: template parameters, e.g. ``checkpoint="model.safetensors", backends=["onnx"]``.
 
     Returns:
@@ -139,7 +144,7 @@ def report(
     error: ReportError | None = None
     by_backend = progress and template_metadata(path).get("progress") == "backends"
     try:
-        with _backend_bar(nb_path, stem) if by_backend else contextlib.nullcontext():
+        with _backend_bar(nb_path, stem) if by_backend else contextlib.nullcontext(), child_pythonpath(model_path):
             papermill.execute_notebook(
                 str(path),
                 str(nb_path),

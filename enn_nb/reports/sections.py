@@ -511,20 +511,28 @@ def reproduce(
     out: str | os.PathLike[str] | None = None,
     model: str = "",
 ) -> str:
-    """The command line that re-runs this report (for a scheduler or a colleague).
+    """The command line that re-runs this report (for a scheduler or a colleague), one option per line.
 
     ``out`` is the report folder; by default the working directory, which is where the report's
-    kernel runs, so the command writes the same files again. ``model`` is the ``--model`` factory.
+    kernel runs, so the command writes the same files again. ``model`` is the ``--model`` factory;
+    the folder its module came from is given as ``--model-path`` when the PYTHONPATH brought it (an
+    installed package needs none). Each option starts a line (``\`` continues it), so a narrow page
+    wraps between options, never inside a path.
     """
     parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
     if model:
+        from enn_nb.factory import import_root, model_path
+
+        root = import_root(model.partition(":")[0])
+        if root is not None and root in model_path():
+            parts.append(f"--model-path {_quote(root)}")
         parts.append(f"--model {_quote(model)}")
     if requested.explicit:
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
     parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
     folder = Path(out if out is not None else Path.cwd()).resolve()
-    return " ".join(parts) + f" --out {_quote(str(folder))} --html"
+    return " \\\n    ".join([*parts, f"--out {_quote(str(folder))}", "--html"])
 
 
 def _quote(text: str) -> str:
