@@ -37,7 +37,7 @@ EPILOG = "examples:\n  enn-nb demo --out out\n  enn-nb demo --out /tmp/quick --b
 def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "available", html: bool = True,
              progress: bool = True) -> int:
     """Train, save in .pt/.safetensors/DCP, run both report templates; return the exit code."""
-    import enn_nb
+    from enn_nb.checkpoint import save
     from enn_nb.reference import train_reference
     from enn_nb.surfaces.reports import report
 
@@ -54,9 +54,9 @@ def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "av
     paths = {"pt": ckpts / "reference.pt", "safetensors": ckpts / "reference.safetensors",
              "dcp": ckpts / "reference.dcp"}
     meta = {"made_by": "enn-nb demo"}
-    enn_nb.save(model, paths["pt"], metadata=meta)
-    enn_nb.save(model, paths["safetensors"], metadata=meta)
-    enn_nb.save(model, paths["dcp"], format="dcp", metadata=meta)
+    save(model, paths["pt"], metadata=meta)
+    save(model, paths["safetensors"], metadata=meta)
+    save(model, paths["dcp"], format="dcp", metadata=meta)
     step("saved " + ", ".join(str(p.relative_to(out_dir)) for p in paths.values()))
 
     step("checkpoint_report: the .pt checkpoint against the DCP directory")
