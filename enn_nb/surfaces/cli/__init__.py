@@ -1,7 +1,9 @@
 """The ``enn-nb`` command: a thin dispatcher over subcommand modules.
 
-Each area of the library owns its subcommands in a module exposing ``register(subparsers)``; each
-subcommand sets ``func(args) -> int`` (the exit code). Modules are imported only to build the parser,
+Each area of the library owns its subcommands in a module exposing ``register(subparsers)``, which
+declares each one with :func:`~enn_nb.surfaces.cli.command.add_command` (``func(args) -> int``, the
+exit code). :func:`main` is the one entry point: ``enn-nb``, ``python -m enn_nb.surfaces.cli`` and
+``python -m enn_nb.surfaces.demo`` all run it. Modules are imported only to build the parser,
 and heavy packages are imported only inside ``func``.
 """
 

@@ -7,19 +7,22 @@ import json
 import sys
 from typing import Any
 
+from enn_nb.surfaces.cli.command import add_command
+
 
 def register(subparsers: Any) -> None:
     from enn_nb.surfaces.reports.catalog import templates
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "report",
+        run,
         help="execute a report template (papermill) and exit non-zero if it fails",
         description=(
             "Execute a report template through a Jupyter kernel and write the executed notebook (and HTML).\n"
             "Exits 1 when a requested backend failed, crashed or mismatched, or a cell raised; the reasons\n"
             "are printed. Built-in templates: " + (", ".join(templates()) or "(none)") + "."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
             "  enn-nb report export_report -p checkpoint=model.safetensors -p 'backends=[onnx, pt2]' \\\n"
@@ -51,7 +54,6 @@ def register(subparsers: Any) -> None:
         help="the template's `model` parameter: a factory building your own model, imported by module name (never "
         "from a file), into which the checkpoint is loaded",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
