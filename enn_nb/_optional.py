@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-from collections.abc import Iterator
 from types import ModuleType
 
-from enn_nb.errors import BrokenDependencyError, MissingDependencyError
+from enn_nb.errors import BrokenDependencyError, MissingDependencyError, pip_line
 
 # import name -> (pip distribution, enn-nb extra that installs it)
 PACKAGES: dict[str, tuple[str, str]] = {
@@ -32,32 +30,10 @@ PACKAGES: dict[str, tuple[str, str]] = {
 }
 
 
-#: ``%pip`` in a notebook (it installs into the kernel's environment); the ``enn-nb`` command prints ``pip``.
-_pip = "%pip"
-
-
-@contextlib.contextmanager
-def terminal_pip() -> Iterator[None]:
-    """Install lines say ``pip install`` (not the notebook's ``%pip``) while the body runs: the CLI's."""
-    global _pip
-    before, _pip = _pip, "pip"
-    try:
-        yield
-    finally:
-        _pip = before
-
-
 def install_line(module: str) -> str:
     """The ``%pip install`` line that brings ``module`` (``pip install`` on the command line)."""
     dist, extra = PACKAGES.get(module, (module, ""))
     return pip_line(extra=extra, dist=dist)
-
-
-def pip_line(*, extra: str = "", dist: str = "") -> str:
-    """The one format of an install line: the enn-nb extra when there is one, else the distribution."""
-    if extra:
-        return f"{_pip} install 'enn-nb[{extra}]'"
-    return f"{_pip} install {dist}" if dist else ""
 
 
 def is_installed(module: str) -> bool:

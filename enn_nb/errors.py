@@ -38,6 +38,8 @@ Errors a user can meet name the object in backticks, the bad value and the fix. 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -80,8 +82,6 @@ class MissingDependencyError(EnnError, ImportError):
 
     @property
     def install_line(self) -> str:
-        from enn_nb._optional import pip_line
-
         return pip_line(extra=self.extra, dist=self.package)
 
 
@@ -276,3 +276,25 @@ class ReportCellError(ReportError):
 
 
 __all__ = [name for name in dir() if name.endswith("Error")]
+
+
+#: ``%pip`` in a notebook (it installs into the kernel's environment); the ``enn-nb`` command prints ``pip``.
+_pip = "%pip"
+
+
+@contextlib.contextmanager
+def terminal_pip() -> Iterator[None]:
+    """Install lines say ``pip install`` (not the notebook's ``%pip``) while the body runs: the CLI's."""
+    global _pip
+    before, _pip = _pip, "pip"
+    try:
+        yield
+    finally:
+        _pip = before
+
+
+def pip_line(*, extra: str = "", dist: str = "") -> str:
+    """The one format of an install line: the enn-nb extra when there is one, else the distribution."""
+    if extra:
+        return f"{_pip} install 'enn-nb[{extra}]'"
+    return f"{_pip} install {dist}" if dist else ""

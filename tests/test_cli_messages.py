@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import enn_nb
-from enn_nb.cli import EXIT_CODES, build_parser, main
+from enn_nb.surfaces.cli import EXIT_CODES, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

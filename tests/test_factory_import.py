@@ -20,7 +20,7 @@ import pytest
 
 from tests.test_readme import readme_cells
 
-ENN_NB = [sys.executable, "-m", "enn_nb.cli"]
+ENN_NB = [sys.executable, "-m", "enn_nb.surfaces.cli"]
 
 
 def _tagger_block() -> str:
@@ -126,7 +126,7 @@ def test_a_save_or_export_inside_an_export_worker_is_refused(tmp_path, monkeypat
 
 def test_importing_a_factory_refuses_writes_and_leaves_no_half_imported_module(tmp_path, monkeypatch):
     from enn_nb.errors import SideEffectError
-    from enn_nb.factory import import_factory
+    from enn_nb.surfaces.factory import import_factory
 
     (tmp_path / "writes_on_import.py").write_text(
         "import torch\nimport enn_nb\n\nclass Net(torch.nn.Linear):\n    def __init__(self):\n        super().__init__(3, 2)\n\n"

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import enn_nb
-from enn_nb.cli import main
-from enn_nb.factory import child_pythonpath, import_root, model_path
+from enn_nb.surfaces.cli import main
+from enn_nb.surfaces.factory import child_pythonpath, import_root, model_path
 
 
 def test_relative_pythonpath_entries_and_model_paths_are_made_absolute_for_child_processes(tmp_path, monkeypatch):

@@ -29,8 +29,8 @@ class Flat(torch.nn.Module):
 
 
 def test_a_declared_dynamic_dim_the_model_fixes_is_named_everywhere_and_strict_fails(tmp_path):
-    from enn_nb.notebook.wizard_state import result_rows
-    from enn_nb.notebook.wizard_view import results_table_html
+    from enn_nb.surfaces.notebook.wizard_state import result_rows
+    from enn_nb.surfaces.notebook.wizard_view import results_table_html
 
     spec = enn_nb.ModelSpec(inputs=["x:float32[B, T, 5]"])
     report = enn_nb.export(Flat(), ["pt2"], out_dir=tmp_path / "e", spec=spec, example_inputs=torch.randn(2, 8, 5),
@@ -109,7 +109,7 @@ def test_save_and_export_print_one_line_each_on_a_terminal_unless_quiet(tmp_path
 
 
 def test_the_wizard_and_enn_save_show_one_labelled_count(ip, tmp_path):
-    from enn_nb.notebook.wizard_view import module_summary_html
+    from enn_nb.surfaces.notebook.wizard_view import module_summary_html
     from tests.fixtures.magics import run_cell
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))

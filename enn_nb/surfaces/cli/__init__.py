@@ -1,7 +1,9 @@
 """The ``enn-nb`` command: a thin dispatcher over subcommand modules.
 
-Each area of the library owns its subcommands in a module exposing ``register(subparsers)``; each
-subcommand sets ``func(args) -> int`` (the exit code). Modules are imported only to build the parser,
+Each area of the library owns its subcommands in a module exposing ``register(subparsers)``, which
+declares each one with :func:`~enn_nb.surfaces.cli.command.add_command` (``func(args) -> int``, the
+exit code). :func:`main` is the one entry point: ``enn-nb``, ``python -m enn_nb.surfaces.cli`` and
+``python -m enn_nb.surfaces.demo`` all run it. Modules are imported only to build the parser,
 and heavy packages are imported only inside ``func``.
 """
 
@@ -51,10 +53,10 @@ def exit_code(exc: BaseException) -> int:
 
 # Modules contributing subcommands, in the order `enn-nb --help` lists them.
 SUBCOMMAND_MODULES = (
-    "enn_nb.checkpoint.cli",  # inspect, convert
-    "enn_nb.engine.cli",  # backends, export, verify, build-trt
-    "enn_nb.reports.cli",  # report
-    "enn_nb.demo",  # demo
+    "enn_nb.surfaces.cli.checkpoint",  # inspect, convert
+    "enn_nb.surfaces.cli.export",  # backends, export, verify, build-trt
+    "enn_nb.surfaces.cli.report",  # report
+    "enn_nb.surfaces.demo",  # demo
 )
 
 
@@ -76,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.register(sub)
     for verb in sub.choices.values():  # the one table, in every verb's --help too
-        verb.epilog = f"{verb.epilog}\n\n{EXIT_EPILOG}" if verb.epilog else EXIT_EPILOG
-        verb.formatter_class = argparse.RawDescriptionHelpFormatter
+        verb.epilog = f"{verb.epilog}\n\n{EXIT_EPILOG}" if verb.epilog else EXIT_EPILOG  # add_command keeps breaks
     return parser
 
 
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from enn_nb._optional import terminal_pip
+    from enn_nb.errors import terminal_pip
 
     try:
         with terminal_pip():
