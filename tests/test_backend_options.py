@@ -107,11 +107,11 @@ def test_cli_names_the_closest_backend_without_a_traceback(tmp_path, capsys):
     src.write_bytes(b"never read: the options are refused first")
     code = main(["export", str(src), "-b", "onnx", "-o", str(tmp_path / "out"), "--option", "onxx.opset=18"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # unusable input (enn_nb.surfaces.cli.EXIT_CODES)
     assert err.startswith("enn-nb export: error: Unknown backend `onxx`. Did you mean `onnx`?")
     assert "Traceback" not in err
     code = main(["export", str(src), "-b", "onnx", "-o", str(tmp_path / "out"), "--option", "onnx.opset=99"])
-    assert code == 1 and "`onnx` option `opset` is 99" in capsys.readouterr().err
+    assert code == 2 and "`onnx` option `opset` is 99" in capsys.readouterr().err
 
 
 def test_cli_lists_the_declarations(capsys):

@@ -172,7 +172,7 @@ def test_build_trt_without_tensorrt_says_so_and_exits_non_zero(all_nine, capsys)
     assert "enn-nb build-trt model.engine.enn.json" in err and "trtexec --onnx=model.trt.onnx" in err
     assert Path(sidecar).read_bytes() == before  # nothing was touched
     # another backend's sidecar is refused whatever the machine
-    assert main(["build-trt", str(all_nine["report"]["executorch"].sidecar)]) == 1
+    assert main(["build-trt", str(all_nine["report"]["executorch"].sidecar)]) == 2  # another kind of file
     assert "is a `executorch` sidecar, not a `tensorrt` one" in capsys.readouterr().err
 
 

@@ -89,7 +89,7 @@ def test_export_exits_non_zero_when_a_backend_is_not_ok(trained_model, tmp_path,
     enn_nb.save(trained_model, ckpt)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     rc = main(["export", str(ckpt), "--backends", "ort", "--out", str(tmp_path / "o"), "--no-isolate"])
-    assert rc == 1
+    assert rc == 3  # not checked: this machine lacks the runtime (enn_nb.surfaces.cli.EXIT_CODES)
     assert "unavailable" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing.pt"), "--backends", "pt2", "--out", str(tmp_path / "o")]) == 2
 

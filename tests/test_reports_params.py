@@ -86,9 +86,9 @@ def test_cli_describe_lists_parameters(capsys):
     assert "batch_sizes" in out and "[1, 8, 64]" in out and "absolute tolerance" in out
 
 
-def test_cli_undeclared_parameter_exits_1_with_the_list(tmp_path, capsys):
+def test_cli_undeclared_parameter_exits_2_with_the_list(tmp_path, capsys):
     from enn_nb.surfaces.cli import main
 
-    assert main(["report", "checkpoint_report", "-p", "colour=red", "--out", str(tmp_path)]) == 1
+    assert main(["report", "checkpoint_report", "-p", "colour=red", "--out", str(tmp_path)]) == 2  # unusable input
     err = capsys.readouterr().err
     assert "declares no parameter `colour`" in err and "`checkpoint`, `other`, `title`, `author`" in err

@@ -39,8 +39,9 @@ def register(subparsers: Any) -> None:
         _export,
         help="export a checkpoint to one or more backends",
         description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
-        "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable (with `--backends all`, "
-        "unavailable ones are listed but do not fail the command); 2 when SRC does not exist or an argument is bad.",
+        "Exits 1 when any requested backend failed, mismatched or crashed; 3 when the only problem is a requested "
+        "backend unavailable here (with `--backends all`, unavailable ones are listed but do not fail the command); "
+        "2 when SRC does not exist or an argument is bad.",
         epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
@@ -236,10 +237,13 @@ def _export(args: argparse.Namespace) -> int:
     print(report.to_json() if args.json else report)
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
     failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
-    bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
+    bad = [r for r in report.results if r.status in failing]
+    # only unavailable backends: nothing failed, this machine lacks them (the table's 3, as verify and build-trt)
+    code = 0 if not bad else EXIT_UNAVAILABLE if all(r.status == "unavailable" for r in bad) else 1
+    listed = ", ".join(f"{r.backend} {r.status}" for r in bad)
     # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
-    print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
-    return 1 if bad else 0
+    print(f"enn-nb export: {report.summary}" + (f"; exit {code}: {listed}" if bad else ""), file=sys.stderr)
+    return code
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -265,7 +269,7 @@ def _build_trt(args: argparse.Namespace) -> int:
         backend = sc.read(path).get("backend")
         if backend != "tensorrt":
             print(f"enn-nb build-trt: `{path.name}` is a `{backend}` sidecar, not a `tensorrt` one.", file=sys.stderr)
-            return 1
+            return 2  # another kind of file: unusable input (enn_nb.surfaces.cli.EXIT_CODES)
         result = complete(path, out=args.out)
     except PlatformUnavailableError as exc:
         print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
