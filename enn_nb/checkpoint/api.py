@@ -148,8 +148,10 @@ def save(
 
 def _announce_saved(manifest: Manifest, model: Any) -> None:
     from enn_nb._format import count_text, human_size, model_counts
-    from enn_nb._terminal import announce
+    from enn_nb._terminal import announce, watched
 
+    if not watched():  # counting the parameters is for the person reading the line
+        return
     params = None if isinstance(model, Mapping) else model_counts(model)[0]
     announce(f"enn_nb.save: wrote {manifest.path} ({manifest.format}, {count_text(params, manifest.parameter_count)}, "
              f"{human_size(manifest.tensor_bytes)}, content_hash {manifest.content_hash[:12]})", quiet=False)

@@ -284,7 +284,8 @@ def _not_an_artifact(artifact: Path) -> None:
     from enn_nb.errors import CheckpointError, NotAnArtifactError
 
     if not artifact.exists():
-        raise NotAnArtifactError(f"`{artifact}` does not exist (working directory: {Path.cwd()}){did_you_mean(artifact) or '.'}")
+        hint = did_you_mean(artifact) or "."
+        raise NotAnArtifactError(f"`{artifact}` does not exist (working directory: {Path.cwd()}){hint}")
     try:
         fmt = detect_format(artifact)
     except (CheckpointError, OSError):

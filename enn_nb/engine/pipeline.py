@@ -396,9 +396,9 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
         return
     if report.static_dims:
         exc = StaticDimError(
-            f"{static_note(report.static_dims)}: the artifacts accept only the capture size there. Declare those "
-            "dims with their size in the signature (e.g. `x:float32[B,20,5]`), or export without strict=True to "
-            "keep the static artifacts.",
+            f"{static_note(report.static_dims)}: the artifacts accept only the capture size there. Declare "
+            "those dims with that size in the signature, or export without strict=True to keep the static "
+            "artifacts.",
             dims=report.static_dims,
         )
         exc.report = report  # type: ignore[attr-defined]

@@ -134,5 +134,7 @@ def load_with_model(path: str | os.PathLike[str], ref: str | None,
         flag = f"`--model {ref}`" if ref else "`--model pkg.module:factory`"
         fix = (f"Name the factory of the model this checkpoint was saved from with {flag}; the command line loads "
                "every tensor or nothing (in Python, `enn_nb.load(..., strict=False)` loads the matching ones).")
-        raise StateDictMismatchError(str(exc).replace(MISMATCH_FIX, fix), missing_keys=exc.missing_keys,
-                                     unexpected_keys=exc.unexpected_keys, shape_mismatches=exc.shape_mismatches) from None
+        raise StateDictMismatchError(
+            str(exc).replace(MISMATCH_FIX, fix), missing_keys=exc.missing_keys, unexpected_keys=exc.unexpected_keys,
+            shape_mismatches=exc.shape_mismatches,
+        ) from None

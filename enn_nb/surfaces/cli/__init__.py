@@ -38,7 +38,8 @@ EXIT_CODES = {
     141: "its output was closed early (piped into `head`)",
 }
 EXIT_EPILOG = "exit codes (every command):\n" + "\n".join(
-    textwrap.fill(text, 96, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7) for code, text in EXIT_CODES.items()
+    textwrap.fill(text, 96, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+    for code, text in EXIT_CODES.items()
 )
 
 

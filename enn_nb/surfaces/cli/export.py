@@ -180,7 +180,8 @@ def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
         if not sep or not dot or not backend or not name:
             from enn_nb.errors import OptionError
 
-            raise OptionError(f"`--option {item}` is not BACKEND.KEY=VALUE; write e.g. `--option ort.optimization_level=basic`.")
+            raise OptionError(f"`--option {item}` is not BACKEND.KEY=VALUE; write e.g. "
+                              "`--option ort.optimization_level=basic`.")
         try:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:

@@ -30,7 +30,7 @@ class SavedManifest(Manifest):
         return saved
 
     def summary(self) -> str:
-        """``saved model.safetensors (safetensors): model, 18,340 parameters (18,452 values with buffers), 72 KiB…``."""
+        """``saved m.safetensors (safetensors): model, 18,340 parameters (18,452 values with buffers), 72 KiB…``."""
         from enn_nb._format import count_text, human_size
 
         spec = self.spec
