@@ -63,6 +63,19 @@ def test_a_factory_of_another_model_names_the_cli_flag_not_strict(gru_checkpoint
     assert not Path("exports").exists()
 
 
+def test_a_factory_computing_another_function_names_the_cli_flag_not_strict(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    enn_nb.save(torch.nn.Linear(3, 2), "lin.safetensors", spec=enn_nb.ModelSpec(inputs=["x:float32[B, 3]"]), quiet=True)
+    (tmp_path / "shifted_models.py").write_text(
+        "import torch\n\nclass Shifted(torch.nn.Linear):\n    def forward(self, x):\n        return super().forward(x) + 1\n\n"
+        "def build():\n    return Shifted(3, 2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["export", "lin.safetensors", "--model", "shifted_models:build", "-b", "pt2", "-o", "exports"]) == 1
+    err = capsys.readouterr().err
+    assert "does not compute what the saved one did" in err and "`--model shifted_models:build`" in err
+    assert "strict=False" not in err and not Path("exports").exists()
+
+
 def test_backends_in_a_terminal_print_pip_and_tensorrt_is_not_available_without_tensorrt(capsys):
     from enn_nb._optional import is_installed, pip_line
 

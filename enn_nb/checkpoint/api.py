@@ -255,8 +255,7 @@ def load(
             f"The model restored from `{path}` does not compute what the saved one did: on the inputs recorded "
             f"at save time its outputs differ by up to {restore.max_abs_err:.3g} ({restore.reason}). A state the "
             "checkpoint does not hold was not restored (a non-tensor attribute, a buffer its loading code "
-            "resizes): load into the model class it was saved from, or pass `strict=False` to get the model "
-            "anyway with `Loaded.restore_check == 'failed'`.",
+            f"resizes): {RESTORE_FIX}",
             max_abs_err=restore.max_abs_err,
             atol=(manifest.self_check or {}).get("atol"),
             rtol=(manifest.self_check or {}).get("rtol"),
@@ -418,7 +417,9 @@ def _to_device(tree: Any, device: Any) -> Any:
     return tree
 
 
-#: The fix a mismatch error names in Python; the CLI (which has no ``strict``) swaps in its own.
+#: The fixes a mismatch / failed restore check names in Python; the CLI (which has no ``strict``) swaps in its own.
+RESTORE_FIX = ("load into the model class it was saved from, or pass `strict=False` to get the model anyway with "
+               "`Loaded.restore_check == 'failed'`.")
 MISMATCH_FIX = ("Pass the model this checkpoint was saved from, or `strict=False` to load the matching tensors and "
                 "get the rest on `Loaded.missing_keys`/`unexpected_keys`.")
 

@@ -121,20 +121,25 @@ def load_with_model(path: str | os.PathLike[str], ref: str | None,
     """``enn_nb.load(path)``, into ``build_model(ref)`` when a factory is named (a checkpoint without a builder).
 
     Raises:
-        StateDictMismatchError: the factory's model is not the checkpoint's; the fix names ``--model`` (the
-            command line loads strictly: a partly loaded model is never exported).
+        StateDictMismatchError / RestoreCheckError: the factory's model is not the checkpoint's; the fix
+            names ``--model`` (the command line loads strictly: a partly loaded model is never exported).
     """
     from enn_nb.checkpoint import load
-    from enn_nb.checkpoint.api import MISMATCH_FIX
-    from enn_nb.errors import StateDictMismatchError
+    from enn_nb.checkpoint.api import MISMATCH_FIX, RESTORE_FIX
+    from enn_nb.errors import RestoreCheckError, StateDictMismatchError
 
+    flag = f"`--model {ref}`" if ref else "`--model pkg.module:factory`"
     try:
         return load(path, model=build_model(ref, model_dirs) if ref else None)
     except StateDictMismatchError as exc:
-        flag = f"`--model {ref}`" if ref else "`--model pkg.module:factory`"
         fix = (f"Name the factory of the model this checkpoint was saved from with {flag}; the command line loads "
                "every tensor or nothing (in Python, `enn_nb.load(..., strict=False)` loads the matching ones).")
         raise StateDictMismatchError(
             str(exc).replace(MISMATCH_FIX, fix), missing_keys=exc.missing_keys, unexpected_keys=exc.unexpected_keys,
             shape_mismatches=exc.shape_mismatches,
         ) from None
+    except RestoreCheckError as exc:
+        fix = (f"name the factory of the class it was saved from with {flag}; the command line never exports a "
+               "model that does not compute what was saved.")
+        raise RestoreCheckError(str(exc).replace(RESTORE_FIX, fix), max_abs_err=exc.max_abs_err, atol=exc.atol,
+                                rtol=exc.rtol) from None
