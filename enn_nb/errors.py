@@ -29,6 +29,7 @@
     ├── OverwriteRefusedError (FileExistsError) the path holds what enn_nb did not write (a folder, a FIFO)
     ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
     ├── SideEffectError (RuntimeError)      a save/export run by importing a module (a factory, an export worker)
+    ├── FlagError (ValueError)              `enn-nb` flags that do not go together, or a required one missing
     └── ReportError
         └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
 
@@ -250,6 +251,10 @@ class SideEffectError(EnnError, RuntimeError):
         super().__init__(message)
         self.call = call
         self.origin = origin
+
+
+class FlagError(EnnError, ValueError):
+    """``enn-nb`` flags that do not go together, or a required one missing (exit code 2, like argparse's own)."""
 
 
 class ReportError(EnnError):

@@ -32,7 +32,7 @@ def test_a_mistyped_checkpoint_gets_did_you_mean_and_the_same_code_on_every_verb
     assert not Path("x.pt").exists() and not Path("exports").exists()
 
 
-def test_one_exit_code_table_in_every_help(capsys):
+def test_one_exit_code_table_in_every_help(tmp_path, monkeypatch, capsys):
     parser = build_parser()
     helps = [parser.format_help()]
     helps += [verb.format_help() for verb in parser._subparsers._group_actions[0].choices.values()]  # noqa: SLF001
@@ -41,6 +41,12 @@ def test_one_exit_code_table_in_every_help(capsys):
         for code in EXIT_CODES:
             assert f"\n  {code:<4} " in text
     assert len(helps) >= 7
+    # flags that cannot work exit 2 on every verb, as argparse's own usage errors do
+    assert main(["report", "export_report"]) == 2 and "`--out DIR` is required" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    Path("m.pt").write_bytes(b"never read: the flags are refused first")
+    assert main(["export", "m.pt", "-b", "pt2", "-o", "e", "--model-path", "."]) == 2
+    assert "pass `--model pkg.module:factory` too" in capsys.readouterr().err
 
 
 def test_verify_says_what_is_wrong_with_its_argument(gru_checkpoint, capsys):

@@ -141,9 +141,9 @@ def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
     from enn_nb.surfaces.factory import load_with_model
 
     if args.model_path and not args.model:
-        from enn_nb.errors import SpecError
+        from enn_nb.errors import FlagError
 
-        raise SpecError("`--model-path` says where `--model`'s module is; pass `--model pkg.module:factory` too.")
+        raise FlagError("`--model-path` says where `--model`'s module is; pass `--model pkg.module:factory` too.")
     loaded = load_with_model(src, args.model, args.model_path) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None

@@ -60,17 +60,17 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enn_nb.errors import ReportError
+    from enn_nb.errors import FlagError
     from enn_nb.surfaces.reports.catalog import declared_parameters, parse_assignment, resolve_template
 
     if args.describe:
         return _describe(declared_parameters(resolve_template(args.template)), args.json)
     if not args.out:
-        raise ReportError("`--out DIR` is required: the folder for the executed notebook and its files.")
+        raise FlagError("`--out DIR` is required: the folder for the executed notebook and its files.")
     if (args.no_input or args.show_code) and not args.html:
         args.html = True  # these only shape the HTML; asking for one means wanting it
     if args.no_input and args.show_code:
-        raise ReportError("`--no-input` and `--show-code` contradict each other; pass one of them.")
+        raise FlagError("`--no-input` and `--show-code` contradict each other; pass one of them.")
     params = dict(parse_assignment(text) for text in args.params)
     if args.model:
         from enn_nb.surfaces.factory import import_factory
@@ -78,14 +78,14 @@ def run(args: argparse.Namespace) -> int:
         import_factory(args.model, args.model_path)  # a typo fails here, before a kernel starts
         params["model"] = args.model
     elif args.model_path:
-        raise ReportError("`--model-path` says where `--model`'s module is; pass `--model pkg.module:factory` too.")
+        raise FlagError("`--model-path` says where `--model`'s module is; pass `--model pkg.module:factory` too.")
     common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params,
               "model_path": args.model_path}
     if args.each:
         from enn_nb.surfaces.reports.batch import run_batch
 
         if args.name:
-            raise ReportError("`--name` names one report; with `--each` every report is named after its file.")
+            raise FlagError("`--name` names one report; with `--each` every report is named after its file.")
         batch = run_batch(args.template, args.each, args.out, parameter=args.each_param, **common)
         summary = {
             "ok": batch.ok,
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         from enn_nb.surfaces.reports.runner import report
 
         if args.each_param:
-            raise ReportError("`--each-param` goes with `--each GLOB`.")
+            raise FlagError("`--each-param` goes with `--each GLOB`.")
         try:
             result = report(args.template, args.out, name=args.name, timeout=args.timeout, **common)
         except ReportCellError as exc:
