@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
+from enn_nb.errors import FlagError, ReportCellError
 from enn_nb.surfaces.cli.command import add_command
+from enn_nb.surfaces.factory import import_factory
 
 
 def register(subparsers: Any) -> None:
@@ -60,7 +62,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enn_nb.errors import FlagError
     from enn_nb.surfaces.reports.catalog import declared_parameters, parse_assignment, resolve_template
 
     if args.describe:
@@ -73,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
         raise FlagError("`--no-input` and `--show-code` contradict each other; pass one of them.")
     params = dict(parse_assignment(text) for text in args.params)
     if args.model:
-        from enn_nb.surfaces.factory import import_factory
-
         import_factory(args.model, args.model_path)  # a typo fails here, before a kernel starts
         params["model"] = args.model
     elif args.model_path:
@@ -99,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
         _print(summary if args.json else repr(batch), args.json)
         ok, failures = batch.ok, batch.failures
     else:
-        from enn_nb.errors import ReportCellError
         from enn_nb.surfaces.reports.runner import report
 
         if args.each_param:

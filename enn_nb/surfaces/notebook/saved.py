@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import html
 
+from enn_nb._format import count_text, human_size, model_counts
+from enn_nb.checkpoint.display import manifest_html
 from enn_nb.checkpoint.manifest import Manifest
 
 
@@ -21,8 +23,6 @@ class SavedManifest(Manifest):
 
     @classmethod
     def of(cls, manifest: Manifest, *, model: object = None) -> SavedManifest:
-        from enn_nb._format import model_counts
-
         fields = {f.name: getattr(manifest, f.name) for f in dataclasses.fields(manifest) if f.init}
         saved = cls(**fields)
         if model is not None:  # a frozen dataclass: this display-only attribute is set past its __setattr__
@@ -31,7 +31,6 @@ class SavedManifest(Manifest):
 
     def summary(self) -> str:
         """``saved m.safetensors (safetensors): model, 18,340 parameters (18,452 values with buffers), 72 KiB…``."""
-        from enn_nb._format import count_text, human_size
 
         spec = self.spec
         what = spec.builder or "model"
@@ -52,8 +51,6 @@ class SavedManifest(Manifest):
         return self.summary() + "  (print() it or `%enn_inspect` for the table)"
 
     def _repr_html_(self) -> str:
-        from enn_nb.checkpoint.display import manifest_html
-
         return (
             "<details class='enn-nb-saved'><summary><code>"
             + html.escape(self.summary())
