@@ -28,7 +28,7 @@ def test_backends_json(capsys):
 def test_build_trt_is_registered_and_names_a_missing_sidecar(tmp_path, capsys):
     sidecar = tmp_path / "model.engine.enn.json"
     assert build_parser().parse_args(["build-trt", str(sidecar)]).func.__name__ == "_build_trt"
-    assert main(["build-trt", str(sidecar)]) == 1
+    assert main(["build-trt", str(sidecar)]) == 2  # a path that does not exist (enn_nb.surfaces.cli.EXIT_CODES)
     err = capsys.readouterr().err
     assert "No sidecar `model.engine.enn.json`" in err and str(tmp_path) in err
 

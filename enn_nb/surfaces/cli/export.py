@@ -253,6 +253,10 @@ def _build_trt(args: argparse.Namespace) -> int:
     path = Path(args.sidecar)
     if not path.name.endswith(sc.SIDECAR_SUFFIX):
         path = sc.sidecar_path(path)
+    if not path.is_file():  # a path that does not exist: unusable input, as on every verb
+        print(f"enn-nb build-trt: No sidecar `{path.name}` in `{path.parent}`{did_you_mean(path) or '.'} Run "
+              "`enn-nb export SRC -b tensorrt -o DIR` first; it writes the sidecar this command reads.", file=sys.stderr)
+        return 2
     try:
         backend = sc.read(path).get("backend")
         if backend != "tensorrt":
