@@ -237,7 +237,6 @@ def export_settings(args: argparse.Namespace) -> ExportSettings:
         dynamic_batch=not args.static_batch,
         strict=args.strict,
         options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
-        quiet=True,  # the table and the exit line below say it
     )
 
 
