@@ -446,6 +446,14 @@ class DcpReader:
         elif upstream_meta_file(path) is not None:
             from . import upstream
 
+            if dcp_metadata.written_by_enn_nb(self.metadata):
+                # enn_nb wrote these shards and its commit marker is gone: damaged, whatever meta.json a
+                # folder above holds (a planted `{}` two folders up must not revive it as upstream's)
+                raise IncompleteCheckpointError(
+                    f"`{path}` was written by enn_nb but its `{DCP_MANIFEST}` commit marker is missing: the save did "
+                    "not finish or the directory was damaged, so its content cannot be trusted. Restore it from a "
+                    "good copy or save again.")
+
             nested = all(len(key) == 2 and key[0] == MODEL_KEY for key in table)
             self.paths = {(key[1] if nested else ".".join(key)): key for key in table}
             names = {name: table[key] for name, key in self.paths.items()}

@@ -166,9 +166,11 @@ class Base:
         self.pt = root / "base" / "m.pt"
         self.st = root / "base" / "m.safetensors"
         self.dcp = root / "base" / "m_dcp"
+        self.upstream_dcp = root / "base" / "m_upstream_dcp"
         if not self.pt.exists():
             for path in (self.pt, self.st, self.dcp):
                 enn_nb.save(self.model, path, optimizer=self.opt)
+            _save_upstream_dcp(self.model, self.upstream_dcp)
         self.counter = 0
 
     def fresh(self, kind: str) -> Path:
@@ -181,11 +183,7 @@ class Base:
         if kind == "safetensors":
             return Path(shutil.copy(self.st, where / "m.safetensors"))
         target = where / "m_dcp"
-        shutil.copytree(self.dcp, target)
-        if kind == "upstream_dcp":
-            (target / "enn_nb.manifest.json").unlink()
-            (target / "meta.json").write_text(json.dumps({"in_dim": 4, "config": {"d_model": 4},
-                                                          "extra": {"builder": VICTIM_BUILDER}}))
+        shutil.copytree(self.upstream_dcp if kind == "upstream_dcp" else self.dcp, target)
         return target
 
     def marker(self) -> Path:
@@ -201,6 +199,15 @@ class Base:
 
     def loads_right(self, loaded: Any) -> bool:
         return same_weights(loaded.model, self.model)
+
+
+def _save_upstream_dcp(model: nn.Module, path: Path) -> None:
+    """A DCP directory as ENN-PyTorch writes one: ``{"model": state_dict}`` through torch's own writer, ``meta.json``."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"model": model.state_dict()}, storage_writer=dcp.FileSystemWriter(path, thread_count=2), no_dist=True)
+    (path / "meta.json").write_text(json.dumps({"in_dim": 4, "config": {"d_model": 4},
+                                                "extra": {"builder": VICTIM_BUILDER}}))
 
 
 def _load(path: Path, **kwargs: Any) -> Callable[[], Any]:
