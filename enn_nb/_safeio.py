@@ -46,6 +46,32 @@ def check_example_shape(shape: object, *, what: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+#: Longest file name and path the kernel takes (Linux NAME_MAX, PATH_MAX - 1).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+
+
+def check_path(path: object, *, what: str, error: type[EnnError]) -> Path:
+    """``path`` as a Path when the filesystem can hold such a name: no NUL byte, no component over
+    :data:`MAX_NAME_BYTES` bytes, at most :data:`MAX_PATH_BYTES` in all (else ``open`` raises a bare
+    ``ValueError``/``OSError`` from deep inside a save, a load or an export).
+
+    Raises:
+        ``error``: the path cannot name a file, saying why.
+    """
+    text = os.fsdecode(os.fspath(path))  # type: ignore[arg-type]
+    shown = escape(text if len(text) <= 120 else text[:60] + "..." + text[-40:])
+    if "\x00" in text:
+        raise error(f"{what} `{shown}` contains a NUL character, which no file name can hold; check how the path "
+                    "was built.")
+    encoded = os.fsencode(text)
+    longest = max((len(os.fsencode(part)) for part in Path(text).parts), default=0)
+    if longest > MAX_NAME_BYTES or len(encoded) > MAX_PATH_BYTES:
+        raise error(f"{what} `{shown}` is too long for the filesystem ({len(encoded)} bytes, a name of {longest}; "
+                    f"the limits are {MAX_NAME_BYTES} bytes a name and {MAX_PATH_BYTES} in all). Use a shorter path.")
+    return Path(text)
+
+
 def check_regular(path: Path, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> os.stat_result:
     """``os.stat`` of ``path`` when it is a regular file (symlinks followed); else a one-line error."""
     try:

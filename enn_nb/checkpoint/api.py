@@ -7,7 +7,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import CheckpointError, RestoreCheckError, SpecError, StateDictMismatchError, UnknownNameError
+from enn_nb._safeio import check_path
+from enn_nb.errors import (
+    CheckpointError,
+    NotACheckpointError,
+    RestoreCheckError,
+    SpecError,
+    StateDictMismatchError,
+    UnknownNameError,
+)
 from enn_nb.spec import ModelSpec, build
 
 from . import dcp, pt, safetensors_format, selfcheck
@@ -79,7 +87,7 @@ class Loaded:
 
 def open_reader(path: str | os.PathLike[str]) -> Reader:
     """Open a checkpoint of any format and read its manifest (no tensor data)."""
-    path = Path(path)
+    path = check_path(path, what="The checkpoint path", error=NotACheckpointError)
     return _READERS[detect_format(path)](path)
 
 
@@ -114,7 +122,7 @@ def save(
         CheckpointError: the state holds something a checkpoint cannot store.
         OSError: the destination cannot be written (the old checkpoint, if any, is untouched).
     """
-    path = Path(path)
+    path = check_path(path, what="The checkpoint path", error=CheckpointError)
     fmt = save_format(path, format)
     if not isinstance(model, Mapping) and not callable(getattr(model, "state_dict", None)):
         raise SpecError(f"`model` is a {type(model).__name__}; pass an nn.Module, or a {{name: tensor}} mapping "

@@ -197,8 +197,9 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         try:
             with _quiet():
                 dcp.save(state, storage_writer=writer, no_dist=dist is None)
-        except BaseException:
+        except BaseException as exc:
             _raise_recorded(writer.fs.errors)
+            _raise_os_error_of(exc)  # DCP wraps a failed mkdir (read-only filesystem) in its own exception
             raise
         _raise_recorded(writer.fs.errors)
         files = {}
@@ -219,7 +220,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         if pool is not None:
             pool.close()
         if rank == 0:
-            remove_path(tmp)
+            with contextlib.suppress(OSError):  # on a read-only filesystem even this fails: the first error counts
+                remove_path(tmp)
     status = _broadcast(dist, ("error", f"{type(error).__name__}: {error}") if error else ("ok", text))
     if error is not None:
         if isinstance(error, OSError) and not isinstance(error, CheckpointError):
@@ -280,6 +282,20 @@ def _raise_recorded(errors: list[BaseException]) -> None:
             seen = seen.__cause__ or seen.__context__
     if errors:
         raise errors[0]
+
+
+def _raise_os_error_of(exc: BaseException) -> None:
+    """Raise the OSError inside a DCP ``CheckpointException`` (a rank's failure, or its cause), if any."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if not isinstance(exc, CheckpointException):
+        return
+    for failure, _trace in exc.failures.values():
+        seen: BaseException | None = failure
+        while seen is not None:
+            if isinstance(seen, OSError):
+                raise seen from None
+            seen = seen.__cause__ or seen.__context__
 
 
 def _write_manifest(directory: Path, text: str) -> None:

@@ -35,7 +35,14 @@ from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
 from enn_nb.engine.report import ExportReport
 from enn_nb.engine.settings import ExportSettings
-from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
+from enn_nb.errors import (
+    BackendError,
+    EnnError,
+    FastPathExportError,
+    MissingDependencyError,
+    OutputDirError,
+    ParityError,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -132,15 +139,23 @@ def export(
     _shared_log(info, loading)
 
     plans = _plans(settings)
-    with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
-        _finish_early(plans, model, inputs, info, emit, hits)  # availability, then the cache: no capture needed
-        todo = [p for p in plans if p.result is None]
-        vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
-        if todo:
-            _run(todo, model, inputs, info, emit, should_stop)
-        elif settings.verify and vectors_path.exists():
-            report.vectors = vectors_path
-        hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
+    try:
+        with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
+            _finish_early(plans, model, inputs, info, emit, hits)  # availability, then the cache: no capture needed
+            todo = [p for p in plans if p.result is None]
+            vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
+            if todo:
+                _run(todo, model, inputs, info, emit, should_stop)
+            elif settings.verify and vectors_path.exists():
+                report.vectors = vectors_path
+            hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
+    except OSError as exc:
+        if isinstance(exc, EnnError):
+            raise
+        # a disk that fills up (or turns read-only) while the vectors or a sidecar are written
+        raise OutputDirError(f"Writing into `{settings.out}` failed: {exc.strerror or exc}"
+                             f"{f' (`{exc.filename}`)' if exc.filename else ''}. Free disk space or choose another "
+                             "`out_dir`; the artifacts of this export may be incomplete, export again.") from None
     report.results = [p.result for p in plans if p.result is not None]
     report.total_s = time.perf_counter() - started
     for result in report.results:  # logged from the calling thread (lanes run in their own)

@@ -32,8 +32,17 @@ class Pt2Backend(Backend):
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch
 
+        from enn_nb._fs import GuardedFile
+
         ep = job.exported_program
-        torch.export.save(ep, str(out_path), extra_files={EXTRA_FILE: json.dumps(job.essentials, sort_keys=True)})
+        # Through a file that never raises into torch's C++ zip writer: a full disk there aborts the
+        # interpreter (its destructor throws); here the OSError is raised once the writer is done.
+        handle = GuardedFile(out_path)
+        try:
+            torch.export.save(ep, handle, extra_files={EXTRA_FILE: json.dumps(job.essentials, sort_keys=True)})
+        finally:
+            handle.close()
+        handle.raise_if_failed()
         inputs, outputs, dynamic = program_io(job, ep)
         return Conversion(
             artifact=out_path,
