@@ -227,3 +227,9 @@ def escape(text: object) -> str:
     ``\\n`` and ``\\t`` as those escapes, the others as ``\\xNN``/``\\uNNNN``."""
     s = str(text).replace("\n", "\\n").replace("\t", "\\t")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", s)
+
+
+def escape_lines(text: object) -> str:
+    """``text`` with control characters made visible line by line: its own line breaks stay, a ``\r`` or an
+    ANSI escape in a name (a file called ``ESC]0;...BEL``) cannot rewrite the terminal."""
+    return "\n".join(escape(line) for line in str(text).split("\n"))

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from enn_nb._safeio import escape, escape_lines
+
 
 def register(subparsers: Any) -> None:
     """Add ``inspect PATH [--json]`` and ``convert SRC DST [--format F]`` to the ``enn-nb`` parser."""
@@ -48,7 +50,7 @@ def _inspect(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")
     else:
-        print(manifest)
+        print(escape_lines(manifest))
     return 0
 
 
@@ -56,6 +58,6 @@ def _convert(args: argparse.Namespace) -> int:
     from .api import convert
 
     manifest = convert(args.src, args.dst, format=args.format)
-    print(f"wrote {manifest.format} checkpoint {manifest.path} ({len(manifest.tensors)} tensors, "
-          f"content_hash {manifest.content_hash})")
+    print(escape(f"wrote {manifest.format} checkpoint {manifest.path} ({len(manifest.tensors)} tensors, "
+                 f"content_hash {manifest.content_hash})"))
     return 0

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from enn_nb._safeio import escape, escape_lines
 from enn_nb.engine.vocabulary import FAILED_STATUSES
 
 #: Statuses that make ``enn-nb export`` exit non-zero.
@@ -145,9 +146,10 @@ def _backends(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(described, indent=2))
         else:
-            print("\n\n".join(f"{name}:\n" + "\n".join(f"  {line}" for line in lines) for name, lines in described.items()))
+            print(escape_lines("\n\n".join(f"{name}:\n" + "\n".join(f"  {line}" for line in lines)
+                                            for name, lines in described.items())))
         return 0
-    print(json.dumps(table.to_json(), indent=2) if args.json else table)
+    print(json.dumps(table.to_json(), indent=2) if args.json else escape_lines(table))
     return 0
 
 
@@ -191,7 +193,8 @@ def _export(args: argparse.Namespace) -> int:
         LOGGER.setLevel(logging.DEBUG)
     src = Path(args.src)
     if not src.exists():
-        print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
+        print(f"enn-nb export: error: `{escape(src)}` does not exist; SRC must be a checkpoint file or DCP folder.",
+              file=sys.stderr)
         return 2
     source, spec = _export_source(args, src)
     report = export(
@@ -207,12 +210,12 @@ def _export(args: argparse.Namespace) -> int:
         strict=args.strict,
         options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
     )
-    print(report.to_json() if args.json else report)
+    print(report.to_json() if args.json else escape_lines(report))
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
     failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
     bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
     # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
-    print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
+    print(escape(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else "")), file=sys.stderr)
     return 1 if bad else 0
 
 
@@ -220,14 +223,13 @@ def _verify(args: argparse.Namespace) -> int:
     from enn_nb.engine import verify
 
     result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else escape_lines(result))
     if result.status == "skipped":
         return 3  # nothing was checked: not a pass, not a mismatch
     return 0 if result.ok else 1
 
 
 def _build_trt(args: argparse.Namespace) -> int:
-    from enn_nb._safeio import escape
     from enn_nb.engine import sidecar as sc
     from enn_nb.engine.complete import complete
     from enn_nb.errors import EnnError, PlatformUnavailableError
@@ -238,7 +240,7 @@ def _build_trt(args: argparse.Namespace) -> int:
     try:
         backend = sc.read(path).get("backend")
         if backend != "tensorrt":
-            print(f"enn-nb build-trt: `{path.name}` is a `{backend}` sidecar, not a `tensorrt` one.", file=sys.stderr)
+            print(escape(f"enn-nb build-trt: `{path.name}` is a `{backend}` sidecar, not a `tensorrt` one."), file=sys.stderr)
             return 1
         result = complete(path, out=args.out)
     except PlatformUnavailableError as exc:
@@ -247,6 +249,6 @@ def _build_trt(args: argparse.Namespace) -> int:
     except EnnError as exc:  # a failed build leaves the deferred sidecar as it was
         print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
         return 1
-    print(result.summary() + f"; sidecar updated: {path.name}")
+    print(escape(result.summary() + f"; sidecar updated: {path.name}"))
     return 0 if result.ok else 1
 
