@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import datetime as _dt
 import errno
+import io
 import os
 import shutil
 import stat
@@ -274,7 +275,7 @@ def timestamp(when: _dt.datetime | None = None) -> str:
     return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class GuardedFile:
+class GuardedFile(io.RawIOBase):  # an IOBase: torch.export.save takes it as a buffer without a warning
     """The file torch's C++ zip writer writes through: a failed write is recorded, never raised into C++.
 
     An error raised inside ``PyTorchFileWriter`` (disk full, file too large) reaches a C++ destructor
@@ -285,8 +286,12 @@ class GuardedFile:
     """
 
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.raw = open(path, "wb")  # noqa: SIM115 - closed by close()
         self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
@@ -315,3 +320,17 @@ class GuardedFile:
     def raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error  # atomic_file turns it into a CheckpointWriteError naming the checkpoint
+
+
+def write_guarded(path: Path, write: Any) -> None:
+    """``write(file)`` for a writer of torch's (``torch.save``, ``torch.export.save``) into ``path`` through a
+    :class:`GuardedFile`; its write error is raised afterwards and the partial file removed."""
+    handle = GuardedFile(path)
+    try:
+        write(handle)
+    finally:
+        handle.close()
+    if handle.error is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        handle.raise_if_failed()

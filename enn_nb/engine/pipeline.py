@@ -377,9 +377,11 @@ def _run_lanes(lanes: list[list[Plan]], pool: list[Any], ctx: LaneContext) -> No
 def _save_module(module: Any, workdir: Path) -> str | None:
     import torch
 
+    from enn_nb._fs import write_guarded
+
     path = workdir / "module.pt"
     try:
-        torch.save(module, str(path))
+        write_guarded(path, lambda f: torch.save(module, f))  # a full disk: an OSError, not an abort in torch
     except Exception:  # an unpicklable model: the child uses the captured program's module instead
         path.unlink(missing_ok=True)
         return None

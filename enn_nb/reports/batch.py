@@ -40,7 +40,7 @@ class BatchResult:
 
     @property
     def failures(self) -> list[str]:
-        return [f"{escape(e.source)}: {line}" for e in self.entries for line in e.result.failures]
+        return [f"{escape(e.source)}: {escape(line)}" for e in self.entries for line in e.result.failures]
 
     def __repr__(self) -> str:
         passed = sum(e.result.ok for e in self.entries)

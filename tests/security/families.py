@@ -798,3 +798,10 @@ def generate(family: str, workdir: Path, seed: int, n: int) -> list[Case]:
     rng = random.Random(f"{family}-{seed}")
     base = Base(workdir)
     return list(GENERATORS[family](base, rng, n))
+
+
+# issue 21, items 8-14: in their own module, registered here like the others
+from . import families_state  # noqa: E402 - it imports Base and the gadget helpers from this module
+
+FAMILIES = FAMILIES + families_state.FAMILIES
+GENERATORS.update(families_state.GENERATORS)

@@ -32,17 +32,13 @@ class Pt2Backend(Backend):
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch
 
-        from enn_nb._fs import GuardedFile
+        from enn_nb._fs import write_guarded
 
         ep = job.exported_program
         # Through a file that never raises into torch's C++ zip writer: a full disk there aborts the
         # interpreter (its destructor throws); here the OSError is raised once the writer is done.
-        handle = GuardedFile(out_path)
-        try:
-            torch.export.save(ep, handle, extra_files={EXTRA_FILE: json.dumps(job.essentials, sort_keys=True)})
-        finally:
-            handle.close()
-        handle.raise_if_failed()
+        extra = {EXTRA_FILE: json.dumps(job.essentials, sort_keys=True)}
+        write_guarded(out_path, lambda f: torch.export.save(ep, f, extra_files=extra))
         inputs, outputs, dynamic = program_io(job, ep)
         return Conversion(
             artifact=out_path,
