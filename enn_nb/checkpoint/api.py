@@ -16,7 +16,7 @@ from enn_nb.errors import (
     StateDictMismatchError,
     UnknownNameError,
 )
-from enn_nb.spec import ModelSpec, build
+from enn_nb.model.spec import ModelSpec, build
 
 from . import dcp, pt, safetensors_format, selfcheck
 from .base import Reader, SaveRequest

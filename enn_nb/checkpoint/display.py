@@ -18,7 +18,7 @@ MAX_ROWS = 50  # tensor rows shown; the rest are summarised
 
 
 def _sig_text(sigs: list[Any] | None) -> str:
-    from enn_nb.signature import describe
+    from enn_nb.model.signature import describe
 
     return describe(sigs) if sigs else "None"
 

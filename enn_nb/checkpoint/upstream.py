@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import NotACheckpointError, SpecError
-from enn_nb.spec import ModelSpec, jsonable
+from enn_nb.model.spec import ModelSpec, jsonable
 
 from .detect import read_json_file, safetensors_sidecar, upstream_meta_file
 from .manifest import Manifest, TensorEntry

@@ -136,7 +136,7 @@ def build_job(setup: Setup, shared: Any) -> Any:
     import torch
 
     from enn_nb.engine.backends.base import ExportJob
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
     module = None
     if setup.module_path:

@@ -18,10 +18,10 @@ from enn_nb.errors import EnnError
 
 # Modules contributing subcommands, in the order `enn-nb --help` lists them.
 SUBCOMMAND_MODULES = (
-    "enn_nb.checkpoint.cli",  # inspect, convert
-    "enn_nb.engine.cli",  # backends, export, verify, build-trt
-    "enn_nb.reports.cli",  # report
-    "enn_nb.demo",  # demo
+    "enn_nb.surfaces.cli.checkpoint",  # inspect, convert
+    "enn_nb.surfaces.cli.export",  # backends, export, verify, build-trt
+    "enn_nb.surfaces.cli.report",  # report
+    "enn_nb.surfaces.demo",  # demo
 )
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from enn_nb._fs import write_text
 from enn_nb._safeio import escape
 from enn_nb.errors import ReportError, UnknownNameError
-from enn_nb.reports.catalog import declared_parameters, resolve_template, template_metadata
-from enn_nb.reports.runner import ReportResult, report
+from enn_nb.surfaces.reports.catalog import declared_parameters, resolve_template, template_metadata
+from enn_nb.surfaces.reports.runner import ReportResult, report
 
 
 @dataclasses.dataclass
@@ -75,7 +75,7 @@ def run_batch(
     Args:
         template: template name or path.
         pattern: a glob (``ckpts/*.safetensors``; ``**`` recurses, not into symlinked folders), relative to
-            the working directory; at most :data:`~enn_nb.reports.matching.MAX_MATCHES` matches.
+            the working directory; at most :data:`~enn_nb.surfaces.reports.matching.MAX_MATCHES` matches.
         out_dir: folder for every report and the index.
         parameter: the template parameter each match is given to; defaults to the template's
             ``each_parameter`` metadata, else ``checkpoint``.
@@ -95,7 +95,7 @@ def run_batch(
             name=target,
             known=list(declared),
         )
-    from enn_nb.reports.matching import expand
+    from enn_nb.surfaces.reports.matching import expand
 
     matches = expand(pattern)  # `**` does not follow symlinked folders; capped
     if not matches:
@@ -121,7 +121,7 @@ def run_batch(
 
 
 def _verdict_of(nb_path: Path) -> Any:
-    from enn_nb.reports.verdict import Verdict
+    from enn_nb.surfaces.reports.verdict import Verdict
 
     try:
         meta = json.loads(nb_path.read_text(encoding="utf-8")).get("metadata", {}).get("enn_nb", {})

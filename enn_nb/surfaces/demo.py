@@ -39,7 +39,7 @@ def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "av
     """Train, save in .pt/.safetensors/DCP, run both report templates; return the exit code."""
     import enn_nb
     from enn_nb.reference import train_reference
-    from enn_nb.reports import report
+    from enn_nb.surfaces.reports import report
 
     out_dir = Path(out).expanduser().resolve()
     ckpts = out_dir / "checkpoints"
@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m enn_nb.demo", description=DESCRIPTION, epilog=EPILOG,
+    parser = argparse.ArgumentParser(prog="python -m enn_nb.surfaces.demo", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(parser)
     args = parser.parse_args(argv)

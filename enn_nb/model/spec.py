@@ -14,7 +14,7 @@ from enn_nb.errors import SpecError
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.signature import TensorSig
+    from enn_nb.model.signature import TensorSig
 
 SPEC_FIELDS = (
     "builder",
@@ -132,7 +132,7 @@ class ModelSpec:
         embedding: the embedding spec (categorical columns, cardinalities, dims).
         feature_dtype: dtype of the raw input features, e.g. ``"float32"``.
         metadata: free-form user metadata (JSON).
-        inputs: the forward's inputs as :class:`~enn_nb.signature.TensorSig` rows (name, dtype, shape with
+        inputs: the forward's inputs as :class:`~enn_nb.model.signature.TensorSig` rows (name, dtype, shape with
             symbolic dims such as ``batch``/``time``); ``None`` means the ``[B, in_dim]`` shorthand.
         outputs: the flattened outputs, named after dict keys (``output_0``... for tuples).
         output_structure: ``"tensor"``, ``"tuple"`` or ``"dict"``: what the forward returns.
@@ -152,7 +152,7 @@ class ModelSpec:
     output_structure: str | None = None
 
     def __post_init__(self) -> None:
-        from enn_nb.signature import OUTPUT_STRUCTURES, parse_many
+        from enn_nb.model.signature import OUTPUT_STRUCTURES, parse_many
 
         if self.inputs is not None:
             self.inputs = parse_many(self.inputs)
@@ -263,7 +263,7 @@ class ModelSpec:
 
     def input_signature(self) -> list[TensorSig] | None:
         """The inputs: declared ones, else ``features: feature_dtype[batch, in_dim]`` from the shorthand."""
-        from enn_nb.signature import BATCH, TensorSig
+        from enn_nb.model.signature import BATCH, TensorSig
 
         if self.inputs is not None:
             return list(self.inputs)
@@ -286,7 +286,7 @@ class ModelSpec:
         Raises:
             InputMismatchError: names the input, the expected and the received signature.
         """
-        from enn_nb.signature import check_inputs
+        from enn_nb.model.signature import check_inputs
 
         sigs = self.input_signature()
         items = tensors if isinstance(tensors, (tuple, list)) else (tensors,)
@@ -350,7 +350,7 @@ def _takes_shapes(fn: Callable[..., Any]) -> bool:
 
 def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSpec:
     """``spec`` with the model's declared signature, else one inferred from ``example_inputs``."""
-    from enn_nb import signature as sig
+    from enn_nb.model import signature as sig
 
     declared_in = getattr(model, "input_signature", None)
     declared_out = getattr(model, "output_signature", None)
@@ -369,7 +369,7 @@ def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSp
         if "inputs" not in changes:
             changes["inputs"] = sig.infer_inputs(forward, tensors)
         if "outputs" not in changes:
-            from enn_nb.engine.parity import eval_only
+            from enn_nb.model.examples import eval_only
 
             with eval_only(model), torch.no_grad():
                 out = forward(*tensors)

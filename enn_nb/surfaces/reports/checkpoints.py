@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
 from enn_nb.table import Table
-from enn_nb.reports.sections import Header
+from enn_nb.surfaces.reports.sections import Header
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Manifest

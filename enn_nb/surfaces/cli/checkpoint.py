@@ -41,7 +41,7 @@ def register(subparsers: Any) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .api import inspect
+    from enn_nb.checkpoint.api import inspect
 
     manifest = inspect(args.path)
     if args.json:
@@ -55,7 +55,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .api import convert
+    from enn_nb.checkpoint.api import convert
 
     manifest = convert(args.src, args.dst, format=args.format)
     print(escape(f"wrote {manifest.format} checkpoint {manifest.path} ({len(manifest.tensors)} tensors, "

@@ -122,13 +122,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
     """``(what to export, spec override)`` from ``--model`` and ``--input``."""
-    from enn_nb.factory import load_with_model
+    from enn_nb.surfaces.factory import load_with_model
 
     loaded = load_with_model(src, args.model) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None
     from enn_nb.checkpoint import inspect
-    from enn_nb.signature import parse
+    from enn_nb.model.signature import parse
 
     base = loaded.spec if loaded is not None else inspect(src).spec
     return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])
