@@ -293,6 +293,15 @@ class GuardedFile(io.RawIOBase):  # an IOBase: torch.export.save takes it as a b
     def writable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:  # torch.export.save wants a seekable buffer; it only rewinds it when done
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
     def write(self, data: Any) -> int:
         view = memoryview(data)
         if self.error is None and not self.raw.closed:

@@ -378,9 +378,14 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     atol, rtol = parse_tolerances(tolerances).resolve(backend_name, recorded)  # what is not given: the sidecar's
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
     require_trust(backend_name, artifact, trust)
+    from enn_nb.engine.outlog import capture
+
     try:
-        runner = backend.load(artifact, load_options)
-        parity = finite(run_cases(runner, chosen, atol, rtol))
+        # the runtime's own output (torch logs a traceback for an archive it cannot load) is captured: the
+        # outcome is this function's result or its one error (`logging.getLogger("enn_nb.converters")` shows it)
+        with capture("verify"):
+            runner = backend.load(artifact, load_options)
+            parity = finite(run_cases(runner, chosen, atol, rtol))
     except EnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - a runtime's own error on a damaged artifact: one enn_nb error

@@ -250,8 +250,12 @@ def _terminal_safe(text: str) -> bool:
 
 
 def terminal_escapes(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
-    from enn_nb.reports.batch import BatchEntry, BatchResult
-    from enn_nb.reports.runner import ReportResult
+    try:
+        from enn_nb.surfaces.reports.batch import BatchEntry, BatchResult
+        from enn_nb.surfaces.reports.runner import ReportResult
+    except ImportError:  # an enn_nb from before the layout of issue 23 (the campaign's "before" run)
+        from enn_nb.reports.batch import BatchEntry, BatchResult
+        from enn_nb.reports.runner import ReportResult
 
     where = base.root / f"esc{base.marker().name}"
     where.mkdir()
@@ -282,7 +286,10 @@ def terminal_escapes(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
 # -- 12: symlinked folders in recursive globs -----------------------------------------------------------------
 def glob_links(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
-    from enn_nb.reports.batch import run_batch
+    try:
+        from enn_nb.surfaces.reports.batch import run_batch
+    except ImportError:  # before issue 23's layout
+        from enn_nb.reports.batch import run_batch
 
     for links in (2, 3):
         where = base.root / f"glob{base.marker().name}"
@@ -403,6 +410,19 @@ def raw_tracebacks(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
                    base.marker())
         yield Case("raw_tracebacks", f"vectors-{field}={value[:10]}/api", lambda o=out: enn_nb.verify(o / "model.pt2"),
                    base.marker(), check=lambda r: r.status == "failed")
+    # a .pt2 passed off as an AOTI package (sidecar resealed), verified with trust: torch's own log stays off stderr
+    out = where / f"aoti{base.marker().name}"
+    shutil.copytree(exported, out)
+    shutil.copy(out / "model.pt2", out / "model.aoti.pt2")
+    doc = json.loads((out / f"model.pt2{sc.SIDECAR_SUFFIX}").read_text())
+    doc.update(backend="aoti", artifact="model.aoti.pt2")
+    for entry in doc["files"]:
+        if entry["path"] == "model.pt2":
+            entry["path"] = "model.aoti.pt2"
+    (out / f"model.aoti.pt2{sc.SIDECAR_SUFFIX}").write_text(json.dumps(doc))
+    yield Case("raw_tracebacks", "disguised-aoti/verify-trusted",
+               _nothing_on_stderr(lambda o=out: enn_nb.verify(o / "model.aoti.pt2", trust=True)), base.marker(),
+               timeout=120, check=lambda r: r.status == "failed")
     # a manifest giving set_extra_state a string
     extra = where / "extra.pt"
     enn_nb.save(ExtraVictim(), extra)
@@ -453,6 +473,32 @@ def raw_tracebacks(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
         yield Case("raw_tracebacks", f"disk-full/export-{'+'.join(backends)}{'-isolated' if isolate else ''}",
                    export_full, base.marker(), timeout=180,
                    check=lambda r: all(x.status != "ok" for x in r.results))
+
+
+def _nothing_on_stderr(action: Callable[[], Any]) -> Callable[[], Any]:
+    """``action`` with file descriptor 2 taken: whatever reached it (a logged traceback) is a silent wrong result."""
+    import tempfile
+
+    def run() -> Any:
+        with tempfile.TemporaryFile() as sink:
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+            refusal: BaseException | None = None
+            try:
+                result = action()
+            except enn_nb.errors.EnnError as exc:
+                refusal, result = exc, None
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+        if text:
+            return f"printed on stderr: {text[:200]}"
+        if refusal is not None:
+            raise refusal
+        return result
+    return run
 
 
 def _rewrite_safetensors_metadata(path: Path, key: str, value: str) -> None:
