@@ -375,7 +375,15 @@ enn_nb.register_builder(ExtraVictim.enn_builder, replace=True)(lambda spec: Extr
 
 @contextlib.contextmanager
 def _mounted(where: Path, options: str) -> Iterator[Path]:
-    """A small tmpfs at ``where`` (needs root): read-only or a few KiB, the real errors a disk gives."""
+    """A small tmpfs at ``where`` (needs root): read-only or a few KiB, the real errors a disk gives.
+
+    Mounted in a private mount namespace of the (forked) case: a case that crashes leaves no mount behind.
+    """
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).unshare(0x00020000) != 0:  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True, capture_output=True)
     where.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
     if done.returncode != 0:
