@@ -242,6 +242,15 @@ def parent_meta(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
                                lambda c=call, p=path: c(p), base.marker())
 
 
+def _reports_module(name: str) -> Any:
+    """``enn_nb.surfaces.reports.<name>``, or ``enn_nb.reports.<name>`` in an enn_nb from before issue 23's layout
+    (the campaign's "before" run; an editable install would otherwise import the new module beside the old tree)."""
+    import importlib
+
+    new_layout = (Path(enn_nb.__file__).parent / "surfaces").is_dir()
+    return importlib.import_module(f"enn_nb.{'surfaces.' if new_layout else ''}reports.{name}")
+
+
 # -- 11: names with terminal escapes ------------------------------------------------------------------------
 EVIL_NAME = "\x1b]0;owned\x07\x1b[2J\x1b[1;32mALL 9 REPORTS PASSED\x1b[0m\r"
 
@@ -251,12 +260,8 @@ def _terminal_safe(text: str) -> bool:
 
 
 def terminal_escapes(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
-    try:
-        from enn_nb.surfaces.reports.batch import BatchEntry, BatchResult
-        from enn_nb.surfaces.reports.runner import ReportResult
-    except ImportError:  # an enn_nb from before the layout of issue 23 (the campaign's "before" run)
-        from enn_nb.reports.batch import BatchEntry, BatchResult
-        from enn_nb.reports.runner import ReportResult
+    batch, runner = _reports_module("batch"), _reports_module("runner")
+    BatchEntry, BatchResult, ReportResult = batch.BatchEntry, batch.BatchResult, runner.ReportResult  # noqa: N806
 
     where = base.root / f"esc{base.marker().name}"
     where.mkdir()
@@ -287,10 +292,7 @@ def terminal_escapes(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
 # -- 12: symlinked folders in recursive globs -----------------------------------------------------------------
 def glob_links(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
-    try:
-        from enn_nb.surfaces.reports.batch import run_batch
-    except ImportError:  # before issue 23's layout
-        from enn_nb.reports.batch import run_batch
+    run_batch = _reports_module("batch").run_batch
 
     with contextlib.suppress(enn_nb.errors.EnnError):  # parse the template once here: each forked case reuses it
         empty = base.root / "glob-warm"
