@@ -703,13 +703,7 @@ def artifacts(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
                        base.marker(), check=lambda r: r.status in ("passed", "failed"))
     # an AOTI package (native code) needs explicit trust: forged from the .pt2 so nothing native exists here
     out = fresh()
-    shutil.copy(out / "model.pt2", out / "model.aoti.pt2")
-    side = json.loads((out / f"model.pt2{sc.SIDECAR_SUFFIX}").read_text())
-    side.update(backend="aoti", artifact="model.aoti.pt2")
-    for entry in side["files"]:
-        if entry["path"] == "model.pt2":
-            entry["path"] = "model.aoti.pt2"
-    (out / f"model.aoti.pt2{sc.SIDECAR_SUFFIX}").write_text(json.dumps(side))
+    disguise_as_aoti(out)
     yield Case("artifacts", "aoti/verify-without-trust", lambda o=out: enn_nb.verify(o / "model.aoti.pt2"), base.marker())
     yield Case("artifacts", "aoti/cli-without-trust", lambda o=out: cli(["verify", str(o / "model.aoti.pt2")]),
                base.marker())
@@ -741,6 +735,20 @@ def artifacts(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
         side.write_text(json.dumps(data))
         yield Case("artifacts", f"build-trt/{field}={str(value)[:30]}", lambda s=side: _build_trt_output(s),
                    base.marker(), check=lambda text: "PWNED" not in text and "rm -rf" not in text and ".." not in text)
+
+
+def disguise_as_aoti(out: Path) -> Path:
+    """``out/model.aoti.pt2``: a copy of the exported ``model.pt2`` with a sidecar saying it is an AOTI package."""
+    from enn_nb.engine import sidecar as sc
+
+    shutil.copy(out / "model.pt2", out / "model.aoti.pt2")
+    side = json.loads((out / f"model.pt2{sc.SIDECAR_SUFFIX}").read_text())
+    side.update(backend="aoti", artifact="model.aoti.pt2")
+    for entry in side["files"]:
+        if entry["path"] == "model.pt2":
+            entry["path"] = "model.aoti.pt2"
+    (out / f"model.aoti.pt2{sc.SIDECAR_SUFFIX}").write_text(json.dumps(side))
+    return out / "model.aoti.pt2"
 
 
 def _build_trt_output(side: Path) -> str:

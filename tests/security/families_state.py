@@ -10,7 +10,6 @@ older enn_nb for the campaign's before/after table.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
@@ -34,11 +33,12 @@ from .families import (
     _body,
     _dotted,
     _str,
+    disguise_as_aoti,
     read_metadata_unsafely,
     reseal_dcp,
     rewrite_pt_manifest,
 )
-from .runner import Case, RawCliError, Refused, cli
+from .runner import Case, Refused, cli, run_cli
 
 FAMILIES = ("global_state", "sidecar_confinement", "parent_meta", "terminal_escapes", "glob_links", "forged_sizes",
             "raw_tracebacks")
@@ -209,18 +209,11 @@ def _nested_copy(base: Base, source: Path) -> Path:
 
 
 def _cli_text(args: list[str]) -> str:
-    """stdout of ``enn-nb ARGS`` (raises like :func:`runner.cli` on a refusal or a traceback)."""
-    from enn_nb.cli import main
-
-    err, out = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main(args)
-    text = err.getvalue()
-    if "Traceback" in text or "unexpected" in text:
-        raise RawCliError(text[:300])
+    """stdout and stderr of ``enn-nb ARGS`` (a non-zero exit is a refusal; a traceback raises RawCliError)."""
+    code, out, err = run_cli(args)
     if code != 0:
-        raise Refused(text.strip().splitlines()[0] if text.strip() else f"exit {code}")
-    return out.getvalue() + text
+        raise Refused(err.strip().splitlines()[0] if err.strip() else f"exit {code}")
+    return out + err
 
 
 # -- 10: a folder enn_nb wrote never falls back to a parent meta.json -----------------------------------------
@@ -429,13 +422,7 @@ def raw_tracebacks(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
     # a .pt2 passed off as an AOTI package (sidecar resealed), verified with trust: torch's own log stays off stderr
     out = where / f"aoti{base.marker().name}"
     shutil.copytree(exported, out)
-    shutil.copy(out / "model.pt2", out / "model.aoti.pt2")
-    doc = json.loads((out / f"model.pt2{sc.SIDECAR_SUFFIX}").read_text())
-    doc.update(backend="aoti", artifact="model.aoti.pt2")
-    for entry in doc["files"]:
-        if entry["path"] == "model.pt2":
-            entry["path"] = "model.aoti.pt2"
-    (out / f"model.aoti.pt2{sc.SIDECAR_SUFFIX}").write_text(json.dumps(doc))
+    disguise_as_aoti(out)
     yield Case("raw_tracebacks", "disguised-aoti/verify-trusted",
                _nothing_on_stderr(lambda o=out: enn_nb.verify(o / "model.aoti.pt2", trust=True)), base.marker(),
                timeout=120, check=lambda r: getattr(r, "status", None) == "failed")
