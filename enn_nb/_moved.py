@@ -10,9 +10,7 @@ rename in git.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
-import importlib.util
 import sys
 import warnings
 from types import ModuleType
@@ -43,8 +41,9 @@ def new_name(old: str) -> str | None:
     return None
 
 
-class _Alias(importlib.abc.Loader):
-    """Hands out the module already imported under its new name."""
+class _Alias:
+    """A loader that hands out the module already imported under its new name (no importlib.abc: it
+    would make ``import enn_nb`` import twenty more modules)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -65,11 +64,15 @@ class _Alias(importlib.abc.Loader):
 
     def get_code(self, fullname: str) -> object:
         # `python -m enn_nb.demo` (runpy) asks for code, not a module: run the new module's code.
+        import importlib.util
+
         spec = importlib.util.find_spec(self.target)
         return spec.loader.get_code(self.target) if spec and spec.loader else None  # type: ignore[attr-defined]
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
+    """A meta path finder for the old paths."""
+
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
         new = new_name(fullname)
         if new is None:

@@ -7,20 +7,18 @@ Below both ``checkpoint`` (the restore self-check runs the model on example inpu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from enn_nb._safeio import check_example_shape
 from enn_nb.errors import ExportError
+from enn_nb.model.signature import eval_only  # noqa: F401 (re-exported: it runs the model these inputs feed)
 
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.model.spec import ModelSpec
 
-
-def default_example_inputs(spec: ModelSpec | None, in_dim: int | None, feature_dtype: str | None, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Example ``[batch, in_dim]`` features drawn from the spec.
+def default_example_inputs(spec: Any, in_dim: int | None, feature_dtype: str | None, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Example ``[batch, in_dim]`` features drawn from the spec (a ``ModelSpec`` or None).
 
     Continuous columns follow the scaler's mean/std when the spec has them; categorical columns
     (``spec.embedding``) get valid integer codes. Batch 2 by default: capture at 0 or 1 would
@@ -71,16 +69,3 @@ def resample_inputs(example: Sequence[torch.Tensor], batch: int, seed: int) -> t
             new = (new.reshape(batch, -1).double() + noise).to(tensor.dtype).reshape(new.shape)
         out.append(new)
     return tuple(out)
-
-
-@contextmanager
-def eval_only(model: Any):  # type: ignore[no-untyped-def]
-    """Eval mode (dropout off) for the reference run, fast paths untouched; restores each flag."""
-    modules = [m for m in model.modules() if m.training] if hasattr(model, "modules") else []
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.training = True

@@ -16,8 +16,10 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._safeio import check_example_shape
 from enn_nb.errors import InputMismatchError, SpecError
 
 if TYPE_CHECKING:
@@ -276,6 +278,19 @@ def forward_of(module: Any) -> Callable[..., Any]:
     return getattr(module, "forward", module)
 
 
+@contextmanager
+def eval_only(model: Any):  # type: ignore[no-untyped-def]
+    """Eval mode (dropout off) for the reference run, fast paths untouched; restores each flag."""
+    modules = [m for m in model.modules() if m.training] if hasattr(model, "modules") else []
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.training = True
+
+
 def input_names(forward: Callable[..., Any], count: int) -> list[str]:
     """Names of ``count`` positional inputs from the forward's parameters (``*args`` -> ``args_0``...)."""
     try:
@@ -374,8 +389,6 @@ def draw(sigs: Sequence[TensorSig], *, batch: int = EXAMPLE_BATCH, seed: int = 0
             a typo or a hostile spec must not allocate gigabytes, whichever surface drew it.
     """
     import torch
-
-    from enn_nb._safeio import check_example_shape
 
     gen = torch.Generator().manual_seed(seed)
     dims = dim_sizes(sigs, batch=batch, given={k: v for k, v in (sizes or {}).items() if k != BATCH})

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from enn_nb._registry import Registry
-from enn_nb.errors import SpecError
+from enn_nb.errors import InputMismatchError, SpecError
 
 if TYPE_CHECKING:
     import torch
@@ -237,10 +237,8 @@ class ModelSpec:
 
         ``overrides`` replace what was read (e.g. ``metadata=...``).
         """
-        from enn_nb.adapters import adapter_for
-
-        adapter = adapter_for(model)  # a library's adapter (ENN-PyTorch) fills what its models lack
-        adapted = adapter.spec_fields(model) if adapter is not None else {}
+        reader = spec_reader_for(model)  # a library's adapter (ENN-PyTorch) fills what its models lack
+        adapted = reader(model) if reader is not None else {}
         spec = cls(
             builder=getattr(model, "enn_builder", None),
             config=_config_dict(getattr(model, "config", None)),
@@ -295,7 +293,6 @@ class ModelSpec:
 
 def check_features(x: Any, *, in_dim: int | None, feature_dtype: str | None, name: str = "features") -> None:
     """Raise InputMismatchError unless ``x`` is a ``[B, in_dim]`` tensor of ``feature_dtype``."""
-    from enn_nb.errors import InputMismatchError
 
     shape = tuple(getattr(x, "shape", ()))
     expected_shape = ("B", in_dim) if in_dim is not None else ("B", "in_dim")
@@ -369,9 +366,7 @@ def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSp
         if "inputs" not in changes:
             changes["inputs"] = sig.infer_inputs(forward, tensors)
         if "outputs" not in changes:
-            from enn_nb.model.examples import eval_only
-
-            with eval_only(model), torch.no_grad():
+            with sig.eval_only(model), torch.no_grad():
                 out = forward(*tensors)
             changes["outputs"], changes["output_structure"] = sig.infer_outputs(out)
     return spec.replace(**changes) if changes else spec
@@ -408,5 +403,32 @@ def _dtype_name(dtype: Any) -> str | None:
     return text.removeprefix("torch.")
 
 
+# -- spec readers: spec fields for models of libraries that do not follow the contract themselves -----------
+#: A reader is ``fn(model) -> dict`` of ModelSpec fields; looked up by the top-level package of the model's
+#: class, so that this module never imports an adapter (adapters sit above the core and import it).
+SpecReader = Callable[[Any], dict[str, Any]]
+
+_spec_readers: Registry[SpecReader] = Registry(
+    kind="spec reader",
+    group="enn_nb.spec_readers",
+    how_to_register=(
+        "Register one with `enn_nb.model.spec.register_spec_reader(\"package\", fn)` (the top-level package of "
+        "the model classes it reads) or an entry point in the `enn_nb.spec_readers` group."
+    ),
+)
+
+
+def register_spec_reader(package: str, reader: SpecReader | str, *, replace: bool = False) -> None:
+    """Use ``reader`` to fill the spec of models whose class comes from the top-level package ``package``."""
+    _spec_readers.register(package, reader, replace=replace)
+
+
+def spec_reader_for(model: Any) -> SpecReader | None:
+    """The spec reader for ``model``'s library, or None (imports nothing for other models)."""
+    package = type(model).__module__.partition(".")[0]
+    return _spec_readers.get(package) if package in _spec_readers else None
+
+
 # Built-ins as lazy references: registering them imports nothing and reads no entry points.
 _builders.register("enn_nb.reference", "enn_nb.reference:build_reference")
+_spec_readers.register("enn_torch", "enn_nb.adapters.enn_torch:spec_fields")

@@ -1,7 +1,9 @@
 """The ``enn-nb`` command: a thin dispatcher over subcommand modules.
 
-Each area of the library owns its subcommands in a module exposing ``register(subparsers)``; each
-subcommand sets ``func(args) -> int`` (the exit code). Modules are imported only to build the parser,
+Each area of the library owns its subcommands in a module exposing ``register(subparsers)``, which
+declares each one with :func:`~enn_nb.surfaces.cli.command.add_command` (``func(args) -> int``, the
+exit code). :func:`main` is the one entry point: ``enn-nb``, ``python -m enn_nb.surfaces.cli`` and
+``python -m enn_nb.surfaces.demo`` all run it. Modules are imported only to build the parser,
 and heavy packages are imported only inside ``func``.
 """
 
@@ -13,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from enn_nb._safeio import escape
 from enn_nb._version import __version__
 from enn_nb.errors import EnnError
 
@@ -74,8 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(command: str, message: str) -> None:
-    from enn_nb._safeio import escape
-
     print(f"enn-nb {command}: error: {escape(' '.join(message.split()))}", file=sys.stderr)
 
 

@@ -4,36 +4,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from enn_nb._safeio import escape, escape_lines
-from enn_nb.engine.vocabulary import FAILED_STATUSES
+from enn_nb.engine import sidecar as sc, verify
+from enn_nb.engine.complete import complete
+from enn_nb.engine.options import describe_backend
+from enn_nb.engine.outlog import LOGGER
+from enn_nb.engine.registry import backends, get_backend, resolve_request
+from enn_nb.engine.settings import ExportSettings
+from enn_nb.engine.vocabulary import NOT_OK_STATUSES
+from enn_nb.errors import EnnError, PlatformUnavailableError
+from enn_nb.model.signature import parse
+from enn_nb.surfaces.cli.command import add_command
+from enn_nb.surfaces.factory import load_with_model
 
-#: Statuses that make ``enn-nb export`` exit non-zero.
-FAILING = (*FAILED_STATUSES, "cancelled")
+#: Statuses that make ``enn-nb export`` exit non-zero (``unavailable`` only for a backend named).
+FAILING = NOT_OK_STATUSES
 
 #: ``enn-nb build-trt``'s exit code when this machine cannot build TensorRT engines.
 EXIT_UNAVAILABLE = 2
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "backends",
+        _backends,
         help="list export backends and whether they work here",
         description="List every export backend: its artifact suffix, whether it converts here, whether its "
         "runtime can run the artifact here (for parity), and for a missing one why and the pip line that "
         "installs it.",
         epilog="example:\n  enn-nb backends\n  enn-nb backends --json | python -m json.tool",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--options", action="store_true", help="list each backend's options (name, type, range, default, help)")
-    p.set_defaults(func=_backends)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "export",
+        _export,
         help="export a checkpoint to one or more backends",
         description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
         "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable (with `--backends all`, "
@@ -41,7 +54,6 @@ def register(subparsers: Any) -> None:
         epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
     p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
@@ -68,17 +80,17 @@ def register(subparsers: Any) -> None:
         help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be); "
         "`enn-nb backends --options` lists them",
     )
-    p.set_defaults(func=_export)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "verify",
+        _verify,
         help="re-check an exported artifact against its saved vectors",
         description="Run ARTIFACT in its runtime on the inputs saved beside it at export time "
         "(<stem>.vectors.safetensors) and compare with the eager model's saved outputs, within the "
         "sidecar's tolerance (or --atol/--rtol). Works on any machine with the runtime; needs no model "
         "and no checkpoint. Exits 1 on a mismatch.",
         epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("artifact", metavar="ARTIFACT", help="the artifact (or its .enn.json sidecar)")
     p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
@@ -86,24 +98,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--trust", action="store_true",
                    help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
-    p.set_defaults(func=_verify)
 
     _register_build_trt(subparsers)
 
 
 def _register_build_trt(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "build-trt",
+        _build_trt,
         help="build the TensorRT engine of a deferred tensorrt export (on a CUDA host with TensorRT)",
         description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
         "check parity against the vectors file beside it and rewrite the sidecar. Exit codes: 0 built and "
         f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
         epilog="example:\n  enn-nb build-trt exports/model.engine.enn.json --out model.engine",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
     p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
-    p.set_defaults(func=_build_trt)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -122,26 +133,19 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
     """``(what to export, spec override)`` from ``--model`` and ``--input``."""
-    from enn_nb.surfaces.factory import load_with_model
 
     loaded = load_with_model(src, args.model) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None
     from enn_nb.checkpoint import inspect
-    from enn_nb.model.signature import parse
 
     base = loaded.spec if loaded is not None else inspect(src).spec
     return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from enn_nb.engine.registry import backends
-
     table = backends()
     if args.options:
-        from enn_nb.engine.options import describe_backend
-        from enn_nb.engine.registry import get_backend
-
         described = {row.name: describe_backend(get_backend(row.name)) for row in table if not row.error}
         if args.json:
             print(json.dumps(described, indent=2))
@@ -172,9 +176,7 @@ def _with_timeout(options: dict[str, dict[str, Any]], backends: str, timeout: fl
     """``--timeout`` as every named backend's ``timeout_s`` (an explicit ``--option B.timeout_s`` wins)."""
     if timeout is None:
         return options
-    from enn_nb.engine.registry import resolve_names
-
-    for name in resolve_names(backends):
+    for name in resolve_request(backends)[0]:
         options.setdefault(name, {}).setdefault("timeout_s", timeout)
     return options
 
@@ -183,10 +185,6 @@ def _export(args: argparse.Namespace) -> int:
     from enn_nb.engine import export
 
     if args.verbose:
-        import logging
-
-        from enn_nb.engine.outlog import LOGGER
-
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
@@ -197,11 +195,21 @@ def _export(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     source, spec = _export_source(args, src)
-    report = export(
-        source,
+    settings = export_settings(args)
+    report = export(source, spec=spec, settings=settings)
+    print(report.to_json() if args.json else escape_lines(report))
+    # with `--backends all` a backend that cannot convert on this machine is listed, not a failure
+    bad = [f"{r.backend} {r.status}" for r in report.results if settings.fails(r.status)]
+    # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
+    print(escape(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else "")), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def export_settings(args: argparse.Namespace) -> ExportSettings:
+    """The :class:`ExportSettings` of an ``enn-nb export`` command line (creates ``--out``)."""
+    return ExportSettings.from_call(
         args.backends,
-        spec=spec,
-        out_dir=args.out,
+        args.out,
         stem=args.stem,
         verify=not args.no_verify,
         isolate=not args.no_isolate,
@@ -210,18 +218,9 @@ def _export(args: argparse.Namespace) -> int:
         strict=args.strict,
         options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
     )
-    print(report.to_json() if args.json else escape_lines(report))
-    # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
-    failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
-    bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
-    # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
-    print(escape(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else "")), file=sys.stderr)
-    return 1 if bad else 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from enn_nb.engine import verify
-
     result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
     print(json.dumps(result.to_dict(), indent=2) if args.json else escape_lines(result))
     if result.status == "skipped":
@@ -230,10 +229,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _build_trt(args: argparse.Namespace) -> int:
-    from enn_nb.engine import sidecar as sc
-    from enn_nb.engine.complete import complete
-    from enn_nb.errors import EnnError, PlatformUnavailableError
-
     path = Path(args.sidecar)
     if not path.name.endswith(sc.SIDECAR_SUFFIX):
         path = sc.sidecar_path(path)

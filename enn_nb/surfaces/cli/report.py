@@ -8,20 +8,24 @@ import sys
 from typing import Any
 
 from enn_nb._safeio import escape, escape_lines
+from enn_nb.errors import ReportCellError, ReportError
+from enn_nb.surfaces.cli.command import add_command
+from enn_nb.surfaces.factory import import_factory
 
 
 def register(subparsers: Any) -> None:
     from enn_nb.surfaces.reports.catalog import templates
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "report",
+        run,
         help="execute a report template (papermill) and exit non-zero if it fails",
         description=(
             "Execute a report template through a Jupyter kernel and write the executed notebook (and HTML).\n"
             "Exits 1 when a requested backend failed, crashed or mismatched, or a cell raised; the reasons\n"
             "are printed. Built-in templates: " + (", ".join(templates()) or "(none)") + "."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
             "  enn-nb report export_report -p checkpoint=model.safetensors -p 'backends=[onnx, pt2]' \\\n"
@@ -53,11 +57,9 @@ def register(subparsers: Any) -> None:
         help="the template's `model` parameter: a factory building your own model, imported by module name (never "
         "from a file), into which the checkpoint is loaded",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from enn_nb.errors import ReportError
     from enn_nb.surfaces.reports.catalog import declared_parameters, parse_assignment, resolve_template
 
     if args.describe:
@@ -70,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
         raise ReportError("`--no-input` and `--show-code` contradict each other; pass one of them.")
     params = dict(parse_assignment(text) for text in args.params)
     if args.model:
-        from enn_nb.surfaces.factory import import_factory
-
         import_factory(args.model)  # a typo fails here, before a kernel starts
         params["model"] = args.model
     common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params}
@@ -93,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
         _print(summary if args.json else repr(batch), args.json)
         ok, failures = batch.ok, batch.failures
     else:
-        from enn_nb.errors import ReportCellError
         from enn_nb.surfaces.reports.runner import report
 
         if args.each_param:

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import ReportError
+from enn_nb._format import human_size
+from enn_nb.errors import EnnError, ReportError
 from enn_nb.table import Table
 from enn_nb.surfaces.reports.sections import Header
 
@@ -41,7 +42,6 @@ def subject(first: Path, second: Path | None) -> str:
 
 def tensor_table(manifest: Manifest) -> Table:
     """Every tensor of a checkpoint: name, dtype, shape, elements, bytes, hash (first 16 hex digits)."""
-    from enn_nb._format import human_size
     from enn_nb.checkpoint.hashing import short
 
     rows = [
@@ -83,11 +83,10 @@ def origin(manifest: Manifest, *, restore: bool = True) -> Table:
 
 
 def _restore_status(manifest: Manifest) -> str:
-    import enn_nb
-    from enn_nb.errors import EnnError
+    from enn_nb.checkpoint import load
 
     try:
-        loaded = enn_nb.load(manifest.path, strict=False)
+        loaded = load(manifest.path, strict=False)
     except EnnError as exc:
         return f"not_run (the model cannot be rebuilt: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     return str(loaded.restore)
@@ -169,9 +168,9 @@ def diff(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> Check
     Tensor data is read with hash verification, so a corrupt checkpoint fails here with the
     checkpoint error naming the tensor.
     """
-    import enn_nb
+    from enn_nb.checkpoint import inspect
 
-    a, b = enn_nb.inspect(first), enn_nb.inspect(second)
+    a, b = inspect(first), inspect(second)
     spec_a = {k: v for k, v in a.spec.to_dict().items() if k != "metadata"}
     spec_b = {k: v for k, v in b.spec.to_dict().items() if k != "metadata"}
     config = _dict_diff(spec_a, spec_b)
@@ -240,7 +239,6 @@ def _short(value: Any) -> str:
 
 def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -> Table:
     """The top of the report: one row per checkpoint (format, tensors, size, content hash) and the diff's headline."""
-    from enn_nb._format import human_size
 
     rows = [
         [Path(m.path or "").name, m.format, m.spec.builder or "-", len(m.tensors), human_size(m.tensor_bytes),
