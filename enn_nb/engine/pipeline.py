@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -166,7 +167,7 @@ def export(
                 report.vectors = vectors_path
             hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
     except OSError as exc:
-        if isinstance(exc, EnnError):
+        if isinstance(exc, EnnError) or exc.errno not in _WRITE_ERRNOS:
             raise
         # a disk that fills up (or turns read-only) while the vectors or a sidecar are written
         raise OutputDirError(f"Writing into `{settings.out}` failed: {exc.strerror or exc}"
@@ -179,6 +180,10 @@ def export(
     log.info("export finished in %.2fs -> %s", report.total_s, settings.out)
     _raise_if_needed(report, settings)
     return report
+
+
+#: Errors of a write into the output folder (None: a writer that reports a full disk without an errno).
+_WRITE_ERRNOS = frozenset({None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 # -- the stages ------------------------------------------------------------------------------------------
