@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import datetime as _dt
 import errno
+import io
 import os
 import shutil
 import stat
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from enn_nb.errors import OverwriteRefusedError
 
@@ -272,3 +274,73 @@ def timestamp(when: _dt.datetime | None = None) -> str:
     ``2026-11-29T19:33:55.123Z``."""
     when = when or _dt.datetime.now(_dt.timezone.utc)
     return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class GuardedFile(io.RawIOBase):  # an IOBase: torch.export.save takes it as a buffer without a warning
+    """The file torch's C++ zip writer writes through: a failed write is recorded, never raised into C++.
+
+    An error raised inside ``PyTorchFileWriter`` (disk full, file too large) reaches a C++ destructor
+    that cannot throw and aborts the interpreter (a notebook kernel dies). Here a failing ``write``
+    stores the OSError, reports the bytes as written and drops everything after it; the caller raises
+    the stored error once the writer is released, and the atomic write removes the temporary file.
+    Checkpoints (.pt) and exported archives (.pt2) are written through it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.raw = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:  # torch.export.save wants a seekable buffer; it only rewinds it when done
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if self.error is None and not self.raw.closed:
+            try:
+                self.raw.write(view)
+            except OSError as exc:
+                self.error = exc
+            except Exception as exc:  # noqa: BLE001 - nothing may propagate into the C++ writer
+                self.error = OSError(f"{type(exc).__name__}: {exc}")
+        return view.nbytes  # also after close: the writer's destructor may finish an abandoned file late
+
+    def flush(self) -> None:
+        if self.error is None and not self.raw.closed:
+            try:
+                self.raw.flush()
+            except Exception as exc:  # noqa: BLE001 - see write()
+                self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
+
+    def close(self) -> None:
+        try:
+            self.raw.close()
+        except OSError as exc:
+            self.error = self.error or exc
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error  # atomic_file turns it into a CheckpointWriteError naming the checkpoint
+
+
+def write_guarded(path: Path, write: Any) -> None:
+    """``write(file)`` for a writer of torch's (``torch.save``, ``torch.export.save``) into ``path`` through a
+    :class:`GuardedFile`; its write error is raised afterwards and the partial file removed."""
+    handle = GuardedFile(path)
+    try:
+        write(handle)
+    finally:
+        handle.close()
+    if handle.error is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        handle.raise_if_failed()

@@ -45,6 +45,32 @@ def check_example_shape(shape: object, *, what: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
+#: Longest file name and path the kernel takes (Linux NAME_MAX, PATH_MAX - 1).
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+
+
+def check_path(path: object, *, what: str, error: type[EnnError]) -> Path:
+    """``path`` as a Path when the filesystem can hold such a name: no NUL byte, no component over
+    :data:`MAX_NAME_BYTES` bytes, at most :data:`MAX_PATH_BYTES` in all (else ``open`` raises a bare
+    ``ValueError``/``OSError`` from deep inside a save, a load or an export).
+
+    Raises:
+        ``error``: the path cannot name a file, saying why.
+    """
+    text = os.fsdecode(os.fspath(path))  # type: ignore[arg-type]
+    shown = escape(text if len(text) <= 120 else text[:60] + "..." + text[-40:])
+    if "\x00" in text:
+        raise error(f"{what} `{shown}` contains a NUL character, which no file name can hold; check how the path "
+                    "was built.")
+    encoded = os.fsencode(text)
+    longest = max((len(os.fsencode(part)) for part in Path(text).parts), default=0)
+    if longest > MAX_NAME_BYTES or len(encoded) > MAX_PATH_BYTES:
+        raise error(f"{what} `{shown}` is too long for the filesystem ({len(encoded)} bytes, a name of {longest}; "
+                    f"the limits are {MAX_NAME_BYTES} bytes a name and {MAX_PATH_BYTES} in all). Use a shorter path.")
+    return Path(text)
+
+
 def check_regular(path: Path, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> os.stat_result:
     """``os.stat`` of ``path`` when it is a regular file (symlinks followed); else a one-line error."""
     try:
@@ -199,3 +225,9 @@ def escape(text: object) -> str:
     ``\\n`` and ``\\t`` as those escapes, the others as ``\\xNN``/``\\uNNNN``."""
     s = str(text).replace("\n", "\\n").replace("\t", "\\t")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", s)
+
+
+def escape_lines(text: object) -> str:
+    """``text`` with control characters made visible line by line: its own line breaks stay, a ``\r`` or an
+    ANSI escape in a name (a file called ``ESC]0;...BEL``) cannot rewrite the terminal."""
+    return "\n".join(escape(line) for line in str(text).split("\n"))

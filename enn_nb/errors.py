@@ -44,8 +44,19 @@ from collections.abc import Iterator
 from typing import Any
 
 
+#: Longest message an enn_nb error carries: names from a forged file must not make a message of megabytes.
+MAX_MESSAGE_CHARS = 10_000
+
+
 class EnnError(Exception):
     """Base of every enn_nb error."""
+
+    def __init__(self, *args: Any) -> None:
+        if args and isinstance(args[0], str) and len(args[0]) > MAX_MESSAGE_CHARS:
+            text = args[0]
+            args = (f"{text[:MAX_MESSAGE_CHARS - 80]} ... [{len(text) - MAX_MESSAGE_CHARS + 80} more characters cut]",
+                    *args[1:])
+        super().__init__(*args)
 
 
 class SpecError(EnnError, ValueError):

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb import _reentry
-from enn_nb.errors import CheckpointError, RestoreCheckError, SpecError, StateDictMismatchError, UnknownNameError
+from enn_nb._safeio import check_path
+from enn_nb.errors import (
+    CheckpointError,
+    NotACheckpointError,
+    RestoreCheckError,
+    SpecError,
+    StateDictMismatchError,
+    UnknownNameError,
+)
 from enn_nb.model.spec import ModelSpec, build
 
 from . import dcp, pt, safetensors_format, selfcheck
@@ -77,7 +85,7 @@ class Loaded:
 
 def open_reader(path: str | os.PathLike[str]) -> Reader:
     """Open a checkpoint of any format and read its manifest (no tensor data)."""
-    path = Path(path)
+    path = check_path(path, what="The checkpoint path", error=NotACheckpointError)
     return _READERS[detect_format(path)](path)
 
 
@@ -117,7 +125,7 @@ def save(
         SideEffectError: called by importing a module (a ``--model`` factory, an export worker): nothing written.
     """
     _reentry.check("enn_nb.save")
-    path = Path(path)
+    path = check_path(path, what="The checkpoint path", error=CheckpointError)
     fmt = save_format(path, format)
     if not isinstance(model, Mapping) and not callable(getattr(model, "state_dict", None)):
         raise SpecError(f"`model` is a {type(model).__name__}; pass an nn.Module, or a {{name: tensor}} mapping "
@@ -310,7 +318,12 @@ def _load_into(target: Any, state: dict[str, Any], path: Any, key_map: Mapping[s
     """``target.load_state_dict(state)``; returns the shape mismatches its hooks did not resolve."""
     try:
         result = target.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001 - the model's own loading code (set_extra_state, hooks) failed on it
+        if not isinstance(exc, RuntimeError):  # a manifest whose extra state the model's code cannot take
+            raise CheckpointError(f"`{type(target).__name__}.load_state_dict` failed on the state of `{path}` "
+                                  f"({type(exc).__name__}: {str(exc)[:300]}); the checkpoint does not fit this "
+                                  "model's loading code (its extra state?). Load it into the model class it was "
+                                  "saved from.") from exc
         if not hooked:
             raise CheckpointError(f"`{type(target).__name__}.load_state_dict` failed on the state of `{path}`: "
                                   f"{exc}") from exc
@@ -342,7 +355,7 @@ def _device_of(model: Any) -> Any:
 def _build(manifest: Manifest) -> Any:
     note = missing_fields_note(manifest)
     try:
-        return build(manifest.spec, shapes={t.name: tuple(t.shape) for t in manifest.tensors})
+        return _bounded_build(manifest)
     except UnknownNameError as exc:
         if not (manifest.source or {}).get("layout"):  # an enn_nb checkpoint: the registry's error as is
             raise
@@ -356,6 +369,18 @@ def _build(manifest: Manifest) -> Any:
         ) from None
     except SpecError as exc:
         raise SpecError(f"{exc}{note}") from None
+
+
+def _bounded_build(manifest: Manifest) -> Any:
+    """``build(manifest.spec)``, stopped early when it registers far more than the manifest's tensors (see
+    :mod:`.budget`): a forged config must not cost minutes before the table check refuses it."""
+    import math
+
+    from .budget import build_budget
+
+    elements = sum(math.prod(t.shape) for t in manifest.tensors)
+    with build_budget(len(manifest.tensors), elements, what=f"The checkpoint `{manifest.path}`"):
+        return build(manifest.spec, shapes={t.name: tuple(t.shape) for t in manifest.tensors})
 
 
 def _compare(target: Any, manifest: Manifest) -> tuple:
@@ -388,10 +413,14 @@ def _probe_on_meta(manifest: Manifest, path: Any) -> None:
     """
     import torch
 
+    from .budget import BuildBudgetError
+
     try:
         with torch.device("meta"):
             probe = _build(manifest)
         _, _, _, _, missing, unexpected, mismatched, hooked = _compare(probe, manifest)
+    except BuildBudgetError:
+        raise
     except Exception:  # noqa: BLE001 - a builder that cannot run on meta: the real build reports problems
         return
     if missing or unexpected or (mismatched and not hooked):
@@ -424,11 +453,11 @@ def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
                     refused: str | None = None) -> StateDictMismatchError:
     parts = []
     if missing:
-        parts.append(f"missing from the checkpoint ({len(missing)}): {', '.join(f'`{k}`' for k in missing)}")
+        parts.append(f"missing from the checkpoint ({len(missing)}): {_first(f'`{k}`' for k in missing)}")
     if unexpected:
-        parts.append(f"not in the model ({len(unexpected)}): {', '.join(f'`{k}`' for k in unexpected)}")
+        parts.append(f"not in the model ({len(unexpected)}): {_first(f'`{k}`' for k in unexpected)}")
     if mismatched:
-        parts.append(f"different shapes ({len(mismatched)}): " + ", ".join(
+        parts.append(f"different shapes ({len(mismatched)}): " + _first(
             f"`{k}` checkpoint {list(a)} vs model {list(b)}" for k, (a, b) in mismatched.items()))
     done = ("Nothing was loaded." if refused is None else
             f"The model's own `load_state_dict` did not accept them ({refused.strip().splitlines()[0][:200]}); "
@@ -440,6 +469,17 @@ def _mismatch_error(path: Any, missing: list[str], unexpected: list[str],
         unexpected_keys=unexpected,
         shape_mismatches=mismatched,
     )
+
+
+#: Keys a mismatch message names (all of them are on the error's ``missing_keys``... fields).
+SHOWN_KEYS = 20
+
+
+def _first(items: Any) -> str:
+    """The first :data:`SHOWN_KEYS` of ``items``, then how many more: a forged table must not make a 17 MB message."""
+    items = list(items)
+    shown = ", ".join(items[:SHOWN_KEYS])
+    return shown + (f" and {len(items) - SHOWN_KEYS} more" if len(items) > SHOWN_KEYS else "")
 
 
 # -- convert ---------------------------------------------------------------------------------------------
@@ -485,8 +525,8 @@ def _record_rebuilt(manifest: Manifest, tensors: Mapping[str, Any]) -> dict[str,
     model would later confirm a wrong restore.
     """
     try:
-        model = build(manifest.spec, shapes={t.name: tuple(t.shape) for t in manifest.tensors})
-    except Exception:  # noqa: BLE001 - no builder (or it cannot run here): convert without vectors
+        model = _bounded_build(manifest)
+    except Exception:  # noqa: BLE001 - no builder (or it cannot run here, or a forged config): no vectors
         return None
     key_map = model_key_map(model)
     own = model.state_dict()

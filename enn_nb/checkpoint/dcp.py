@@ -199,8 +199,9 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         try:
             with _quiet():
                 dcp.save(state, storage_writer=writer, no_dist=dist is None)
-        except BaseException:
+        except BaseException as exc:
             _raise_recorded(writer.fs.errors)
+            _raise_os_error_of(exc)  # DCP wraps a failed mkdir (read-only filesystem) in its own exception
             raise
         _raise_recorded(writer.fs.errors)
         files = {}
@@ -221,7 +222,8 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         if pool is not None:
             pool.close()
         if rank == 0:
-            remove_path(tmp)
+            with contextlib.suppress(OSError):  # on a read-only filesystem even this fails: the first error counts
+                remove_path(tmp)
     status = _broadcast(dist, ("error", f"{type(error).__name__}: {error}") if error else ("ok", text))
     if error is not None:
         if isinstance(error, OSError) and not isinstance(error, CheckpointError):
@@ -281,6 +283,20 @@ def _raise_recorded(errors: list[BaseException]) -> None:
             seen = seen.__cause__ or seen.__context__
     if errors:
         raise errors[0]
+
+
+def _raise_os_error_of(exc: BaseException) -> None:
+    """Raise the OSError inside a DCP ``CheckpointException`` (a rank's failure, or its cause), if any."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if not isinstance(exc, CheckpointException):
+        return
+    for failure, _trace in exc.failures.values():
+        seen: BaseException | None = failure
+        while seen is not None:
+            if isinstance(seen, OSError):
+                raise seen from None
+            seen = seen.__cause__ or seen.__context__
 
 
 def _write_manifest(directory: Path, text: str) -> None:
@@ -444,6 +460,14 @@ class DcpReader:
             check_table(self.manifest, {key[1]: v for key, v in table.items() if key in self.paths.values()},
                         where=f"`{path}`")
         elif upstream_meta_file(path) is not None:
+            if dcp_metadata.written_by_enn_nb(self.metadata):
+                # enn_nb wrote these shards and its commit marker is gone: damaged, whatever meta.json a
+                # folder above holds (a planted `{}` two folders up must not revive it as upstream's)
+                raise IncompleteCheckpointError(
+                    f"`{path}` was written by enn_nb but its `{DCP_MANIFEST}` commit marker is missing: the save did "
+                    "not finish or the directory was damaged, so its content cannot be trusted. Restore it from a "
+                    "good copy or save again.")
+
             nested = all(len(key) == 2 and key[0] == MODEL_KEY for key in table)
             self.paths = {(key[1] if nested else ".".join(key)): key for key in table}
             names = {name: table[key] for name, key in self.paths.items()}

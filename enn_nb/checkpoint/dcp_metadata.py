@@ -5,8 +5,13 @@ DCP stores its metadata as a pickle. This module unpickles it with an explicit a
 matched exactly, never resolved attribute by attribute, so protocol 4's dotted names
 (``FileSystemReader.read_metadata.__code__.__class__``) cannot reach ``FunctionType``/``CodeType``.
 The object that comes out is then checked field by field (types, sizes, plain shard file names inside
-the directory, no stream transforms), and the allow-listed classes are checked to be unchanged (a
-pickle ``BUILD`` aimed at a class object could otherwise set attributes on it).
+the directory, no stream transforms).
+
+Allow-listed globals are shared by the whole process: a pickle ``BUILD`` aimed at one of them (a class,
+a function, an enum member) would set attributes on it (``PosixPath.exists = set``, a poisoned layout
+cache). The unpickler is Python's own pure-Python one with its mutating opcodes checked before they
+run: ``BUILD`` only on an instance of a DCP metadata dataclass (into its ``__dict__``), and
+items only into the lists, dicts and sets the pickle made itself. A refused file changes nothing.
 
 DCP loads a ``BytesStorageMetadata`` entry with ``torch.load(weights_only=False)``; :func:`check_request`
 refuses a load before DCP runs unless every requested entry is a tensor entry of the expected dtype
@@ -15,6 +20,7 @@ and shape.
 
 from __future__ import annotations
 
+import collections
 import importlib
 import io
 import math
@@ -63,10 +69,49 @@ MAX_ELEMENTS = 1 << 40
 
 
 def _resolve(module: str, name: str) -> Any:
+    if (module, name) == ("torch.serialization", "_get_layout"):
+        return _layout_named  # not torch's function: it keeps a cache on itself that a pickle could reach
     return getattr(importlib.import_module(module), name)
 
 
-class _AllowListUnpickler(pickle.Unpickler):
+def _layout_named(name: str) -> Any:
+    """The ``torch.layout`` DCP pickled by name (``"torch.strided"``): what ``torch.serialization._get_layout``
+    returns, looked up afresh (never through that function's cache, shared by the process)."""
+    import torch
+
+    value = getattr(torch, name.removeprefix("torch."), None) if isinstance(name, str) else None
+    if not isinstance(value, torch.layout) or str(value) != name:
+        raise UnsafeCheckpointError(f"The DCP `{DCP_METADATA}` file names the layout {escape(repr(name))[:80]}, "
+                                    "which is not a torch layout; enn_nb refused it.")
+    return value
+
+
+def _buildable() -> dict[type, bool]:
+    """The metadata dataclasses a ``BUILD`` may fill -> whether their own ``__setstate__`` takes the state."""
+    import dataclasses
+
+    return {obj: "__setstate__" in vars(obj) for module, name in ALLOWED_CLASSES
+            if isinstance(obj := _resolve(module, name), type) and dataclasses.is_dataclass(obj)}
+
+
+def _refuse_mutation(what: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"The DCP `{DCP_METADATA}` file {what}, which DCP metadata never does: it would change objects shared by "
+        "the whole process. enn_nb refused to unpickle it; nothing was changed or executed. The file is hostile: "
+        "delete it."
+    )
+
+
+class _AllowListUnpickler(pickle._Unpickler):  # type: ignore[name-defined]  # the Python one: opcodes can be checked
+    """Globals through the allow-list only; ``BUILD``, ``SETITEM(S)``, ``APPEND(S)`` and ``ADDITEMS`` only on
+    objects this pickle created (instances of the metadata dataclasses, lists, dicts, sets)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self._buildable = _buildable()
+
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in ALLOWED_CLASSES:
             return _resolve(module, name)
@@ -85,24 +130,62 @@ class _AllowListUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafeCheckpointError(f"The DCP `{DCP_METADATA}` file uses persistent ids; enn_nb refused it.")
 
+    def _load_build(self) -> None:
+        state, inst = self.stack[-1], self.stack[-2]
+        kind = type(inst)
+        if kind not in self._buildable:  # a class, a function, a module, an enum member, a layout...
+            raise _refuse_mutation(f"sets attributes on {_described(inst)}")
+        if self._buildable[kind]:  # TensorProperties unpacks a tuple into its own fields
+            ok = type(state) is tuple
+        else:  # into the instance's __dict__ only; a (dict, slots) pair would go through setattr
+            ok = type(state) is dict and all(type(k) is str for k in state)
+        if not ok:
+            raise _refuse_mutation(f"gives a `{kind.__name__}` the state {escape(repr(state))[:120]}")
+        pickle._Unpickler.dispatch[pickle.BUILD[0]](self)  # type: ignore[attr-defined]
 
-def _class_snapshot() -> dict[type, dict[str, int]]:
-    out = {}
-    for module, name in ALLOWED_CLASSES:
-        obj = _resolve(module, name)
-        if isinstance(obj, type) and obj.__module__.startswith("torch.distributed"):
-            out[obj] = {key: id(value) for key, value in vars(obj).items()}
-    return out
+    def _into_own_container(opcode: bytes, kinds: tuple[type, ...], at: int) -> Any:  # noqa: N805 - a class-body helper
+        original = pickle._Unpickler.dispatch[opcode[0]]  # type: ignore[attr-defined]
+
+        def checked(self: _AllowListUnpickler) -> None:
+            if opcode in (pickle.APPEND, pickle.SETITEM):
+                target = self.stack[at]
+            else:  # after MARK: the target is the last object of the enclosing stack
+                target = self.metastack[-1][-1] if self.metastack else None
+            if type(target) not in kinds:
+                raise _refuse_mutation(f"adds items to {_described(target)}")
+            original(self)
+
+        return checked
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.APPEND[0]] = _into_own_container(pickle.APPEND, (list,), -2)
+    dispatch[pickle.APPENDS[0]] = _into_own_container(pickle.APPENDS, (list,), -1)
+    dispatch[pickle.SETITEM[0]] = _into_own_container(pickle.SETITEM, (dict, collections.OrderedDict), -3)
+    dispatch[pickle.SETITEMS[0]] = _into_own_container(pickle.SETITEMS, (dict, collections.OrderedDict), -1)
+    dispatch[pickle.ADDITEMS[0]] = _into_own_container(pickle.ADDITEMS, (set,), -1)
+    del _into_own_container
+
+
+def _described(obj: Any) -> str:
+    import types
+
+    if isinstance(obj, type):
+        return f"the class `{obj.__module__}.{obj.__qualname__}`"
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+        return f"the function `{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}`"
+    if isinstance(obj, types.ModuleType):
+        return f"the module `{obj.__name__}`"
+    return f"a shared `{type(obj).__name__}` object"
 
 
 def unpickle(data: bytes, *, where: str) -> Any:
     """The object in a DCP metadata pickle, through the allow-list, then type-checked.
 
     Raises:
-        UnsafeCheckpointError: a global outside the allow-list, or a class object modified by the pickle.
+        UnsafeCheckpointError: a global outside the allow-list, or an opcode that would modify an object
+            the pickle did not create (a class, a function: see :class:`_AllowListUnpickler`).
         CorruptCheckpointError: not a pickle, or not shaped like DCP metadata.
     """
-    before = _class_snapshot()
     try:
         obj = _AllowListUnpickler(io.BytesIO(data)).load()
     except UnsafeCheckpointError:
@@ -113,13 +196,6 @@ def unpickle(data: bytes, *, where: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
         raise CorruptCheckpointError(f"`{where}` is damaged ({type(exc).__name__}: {escape(str(exc)[:200])}).",
                                      file=where) from None
-    finally:
-        after = _class_snapshot()
-    if after != before:
-        raise UnsafeCheckpointError(
-            f"`{where}` tried to modify DCP's own classes while being unpickled; enn_nb refused it. The file is "
-            "hostile: delete it."
-        )
     check_metadata(obj, where=where)
     return obj
 
@@ -236,6 +312,20 @@ def check_metadata(md: Any, *, where: str) -> None:
                 raise _bad(where, "`planner_data` holds something other than key paths")
     if md.storage_meta is not None and type(md.storage_meta) is not StorageMeta:
         raise _bad(where, "`storage_meta` is not DCP's StorageMeta")
+
+
+def written_by_enn_nb(md: Any) -> bool:
+    """True when enn_nb's DCP writer made this metadata: it saves into a temporary sibling directory
+    (``.<name>.enn-tmp-<pid>x<token>``), which DCP records as the checkpoint id, or it holds enn_nb's
+    optimizer entries (``optimizer.__optimizer__/...``)."""
+    from enn_nb._fs import TEMP_MARK
+
+    from .tensors import OPTIMIZER_PREFIX
+
+    checkpoint_id = getattr(md.storage_meta, "checkpoint_id", None) if md.storage_meta is not None else None
+    if checkpoint_id is not None and TEMP_MARK in str(checkpoint_id).replace("\\", "/").rsplit("/", 1)[-1]:
+        return True
+    return any(fqn.startswith(f"optimizer.{OPTIMIZER_PREFIX}") for fqn in md.state_dict_metadata)
 
 
 def check_files(md: Any, directory: Path, *, allowed: set[str] | None = None) -> None:

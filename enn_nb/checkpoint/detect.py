@@ -128,8 +128,14 @@ def safetensors_sidecar(path: Path) -> Path:
 
 
 def read_json_file(path: Path) -> dict:
-    """A JSON object from a regular file of bounded size and nesting (``meta.json``, sidecars)."""
+    """A JSON object from a regular file of bounded size and nesting (``meta.json``, sidecars).
 
+    The file must stay inside its own folder: a ``meta.json`` or ``model.safetensors.json`` that is a
+    symlink leading elsewhere (``/home/me/.aws/credentials``) is refused, not read and shown.
+    """
+    from enn_nb._safeio import MAX_JSON_BYTES, confined, json_loads, read_capped
+
+    confined(path.parent, path.name, what="The ENN-PyTorch metadata file")
     value = json_loads(read_capped(path, MAX_JSON_BYTES, what="The JSON file"), what=f"`{path}`")
     if not isinstance(value, dict):
         raise CorruptCheckpointError(f"`{path}` does not hold a JSON object.", file=str(path))

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._fs import GuardedFile as _GuardedFile
 from enn_nb.errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError
 
 from . import upstream
@@ -114,48 +115,6 @@ def _pickle(obj: Any) -> tuple[bytes, dict[str, Any]]:
     buf = io.BytesIO()
     Pickler(buf, protocol=PICKLE_PROTOCOL).dump(obj)
     return buf.getvalue(), storages
-
-
-class _GuardedFile:
-    """The file torch's C++ zip writer writes through: a failed write is recorded, never raised into C++.
-
-    An error raised inside ``PyTorchFileWriter`` (disk full, file too large) reaches a C++ destructor
-    that cannot throw and aborts the interpreter (a notebook kernel dies). Here a failing ``write``
-    stores the OSError, reports the bytes as written and drops everything after it; the caller raises
-    the stored error once the writer is released, and the atomic write removes the temporary file.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.raw = open(path, "wb")  # noqa: SIM115 - closed by close()
-        self.error: OSError | None = None
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data)
-        if self.error is None and not self.raw.closed:
-            try:
-                self.raw.write(view)
-            except OSError as exc:
-                self.error = exc
-            except Exception as exc:  # noqa: BLE001 - nothing may propagate into the C++ writer
-                self.error = OSError(f"{type(exc).__name__}: {exc}")
-        return view.nbytes  # also after close: the writer's destructor may finish an abandoned file late
-
-    def flush(self) -> None:
-        if self.error is None and not self.raw.closed:
-            try:
-                self.raw.flush()
-            except Exception as exc:  # noqa: BLE001 - see write()
-                self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
-
-    def close(self) -> None:
-        try:
-            self.raw.close()
-        except OSError as exc:
-            self.error = self.error or exc
-
-    def raise_if_failed(self) -> None:
-        if self.error is not None:
-            raise self.error  # atomic_file turns it into a CheckpointWriteError naming the checkpoint
 
 
 def _open_writer(path: Path) -> tuple[Any, _GuardedFile]:

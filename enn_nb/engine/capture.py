@@ -317,7 +317,9 @@ class Shared:
         """Write the program to ``workdir/capture.pt2`` for an isolated child; returns the path."""
         import torch
 
+        from enn_nb._fs import write_guarded
+
         path = self.workdir / "capture.pt2"
-        if not path.exists():
-            torch.export.save(self.exported_program(), str(path))
+        if not path.exists():  # a full disk raises OSError here instead of aborting in torch's zip writer
+            write_guarded(path, lambda f: torch.export.save(self.exported_program(), f))
         return path

@@ -35,7 +35,7 @@ from enn_nb._safeio import confined, escape
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.registry import get_backend
 from enn_nb.engine.tolerance import parse_tolerances
-from enn_nb.errors import EnnError, ExportError
+from enn_nb.errors import EnnError, ExportError, InputMismatchError
 from enn_nb.model.examples import default_example_inputs, eval_only, resample_inputs  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
@@ -87,11 +87,26 @@ def make_cases(
     with torch.no_grad():
         for key, batch, dyn, seed in plan:
             inputs = make(batch, seed)
-            expected = _as_outputs(call(*inputs))
+            try:
+                expected = _as_outputs(call(*inputs))
+            except Exception as exc:  # noqa: BLE001 - the model's own error, on inputs enn_nb drew
+                raise _rejected(example, inputs, batch, exc) from None
             cases.append(
                 Case(key, batch, dyn, [t.detach().cpu().numpy() for t in inputs], [t.detach().cpu().numpy() for t in expected])
             )
     return cases
+
+
+def _rejected(example: Sequence[Any], inputs: Sequence[Any], batch: int, exc: Exception) -> InputMismatchError:
+    from enn_nb._safeio import escape
+
+    given = [list(t.shape) for t in example]
+    drawn = [list(t.shape) for t in inputs]
+    return InputMismatchError(
+        f"The model fails on the parity inputs at batch {batch} ({drawn}, drawn like the example inputs {given} with "
+        f"their first axis taken as the batch): {type(exc).__name__}: {escape(str(exc))[:200]}. If the first axis "
+        "is not the batch, add one (`x.unsqueeze(0)`) or pass `dynamic_batch=False`.",
+        expected=given, received=drawn)
 
 
 def _as_outputs(out: Any) -> list[Any]:
@@ -122,7 +137,12 @@ def save_vectors(path: Path, cases: list[Case], input_names: list[str], output_n
     }
 
     with atomic_path(path) as tmp:
-        save_file({k: _contiguous(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
+        try:
+            save_file({k: _contiguous(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+            raise OSError(f"writing `{path.name}` failed ({exc})") from exc
     return path
 
 
@@ -136,19 +156,37 @@ def load_vectors(path: Path) -> tuple[list[Case], list[str], list[str]]:
     """Read a vectors file back: ``(cases, input_names, output_names)``."""
     from safetensors import safe_open
 
+    from enn_nb._safeio import escape
+
     with safe_open(str(path), framework="numpy") as fh:
         meta = fh.metadata() or {}
         if meta.get("schema") != VECTORS_SCHEMA:
-            raise ExportError(f"`{path}` is not an enn_nb vectors file (schema {meta.get('schema')!r}).")
-        listing = json.loads(meta["cases"])
-        keys = set(fh.keys())
-        cases = []
-        for item in listing:
-            key = item["key"]
-            ins = [fh.get_tensor(f"{key}/in/{i}") for i in range(_count(keys, f"{key}/in/"))]
-            outs = [fh.get_tensor(f"{key}/out/{j}") for j in range(_count(keys, f"{key}/out/"))]
-            cases.append(Case(key, int(item["batch_size"]), bool(item["dynamic"]), ins, outs))
-    return cases, json.loads(meta["input_names"]), json.loads(meta["output_names"])
+            raise ExportError(f"`{path}` is not an enn_nb vectors file (schema {escape(repr(meta.get('schema')))[:80]}).")
+        try:  # the listing is JSON text in the header: a damaged or forged one is the file's fault, not a bug
+            listing = _json_field(meta, "cases", path)
+            names = _json_field(meta, "input_names", path), _json_field(meta, "output_names", path)
+            keys = set(fh.keys())
+            cases = []
+            for item in listing:
+                key = item["key"]
+                ins = [fh.get_tensor(f"{key}/in/{i}") for i in range(_count(keys, f"{key}/in/"))]
+                outs = [fh.get_tensor(f"{key}/out/{j}") for j in range(_count(keys, f"{key}/out/"))]
+                cases.append(Case(key, int(item["batch_size"]), bool(item["dynamic"]), ins, outs))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ExportError(f"The vectors file `{path}` is damaged: its listing does not describe its cases "
+                              f"({type(exc).__name__}: {escape(str(exc))[:200]}). Export again to rewrite it.") from None
+    if not all(isinstance(n, list) and all(isinstance(x, str) for x in n) for n in names):
+        raise ExportError(f"The vectors file `{path}` is damaged: its input/output names are not lists of names. "
+                          "Export again to rewrite it.")
+    return cases, names[0], names[1]
+
+
+def _json_field(meta: dict[str, str], key: str, path: Path) -> Any:
+    from enn_nb._safeio import json_loads
+
+    if key not in meta:
+        raise KeyError(f"no `{key}` entry")
+    return json_loads(meta[key], what=f"The `{key}` entry of the vectors file `{path}`", error=ExportError)
 
 
 def _count(keys: set[str], prefix: str) -> int:
@@ -362,9 +400,14 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     atol, rtol = parse_tolerances(tolerances).resolve(backend_name, recorded)  # what is not given: the sidecar's
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
     require_trust(backend, artifact, trust)
+    from enn_nb.engine.outlog import capture
+
     try:
-        runner = backend.load(artifact, load_options)
-        parity = finite(run_cases(runner, chosen, atol, rtol))
+        # the runtime's own output (torch logs a traceback for an archive it cannot load) is captured: the
+        # outcome is this function's result or its one error (`logging.getLogger("enn_nb.converters")` shows it)
+        with capture("verify"):
+            runner = backend.load(artifact, load_options)
+            parity = finite(run_cases(runner, chosen, atol, rtol))
     except EnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - a runtime's own error on a damaged artifact: one enn_nb error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -42,8 +43,10 @@ from enn_nb.engine.safe import export_safe
 from enn_nb.engine.settings import ExportSettings
 from enn_nb.errors import (
     BackendError,
+    EnnError,
     FastPathExportError,
     MissingDependencyError,
+    OutputDirError,
     ParityError,
     SpecError,
     StaticDimError,
@@ -162,15 +165,23 @@ def export(
     _shared_log(info, loading)
 
     plans = _plans(settings)
-    with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
-        _finish_early(plans, model, inputs, info, emit, hits)  # availability, then the cache: no capture needed
-        todo = [p for p in plans if p.result is None]
-        vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
-        if todo:
-            _run(todo, model, inputs, info, emit, should_stop)
-        elif settings.verify and vectors_path.exists():
-            report.vectors = vectors_path
-        hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
+    try:
+        with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
+            _finish_early(plans, model, inputs, info, emit, hits)  # availability, then the cache: no capture needed
+            todo = [p for p in plans if p.result is None]
+            vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
+            if todo:
+                _run(todo, model, inputs, info, emit, should_stop)
+            elif settings.verify and vectors_path.exists():
+                report.vectors = vectors_path
+            hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
+    except OSError as exc:
+        if isinstance(exc, EnnError) or exc.errno not in _WRITE_ERRNOS:
+            raise
+        # a disk that fills up (or turns read-only) while the vectors or a sidecar are written
+        raise OutputDirError(f"Writing into `{settings.out}` failed: {exc.strerror or exc}"
+                             f"{f' (`{exc.filename}`)' if exc.filename else ''}. Free disk space or choose another "
+                             "`out_dir`; the artifacts of this export may be incomplete, export again.") from None
     report.results = [p.result for p in plans if p.result is not None]
     report.total_s = time.perf_counter() - started
     for result in report.results:  # logged from the calling thread (lanes run in their own)
@@ -179,6 +190,10 @@ def export(
     announce(f"enn_nb.export: {report.summary} -> {settings.out}", quiet=quiet)
     _raise_if_needed(report, settings)
     return report
+
+
+#: Errors of a write into the output folder (None: a writer that reports a full disk without an errno).
+_WRITE_ERRNOS = frozenset({None, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 
 # -- the stages ------------------------------------------------------------------------------------------
@@ -393,9 +408,11 @@ def _run_lanes(lanes: list[list[Plan]], pool: list[Any], ctx: LaneContext) -> No
 def _save_module(module: Any, workdir: Path) -> str | None:
     import torch
 
+    from enn_nb._fs import write_guarded
+
     path = workdir / "module.pt"
     try:
-        torch.save(module, str(path))
+        write_guarded(path, lambda f: torch.save(module, f))  # a full disk: an OSError, not an abort in torch
     except Exception:  # an unpicklable model: the child uses the captured program's module instead
         path.unlink(missing_ok=True)
         return None

@@ -155,7 +155,9 @@ def prepare_out_dir(out_dir: str | os.PathLike[str], what: str = "out_dir") -> P
     Raises:
         OutputDirError: it cannot be created or written (names the path, the reason and the fix).
     """
-    path = Path(out_dir).expanduser()
+    from enn_nb._safeio import check_path
+
+    path = check_path(out_dir, what=f"`{what}`", error=OutputDirError).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".enn-write-probe-"):

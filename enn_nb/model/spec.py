@@ -57,37 +57,62 @@ def builders() -> list[str]:
     return sorted(_builders.names())
 
 
-def jsonable(value: Any, *, where: str = "value") -> Any:
+def jsonable(value: Any, *, where: str = "value", _depth: int = 0) -> Any:
     """Return ``value`` as plain JSON types (tuples become lists, numpy/torch scalars become numbers).
 
     Raises:
-        SpecError: the value holds something JSON cannot represent (names the path to it).
+        SpecError: the value holds something JSON cannot represent (names the path to it): an object, a
+            non-finite number, a string UTF-8 cannot encode (a lone surrogate), or nesting deeper than
+            the JSON readers allow (a value that contains itself).
     """
-    if value is None or isinstance(value, (bool, str)):
+    from enn_nb._safeio import MAX_JSON_DEPTH, escape
+
+    limit = MAX_JSON_DEPTH - 8  # room for the manifest's own levels: what is written can be read back
+    if _depth > limit:
+        raise SpecError(f"`{escape(where)[:200]}...` nests deeper than {limit} levels (does the value contain "
+                        "itself?); JSON metadata must be a finite tree of plain values.")
+    if isinstance(value, str):
+        _check_text(value, where)
+        return value
+    if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise SpecError(f"`{where}` is {value!r}; JSON metadata must hold finite numbers.")
+            raise SpecError(f"`{escape(where)}` is {value!r}; JSON metadata must hold finite numbers.")
         return float(value)
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise SpecError(f"`{where}` has a non-string key {key!r}; JSON object keys must be strings.")
-            out[key] = jsonable(item, where=f"{where}.{key}")
+                raise SpecError(f"`{escape(where)}` has a non-string key {escape(repr(key))[:80]}; JSON object keys "
+                                "must be strings.")
+            _check_text(key, f"{where} (a key)")
+            out[key] = jsonable(item, where=f"{where}.{key}", _depth=_depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [jsonable(item, where=f"{where}[{i}]") for i, item in enumerate(value)]
+        return [jsonable(item, where=f"{where}[{i}]", _depth=_depth + 1) for i, item in enumerate(value)]
     if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays/scalars, torch tensors
-        return jsonable(value.tolist(), where=where)
+        return jsonable(value.tolist(), where=where, _depth=_depth + 1)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value), where=where)
+        return jsonable(dataclasses.asdict(value), where=where, _depth=_depth + 1)
     raise SpecError(
-        f"`{where}` is a {type(value).__name__} ({value!r:.80}); only JSON values "
+        f"`{escape(where)}` is a {type(value).__name__} ({escape(repr(value))[:80]}); only JSON values "
         "(dict, list, str, int, float, bool, None) can be stored. Convert it first."
     )
+
+
+def _check_text(text: str, where: str) -> None:
+    """Refuse a string UTF-8 cannot encode (a lone surrogate from ``os.fsdecode`` or a bad decode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        from enn_nb._safeio import escape
+
+        raise SpecError(f"`{escape(where)}` holds {escape(repr(text[exc.start:exc.end]))}, a lone surrogate that UTF-8 "
+                        "cannot encode; JSON metadata must be valid Unicode text. Fix the string (decode its bytes "
+                        "with the right encoding).") from None
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._reentry import importing_factory
-from enn_nb.errors import SpecError
+from enn_nb.errors import EnnError, SpecError
 
 
 def model_path(dirs: Sequence[str | os.PathLike[str]] = ()) -> list[str]:
@@ -80,7 +80,9 @@ def import_factory(ref: str, path: Sequence[str | os.PathLike[str]] = ()) -> Any
         SideEffectError: importing the module ran an enn_nb save/export (nothing was written).
     """
     module_name, sep, attr = str(ref).partition(":")
-    if not sep or not module_name or not attr or "/" in module_name or module_name.endswith(".py"):
+    if (not sep or not module_name or not attr or "/" in module_name or module_name.endswith(".py")
+            or not all(part.isidentifier() for part in module_name.split("."))
+            or not all(part.isidentifier() for part in attr.split("."))):  # `..evilmod`: relative, not a module name
         raise SpecError(
             f"`--model {ref}` is not `package.module:factory`; name an importable module and a callable in it, "
             "e.g. `--model mypkg.models:build_forecaster` (files are not imported by path)."
@@ -110,7 +112,14 @@ def build_model(ref: str, path: Sequence[str | os.PathLike[str]] = ()) -> Any:
     """``factory()`` for ``ref`` (or the class itself called without arguments), checked to be an ``nn.Module``."""
     import torch
 
-    model = import_factory(ref, path)()
+    factory = import_factory(ref, path)
+    try:
+        model = factory()
+    except EnnError:
+        raise  # enn_nb's own refusal (a re-entrant save/export): already says what to do
+    except Exception as exc:  # noqa: BLE001 - the user's factory (or a callable that is none): its error, named
+        raise SpecError(f"`--model {ref}`: calling `{ref}()` failed ({type(exc).__name__}: {str(exc)[:200]}); the "
+                        "factory must build the model without arguments.") from None
     if not isinstance(model, torch.nn.Module):
         raise SpecError(f"`--model {ref}` returned a {type(model).__name__}; the factory must return a torch.nn.Module.")
     return model

@@ -149,8 +149,8 @@ def run_case(case: Case) -> tuple[str, str]:
     return outcome, detail
 
 
-def cli(args: list[str]) -> int:
-    """Run ``enn-nb ARGS``; a non-zero exit with one ``enn-nb ...: error:`` line is a clean refusal."""
+def run_cli(args: list[str]) -> tuple[int, str, str]:
+    """``enn-nb ARGS`` in this process: (exit code, stdout, stderr); a traceback on stderr raises RawCliError."""
     import contextlib
     import io
 
@@ -162,12 +162,18 @@ def cli(args: list[str]) -> int:
     text = err.getvalue()
     if "Traceback" in text or "unexpected" in text:
         raise RawCliError(text[:300])
+    return code, out.getvalue(), text
+
+
+def cli(args: list[str]) -> int:
+    """Run ``enn-nb ARGS``; a non-zero exit with one ``enn-nb ...: error:`` line is a clean refusal."""
+    code, stdout, text = run_cli(args)
     if code != 0:
         lines = [line for line in text.splitlines() if line.strip()]
         if len(lines) == 1 and lines[0].startswith("enn-nb"):
             raise Refused(lines[0])
         if code == 1 and not lines:  # verify: a failed check is printed on stdout
-            raise Refused(out.getvalue().splitlines()[0] if out.getvalue() else "exit 1")
+            raise Refused(stdout.splitlines()[0] if stdout else "exit 1")
         raise RawCliError(f"exit {code}: {text[:300]}")
     return code
 

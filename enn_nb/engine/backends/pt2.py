@@ -32,8 +32,13 @@ class Pt2Backend(Backend):
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch
 
+        from enn_nb._fs import write_guarded
+
         ep = job.exported_program
-        torch.export.save(ep, str(out_path), extra_files={EXTRA_FILE: json.dumps(job.essentials, sort_keys=True)})
+        # Through a file that never raises into torch's C++ zip writer: a full disk there aborts the
+        # interpreter (its destructor throws); here the OSError is raised once the writer is done.
+        extra = {EXTRA_FILE: json.dumps(job.essentials, sort_keys=True)}
+        write_guarded(out_path, lambda f: torch.export.save(ep, f, extra_files=extra))
         inputs, outputs, dynamic = program_io(job, ep)
         return Conversion(
             artifact=out_path,

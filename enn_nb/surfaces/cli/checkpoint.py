@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from enn_nb._safeio import escape, escape_lines
 from enn_nb.checkpoint.schema import FORMATS
 from enn_nb.surfaces.cli.command import add_command
 
@@ -51,7 +52,7 @@ def _inspect(args: argparse.Namespace) -> int:
         json.dump(document, sys.stdout, indent=2, sort_keys=False)
         sys.stdout.write("\n")
     else:
-        print(manifest)
+        print(escape_lines(manifest))
     return 0
 
 
@@ -59,6 +60,6 @@ def _convert(args: argparse.Namespace) -> int:
     from enn_nb.checkpoint.api import convert
 
     manifest = convert(args.src, args.dst, format=args.format)
-    print(f"wrote {manifest.format} checkpoint {manifest.path} ({len(manifest.tensors)} tensors, "
-          f"content_hash {manifest.content_hash})")
+    print(escape(f"wrote {manifest.format} checkpoint {manifest.path} ({len(manifest.tensors)} tensors, "
+                 f"content_hash {manifest.content_hash})"))
     return 0

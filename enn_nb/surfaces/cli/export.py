@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._paths import CHECKPOINT_SUFFIXES, did_you_mean
-from enn_nb._safeio import escape
+from enn_nb._safeio import escape, escape_lines
 from enn_nb.engine import sidecar as sc, verify
 from enn_nb.engine.complete import complete
 from enn_nb.engine.options import describe_backend
@@ -167,9 +167,10 @@ def _backends(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(described, indent=2))
         else:
-            print("\n\n".join(f"{name}:\n" + "\n".join(f"  {line}" for line in lines) for name, lines in described.items()))
+            print(escape_lines("\n\n".join(f"{name}:\n" + "\n".join(f"  {line}" for line in lines)
+                                            for name, lines in described.items())))
         return 0
-    print(json.dumps(table.to_json(), indent=2) if args.json else table)
+    print(json.dumps(table.to_json(), indent=2) if args.json else escape_lines(table))
     return 0
 
 
@@ -208,20 +209,20 @@ def _export(args: argparse.Namespace) -> int:
         LOGGER.setLevel(logging.DEBUG)
     src = Path(args.src)
     if not src.exists():
-        print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder"
-              f"{did_you_mean(src, CHECKPOINT_SUFFIXES) or '.'}", file=sys.stderr)
+        print(f"enn-nb export: error: `{escape(src)}` does not exist; SRC must be a checkpoint file or DCP folder"
+              f"{escape(did_you_mean(src, CHECKPOINT_SUFFIXES)) or '.'}", file=sys.stderr)
         return 2
     source, spec = _export_source(args, src)
     settings = export_settings(args)
     report = export(source, spec=spec, settings=settings, quiet=True)  # the table and the exit line say it
-    print(report.to_json() if args.json else report)
+    print(report.to_json() if args.json else escape_lines(report))
     # with `--backends all` a backend that cannot convert on this machine is listed, not a failure
     bad = [r for r in report.results if settings.fails(r.status)]
     # only unavailable backends: nothing failed, this machine lacks them (the table's 3, as verify and build-trt)
     code = 0 if not bad else EXIT_UNAVAILABLE if all(r.status == "unavailable" for r in bad) else 1
     listed = ", ".join(f"{r.backend} {r.status}" for r in bad)
     # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
-    print(f"enn-nb export: {report.summary}" + (f"; exit {code}: {listed}" if bad else ""), file=sys.stderr)
+    print(escape(f"enn-nb export: {report.summary}" + (f"; exit {code}: {listed}" if bad else "")), file=sys.stderr)
     return code
 
 
@@ -242,7 +243,7 @@ def export_settings(args: argparse.Namespace) -> ExportSettings:
 
 def _verify(args: argparse.Namespace) -> int:
     result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else escape_lines(result))
     if result.status == "skipped":
         return EXIT_UNAVAILABLE  # nothing was checked: not a pass, not a mismatch
     return 0 if result.ok else 1
@@ -259,7 +260,7 @@ def _build_trt(args: argparse.Namespace) -> int:
     try:
         backend = sc.read(path).get("backend")
         if backend != "tensorrt":
-            print(f"enn-nb build-trt: `{path.name}` is a `{backend}` sidecar, not a `tensorrt` one.", file=sys.stderr)
+            print(escape(f"enn-nb build-trt: `{path.name}` is a `{backend}` sidecar, not a `tensorrt` one."), file=sys.stderr)
             return 2  # another kind of file: unusable input (enn_nb.surfaces.cli.EXIT_CODES)
         result = complete(path, out=args.out)
     except PlatformUnavailableError as exc:
@@ -268,6 +269,6 @@ def _build_trt(args: argparse.Namespace) -> int:
     except EnnError as exc:  # a failed build leaves the deferred sidecar as it was
         print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
         return 1
-    print(result.summary() + f"; sidecar updated: {path.name}")
+    print(escape(result.summary() + f"; sidecar updated: {path.name}"))
     return 0 if result.ok else 1
 

@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any
 
-from enn_nb.errors import FlagError, ReportCellError
+from enn_nb._safeio import escape, escape_lines
+from enn_nb.errors import FlagError, ReportCellError, ReportError
 from enn_nb.surfaces.cli.command import add_command
 from enn_nb.surfaces.factory import import_factory
 
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = report(args.template, args.out, name=args.name, timeout=args.timeout, **common)
         except ReportCellError as exc:
-            print(f"enn-nb report: FAIL: {exc}", file=sys.stderr)
+            print(f"enn-nb report: FAIL: {escape(exc)}", file=sys.stderr)
             return 1
         summary = {
             "ok": result.ok,
@@ -120,13 +121,13 @@ def run(args: argparse.Namespace) -> int:
         ok, failures = result.ok, result.failures
     if not ok:
         for line in failures:
-            print(f"enn-nb report: FAIL: {line}", file=sys.stderr)
+            print(f"enn-nb report: FAIL: {escape(line)}", file=sys.stderr)
         return 1
     return 0
 
 
 def _print(value: Any, as_json: bool) -> None:
-    print(json.dumps(value, indent=2) if as_json else value)
+    print(json.dumps(value, indent=2) if as_json else escape_lines(value))
 
 
 def _describe(declared: dict[str, dict[str, Any]], as_json: bool) -> int:
@@ -135,5 +136,5 @@ def _describe(declared: dict[str, dict[str, Any]], as_json: bool) -> int:
         return 0
     width = max((len(k) for k in declared), default=0)
     for key, info in declared.items():
-        print(f"  {key.ljust(width)}  = {info.get('default')}    {info.get('help') or ''}".rstrip())
+        print(escape(f"  {key.ljust(width)}  = {info.get('default')}    {info.get('help') or ''}".rstrip()))
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import glob
 import html
 import json
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._fs import write_text
+from enn_nb._safeio import escape
 from enn_nb.errors import ReportError, UnknownNameError
 from enn_nb.surfaces.reports.catalog import declared_parameters, resolve_template, template_metadata
 from enn_nb.surfaces.reports.runner import ReportResult, report
@@ -41,12 +41,14 @@ class BatchResult:
 
     @property
     def failures(self) -> list[str]:
-        return [f"{e.source}: {line}" for e in self.entries for line in e.result.failures]
+        return [f"{escape(e.source)}: {escape(line)}" for e in self.entries for line in e.result.failures]
 
     def __repr__(self) -> str:
         passed = sum(e.result.ok for e in self.entries)
-        lines = [f"{passed} of {len(self.entries)} reports passed; index: {self.index}"]
-        lines += [f"  {e.result.status.upper():5} {e.source} -> {e.result.notebook.name}" for e in self.entries]
+        # names come from the files the glob matched: a name may hold terminal escapes
+        lines = [f"{passed} of {len(self.entries)} reports passed; index: {escape(self.index)}"]
+        lines += [f"  {e.result.status.upper():5} {escape(e.source)} -> {escape(e.result.notebook.name)}"
+                  for e in self.entries]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -74,14 +76,15 @@ def run_batch(
 
     Args:
         template: template name or path.
-        pattern: a glob (``ckpts/*.safetensors``; ``**`` recurses), relative to the working directory.
+        pattern: a glob (``ckpts/*.safetensors``; ``**`` recurses, not into symlinked folders), relative to
+            the working directory; at most :data:`~enn_nb.surfaces.reports.matching.MAX_MATCHES` matches.
         out_dir: folder for every report and the index.
         parameter: the template parameter each match is given to; defaults to the template's
             ``each_parameter`` metadata, else ``checkpoint``.
         html, no_input, progress, parameters, model_path, **params: as for :func:`enn_nb.report`, for every run.
 
     Raises:
-        ReportError: the glob matches nothing.
+        ReportError: the glob matches nothing, or too much.
         UnknownNameError: the template does not declare ``parameter``.
     """
     path = resolve_template(template)
@@ -94,9 +97,11 @@ def run_batch(
             name=target,
             known=list(declared),
         )
-    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    from enn_nb.surfaces.reports.matching import expand
+
+    matches = expand(pattern)  # `**` does not follow symlinked folders; capped
     if not matches:
-        raise ReportError(f"No file matches `{pattern}` (relative to {Path.cwd()}); nothing to report on.")
+        raise ReportError(f"No file matches `{escape(pattern)}` (relative to {Path.cwd()}); nothing to report on.")
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     values = {**dict(parameters or {}), **params}

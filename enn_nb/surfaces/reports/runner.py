@@ -69,9 +69,11 @@ class ReportResult:
         return "pass" if self.ok else "fail"
 
     def __repr__(self) -> str:
-        head = f"{self.status.upper()}: {self.notebook}" + (f" (html: {self.html})" if self.html else "")
-        detail = [f"  {self.verdict.headline}"] if self.verdict is not None else []
-        return "\n".join([head, *detail, *[f"  - {line}" for line in self.failures]])
+        from enn_nb._safeio import escape
+
+        head = f"{self.status.upper()}: {escape(self.notebook)}" + (f" (html: {escape(self.html)})" if self.html else "")
+        detail = [f"  {escape(self.verdict.headline)}"] if self.verdict is not None else []
+        return "\n".join([head, *detail, *[f"  - {escape(line)}" for line in self.failures]])
 
     def _repr_html_(self) -> str:
         links = f"<a href='{_html.escape(link(self.notebook))}'>{_html.escape(str(self.notebook))}</a>"
