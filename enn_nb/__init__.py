@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from enn_nb.engine import ExportReport, export, export_safe, register_backend, verify
     from enn_nb.engine.registry import backends
     from enn_nb.notebook.wizard import wizard
-    from enn_nb.reports import report
+    from enn_nb.reports import report, report_batch
+    from enn_nb.sweep import export_many
 
 # public name -> module that defines it
 _LAZY = {
@@ -36,6 +37,8 @@ _LAZY = {
     "verify": "enn_nb.engine.parity",
     "wizard": "enn_nb.notebook.wizard",
     "report": "enn_nb.reports",
+    "report_batch": "enn_nb.reports",
+    "export_many": "enn_nb.sweep",
 }
 
 __all__ = [

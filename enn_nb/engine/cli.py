@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from enn_nb.engine.vocabulary import FAILED_STATUSES
+from enn_nb.sweep.cluster import CLUSTER_HELP
 
 #: Statuses that make ``enn-nb export`` exit non-zero.
 FAILING = (*FAILED_STATUSES, "cancelled")
@@ -34,15 +36,19 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a checkpoint to one or more backends",
-        description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
+        description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact; with "
+        "--each GLOB, every matching checkpoint into <out>/<its name>/ and an index.html over them. "
         "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable (with `--backends all`, "
         "unavailable ones are listed but do not fail the command); 2 when SRC does not exist.",
         epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
+        "  enn-nb export --each 'ckpts/*.safetensors' -b onnx,pt2 -o nightly --cluster local:4\n"
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("src", metavar="SRC", nargs="?", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("--each", metavar="GLOB", help="export every checkpoint matching GLOB (instead of SRC)")
+    p.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT", help="with --each: " + CLUSTER_HELP)
     p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--stem", default="model", help="artifact file name stem (default: model)")
@@ -189,6 +195,8 @@ def _export(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
         LOGGER.setLevel(logging.DEBUG)
+    if args.each or args.cluster or not args.src:
+        return _export_each(args)
     src = Path(args.src)
     if not src.exists():
         print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
@@ -213,6 +221,39 @@ def _export(args: argparse.Namespace) -> int:
     bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
     # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
     print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _export_each(args: argparse.Namespace) -> int:
+    """``enn-nb export --each GLOB``: one export per checkpoint, in this process or on a cluster."""
+    from enn_nb.sweep import export_many
+
+    problem = ("pass SRC or `--each GLOB`, not both" if args.src and args.each
+               else "`--cluster` goes with `--each GLOB`" if args.src
+               else "pass SRC (a checkpoint) or `--each GLOB`" if not args.each else None)
+    if problem:
+        print(f"enn-nb export: error: {problem}.", file=sys.stderr)
+        return 2
+    try:
+        sweep = export_many(
+            args.each, args.backends, out_dir=args.out, cluster=args.cluster, model=args.model, inputs=args.input,
+            stem=args.stem, verify=not args.no_verify, isolate=not args.no_isolate, cache=not args.no_cache,
+            dynamic_batch=not args.static_batch, strict=args.strict,
+            options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
+        )
+    except KeyboardInterrupt:
+        print(f"enn-nb export: interrupted; the index of the finished exports: {Path(args.out) / 'index.html'}",
+              file=sys.stderr)
+        return 130
+    failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
+    bad = sweep.failures(failing)
+    if args.json:
+        print(json.dumps({"ok": not bad, "index": str(sweep.index), "runner": sweep.runner,
+                          "exports": [dataclasses.asdict(e) for e in sweep.exports]}, indent=2, default=str))
+    else:
+        print(sweep)
+    for line in bad:
+        print(f"enn-nb export: FAIL: {line}", file=sys.stderr)
     return 1 if bad else 0
 
 
