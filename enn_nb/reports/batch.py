@@ -112,7 +112,6 @@ def run_batch(
     values = {**dict(parameters or {}), **params}
     check_parameters(path, {**values, target: matches[0]}, declared=declared)  # a typo fails before any run
     out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     # a built-in template goes by name: a worker on another machine finds it in its own enn_nb
     by_name = str(template) if str(template) in templates() else str(path)
@@ -132,6 +131,7 @@ def run_batch(
                      not_run=[str(sources[o.task.name]) for o in outcomes if o.state == "cancelled"])
 
     with open_runner(cluster, out_dir=out, sources=matches) as runner:
+        out.mkdir(parents=True, exist_ok=True)  # once the cluster is known to work: a refused batch leaves nothing
         outcomes = run_tasks(tasks, runner, desc=path.stem, progress=progress, on_change=write)
     return BatchResult(entries_of(outcomes), out / "index.html", runner.label)
 

@@ -128,7 +128,6 @@ def export_many(
 
     resolve_names(names)  # an unknown backend fails here, before any task
     out = Path(out_dir).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     sources = [Path(m).resolve() for m in matches]
     tasks = [
@@ -145,6 +144,7 @@ def export_many(
         return ExportSweep(done, out / "index.html", label, skipped)
 
     with open_runner(cluster, out_dir=out, sources=[str(s) for s in sources]) as runner:
+        out.mkdir(parents=True, exist_ok=True)  # once the cluster is known to work: a refused sweep leaves nothing
         outcomes = run_tasks(tasks, runner, desc="export", progress=progress,
                              on_change=lambda o: _write_index(sweep_of(o, runner.label), out))
     return sweep_of(outcomes, runner.label)
