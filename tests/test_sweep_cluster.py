@@ -102,7 +102,7 @@ def test_a_worker_killed_mid_task_has_its_task_retried_once_and_the_sweep_finish
     killer.start()
     try:
         sweep = enn_nb.export_many(sorted(checkpoints.glob("*.safetensors"))[:2], "pt2", out_dir=tmp_path / "out",
-                                   cluster=client, progress=False)
+                                   cluster=client, progress=False, isolate=False)
     finally:
         stop.set()
         killer.join()
@@ -187,7 +187,7 @@ def test_ctrl_c_cancels_the_remaining_tasks_and_writes_the_index_of_what_finishe
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "enn_nb.cli", "export", "--each", str(ckpts / "*.safetensors"), "-b", "pt2",
-         "-o", str(out), "--no-cache", "--cluster", "local:2"],
+         "-o", str(out), "--no-cache", "--no-isolate", "--cluster", "local:2"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     index = out / "index.json"

@@ -15,7 +15,7 @@ from typing import Any
 from enn_nb._fs import write_text
 from enn_nb.errors import ReportError, UnknownNameError
 from enn_nb.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata, templates
-from enn_nb.reports.runner import ReportResult, report
+from enn_nb.reports.runner import ReportResult, _absolute_paths, report
 from enn_nb.sweep.cluster import open_runner
 from enn_nb.sweep.engine import Outcome, Task, run_tasks
 from enn_nb.sweep.naming import slug, unique
@@ -111,13 +111,16 @@ def run_batch(
         raise ReportError(f"No file matches `{pattern}` (relative to {Path.cwd()}); nothing to report on.")
     values = {**dict(parameters or {}), **params}
     check_parameters(path, {**values, target: matches[0]}, declared=declared)  # a typo fails before any run
+    # paths as the caller meant them: a worker runs elsewhere (another working directory, another machine)
+    path_parameters = [*template_metadata(path).get("path_parameters", []), target]
+    absolute = [_absolute_paths({**values, target: match}, path_parameters) for match in matches]
     out = Path(out_dir).expanduser().resolve()
     used: set[str] = set()
     # a built-in template goes by name: a worker on another machine finds it in its own enn_nb
     by_name = str(template) if str(template) in templates() else str(path)
     tasks = [
-        Task(stem, _report_task, (by_name, str(out), stem, html, no_input, timeout, {**values, target: match}))
-        for match in matches
+        Task(stem, _report_task, (by_name, str(out), stem, html, no_input, timeout, given))
+        for match, given in zip(matches, absolute)
         for stem in [unique(f"{path.stem}-{slug(Path(match).name)}", used)]
     ]
     sources = {task.name: Path(match) for task, match in zip(tasks, matches)}
