@@ -51,10 +51,10 @@ def sweep(pattern: str, out: Path, cluster: str | None) -> tuple[float, bool]:
 
 
 def overhead(folder: Path, repeat: int) -> list[tuple[str, list[float], list[float]]]:
-    from enn_nb.sweep import local_cluster
-    from enn_nb.sweep.cluster import Runner
-    from enn_nb.sweep.engine import Task, run_tasks
-    from enn_nb.sweep.exports import _export_task
+    from enn_nb.surfaces.sweep import local_cluster
+    from enn_nb.surfaces.sweep.cluster import Runner
+    from enn_nb.surfaces.sweep.engine import Task, run_tasks
+    from enn_nb.surfaces.sweep.exports import _export_task
 
     ckpt = str(next(folder.glob("*.safetensors")))
 
