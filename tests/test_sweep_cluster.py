@@ -93,6 +93,7 @@ def _kill_first_busy_worker(client, stop: threading.Event, killed: list[str]) ->
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_a_worker_killed_mid_task_has_its_task_retried_once_and_the_sweep_finishes(checkpoints, client, tmp_path):
     import enn_nb
