@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -210,7 +211,43 @@ def test_ctrl_c_cancels_the_remaining_tasks_and_writes_the_index_of_what_finishe
     assert finished | {Path(s).name for s in doc["not_run"]} == {f"c{i}.safetensors" for i in range(4)}
     assert all(r["status"] == "ok" for r in doc["exports"])
     assert f"interrupted; the index of the finished exports: {out / 'index.html'}" in err
+    assert "running on local:2 (2 workers); Dask dashboard: http://127.0.0.1:" in err
+    assert re.search(r"export: +\d+%.*\| [1-3]/4 .*running [0-2], failed 0", err), err[-2000:]  # the one bar
     with pytest.raises(ProcessLookupError):  # nothing of the sweep (workers, converters) is left running
         for _ in range(50):
             os.killpg(proc.pid, 0)
             time.sleep(0.1)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="a worker that sees another disk needs root's `unshare -m`")
+def test_a_folder_the_workers_of_a_scheduler_cannot_see_is_refused_with_the_reason(checkpoints, tmp_path):
+    """A real scheduler and a worker in its own mount namespace, where ``hidden/`` is another (empty) disk."""
+    from enn_nb.errors import ClusterError
+    from enn_nb.surfaces.sweep import export_many
+
+    hidden, shared = tmp_path / "hidden", tmp_path / "shared"
+    hidden.mkdir()
+    shared.mkdir()
+    for ckpt in (hidden, shared):
+        shutil.copy2(checkpoints / "m0.safetensors", ckpt / "m0.safetensors")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], **quiet)
+    worker = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs none '{hidden}' && exec '{sys.executable}' "
+                               f"-m distributed.cli.dask_worker {address} --nthreads 1 --no-nanny --no-dashboard"], **quiet)
+    try:
+        with pytest.raises(ClusterError) as refused:
+            export_many([shared / "m0.safetensors"], "pt2", out_dir=hidden / "out", cluster=address, progress=False)
+        assert f"`--out {hidden / 'out'}` is a folder on this machine that the workers of `{address}` cannot see" in str(
+            refused.value) and "shared by every machine at the same path" in str(refused.value)
+        with pytest.raises(ClusterError, match=r"cannot read `.*hidden/m0\.safetensors`"):
+            export_many([hidden / "m0.safetensors"], "pt2", out_dir=shared / "out", cluster=address, progress=False)
+        assert [p.name for p in (hidden / "out").iterdir()] == [] and [p.name for p in (shared / "out").iterdir()] == []
+    finally:
+        for proc in (worker, scheduler):
+            proc.terminate()
+            proc.wait(timeout=30)
