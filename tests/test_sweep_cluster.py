@@ -240,6 +240,10 @@ def test_a_folder_the_workers_of_a_scheduler_cannot_see_is_refused_with_the_reas
     worker = subprocess.Popen(["unshare", "-m", "sh", "-c", f"mount -t tmpfs none '{hidden}' && exec '{sys.executable}' "
                                f"-m distributed.cli.dask_worker {address} --nthreads 1 --no-nanny --no-dashboard"], **quiet)
     try:
+        from distributed import Client
+
+        with Client(address, timeout=120) as ready:  # both started (slow on a loaded machine) before the checks
+            ready.wait_for_workers(1, timeout=120)
         with pytest.raises(ClusterError) as refused:
             export_many([shared / "m0.safetensors"], "pt2", out_dir=hidden / "out", cluster=address, progress=False)
         assert f"`--out {hidden / 'out'}` is a folder on this machine that the workers of `{address}` cannot see" in str(

@@ -9,6 +9,7 @@ a task saw is read back from the scheduler, so the index says which tasks were r
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -88,7 +89,7 @@ def _run_here(tasks: Sequence[Task], outcomes: list[Outcome | None], bar: SweepB
 
 def _run_on_dask(tasks: Sequence[Task], client: Any, outcomes: list[Outcome | None], bar: SweepBar,
                  changed: Callable[[], None]) -> None:
-    """As many tasks in flight as the cluster has worker threads; the next one as one finishes.
+    """As many tasks in flight as the cluster has worker processes; the next one as one finishes.
 
     A task waiting for a slot waits here, on no worker: a worker that dies takes only the task it runs
     (the scheduler would count every task queued on it as having been there when it died).
@@ -101,10 +102,11 @@ def _run_on_dask(tasks: Sequence[Task], client: Any, outcomes: list[Outcome | No
     pending = as_completed([], loop=client.loop, with_results=False)
 
     def refill() -> None:
-        slots = max(_threads(client), 1) - len(index)
+        slots = max(_workers(client), 1) - len(index)
         for _ in range(min(slots, len(waiting))):
             i, task = waiting.pop(0)
-            future = client.submit(task.fn, *task.args, key=f"enn-nb-{task.name}-{run}", pure=False, retries=0)
+            future = client.submit(_one_at_a_time, task.fn, *task.args, key=f"enn-nb-{task.name}-{run}", pure=False,
+                                   retries=0)
             index[future.key] = i
             pending.add(future)
         bar.set_running(len(index))
@@ -152,7 +154,16 @@ def _suspicious(keys: list[str], dask_scheduler: Any = None) -> dict[str, int]:
     return {k: int(tasks[k].suspicious) for k in keys if k in tasks}
 
 
-def _threads(client: Any) -> int:
-    """Worker threads of the cluster now (re-read as tasks finish: a cluster that grows gets more tasks)."""
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
-    return sum(int(w.get("nthreads", 1)) for w in workers.values())
+def _workers(client: Any) -> int:
+    """Worker processes of the cluster now (re-read as tasks finish: a cluster that grows gets more tasks)."""
+    return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+#: One sweep task at a time in a worker process, whatever its thread count: an export captures the
+#: process's output and switches process-wide settings while it runs.
+_PROCESS_LOCK = threading.Lock()
+
+
+def _one_at_a_time(fn: Callable[..., Any], *args: Any) -> Any:
+    with _PROCESS_LOCK:
+        return fn(*args)
