@@ -14,7 +14,13 @@ from typing import Any
 
 from enn_nb._fs import write_text
 from enn_nb.errors import ReportError, UnknownNameError
-from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata, templates
+from enn_nb.surfaces.reports.catalog import (
+    check_parameters,
+    declared_parameters,
+    resolve_template,
+    template_metadata,
+    templates,
+)
 from enn_nb.surfaces.reports.runner import ReportResult, _absolute_paths, report
 from enn_nb.surfaces.reports.verdict import Verdict
 from enn_nb.surfaces.sweep.cluster import open_runner
