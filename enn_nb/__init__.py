@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from enn_nb.engine import ExportReport, export, export_safe, register_backend, verify
     from enn_nb.engine.registry import backends
     from enn_nb.surfaces.notebook.wizard import wizard
-    from enn_nb.surfaces.reports import report
+    from enn_nb.surfaces.reports import report, report_batch
+    from enn_nb.surfaces.sweep import export_many
 
 # public name -> module that defines it
 _LAZY = {
@@ -37,6 +38,8 @@ _LAZY = {
     "verify": "enn_nb.engine.parity",
     "wizard": "enn_nb.surfaces.notebook.wizard",
     "report": "enn_nb.surfaces.reports",
+    "report_batch": "enn_nb.surfaces.reports",
+    "export_many": "enn_nb.surfaces.sweep",
 }
 
 __all__ = [

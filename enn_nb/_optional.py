@@ -28,6 +28,8 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "nbclient": ("nbclient", "notebook"),
     "nbconvert": ("nbconvert", "notebook"),
     "matplotlib": ("matplotlib", "notebook"),
+    "dask": ("dask", "cluster"),
+    "distributed": ("distributed", "cluster"),
 }
 
 

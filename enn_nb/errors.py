@@ -30,8 +30,9 @@
     ├── PlatformUnavailableError            the runtime exists but not on this platform (CoreML predict, TensorRT)
     ├── SideEffectError (RuntimeError)      a save/export run by importing a module (a factory, an export worker)
     ├── FlagError (ValueError)              `enn-nb` flags that do not go together, or a required one missing
-    └── ReportError
-        └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
+    ├── ReportError
+    │   └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
+    └── ClusterError                        a sweep's Dask cluster cannot be used (unreachable, no worker, unshared folder)
 
 Errors a user can meet name the object in backticks, the bad value and the fix. Structured fields
 (``missing_keys``, ``max_abs_err``, ``atol``...) let the sidecar and the notebook UI show them.
@@ -289,6 +290,10 @@ class ReportCellError(ReportError):
         self.ename = ename
         self.evalue = evalue
         self.output_path = output_path
+
+
+class ClusterError(EnnError):
+    """A sweep cannot run on the cluster it was given; raised before any task is submitted."""
 
 
 __all__ = [name for name in dir() if name.endswith("Error")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -22,6 +23,7 @@ from enn_nb.errors import EnnError, FlagError, OptionError, PlatformUnavailableE
 from enn_nb.model.signature import parse
 from enn_nb.surfaces.cli.command import add_command
 from enn_nb.surfaces.factory import load_with_model
+from enn_nb.surfaces.sweep.cluster import CLUSTER_HELP
 
 #: Statuses that make ``enn-nb export`` exit non-zero (``unavailable`` only for a backend named).
 FAILING = NOT_OK_STATUSES
@@ -49,15 +51,19 @@ def register(subparsers: Any) -> None:
         "export",
         _export,
         help="export a checkpoint to one or more backends",
-        description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
+        description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact; with "
+        "--each GLOB, every matching checkpoint into <out>/<its name>/ and an index.html over them. "
         "Exits 1 when any requested backend failed, mismatched or crashed; 3 when the only problem is a requested "
         "backend unavailable here (with `--backends all`, unavailable ones are listed but do not fail the command); "
         "2 when SRC does not exist or an argument is bad.",
         epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
+        "  enn-nb export --each 'ckpts/*.safetensors' -b onnx,pt2 -o nightly --cluster local:4\n"
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
     )
-    p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("src", metavar="SRC", nargs="?", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("--each", metavar="GLOB", help="export every checkpoint matching GLOB (instead of SRC)")
+    p.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT", help="with --each: " + CLUSTER_HELP)
     p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--stem", default="model", help="artifact file name stem (default: model)")
@@ -207,6 +213,8 @@ def _export(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
         LOGGER.setLevel(logging.DEBUG)
+    if args.each or args.cluster or not args.src:
+        return _export_each(args)
     src = Path(args.src)
     if not src.exists():
         print(f"enn-nb export: error: `{escape(src)}` does not exist; SRC must be a checkpoint file or DCP folder"
@@ -228,17 +236,47 @@ def _export(args: argparse.Namespace) -> int:
 
 def export_settings(args: argparse.Namespace) -> ExportSettings:
     """The :class:`ExportSettings` of an ``enn-nb export`` command line (creates ``--out``)."""
-    return ExportSettings.from_call(
-        args.backends,
-        args.out,
-        stem=args.stem,
-        verify=not args.no_verify,
-        isolate=not args.no_isolate,
-        cache=not args.no_cache,
-        dynamic_batch=not args.static_batch,
-        strict=args.strict,
-        options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
-    )
+    return ExportSettings.from_call(args.backends, args.out, **_settings_arguments(args))
+
+
+def _settings_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "stem": args.stem,
+        "verify": not args.no_verify,
+        "isolate": not args.no_isolate,
+        "cache": not args.no_cache,
+        "dynamic_batch": not args.static_batch,
+        "strict": args.strict,
+        "options": _with_timeout(_parse_options(args.option), args.backends, args.timeout),
+    }
+
+
+def _export_each(args: argparse.Namespace) -> int:
+    """``enn-nb export --each GLOB``: one export per checkpoint, in this process or on a cluster."""
+    from enn_nb.surfaces.sweep import export_many
+
+    problem = ("pass SRC or `--each GLOB`, not both" if args.src and args.each
+               else "`--cluster` goes with `--each GLOB`" if args.src
+               else "pass SRC (a checkpoint) or `--each GLOB`" if not args.each else None)
+    if problem:
+        print(f"enn-nb export: error: {problem}.", file=sys.stderr)
+        return 2
+    try:
+        sweep = export_many(args.each, args.backends, out_dir=args.out, cluster=args.cluster, model=args.model,
+                            inputs=args.input, **_settings_arguments(args))
+    except KeyboardInterrupt:
+        print(f"enn-nb export: interrupted; the index of the finished exports: {Path(args.out) / 'index.html'}",
+              file=sys.stderr)
+        return 130
+    bad = sweep.failures()
+    if args.json:
+        print(json.dumps({"ok": not bad, "index": str(sweep.index), "runner": sweep.runner,
+                          "exports": [dataclasses.asdict(e) for e in sweep.exports]}, indent=2, default=str))
+    else:
+        print(sweep)
+    for line in bad:
+        print(f"enn-nb export: FAIL: {line}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def _verify(args: argparse.Namespace) -> int:

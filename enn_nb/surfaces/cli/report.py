@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from enn_nb._safeio import escape, escape_lines
 from enn_nb.errors import FlagError, ReportCellError, ReportError
 from enn_nb.surfaces.cli.command import add_command
 from enn_nb.surfaces.factory import import_factory
+from enn_nb.surfaces.sweep.cluster import CLUSTER_HELP
 
 
 def register(subparsers: Any) -> None:
@@ -31,6 +33,7 @@ def register(subparsers: Any) -> None:
             "  enn-nb report export_report -p checkpoint=model.safetensors -p 'backends=[onnx, pt2]' \\\n"
             "      --out reports --html\n"
             "  enn-nb report export_report --each 'ckpts/*.safetensors' -p atol=1e-5 --out nightly --html\n"
+            "  enn-nb report export_report --each 'ckpts/*.safetensors' --out /shared/nightly --cluster local:4\n"
             "  enn-nb report checkpoint_report -p checkpoint=a.pt -p other=b.safetensors --out diff\n"
             "  enn-nb report export_report --describe\n"
             "The HTML hides the code (outputs and text only); --show-code keeps it."
@@ -47,6 +50,7 @@ def register(subparsers: Any) -> None:
                         help="leave the code out of the HTML (the default; kept for older scripts)")
     parser.add_argument("--each", metavar="GLOB", help="run one report per matching path and write index.html")
     parser.add_argument("--each-param", metavar="NAME", help="the parameter each match goes to (default: checkpoint)")
+    parser.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT", help="with --each: " + CLUSTER_HELP)
     parser.add_argument("--name", metavar="STEM", help="file name of the outputs (default: the template's name)")
     parser.add_argument("--timeout", type=float, metavar="S", help="seconds one cell may run (default: no limit)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,13 +90,20 @@ def run(args: argparse.Namespace) -> int:
 
         if args.name:
             raise FlagError("`--name` names one report; with `--each` every report is named after its file.")
-        batch = run_batch(args.template, args.each, args.out, parameter=args.each_param, **common)
+        try:
+            batch = run_batch(args.template, args.each, args.out, parameter=args.each_param, timeout=args.timeout,
+                              cluster=args.cluster, **common)
+        except KeyboardInterrupt:
+            print(f"enn-nb report: interrupted; the index of the finished reports: {Path(args.out) / 'index.html'}",
+                  file=sys.stderr)
+            return 130
         summary = {
             "ok": batch.ok,
             "index": str(batch.index),
             "reports": [
                 {"source": str(e.source), "status": e.result.status, "notebook": str(e.result.notebook),
-                 "html": str(e.result.html) if e.result.html else None, "failures": e.result.failures}
+                 "html": str(e.result.html) if e.result.html else None, "failures": e.result.failures,
+                 "retries": e.retries}
                 for e in batch.entries
             ],
         }
@@ -101,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from enn_nb.surfaces.reports.runner import report
 
-        if args.each_param:
-            raise FlagError("`--each-param` goes with `--each GLOB`.")
+        if args.each_param or args.cluster:
+            raise FlagError(f"`{'--each-param' if args.each_param else '--cluster'}` goes with `--each GLOB`.")
         try:
             result = report(args.template, args.out, name=args.name, timeout=args.timeout, **common)
         except ReportCellError as exc:

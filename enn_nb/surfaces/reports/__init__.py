@@ -8,12 +8,16 @@ from enn_nb.surfaces.reports.html import to_html
 from enn_nb.surfaces.reports.runner import ReportResult, report
 from enn_nb.surfaces.reports.verdict import Verdict
 
+#: The public name of :func:`run_batch` (``enn_nb.report_batch``).
+report_batch = run_batch
+
 __all__ = [
     "BatchResult",
     "ReportResult",
     "Verdict",
     "declared_parameters",
     "report",
+    "report_batch",
     "resolve_template",
     "run_batch",
     "templates",
