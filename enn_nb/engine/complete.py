@@ -99,7 +99,7 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
     A build or a run that raises leaves the deferred sidecar as it was (the error goes to the caller):
     it still says how to build the artifact.
     """
-    from enn_nb.engine.parity import cases_for, load_vectors, run_cases
+    from enn_nb.engine.parity import check_artifact, load_vectors
 
     unit = UnitResult()
     started = time.perf_counter()
@@ -109,7 +109,8 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
         started = time.perf_counter()
         cases, _, _ = load_vectors(vectors)
         runner = backend.load(Path(unit.conversion.artifact), options)
-        unit.parity = run_cases(runner, cases_for(cases, bool(unit.conversion.dynamic_batch)), *tolerance)
+        unit.parity = check_artifact(runner, cases, dynamic=bool(unit.conversion.dynamic_batch), atol=tolerance[0],
+                                     rtol=tolerance[1], probe_static=backend.refuses_other_shapes)
         unit.timings["verify"] = time.perf_counter() - started
     return unit
 

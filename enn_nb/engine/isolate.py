@@ -71,7 +71,7 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
     """Convert, then verify; never raises: an error comes back in ``UnitResult.error`` with its stage."""
     from enn_nb.engine.backends.base import Conversion
     from enn_nb.engine.outlog import OutputLog, capture
-    from enn_nb.engine.parity import cases_for, run_cases
+    from enn_nb.engine.parity import check_artifact
 
     out = UnitResult(log=OutputLog())
     stage = "convert"
@@ -116,8 +116,9 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
         with capture(f"{task.name} verify") as got:
             try:
                 runner = backend.load(artifact, dict(task.options))
-                chosen = cases_for(task.cases, bool(conv.dynamic_batch))
-                out.parity = run_cases(runner, chosen, *task.tolerance)
+                out.parity = check_artifact(runner, task.cases, dynamic=bool(conv.dynamic_batch),
+                                            atol=task.tolerance[0], rtol=task.tolerance[1],
+                                            probe_static=backend.refuses_other_shapes)
                 if conv.embedded_metadata:
                     out.metadata = backend.read_metadata(artifact)
             finally:

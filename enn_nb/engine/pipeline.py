@@ -379,14 +379,15 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
         raise exc
     if not strict:
         return
+    from enn_nb.engine.parity import mismatch_message
+
     for r in report.results:
         if r.status == "mismatch":
             worst = max(r.parity.get("cases", []), key=lambda c: c["max_abs_err"], default={})
             tol = r.parity.get("tolerance", {})
             exc: Exception = ParityError(
-                f"`{r.backend}` artifact differs from the eager model: max abs error {r.max_abs_err:.3e}, max rel error "
-                f"{r.max_rel_err:.3e} (batch {worst.get('batch_size')}), tolerance atol={tol.get('atol')} "
-                f"rtol={tol.get('rtol')}. Pass `tolerances={{'{r.backend}': (atol, rtol)}}` if this is acceptable.",
+                f"{r.error or mismatch_message(r.backend, r.parity)} Pass `tolerances={{'{r.backend}': (atol, rtol)}}` "
+                "if this is acceptable.",
                 backend=r.backend,
                 batch_size=worst.get("batch_size"),
                 max_abs_err=float(r.max_abs_err or float("nan")),

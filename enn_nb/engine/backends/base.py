@@ -170,6 +170,10 @@ class Backend:
     thread_option: ClassVar[str | None] = None
     #: relative conversion cost (1 = a quick lowering); balances backends over parallel child processes
     cost: ClassVar[float] = 1.0
+    #: Its runtime raises on an input shape a static artifact was not built for, so parity may offer a
+    #: static artifact other batch sizes (checked if accepted, recorded if refused). False where a wrong
+    #: shape could crash the process instead (native code without shape checks).
+    refuses_other_shapes: ClassVar[bool] = True
 
     # -- availability --------------------------------------------------------------------------
     def missing_packages(self, *, runtime: bool = False) -> list[str]:
