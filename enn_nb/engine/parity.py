@@ -295,9 +295,16 @@ def check_artifact(runner: Callable[[list[Any]], list[Any]], cases: list[Case], 
     accepted = []
     for case in probes:
         try:
-            runner([c.copy() for c in case.inputs])
+            got = runner([c.copy() for c in case.inputs])
         except Exception as exc:  # noqa: BLE001 - the runtime refusing another batch is the expected answer
             refused.append({"batch_size": case.batch_size, "reason": _first_line(exc)})
+            continue
+        shapes = [list(getattr(g, "shape", ())) for g in got]
+        wanted = [list(e.shape) for e in case.expected]
+        if shapes != wanted:  # the runtime ran its fixed shapes anyway (LiteRT resizes inputs only)
+            refused.append({"batch_size": case.batch_size,
+                            "reason": f"runs but returns outputs of shape {shapes} where batch {case.batch_size} "
+                                      f"needs {wanted}"})
         else:
             accepted.append(case)
     block = run_cases(runner, [*chosen, *accepted], atol, rtol)
