@@ -268,7 +268,7 @@ class EnnMagics(Magics):
             if self.progress:
                 from enn_nb.notebook.display import TqdmProgress
 
-                progress = TqdmProgress(stages=PROGRESS_STAGES)
+                progress = TqdmProgress(stages=PROGRESS_STAGES, order=list(backends))
             with progress if progress is not None else contextlib.nullcontext():
                 report = export(source, backends, progress=progress, **kwargs)
             self._ns["_"] = report
