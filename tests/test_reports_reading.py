@@ -132,8 +132,8 @@ def test_a_failed_report_reads_as_a_report(tmp_path, artifacts_dir):
         page.goto(html.resolve().as_uri())
         box = page.locator("[data-verdict='fail']").first
         assert box.bounding_box()["y"] < 300
-        assert f"The report stopped in cell {err.value.cell_index} of export_report.ipynb: SpecError:" in box.inner_text()
-        assert "no_such_module" in box.inner_text()
+        assert f"The report stopped in cell {err.value.cell_index} of export_report.ipynb;" in box.inner_text()
+        assert "SpecError: `--model no_such_module:build`" in box.inner_text()
         assert page.locator("[data-verdict='running']").count() == 0  # the pending box was replaced
         trace = page.locator(".enn-nb-error details pre").first
         assert not trace.is_visible()  # folded

@@ -49,7 +49,8 @@ def test_failing_cell_names_cell_and_error_and_keeps_the_partial_notebook(tmp_pa
     failed = nb["cells"][sources.index("result = 10 / divisor")]
     # a readable failure: the FAIL verdict, then the exception in one line with its traceback folded
     verdict = failed["outputs"][0]["data"]["application/vnd.enn-nb.verdict+json"]
-    assert verdict["ok"] is False and verdict["failures"] == ["cell 2 of t.ipynb: ZeroDivisionError: division by zero"]
+    assert verdict["ok"] is False and verdict["failures"] == ["ZeroDivisionError: division by zero"]
+    assert verdict["headline"] == "The report stopped in cell 2 of t.ipynb; the cells after it did not run."
     folded = failed["outputs"][1]
     assert folded["metadata"]["enn_nb"]["ename"] == "ZeroDivisionError"
     assert "<details><summary>Traceback (click to unfold)</summary>" in "".join(folded["data"]["text/html"])

@@ -19,7 +19,8 @@ def failure_verdict(ename: str, evalue: str, where: str) -> Verdict:
     """The verdict of a report that stopped: FAIL, with the exception as its one failure."""
     first = next((line.strip() for line in str(evalue).splitlines() if line.strip()), "")
     cause = f"{ename}: {first}" if first else ename
-    return Verdict(ok=False, headline=f"The report stopped in {where}: {cause}", failures=[f"{where}: {cause}"])
+    return Verdict(ok=False, headline=f"The report stopped in {where}; the cells after it did not run.",
+                   failures=[cause])
 
 
 def make_readable(nb_path: Path, *, where: str) -> Verdict | None:
