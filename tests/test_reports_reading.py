@@ -19,7 +19,7 @@ def _stat(median: float, iqr: float, batch: int) -> Stat:
 
 
 def _measurements(stats):
-    from enn_nb.reports.sections import Measurements
+    from enn_nb.surfaces.reports.sections import Measurements
 
     host = {"cpu": "test CPU", "cpu_count": 2, "load_1min": 1.8, "load_1min_after": 2.1}
     m = Measurements([1, 8], stats=stats, threads={1: 1, 8: 1}, host=host)
@@ -33,7 +33,7 @@ def _measurements(stats):
 
 def test_latency_cells_are_compact_with_the_detail_as_tooltip_and_noise_said_once(tmp_path):
     from enn_nb.engine.report import BackendResult, ExportReport
-    from enn_nb.reports.sections import artifact_table, notes_table
+    from enn_nb.surfaces.reports.sections import artifact_table, notes_table
 
     stats = {
         "onnx": {1: _stat(0.05, 0.001, 1), 8: _stat(0.2, 0.15, 8)},  # batch 8: IQR 75% of the median
@@ -60,7 +60,7 @@ def test_latency_cells_are_compact_with_the_detail_as_tooltip_and_noise_said_onc
 def test_parity_plot_labels_of_nine_backends_do_not_collide_and_latency_labels_stay_in_the_frame():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from enn_nb.plots import latency_figure, parity_figure
+    from enn_nb.surfaces.plots import latency_figure, parity_figure
 
     names = ["onnx", "ort", "pt2", "aoti", "executorch", "litert", "coreml", "tensorflow", "tensorrt"]
     fig = parity_figure({n: {1: 1e-7 * (i + 1), 7: 2e-7, 2: 1e308 if n == "litert" else 0.0}
@@ -88,7 +88,7 @@ def test_parity_plot_labels_of_nine_backends_do_not_collide_and_latency_labels_s
 
 def test_deviation_reasons_are_shown_whole():
     from enn_nb.engine.report import ExportReport
-    from enn_nb.reports.sections import deviations_table
+    from enn_nb.surfaces.reports.sections import deviations_table
 
     reason = "F.scaled_dot_product_attention is lowered to explicit matmul + softmax, " * 4
     table = deviations_table(ExportReport(out_dir=".", results=[], deviations=[{"name": "torch.sdpa_kernel", "reason": reason.strip()}]))

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from enn_nb.reports.verdict import VERDICT_MIME, Verdict
+from enn_nb.surfaces.reports.verdict import VERDICT_MIME, Verdict
 
 #: papermill's own banner cells ("An Exception was encountered at ...") carry this tag.
 PAPERMILL_ERROR_TAG = "papermill-error-cell-tag"

@@ -14,8 +14,8 @@ from typing import Any
 
 from enn_nb._fs import atomic_path
 from enn_nb.errors import ReportCellError, ReportError
-from enn_nb.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
-from enn_nb.reports.verdict import Verdict, find_verdict
+from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
+from enn_nb.surfaces.reports.verdict import Verdict, find_verdict
 
 #: Key of the executed notebook's metadata that holds what enn_nb attached (verdict, sidecars...).
 METADATA_KEY = "enn_nb"
@@ -66,7 +66,7 @@ class ReportResult:
         return "\n".join([head, *detail, *[f"  - {line}" for line in self.failures]])
 
     def _repr_html_(self) -> str:
-        from enn_nb.reports.sections import link  # relative to the working directory: the showing notebook's
+        from enn_nb.surfaces.reports.sections import link  # relative to the working directory: the showing notebook's
 
         links = f"<a href='{_html.escape(link(self.notebook))}'>{_html.escape(str(self.notebook))}</a>"
         if self.html:
@@ -167,14 +167,14 @@ def report(
     duration = time.perf_counter() - start
 
     if error is not None and nb_path.exists():  # a failed report is still a report: FAIL box, folded traceback
-        from enn_nb.reports.failed import make_readable
+        from enn_nb.surfaces.reports.failed import make_readable
 
         index = getattr(error, "cell_index", None)
         make_readable(nb_path, where=f"cell {index} of {path.name}" if index is not None else path.name)
     verdict = _attach(nb_path, path, values)
     html_path = None
     if html and nb_path.exists():
-        from enn_nb.reports.html import to_html
+        from enn_nb.surfaces.reports.html import to_html
 
         html_path = to_html(nb_path, no_input=no_input)
     if error is not None:
@@ -185,7 +185,7 @@ def report(
 @contextlib.contextmanager
 def _backend_bar(nb_path: Path, desc: str) -> Iterator[None]:
     """A bar over the export's backends, fed by the kernel (it inherits :data:`progress.ENV`)."""
-    from enn_nb.reports.progress import ENV, BackendBar
+    from enn_nb.surfaces.reports.progress import ENV, BackendBar
 
     events = nb_path.with_name(f".{nb_path.stem}.progress.jsonl")
     before = os.environ.get(ENV)

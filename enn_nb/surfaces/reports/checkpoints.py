@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
 from enn_nb.table import Table
-from enn_nb.reports.sections import Header
+from enn_nb.surfaces.reports.sections import Header
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Manifest
-    from enn_nb.reports.verdict import Verdict
+    from enn_nb.surfaces.reports.verdict import Verdict
 
 __all__ = ["CheckpointDiff", "Header", "diff", "manifest_fields", "origin", "require", "restore_status", "subject",
            "summary", "tensor_table", "verdict"]
@@ -96,11 +96,11 @@ def origin(manifest: Manifest, *, restore: bool = True, status: str | None = Non
 
 def restore_status(manifest: Manifest) -> str:
     """The restore check's outcome as a line: ``passed (max abs err 0)``, ``failed (...)``, ``not_run (why)``."""
-    import enn_nb
+    from enn_nb.checkpoint import load
     from enn_nb.errors import CorruptCheckpointError, EnnError
 
     try:
-        loaded = enn_nb.load(manifest.path, strict=False)
+        loaded = load(manifest.path, strict=False)
     except CorruptCheckpointError as exc:
         return f"failed (the checkpoint is damaged: {str(exc).splitlines()[0][:200]})"
     except EnnError as exc:
@@ -184,9 +184,9 @@ def diff(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> Check
     Tensor data is read with hash verification, so a corrupt checkpoint fails here with the
     checkpoint error naming the tensor.
     """
-    import enn_nb
+    from enn_nb.checkpoint import inspect
 
-    a, b = enn_nb.inspect(first), enn_nb.inspect(second)
+    a, b = inspect(first), inspect(second)
     spec_a = {k: v for k, v in a.spec.to_dict().items() if k != "metadata"}
     spec_b = {k: v for k, v in b.spec.to_dict().items() if k != "metadata"}
     config = _dict_diff(spec_a, spec_b)
@@ -268,7 +268,7 @@ def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -
 
 def verdict(manifests: Sequence[Manifest], restores: Sequence[str], diff_result: CheckpointDiff | None) -> Verdict:
     """The report's verdict box: FAIL when a checkpoint is damaged or its restore check failed."""
-    from enn_nb.reports.verdict import Verdict
+    from enn_nb.surfaces.reports.verdict import Verdict
 
     names = [Path(m.path or "").name or m.format for m in manifests]
     failures = [f"{name}: restore check {status}" for name, status in zip(names, restores) if status.startswith("failed")]
