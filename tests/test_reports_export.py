@@ -154,7 +154,9 @@ def test_batch_runs_one_report_per_checkpoint_and_indexes_verdicts(tiny_checkpoi
     assert (tmp_path / "nightly" / "export_report-good_safetensors.html").is_file()
     assert (tmp_path / "nightly" / "export_report-good_safetensors-artifacts" / "model.pt2.enn.json").is_file()
     broken = metadata(tmp_path / "nightly" / "export_report-broken_safetensors.ipynb")
-    assert broken["enn_nb"]["verdict"] is None  # it failed before a verdict: kept for inspection
+    verdict = broken["enn_nb"]["verdict"]  # it failed before the export's verdict: the FAIL box names the cause
+    assert verdict["ok"] is False and verdict["headline"].startswith("The report stopped in cell ")
+    assert "broken.safetensors" in verdict["failures"][0]
 
 
 # -- a report worth sharing ------------------------------------------------------------------------
