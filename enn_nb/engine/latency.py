@@ -71,7 +71,7 @@ class Timings:
         threads: ``{batch: intra-op threads}`` every runtime and eager ran with at that batch size.
         host: the CPU, its core count and the load average before and after timing.
         warnings: one line (``not measured: machine busy``) when some timings stayed too noisy to trust
-            after :data:`MAX_ROUNDS` rounds; their stats are kept (``Stat.noisy``), their cells show none.
+            after :data:`MAX_ROUNDS` rounds; their stats are kept (``Stat.noisy``) and reports show no figure for them.
         log: what loading the runtimes printed or warned (LiteRT's XNNPACK line...), captured.
     """
 

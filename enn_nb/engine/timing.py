@@ -181,8 +181,8 @@ def busy_note(stats: Sequence[Stat], host: dict[str, Any]) -> str | None:
     rounds = max(s.rounds for s in noisy)
     return (
         f"not measured: machine busy — {len(noisy)} of {len(stats)} timings kept a spread (IQR) above "
-        f"{MAX_SPREAD:.0%} of their median after {rounds} round{'s' if rounds != 1 else ''} ({where}); their cells "
-        "show — (the untrusted figure is in the cell's tooltip). Rerun on a quieter machine."
+        f"{MAX_SPREAD:.0%} of their median after {rounds} round{'s' if rounds != 1 else ''} ({where}). Rerun on a "
+        "quieter machine."
     )
 
 

@@ -381,7 +381,8 @@ def _latency_cell(stat: Any, ratio: float | None) -> Cell:
 def latency_footnote(measurements: Measurements) -> str:
     """One footnote under the artifact table: how to read a latency cell, the threads and host, the noise note."""
     parts = [LATENCY_LEGEND, measurements.host_line() + "."]
-    parts += measurements.warnings
+    if measurements.warnings:
+        parts += [*measurements.warnings, "Those cells show — (hover one for the figure that could not be trusted)."]
     return " ".join(parts)
 
 
