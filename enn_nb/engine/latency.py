@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.engine.outlog import OutputLog, capture
+from enn_nb.engine.parity import compare, load_vectors
+from enn_nb.engine.registry import get_backend
+from enn_nb.engine.safe import export_safe
 from enn_nb.engine.timing import (
     Stat,
     busy_note,
@@ -30,6 +34,8 @@ from enn_nb.engine.timing import (
     threads_for,
     wait_until_quiet,
 )
+from enn_nb.model.examples import default_example_inputs, eval_only, resample_inputs
+from enn_nb.model.signature import draw
 
 #: A timing still too noisy is measured again, up to this many rounds in all...
 MAX_ROUNDS = 3
@@ -102,10 +108,8 @@ def time_call(fn: Callable[[], Any], *, budget_s: float = 0.25, min_calls: int =
 
 def spec_inputs(spec: ModelSpec) -> Inputs:
     """Inputs drawn from the model's spec (scaler statistics, valid category codes), one seed per batch."""
-    from enn_nb.model.examples import default_example_inputs
 
     if spec.inputs is not None:  # a declared signature: its dtypes, symbolic dims and category codes
-        from enn_nb.model.signature import draw
 
         return lambda batch: draw(spec.inputs, batch=batch, seed=1000 + batch)
     return lambda batch: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=batch, seed=1000 + batch)
@@ -116,8 +120,6 @@ def vector_inputs(report: ExportReport) -> Inputs | None:
     vectors = getattr(report, "vectors", None)
     if vectors is None or not Path(vectors).is_file():
         return None
-    from enn_nb.engine.parity import load_vectors
-    from enn_nb.model.examples import resample_inputs
 
     cases, _, _ = load_vectors(Path(vectors))
     if not cases:
@@ -179,12 +181,6 @@ def measure(
         should_stop: polled between backends; True stops timing (the rest are ``cancelled``).
     """
     import torch
-
-    from enn_nb.model.examples import eval_only
-    from enn_nb.engine.registry import get_backend
-    from enn_nb.engine.safe import export_safe
-
-    import time
 
     # the export's own workers may still be finishing (sidecars, compile workers): time on a quiet machine
     quiet = wait_until_quiet(cap_s=quiet_s) if quiet_s > 0 else {"waited_s": 0.0, "workers_quiet": None}
@@ -335,8 +331,6 @@ def _quiet_flex() -> Iterator[None]:
 
 
 def _compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: float) -> tuple[float, bool]:
-    from enn_nb.engine.parity import compare
-
     row = compare(got, expected, atol, rtol)
     err = float(row["max_abs_err"])
     return (err if math.isfinite(err) else float("inf")), bool(row["passed"])

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import ReportError
+from enn_nb._format import human_size
+from enn_nb.errors import CorruptCheckpointError, EnnError, ReportError
 from enn_nb.table import Table
 from enn_nb.surfaces.reports.sections import Header
 
@@ -43,7 +44,6 @@ def subject(first: Path, second: Path | None) -> str:
 
 def tensor_table(manifest: Manifest) -> Table:
     """Every tensor of a checkpoint: name, dtype, shape, elements, bytes, hash (first 16 hex digits)."""
-    from enn_nb._format import human_size
     from enn_nb.checkpoint.hashing import short
 
     rows = [
@@ -97,7 +97,6 @@ def origin(manifest: Manifest, *, restore: bool = True, status: str | None = Non
 def restore_status(manifest: Manifest) -> str:
     """The restore check's outcome as a line: ``passed (max abs err 0)``, ``failed (...)``, ``not_run (why)``."""
     from enn_nb.checkpoint import load
-    from enn_nb.errors import CorruptCheckpointError, EnnError
 
     try:
         loaded = load(manifest.path, strict=False)
@@ -255,7 +254,6 @@ def _short(value: Any) -> str:
 
 def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -> Table:
     """The top of the report: one row per checkpoint (format, tensors, size, content hash) and the diff's headline."""
-    from enn_nb._format import human_size
 
     rows = [
         [Path(m.path or "").name, m.format, m.spec.builder or "-", len(m.tensors), human_size(m.tensor_bytes),
