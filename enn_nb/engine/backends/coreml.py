@@ -269,7 +269,10 @@ class _AllFailed(Exception):
     def summary_of(errors: list[tuple[str, BaseException]]) -> str:
         first = first_line(errors[0][1])
         rest = [f"{name}: {first_line(exc)}" for name, exc in errors[1:] if first_line(exc) != first]
-        return first + (f" (after {'; '.join(rest)})" if rest else "; the same after core ATen decompositions and rewrites")
+        if rest:
+            return f"{first} (after {'; '.join(rest)})"
+        tried = " and rewrites" if len(errors) > 2 else ""
+        return f"{first}; the same after core ATen decompositions{tried}"
 
     def summary(self) -> str:
         return self.summary_of(self.errors)
