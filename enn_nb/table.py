@@ -22,11 +22,12 @@ class Link(NamedTuple):
 
 
 class Cell(NamedTuple):
-    """A cell with HTML looks (a colour, code font); plain text in a terminal."""
+    """A cell with HTML looks (a colour, code font, a tooltip); plain text in a terminal."""
 
     text: str
     style: str = ""
     code: bool = False
+    title: str = ""  # the detail a reader gets by hovering the cell (HTML only)
 
 
 class Table:
@@ -64,7 +65,8 @@ class Table:
         head = "".join(f"<th style='text-align:left'>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(_td(v) for v in row) + "</tr>" for row in self.rows)
         caption = f"<caption style='text-align:left'><b>{html.escape(self.title)}</b></caption>" if self.title else ""
-        foot = f"<div style='font-size:small'>{html.escape(self.footer)}</div>" if self.footer else ""
+        foot = (f"<div class='enn-nb-footnote' style='font-size:small;white-space:normal;overflow-wrap:anywhere'>"
+                f"{html.escape(self.footer)}</div>" if self.footer else "")
         return (
             f"<table class='{html.escape(self.css_class)}'>{caption}<thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table>{foot}"
@@ -98,8 +100,9 @@ def _td(value: Any) -> str:
         inner = html.escape(value.text)
         if value.code:
             inner = f"<code>{inner}</code>"
-        if value.style:
-            return f"<td style='text-align:left;{html.escape(value.style)}'>{inner}</td>"
+        title = f" title='{html.escape(value.title)}'" if value.title else ""
+        if value.style or title:
+            return f"<td style='text-align:left;{html.escape(value.style)}'{title}>{inner}</td>"
     else:
         inner = html.escape(text(value))
     return f"<td style='text-align:left'>{inner}</td>"

@@ -74,6 +74,9 @@ def test_litert_says_why_it_is_static_and_that_it_computes_in_float32(all_nine):
     assert data["dynamic_batch"] is False
     assert data["inputs"][0]["shape"] == [2, 38]
     assert [c["batch_size"] for c in data["parity"]["cases"]] == [2, 2]
+    # the other batches were offered too: the reference's reshapes refuse them, and the result says so
+    assert [r["batch_size"] for r in data["parity"]["refused"]] == [1, 7]
+    assert any(n.startswith("checked at batch 2 only: the artifact is static and refuses batch 1, 7") for n in data["notes"])
     assert any("static at batch 2" in n and "could not lower a dynamic batch" in n and "dynamic_batch=True" in n
                for n in data["notes"])
     assert any("float64" in n and "float32" in n for n in data["notes"])

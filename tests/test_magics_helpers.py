@@ -233,3 +233,32 @@ def test_export_body_keys_are_export_keywords(tmp_path) -> None:
         "cache": True,
     }, ["pt2"])  # fmt: skip
     assert chosen.safe is False and chosen.workers == 2
+
+
+def test_progress_draws_the_bars_in_the_requested_order_whatever_starts_first() -> None:
+    from tqdm import tqdm
+
+    stream = io.StringIO()
+    with TqdmProgress(stages=["convert", "done"], order=["onnx", "ort", "pt2"], tqdm_factory=tqdm, file=stream,
+                      mininterval=0) as progress:
+        first_lines = stream.getvalue()
+        progress({"backend": "pt2", "stage": "convert", "status": "running", "index": 2, "total": 3})
+        progress({"backend": "onnx", "stage": "done", "status": "ok", "index": 0, "total": 3})
+    assert list(progress.bars) == ["shared", "onnx", "ort", "pt2"]
+    positions = [first_lines.index(label) for label in ("[1/3] onnx", "[2/3] ort", "[3/3] pt2")]
+    assert positions == sorted(positions) and first_lines.count("queued") == 3
+
+
+def test_a_finished_widget_bar_leaves_one_bar_not_an_ascii_copy(ip) -> None:
+    from IPython.utils.capture import capture_output
+    from tqdm.notebook import tqdm as widget_tqdm
+
+    with capture_output() as captured:
+        with TqdmProgress(stages=["convert", "done"], order=["onnx"], tqdm_factory=widget_tqdm) as progress:
+            progress({"backend": None, "stage": "capture", "status": "ok", "index": 0, "total": 1})
+            progress({"backend": "onnx", "stage": "done", "status": "ok", "index": 0, "total": 1})
+    finals = [out.data["text/html"] for out in captured.outputs if "enn-nb-progress" in out.data.get("text/html", "")]
+    assert len(finals) == 2  # the shared capture's bar and onnx's
+    onnx = next(h for h in finals if "[1/1] onnx" in h)
+    assert onnx.count("<progress") == 1 and "|" not in onnx and "█" not in onnx
+    assert "[1/1] onnx: ok (" in onnx

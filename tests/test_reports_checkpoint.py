@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -69,11 +71,16 @@ def test_checkpoint_report_executes_and_shows_the_diff(checkpoints, tmp_path):
     d, name = checkpoints
     result = enn_nb.report("checkpoint_report", tmp_path, checkpoint=str(d / "a.pt"), other=str(d / "c.safetensors"),
                            html=True, progress=False, title="Depth 1 vs 2")
-    assert result.ok and result.verdict is None  # no gate: a description
+    # the verdict box, as the export report has: both restores checked
+    assert result.ok and result.verdict.ok and result.verdict.failures == []
     texts = [o.get("data", {}).get("text/plain", "") or o.get("text", "") for _, o in outputs(result.notebook)]
     assert texts[0].startswith("Depth 1 vs 2") and "a.pt vs c.safetensors" in texts[0]
-    assert "config change(s)" in texts[1] and "a.pt" in texts[1] and "c.safetensors" in texts[1]
-    assert sum("enn_nb checkpoint (" in t for t in texts) == 2  # both manifests
+    assert texts[1].startswith("PASS: 2 checkpoints; 2 of 2 restores checked and passed;")
+    assert "config change(s)" in texts[2] and "a.pt" in texts[2] and "c.safetensors" in texts[2]
+    assert sum(t.startswith(("a.pt (pt)", "c.safetensors (safetensors)")) for t in texts) == 2  # both manifests
+    # each checkpoint's tensor table is shown once (the manifests show their fields only)
+    assert sum(bool(re.match(r"(a\.pt|c\.safetensors): \d+ tensors, [\d,]+ values", t)) for t in texts) == 2
+    assert not any("blocks.0.fc2.weight" in t for t in texts if t.startswith(("a.pt (pt)", "c.safetensors (")))
     assert any("Tensors added / removed" in t and "blocks.1." in t for t in texts)
     page = result.html.read_text(encoding="utf-8")
     assert "Tensors added / removed" in page and "config.depth" in page
@@ -82,7 +89,7 @@ def test_checkpoint_report_executes_and_shows_the_diff(checkpoints, tmp_path):
     single = enn_nb.report("checkpoint_report", tmp_path, name="single", checkpoint=str(d / "b.safetensors"),
                            progress=False)
     texts = [o.get("data", {}).get("text/plain", "") or o.get("text", "") for _, o in outputs(single.notebook)]
-    assert any(name in t for t in texts)  # the tensor table lists every tensor
+    assert sum(name in t for t in texts) == 1  # the tensor table lists every tensor, once
     assert any("One checkpoint: nothing to compare." in t for t in texts)
 
 
@@ -95,3 +102,27 @@ def test_missing_checkpoint_fails_in_the_first_cell_with_a_clear_message(tmp_pat
         enn_nb.report("checkpoint_report", tmp_path, checkpoint=str(tmp_path / "nope.pt"), progress=False)
     assert err.value.cell_index == 1 and err.value.ename == "ReportError"
     assert "nope.pt` does not exist" in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.notebook
+def test_the_checkpoint_report_page_opens_on_a_verdict_box_and_lists_tensors_once(checkpoints, tmp_path,
+                                                                                   artifacts_dir):
+    import shutil
+
+    import enn_nb
+    from tests.fixtures.browser import chromium_page
+
+    d, name = checkpoints
+    result = enn_nb.report("checkpoint_report", tmp_path, checkpoint=str(d / "b.safetensors"), html=True,
+                           progress=False)
+    shutil.copy(result.html, artifacts_dir / "checkpoint_report.html")
+    with chromium_page(tmp_path / "chromium-profile", width=1100, height=900) as page:
+        page.goto(result.html.resolve().as_uri())
+        box = page.locator("[data-verdict='pass']").first
+        assert box.bounding_box()["y"] < 300 and "1 of 1 restore checked and passed" in box.inner_text()
+        assert page.get_by_text(name, exact=True).count() == 1  # one tensor table
+        height = page.evaluate("document.body.scrollHeight")
+        page.screenshot(path=str(artifacts_dir / "checkpoint_report.png"), full_page=True)
+    assert height < 3000  # the 31-row table once, not twice

@@ -97,7 +97,11 @@ def test_artifact_table_has_status_error_and_latency_per_batch(passed):
     assert {"onnx", "pt2", "eager"} <= set(rows)
     # the session's export cache starts empty (conftest): the first export of this checkpoint is not a cache hit
     assert re.search(r"onnx\s+ok\s+verified\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
-    assert "latency, batch 4" in text and re.search(r"ms ±[\d.e-]+ IQR, batch 4, 1 thread", rows["onnx"])
+    # compact cells (a number and the speed-up, or — when the machine was too busy); the detail is the tooltip
+    assert "latency, batch 4" in text and re.search(r"(\S+ ms · \S+x|—)\s*$", rows["onnx"]), rows["onnx"]
+    assert "±" not in text and "[noisy]" not in text
+    assert re.search(r"title='[\d.e-]+ ms ±[\d.e-]+ IQR, batch 4, 1 thread", tables[0]["text/html"])
+    assert tables[0]["text/html"].count("class='enn-nb-footnote'") == 1  # legend, threads and host: one footnote
     assert "href='export_report-artifacts/model.onnx'" in tables[0]["text/html"]
 
 
@@ -151,7 +155,9 @@ def test_batch_runs_one_report_per_checkpoint_and_indexes_verdicts(tiny_checkpoi
     assert (tmp_path / "nightly" / "export_report-good_safetensors.html").is_file()
     assert (tmp_path / "nightly" / "export_report-good_safetensors-artifacts" / "model.pt2.enn.json").is_file()
     broken = metadata(tmp_path / "nightly" / "export_report-broken_safetensors.ipynb")
-    assert broken["enn_nb"]["verdict"] is None  # it failed before a verdict: kept for inspection
+    verdict = broken["enn_nb"]["verdict"]  # it failed before the export's verdict: the FAIL box names the cause
+    assert verdict["ok"] is False and verdict["headline"].startswith("The report stopped in cell ")
+    assert "broken.safetensors" in verdict["failures"][0]
 
 
 # -- a report worth sharing ------------------------------------------------------------------------

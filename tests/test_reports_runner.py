@@ -47,10 +47,19 @@ def test_failing_cell_names_cell_and_error_and_keeps_the_partial_notebook(tmp_pa
     ran = nb["cells"][sources.index("before = 'ran'")]
     assert ran["execution_count"] is not None
     failed = nb["cells"][sources.index("result = 10 / divisor")]
-    assert [o["ename"] for o in failed["outputs"] if o["output_type"] == "error"] == ["ZeroDivisionError"]
-    assert nb["cells"][sources.index("after = 'never'")]["execution_count"] is None
+    # a readable failure: the FAIL verdict, then the exception in one line with its traceback folded
+    verdict = failed["outputs"][0]["data"]["application/vnd.enn-nb.verdict+json"]
+    assert verdict["ok"] is False and verdict["failures"] == ["ZeroDivisionError: division by zero"]
+    assert verdict["headline"] == "The report stopped in cell 2 of t.ipynb; the cells after it did not run."
+    folded = failed["outputs"][1]
+    assert folded["metadata"]["enn_nb"]["ename"] == "ZeroDivisionError"
+    assert "<details><summary>Traceback (click to unfold)</summary>" in "".join(folded["data"]["text/html"])
+    assert "after = 'never'" not in sources  # no empty sections: one line says where the report stopped
+    assert sources[-1].startswith("*The report stopped in cell 2 of t.ipynb; the sections after it were not run.")
+    assert not any("papermill-error-cell-tag" in c["metadata"].get("tags", []) for c in nb["cells"])
     assert "divisor = 0" in "".join(sources)  # the injected parameters are kept for inspection
     assert (tmp_path / "out" / "t.html").is_file()  # the partial report is rendered too
+    assert nb["metadata"]["enn_nb"]["verdict"]["ok"] is False  # attached like a passing report's verdict
 
 
 def test_verdict_is_read_back_and_attached_with_the_sidecars(tmp_path):

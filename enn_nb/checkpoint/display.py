@@ -79,6 +79,13 @@ def _tables(m: Any) -> tuple[Table, Table]:
     return summary, tensors
 
 
+def manifest_summary(m: Any, *, title: str = "") -> Table:
+    """The manifest's fields without its tensor table (a report that shows the tensors once, elsewhere)."""
+    summary, _ = _tables(m)
+    summary.title = title
+    return summary
+
+
 def manifest_text(m: Any) -> str:
     """A plain-text rendering for terminals (``print(manifest)``, ``enn-nb inspect``)."""
     summary, tensors = _tables(m)

@@ -20,7 +20,7 @@ from enn_nb._safeio import confined, plain_name
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.finish import RunInfo, finish
 from enn_nb.engine.outcome import UnitResult
-from enn_nb.engine.parity import VECTORS_SUFFIX, cases_for, load_vectors, run_cases
+from enn_nb.engine.parity import VECTORS_SUFFIX, check_artifact, load_vectors
 from enn_nb.engine.plan import Plan
 from enn_nb.engine.registry import get_backend
 from enn_nb.engine.report import BackendResult, ExportReport
@@ -109,7 +109,8 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
         started = time.perf_counter()
         cases, _, _ = load_vectors(vectors)
         runner = backend.load(Path(unit.conversion.artifact), options)
-        unit.parity = run_cases(runner, cases_for(cases, bool(unit.conversion.dynamic_batch)), *tolerance)
+        unit.parity = check_artifact(runner, cases, dynamic=bool(unit.conversion.dynamic_batch), atol=tolerance[0],
+                                     rtol=tolerance[1], probe_static=backend.refuses_other_shapes)
         unit.timings["verify"] = time.perf_counter() - started
     return unit
 

@@ -109,12 +109,17 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
         parity=parity_block,
         embedded=info.essentials if conv.embedded_metadata else None,
         embedded_metadata=bool(conv.embedded_metadata),
-        notes=[*notes, *conv.notes],
+        notes=[*notes, *conv.notes, *([parity_block["only_batch"]] if parity_block.get("only_batch") else [])],
         details=details,
         deferred=conv.deferred,
         conversion_path=dict(conv.path) if conv.path else {"name": "shared", "costs": []},
         cache_key=plan.key if status == "ok" else None,
     )
+    if status == "mismatch":  # a mismatch always says by how much, where, and against which tolerance
+        from enn_nb.engine.parity import mismatch_message
+
+        names = [t.name for t in conv.outputs]
+        data["error"] = {"type": "ParityError", "message": mismatch_message(plan.name, parity_block, names)}
     return _write_result(plan, data, timings, t0, info, unit.log)
 
 

@@ -33,7 +33,7 @@ from enn_nb.engine.backends.base import Conversion, ExportJob
 from enn_nb.engine.capture import Shared
 from enn_nb.engine.outcome import Crash, ErrorInfo, UnitResult
 from enn_nb.engine.outlog import CHILD_LOG, OutputLog, capture
-from enn_nb.engine.parity import cases_for, run_cases
+from enn_nb.engine.parity import check_artifact
 from enn_nb.engine.safe import _SDPA
 from enn_nb.model.spec import ModelSpec
 
@@ -123,8 +123,9 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
         with capture(f"{task.name} verify") as got:
             try:
                 runner = backend.load(artifact, dict(task.options))
-                chosen = cases_for(task.cases, bool(conv.dynamic_batch))
-                out.parity = run_cases(runner, chosen, *task.tolerance)
+                out.parity = check_artifact(runner, task.cases, dynamic=bool(conv.dynamic_batch),
+                                            atol=task.tolerance[0], rtol=task.tolerance[1],
+                                            probe_static=backend.refuses_other_shapes)
                 if conv.embedded_metadata:
                     out.metadata = backend.read_metadata(artifact)
             finally:

@@ -214,6 +214,8 @@ def compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: floa
     max_abs = max_rel = 0.0
     passed = True
     problem = None
+    worst: int | None = None  # the output with the largest abs error beyond tolerance (else overall)
+    worst_excess = -1.0
     for i, (g, e) in enumerate(zip(got, expected)):
         g = np.asarray(g)
         e = np.asarray(e)
@@ -233,14 +235,66 @@ def compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: floa
         if diff.size:
             max_abs = max(max_abs, float(diff.max()))
             max_rel = max(max_rel, float(rel.max()))
-            ok = bool(np.all(diff <= atol + rtol * np.abs(np.nan_to_num(e64))))
+            bound = atol + rtol * np.abs(np.nan_to_num(e64))
+            ok = bool(np.all(diff <= bound))
+            excess = float((diff - bound).max())
+            if excess > worst_excess:
+                worst, worst_excess = i, excess
             if not ok and problem is None:
                 problem = f"output {i} differs beyond tolerance"
             passed = passed and ok
     out: dict[str, Any] = {"max_abs_err": max_abs, "max_rel_err": max_rel, "passed": passed}
+    if worst is not None:
+        out["worst_output"] = worst
     if problem:
         out["problem"] = problem
     return out
+
+
+def check_artifact(runner: Callable[[list[Any]], list[Any]], cases: list[Case], *, dynamic: bool, atol: float,
+                   rtol: float, probe_static: bool = True) -> dict[str, Any]:
+    """The parity block of an artifact: its own cases, and for a static artifact every other batch it accepts.
+
+    A static artifact (a static fallback, LiteRT) is offered the dynamic-batch cases too: a batch it runs
+    is checked like any other (a wrong answer there is a mismatch), a batch it refuses is recorded with the
+    runtime's reason, and ``only_batch`` says so when a single batch size could be checked.
+    """
+    chosen = cases_for(cases, dynamic)
+    probes = [c for c in cases if c.dynamic and c.batch_size not in {x.batch_size for x in chosen}] \
+        if not dynamic and probe_static else []
+    refused = []
+    accepted = []
+    for case in probes:
+        try:
+            got = runner([c.copy() for c in case.inputs])
+        except Exception as exc:  # noqa: BLE001 - the runtime refusing another batch is the expected answer
+            refused.append({"batch_size": case.batch_size, "reason": _first_line(exc)})
+            continue
+        shapes = [list(getattr(g, "shape", ())) for g in got]
+        wanted = [list(e.shape) for e in case.expected]
+        if shapes != wanted:  # the runtime ran its fixed shapes anyway (LiteRT resizes inputs only)
+            refused.append({"batch_size": case.batch_size,
+                            "reason": f"runs but returns outputs of shape {shapes} where batch {case.batch_size} "
+                                      f"needs {wanted}"})
+        else:
+            accepted.append(case)
+    block = run_cases(runner, [*chosen, *accepted], atol, rtol)
+    batches = sorted({c["batch_size"] for c in block["cases"]})
+    block["batches"] = batches
+    if refused:
+        block["refused"] = refused
+    if len(batches) == 1:
+        others = ", ".join(str(r["batch_size"]) for r in refused)
+        block["only_batch"] = (
+            f"checked at batch {batches[0]} only: the artifact is static"
+            + (f" and refuses batch {others} ({refused[0]['reason']})" if refused else "")
+        )
+    return block
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def run_cases(runner: Callable[[list[Any]], list[Any]], cases: list[Case], atol: float, rtol: float) -> dict[str, Any]:
@@ -258,6 +312,30 @@ def run_cases(runner: Callable[[list[Any]], list[Any]], cases: list[Case], atol:
         "max_abs_err": max((r["max_abs_err"] for r in results), default=None),
         "max_rel_err": max((r["max_rel_err"] for r in results), default=None),
     }
+
+
+def mismatch_message(backend: str, parity: dict[str, Any], output_names: Sequence[str] = ()) -> str:
+    """One line for a parity failure: the figures, the tolerance, and the worst case's output and batch."""
+    cases = [c for c in parity.get("cases", []) if not c.get("passed", True)] or list(parity.get("cases", []))
+    tol = parity.get("tolerance") or {}
+    if not cases:
+        return f"`{backend}` artifact differs from the eager model (no case recorded)."
+    worst = max(cases, key=lambda c: float(c.get("max_abs_err") or 0.0))
+    index = worst.get("worst_output")
+    if index is None:
+        where = f"batch {worst.get('batch_size')}"
+    else:
+        name = output_names[index] if index < len(output_names) else f"#{index}"
+        where = f"output `{name}` at batch {worst.get('batch_size')}"
+    failing = ", ".join(str(c.get("batch_size")) for c in cases if not c.get("passed", True))
+    figures = f"max abs error {float(worst.get('max_abs_err', float('nan'))):.3e}, max rel error " \
+              f"{float(worst.get('max_rel_err', float('nan'))):.3e}"
+    text = (f"`{backend}` artifact differs from the eager model beyond atol={tol.get('atol')} rtol={tol.get('rtol')}: "
+            f"{figures} (worst: {where}")
+    text += f"; batches failing: {failing})." if failing else ")."
+    if worst.get("problem") and "beyond tolerance" not in str(worst["problem"]):
+        text += f" {worst['problem']}."
+    return text
 
 
 def finite(parity: dict[str, Any]) -> dict[str, Any]:
@@ -408,6 +486,8 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         with capture("verify"):
             runner = backend.load(artifact, load_options)
             parity = finite(run_cases(runner, chosen, atol, rtol))
+        if not data.get("dynamic_batch") and (data.get("parity") or {}).get("only_batch"):
+            parity["only_batch"] = data["parity"]["only_batch"]
     except EnnError:
         raise
     except Exception as exc:  # noqa: BLE001 - a runtime's own error on a damaged artifact: one enn_nb error

@@ -35,7 +35,7 @@ from enn_nb.engine.inputs import (
 from enn_nb.engine.lanes import LaneContext, run_lane, split_lanes
 from enn_nb.engine.outcome import ErrorInfo
 from enn_nb.engine.outlog import OutputLog, capture
-from enn_nb.engine.parity import VECTORS_SUFFIX
+from enn_nb.engine.parity import VECTORS_SUFFIX, mismatch_message
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
 from enn_nb.engine.registry import get_backend
 from enn_nb.engine.report import ExportReport, static_note
@@ -443,9 +443,8 @@ def _raise_if_needed(report: ExportReport, settings: ExportSettings) -> None:
             worst = max(r.parity.get("cases", []), key=lambda c: c["max_abs_err"], default={})
             tol = r.parity.get("tolerance", {})
             exc: Exception = ParityError(
-                f"`{r.backend}` artifact differs from the eager model: max abs error {r.max_abs_err:.3e}, max rel error "
-                f"{r.max_rel_err:.3e} (batch {worst.get('batch_size')}), tolerance atol={tol.get('atol')} "
-                f"rtol={tol.get('rtol')}. Pass `tolerances={{'{r.backend}': (atol, rtol)}}` if this is acceptable.",
+                f"{r.error or mismatch_message(r.backend, r.parity)} Pass `tolerances={{'{r.backend}': (atol, rtol)}}` "
+                "if this is acceptable.",
                 backend=r.backend,
                 batch_size=worst.get("batch_size"),
                 max_abs_err=float(r.max_abs_err or float("nan")),

@@ -16,7 +16,7 @@ import dataclasses
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,6 +50,7 @@ class Stat:
     threads: int | None = None
     batch: int | None = None
     settled: bool = True
+    rounds: int = 1
 
     @property
     def iqr_ms(self) -> float:
@@ -71,6 +72,12 @@ class Stat:
         if ratio is not None:
             text += f" ({ratio_text(ratio)} vs {reference})"
         return text + (" [noisy]" if self.noisy else "")
+
+    def compact(self, ratio: float | None = None) -> str:
+        """``0.123 ms · 2.1x`` (a report cell; :meth:`cell` is the detail for its tooltip), ``—`` when noisy."""
+        if self.noisy:
+            return "—"
+        return f"{self.median_ms:.3g} ms" + (f" · {ratio_text(ratio)}" if ratio is not None else "")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "iqr_ms": self.iqr_ms, "spread": self.spread}
@@ -163,6 +170,58 @@ def speedup(reference_ms: float | None, ms: float | None) -> float | None:
 def ratio_text(ratio: float) -> str:
     """``2.1x``, ``0.48x``, ``310x``: a speed-up as a factor, whichever side is faster."""
     return f"{ratio:.0f}x" if ratio >= 100 else f"{ratio:.2g}x"
+
+
+def busy_note(stats: Sequence[Stat], host: dict[str, Any]) -> str | None:
+    """The one note of a set of timings some of which stayed too noisy: ``not measured: machine busy``."""
+    noisy = [s for s in stats if s.noisy]
+    if not noisy:
+        return None
+    load = host.get("load_1min")
+    where = f"load average {load} before timing, {host.get('load_1min_after')} after, on {host.get('cpu_count')} CPUs"
+    rounds = max(s.rounds for s in noisy)
+    return (
+        f"not measured: machine busy — {len(noisy)} of {len(stats)} timings kept a spread (IQR) above "
+        f"{MAX_SPREAD:.0%} of their median after {rounds} round{'s' if rounds != 1 else ''} ({where}). Rerun on a "
+        "quieter machine."
+    )
+
+
+def wait_until_quiet(*, cap_s: float = 20.0, window_s: float = 0.25, idle_share: float = 0.05,
+                     clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
+    """Wait until no process this one started (export workers, their fork server, compile workers) is busy.
+
+    Quiet: the children's CPU time grew by less than ``idle_share`` of one core over two windows in a
+    row (or no child is left). Gives up after ``cap_s``.
+
+    Returns:
+        ``{"waited_s", "workers_quiet"}``.
+    """
+    import psutil
+
+    me = psutil.Process()
+    start = clock()
+    quiet_windows = 0
+
+    def busy_seconds() -> float:
+        total = 0.0
+        for child in me.children(recursive=True):
+            try:
+                t = child.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:  # gone meanwhile: idle
+                continue
+        return total
+
+    before = busy_seconds()
+    while clock() - start < cap_s:
+        time.sleep(window_s)
+        now = busy_seconds()
+        quiet_windows = quiet_windows + 1 if now - before < idle_share * window_s else 0
+        before = now
+        if quiet_windows >= 2 or not me.children(recursive=True):
+            return {"waited_s": round(clock() - start, 2), "workers_quiet": True}
+    return {"waited_s": round(clock() - start, 2), "workers_quiet": False}
 
 
 def noise_warning(label: str, stat: Stat, load: dict[str, Any]) -> str:

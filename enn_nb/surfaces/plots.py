@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 # Errors of exactly 0 (PT2, AOTI) cannot sit on a log axis; they are drawn at this floor and labelled.
 _ERROR_FLOOR = 1e-12
+# A case that could not be compared (another output shape) is recorded as 1e308: drawn capped, labelled.
+_ERROR_CAP = 1e3
 _FIGSIZE = (6.0, 3.2)
 EAGER = "eager (torch)"
 EAGER_SAFE = "eager, export-safe"
@@ -58,22 +60,27 @@ def parity_figure(
         return _empty(fig, title, "no parity measured")
     batches = sorted({b for per in measured.values() for b in per})
     names = list(measured)
+    # wide enough that the backend names under the groups never collide; slanted beyond five groups
+    fig.set_size_inches(max(_FIGSIZE[0], 1.0 + 0.95 * len(names) + 1.2), _FIGSIZE[1] + (0.4 if len(names) > 5 else 0))
     ax = fig.add_subplot()
     width = 0.8 / len(batches)
     cmap = _colors(len(batches))
     for j, batch in enumerate(batches):
-        xs, ys, zero = [], [], []
+        xs, ys, marks = [], [], []
         for i, name in enumerate(names):
             if batch in measured[name]:
                 value = measured[name][batch]
                 xs.append(i - 0.4 + width * (j + 0.5))
-                ys.append(max(value, _ERROR_FLOOR))
-                zero.append(value == 0.0)
+                ys.append(min(max(value, _ERROR_FLOOR), _ERROR_CAP))
+                marks.append("0" if value == 0.0 else ("n/c" if value > _ERROR_CAP else ""))
         bars = ax.bar(xs, ys, width=width * 0.95, color=cmap[j], label=f"batch {batch}")
-        for bar, is_zero in zip(bars, zero):
-            if is_zero:
+        for bar, mark in zip(bars, marks):
+            if mark == "0":
                 ax.annotate("0", (bar.get_x() + bar.get_width() / 2, _ERROR_FLOOR), ha="center",
                             va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+            elif mark:  # not comparable: the artifact gave another shape; drawn at the cap, inside the frame
+                ax.annotate(mark, (bar.get_x() + bar.get_width() / 2, _ERROR_CAP), ha="center",
+                            va="top", fontsize=6, xytext=(0, -2), textcoords="offset points", rotation=90)
     labelled = False
     for i, name in enumerate(names):
         atol = (tolerances or {}).get(name)
@@ -82,7 +89,8 @@ def parity_figure(
                       label=None if labelled else "atol")
             labelled = True
     ax.set_yscale("log")
-    ax.set_xticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 5 else 0,
+                  ha="right" if len(names) > 5 else "center")
     ax.set_ylabel("max |artifact - eager|")
     ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -142,21 +150,27 @@ def latency_figure(
     from enn_nb.engine.timing import ratio_text, speedup
 
     reference, name, own = (safe_ms, "export-safe eager", EAGER_SAFE) if safe_ms else (eager_ms, "eager", EAGER)
+    ax.set_yticks(ys, labels)
+    ax.set_xlabel("ms per call" + (f" (batch {batch_size})" if batch_size else "") + f"; ×: speed-up vs {name}")
+    positive = [d for d in data if d > 0]
+    log = bool(positive) and max(positive) / min(positive) > 30  # e.g. 0.1 ms vs 100 ms: linear hides the small
+    if log:
+        low, high = min(positive) / 2, max(positive) * 4
+        ax.set_xscale("log")
+    else:
+        low, high = 0.0, max(data) * 1.15 if max(data) > 0 else 1.0
+    ax.set_xlim(low, high)
     for bar, ms, label, same in zip(bars, data, labels, comparable):
         text = f"{ms:.3g} ms"
         ratio = speedup(reference, ms)
         if ratio and same and label != own:
-            text += f"  ({ratio_text(ratio)} vs {name})"
-        ax.annotate(text, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center",
-                    fontsize=7, xytext=(3, 0), textcoords="offset points")
-    ax.set_yticks(ys, labels)
-    ax.set_xlabel("ms per call" + (f" (batch {batch_size})" if batch_size else ""))
-    positive = [d for d in data if d > 0]
-    if positive and max(positive) / min(positive) > 30:  # e.g. 0.1 ms vs 100 ms: linear hides the small
-        ax.set_xscale("log")
-        ax.set_xlim(min(positive) / 2, max(positive) * 20)
-    else:
-        ax.set_xlim(0, max(data) * 1.45)
+            text += f" ({ratio_text(ratio).replace('x', '×')})"
+        # a label that would cross the frame sits inside its bar instead
+        end = (math.log(ms / low) / math.log(high / low)) if log and ms > 0 else (ms - low) / (high - low)
+        inside = end > 0.6
+        ax.annotate(text, (ms, bar.get_y() + bar.get_height() / 2), va="center", fontsize=7,
+                    ha="right" if inside else "left", xytext=(-3 if inside else 3, 0), textcoords="offset points",
+                    color="white" if inside else "black", clip_on=True)
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     return fig

@@ -99,6 +99,21 @@ def retrace(ep: Any, job: ExportJob, bounds: tuple[int, int] | None) -> Any:
     return torch.export.export(ep.module(), job.example_inputs, dynamic_shapes=shapes)
 
 
+def uses_float64(ep: Any) -> bool:
+    """Whether the program holds or computes any float64 tensor (a parameter, buffer, constant or value)."""
+    import torch
+
+    if any(t.dtype == torch.float64 for t in [*ep.state_dict.values(), *ep.constants.values()]
+           if isinstance(t, torch.Tensor)):
+        return True
+    for node in ep.graph.nodes:
+        val = node.meta.get("val")
+        vals = val if isinstance(val, (list, tuple)) else [val]
+        if any(getattr(v, "dtype", None) == torch.float64 for v in vals):
+            return True
+    return False
+
+
 # -- float64 demotion ----------------------------------------------------------------------------------
 def demote_float64_module(ep: Any) -> tuple[Any, dict[str, int]]:
     """A copy of ``ep.module()`` computing in float32 wherever the program used float64.

@@ -29,6 +29,7 @@ class AotiBackend(Backend):
     requires: ClassVar[tuple[str, ...]] = ("torch",)
     consumes: ClassVar[str] = "exported_program"
     cost: ClassVar[float] = 10.0
+    refuses_other_shapes: ClassVar[bool] = False  # compiled code: a wrong shape may crash, not raise
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     compiles_with_inductor: ClassVar[bool] = True
     slow: ClassVar[str] = "slow: compiles C++, typically a minute or more"

@@ -175,6 +175,10 @@ class Backend:
     slow: ClassVar[str] = ""
     #: the artifact is native code that runs when it is loaded: loading one needs ``trust=True``
     runs_native_code: ClassVar[bool] = False
+    #: Its runtime raises on an input shape a static artifact was not built for, so parity may offer a
+    #: static artifact other batch sizes (checked if accepted, recorded if refused). False where a wrong
+    #: shape could crash the process instead (native code without shape checks).
+    refuses_other_shapes: ClassVar[bool] = True
 
     # -- availability --------------------------------------------------------------------------
     def missing_packages(self, *, runtime: bool = False) -> list[str]:

@@ -15,10 +15,13 @@ from enn_nb.errors import BackendError, PlatformUnavailableError
 from enn_nb.engine.backends._edge_common import (
     BATCH,
     batch_bounds,
+    both_paths_failed,
     captured_output,
     check_option,
     first_line,
     program_io,
+    retrace,
+    uses_float64,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 from enn_nb.engine.options import Option, defaults
@@ -51,7 +54,13 @@ class CoremlBackend(Backend):
             enn_nb version).
         author, license: optional metadata strings.
 
-    MIL has no float64 arithmetic: coremltools computes the model's float64 ops in float32.
+    MIL has no float64 arithmetic: coremltools computes the model's float64 ops in float32 (a note says
+    so on the models that have float64).
+
+    When coremltools cannot convert the program it tries, in order: the core ATen decompositions
+    (``gru``, ``lstm``, ``new_ones``, ``diff``, ``__and__`` on bools), then those plus small rewrites of
+    ops it lacks (``unfold`` as an ``index_select``, ``alias`` as a ``view``), then, for a dynamic batch,
+    the same ladder with static shapes. Each step taken is a note and a cost in ``conversion_path``.
     """
 
     name: ClassVar[str] = "coreml"
@@ -94,15 +103,16 @@ class CoremlBackend(Backend):
         bounds = batch_bounds(ep)
         low, opt, high = max(1, job.batch_range[0]), job.batch_range[1], job.batch_range[2]
         dynamic = bool(job.dynamic_batch) and bounds is not None and low < high
-        ct_inputs = []
-        for name, tensor in zip(job.input_names, job.example_inputs):
-            rest = tuple(int(d) for d in tensor.shape[1:])
-            first: Any = ct.RangeDim(lower_bound=low, upper_bound=high, default=opt) if dynamic else int(tensor.shape[0])
-            dtype = np.float32 if tensor.dtype.is_floating_point else np.int32
-            ct_inputs.append(ct.TensorType(name=name, shape=(first, *rest), dtype=dtype))
-        ct_outputs = [ct.TensorType(name=name, dtype=np.float32 if precision == "float32" else np.float16)
-                      for name in job.output_names]
-        def convert(program: Any) -> Any:
+
+        def convert(program: Any, dynamic: bool) -> Any:
+            ct_inputs = []
+            for name, tensor in zip(job.input_names, job.example_inputs):
+                rest = tuple(int(d) for d in tensor.shape[1:])
+                first: Any = ct.RangeDim(lower_bound=low, upper_bound=high, default=opt) if dynamic else int(tensor.shape[0])
+                dtype = np.float32 if tensor.dtype.is_floating_point else np.int32
+                ct_inputs.append(ct.TensorType(name=name, shape=(first, *rest), dtype=dtype))
+            ct_outputs = [ct.TensorType(name=name, dtype=np.float32 if precision == "float32" else np.float16)
+                          for name in job.output_names]
             return ct.convert(
                 program,
                 convert_to="mlprogram",
@@ -113,31 +123,33 @@ class CoremlBackend(Backend):
                 compute_units=ct.ComputeUnit[opts["compute_units"]],
             )
 
-        fallback_notes: list[str] = []
-        path = None
         with captured_output() as log:
             try:
-                model = convert(ep.run_decompositions({}))
-            except Exception as exc:
-                # coremltools has no conversion for some ATen ops (gru, lstm, new_ones, diff) that the
-                # core ATen decomposition table rewrites into ops it knows: try that before giving up.
-                import torch
-
-                try:
-                    model = convert(ep.run_decompositions(torch.export.default_decompositions()))
-                except Exception as core_exc:
+                model, ladder = _convert_with_ladder(convert, ep, dynamic, tuple(job.example_inputs))
+            except _AllFailed as first:
+                if not dynamic:
                     raise BackendError(
-                        f"`coreml` conversion failed: {first_line(exc)}; after decomposing to core ATen ops too: "
-                        f"{first_line(core_exc)}\n--- coremltools output (tail) ---\n{log.tail()}",
-                        backend=self.name,
-                        stage="convert",
-                    ) from exc
-                fallback_notes.append(
-                    f"converted after `run_decompositions(torch.export.default_decompositions())` (core ATen ops): "
-                    f"the program's own ops do not convert ({first_line(exc, 160)}). Same function, more and "
-                    "smaller ops in the ML Program."
-                )
-                path = {"name": "core-aten-decompositions", "costs": ["more, smaller ops (no fused kernels)"]}
+                        f"`coreml` conversion failed: {first.summary()}\n--- coremltools output (tail) ---\n{log.tail()}",
+                        backend=self.name, stage="convert",
+                    ) from first.cause
+                # coremltools refuses some dynamic-shape graphs (rank > 5 reshapes of a Swin-style window
+                # partition, "Cannot add const" of a shape computed from the batch) that convert with
+                # static shapes, as TensorFlow/ExecuTorch/LiteRT do: the static program is the fallback.
+                ep = retrace(ep, job, None)
+                try:
+                    model, ladder = _convert_with_ladder(convert, ep, False, tuple(job.example_inputs))
+                except _AllFailed as second:
+                    raise both_paths_failed(self.name, "conversion", first, second) from second.cause
+                dynamic = False
+                batch = int(job.example_inputs[0].shape[0])
+                ladder["notes"].insert(0, (
+                    f"converted with static shapes after coremltools failed on the dynamic batch "
+                    f"({first.summary()}): the artifact accepts batch {batch} only."
+                ))
+                ladder["costs"].insert(0, f"static batch {batch}")
+                ladder["name"] = "static-shapes" if ladder["name"] == "shared" else f"static-shapes+{ladder['name']}"
+        fallback_notes = ladder["notes"]
+        path = {"name": ladder["name"], "costs": ladder["costs"]} if ladder["costs"] else None
         _, program_outputs = program_io(ep, job, dynamic=dynamic)
         model.short_description = _description(job, program_outputs)
         model.version = str(opts["version"] or (job.essentials.get("enn_nb.source_hash") or "")[:16]
@@ -170,7 +182,7 @@ class CoremlBackend(Backend):
             path=path,
             notes=[
                 *fallback_notes,
-                "MIL has no float64 arithmetic: coremltools computes the model's float64 ops in float32.",
+                *([_FLOAT64_NOTE] if uses_float64(ep) else []),
                 *([] if sys.platform == "darwin" else [
                     "verified by loading the spec back (names, shapes, metadata); prediction needs macOS."
                 ]),
@@ -240,6 +252,114 @@ class CoremlBackend(Backend):
     def read_metadata(self, artifact: Path) -> dict[str, str] | None:
         ct = _coremltools("reading `.mlpackage` metadata")
         return read_user_metadata(ct.utils.load_spec(str(artifact))) or None
+
+
+_FLOAT64_NOTE = "MIL has no float64 arithmetic: coremltools computes the model's float64 ops in float32."
+
+
+class _AllFailed(Exception):
+    """Every rung of the decomposition ladder failed; ``errors`` holds each rung's exception."""
+
+    def __init__(self, errors: list[tuple[str, BaseException]]) -> None:
+        super().__init__(self.summary_of(errors))
+        self.errors = errors
+        self.cause = errors[0][1]
+
+    @staticmethod
+    def summary_of(errors: list[tuple[str, BaseException]]) -> str:
+        first = first_line(errors[0][1])
+        rest = [f"{name}: {first_line(exc)}" for name, exc in errors[1:] if first_line(exc) != first]
+        if rest:
+            return f"{first} (after {'; '.join(rest)})"
+        tried = " and rewrites" if len(errors) > 2 else ""
+        return f"{first}; the same after core ATen decompositions{tried}"
+
+    def summary(self) -> str:
+        return self.summary_of(self.errors)
+
+
+def _convert_with_ladder(convert: Any, ep: Any, dynamic: bool, example: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    """``convert(program, dynamic)`` of the program as it is, then decomposed to core ATen ops, then with
+    the rewrites too; the model and ``{"name", "costs", "notes"}`` of the rung that converted."""
+    import torch
+
+    errors: list[tuple[str, BaseException]] = []
+    rungs = [
+        ("shared", lambda: ep.run_decompositions({}), [], None),
+        ("core-aten-decompositions", lambda: ep.run_decompositions(torch.export.default_decompositions()),
+         ["more, smaller ops (no fused kernels)"],
+         "converted after `run_decompositions(torch.export.default_decompositions())` (core ATen ops): the "
+         "program's own ops do not convert ({why}). Same function, more and smaller ops in the ML Program."),
+    ]
+    rewritten = _rewritable_ops(ep)
+    if rewritten:
+        what = ", ".join(f"`{op}` as {_REWRITES[op]}" for op in rewritten)
+        rungs.append((
+            "core-aten+rewrites", lambda: _rewritten(ep, example),
+            ["more, smaller ops (no fused kernels)", f"rewritten ops: {what}"],
+            f"converted after core ATen decompositions plus enn_nb's rewrites of ops coremltools lacks ({what}; "
+            "{why}). The rewritten program was checked against the captured one in torch on the example inputs.",
+        ))
+    for name, program, costs, note in rungs:
+        try:
+            model = convert(program(), dynamic)
+        except Exception as exc:  # noqa: BLE001 - each rung's cause is kept for the error
+            errors.append((name, exc))
+            continue
+        why = first_line(errors[0][1], 160) if errors else ""
+        return model, {"name": name, "costs": list(costs), "notes": [note.format(why=why)] if note else []}
+    raise _AllFailed(errors)
+
+
+#: ATen ops coremltools 9 has no conversion for, and what enn_nb rewrites them as.
+_REWRITES = {"unfold": "an `index_select` of the windows", "alias": "a `view`"}
+
+
+def _rewritable_ops(ep: Any) -> list[str]:
+    names = {getattr(getattr(n.target, "_overloadpacket", None), "__name__", None)
+             for n in ep.graph.nodes if n.op == "call_function"}
+    return [op for op in _REWRITES if op in names]
+
+
+def _rewritten(ep: Any, example: tuple[Any, ...]) -> Any:
+    """The program decomposed with :func:`_rewrite_table`, checked against ``ep`` on ``example``
+    (CoreML cannot predict on Linux, so the rewrite is checked where it can be: in torch)."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    program = ep.run_decompositions(_rewrite_table())
+    with torch.no_grad():
+        want = tree_leaves(ep.module()(*example))
+        got = tree_leaves(program.module()(*example))
+    # the same values gathered another way; a matmul over another memory layout may round differently
+    if len(want) != len(got) or not all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(want, got)):
+        raise BackendError("enn_nb's rewrite of `unfold`/`alias` changed the program's outputs; not converted.",
+                           backend="coreml", stage="convert")
+    return program
+
+
+def _rewrite_table() -> dict[Any, Any]:
+    """The core ATen decomposition table plus rewrites of ops coremltools 9 has no conversion for."""
+    import torch
+
+    aten = torch.ops.aten
+    table = dict(torch.export.default_decompositions())
+
+    def unfold(x: Any, dim: int, size: int, step: int) -> Any:
+        # windows of `size` every `step` along `dim`: gather them with one index_select, then put the
+        # window axis last (what `Tensor.unfold` returns)
+        dim = dim % max(x.dim(), 1)
+        count = (x.shape[dim] - size) // step + 1
+        index = (torch.arange(count, device=x.device) * step).unsqueeze(1) + torch.arange(size, device=x.device)
+        gathered = aten.index_select.default(x, dim, index.reshape(-1))
+        return gathered.unflatten(dim, (count, size)).movedim(dim + 1, -1)
+
+    def alias(x: Any) -> Any:
+        return aten.view.default(x, list(x.shape))
+
+    table[aten.unfold.default] = unfold
+    table[aten.alias.default] = alias
+    return table
 
 
 def _coremltools(purpose: str) -> Any:

@@ -79,12 +79,22 @@ class LitertBackend(Backend):
 
         ep = job.exported_program
         module, counts = demote_float64_module(ep)
+        repeats = materialise_single_head_repeats(module)
         named = _named_module(module, job.input_names, job.output_names)
         kwargs = dict(zip(job.input_names, job.example_inputs))
         notes: list[str] = []
         note = demotion_note(counts, "LiteRT (litert-torch)")
         if note:
             notes.append(note)
+        costs: list[str] = []
+        if repeats:
+            notes.append(
+                f"{repeats} repeat(s) of a single key/value head (GQA's `repeat_kv`: `expand` of a size-1 head axis, "
+                "then `reshape`) were written as a `cat` of copies: litert-torch folds that repeat into a broadcast "
+                "that its `tfl.batch_matmul` lowering of q·kᵀ gets wrong (errors of 1e-3 to 1e+1 measured). Same "
+                "values, one copy of k and v per query head in memory."
+            )
+            costs.append(f"{repeats} single-KV-head repeat(s) materialised with `cat`")
         bounds = batch_bounds(ep)
         dynamic = bool(job.dynamic_batch and opts["dynamic_batch"] and bounds is not None)
         model = None
@@ -151,8 +161,9 @@ class LitertBackend(Backend):
             details={"float64_demoted": counts, "metadata_entry": ESSENTIALS_KEY if embedded else None,
                      "input_casts": casts},
             embedded_metadata=embedded,
-            path={"name": "shared", "costs": [f"{c['input']}: {c['model']} -> {c['artifact']}" for c in casts]}
-            if casts else None,
+            path={"name": "kv-repeat-as-cat" if repeats else "shared",
+                  "costs": [*costs, *(f"{c['input']}: {c['model']} -> {c['artifact']}" for c in casts)]}
+            if casts or repeats else None,
         )
 
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
@@ -183,6 +194,49 @@ class LitertBackend(Backend):
         if raw is None:
             return None
         return {str(k): str(v) for k, v in json.loads(raw.decode("utf-8")).items()}
+
+
+def materialise_single_head_repeats(gm: Any) -> int:
+    """Rewrite, in place, each GQA-style repeat of one key/value head into a ``cat`` of copies.
+
+    The pattern: ``aten.expand`` of a tensor whose axis ``i`` has size 1 to ``n > 1`` copies, where axis
+    ``i - 1`` (the KV heads) is 1 too, and whose users are all ``reshape``/``view`` ops merging the two
+    (``[B, 1, 1, T, D] -> [B, 1, n, T, D] -> [B, n, T, D]``). litert-torch 0.10 lowers ``q @ k.mT`` on
+    such a key to a ``tfl.batch_matmul`` that gives wrong numbers; a ``cat`` converts correctly.
+
+    Returns:
+        How many expands were rewritten.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    reshapes = {aten.reshape.default, aten.view.default, aten._unsafe_view.default}
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not aten.expand.default:
+            continue
+        source, sizes = node.args[0], list(node.args[1])
+        val = source.meta.get("val") if hasattr(source, "meta") else None
+        if val is None or len(sizes) != val.dim() or not node.users:
+            continue
+        if not all(u.op == "call_function" and u.target in reshapes
+                   and u.meta.get("val") is not None and u.meta["val"].dim() == val.dim() - 1 for u in node.users):
+            continue
+        axes = [i for i, (have, want) in enumerate(zip(val.shape, sizes))
+                if isinstance(want, int) and want > 1 and have == 1]
+        if len(axes) != 1 or axes[0] == 0 or val.shape[axes[0] - 1] != 1:
+            continue
+        axis, copies = axes[0], int(sizes[axes[0]])
+        with gm.graph.inserting_before(node):
+            cat = gm.graph.call_function(aten.cat.default, ([source] * copies, axis))
+        cat.meta = dict(node.meta)
+        node.replace_all_uses_with(cat)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.lint()
+        gm.recompile()
+    return count
 
 
 def _named_module(inner: Any, input_names: list[str], output_names: list[str]) -> Any:

@@ -75,6 +75,7 @@ class TensorrtBackend(Backend):
     runtime_requires: ClassVar[tuple[str, ...] | None] = ("tensorrt",)
     consumes: ClassVar[str] = "onnx"
     # GPU kernels (cuBLAS GEMMs, fused softmax/layernorm) reorder fp32 sums; TF32 is off by default.
+    refuses_other_shapes: ClassVar[bool] = False  # compiled code: a wrong shape may crash, not raise
     default_tolerance: ClassVar[tuple[float, float]] = (1e-3, 1e-3)
     options: ClassVar[tuple[Option, ...]] = (
         Option("min_batch", int, None, "the optimisation profile's smallest batch (None: batch_range's min)", min=1),

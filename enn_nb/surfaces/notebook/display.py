@@ -24,6 +24,8 @@ class TqdmProgress:
     Args:
         stages: the stage names of one backend's run, in order, for a bar with a known length; None
             counts stages without a total.
+        order: the backends in the order they were asked for: their bars (and the shared one first) are
+            drawn up front, ``queued``, so they stay in that order whichever backend starts first.
         tqdm_factory: the tqdm class; defaults to ``tqdm.auto.tqdm`` (widgets in a kernel, text elsewhere).
         **tqdm_kwargs: passed to every bar (``file=``, ``leave=``, ``disable=``...).
     """
@@ -32,10 +34,12 @@ class TqdmProgress:
         self,
         *,
         stages: Sequence[str] | None = None,
+        order: Sequence[str] | None = None,
         tqdm_factory: Callable[..., Any] | None = None,
         **tqdm_kwargs: Any,
     ) -> None:
         self.stages = list(stages) if stages else None
+        self.order = list(order) if order else []
         self._factory = tqdm_factory
         self._kwargs = {"leave": True, **tqdm_kwargs}
         self.bars: dict[str, Any] = {}
@@ -75,10 +79,15 @@ class TqdmProgress:
             # nothing in nbconvert HTML, and its text/plain was frozen at 0%).
             text = repr(bar.container)
             total = bar.total if bar.total else max(bar.n, 1)
+            label = getattr(bar, "_enn_label", "")
+            status = self.final.get(label.split("] ")[-1], "") or str(bar.postfix or "").strip(", ")
+            elapsed = bar.format_interval(bar.format_dict.get("elapsed", 0))
+            # one bar: the HTML <progress> with its label (the text/plain keeps tqdm's own line for
+            # renderers without HTML; an ASCII bar beside the HTML one would be a second copy)
             handle.update({
                 "text/plain": text,
                 "text/html": f"<div class='enn-nb-progress'><progress value='{bar.n}' max='{total}'></progress> "
-                             f"<code>{html.escape(text)}</code></div>",
+                             f"<span>{html.escape(label)}: {html.escape(status)} ({html.escape(elapsed)})</span></div>",
             }, raw=True)  # fmt: skip
             bar.container.close()  # its view is gone: free the widget
 
@@ -114,6 +123,13 @@ class TqdmProgress:
                 self._finish(bar)
 
     def __enter__(self) -> TqdmProgress:
+        if self.order:  # every bar drawn now, in the requested order; the events fill them in
+            self.bars["shared"] = self._make(None, None, None)
+            self._seen["shared"] = []
+            for i, name in enumerate(self.order):
+                bar = self.bars[name] = self._make(name, i, len(self.order))
+                bar.set_postfix_str("queued", refresh=True)
+                self._seen[name] = []
         return self
 
     def __exit__(self, *exc: object) -> None:

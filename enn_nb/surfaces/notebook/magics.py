@@ -270,7 +270,7 @@ class EnnMagics(Magics):
 
             progress = None
             if self.progress:
-                progress = TqdmProgress(stages=PROGRESS_STAGES)
+                progress = TqdmProgress(stages=PROGRESS_STAGES, order=list(settings.names))
             with progress if progress is not None else contextlib.nullcontext():
                 report = export(source, settings=settings, spec=spec, example_inputs=example, progress=progress)
             self._ns["_"] = report

@@ -12,14 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb._format import human_size
-from enn_nb.errors import EnnError, ReportError
+from enn_nb.errors import CorruptCheckpointError, EnnError, ReportError
 from enn_nb.table import Table
 from enn_nb.surfaces.reports.sections import Header
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Manifest
+    from enn_nb.surfaces.reports.verdict import Verdict
 
-__all__ = ["CheckpointDiff", "Header", "diff", "origin", "require", "subject", "summary", "tensor_table"]
+__all__ = ["CheckpointDiff", "Header", "diff", "manifest_fields", "origin", "require", "restore_status", "subject",
+           "summary", "tensor_table", "verdict"]
 
 
 def require(path: str | os.PathLike[str], *, name: str) -> Path:
@@ -56,7 +58,15 @@ def tensor_table(manifest: Manifest) -> Table:
     return Table(["name", "dtype", "shape", "elements", "size", "hash"], rows, title=title)
 
 
-def origin(manifest: Manifest, *, restore: bool = True) -> Table:
+def manifest_fields(manifest: Manifest) -> Table:
+    """The manifest's fields (spec, versions, metadata); its tensors are the report's Tensors section."""
+    from enn_nb.checkpoint.display import manifest_summary
+
+    name = Path(manifest.path or "").name or manifest.format
+    return manifest_summary(manifest, title=f"{name} ({manifest.format})")
+
+
+def origin(manifest: Manifest, *, restore: bool = True, status: str | None = None) -> Table:
     """Where a checkpoint comes from and whether it restores: layout, upstream fields, restore check.
 
     With ``restore=True`` the model is loaded (its builder must be registered) and run on the
@@ -78,15 +88,20 @@ def origin(manifest: Manifest, *, restore: bool = True) -> Table:
         rows.append(["converted from", str(source["converted_from"])])
     check = manifest.self_check
     rows.append(["recorded vectors", f"batch {check['inputs'][0]['shape'][0]}, `{check['call']}`" if check else "none"])
-    rows.append(["restore check", _restore_status(manifest) if restore else "not run (restore=False)"])
+    if status is None:
+        status = restore_status(manifest) if restore else "not run (restore=False)"
+    rows.append(["restore check", status])
     return Table(["", ""], rows, title=f"{Path(manifest.path or '').name or manifest.format}: origin and restore")
 
 
-def _restore_status(manifest: Manifest) -> str:
+def restore_status(manifest: Manifest) -> str:
+    """The restore check's outcome as a line: ``passed (max abs err 0)``, ``failed (...)``, ``not_run (why)``."""
     from enn_nb.checkpoint import load
 
     try:
         loaded = load(manifest.path, strict=False)
+    except CorruptCheckpointError as exc:
+        return f"failed (the checkpoint is damaged: {str(exc).splitlines()[0][:200]})"
     except EnnError as exc:
         return f"not_run (the model cannot be rebuilt: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     return str(loaded.restore)
@@ -247,3 +262,18 @@ def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -
     ]
     title = diff_result.headline() if diff_result is not None else "One checkpoint."
     return Table(["checkpoint", "format", "builder", "tensors", "size", "content hash"], rows, title=title)
+
+
+def verdict(manifests: Sequence[Manifest], restores: Sequence[str], diff_result: CheckpointDiff | None) -> Verdict:
+    """The report's verdict box: FAIL when a checkpoint is damaged or its restore check failed."""
+    from enn_nb.surfaces.reports.verdict import Verdict
+
+    names = [Path(m.path or "").name or m.format for m in manifests]
+    failures = [f"{name}: restore check {status}" for name, status in zip(names, restores) if status.startswith("failed")]
+    notes = [f"{name}: restore check {status}" for name, status in zip(names, restores) if status.startswith("not_run")]
+    passed = sum(1 for status in restores if status.startswith("passed"))
+    parts = [f"{len(manifests)} checkpoint{'s' if len(manifests) != 1 else ''}",
+             f"{passed} of {len(restores)} restore{'s' if len(restores) != 1 else ''} checked and passed"]
+    if diff_result is not None:
+        parts.append(diff_result.headline().rstrip("."))
+    return Verdict(ok=not failures, headline="; ".join(parts) + ".", failures=failures, notes=notes)

@@ -56,6 +56,8 @@ class BackendBar:
         self._stop.set()
         self._thread.join()
         self.update()
+        if exc and exc[0] is not None:  # the bar ends saying why it stopped short, not mid-way and silent
+            self.bar.set_postfix_str(f"report stopped: {exc[0].__name__}")
         self.bar.close()
         self.path.unlink(missing_ok=True)
 

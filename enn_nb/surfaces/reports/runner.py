@@ -179,6 +179,11 @@ def report(
         )
     duration = time.perf_counter() - start
 
+    if error is not None and nb_path.exists():  # a failed report is still a report: FAIL box, folded traceback
+        from enn_nb.surfaces.reports.failed import make_readable
+
+        index = getattr(error, "cell_index", None)
+        make_readable(nb_path, where=f"cell {index} of {path.name}" if index is not None else path.name)
     verdict = _attach(nb_path, path, values)
     html_path = None
     if html and nb_path.exists():

@@ -25,7 +25,7 @@ from enn_nb.model.spec import ModelSpec
 from enn_nb.surfaces.factory import load_with_model
 from enn_nb.surfaces.plots import latency_figure, parity_figure, size_figure, to_png
 from enn_nb.surfaces.reports.progress import kernel_callback as progress_callback  # noqa: F401 - the template calls it
-from enn_nb.table import Link, Table
+from enn_nb.table import Cell, Link, Table
 from enn_nb.surfaces.reports.verdict import Pending, Verdict
 
 if TYPE_CHECKING:
@@ -323,7 +323,9 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
         status = r.status + (" (cached)" if r.cached else "")
         if measurements and r.status == "ok" and measurements.mismatches.get(r.backend):
             status = "mismatch (report's check)"
-        check = r.verification.describe() if not status.startswith("mismatch") else "mismatch"
+        # the reason of a failure is in the verdict box (folded) and the sidecar: the cell names the outcome
+        check = r.verification.describe() if r.status == "ok" and not status.startswith("mismatch") else \
+            r.verification.label if not status.startswith("mismatch") else "mismatch"
         row: list[Any] = [
             r.backend,
             status,
@@ -335,21 +337,38 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
         ]
         for b in sizes:
             stat = measurements.stats.get(r.backend, {}).get(b) if measurements else None
-            row.append(stat.cell(measurements.speedup(r.backend, b)) if stat and measurements else "-")
+            row.append(_latency_cell(stat, measurements.speedup(r.backend, b)) if stat and measurements else "-")
         rows.append(row)
     if measurements:
         def cells(label: str, ratio: Any) -> list[str]:
             out = []
             for b in sizes:
                 stat = measurements.stats.get(label, {}).get(b)
-                out.append(stat.cell(ratio(b)) if stat else "-")
+                out.append(_latency_cell(stat, ratio(b)) if stat else "-")
             return out
 
         rows.append(["eager PyTorch, export-safe", "headline reference (what the artifacts compute)", "-", "-", "-",
                      "-", "-", *cells(SAFE, lambda b: None)])
         rows.append(["eager PyTorch, as trained", "second reference (fast paths on)", "-", "-", "-", "-", "-",
                      *cells(EAGER, lambda b: _ratio(measurements.eager_safe_ms.get(b), measurements.eager_ms.get(b)))])
+        return Table(columns, rows, footer=latency_footnote(measurements))
     return Table(columns, rows)
+
+
+def _latency_cell(stat: Any, ratio: float | None) -> Cell:
+    """A compact latency (``0.037 ms · 9.5x``, or ``—`` when too noisy) with the full detail as its tooltip."""
+    detail = stat.cell(ratio)
+    if stat.noisy:
+        detail = f"not measured: machine busy ({detail}, {stat.rounds} round{'s' if stat.rounds != 1 else ''})"
+    return Cell(stat.compact(ratio), title=detail)
+
+
+def latency_footnote(measurements: Measurements) -> str:
+    """One footnote under the artifact table: how to read a latency cell, the threads and host, the noise note."""
+    parts = [LATENCY_LEGEND, measurements.host_line() + "."]
+    if measurements.warnings:
+        parts += [*measurements.warnings, "Those cells show — (hover one for the figure that could not be trusted)."]
+    return " ".join(parts)
 
 
 def _ratio(reference: float | None, ms: float | None) -> float | None:
@@ -364,17 +383,16 @@ def _parity_legend() -> str:
 PARITY_LEGEND = _parity_legend()
 
 LATENCY_LEGEND = (
-    "Latency cells: median ms per call ± interquartile range (IQR), the batch size and the intra-op thread "
-    "count, and the speed-up = export-safe eager ms / runtime ms (above 1x the runtime is faster). The headline "
+    "Latency cells: median ms per call · speed-up = export-safe eager ms / runtime ms (above 1x the runtime is "
+    "faster); hover a cell for its interquartile range (IQR), batch size and intra-op thread count. The headline "
     "reference is eager PyTorch inside export_safe, the computation the artifacts hold; eager as trained (fast "
-    "paths on) is the second reference row. [noisy] marks an IQR wider than 25% of the median."
+    "paths on) is the second reference row."
 )
 
 
 def notes_table(measurements: Measurements, export: ExportReport) -> Table | None:
-    """What could not be measured, timings too noisy to trust, and notes of the backends, or None."""
+    """What could not be measured and the notes of the backends, or None (noise: the artifact table's footnote)."""
     rows = [[name, text] for name, text in measurements.notes.items()]
-    rows += [["latency", text] for text in measurements.warnings]
     rows += [[r.backend, n] for r in export.results for n in r.notes]
     return Table(["backend", "note"], rows) if rows else None
 
@@ -398,10 +416,16 @@ def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
     images = [Image(parity_figure(measurements.errors, tolerances=atol))]
     for b in measurements.batch_sizes:
-        per = {name: ms[b] for name, ms in measurements.latency_ms.items() if b in ms}
+        from enn_nb.engine.latency import EAGER, SAFE
+
+        def steady(label: str, value: float | None) -> float | None:  # a timing too noisy to trust is not drawn
+            stat = measurements.stats.get(label, {}).get(b)
+            return None if stat is not None and stat.noisy else value
+
+        per = {name: steady(name, ms[b]) for name, ms in measurements.latency_ms.items() if b in ms}
         threads = measurements.threads.get(b)
-        images.append(Image(latency_figure(per, eager_ms=measurements.eager_ms.get(b),
-                                           safe_ms=measurements.eager_safe_ms.get(b), batch_size=b,
+        images.append(Image(latency_figure(per, eager_ms=steady(EAGER, measurements.eager_ms.get(b)),
+                                           safe_ms=steady(SAFE, measurements.eager_safe_ms.get(b)), batch_size=b,
                                            title=f"Latency per runtime, batch {b}"
                                            + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""))))
     images.append(Image(size_figure({r.backend: r.size_bytes for r in export.results if r.files})))
@@ -434,9 +458,26 @@ def deviations_table(export: ExportReport) -> Table:
     return Table(keys, [[_short(row.get(k)) for k in keys] for row in rows])
 
 
-def _short(value: Any) -> str:
+def _short(value: Any) -> Any:
+    """A deviation's field: whole (the cell wraps); beyond 400 characters cut, the whole text in its tooltip."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= 160 else text[:157] + "..."
+    return text if len(text) <= 400 else Cell(text[:397] + "...", title=text)
+
+
+class Prose:
+    """A paragraph of a report (a legend, a note): wraps like text, in HTML and in a terminal."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        import textwrap
+
+        return textwrap.fill(self.text, width=100)
+
+    def _repr_html_(self) -> str:
+        return (f"<p class='enn-nb-prose' style='white-space:normal;overflow-wrap:anywhere;font-size:90%;"
+                f"color:#333;max-width:60em'>{html.escape(self.text)}</p>")
 
 
 def _without_log_text(data: dict[str, Any]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class Verdict:
 
     def _repr_html_(self) -> str:
         fg, bg = _COLORS["pass" if self.ok else "fail"]
-        items = "".join(f"<li>{html.escape(line)}</li>" for line in self.failures)
+        items = "".join(f"<li>{_folded(line)}</li>" for line in self.failures)
         notes = "".join(f"<li style='color:#555'>{html.escape(line)}</li>" for line in self.notes)
         chips = " ".join(
             f"<span style='display:inline-block;margin:2px 4px 2px 0;padding:1px 8px;border-radius:9px;"
@@ -76,6 +76,16 @@ class Verdict:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return {"text/plain": repr(self), "text/html": self._repr_html_(), VERDICT_MIME: self.to_dict()}
+
+
+def _folded(line: str) -> str:
+    """A failure as one line; what follows its first line (a converter's log, a traceback) folded under it."""
+    head, _, rest = str(line).strip().partition("\n")
+    if not rest.strip():
+        return html.escape(head)
+    return (f"<details style='display:inline-block;max-width:100%'><summary>{html.escape(head)}</summary>"
+            f"<pre style='white-space:pre-wrap;overflow-wrap:anywhere;font-size:80%;max-height:30em;overflow:auto'>"
+            f"{html.escape(rest.strip())}</pre></details>")
 
 
 def badge(info: Mapping[str, Any]) -> str:
