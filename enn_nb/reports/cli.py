@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         args.html = True  # these only shape the HTML; asking for one means wanting it
     if args.no_input and args.show_code:
         raise ReportError("`--no-input` and `--show-code` contradict each other; pass one of them.")
-    params = dict(parse_assignment(text) for text in args.params)
+    declared = declared_parameters(resolve_template(args.template)) if args.params else None
+    params = dict(parse_assignment(text, declared) for text in args.params)
     if args.model:
         from enn_nb.factory import import_factory
 
