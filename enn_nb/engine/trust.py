@@ -80,10 +80,15 @@ def check_pt2_archive(path: Path, *, plain: bool = True) -> None:
 
 def _check_members(path: Path, names: list[str]) -> None:
     """Every member under one root folder and of an allow-listed kind (checked before torch reads any)."""
-    roots = {name.split("/", 1)[0] for name in names}
+    roots = sorted({name.split("/", 1)[0] for name in names})
+    if len(roots) > 1:
+        raise UnsafeArtifactError(
+            f"`{path}` is a .pt2 archive with members under {len(roots)} root folders "
+            f"({', '.join(f'`{escape(r)}`' for r in roots[:5])}); a .pt2 has one. enn_nb refused to open it (nothing "
+            "was loaded); re-export the model with enn_nb.")
     for name in names:
         root, _, inner = name.partition("/")
-        if len(roots) == 1 and root not in ("", ".", "..") and _PT2_MEMBERS.fullmatch(inner):
+        if root not in ("", ".", "..") and _PT2_MEMBERS.fullmatch(inner):
             continue
         native = inner.startswith("data/aotinductor/")
         what = ("compiled AOTInductor code, which `torch.export.load` loads into the process (native code runs)"

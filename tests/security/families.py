@@ -786,6 +786,12 @@ def magics(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
 GENERATORS = {name: globals()[name] for name in FAMILIES}
 
+# issue 21, items 1-7 (code that ran without trust, report outputs, the export cache): tests/security/codepaths.py
+from . import codepaths as _codepaths  # noqa: E402 - it builds on the helpers above
+
+FAMILIES += tuple(_codepaths.GENERATORS)
+GENERATORS.update(_codepaths.GENERATORS)
+
 
 def generate(family: str, workdir: Path, seed: int, n: int) -> list[Case]:
     rng = random.Random(f"{family}-{seed}")
