@@ -169,8 +169,8 @@ def _finish_unavailable(plans: list[Plan], info: RunInfo, emit: Emitter) -> None
             emit(plan.name, "done", "unavailable", plan.index)
 
 
-def _take_hits(todo: list[Plan], ep: Any, inputs: tuple[torch.Tensor, ...], cases: list[Any], info: RunInfo,
-               emit: Emitter, hits: Hits) -> list[Plan]:
+def _take_hits(todo: list[Plan], inputs: tuple[torch.Tensor, ...], cases: list[Any], info: RunInfo, emit: Emitter,
+               hits: Hits) -> list[Plan]:
     """Finish the plans the cache holds, keyed by the captured program, each hit re-run on the parity cases;
     returns the plans left to convert."""
     from enn_nb.engine.recheck import recheck_hit
@@ -259,7 +259,7 @@ def _run(
         info.program = program_digest(ep)
         vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
         if settings.cache:
-            todo = _take_hits(todo, ep, inputs, cases, info, emit, hits)
+            todo = _take_hits(todo, inputs, cases, info, emit, hits)
         if not todo:  # every backend was a checked hit: the folder's vectors stay the hits' own
             if settings.verify and vectors_path.exists():
                 report.vectors = vectors_path
@@ -281,8 +281,8 @@ def _run(
         for worker in pool:
             worker.configure(_child_setup(job, shared, settings))
 
-        ctx = LaneContext(job=job, shared=shared, info=info, cases=cases, notes=list(capture_notes), emit=emit,
-                          should_stop=should_stop)
+        ctx = LaneContext(job=job, shared=shared, info=info, cases=cases if settings.verify else [],
+                          notes=list(capture_notes), emit=emit, should_stop=should_stop)
         _run_lanes(lanes, pool, ctx)
         for plan in todo:  # a lane that died of an unexpected error leaves its plans unfinished
             if plan.result is None:
