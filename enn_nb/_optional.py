@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from types import ModuleType
 
-from enn_nb.errors import BrokenDependencyError, MissingDependencyError
+from enn_nb.errors import BrokenDependencyError, MissingDependencyError, pip_line
 
 # import name -> (pip distribution, enn-nb extra that installs it)
 PACKAGES: dict[str, tuple[str, str]] = {
@@ -36,16 +37,8 @@ def install_line(module: str) -> str:
     return pip_line(extra=extra, dist=dist)
 
 
-def pip_line(*, extra: str = "", dist: str = "") -> str:
-    """The one format of an install line: the enn-nb extra when there is one, else the distribution."""
-    if extra:
-        return f"%pip install 'enn-nb[{extra}]'"
-    return f"%pip install {dist}" if dist else ""
-
-
 def is_installed(module: str) -> bool:
     """True when ``module`` can be found, without importing it."""
-    import sys
 
     if module in sys.modules:
         return sys.modules[module] is not None

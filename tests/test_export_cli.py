@@ -11,7 +11,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import enn_nb
-from enn_nb.cli import build_parser, main
+from enn_nb.surfaces.cli import build_parser, main
 from enn_nb.engine import sidecar
 
 from tests.fixtures.conformance import assert_backend_conforms
@@ -25,10 +25,12 @@ def test_backends_json(capsys):
     assert {"name", "suffix", "available", "reason", "install"} <= set(rows[0])
 
 
-def test_build_trt_is_registered():
-    parser = build_parser()
-    args = parser.parse_args(["build-trt", "model.engine.enn.json"])
-    assert callable(args.func)
+def test_build_trt_is_registered_and_names_a_missing_sidecar(tmp_path, capsys):
+    sidecar = tmp_path / "model.engine.enn.json"
+    assert build_parser().parse_args(["build-trt", str(sidecar)]).func.__name__ == "_build_trt"
+    assert main(["build-trt", str(sidecar)]) == 1
+    err = capsys.readouterr().err
+    assert "No sidecar `model.engine.enn.json`" in err and str(tmp_path) in err
 
 
 @pytest.mark.slow
@@ -46,7 +48,7 @@ def test_export_a_checkpoint_then_verify(trained_model, tmp_path, capsys):
         assert data["source"]["kind"] == "checkpoint"
         assert data["source"]["content_hash"] == manifest.content_hash
         assert data["source"]["path"] == str(ckpt.resolve())
-        assert json.loads(data["embedded"]["enn_nb.spec"])["in_dim"] == trained_model.in_dim
+        assert json.loads(data["embedded"]["enn_nb.model.spec"])["in_dim"] == trained_model.in_dim
         assert data["embedded"]["enn_nb.source_hash"] == manifest.content_hash
 
     assert main(["verify", str(out / "model.onnx")]) == 0

@@ -20,9 +20,11 @@ def _report(tmp_path, *results):
 
 
 def _requested(names, explicit=True, skipped=None):
-    from enn_nb.reports.sections import Requested
+    from pathlib import Path
 
-    return Requested(list(names), explicit, dict(skipped or {}))
+    from enn_nb.engine.settings import ExportSettings
+
+    return ExportSettings(names=tuple(names), out=Path("."), named=explicit, skipped=dict(skipped or {}))
 
 
 PARITY_OK = {"status": "passed", "tolerance": {"atol": 1e-4, "rtol": 1e-4}, "max_abs_err": 2e-7,
@@ -30,7 +32,7 @@ PARITY_OK = {"status": "passed", "tolerance": {"atol": 1e-4, "rtol": 1e-4}, "max
 
 
 def test_every_failing_status_fails_the_gate_with_its_reason(tmp_path):
-    from enn_nb.reports.sections import verdict
+    from enn_nb.surfaces.reports.sections import verdict
 
     mismatch = {"status": "failed", "tolerance": {"atol": 0.0, "rtol": 0.0}, "max_abs_err": 3e-7,
                 "cases": [{"batch_size": 1, "max_abs_err": 1e-7}, {"batch_size": 7, "max_abs_err": 3e-7}]}
@@ -53,7 +55,7 @@ def test_every_failing_status_fails_the_gate_with_its_reason(tmp_path):
 
 
 def test_report_check_beyond_tolerance_turns_ok_into_mismatch(tmp_path):
-    from enn_nb.reports.sections import Measurements, verdict
+    from enn_nb.surfaces.reports.sections import Measurements, verdict
 
     m = Measurements([1, 64], mismatches={"onnx": ["batch 64: max abs error 0.002 beyond atol=0.0001, rtol=0.0001 "
                                                    "(report's check)"]})
@@ -64,7 +66,7 @@ def test_report_check_beyond_tolerance_turns_ok_into_mismatch(tmp_path):
 
 
 def test_unavailable_fails_only_when_named_and_deferred_never(tmp_path):
-    from enn_nb.reports.sections import verdict
+    from enn_nb.surfaces.reports.sections import verdict
 
     report = _report(tmp_path, _result("coreml", "unavailable", error="`coremltools` is not installed"),
                      _result("tensorrt", "deferred", deferred="needs a CUDA host"),
@@ -79,7 +81,7 @@ def test_unavailable_fails_only_when_named_and_deferred_never(tmp_path):
 
 
 def test_sidecars_in_the_verdict_are_existing_absolute_paths(tmp_path):
-    from enn_nb.reports.sections import verdict
+    from enn_nb.surfaces.reports.sections import verdict
 
     side = tmp_path / "model.pt2.enn.json"
     side.write_text("{}")
@@ -90,7 +92,7 @@ def test_sidecars_in_the_verdict_are_existing_absolute_paths(tmp_path):
 
 
 def test_verdict_round_trips_through_its_mime_bundle_and_the_last_one_wins():
-    from enn_nb.reports.verdict import VERDICT_MIME, Verdict, find_verdict
+    from enn_nb.surfaces.reports.verdict import VERDICT_MIME, Verdict, find_verdict
 
     first, last = Verdict(ok=True, headline="a"), Verdict(ok=False, headline="b", failures=["x: failed"])
     bundle = last._repr_mimebundle_()
@@ -107,7 +109,7 @@ def test_verdict_round_trips_through_its_mime_bundle_and_the_last_one_wins():
 
 @pytest.mark.parametrize(("given", "expected"), [([64, 1, 8, 8], [1, 8, 64]), (4, [4]), ("2, 16", [2, 16])])
 def test_batch_sizes_are_normalised(given, expected):
-    from enn_nb.reports.sections import batch_list
+    from enn_nb.surfaces.reports.sections import batch_list
 
     assert batch_list(given) == expected
 
@@ -115,14 +117,14 @@ def test_batch_sizes_are_normalised(given, expected):
 @pytest.mark.parametrize("bad", [[0], [1, -2], ["x"], [1.5], []])
 def test_bad_batch_sizes_are_refused(bad):
     from enn_nb.errors import ReportError
-    from enn_nb.reports.sections import batch_list
+    from enn_nb.surfaces.reports.sections import batch_list
 
     with pytest.raises(ReportError, match="`batch_sizes`"):
         batch_list(bad)
 
 
 def test_sidecars_section_links_relative_and_escapes(tmp_path, monkeypatch):
-    from enn_nb.reports.sections import Sidecars
+    from enn_nb.surfaces.reports.sections import Sidecars
 
     arts = tmp_path / "arts"
     arts.mkdir()
@@ -135,27 +137,31 @@ def test_sidecars_section_links_relative_and_escapes(tmp_path, monkeypatch):
     assert "&lt;script&gt;" in page and "<script>" not in page
 
 
-def test_requested_backends_forms():
+def test_requested_backends_forms(tmp_path):
     import enn_nb
     from enn_nb.errors import UnknownNameError
-    from enn_nb.reports.sections import requested_backends
+    from enn_nb.surfaces.reports.sections import export_settings
+
+    def requested(backends):
+        return export_settings(backends, tmp_path, batch_sizes=[1, 8])
 
     table = enn_nb.backends()
-    available = requested_backends("available")
-    assert not available.explicit and available.names == [r.name for r in table if r.available]
+    available = requested("available")
+    assert not available.named and list(available.names) == [r.name for r in table if r.available]
     assert set(available.skipped) == {r.name for r in table if not r.available}
-    assert requested_backends("all").names == [r.name for r in table]
-    named = requested_backends("onnx, pt2")
-    assert named.explicit and named.names == ["onnx", "pt2"] and requested_backends(["pt2"]).names == ["pt2"]
+    assert requested("").names == available.names  # an empty parameter is the template's default
+    assert list(requested("all").names) == [r.name for r in table] and not requested("all").named
+    named = requested("onnx, pt2")
+    assert named.named and named.names == ("onnx", "pt2") and requested(["pt2"]).names == ("pt2",)
     with pytest.raises(UnknownNameError, match="Did you mean `onnx`"):
-        requested_backends(["onxx"])
+        requested(["onxx"])
 
 
 @pytest.mark.slow
 def test_empty_checkpoint_trains_and_saves_the_reference_model(tmp_path):
     import enn_nb
     from enn_nb.errors import ReportError
-    from enn_nb.reports.sections import checkpoint_or_reference
+    from enn_nb.surfaces.reports.sections import checkpoint_or_reference
 
     path = checkpoint_or_reference("", tmp_path / "arts")
     assert path == tmp_path / "arts" / "reference.safetensors"

@@ -15,6 +15,7 @@ Imported only when an ``enn_torch`` model is met or the ``enn_pytorch`` builder 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from enn_nb.engine.safe import Deviation
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 BUILDER = "enn_pytorch"
 FUSER_TYPE = "__fuser__"
@@ -47,7 +48,7 @@ ENV_SWITCHES = {
 
 def _upstream() -> Any:
     """``enn_torch`` from its installed distribution, never from the working folder (see :func:`import_installed`)."""
-    from enn_nb.adapters import import_installed
+    from enn_nb.adapters.installed import import_installed
 
     try:
         return import_installed("enn_torch", "enn-torch")
@@ -118,7 +119,6 @@ def _full_tasks(spec: ModelSpec) -> list[dict[str, Any]] | None:
 # -- spec ------------------------------------------------------------------------------------------------
 def spec_fields(model: Any) -> dict[str, Any]:
     """What ``ModelSpec.from_model`` takes from an upstream model: builder, config, tasks without the fuser."""
-    import dataclasses
 
     out: dict[str, Any] = {"builder": BUILDER}
     config = getattr(model, "config", None)

@@ -22,12 +22,14 @@ Every upstream key that is not a spec field is kept in ``metadata["enn_pytorch"]
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._safeio import confined, json_loads
 from enn_nb.errors import NotACheckpointError, SpecError
-from enn_nb.spec import ModelSpec, jsonable
+from enn_nb.model.spec import ModelSpec, jsonable
 
 from .detect import read_json_file, safetensors_sidecar, upstream_meta_file
 from .manifest import Manifest, TensorEntry
@@ -58,13 +60,8 @@ def is_upstream_pt(payload: Any) -> bool:
 def from_pt_payload(payload: Any, path: Path) -> tuple[Manifest, dict[str, torch.Tensor], Any]:
     """(manifest, canonical state dict, optimizer state or None) of an upstream .pt payload.
 
-    Raises:
-        NotACheckpointError: the payload is neither layout.
+    The caller checks :func:`is_upstream_pt` first (and raises its own "not a checkpoint" error).
     """
-    from .pt import not_a_checkpoint
-
-    if not is_upstream_pt(payload):
-        raise not_a_checkpoint(path, payload)
     if isinstance(payload.get("state_dict"), Mapping):
         state_raw, layout = payload["state_dict"], LAYOUT
         meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer_state_dict")}
@@ -101,8 +98,6 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
     legacy = path.with_suffix(".json")
     variant = f"safetensors + header `{key}`"
     if raw is not None:
-        from enn_nb._safeio import json_loads
-
         value = json_loads(raw, what=f"`{path}`'s `enn_meta_json` header entry")
         meta = value if isinstance(value, dict) else {}
     elif safetensors_sidecar(path).exists():
@@ -120,8 +115,6 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
 
 
 def from_dcp(path: Path, table: Mapping[str, tuple[str, tuple[int, ...]]], metadata_name: str) -> Manifest:
-    from enn_nb._safeio import confined
-
     meta_file = upstream_meta_file(path)
     if meta_file is None:
         raise NotACheckpointError(f"`{path}` has no ENN-PyTorch `meta.json`/`model.meta.json` (looked up to three folders up).")
@@ -144,8 +137,6 @@ def _pt_meta_file(path: Path) -> Path | None:
 
 
 def _relative(file: Path, base: Path) -> str:
-    import os
-
     try:
         return f"`{os.path.relpath(file.resolve(), base.resolve())}`"
     except ValueError:  # another drive (Windows)

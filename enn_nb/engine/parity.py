@@ -27,17 +27,22 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._fs import atomic_path
+from enn_nb._safeio import confined, escape
+from enn_nb.engine import sidecar as sc
+from enn_nb.engine.registry import get_backend
+from enn_nb.engine.tolerance import parse_tolerances
 from enn_nb.errors import EnnError, ExportError
+from enn_nb.model.examples import default_example_inputs, eval_only, resample_inputs  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 VECTORS_SCHEMA = "enn_nb.vectors/1"
 VECTORS_SUFFIX = ".vectors.safetensors"
@@ -61,77 +66,6 @@ class Case:
     dynamic: bool  # True: used for dynamic-batch artifacts; False: at the capture batch (static artifacts)
     inputs: list[np.ndarray]
     expected: list[np.ndarray]
-
-
-# -- tolerances -------------------------------------------------------------------------------------
-# -- inputs -----------------------------------------------------------------------------------------
-def default_example_inputs(spec: ModelSpec | None, in_dim: int | None, feature_dtype: str | None, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Example ``[batch, in_dim]`` features drawn from the spec.
-
-    Continuous columns follow the scaler's mean/std when the spec has them; categorical columns
-    (``spec.embedding``) get valid integer codes. Batch 2 by default: capture at 0 or 1 would
-    specialise the batch dimension.
-    """
-    import torch
-
-    if in_dim is None:
-        raise ExportError(
-            "Cannot make example inputs: the model has no `in_dim` and no `spec`. "
-            "Pass `example_inputs=(torch.randn(2, N),)` or `spec=ModelSpec(in_dim=N)`."
-        )
-    from enn_nb._safeio import check_example_shape
-
-    check_example_shape([int(batch), int(in_dim)], what="example input shape [batch, in_dim]")
-    dtype = getattr(torch, feature_dtype or "float32")
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_dim, generator=gen, dtype=torch.float64)
-    scaler = (spec.scaler if spec is not None else None) or {}
-    mean, std = scaler.get("x_mean"), scaler.get("x_std")
-    if isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) and len(mean) <= in_dim:
-        n = len(mean)
-        x[:, :n] = x[:, :n] * torch.tensor(std, dtype=torch.float64) + torch.tensor(mean, dtype=torch.float64)
-    embedding = (spec.embedding if spec is not None else None) or {}
-    for col, card in zip(embedding.get("categorical_columns", []), embedding.get("cardinalities", [])):
-        if 0 <= int(col) < in_dim and int(card) > 0:
-            x[:, int(col)] = torch.randint(0, int(card), (batch,), generator=gen).to(torch.float64)
-    return (x.to(dtype),)
-
-
-def resample_inputs(example: Sequence[torch.Tensor], batch: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """New inputs of ``batch`` rows for a model without a spec: rows drawn from the example inputs.
-
-    Floating columns whose example values are not all integers get noise of their own spread, so that
-    the new batch is not only copies; integer-valued columns (codes, indices) are kept as drawn.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    n = example[0].shape[0]
-    rows = torch.randint(0, n, (batch,), generator=gen)
-    out = []
-    for tensor in example:
-        new = tensor[rows].clone()
-        if new.is_floating_point() and new.dim() >= 2 and n > 1:
-            flat = tensor.reshape(n, -1).double()
-            continuous = (flat != flat.round()).any(0)
-            spread = flat.std(0).nan_to_num(0.0)
-            noise = torch.randn(batch, flat.shape[1], generator=gen, dtype=torch.float64) * spread * continuous * 0.5
-            new = (new.reshape(batch, -1).double() + noise).to(tensor.dtype).reshape(new.shape)
-        out.append(new)
-    return tuple(out)
-
-
-@contextmanager
-def eval_only(model: Any):  # type: ignore[no-untyped-def]
-    """Eval mode (dropout off) for the reference run, fast paths untouched; restores each flag."""
-    modules = [m for m in model.modules() if m.training] if hasattr(model, "modules") else []
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.training = True
 
 
 def make_cases(
@@ -186,7 +120,6 @@ def save_vectors(path: Path, cases: list[Case], input_names: list[str], output_n
         "output_names": json.dumps(output_names),
         "reference": "eager model, fast paths on, eval mode",
     }
-    from enn_nb._fs import atomic_path
 
     with atomic_path(path) as tmp:
         save_file({k: _contiguous(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -343,7 +276,6 @@ class VerifyResult:
         if tol:
             lines.append(f"  tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}")
         lines += [f"  problem: {p}" for p in self.problems]
-        from enn_nb._safeio import escape
 
         return "\n".join(escape(line) for line in lines)
 
@@ -367,10 +299,6 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         ExportError: no/invalid sidecar, or no vectors file.
         UnsafeArtifactError: an AOTI package without ``trust=True``, or a .pt2 holding pickles.
     """
-    from enn_nb._safeio import confined, escape
-    from enn_nb.engine import sidecar as sc
-    from enn_nb.engine.registry import get_backend
-    from enn_nb.engine.tolerance import parse_tolerances
     from enn_nb.engine.trust import require_trust
 
     artifact = Path(artifact)
@@ -410,7 +338,7 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     recorded = (float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1])))
     atol, rtol = parse_tolerances(tolerances).resolve(backend_name, recorded)  # what is not given: the sidecar's
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
-    require_trust(backend_name, artifact, trust)
+    require_trust(backend, artifact, trust)
     try:
         runner = backend.load(artifact, load_options)
         recorded_program = (data.get("details") or {}).get("program_sha256")

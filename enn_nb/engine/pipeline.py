@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.engine import sidecar as sc
+from enn_nb.engine import parity, sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, program_digest, tensors_digest
 from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
@@ -33,23 +34,27 @@ from enn_nb.engine.outcome import ErrorInfo
 from enn_nb.engine.outlog import OutputLog, capture
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
+from enn_nb.engine.registry import get_backend
 from enn_nb.engine.report import ExportReport
+from enn_nb.engine.safe import export_safe
 from enn_nb.engine.settings import ExportSettings
-from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
+from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError, SpecError
+from enn_nb.model.fastpaths import declared_fast_paths
+from enn_nb.model.provenance import from_kernel
 
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
 def export(
     model_or_checkpoint: Any,
-    backends: str | Sequence[str],
+    backends: str | Sequence[str] | None = None,
     *,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
     example_inputs: Any = None,
     dynamic_batch: bool = True,
     batch_range: tuple[int, int, int] = (1, 8, 64),
@@ -67,13 +72,16 @@ def export(
     stem: str = "model",
     safe: bool = True,
     workers: int | None = None,
+    settings: ExportSettings | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
 
     Args:
         model_or_checkpoint: an ``nn.Module`` or the path of a checkpoint (``enn_nb.load`` reads it;
             its content hash goes into the sidecars).
-        backends: names (list or ``"onnx,ort"``) or ``"all"``; see ``enn_nb.backends()``.
+        backends: names (list or ``"onnx,ort"``), ``"all"`` (every registered backend; one that cannot
+            convert here comes back ``unavailable`` with its install line, not failing the request) or
+            ``"available"`` (every backend that converts here); see ``enn_nb.backends()``.
         out_dir: folder for artifacts, sidecars and the vectors file (created if needed).
         example_inputs: a tensor or tuple of tensors, checked against the spec's signature; default: drawn
             from the spec's signature (``ModelSpec.inputs``, else the ``[B, in_dim]`` shorthand) at batch 2.
@@ -98,6 +106,9 @@ def export(
             fail with FastPathExportError naming it.
         workers: child processes converting side by side when isolated (default: up to 4, at most
             the CPU count). Backends consuming ONNX share one child and the one ONNX file.
+        settings: instead of ``backends``, ``out_dir`` and the other export arguments above: the
+            :class:`ExportSettings` a surface made with ``ExportSettings.from_call`` (the magics, the
+            wizard, the CLI and the report templates do).
 
     Returns:
         ExportReport: one BackendResult per backend (status, artifact, parity, timings).
@@ -111,15 +122,19 @@ def export(
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
     """
     started = time.perf_counter()
-    if provenance is None:
-        from enn_nb.provenance import from_kernel
-
-        provenance = from_kernel()
-    settings = ExportSettings.from_call(
-        backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
-        tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
-        provenance=provenance, stem=stem, safe=safe, workers=workers,
-    )
+    if settings is None:
+        if backends is None or out_dir is None:
+            raise SpecError("`export` needs `backends` and `out_dir` (or `settings=ExportSettings.from_call(...)`); "
+                            "e.g. `enn_nb.export(model, ['onnx', 'pt2'], out_dir='exports')`.")
+        settings = ExportSettings.from_call(
+            backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
+            tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
+            provenance=provenance, stem=stem, safe=safe, workers=workers,
+        )
+    elif backends is not None or out_dir is not None:
+        raise SpecError("`export` takes either `settings=` or `backends` and `out_dir`, not both.")
+    if settings.provenance is None:
+        settings = dataclasses.replace(settings, provenance=from_kernel())
     emit = Emitter(progress, total=len(settings.names))
 
     with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
@@ -149,11 +164,9 @@ def export(
 
 # -- the stages ------------------------------------------------------------------------------------------
 def _plans(settings: ExportSettings) -> list[Plan]:
-    from enn_nb.engine.registry import get_backend
-
     plans = []
     for i, name in enumerate(settings.names):
-        backend = get_backend(name)
+        backend = settings.backend(i)
         opts = {**backend.default_options, **dict(settings.options.get(name, {}))}
         # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
         plans.append(Plan(i, name, backend, opts, settings.tolerances.resolve(name, backend.default_tolerance)))
@@ -209,11 +222,9 @@ def _run(
 ) -> None:
     """Capture once, take the cache's hits (checked on the parity cases), then convert, verify and finish every
     other plan of ``todo`` over the lanes."""
-    from enn_nb.engine.capture import Shared
+    from enn_nb.engine.capture import Shared  # torch.export machinery: loads with the first export
     from enn_nb.engine.isolate import Worker
-    from enn_nb.engine.safe import export_safe
     from enn_nb.engine.wrapper import export_module
-    from enn_nb.fastpaths import declared_fast_paths
 
     settings, report = info.settings, info.report
     workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=settings.out))
@@ -295,8 +306,6 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
     raised for low-precision outputs. Saved as the vectors file once the cache's hits are known."""
     import torch
 
-    from enn_nb.engine import parity
-
     settings = info.settings
     call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
     with parity.eval_only(model), torch.no_grad(), capture("parity reference") as got:
@@ -309,8 +318,6 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
 
 
 def _save_vectors(path: Path, cases: list[Any], info: RunInfo) -> None:
-    from enn_nb.engine import parity
-
     io = ModelIO.from_dict(info.signature or {})
     parity.save_vectors(path, cases, io.input_names, io.output_names)
     info.report.vectors = path
@@ -438,8 +445,6 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
 
 
 def _backend_safe(name: str) -> Any:
-    from enn_nb.engine.registry import get_backend
-
     try:
         return get_backend(name)
     except Exception:

@@ -175,7 +175,7 @@ def _tagged(marker: Path) -> list[tuple[str, str]]:
 
 def _check_params(template: str, assignment: str) -> Any:
     """The CLI's parsing and the runner's check, the whole path a value takes before a kernel starts."""
-    from enn_nb.reports.catalog import check_parameters, declared_parameters, parse_assignment, resolve_template
+    from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, parse_assignment, resolve_template
 
     path = resolve_template(template)
     declared = declared_parameters(path)
@@ -238,7 +238,7 @@ def report_params(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
 @functools.lru_cache(maxsize=None)
 def _text_only(template: str, param: str) -> bool:
-    from enn_nb.reports import catalog
+    from enn_nb.surfaces.reports import catalog
 
     declared_types = getattr(catalog, "declared_types", None)
     if declared_types is None:  # before issue 21: no declared types
@@ -278,7 +278,7 @@ def hostile_repository(folder: Path, marker: Path, how: str) -> None:
 
 
 def git_config(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
-    from enn_nb.reports.environment import environment, git_commit
+    from enn_nb.surfaces.reports.environment import environment, git_commit
 
     for how in ("fsmonitor", "hooks", "filter") if n < QUICK_BELOW else ("fsmonitor", "hooks", "filter", "pager-and-diff",
                                                                          "sshcommand"):
@@ -296,7 +296,7 @@ def git_config(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
 
 def _environment_in(folder: Path) -> str:
-    from enn_nb.reports.environment import environment
+    from enn_nb.surfaces.reports.environment import environment
 
     os.chdir(folder)  # the forked child's own working folder
     return repr(environment())
@@ -410,7 +410,7 @@ def report_outputs(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
 
 def _kernel_progress(events: Path) -> None:
     """What a report's kernel does when a backend finishes: append to the file the runner named."""
-    from enn_nb.reports.progress import ENV, kernel_callback
+    from enn_nb.surfaces.reports.progress import ENV, kernel_callback
 
     os.environ[ENV] = str(events)
     callback = kernel_callback()

@@ -53,7 +53,7 @@ def test_papermill_runs_a_binary_value_and_enn_nb_types_it_as_text(tmp_path: Pat
     assert marker.exists()
     marker.unlink()
 
-    from enn_nb.reports.catalog import check_parameters, declared_parameters, parse_assignment, resolve_template
+    from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, parse_assignment, resolve_template
 
     path = resolve_template("checkpoint_report")
     declared = declared_parameters(path)
@@ -73,7 +73,7 @@ def test_papermill_runs_a_binary_value_and_enn_nb_types_it_as_text(tmp_path: Pat
 
 # -- 3: git status runs the repository's configured programs; the report reads files --------------------------------
 def test_git_status_runs_fsmonitor_and_the_environment_section_does_not(tmp_path: Path) -> None:
-    from enn_nb.reports.environment import environment, git_commit
+    from enn_nb.surfaces.reports.environment import environment, git_commit
 
     folder, marker = tmp_path / "download", tmp_path / "pwned"
     hostile_repository(folder, marker, "fsmonitor")
@@ -91,7 +91,7 @@ def test_git_status_runs_fsmonitor_and_the_environment_section_does_not(tmp_path
 
 
 def test_git_commit_reads_a_worktree_and_packed_refs(tmp_path: Path) -> None:
-    from enn_nb.reports.environment import git_commit
+    from enn_nb.surfaces.reports.environment import git_commit
 
     repo = tmp_path / "repo"
     git = ["git", "-C", str(repo), "-c", "user.name=x", "-c", "user.email=x@example.invalid"]
@@ -120,7 +120,7 @@ def test_an_adapter_already_imported_from_elsewhere_is_refused(tmp_path: Path, m
     pytest.importorskip("enn_torch")
     import types
 
-    from enn_nb.adapters import import_installed
+    from enn_nb.adapters.installed import import_installed
     from enn_nb.errors import BrokenDependencyError
 
     fake = types.ModuleType("enn_torch")

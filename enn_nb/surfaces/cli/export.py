@@ -1,0 +1,247 @@
+"""``enn-nb backends``, ``enn-nb export``, ``enn-nb verify`` and ``enn-nb build-trt`` (heavy imports inside ``func``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from enn_nb._safeio import escape
+from enn_nb.engine import sidecar as sc, verify
+from enn_nb.engine.complete import complete
+from enn_nb.engine.options import describe_backend
+from enn_nb.engine.outlog import LOGGER
+from enn_nb.engine.registry import backends, get_backend, resolve_request
+from enn_nb.engine.settings import ExportSettings
+from enn_nb.engine.vocabulary import NOT_OK_STATUSES
+from enn_nb.errors import EnnError, PlatformUnavailableError
+from enn_nb.model.signature import parse
+from enn_nb.surfaces.cli.command import add_command
+from enn_nb.surfaces.factory import load_with_model
+
+#: Statuses that make ``enn-nb export`` exit non-zero (``unavailable`` only for a backend named).
+FAILING = NOT_OK_STATUSES
+
+#: ``enn-nb build-trt``'s exit code when this machine cannot build TensorRT engines.
+EXIT_UNAVAILABLE = 2
+
+
+def register(subparsers: Any) -> None:
+    p = add_command(
+        subparsers,
+        "backends",
+        _backends,
+        help="list export backends and whether they work here",
+        description="List every export backend: its artifact suffix, whether it converts here, whether its "
+        "runtime can run the artifact here (for parity), and for a missing one why and the pip line that "
+        "installs it.",
+        epilog="example:\n  enn-nb backends\n  enn-nb backends --json | python -m json.tool",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--options", action="store_true", help="list each backend's options (name, type, range, default, help)")
+
+    p = add_command(
+        subparsers,
+        "export",
+        _export,
+        help="export a checkpoint to one or more backends",
+        description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
+        "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable (with `--backends all`, "
+        "unavailable ones are listed but do not fail the command); 2 when SRC does not exist.",
+        epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
+        "  enn-nb export model.pt -b all -o exports --json > report.json\n"
+        "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
+    )
+    p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--stem", default="model", help="artifact file name stem (default: model)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-verify", action="store_true", help="skip parity checks")
+    p.add_argument("--no-isolate", action="store_true", help="convert in this process (no child process)")
+    p.add_argument("--no-cache", action="store_true", help="always convert, even when an identical export exists")
+    p.add_argument("--static-batch", action="store_true", help="fix the batch size to the example input's")
+    add_model_arguments(p)
+    p.add_argument("--strict", action="store_true", help="raise on the first backend that is not ok")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="kill a backend's isolated conversion and verification after SECONDS (status `timeout`); "
+                   "default: each backend's own (`enn-nb backends --options`, option timeout_s)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print the warnings and converter output captured during the export (always kept in "
+                   "each backend's <artifact>.enn.log)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="BACKEND.KEY=VALUE",
+        help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be); "
+        "`enn-nb backends --options` lists them",
+    )
+
+    p = add_command(
+        subparsers,
+        "verify",
+        _verify,
+        help="re-check an exported artifact against its saved vectors",
+        description="Run ARTIFACT in its runtime on the inputs saved beside it at export time "
+        "(<stem>.vectors.safetensors) and compare with the eager model's saved outputs, within the "
+        "sidecar's tolerance (or --atol/--rtol). Works on any machine with the runtime; needs no model "
+        "and no checkpoint. Exits 1 on a mismatch.",
+        epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
+    )
+    p.add_argument("artifact", metavar="ARTIFACT", help="the artifact (or its .enn.json sidecar)")
+    p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
+    p.add_argument("--rtol", type=float, default=None, help="override the sidecar's relative tolerance")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--trust", action="store_true",
+                   help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
+
+    _register_build_trt(subparsers)
+
+
+def _register_build_trt(subparsers: Any) -> None:
+    p = add_command(
+        subparsers,
+        "build-trt",
+        _build_trt,
+        help="build the TensorRT engine of a deferred tensorrt export (on a CUDA host with TensorRT)",
+        description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
+        "check parity against the vectors file beside it and rewrite the sidecar. Exit codes: 0 built and "
+        f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
+        epilog="example:\n  enn-nb build-trt exports/model.engine.enn.json --out model.engine",
+    )
+    p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
+    p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model pkg.module:factory`` and ``--input name:dtype[dims]`` (shared by export and report)."""
+    p.add_argument(
+        "--model", metavar="PKG.MODULE:FACTORY", default=None,
+        help="build the model with this factory (imported by module name, never from a file) and load the "
+        "checkpoint into it: for checkpoints of your own models, which name no registered builder",
+    )
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME:DTYPE[DIMS]",
+        help="the model's inputs, one flag each, e.g. --input values:float32[B,24,6] --input mask:bool[B,24] "
+        "(B = batch, T = time; ids:int64[B,16]{1000} for 1000 category codes); default: the checkpoint's signature",
+    )
+
+
+def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
+    """``(what to export, spec override)`` from ``--model`` and ``--input``."""
+
+    loaded = load_with_model(src, args.model) if args.model else None
+    if not args.input:
+        return (loaded if loaded is not None else src), None
+    from enn_nb.checkpoint import inspect
+
+    base = loaded.spec if loaded is not None else inspect(src).spec
+    return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])
+
+
+def _backends(args: argparse.Namespace) -> int:
+    table = backends()
+    if args.options:
+        described = {row.name: describe_backend(get_backend(row.name)) for row in table if not row.error}
+        if args.json:
+            print(json.dumps(described, indent=2))
+        else:
+            print("\n\n".join(f"{name}:\n" + "\n".join(f"  {line}" for line in lines) for name, lines in described.items()))
+        return 0
+    print(json.dumps(table.to_json(), indent=2) if args.json else table)
+    return 0
+
+
+def _parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        backend, dot, name = key.partition(".")
+        if not sep or not dot or not backend or not name:
+            raise SystemExit(f"enn-nb export: error: --option {item!r}; expected BACKEND.KEY=VALUE, e.g. ort.optimization_level=basic")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options.setdefault(backend, {})[name] = value
+    return options
+
+
+def _with_timeout(options: dict[str, dict[str, Any]], backends: str, timeout: float | None) -> dict[str, dict[str, Any]]:
+    """``--timeout`` as every named backend's ``timeout_s`` (an explicit ``--option B.timeout_s`` wins)."""
+    if timeout is None:
+        return options
+    for name in resolve_request(backends)[0]:
+        options.setdefault(name, {}).setdefault("timeout_s", timeout)
+    return options
+
+
+def _export(args: argparse.Namespace) -> int:
+    from enn_nb.engine import export
+
+    if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOGGER.addHandler(handler)
+        LOGGER.setLevel(logging.DEBUG)
+    src = Path(args.src)
+    if not src.exists():
+        print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
+        return 2
+    source, spec = _export_source(args, src)
+    settings = export_settings(args)
+    report = export(source, spec=spec, settings=settings)
+    print(report.to_json() if args.json else report)
+    # with `--backends all` a backend that cannot convert on this machine is listed, not a failure
+    bad = [f"{r.backend} {r.status}" for r in report.results if settings.fails(r.status)]
+    # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
+    print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def export_settings(args: argparse.Namespace) -> ExportSettings:
+    """The :class:`ExportSettings` of an ``enn-nb export`` command line (creates ``--out``)."""
+    return ExportSettings.from_call(
+        args.backends,
+        args.out,
+        stem=args.stem,
+        verify=not args.no_verify,
+        isolate=not args.no_isolate,
+        cache=not args.no_cache,
+        dynamic_batch=not args.static_batch,
+        strict=args.strict,
+        options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
+    )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    if result.status == "skipped":
+        return 3  # nothing was checked: not a pass, not a mismatch
+    return 0 if result.ok else 1
+
+
+def _build_trt(args: argparse.Namespace) -> int:
+    path = Path(args.sidecar)
+    if not path.name.endswith(sc.SIDECAR_SUFFIX):
+        path = sc.sidecar_path(path)
+    try:
+        backend = sc.read(path).get("backend")
+        if backend != "tensorrt":
+            print(f"enn-nb build-trt: `{path.name}` is a `{backend}` sidecar, not a `tensorrt` one.", file=sys.stderr)
+            return 1
+        result = complete(path, out=args.out)
+    except PlatformUnavailableError as exc:
+        print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except EnnError as exc:  # a failed build leaves the deferred sidecar as it was
+        print(f"enn-nb build-trt: {escape(exc)}", file=sys.stderr)
+        return 1
+    print(result.summary() + f"; sidecar updated: {path.name}")
+    return 0 if result.ok else 1
+

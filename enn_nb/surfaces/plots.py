@@ -1,0 +1,207 @@
+"""Matplotlib figures of an export: parity error, latency against eager, artifact size (data in, Figure out)."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from enn_nb._format import human_size
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+# Errors of exactly 0 (PT2, AOTI) cannot sit on a log axis; they are drawn at this floor and labelled.
+_ERROR_FLOOR = 1e-12
+_FIGSIZE = (6.0, 3.2)
+EAGER = "eager (torch)"
+EAGER_SAFE = "eager, export-safe"
+
+
+def _figure(height: float = _FIGSIZE[1]) -> Figure:
+    # A bare Figure (not pyplot): no global state, nothing shown twice, safe from any thread.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(_FIGSIZE[0], height), layout="constrained")
+
+
+def _empty(fig: Figure, title: str, text: str) -> Figure:
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_axis_off()
+    return fig
+
+
+def parity_figure(
+    errors: Mapping[str, Mapping[int, float | None]],
+    *,
+    tolerances: Mapping[str, float] | None = None,
+    title: str = "Parity: max abs error vs eager",
+) -> Figure:
+    """Grouped bars of the max absolute error per backend (groups) and batch size (bars), log scale.
+
+    Args:
+        errors: ``{backend: {batch_size: max_abs_err}}``; ``None`` or NaN (not measured) is skipped,
+            an error of exactly 0 is drawn at a floor and labelled ``0``.
+        tolerances: ``{backend: atol}``, drawn as a short dashed line over the backend's group.
+        title: the axes title.
+    """
+    fig = _figure()
+    measured = {
+        name: {int(b): float(e) for b, e in per.items() if e is not None and not math.isnan(float(e))}
+        for name, per in errors.items()
+    }
+    measured = {name: per for name, per in measured.items() if per}
+    if not measured:
+        return _empty(fig, title, "no parity measured")
+    batches = sorted({b for per in measured.values() for b in per})
+    names = list(measured)
+    ax = fig.add_subplot()
+    width = 0.8 / len(batches)
+    cmap = _colors(len(batches))
+    for j, batch in enumerate(batches):
+        xs, ys, zero = [], [], []
+        for i, name in enumerate(names):
+            if batch in measured[name]:
+                value = measured[name][batch]
+                xs.append(i - 0.4 + width * (j + 0.5))
+                ys.append(max(value, _ERROR_FLOOR))
+                zero.append(value == 0.0)
+        bars = ax.bar(xs, ys, width=width * 0.95, color=cmap[j], label=f"batch {batch}")
+        for bar, is_zero in zip(bars, zero):
+            if is_zero:
+                ax.annotate("0", (bar.get_x() + bar.get_width() / 2, _ERROR_FLOOR), ha="center",
+                            va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    labelled = False
+    for i, name in enumerate(names):
+        atol = (tolerances or {}).get(name)
+        if atol:
+            ax.hlines(atol, i - 0.45, i + 0.45, colors="crimson", linestyles="dashed", linewidth=1,
+                      label=None if labelled else "atol")
+            labelled = True
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("max |artifact - eager|")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def latency_figure(
+    latency_ms: Mapping[str, float | None],
+    *,
+    eager_ms: float | None = None,
+    safe_ms: float | None = None,
+    batch_size: int | None = None,
+    batches: Mapping[str, int] | None = None,
+    title: str = "Latency per runtime vs eager",
+) -> Figure:
+    """Horizontal bars of the latency per runtime, eager PyTorch first, labelled with the speed-up.
+
+    The one ratio convention (:mod:`enn_nb.engine.timing`): reference ms / runtime ms, above 1x the
+    runtime is faster; the reference is export-safe eager when given (the same computation), else eager.
+
+    Args:
+        latency_ms: ``{backend: milliseconds per call}``; ``None`` (not measured) is skipped.
+        eager_ms: the eager model on the same input (fast paths on), drawn first in grey.
+        safe_ms: the eager model inside ``export_safe`` (what was exported), drawn second in grey; the
+            ratios are to it (to ``eager_ms`` when it is None).
+        batch_size: the batch everything was timed at, shown in the axis label.
+        batches: ``{backend: batch}`` where a runtime was timed at another batch (a static
+            artifact): its label says so and no ratio to eager is given.
+        title: the axes title.
+    """
+    values = {k: float(v) for k, v in latency_ms.items() if v is not None and not math.isnan(float(v))}
+    fig = _figure(max(2.0, 0.6 + 0.38 * (len(values) + 2)))
+    if not values and eager_ms is None:
+        return _empty(fig, title, "no latency measured")
+    labels: list[str] = []
+    data: list[float] = []
+    colors: list = []
+    comparable: list[bool] = []
+    for label, ms, grey in ((EAGER, eager_ms, "0.55"), (EAGER_SAFE, safe_ms, "0.75")):
+        if ms is not None:
+            labels.append(label)
+            data.append(float(ms))
+            colors.append(grey)
+            comparable.append(True)
+    palette = _colors(max(len(values), 1))
+    for i, (name, ms) in enumerate(values.items()):
+        other = (batches or {}).get(name)
+        same = other is None or batch_size is None or other == batch_size
+        labels.append(name if same else f"{name} (batch {other})")
+        data.append(ms)
+        colors.append(palette[i])
+        comparable.append(same)
+    ax = fig.add_subplot()
+    ys = list(range(len(labels)))[::-1]
+    bars = ax.barh(ys, data, color=colors)
+    from enn_nb.engine.timing import ratio_text, speedup
+
+    reference, name, own = (safe_ms, "export-safe eager", EAGER_SAFE) if safe_ms else (eager_ms, "eager", EAGER)
+    for bar, ms, label, same in zip(bars, data, labels, comparable):
+        text = f"{ms:.3g} ms"
+        ratio = speedup(reference, ms)
+        if ratio and same and label != own:
+            text += f"  ({ratio_text(ratio)} vs {name})"
+        ax.annotate(text, (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center",
+                    fontsize=7, xytext=(3, 0), textcoords="offset points")
+    ax.set_yticks(ys, labels)
+    ax.set_xlabel("ms per call" + (f" (batch {batch_size})" if batch_size else ""))
+    positive = [d for d in data if d > 0]
+    if positive and max(positive) / min(positive) > 30:  # e.g. 0.1 ms vs 100 ms: linear hides the small
+        ax.set_xscale("log")
+        ax.set_xlim(min(positive) / 2, max(positive) * 20)
+    else:
+        ax.set_xlim(0, max(data) * 1.45)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def size_figure(sizes: Mapping[str, int | None], *, title: str = "Artifact size") -> Figure:
+    """Horizontal bars of each artifact's size on disk (all of its files), labelled in KiB/MiB.
+
+    Args:
+        sizes: ``{backend: bytes}``; ``None`` (no artifact) is skipped.
+        title: the axes title.
+    """
+    values = {k: int(v) for k, v in sizes.items() if v is not None}
+    fig = _figure(max(2.0, 0.5 + 0.38 * len(values)))
+    if not values:
+        return _empty(fig, title, "no artifact written")
+    ax = fig.add_subplot()
+    names = list(values)
+    ys = list(range(len(names)))[::-1]
+    kib = [values[n] / 1024 for n in names]
+    bars = ax.barh(ys, kib, color=_colors(len(names)))
+    for bar, name in zip(bars, names):
+        ax.annotate(human_size(values[name]), (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                    va="center", fontsize=7, xytext=(3, 0), textcoords="offset points")
+    ax.set_yticks(ys, names)
+    ax.set_xlabel("KiB")
+    ax.set_xlim(0, max(kib) * 1.3 if max(kib) > 0 else 1)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def to_png(fig: Figure, *, dpi: int = 100) -> bytes:
+    """The figure rendered as PNG bytes (Agg, no display needed)."""
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]

@@ -1,0 +1,509 @@
+"""Building blocks of the ``export_report`` template: backends, latency and parity per batch size, tables, verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import html
+import json
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from enn_nb._format import human_size
+from enn_nb.engine import latency
+from enn_nb.engine.latency import EAGER, SAFE
+from enn_nb.engine.parity import DYNAMIC_BATCHES_WHY
+from enn_nb.engine.settings import ExportSettings
+from enn_nb.engine.timing import speedup
+from enn_nb.errors import ReportError
+from enn_nb.engine.verification import UNVERIFIED, Verification
+from enn_nb.engine.verification import summary as summary_line
+from enn_nb.model.spec import ModelSpec
+from enn_nb.surfaces.factory import load_with_model
+from enn_nb.surfaces.plots import latency_figure, parity_figure, size_figure, to_png
+from enn_nb.surfaces.reports.progress import kernel_callback as progress_callback  # noqa: F401 - the template calls it
+from enn_nb.table import Link, Table
+from enn_nb.surfaces.reports.verdict import Pending, Verdict
+
+if TYPE_CHECKING:
+    from enn_nb.engine import ExportReport
+
+
+# -- what to export ---------------------------------------------------------------------------------
+def export_settings(backends: str | Sequence[str] | None, out_dir: str | os.PathLike[str], *,
+                    batch_sizes: int | str | Sequence[int], atol: float | None = None, rtol: float | None = None,
+                    options: Mapping[str, Any] | None = None) -> ExportSettings:
+    """The report's :class:`ExportSettings`, through the engine's one ``from_call`` (creates ``out_dir``).
+
+    ``backends``: ``"available"`` (the default when empty), ``"all"``, ``"onnx,pt2"`` or ``["onnx", "pt2"]``,
+    meaning what they mean on every surface (``enn_nb.engine.registry.KEYWORDS``).
+
+    Raises:
+        UnknownNameError: a backend name that is not registered (the closest name is suggested).
+        SpecError: nothing is left to export, or a bad tolerance or option.
+    """
+    if backends is None or (isinstance(backends, str) and not backends.strip()):
+        backends = "available"
+    return ExportSettings.from_call(backends, out_dir, batch_range=batch_range(batch_sizes),
+                                    tolerances=(atol, rtol),  # None keeps each backend's own bound
+                                    options=options or None)
+
+
+def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path:
+    """The checkpoint to report on; an empty value trains the reference model and saves it in ``out_dir``.
+
+    Raises:
+        ReportError: the path does not exist.
+    """
+    if checkpoint:
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            raise ReportError(f"The checkpoint `{checkpoint}` does not exist (working directory: {Path.cwd()}).")
+        return path
+    from enn_nb.checkpoint import api as checkpoint_api
+    from enn_nb.reference import train_reference
+
+    target = Path(out_dir) / "reference.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint_api.save(train_reference(seed=0), target, metadata={"made_by": "export_report (no checkpoint given)"})
+    return target
+
+
+def load_checkpoint(path: Path, model: str = "") -> Any:
+    """``enn_nb.load(path)``; into the model ``"package.module:factory"`` builds when ``model`` is given
+    (a checkpoint of your own model, which names no registered builder)."""
+
+    return load_with_model(path, model or None)
+
+
+# -- header -----------------------------------------------------------------------------------------
+class Header:
+    """Title, author, date and source of a report, shown above its verdict."""
+
+    def __init__(self, title: str, author: str = "", subject: str = "") -> None:
+        self.title = title or "Report"
+        self.author = author
+        self.subject = subject
+        self.when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+    def _line(self) -> str:
+        return " · ".join(x for x in (self.author, self.when, self.subject) if x)
+
+    def __repr__(self) -> str:
+        return f"{self.title}\n{self._line()}"
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<h1 style='margin-bottom:2px'>{html.escape(self.title)}</h1>"
+            f"<div style='color:#555;margin-bottom:8px'>{html.escape(self._line())}</div>"
+        )
+
+
+def pending(text: str = "Exporting and checking every backend...") -> Pending:
+    """The placeholder the verdict replaces (``display(pending(), display_id=True).update(verdict)``)."""
+    return Pending(text)
+
+
+# -- latency and parity at the report's batch sizes ---------------------------------------------------
+@dataclasses.dataclass
+class Measurements:
+    """Latency of every runtime and of eager PyTorch, and each runtime's error vs eager, per batch size.
+
+    Attributes:
+        batch_sizes: the batch sizes asked for.
+        eager_ms: eager PyTorch (fast paths on, eval mode): ``{batch: median ms per call}``.
+        eager_safe_ms: eager PyTorch inside ``export_safe`` (the computation the artifacts hold).
+        latency_ms: ``{backend: {batch: median ms per call}}``.
+        errors: ``{backend: {batch: max abs error vs eager}}`` (the export's own parity cases
+            included, at their batch sizes).
+        mismatches: ``{backend: [reason, ...]}`` for batch sizes beyond the backend's tolerance.
+        notes: ``{backend: why it was not (fully) measured}``.
+        stats: ``{label: {batch: Stat}}``: median, IQR, calls and threads of every timing.
+        threads: ``{batch: intra-op threads}`` used at each batch size.
+        host: CPU, core count and load average before/after timing.
+        warnings: timings whose spread is too wide to trust.
+    """
+
+    batch_sizes: list[int]
+    eager_ms: dict[int, float] = dataclasses.field(default_factory=dict)
+    eager_safe_ms: dict[int, float] = dataclasses.field(default_factory=dict)
+    latency_ms: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    errors: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
+    mismatches: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+    stats: dict[str, dict[int, Any]] = dataclasses.field(default_factory=dict)
+    threads: dict[int, int] = dataclasses.field(default_factory=dict)
+    host: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def speedup(self, backend: str, batch: int) -> float | None:
+        """The headline ratio: eager inside ``export_safe`` (the same computation) / the runtime (above 1: faster)."""
+
+        return speedup(self.eager_safe_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
+
+    def speedup_vs_trained(self, backend: str, batch: int) -> float | None:
+        """The second reference: eager as trained (fast paths on) / the runtime."""
+
+        return speedup(self.eager_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
+
+    def host_line(self) -> str:
+        """``threads: 1 (batch 1, 8), 2 (batch 64) · CPU ... (2 cores) · load 1.4 -> 1.9``."""
+        by: dict[int, list[int]] = {}
+        for batch, count in sorted(self.threads.items()):
+            by.setdefault(count, []).append(batch)
+        threads = ", ".join(f"{n} (batch {', '.join(map(str, b))})" for n, b in by.items())
+        host = self.host
+        return (f"intra-op threads: {threads or '-'} · CPU: {host.get('cpu')} ({host.get('cpu_count')} cores) · "
+                f"load average: {host.get('load_1min')} before, {host.get('load_1min_after')} after")
+
+
+def batch_list(batch_sizes: int | str | Sequence[int]) -> list[int]:
+    """``[1, 8, 64]``, ``8`` or ``"1,8"`` -> a sorted list of distinct positive ints.
+
+    Raises:
+        ReportError: a value that is not a positive integer.
+    """
+    items = str(batch_sizes).split(",") if isinstance(batch_sizes, (str, int)) else list(batch_sizes)
+    out: set[int] = set()
+    for item in items:
+        try:
+            value = int(str(item).strip())
+        except ValueError:
+            value = 0
+        if value < 1 or (isinstance(item, float) and not float(item).is_integer()):
+            raise ReportError(f"`batch_sizes` holds {item!r}; give positive integers, e.g. [1, 8, 64].")
+        out.add(value)
+    if not out:
+        raise ReportError("`batch_sizes` is empty; give at least one positive integer, e.g. [1, 8, 64].")
+    return sorted(out)
+
+
+def batch_range(batch_sizes: int | str | Sequence[int]) -> tuple[int, int, int]:
+    """``(min, opt, max)`` for backends that need batch bounds, covering the report's batch sizes."""
+    sizes = batch_list(batch_sizes)
+    return (1, 8, max(64, sizes[-1]))
+
+
+def measure(
+    model: Any,
+    export: ExportReport,
+    batch_sizes: int | str | Sequence[int],
+    *,
+    spec: Any = None,
+    seconds: float = 0.2,
+    max_calls: int = 200,
+    threads: int | None = None,
+) -> Measurements:
+    """Time every exported artifact in its runtime next to eager PyTorch, and compare their outputs.
+
+    Each runtime is loaded with its backend's ``load`` (the same runner the export's parity used) and
+    called on the same inputs as the eager model at every batch size its artifact accepts. Each time
+    is the median (with its IQR) over calls made for about ``seconds`` after two warm-up calls, longer
+    while the median moves, on a fixed thread count (:func:`enn_nb.engine.latency.measure`, which the
+    wizard uses too).
+
+    Args:
+        model: the eager model (its fast paths on, as trained).
+        export: what ``enn_nb.export`` returned for it.
+        batch_sizes: batch sizes to measure.
+        spec: the model's ModelSpec (realistic inputs); read from the model when None.
+        threads: intra-op threads; default 1 up to batch 8, else up to 4.
+    """
+
+    sizes = batch_list(batch_sizes)
+    if spec is None:
+        spec = ModelSpec.from_model(model)
+    inputs = latency.spec_inputs(spec) if spec.input_signature() is not None else latency.vector_inputs(export)
+    t = latency.measure(model, export, sizes, inputs, compare=True, budget_s=seconds,
+                        min_calls=5, max_calls=max_calls, threads=threads)  # fmt: skip
+    result = Measurements(sizes, eager_ms=t.eager_ms, eager_safe_ms=t.safe_ms, latency_ms=t.latency_ms,
+                          stats=t.stats, threads=t.threads, host=t.host, warnings=t.warnings)
+    for r in export.results:
+        # the export's own parity cases count too, at their batch sizes
+        engine = {int(c["batch_size"]): float(c["max_abs_err"]) for c in r.parity.get("cases", [])}
+        errors = {**engine, **t.errors.get(r.backend, {})}
+        if errors:
+            result.errors[r.backend] = errors
+        if r.backend in t.mismatches:
+            result.mismatches[r.backend] = [f"{line} (report's check)" for line in t.mismatches[r.backend]]
+        if r.backend in t.skipped:
+            result.notes[r.backend] = f"not measured: {t.skipped[r.backend]}"
+        elif r.backend in t.static:
+            fixed = t.static[r.backend]
+            note = f"static batch {fixed}: timed and compared at that batch size only"
+            if fixed not in sizes:
+                ms, eager = t.latency_ms[r.backend][fixed], t.eager_ms[fixed]
+                note += f" ({ms:.3g} ms per call at batch {fixed}; eager as trained {eager:.3g} ms there)"
+            result.notes[r.backend] = note
+    return result
+
+
+# -- verdict ------------------------------------------------------------------------------------------
+def verdict(export: ExportReport, measurements: Measurements | None, requested: ExportSettings) -> Verdict:
+    """Pass when every requested backend is ``ok`` (or ``deferred``) and matches eager at every batch size;
+    a backend that cannot convert here fails only when it was named (``requested.fails``)."""
+    backends: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    notes = [f"{name}: skipped, not available here ({why})" for name, why in requested.skipped.items()]
+    sidecars: dict[str, str] = {}
+    for r in export.results:
+        status = r.status
+        extra = (measurements.mismatches.get(r.backend) if measurements else None) or []
+        if status == "ok" and extra:
+            status = "mismatch"
+        reason = _reason(r, extra)
+        check = r.verification if status == r.status else Verification(status, reason)
+        backends[r.backend] = {"status": status, "reason": reason, "max_abs_err": r.max_abs_err, "cached": r.cached,
+                               "verification": check.kind, "verification_reason": check.reason}
+        if check.kind == UNVERIFIED:
+            notes.append(f"{r.backend}: converted but not verified ({check.reason})")
+        if requested.fails(status):
+            failures.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
+        elif status in ("deferred", "unavailable"):
+            notes.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
+        if r.sidecar and Path(r.sidecar).is_file():
+            sidecars[r.backend] = str(Path(r.sidecar).resolve())
+    headline = _headline(export, backends)
+    if failures:
+        headline += f"; {len(failures)} failed the check"
+    return Verdict(ok=not failures, headline=headline + ".", backends=backends, failures=failures, notes=notes,
+                   sidecars=sidecars)
+
+
+def _headline(export: ExportReport, backends: dict[str, dict[str, Any]]) -> str:
+    """``7 verified, 1 converted but not verified (why), 1 deferred`` over the verdict's own statuses."""
+    return summary_line(dataclasses.replace(r, status=backends[r.backend]["status"]) for r in export.results)
+
+
+def _reason(r: Any, extra: list[str]) -> str:
+    if r.status == "mismatch":
+        tol = r.parity.get("tolerance") or {}
+        worst = max(r.parity.get("cases", []), key=lambda c: c.get("max_abs_err", 0.0), default=None)
+        where = f" at batch {worst['batch_size']}" if worst else ""
+        err = r.max_abs_err if r.max_abs_err is not None else float("nan")
+        atol, rtol = tol.get("atol", float("nan")), tol.get("rtol", float("nan"))
+        return f"max abs error {err:.3g}{where} beyond atol={atol:g}, rtol={rtol:g}"
+    if r.status == "failed":
+        return f"stage `{r.stage}`: {r.error_type + ': ' if r.error_type else ''}{r.error or ''}".strip()
+    if r.status == "timeout":
+        return f"stage `{r.stage}`: {r.error or ''}".strip()
+    if r.status == "crashed":
+        how = f"signal {r.signal}" if r.signal else f"exit code {r.exit_code}"
+        return f"the isolated converter died ({how}){': ' + r.error if r.error else ''}"
+    if r.status in ("deferred", "unavailable"):
+        return str(r.deferred or r.error or "")
+    return "; ".join(extra)
+
+
+# -- tables and sections ------------------------------------------------------------------------------
+def link(path: str | os.PathLike[str] | None) -> str:
+    """A path as a link relative to the working directory (the folder the executed notebook is written to)."""
+    if not path:
+        return ""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path.cwd())
+    except ValueError:  # another drive on Windows
+        return str(Path(path).resolve())
+
+
+def artifact_table(export: ExportReport, measurements: Measurements | None = None) -> Table:
+    """Backend, status, artifact (a link), size, max error and tolerance, and latency vs eager per batch size."""
+
+    sizes = measurements.batch_sizes if measurements else []
+    columns = ["backend", "status", "verified", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
+    columns += [f"latency, batch {b}" for b in sizes]
+    rows = []
+    for r in export.results:
+        tol = r.parity.get("tolerance") or {}
+        errs = [r.max_abs_err] + list(((measurements.errors if measurements else {}).get(r.backend) or {}).values())
+        errs = [e for e in errs if e is not None]
+        status = r.status + (" (cached)" if r.cached else "")
+        if measurements and r.status == "ok" and measurements.mismatches.get(r.backend):
+            status = "mismatch (report's check)"
+        check = r.verification.describe() if not status.startswith("mismatch") else "mismatch"
+        row: list[Any] = [
+            r.backend,
+            status,
+            check,
+            Link(Path(r.artifact).name, link(r.artifact)) if r.artifact else "-",
+            human_size(r.size_bytes) if r.files else "-",
+            f"{max(errs):.2e}" if errs else "-",
+            f"{tol['atol']:g}, {tol['rtol']:g}" if tol else "-",
+        ]
+        for b in sizes:
+            stat = measurements.stats.get(r.backend, {}).get(b) if measurements else None
+            row.append(stat.cell(measurements.speedup(r.backend, b)) if stat and measurements else "-")
+        rows.append(row)
+    if measurements:
+        def cells(label: str, ratio: Any) -> list[str]:
+            out = []
+            for b in sizes:
+                stat = measurements.stats.get(label, {}).get(b)
+                out.append(stat.cell(ratio(b)) if stat else "-")
+            return out
+
+        rows.append(["eager PyTorch, export-safe", "headline reference (what the artifacts compute)", "-", "-", "-",
+                     "-", "-", *cells(SAFE, lambda b: None)])
+        rows.append(["eager PyTorch, as trained", "second reference (fast paths on)", "-", "-", "-", "-", "-",
+                     *cells(EAGER, lambda b: _ratio(measurements.eager_safe_ms.get(b), measurements.eager_ms.get(b)))])
+    return Table(columns, rows)
+
+
+def _ratio(reference: float | None, ms: float | None) -> float | None:
+    return speedup(reference, ms)
+
+
+def _parity_legend() -> str:
+    return (f"Parity cases: the export's own ({DYNAMIC_BATCHES_WHY}), plus this report's batch sizes, each "
+            "compared with eager PyTorch as trained.")
+
+
+PARITY_LEGEND = _parity_legend()
+
+LATENCY_LEGEND = (
+    "Latency cells: median ms per call ± interquartile range (IQR), the batch size and the intra-op thread "
+    "count, and the speed-up = export-safe eager ms / runtime ms (above 1x the runtime is faster). The headline "
+    "reference is eager PyTorch inside export_safe, the computation the artifacts hold; eager as trained (fast "
+    "paths on) is the second reference row. [noisy] marks an IQR wider than 25% of the median."
+)
+
+
+def notes_table(measurements: Measurements, export: ExportReport) -> Table | None:
+    """What could not be measured, timings too noisy to trust, and notes of the backends, or None."""
+    rows = [[name, text] for name, text in measurements.notes.items()]
+    rows += [["latency", text] for text in measurements.warnings]
+    rows += [[r.backend, n] for r in export.results for n in r.notes]
+    return Table(["backend", "note"], rows) if rows else None
+
+
+class Image:
+    """A matplotlib figure as a PNG output (``image/png``): it survives papermill, nbconvert and git."""
+
+    def __init__(self, figure: Any, *, dpi: int = 100) -> None:
+        self.png = to_png(figure, dpi=dpi)
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def __repr__(self) -> str:
+        return f"<figure: {len(self.png)} bytes of PNG>"
+
+
+def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
+    """Parity error per backend and batch size, latency vs eager at each batch size, artifact size."""
+
+    atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
+    images = [Image(parity_figure(measurements.errors, tolerances=atol))]
+    for b in measurements.batch_sizes:
+        per = {name: ms[b] for name, ms in measurements.latency_ms.items() if b in ms}
+        threads = measurements.threads.get(b)
+        images.append(Image(latency_figure(per, eager_ms=measurements.eager_ms.get(b),
+                                           safe_ms=measurements.eager_safe_ms.get(b), batch_size=b,
+                                           title=f"Latency per runtime, batch {b}"
+                                           + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""))))
+    images.append(Image(size_figure({r.backend: r.size_bytes for r in export.results if r.files})))
+    return images
+
+
+def deviations(export: ExportReport) -> list[dict[str, Any]]:
+    """The export's deviations; from a sidecar when every backend came from the cache (nothing switched now)."""
+    if export.deviations:
+        return list(export.deviations)
+    for r in export.results:
+        if r.sidecar and Path(r.sidecar).is_file():
+            try:
+                found = json.loads(Path(r.sidecar).read_text(encoding="utf-8")).get("deviations")
+            except (OSError, ValueError):
+                continue
+            if found:
+                return list(found)
+    return []
+
+
+def deviations_table(export: ExportReport) -> Table:
+    """The export-safe switches made for the export (what runs in the artifacts instead of the fast paths)."""
+    rows = deviations(export)
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    if not rows:
+        return Table(["deviation"], [["none: the model has no fast path the export had to switch"]])
+    return Table(keys, [[_short(row.get(k)) for k in keys] for row in rows])
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _without_log_text(data: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar as shown in a report: the captured converter log is counted and linked, never shown."""
+    log = data.get("log")
+    if isinstance(log, dict) and log.get("warning_messages"):
+        data["log"] = {k: v for k, v in log.items() if k != "warning_messages"}
+    return data
+
+
+class Sidecars:
+    """Each sidecar as a link to its file and its JSON content collapsed in ``<details>``."""
+
+    def __init__(self, export: ExportReport) -> None:
+        self.items: list[tuple[str, Path, str]] = []
+        for r in export.results:
+            if r.sidecar and Path(r.sidecar).is_file():
+                text = Path(r.sidecar).read_text(encoding="utf-8")
+                try:
+                    text = json.dumps(_without_log_text(json.loads(text)), indent=2)
+                except ValueError:
+                    pass
+                self.items.append((r.backend, Path(r.sidecar), text))
+
+    def __repr__(self) -> str:
+        lines = [f"{name}: {link(path)} ({len(text)} characters)" for name, path, text in self.items]
+        return "\n".join(lines) or "no sidecar written"
+
+    def _repr_html_(self) -> str:
+        if not self.items:
+            return "<p>No sidecar was written.</p>"
+        parts = []
+        for name, path, text in self.items:
+            parts.append(
+                f"<details class='enn-nb-sidecar' data-backend='{html.escape(name)}'>"
+                f"<summary><code>{html.escape(name)}</code>: "
+                f"<a href='{html.escape(link(path))}'>{html.escape(path.name)}</a></summary>"
+                f"<pre style='max-height:30em;overflow:auto;font-size:85%'>{html.escape(text)}</pre></details>"
+            )
+        return "".join(parts)
+
+
+def reproduce(
+    checkpoint: Path,
+    requested: ExportSettings,
+    batch_sizes: Sequence[int],
+    atol: float | None,
+    rtol: float | None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    model: str = "",
+) -> str:
+    """The command line that re-runs this report (for a scheduler or a colleague).
+
+    ``out`` is the report folder; by default the working directory, which is where the report's
+    kernel runs, so the command writes the same files again. ``model`` is the ``--model`` factory.
+    """
+    parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
+    if model:
+        parts.append(f"--model {_quote(model)}")
+    if requested.named:
+        parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
+    parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
+    parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
+    folder = Path(out if out is not None else Path.cwd()).resolve()
+    return " ".join(parts) + f" --out {_quote(str(folder))} --html"
+
+
+def _quote(text: str) -> str:
+    return shlex.quote(text)
