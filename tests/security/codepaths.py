@@ -94,7 +94,7 @@ def reseal(out: Path, name: str = "model.pt2", change: Callable[[dict], Any] | N
         change(data)
     for entry in data["files"]:
         p = out / entry["path"]
-        if p.is_file():
+        if p.is_file() and p.resolve().is_relative_to(out.resolve()):  # a path escaping the folder stays as forged
             entry.update(sha256=sc.sha256_file(p), size=p.stat().st_size)
     side.write_text(json.dumps(data))
 
