@@ -92,8 +92,8 @@ def ensure_inductor_cache() -> Path:
 
 # -- keys -----------------------------------------------------------------------------------------------
 def program_digest(ep: Any) -> str:
-    """sha256 of what a captured ``torch.export`` program computes: its graph (every op, constant argument and
-    dtype, as code without the source-line comments), its signature, its shape constraints, and every tensor
+    """sha256 of what a captured ``torch.export`` program computes: its graphs (every op, constant argument and
+    dtype, as code without type annotations and source-line comments), its signature, its shape constraints, and every tensor
     it holds (parameters, buffers, lifted constants, non-persistent buffers) by name, dtype, shape and bytes.
 
     Module attributes that change the computation without changing a tensor (a function attribute such as
@@ -102,8 +102,12 @@ def program_digest(ep: Any) -> str:
     import torch
 
     digest = hashlib.sha256()
-    code = ep.graph_module.print_readable(print_output=False, include_stride=True, include_device=True)
-    digest.update("\n".join(line for line in code.splitlines() if not line.lstrip().startswith("#")).encode())
+    # each graph's code (nested ones of control flow too) without annotations and source comments: the same for
+    # a program and its saved-and-loaded copy (a loaded program lacks some symbolic annotations)
+    for name, sub in ep.graph_module.named_modules():
+        if isinstance(sub, torch.fx.GraphModule):
+            lines = (line for line in sub.code.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+            digest.update(f"{name}|{chr(10).join(lines)}|".encode())
     digest.update(f"|{ep.graph_signature}|{sorted((str(k), str(v)) for k, v in ep.range_constraints.items())}|".encode())
     tensors = {**dict(ep.state_dict), **dict(ep.constants)}
     for name in sorted(tensors):
