@@ -30,10 +30,10 @@ def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
 
 
 def test_report_progress_counts_backends(tmp_path, monkeypatch):
-    from enn_nb.surfaces.reports.progress import ENV, BackendBar, kernel_callback
+    from enn_nb.surfaces.reports.progress import ENV, BackendBar, create_events_file, kernel_callback
 
     assert kernel_callback() is None or ENV in os.environ  # outside a report run: no callback
-    events = tmp_path / "events.jsonl"
+    events = create_events_file(tmp_path, "export_report")
     monkeypatch.setenv(ENV, str(events))
     with BackendBar(events, "export_report", poll_s=60) as bar:
         callback = kernel_callback()

@@ -69,6 +69,7 @@ def test_verify_detects_changed_outputs_and_tampered_files(tmp_path, capsys):
         meta = fh.metadata()
     tensors = load_file(str(vectors))
     tensors = {k: (v + 1.0 if "/out/" in k else v) for k, v in tensors.items()}
+    vectors.unlink()  # exported files may be read-only links shared with the cache: replaced, not written into
     save_file(tensors, str(vectors), metadata=meta)
     assert main(["verify", str(artifact)]) == 1
     text = capsys.readouterr().out
@@ -81,6 +82,7 @@ def test_verify_detects_changed_outputs_and_tampered_files(tmp_path, capsys):
     for entry in data["files"]:
         if entry["path"] == vectors.name:
             entry.update(sha256=sidecar.sha256_file(vectors), size=vectors.stat().st_size)
+    side.unlink()
     side.write_text(json.dumps(data))
     assert main(["verify", str(artifact)]) == 1
     assert "MISMATCH" in capsys.readouterr().out

@@ -173,7 +173,7 @@ def test_unchanged_model_hits_the_cache(exported, trained_model, tmp_path, cache
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
     report = enn_nb.export(trained_model, BACKENDS, out_dir=out, metadata={"run": "test"})
     assert all(r.status == "ok" and r.cached for r in report)
-    assert report.capture_s == 0.0
+    assert report.capture_s > 0  # the key is the captured program's digest: a hit captures, converts nothing
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir()}
     sidecars = {name for name in before if name.endswith(".enn.json")}
     # no artifact or vectors file was rewritten; only each sidecar was replaced (a new file, never written

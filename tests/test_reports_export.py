@@ -214,7 +214,7 @@ def test_model_summary_signature_and_environment(passed, tiny_checkpoint):
     import subprocess
 
     sha = subprocess.run(["git", "-C", str(out), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert f"{sha} on main" in page and "uncommitted change" in page
+    assert f"{sha} on main" in page and "uncommitted changes not checked" in page  # read without running git
     # the tensor table is folded, one click away
     folded = page.split('<details class="enn-nb-folded">', 1)
     assert len(folded) == 2 and "enn-nb-tensors" in folded[1] and "enn-nb-tensors" not in folded[0]

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import MissingDependencyError, SpecError
+from enn_nb.errors import BrokenDependencyError, MissingDependencyError, SpecError
 
 if TYPE_CHECKING:
     import torch
@@ -47,15 +47,19 @@ ENV_SWITCHES = {
 
 
 def _upstream() -> Any:
+    """``enn_torch`` from its installed distribution, never from the working folder (see :func:`import_installed`)."""
+    from enn_nb.adapters.installed import import_installed
+
     try:
-        import enn_torch
+        return import_installed("enn_torch", "enn-torch")
+    except BrokenDependencyError:
+        raise
     except ImportError as exc:
         raise MissingDependencyError(
             f"The `{BUILDER}` builder needs ENN-PyTorch (`enn_torch`), which is not installed ({exc}). Install it: "
             f"{INSTALL}.",
             package="enn_torch",
         ) from None
-    return enn_torch
 
 
 # -- builder -------------------------------------------------------------------------------------------

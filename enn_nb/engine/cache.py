@@ -1,17 +1,22 @@
-"""The export cache: a content hash of (weights, module settings, spec, backend, options, versions) -> artifacts.
+"""The export cache: a content hash of (captured program, inputs, spec, backend, options, versions) -> artifacts.
 
-A hit is found first in the output directory itself (its sidecar records the key and the files'
-hashes), then in the store under the cache folder, from which files are hard-linked (or copied).
+The key is derived from what the model computes: the captured program's graph, its weights,
+constants and non-persistent buffers (:func:`program_digest`), not from module attributes. A hit is
+found first in the output directory itself (its sidecar records the key and the files' hashes),
+then in the store under the cache folder, from which files are cloned (copy-on-write), else
+hard-linked read-only, else copied; the pipeline then re-runs the parity cases on it.
 Folders: ``ENN_NB_CACHE_DIR`` if set, else ``<project>/.cache/enn_nb`` when enn_nb runs from a
 source checkout, else the user's cache folder (``~/.cache/enn_nb``...). Never the system temp folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -86,27 +91,34 @@ def ensure_inductor_cache() -> Path:
 
 
 # -- keys -----------------------------------------------------------------------------------------------
-def module_digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's state (names, dtypes, shapes, bytes) and its plain settings per submodule.
+def program_digest(ep: Any) -> str:
+    """sha256 of what a captured ``torch.export`` program computes: its graphs (every op, constant argument and
+    dtype, as code without type annotations and source-line comments), its signature, its shape constraints, and every tensor
+    it holds (parameters, buffers, lifted constants, non-persistent buffers) by name, dtype, shape and bytes.
 
-    Settings (``bool/int/float/str`` attributes such as an attention ``impl`` or a scaler's
-    ``compute_dtype``) change what is exported without changing any tensor, so they are hashed too.
+    Module attributes that change the computation without changing a tensor (a function attribute such as
+    ``torch.tanh``/``torch.relu``, a tuple or a dtype setting) are in the graph, so they are in the key.
     """
     import torch
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict(keep_vars=False).items()):
-        t = tensor.detach().cpu().contiguous()
+    # each graph's code (nested ones of control flow too) without annotations and source comments: the same for
+    # a program and its saved-and-loaded copy (a loaded program lacks some symbolic annotations)
+    for name, sub in ep.graph_module.named_modules():
+        if isinstance(sub, torch.fx.GraphModule):
+            lines = (line for line in sub.code.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+            digest.update(f"{name}|{chr(10).join(lines)}|".encode())
+    digest.update(f"|{ep.graph_signature}|{sorted((str(k), str(v)) for k, v in ep.range_constraints.items())}|".encode())
+    tensors = {**dict(ep.state_dict), **dict(ep.constants)}
+    for name in sorted(tensors):
+        value = tensors[name]
+        if not isinstance(value, torch.Tensor):
+            digest.update(f"{name}|{type(value).__qualname__}|{value!r}|".encode())  # a script object: its repr
+            continue
+        t = value.detach().cpu().contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         if t.numel():
             digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    for name, sub in module.named_modules():
-        settings = {
-            k: v
-            for k, v in sorted(vars(sub).items())
-            if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, type(None)))
-        }
-        digest.update(f"{name}|{type(sub).__module__}.{type(sub).__qualname__}|{json.dumps(settings, default=str)}".encode())
     return digest.hexdigest()
 
 
@@ -192,9 +204,13 @@ def _is_enn_artifact_dir(path: Path) -> bool:
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """``dst`` as a hard link to ``src`` (each file of a folder), a copy where links are impossible.
+    """``dst`` as a copy-on-write clone of ``src`` (each file of a folder) where the filesystem has them, else a
+    read-only hard link, else a copy.
 
-    Linked files are shared: they are only ever replaced (a new file), never written into."""
+    A clone shares the blocks until either side is written: editing an exported file in place never
+    reaches the store or another folder. A hard link is one file under two names, so it is made
+    read-only (for everyone but root) and enn_nb itself only ever replaces such files (a new file),
+    never writes into them; the README says exported files may be shared with the cache."""
     if src.is_dir():
         shutil.copytree(src, dst, copy_function=link_file)
     else:
@@ -202,10 +218,47 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def link_file(src: str | Path, dst: str | Path) -> None:
+    if clone_file(src, dst):
+        return
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+        return
+    with contextlib.suppress(OSError):
+        mode = os.stat(dst).st_mode
+        os.chmod(dst, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int), btrfs, XFS (reflink=1), bcachefs, OCFS2...
+
+
+def clone_file(src: str | Path, dst: str | Path) -> bool:
+    """Make ``dst`` (absent) a copy-on-write clone of ``src``; False where the filesystem cannot (nothing left)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import fcntl
+
+    try:
+        fd_src = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fd_dst = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        os.close(fd_src)
+        return False
+    try:
+        fcntl.ioctl(fd_dst, _FICLONE, fd_src)
+    except OSError:
+        os.close(fd_dst)
+        os.unlink(dst)
+        return False
+    finally:
+        os.close(fd_src)
+    os.close(fd_dst)
+    shutil.copystat(src, dst)
+    return True
 
 
 # -- an export's key and its hits -----------------------------------------------------------------

@@ -35,6 +35,7 @@ class RunInfo:
     essentials: dict[str, str] = dataclasses.field(default_factory=dict)
     fast_paths: list[Any] = dataclasses.field(default_factory=list)  # declared ones, when safe=False
     signature: dict[str, Any] | None = None  # the ModelIO the export follows, as JSON
+    program: str | None = None  # cache.program_digest of the captured program (sidecar `details.program_sha256`)
     shared_log: OutputLog = dataclasses.field(default_factory=OutputLog)  # captured in the shared stages
     static_dims: dict[str, str] = dataclasses.field(default_factory=dict)  # declared dynamic, static: why
 
@@ -89,6 +90,8 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
     conv = unit.conversion
     status, parity_block = _parity_block(plan, unit, info)
     details = dict(conv.details or {})
+    if info.program is not None:
+        details["program_sha256"] = info.program  # what `verify` compares a .pt2's own program with
     if unit.metadata is not None:
         details["metadata_roundtrip"] = all(unit.metadata.get(k) == v for k, v in info.essentials.items())
 
@@ -109,7 +112,7 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
         parity=parity_block,
         embedded=info.essentials if conv.embedded_metadata else None,
         embedded_metadata=bool(conv.embedded_metadata),
-        notes=[*notes, *conv.notes, *([parity_block["only_batch"]] if parity_block.get("only_batch") else [])],
+        notes=[*notes, *plan.notes, *conv.notes, *([parity_block["only_batch"]] if parity_block.get("only_batch") else [])],
         details=details,
         deferred=conv.deferred,
         conversion_path=dict(conv.path) if conv.path else {"name": "shared", "costs": []},

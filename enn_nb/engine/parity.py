@@ -485,6 +485,10 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         # outcome is this function's result or its one error (`logging.getLogger("enn_nb.converters")` shows it)
         with capture("verify"):
             runner = backend.load(artifact, load_options)
+            recorded_program = (data.get("details") or {}).get("program_sha256")
+            if recorded_program and backend.program_digest(artifact) not in (None, recorded_program):
+                problems.append(f"the program inside `{escape(artifact.name)}` is not the one its sidecar records "
+                                "(`details.program_sha256`): another model's artifact under this sidecar")
             parity = finite(run_cases(runner, chosen, atol, rtol))
         if not data.get("dynamic_batch") and (data.get("parity") or {}).get("only_batch"):
             parity["only_batch"] = data["parity"]["only_batch"]

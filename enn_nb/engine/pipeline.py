@@ -20,7 +20,7 @@ from enn_nb import _reentry
 from enn_nb._terminal import announce
 from enn_nb.engine import parity, sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
-from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
+from enn_nb.engine.cache import export_key, lookup, program_digest, tensors_digest
 from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
 from enn_nb.engine.hits import Hits
 from enn_nb.engine.inputs import (
@@ -167,13 +167,10 @@ def export(
     plans = _plans(settings)
     try:
         with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
-            _finish_early(plans, model, inputs, info, emit, hits)  # availability, then the cache: no capture needed
+            _finish_unavailable(plans, info, emit)
             todo = [p for p in plans if p.result is None]
-            vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
             if todo:
-                _run(todo, model, inputs, info, emit, should_stop)
-            elif settings.verify and vectors_path.exists():
-                report.vectors = vectors_path
+                _run(todo, model, inputs, info, emit, should_stop, hits)
             hits.settle(info)  # after this export's own vectors exist: each hit's sidecar names its own
     except OSError as exc:
         if isinstance(exc, EnnError) or exc.errno not in _WRITE_ERRNOS:
@@ -207,26 +204,42 @@ def _plans(settings: ExportSettings) -> list[Plan]:
     return plans
 
 
-def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo, emit: Emitter,
-                  hits: Hits) -> None:
-    """Finish the plans that need no conversion: unavailable backends, then cache hits."""
+def _finish_unavailable(plans: list[Plan], info: RunInfo, emit: Emitter) -> None:
+    """Finish the plans whose backend cannot convert here (nothing to capture for them)."""
     for plan in plans:
         reason = plan.backend.unavailable_reason()
         if reason:
             plan.result = finish_unavailable(plan, reason, info)
             emit(plan.name, "done", "unavailable", plan.index)
-    if not info.settings.cache:
-        return
-    digest = {"module": module_digest(model), "inputs": tensors_digest(inputs)}
-    for plan in plans:
-        if plan.result is not None:
-            continue
+
+
+def _take_hits(todo: list[Plan], inputs: tuple[torch.Tensor, ...], cases: list[Any], info: RunInfo, emit: Emitter,
+               hits: Hits) -> list[Plan]:
+    """Finish the plans the cache holds, keyed by the captured program, each hit re-run on the parity cases;
+    returns the plans left to convert."""
+    from enn_nb.engine.recheck import recheck_hit
+
+    digest = {"program": info.program, "inputs": tensors_digest(inputs)}
+    left = []
+    for plan in todo:
         plan.key = export_key(plan, digest, info.spec, info.source, info.settings)
         hit = lookup(plan, info.settings)
-        if hit is not None:
-            plan.result = hit
-            hits.keep(plan, hit)
-            emit(plan.name, "done", hit.status, plan.index, cached=True)
+        started = time.perf_counter()
+        problem = recheck_hit(plan, hit, cases) if hit is not None else None
+        if hit is not None:  # the re-run is part of taking the hit
+            hit.timings["cache_lookup"] = hit.timings.get("cache_lookup", 0.0) + time.perf_counter() - started
+            hit.timings["total"] = hit.timings["cache_lookup"]
+        if hit is None or problem is not None:
+            if problem is not None:
+                log.warning("%s: the cached artifact under this key was refused (%s); converting anew", plan.name,
+                            problem)
+                plan.notes.append(f"a cached artifact under this export's key was refused and converted anew: {problem}")
+            left.append(plan)
+            continue
+        plan.result = hit
+        hits.keep(plan, hit)
+        emit(plan.name, "done", hit.status, plan.index, cached=True)
+    return left
 
 
 def _run(
@@ -236,8 +249,10 @@ def _run(
     info: RunInfo,
     emit: Emitter,
     should_stop: Callable[[], bool] | None,
+    hits: Hits,
 ) -> None:
-    """Capture once, then convert, verify and finish every plan of ``todo`` over the lanes."""
+    """Capture once, take the cache's hits (checked on the parity cases), then convert, verify and finish every
+    other plan of ``todo`` over the lanes."""
     from enn_nb.engine.capture import Shared  # torch.export machinery: loads with the first export
     from enn_nb.engine.isolate import Worker
     from enn_nb.engine.wrapper import export_module
@@ -260,7 +275,8 @@ def _run(
                 pool.append(worker)
         threading.Thread(target=sc.warm_up, daemon=True).start()  # compiles the sidecar validator
 
-        cases = _reference_cases(todo, model, inputs, info) if settings.verify else []
+        # the cases exist before the cache lookup too: every hit is re-run on them
+        cases = _reference_cases(todo, model, inputs, info) if settings.verify or settings.cache else []
         if settings.safe:
             with capture("export_safe") as got:
                 state = stack.enter_context(export_safe(model))
@@ -282,6 +298,18 @@ def _run(
         if captured is None:
             return
         ep, batch_dynamic, capture_notes = captured
+        info.program = program_digest(ep)
+        vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
+        if settings.cache:
+            todo = _take_hits(todo, inputs, cases, info, emit, hits)
+        if not todo:  # every backend was a checked hit: the folder's vectors stay the hits' own
+            if settings.verify and vectors_path.exists():
+                report.vectors = vectors_path
+            return
+        if settings.verify:
+            _save_vectors(vectors_path, cases, info)
+        lanes = split_lanes(todo, len(pool) if isolated else 1)  # what is left, over the children already started
+        pool = pool[: len(lanes)]
         shared = Shared(workdir=workdir, stem=settings.stem, input_names=input_names, output_names=output_names,
                         essentials=info.essentials, onnx_options=settings.onnx_options, ep=ep,
                         signature=info.signature)
@@ -297,8 +325,8 @@ def _run(
             for worker in pool:
                 worker.configure(setup)
 
-        ctx = LaneContext(job=job, shared=shared, info=info, cases=cases, notes=list(capture_notes), emit=emit,
-                          should_stop=should_stop)
+        ctx = LaneContext(job=job, shared=shared, info=info, cases=cases if settings.verify else [],
+                          notes=list(capture_notes), emit=emit, should_stop=should_stop)
         _run_lanes(lanes, pool, ctx)
         for plan in todo:  # a lane that died of an unexpected error leaves its plans unfinished
             if plan.result is None:
@@ -307,8 +335,8 @@ def _run(
 
 
 def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo) -> list[Any]:
-    """Parity cases from the eager model as the user has it (fast paths on), in eval mode; saved as the vectors
-    file, and each plan's tolerance raised for low-precision outputs."""
+    """Parity cases from the eager model as the user has it (fast paths on), in eval mode; each plan's tolerance
+    raised for low-precision outputs. Saved as the vectors file once the cache's hits are known."""
     import torch
 
     settings = info.settings
@@ -316,15 +344,17 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
     with parity.eval_only(model), torch.no_grad(), capture("parity reference") as got:
         cases = parity.make_cases(call, inputs, make=case_maker(info.spec, inputs), dynamic=settings.dynamic_batch)
     _shared_log(info, got)
-    vectors_path = settings.out / f"{settings.stem}{VECTORS_SUFFIX}"
-    io = ModelIO.from_dict(info.signature or {})
-    parity.save_vectors(vectors_path, cases, io.input_names, io.output_names)
-    info.report.vectors = vectors_path
-    info.vectors = {"file": vectors_path.name, "sha256": sc.sha256_file(vectors_path)}
     dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
     for plan in todo:
         plan.tolerance = settings.tolerances.resolve(plan.name, plan.backend.default_tolerance, dtypes)
     return cases
+
+
+def _save_vectors(path: Path, cases: list[Any], info: RunInfo) -> None:
+    io = ModelIO.from_dict(info.signature or {})
+    parity.save_vectors(path, cases, io.input_names, io.output_names)
+    info.report.vectors = path
+    info.vectors = {"file": path.name, "sha256": sc.sha256_file(path)}
 
 
 def _capture(todo: list[Plan], module: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo,

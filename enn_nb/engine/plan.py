@@ -27,6 +27,7 @@ class Plan:
     tolerance: tuple[float, float]
     key: str | None = None
     result: BackendResult | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)  # this backend's own (a refused cache entry)
 
 
 class Emitter:

@@ -3,7 +3,10 @@
 A ``.pt2`` archive can carry pickles that ``torch.export.load`` unpickles with ``weights_only=False``
 (weights or constants marked ``use_pickle``, legacy ``<model>.pt`` weight files, ``custom_obj_``/
 ``opaque_obj_`` constants, sample inputs that the weights-only unpickler refuses): :func:`check_pt2_archive`
-refuses every one before torch opens the file. An AOTInductor package is a shared library by design:
+refuses every one before torch opens the file. It also holds a plain ``.pt2`` to an allow-list of the
+member kinds ``torch.export.save`` writes: anything else (a compiled ``data/aotinductor/`` library,
+which ``torch.export.load`` would dlopen, an executorch or MTIA payload, a stray file) is refused,
+so a ``.pt2`` that is not what it claims never reaches torch. An AOTInductor package is a shared library by design:
 it runs native code when loaded, so loading one that enn_nb did not just write needs ``trust=True``.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -21,13 +25,30 @@ from enn_nb.errors import ExportError, UnsafeArtifactError
 
 #: The uncompressed size a .pt2 archive may claim per member relative to its own size (torch stores, never deflates).
 _MAX_EXPANSION = 2
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}"
+#: What ``torch.export.save`` writes under the archive's one root folder: an allow-list of member kinds.
+_PT2_MEMBERS = re.compile(
+    "|".join((
+        r"archive_format", r"archive_version", r"byteorder", r"\.data/version", r"\.data/serialization_id",
+        rf"models/{_NAME}\.json",
+        rf"data/weights/(weight_[0-9]+|{_NAME}_weights_config\.json)",
+        rf"data/constants/(tensor_[0-9]+|{_NAME}_constants_config\.json)",
+        rf"data/sample_inputs/{_NAME}\.pt",
+        rf"extra/{_NAME}",
+    ))
+)
 
 
-def check_pt2_archive(path: Path) -> None:
+def check_pt2_archive(path: Path, *, plain: bool = True) -> None:
     """Refuse a ``.pt2``/``.aoti.pt2`` archive that holds anything ``torch.export.load`` would unpickle unsafely.
 
+    With ``plain`` (a ``.pt2`` of the ``pt2`` backend) every member must also be of a kind that
+    ``torch.export.save`` writes; an AOTInductor package (``plain=False``, loaded only with trust)
+    may add its ``data/aotinductor/`` folder.
+
     Raises:
-        UnsafeArtifactError: a pickled weight/constant, a legacy pickled weights file, a pickled custom
+        UnsafeArtifactError: a member that a plain ``.pt2`` never holds (names it), or
+        a pickled weight/constant, a legacy pickled weights file, a pickled custom
             object, or sample inputs the weights-only unpickler refuses.
         ExportError: not a readable zip archive.
     """
@@ -42,6 +63,8 @@ def check_pt2_archive(path: Path) -> None:
                 raise UnsafeArtifactError(
                     f"`{path}` member `{escape(info.filename)}` claims {info.file_size} bytes uncompressed, far more "
                     "than the archive holds (a zip bomb); enn_nb refused to load it.")
+        if plain:
+            _check_members(path, archive.namelist())
         for name in archive.namelist():
             inner = name.split("/", 1)[1] if "/" in name else name
             base = inner.rsplit("/", 1)[-1]
@@ -53,6 +76,27 @@ def check_pt2_archive(path: Path) -> None:
                 _check_payload_config(path, archive, name)
             if inner.startswith("data/sample_inputs/"):
                 _check_weights_only(path, archive, name)
+
+
+def _check_members(path: Path, names: list[str]) -> None:
+    """Every member under one root folder and of an allow-listed kind (checked before torch reads any)."""
+    roots = sorted({name.split("/", 1)[0] for name in names})
+    if len(roots) > 1:
+        raise UnsafeArtifactError(
+            f"`{path}` is a .pt2 archive with members under {len(roots)} root folders "
+            f"({', '.join(f'`{escape(r)}`' for r in roots[:5])}); a .pt2 has one. enn_nb refused to open it (nothing "
+            "was loaded); re-export the model with enn_nb.")
+    for name in names:
+        root, _, inner = name.partition("/")
+        if root not in ("", ".", "..") and _PT2_MEMBERS.fullmatch(inner):
+            continue
+        native = inner.startswith("data/aotinductor/")
+        what = ("compiled AOTInductor code, which `torch.export.load` loads into the process (native code runs)"
+                if native else "a member that `torch.export.save` never writes")
+        raise UnsafeArtifactError(
+            f"`{path}` is a .pt2 archive holding `{escape(name)}`: {what}; enn_nb refused to open it (nothing was "
+            "loaded). A plain .pt2 holds only the program, its weights, constants, sample inputs and extra files. "
+            "Re-export the model with enn_nb; an AOTInductor package is a `.aoti.pt2` verified with `trust=True`.")
 
 
 def _refuse(path: Path, member: str, what: str) -> None:

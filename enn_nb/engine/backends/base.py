@@ -241,6 +241,11 @@ class Backend:
         """The essentials embedded in the artifact, or None when the format has no slot."""
         return None
 
+    def program_digest(self, artifact: Path) -> str | None:
+        """:func:`enn_nb.engine.cache.program_digest` of the program the artifact holds, or None when the format
+        does not keep the captured program (``verify`` compares it with the sidecar's ``program_sha256``)."""
+        return None
+
     def complete(self, sidecar: dict[str, Any], base: Path, out_path: Path, options: dict[str, Any]) -> Conversion:
         """Finish a ``deferred`` conversion on a machine that can (e.g. build a TensorRT engine).
 

@@ -67,3 +67,12 @@ class Pt2Backend(Backend):
         extra = {EXTRA_FILE: ""}
         torch.export.load(str(artifact), extra_files=extra)
         return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
+
+    def program_digest(self, artifact: Path) -> str | None:
+        import torch
+
+        from enn_nb.engine.cache import program_digest
+        from enn_nb.engine.trust import check_pt2_archive
+
+        check_pt2_archive(artifact)
+        return program_digest(torch.export.load(str(artifact)))

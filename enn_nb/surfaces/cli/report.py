@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._safeio import escape, escape_lines
-from enn_nb.errors import FlagError, ReportCellError, ReportError
+from enn_nb.errors import FlagError, ReportCellError
 from enn_nb.surfaces.cli.command import add_command
 from enn_nb.surfaces.factory import import_factory
 from enn_nb.surfaces.sweep.cluster import CLUSTER_HELP
@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         args.html = True  # these only shape the HTML; asking for one means wanting it
     if args.no_input and args.show_code:
         raise FlagError("`--no-input` and `--show-code` contradict each other; pass one of them.")
-    params = dict(parse_assignment(text) for text in args.params)
+    declared = declared_parameters(resolve_template(args.template)) if args.params else None
+    params = dict(parse_assignment(text, declared) for text in args.params)
     if args.model:
         import_factory(args.model, args.model_path)  # a typo fails here, before a kernel starts
         params["model"] = args.model

@@ -90,11 +90,15 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``key=value`` from the command line -> ``(key, parsed value)``.
+def parse_assignment(text: str, declared: dict[str, dict[str, Any]] | None = None) -> tuple[str, Any]:
+    """``key=value`` from the command line -> ``(key, parsed value)``, typed by the template's declaration.
+
+    The value is parsed as YAML, except for a parameter the template declares as text only (its
+    default is a string and no annotation says otherwise): that one gets the text as typed, so
+    ``-p title=2024`` is the title ``"2024"`` and ``-p 'title=!!binary ...'`` is those characters.
 
     Raises:
-        ReportError: no ``=`` or an empty key.
+        ReportError: no ``=`` or an empty key; a value that is not valid YAML.
     """
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -102,23 +106,32 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ReportError(
             f"The parameter `{text}` is not of the form key=value (e.g. -p atol=1e-5 or -p 'backends=[onnx, pt2]')."
         )
+    if declared is not None and key in declared and declared_types(declared[key]) == {"str"}:
+        return key, raw.strip()
     return key, parse_value(raw)
 
 
 _NUMERIC = {"int": (int,), "float": (int, float), "bool": (bool,)}
+_CONTAINERS = {"str": (str,), "list": (list,), "dict": (dict,)}
+#: How deep lists and mappings may nest in a parameter (the YAML loader's own limit).
+_MAX_DEPTH = 32
 
 
 def check_parameters(
     template: str | Path, params: dict[str, Any], *, declared: dict[str, dict[str, Any]] | None = None
 ) -> None:
-    """Refuse parameters the template does not declare, and numbers given as something else.
+    """Refuse parameters the template does not declare, values that are not plain data, and values of
+    another type than the template declares.
 
     papermill itself only logs a warning for an unknown parameter and runs on; a report that silently
-    ignores a misspelt ``atlo=0`` proves nothing, so this is an error before any kernel starts.
+    ignores a misspelt ``atlo=0`` proves nothing, so this is an error before any kernel starts. And
+    papermill writes every value that is not a ``str``, number, bool, None, list or dict into the
+    injected cell as its raw ``str()``: bytes (YAML ``!!binary``), tuples (``!!pairs``, ``!!omap``),
+    sets (``!!set``) or dates would become code, so only plain JSON-like values pass.
 
     Raises:
         UnknownNameError: a parameter not declared; the message lists the declared ones.
-        ReportError: a value of the wrong kind for a numeric or boolean parameter.
+        ReportError: a value that is not plain data, or not of the declared type.
     """
     declared = declared if declared is not None else declared_parameters(template)
     name = Path(template).stem
@@ -132,29 +145,78 @@ def check_parameters(
                 name=key,
                 known=known,
             )
-        type_name = _kind(declared[key])
-        kinds = _NUMERIC.get(type_name)
-        if kinds is None or value is None:
-            continue
-        ok = isinstance(value, kinds) and (kinds == (bool,) or not isinstance(value, bool))
-        if ok and isinstance(value, float) and not math.isfinite(value):
-            ok = False
-        if not ok:
+        bad = _not_plain(value)
+        if bad is not None:
             raise ReportError(
-                f"The parameter `{key}` of `{name}` takes a value of type {type_name} "
-                f"(default {declared[key].get('default')}), got {value!r}."
+                f"The parameter `{key}` of `{name}` holds {bad}; parameters are plain values only (text, numbers, "
+                "true/false, null, and lists or mappings of those), so nothing else reaches the kernel. YAML tags "
+                "such as `!!binary`, `!!set`, `!!pairs`, `!!omap` or dates are refused: quote the value as text."
+            )
+        if value is None:
+            continue
+        types = declared_types(declared[key])
+        if types and not _fits(value, types):
+            raise ReportError(
+                f"The parameter `{key}` of `{name}` takes a value of type {' or '.join(sorted(types))} "
+                f"(default {declared[key].get('default')}), got {_shown(value)} ({type(value).__name__})."
             )
 
 
-def _kind(info: dict[str, Any]) -> str:
-    """The declared type: the annotation papermill read, else the type of the literal default."""
-    import ast
+def _fits(value: Any, types: set[str]) -> bool:
+    for type_name in types:
+        kinds = _NUMERIC.get(type_name) or _CONTAINERS.get(type_name)
+        if kinds is None:
+            return True  # a type this check does not know (a custom template's annotation): plain is enough
+        ok = isinstance(value, kinds) and (kinds == (bool,) or not isinstance(value, bool))
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if ok:
+            return True
+    return False
 
-    name = str(info.get("inferred_type_name") or "None")
-    if name != "None":
-        return name.removeprefix("Optional[").removesuffix("]")
+
+def _shown(value: Any) -> str:
+    from enn_nb._safeio import escape
+
+    text = repr(value)
+    return escape(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _not_plain(value: Any, depth: int = 0) -> str | None:
+    """What in ``value`` is not plain JSON-like data (exact built-in types only: a ``str`` subclass can
+    carry its own ``__repr__``), or None."""
+    if depth > _MAX_DEPTH:
+        return f"lists or mappings nested deeper than {_MAX_DEPTH} levels"
+    kind = type(value)
+    if value is None or kind in (str, int, bool):
+        return None
+    if kind is float:
+        return None
+    if kind is list:
+        return next((bad for bad in (_not_plain(v, depth + 1) for v in value) if bad), None)
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                return f"a mapping key {_shown(k)} of type {type(k).__name__} (keys are text)"
+            bad = _not_plain(v, depth + 1)
+            if bad:
+                return bad
+        return None
+    return f"a value of type {kind.__name__} ({_shown(value)})"
+
+
+def declared_types(info: dict[str, Any]) -> set[str]:
+    """The type names a parameter takes: from its annotation (``Optional[float]``, ``Union[str, list]``,
+    ``str | list``), else the type of its literal default; an empty set when neither says (any plain value)."""
+    import ast
+    import re
+
+    annotation = str(info.get("inferred_type_name") or "None")
+    if annotation != "None":
+        names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", annotation)) - {"Optional", "Union", "None", "NoneType"}
+        return {n.lower() if n in ("List", "Dict") else n for n in names if n not in ("typing",)}
     try:
         default = ast.literal_eval(str(info.get("default", "")))
     except (ValueError, SyntaxError):
-        return ""
-    return type(default).__name__
+        return set()
+    return set() if default is None else {type(default).__name__}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import subprocess
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from enn_nb._safeio import escape
 from enn_nb.table import Table
 
 #: Distributions a reader of an export report asks about, in the order shown (missing ones are left out).
@@ -20,8 +21,8 @@ def environment(where: Iterable[str | os.PathLike[str]] = (".",)) -> Table:
     """The machine and software a report ran on, as a two-column table.
 
     Args:
-        where: folders to look for a git working tree in, first match wins (the report folder,
-            the checkpoint's folder...).
+        where: folders to look for the git repository in, first match wins: the report's own folder
+            (a checkpoint's folder is someone else's repository; see :func:`git_commit`).
     """
     rows: list[list[str]] = [
         ["CPU", cpu_name()],
@@ -75,26 +76,76 @@ def ort_providers() -> str:
 
 
 def git_commit(where: Iterable[str | os.PathLike[str]]) -> str:
-    """``<sha> on <branch> (<repo>)``, with uncommitted changes noted, or why there is none."""
+    """``<sha> on <branch> (<repo>)`` of the first git repository holding a folder of ``where``, or why there is none.
+
+    Read from ``.git/HEAD`` and the refs as files: no ``git`` program runs, so nothing a repository's
+    config can name (``core.fsmonitor``, hooks, filters, a pager) runs either. Uncommitted changes are
+    not looked for (that needs ``git status``, which runs such programs).
+    """
     for folder in where:
         path = Path(folder).expanduser()
         path = path if path.is_dir() else path.parent
-        if not path.is_dir():
+        found = _repository(path) if path.is_dir() else None
+        if found is None:
             continue
-        sha = _git(path, "rev-parse", "HEAD")
-        if sha is None:
+        top, gitdir = found
+        head = _read_small(gitdir / "HEAD")
+        if head is None:
             continue
-        top = _git(path, "rev-parse", "--show-toplevel") or str(path)
-        branch = _git(path, "rev-parse", "--abbrev-ref", "HEAD") or "?"
-        changes = _git(path, "status", "--porcelain")
-        dirty = f", {len(changes.splitlines())} uncommitted change(s)" if changes else ", clean"
-        return f"{sha} on {branch} ({top}{dirty})"
-    return "none: the report and the checkpoint are not in a git working tree"
+        if head.startswith("ref:"):
+            ref = head[4:].strip()
+            sha = _resolve_ref(gitdir, ref)
+            branch = ref.removeprefix("refs/heads/")
+        else:
+            sha, branch = head, "a detached HEAD"
+        if sha is None or not _SHA.fullmatch(sha):
+            return f"unknown: {escape(str(top))} has no commit yet"
+        return f"{sha} on {escape(branch)} ({escape(str(top))}; uncommitted changes not checked)"
+    return "none: the report's folder is not in a git repository"
 
 
-def _git(folder: Path, *args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+_SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
+_MAX_GIT_FILE = 1 << 20
+
+
+def _repository(start: Path) -> tuple[Path, Path] | None:
+    """(working tree, git folder) of the repository holding ``start``: a ``.git`` folder, or a ``.git`` file
+    naming one (worktrees, submodules)."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        dot = folder / ".git"
+        if dot.is_dir():
+            return folder, dot
+        if dot.is_file():
+            text = _read_small(dot)
+            if text and text.startswith("gitdir:"):
+                gitdir = Path(text[7:].strip())
+                return folder, gitdir if gitdir.is_absolute() else (folder / gitdir)
+            return None
+    return None
+
+
+def _resolve_ref(gitdir: Path, ref: str) -> str | None:
+    """The commit a ref names: its loose file, else ``packed-refs``; a worktree's refs live in its common folder."""
+    if ".." in ref.split("/") or not ref.startswith("refs/"):
         return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    common_text = _read_small(gitdir / "commondir")
+    common = (gitdir / common_text).resolve() if common_text else gitdir
+    for base in (gitdir, common):
+        sha = _read_small(base / ref)
+        if sha is not None:
+            return sha
+    packed = _read_small(common / "packed-refs") or ""
+    for line in packed.splitlines():
+        sha, _, name = line.partition(" ")
+        if name.strip() == ref:
+            return sha
+    return None
+
+
+def _read_small(path: Path) -> str | None:
+    try:
+        if not path.is_file() or path.stat().st_size > _MAX_GIT_FILE:
+            return None
+        return path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None

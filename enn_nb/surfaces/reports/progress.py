@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +29,42 @@ def kernel_callback() -> Callable[[dict[str, Any]], None] | None:
     def callback(event: dict[str, Any]) -> None:
         if event.get("stage") == "done" and event.get("backend"):
             line = {"backend": event["backend"], "status": event.get("status"), "total": event.get("total")}
-            with open(path, "a", encoding="utf-8") as fh:  # one short line per write: read whole or not at all
-                fh.write(json.dumps(line) + "\n")
+            append_line(path, json.dumps(line) + "\n")
 
     return callback
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one short line to the runner's events file, which must already exist as a regular file.
+
+    Never created here and never followed through a symlink (``O_NOFOLLOW``): a link planted at the
+    name (or a file swapped for one) makes the write fail, quietly; the bar is a convenience.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.write(fd, line.encode("utf-8"))  # one short write: read whole or not at all
+    finally:
+        os.close(fd)
+
+
+def create_events_file(folder: Path, stem: str) -> Path:
+    """A new, empty events file of this run in ``folder``: a fresh name, created exclusively (nothing planted
+    there, not even a symlink, is opened)."""
+    import uuid
+
+    for _ in range(100):
+        path = folder / f".{stem}.progress.{uuid.uuid4().hex[:12]}.jsonl"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(f"no free name for the progress file in `{folder}`")
 
 
 class BackendBar:
@@ -48,8 +81,7 @@ class BackendBar:
         self._thread = threading.Thread(target=self._watch, daemon=True, name="enn-report-progress")
 
     def __enter__(self) -> BackendBar:
-        self.path.write_text("", encoding="utf-8")
-        self._thread.start()
+        self._thread.start()  # the runner created the file (see create_events_file)
         return self
 
     def __exit__(self, *exc: Any) -> None:

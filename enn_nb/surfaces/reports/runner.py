@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb import _reentry
-from enn_nb._fs import atomic_path
+from enn_nb._fs import atomic_path, check_same_kind, remove_path, replace_path, temp_path
 from enn_nb._optional import require
 from enn_nb._version import __version__
 from enn_nb.engine.settings import prepare_out_dir
@@ -21,7 +21,7 @@ from enn_nb.errors import OutputDirError, ReportCellError, ReportError
 from enn_nb.surfaces.factory import child_pythonpath
 from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
 from enn_nb.surfaces.reports.html import to_html
-from enn_nb.surfaces.reports.progress import ENV, BackendBar
+from enn_nb.surfaces.reports.progress import ENV, BackendBar, create_events_file
 from enn_nb.surfaces.reports.sections import link
 from enn_nb.surfaces.reports.verdict import Verdict, find_verdict
 
@@ -144,15 +144,19 @@ def report(
         values["out_dir"] = str(out / f"{stem}-artifacts")
     nb_path = out / f"{stem}.ipynb"
     papermill = require("papermill", purpose="report templates")
+    _check_output(nb_path)
+    if html:
+        _check_output(nb_path.with_suffix(".html"))
 
     start = time.perf_counter()
     error: ReportError | None = None
     by_backend = progress and template_metadata(path).get("progress") == "backends"
+    written = _fresh_file(nb_path)  # papermill writes here (it opens its output path and follows links)
     try:
         with _backend_bar(nb_path, stem) if by_backend else contextlib.nullcontext(), child_pythonpath(model_path):
             papermill.execute_notebook(
                 str(path),
-                str(nb_path),
+                str(written),
                 parameters=values,
                 kernel_name=kernel_name,
                 progress_bar={"desc": stem, "unit": "cell"} if progress and not by_backend else False,
@@ -163,9 +167,10 @@ def report(
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
     except papermill.PapermillExecutionError as exc:
+        _keep(written, nb_path)
         error = _cell_error(exc, path, nb_path)
     except Exception as exc:  # kernel did not start / died: keep what was saved, say what happened
-        if not nb_path.exists():
+        if not _keep(written, nb_path):
             raise ReportError(
                 f"The report `{path.stem}` could not run: {type(exc).__name__}: {exc}. "
                 "Check that a Jupyter kernel for this Python is installed (`pip install ipykernel`)."
@@ -177,6 +182,12 @@ def report(
             evalue=str(exc),
             output_path=str(nb_path),
         )
+    else:
+        _keep(written, nb_path)
+    finally:
+        with contextlib.suppress(OSError, ReportError):
+            _keep(written, nb_path)  # an interrupt: the partial notebook, as before
+        remove_path(written)
     duration = time.perf_counter() - start
 
     if error is not None and nb_path.exists():  # a failed report is still a report: FAIL box, folded traceback
@@ -193,11 +204,36 @@ def report(
     return ReportResult(str(template), nb_path, html_path, values, verdict, duration)
 
 
+def _check_output(final: Path) -> None:
+    """A report file replaces a regular file or a symlink (as a link, its target untouched), nothing else."""
+    check_same_kind(final, directory=False, what="report file", error=ReportError)
+
+
+def _fresh_file(final: Path) -> Path:
+    """A new temporary sibling of ``final``, created exclusively: nothing planted at its name is opened."""
+    tmp = temp_path(final)
+    tmp = tmp.with_name(tmp.name + final.suffix)  # papermill warns about an output not named .ipynb
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644))
+    return tmp
+
+
+def _keep(written: Path, final: Path) -> bool:
+    """Move what papermill wrote onto ``final`` (a link there is replaced, never written through); False when
+    it wrote nothing."""
+    try:
+        if written.stat().st_size == 0:
+            return False
+    except FileNotFoundError:
+        return False
+    replace_path(written, final)
+    return True
+
+
 @contextlib.contextmanager
 def _backend_bar(nb_path: Path, desc: str) -> Iterator[None]:
     """A bar over the export's backends, fed by the kernel (it inherits :data:`progress.ENV`)."""
 
-    events = nb_path.with_name(f".{nb_path.stem}.progress.jsonl")
+    events = create_events_file(nb_path.parent, nb_path.stem)
     before = os.environ.get(ENV)
     os.environ[ENV] = str(events)
     try:
@@ -261,6 +297,8 @@ def _attach(nb_path: Path, template: Path, values: dict[str, Any]) -> Verdict | 
     import nbformat
 
     nb = nbformat.read(nb_path, as_version=4)
+    if isinstance(nb.metadata.get("papermill"), dict):
+        nb.metadata["papermill"]["output_path"] = str(nb_path)  # not the temporary name papermill wrote to
     found = find_verdict(nb)
     verdict = Verdict.from_dict(found) if found is not None else None
     sidecars: dict[str, Any] = {}
