@@ -116,7 +116,7 @@ class ExportRun:
             try:
                 value = fn()
             except BaseException as exc:  # noqa: BLE001 - shown inline by ``failed``
-                self._post("call", lambda: failed(exc))
+                self._post("call", lambda exc=exc: failed(exc))  # `exc` is unbound once the except ends
             else:
                 self._post("call", lambda: done(value))
 
