@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from enn_nb._safeio import MAX_JSON_BYTES, confined, plain_name, read_capped
 from enn_nb.errors import (
     CheckpointError,
+    EnnError,
     CorruptCheckpointError,
     IncompleteCheckpointError,
     UnsafeCheckpointError,
@@ -54,6 +55,8 @@ from .tensors import dtype_name, expected_nbytes, is_dtensor, join_tree, torch_d
 
 if TYPE_CHECKING:
     import torch
+
+    from enn_nb.storage import Remote
 
 MODEL_KEY = "model"
 OPTIMIZER_KEY = "optimizer"
@@ -160,14 +163,20 @@ def _hashing_writer(path: Path) -> Any:
 
 
 # -- writing -------------------------------------------------------------------------------------------
-def write(final: Path, request: SaveRequest) -> Manifest:
-    """Save ``request`` as a DCP directory at ``final`` (collective when a process group is up)."""
+def write(final: Path | Remote, request: SaveRequest) -> Manifest:
+    """Save ``request`` as a DCP directory at ``final`` (collective when a process group is up).
+
+    At a URL (no rename on the store) the files are written in place through torch's fsspec writer,
+    after the old manifest is deleted: until the new manifest lands, last, the folder reads as
+    incomplete and is refused, never as a mix of two saves.
+    """
     import torch.distributed.checkpoint as dcp
 
+    remote = not isinstance(final, Path)
     dist, rank, world = _dist()
     token = _broadcast(dist, new_token() if rank == 0 else None)
     started = time.time()
-    tmp = temp_path(final, token)
+    tmp = final if remote else temp_path(final, token)
     structure, opt_tensors = request.optimizer_parts()
     state: dict[str, Any] = {MODEL_KEY: dict(request.state)}
     if opt_tensors:
@@ -176,7 +185,10 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     refusal = None
     if rank == 0:
         try:
-            check_replaceable(final, directory=True)
+            if remote:
+                _uncommit(final)
+            else:
+                check_replaceable(final, directory=True)
         except CheckpointError as exc:
             refusal = str(exc)
     refusal = _broadcast(dist, refusal)
@@ -189,9 +201,9 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     error: BaseException | None = None
     text = None
     try:
-        if rank == 0:
+        if rank == 0 and not remote:
             final.parent.mkdir(parents=True, exist_ok=True)
-        writer = _hashing_writer(tmp)
+        writer = _hashing_fsspec_writer(final) if remote else _hashing_writer(tmp)
         if isinstance(request.self_check, Recording):
             request.self_check.start()  # dcp.save writes and fsyncs on its own threads: run beside it all
         try:
@@ -211,17 +223,27 @@ def write(final: Path, request: SaveRequest) -> Manifest:
                 files=[FileEntry(name, n, digest) for name, (digest, n) in sorted(files.items())],
             )
             text = encode(manifest)
-            _write_manifest(tmp, text)
-            replace_dir(tmp, final)  # the commit: `final` switches from the old checkpoint to this one
-            sweep_stale_temps(final, started)
+            if remote:
+                from enn_nb.storage import open_atomic
+
+                with open_atomic(final.child(DCP_MANIFEST)) as fh:  # the commit: one PUT, last
+                    fh.write(text.encode("utf-8"))
+            else:
+                _write_manifest(tmp, text)
+                replace_dir(tmp, final)  # the commit: `final` switches from the old checkpoint to this one
+                sweep_stale_temps(final, started)
     except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
         error = exc
         if pool is not None:
             pool.close()
-        if rank == 0:
+        if rank == 0 and not remote:
             remove_path(tmp)
     status = _broadcast(dist, ("error", f"{type(error).__name__}: {error}") if error else ("ok", text))
     if error is not None:
+        if remote and isinstance(error, Exception) and not isinstance(error, EnnError):
+            from enn_nb.storage import store_error
+
+            raise store_error(final, error, writing=True) from None
         if isinstance(error, OSError) and not isinstance(error, CheckpointError):
             raise write_error(final, error) from error
         raise error
@@ -231,6 +253,65 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     if dist is not None:
         dist.barrier()
     return manifest
+
+
+def _uncommit(final: Remote) -> None:
+    """Before rewriting a DCP folder on a store: refuse a folder of other objects, delete the old manifest.
+
+    Raises:
+        CheckpointError: ``final`` is an object or a folder that is not a checkpoint.
+    """
+    from enn_nb.storage import store_error
+
+    from .atomic import check_replaceable_remote
+
+    check_replaceable_remote(final, directory=True)
+    marker = final.child(DCP_MANIFEST)
+    try:
+        if marker.exists():
+            marker.fs.rm(marker.path)
+    except Exception as exc:  # noqa: BLE001 - the store's own error types
+        raise store_error(final, exc, writing=True) from None
+
+
+def _hashing_fsspec_writer(final: Remote) -> Any:
+    """torch's own FsspecWriter onto ``final``'s filesystem, hashing every file as it streams up."""
+    from torch.distributed.checkpoint._fsspec_filesystem import FileSystem, FsspecWriter
+
+    class HashingFsspec(FileSystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hashes: dict[str, tuple[str, int]] = {}
+            self.errors: list[BaseException] = []
+
+        @contextlib.contextmanager
+        def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
+            if "w" not in mode:
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            try:
+                with super().create_stream(path, mode) as stream:
+                    hashing = HashingStream(stream)
+                    with _without_zip_crc():
+                        yield hashing
+            except Exception as exc:  # noqa: BLE001 - raised by write() once dcp.save returns (see _hashing_writer)
+                self.errors.append(exc)
+                return
+            self.hashes[str(path).rstrip("/").rsplit("/", 1)[-1]] = (hashing.digest(), hashing.count)
+
+        def rename(self, path: Any, new_path: Any) -> None:
+            super().rename(path, new_path)
+            entry = self.hashes.pop(str(path).rsplit("/", 1)[-1], None)
+            if entry is not None:
+                self.hashes[str(new_path).rsplit("/", 1)[-1]] = entry
+
+    # sync_files: a store has no fsync (torch would fall back to a machine-wide sync per file)
+    writer = FsspecWriter(final.url, sync_files=False, thread_count=WRITER_THREADS, **dict(final.options))
+    hashing = HashingFsspec()
+    hashing.fs = final.fs  # the filesystem resolved with the caller's options, not a second one
+    writer.fs = hashing
+    return writer
 
 
 class ReplacedWhileReading(CorruptCheckpointError):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError
 
-from .atomic import atomic_file
+from .atomic import atomic_stream
 from .base import SaveRequest, build_manifest, check_table, sync_while_recording
 from .hashing import HashPool, check_tensors
 from .manifest import Manifest, decode, encode
@@ -41,13 +41,18 @@ from .tensors import (
 if TYPE_CHECKING:
     import torch
 
+    from enn_nb.storage import Remote
+
 MANIFEST_KEY = "enn_nb.manifest"
 PICKLE_PROTOCOL = 2  # what torch.save uses
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def write(final: Path, request: SaveRequest) -> Manifest:
-    """Write ``request`` to ``final`` atomically and return the manifest stored in it."""
+def write(final: Path | Remote, request: SaveRequest) -> Manifest:
+    """Write ``request`` to ``final`` (a path or a URL) atomically and return the manifest stored in it.
+
+    The zip is written front to back (tensor records, then ``data.pkl``), so on a store it streams
+    into one upload with no local copy."""
     state = {name: cpu_contiguous(t) for name, t in request.state.items()}
     structure, opt_raw = request.optimizer_parts()
     opt_tensors = {name: cpu_contiguous(t) for name, t in opt_raw.items()}
@@ -64,9 +69,9 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     # Hash in the order the storages are written (see HashPool.submit_all).
     position = {storage._cdata: int(key) for key, storage in storages.items()}
     order = sorted(everything, key=lambda n: position.get(everything[n].untyped_storage()._cdata, 0))
-    with atomic_file(final) as tmp, HashPool() as pool:
+    with atomic_stream(final) as fh, HashPool() as pool:
         pool.submit_all(everything, order)
-        writer, handle = _open_writer(tmp)
+        writer, handle = _open_writer(fh)
         try:
             for key, storage in storages.items():
                 writer.write_record(f"data/{key}", storage, storage.nbytes())
@@ -124,13 +129,14 @@ class _GuardedFile:
     the stored error once the writer is released, and the atomic write removes the temporary file.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.raw = open(path, "wb")  # noqa: SIM115 - closed by close()
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw  # closed (and on a store committed) by its owner, atomic_stream
         self.error: OSError | None = None
+        self.stopped = False
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
-        if self.error is None and not self.raw.closed:
+        if self.error is None and not self.stopped and not self.raw.closed:
             try:
                 self.raw.write(view)
             except OSError as exc:
@@ -140,28 +146,31 @@ class _GuardedFile:
         return view.nbytes  # also after close: the writer's destructor may finish an abandoned file late
 
     def flush(self) -> None:
-        if self.error is None and not self.raw.closed:
+        if self.error is None and not self.stopped and not self.raw.closed:
             try:
                 self.raw.flush()
             except Exception as exc:  # noqa: BLE001 - see write()
                 self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
 
     def close(self) -> None:
-        try:
-            self.raw.close()
-        except OSError as exc:
-            self.error = self.error or exc
+        """Stop writing (the owner closes the file after; on a store that close is the upload's commit)."""
+        if not self.raw.closed:
+            try:
+                self.raw.flush()
+            except Exception as exc:  # noqa: BLE001 - see write()
+                self.error = self.error or (exc if isinstance(exc, OSError) else OSError(str(exc)))
+        self.stopped = True
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error  # atomic_file turns it into a CheckpointWriteError naming the checkpoint
 
 
-def _open_writer(path: Path) -> tuple[Any, _GuardedFile]:
+def _open_writer(raw: Any) -> tuple[Any, _GuardedFile]:
     import torch
     from torch.serialization import _get_storage_alignment
 
-    handle = _GuardedFile(path)
+    handle = _GuardedFile(raw)
     # No CRC-32: the hash of every tensor and the manifest's self-hash cover the content, and a CRC
     # pass over every byte would cost more than the BLAKE3 one. torch.load does not check CRCs; zip
     # tools do (`unzip -t` reports them). The writer hands _GuardedFile memoryviews of the storages:
@@ -239,11 +248,16 @@ def _check_zip_bounds(path: Path) -> None:
         CorruptCheckpointError: a compressed or oversized record.
     """
     with open(path, "rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":
-            return  # legacy torch.save (not a zip): nothing to inflate
-    size = path.stat().st_size
+        check_zip_bounds(fh, path.stat().st_size, path)
+
+
+def check_zip_bounds(fh: Any, size: int, path: Any) -> None:
+    """:func:`_check_zip_bounds` on an open file (a local one, or a store's, read by ranges)."""
+    fh.seek(0)
+    if fh.read(4) != b"PK\x03\x04":
+        return  # legacy torch.save (not a zip): nothing to inflate
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(fh) as zf:
             infos = zf.infolist()
     except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below with its own words
         return

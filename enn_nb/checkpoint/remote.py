@@ -1,0 +1,181 @@
+"""Checkpoints on object storage: format detection, header-only inspect and cached reads of a URL.
+
+- ``inspect`` reads only what a local inspect reads, by ranged requests: the safetensors length and
+  header, the ``.pt`` zip's directory and its ``data.pkl`` (tensors stay on the store: torch loads
+  them onto the meta device), a DCP folder's manifest.
+- ``load``/``convert`` read through :func:`enn_nb.storage.fetch`: each object is downloaded once per
+  ETag/version into the cache and opened by the local reader (memory-mapped, hashes checked as
+  locally). A second read of the same version, in this session or a later one, downloads nothing.
+- Errors name the URL, never the cache path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from enn_nb._safeio import MAX_JSON_BYTES
+from enn_nb.errors import CheckpointError, CorruptCheckpointError, EnnError, NotACheckpointError
+from enn_nb.storage import Remote, fetch, read_range, store_error, version_key
+
+from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META, format_of_head, format_of_names
+from .manifest import Manifest, decode
+
+
+def detect(remote: Remote) -> str:
+    """The format stored at ``remote``: ``"pt"``, ``"safetensors"`` or ``"dcp"`` (a folder).
+
+    Raises:
+        NotACheckpointError: missing, empty or unknown content.
+        IncompleteCheckpointError: a DCP folder without its manifest (an unfinished save).
+    """
+    try:
+        is_dir = remote.is_dir()
+    except Exception as exc:  # noqa: BLE001 - the store's own error types
+        raise store_error(remote, exc, writing=False) from None
+    if is_dir:
+        return format_of_names(_names(remote), remote.url, upstream_meta=False)
+    try:
+        size = int(remote.fs.size(remote.path))
+    except FileNotFoundError:
+        raise NotACheckpointError(f"`{remote.url}` does not exist.") from None
+    except Exception as exc:  # noqa: BLE001
+        raise store_error(remote, exc, writing=False) from None
+    return format_of_head(read_range(remote, 0, min(size, 16)) if size else b"", size, remote.url)
+
+
+def _names(remote: Remote) -> set[str]:
+    try:
+        return {n.rstrip("/").rsplit("/", 1)[-1] for n in remote.fs.ls(remote.path, detail=False)}
+    except Exception as exc:  # noqa: BLE001
+        raise store_error(remote, exc, writing=False) from None
+
+
+# -- inspect: header only -------------------------------------------------------------------------------
+def inspect(remote: Remote) -> Manifest:
+    """The manifest of the checkpoint at ``remote``, read without its tensor bytes."""
+    fmt = detect(remote)
+    manifest = None
+    if fmt == "safetensors":
+        from .safetensors_format import SafetensorsReader
+
+        reader = SafetensorsReader(remote)  # type: ignore[arg-type]  # ranged reads of the header only
+        manifest = None if reader.upstream else reader.manifest
+    elif fmt == "pt":
+        manifest = _pt_manifest(remote)
+    elif DCP_MANIFEST in _names(remote):
+        manifest = _dcp_manifest(remote)
+    if manifest is None:  # an ENN-PyTorch checkpoint: its metadata lives beside the tensors
+        return open_reader(remote).manifest
+    manifest.path = remote.url
+    return manifest
+
+
+def _pt_manifest(remote: Remote) -> Manifest | None:
+    """The manifest inside a ``.pt`` on the store: the zip directory and ``data.pkl`` only."""
+    import torch
+
+    from .base import check_table
+    from .pt import MANIFEST_KEY, _table, check_zip_bounds
+
+    try:
+        size = int(remote.fs.size(remote.path))
+        with remote.fs.open(remote.path, "rb", block_size=1 << 16, cache_type="bytes") as fh:
+            check_zip_bounds(fh, size, remote.url)
+            fh.seek(0)
+            payload = torch.load(fh, map_location="meta", weights_only=True)
+    except EnnError:
+        raise
+    except Exception:  # noqa: BLE001 - damaged or unsafe: the full read reports it with the local words
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get(MANIFEST_KEY), str):
+        return None
+    manifest = decode(payload[MANIFEST_KEY], path=remote.url)
+    check_table(manifest, _table(payload.get("state_dict") or {}), where=f"`{remote.url}`")
+    return manifest
+
+
+def _dcp_manifest(remote: Remote) -> Manifest:
+    entry = remote.child(DCP_MANIFEST)
+    size = int(entry.fs.size(entry.path))
+    if size > MAX_JSON_BYTES:
+        raise CorruptCheckpointError(f"The DCP manifest `{entry.url}` is {size} bytes, over the {MAX_JSON_BYTES}-byte limit.")
+    if DCP_METADATA not in _names(remote):
+        from enn_nb.errors import IncompleteCheckpointError
+
+        raise IncompleteCheckpointError(f"`{remote.url}` has an enn_nb manifest but no DCP `{DCP_METADATA}` object; the "
+                                        "folder was damaged after saving. Restore it from a good copy.")
+    return decode(read_range(entry, 0, size), path=remote.url)
+
+
+# -- load / convert: through the cache ------------------------------------------------------------------
+def open_reader(remote: Remote) -> Any:
+    """A local reader over the cached copy of ``remote`` (fetched once per ETag/version)."""
+    from .api import _READERS
+
+    fmt = detect(remote)
+    local = fetch(remote) if fmt != "dcp" else _fetch_dcp(remote)
+    try:
+        reader = _READERS[fmt](local)
+    except CheckpointError as exc:
+        raise _renamed(exc, local, remote) from None
+    reader.manifest.path = remote.url
+    return _Named(reader, local, remote)
+
+
+def _fetch_dcp(remote: Remote) -> Path:
+    """Fetch a DCP folder: its manifest first (the commit marker: its version keys the copy), then the files it lists."""
+    names = _names(remote)
+    if DCP_MANIFEST not in names:
+        if UPSTREAM_DCP_META in names:  # ENN-PyTorch layout: no manifest, every object of the folder
+            key = version_key(remote.child(UPSTREAM_DCP_META))
+            listed = sorted(names)
+        else:
+            format_of_names(names, remote.url, upstream_meta=False)  # raises: incomplete / not a checkpoint
+            raise NotACheckpointError(f"`{remote.url}` holds no checkpoint.")
+    else:
+        key = version_key(remote.child(DCP_MANIFEST))
+        manifest = _dcp_manifest(remote)
+        listed = [DCP_MANIFEST, DCP_METADATA, *(f.path for f in manifest.files if f.path != DCP_METADATA)]
+    from .detect import dcp_metadata_name
+    from enn_nb._safeio import plain_name
+
+    local = None
+    for name in listed:
+        plain_name(name, what="A file the DCP manifest lists")  # never a path out of the cache folder
+        if name not in names and name != dcp_metadata_name(names):
+            continue  # a missing shard: the local reader names it
+        # one cache folder per manifest version: every file lands beside the others
+        path = fetch(remote.child(name), key=f"{key}|{name}", name=name, folder=f"{remote.url}\0{key}")
+        local = path.parent
+    if local is None:
+        raise NotACheckpointError(f"`{remote.url}` holds no checkpoint.")
+    return local
+
+
+def _renamed(exc: CheckpointError, local: Path, remote: Remote) -> CheckpointError:
+    """The same error with the cache path replaced by the URL (the user named the URL)."""
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (exc.args[0].replace(str(local), remote.url), *exc.args[1:])
+    return exc
+
+
+class _Named:
+    """A reader whose errors name the URL instead of the cache path."""
+
+    def __init__(self, reader: Any, local: Path, remote: Remote) -> None:
+        self._reader, self._local, self._remote = reader, local, remote
+        self.manifest = reader.manifest
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._reader, name)
+        if not callable(value):
+            return value
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return value(*args, **kwargs)
+            except CheckpointError as exc:
+                raise _renamed(exc, self._local, self._remote) from None
+
+        return call
