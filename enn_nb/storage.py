@@ -50,6 +50,8 @@ _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"
                "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING",
                "AZURE_CLIENT_SECRET", "GOOGLE_OAUTH_ACCESS_TOKEN", "HF_TOKEN")
 REDACTED = "***"
+#: the most handed to a store's file in one write (see _StoreFile.write)
+UPLOAD_SLICE = 4 << 20
 
 
 def is_url(path: Any) -> bool:
@@ -270,11 +272,9 @@ def open_atomic(remote: Remote, *, block_size: int | None = None) -> Iterator[An
         except Exception as exc:  # noqa: BLE001 - the store's own error types vary
             raise store_error(remote, exc, writing=True) from None
         try:
-            yield f
-        except BaseException as exc:
+            yield _StoreFile(f, remote)
+        except BaseException:
             _abandon(f)
-            if _from_store(exc):
-                raise store_error(remote, exc, writing=True) from None
             raise
         try:
             f.close()  # the commit: one PUT, or CompleteMultipartUpload
@@ -287,16 +287,55 @@ def open_atomic(remote: Remote, *, block_size: int | None = None) -> Iterator[An
 
     tmp = remote.sibling(f".{remote.name}{TEMP_MARK}{new_token()}")
     try:
-        remote.fs.makedirs(remote.parent.path, exist_ok=True)
-        with remote.fs.open(tmp.path, "wb", **kwargs) as f:
-            yield f
-        remote.fs.mv(tmp.path, remote.path)
-    except BaseException as exc:
+        try:
+            remote.fs.makedirs(remote.parent.path, exist_ok=True)
+            f = remote.fs.open(tmp.path, "wb", **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise store_error(remote, exc, writing=True) from None
+        with f:
+            yield _StoreFile(f, remote)
+        try:
+            remote.fs.mv(tmp.path, remote.path)
+        except Exception as exc:  # noqa: BLE001
+            raise store_error(remote, exc, writing=True) from None
+    except BaseException:
         with contextlib.suppress(Exception):
             remote.fs.rm(tmp.path)
-        if _from_store(exc):
-            raise store_error(remote, exc, writing=True) from None
         raise
+
+
+class _StoreFile:
+    """A file being uploaded: the store's failures in ``write``/``flush`` become one enn_nb error (redacted)."""
+
+    def __init__(self, raw: Any, remote: Remote) -> None:
+        self.raw, self.remote = raw, remote
+
+    def write(self, data: Any) -> int:
+        # In slices: the client buffers what it is given and uploads a part once a block is full, so
+        # a 512 MiB tensor handed over at once would be copied whole into its buffer first.
+        view = memoryview(data).cast("B")
+        try:
+            for start in range(0, len(view), UPLOAD_SLICE):
+                self.raw.write(view[start:start + UPLOAD_SLICE])
+        except Exception as exc:  # noqa: BLE001 - the store's own error types vary
+            raise store_error(self.remote, exc, writing=True) from None
+        return len(view)
+
+    def flush(self) -> None:
+        try:
+            self.raw.flush()
+        except Exception as exc:  # noqa: BLE001
+            raise store_error(self.remote, exc, writing=True) from None
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+    def tell(self) -> int:
+        return int(self.raw.tell())
+
+    def writable(self) -> bool:
+        return True
 
 
 def _from_store(exc: BaseException) -> bool:
@@ -330,6 +369,34 @@ def put_tree(local: Path, remote: Remote) -> list[Remote]:
         put_file(path, target)
         out.append(target)
     return out
+
+
+def sweep_incomplete_uploads(url: str, storage_options: Mapping[str, Any] | None = None, *,
+                             older_than_s: float = 3600.0) -> list[str]:
+    """Abort the multipart uploads under ``url`` (an ``s3://`` prefix) started more than ``older_than_s`` ago.
+
+    A save killed mid-upload (the process, the machine) leaves its upload open on the store: never
+    visible to a read, but its parts are stored (and billed) until aborted. A bucket lifecycle rule
+    (``AbortIncompleteMultipartUpload``) does the same on the store's side. Returns the keys swept.
+    """
+    import datetime as _dt
+
+    remote = resolve(url, storage_options)
+    if isinstance(remote, Path) or remote.protocol not in ("s3", "s3a"):
+        return []  # other stores: their uploads expire on their own (GCS, Azure) or have none (memory)
+    bucket, _, prefix = remote.path.partition("/")
+    now = _dt.datetime.now(_dt.timezone.utc)
+    swept = []
+    try:
+        for upload in remote.fs.list_multipart_uploads(bucket):
+            started = upload.get("Initiated")
+            age = (now - started).total_seconds() if isinstance(started, _dt.datetime) else float("inf")
+            if upload["Key"].startswith(prefix) and age >= older_than_s:
+                remote.fs.abort_mpu(bucket, upload["Key"], upload["UploadId"])
+                swept.append(f"s3://{bucket}/{upload['Key']}")
+    except Exception as exc:  # noqa: BLE001
+        raise store_error(remote, exc, writing=True) from None
+    return swept
 
 
 # -- reading -----------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def _pt_manifest(remote: Remote) -> Manifest | None:
 
     try:
         size = int(remote.fs.size(remote.path))
-        with remote.fs.open(remote.path, "rb", block_size=1 << 16, cache_type="bytes") as fh:
+        with remote.fs.open(remote.path, "rb", block_size=1 << 15, cache_type="bytes") as fh:
             check_zip_bounds(fh, size, remote.url)
             fh.seek(0)
             payload = torch.load(fh, map_location="meta", weights_only=True)
