@@ -51,8 +51,8 @@ def build_model(ref: str) -> Any:
     return model
 
 
-def load_with_model(path: str | os.PathLike[str], ref: str | None) -> Any:
+def load_with_model(path: str | os.PathLike[str], ref: str | None, *, storage_options: Any = None) -> Any:
     """``enn_nb.load(path)``, into ``build_model(ref)`` when a factory is named (a checkpoint without a builder)."""
     from enn_nb.checkpoint import load
 
-    return load(path, model=build_model(ref) if ref else None)
+    return load(path, model=build_model(ref) if ref else None, storage_options=storage_options)

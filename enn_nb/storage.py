@@ -150,7 +150,7 @@ def resolve(path: Any, storage_options: Mapping[str, Any] | None = None) -> Path
         line = pip_line(extra=extra, dist=package)
         raise MissingDependencyError(f"`{scheme}://` URLs need `{package}`, which is not installed. Install it with: "
                                      f"{line}", package=package, extra=extra) from None
-    options = dict(storage_options or {})
+    options = {**env_options(), **dict(storage_options or {})}
     try:
         fs, fs_path = fsspec.core.url_to_fs(url, **options)
     except Exception as exc:  # noqa: BLE001 - a bad option: the package's own words, redacted
@@ -158,6 +158,59 @@ def resolve(path: Any, storage_options: Mapping[str, Any] | None = None) -> Path
                                f"{type(exc).__name__}: {exc}", options)) from None
     return Remote(url=url.rstrip("/") if url.rstrip("/") != f"{scheme}:/" else url, fs=fs,
                   path=fs_path.rstrip("/"), options=options)
+
+
+#: JSON storage options every enn_nb process applies to URLs (under those of the call); the CLI's
+#: ``--storage-option`` sets it for the report kernels it starts, so no option reaches a notebook.
+ENV_OPTIONS = "ENN_NB_STORAGE_OPTIONS"
+
+
+def env_options() -> dict[str, Any]:
+    """The options in ``$ENN_NB_STORAGE_OPTIONS`` (a JSON object), or {}.
+
+    Raises:
+        SpecError: the variable is not a JSON object (its value is not shown: it may hold secrets).
+    """
+    text = os.environ.get(ENV_OPTIONS, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise SpecError(f"`${ENV_OPTIONS}` must hold a JSON object of storage options, e.g. '{{\"anon\": true}}'.")
+    return value
+
+
+def add_cli_argument(parser: Any) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable) on a subcommand that takes URLs."""
+    parser.add_argument("--storage-option", dest="storage_option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an fsspec storage option for URLs, repeatable (anon=true, "
+                        "client_kwargs.endpoint_url=http://127.0.0.1:9000); credentials are better left to the "
+                        "environment (AWS_*, ~/.aws), where no process listing shows them")
+
+
+def cli_options(args: Any) -> dict[str, Any] | None:
+    """The ``--storage-option`` values of parsed ``args``, or None."""
+    return parse_options(getattr(args, "storage_option", None)) or None
+
+
+def existing(path: Any, storage_options: Mapping[str, Any] | None = None) -> Path | str | None:
+    """``path`` as a local :class:`Path` or its URL string when something is there, else None."""
+    where = resolve(path.strip() if isinstance(path, str) else path, storage_options)
+    if isinstance(where, Path):
+        where = where.expanduser()
+        return where if where.exists() else None
+    try:
+        return where.url if where.exists() else None
+    except Exception as exc:  # noqa: BLE001 - the store's own error types
+        raise store_error(where, exc, writing=False) from None
+
+
+def name_of(path: Any) -> str:
+    """The last part of a path or URL (``s3://b/run/m.pt`` -> ``m.pt``)."""
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -201,6 +254,8 @@ def _secrets(options: Mapping[str, Any] | None) -> list[str]:
             found.append(tree)
 
     walk(dict(options or {}), False)
+    with contextlib.suppress(SpecError):
+        walk(env_options(), False)
     found += [os.environ[name] for name in _SECRET_ENV if len(os.environ.get(name, "")) >= 4]
     return sorted(set(found), key=len, reverse=True)
 

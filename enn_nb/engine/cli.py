@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb.engine.vocabulary import FAILED_STATUSES
+from enn_nb.storage import add_cli_argument, cli_options
 
 #: Statuses that make ``enn-nb export`` exit non-zero.
 FAILING = (*FAILED_STATUSES, "cancelled")
@@ -42,9 +43,10 @@ def register(subparsers: Any) -> None:
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder) or URL")
     p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR",
+                   help="output folder (created if missing), or a URL: staged locally, verified, then uploaded")
     p.add_argument("--stem", default="model", help="artifact file name stem (default: model)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip parity checks")
@@ -67,6 +69,7 @@ def register(subparsers: Any) -> None:
         help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be); "
         "`enn-nb backends --options` lists them",
     )
+    add_cli_argument(p)
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser(
@@ -79,12 +82,14 @@ def register(subparsers: Any) -> None:
         epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("artifact", metavar="ARTIFACT", help="the artifact (or its .enn.json sidecar)")
+    p.add_argument("artifact", metavar="ARTIFACT",
+                   help="the artifact (or its .enn.json sidecar), or its URL: fetched into the cache, hashes checked first")
     p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
     p.add_argument("--rtol", type=float, default=None, help="override the sidecar's relative tolerance")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--trust", action="store_true",
                    help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
+    add_cli_argument(p)
     p.set_defaults(func=_verify)
 
     _register_build_trt(subparsers)
@@ -119,17 +124,17 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
+def _export_source(args: argparse.Namespace, src: Path | str, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """``(what to export, spec override)`` from ``--model`` and ``--input``."""
     from enn_nb.factory import load_with_model
 
-    loaded = load_with_model(src, args.model) if args.model else None
+    loaded = load_with_model(src, args.model, storage_options=options) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None
     from enn_nb.checkpoint import inspect
     from enn_nb.signature import parse
 
-    base = loaded.spec if loaded is not None else inspect(src).spec
+    base = loaded.spec if loaded is not None else inspect(src, storage_options=options).spec
     return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])
 
 
@@ -189,11 +194,15 @@ def _export(args: argparse.Namespace) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
         LOGGER.setLevel(logging.DEBUG)
-    src = Path(args.src)
-    if not src.exists():
-        print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
+    from enn_nb.storage import existing
+
+    options = cli_options(args)
+    src = existing(args.src, options)
+    if src is None:
+        print(f"enn-nb export: error: `{args.src}` does not exist; SRC must be a checkpoint file or DCP folder.",
+              file=sys.stderr)
         return 2
-    source, spec = _export_source(args, src)
+    source, spec = _export_source(args, src, options)
     report = export(
         source,
         args.backends,
@@ -206,6 +215,7 @@ def _export(args: argparse.Namespace) -> int:
         dynamic_batch=not args.static_batch,
         strict=args.strict,
         options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
+        storage_options=options,
     )
     print(report.to_json() if args.json else report)
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
@@ -219,7 +229,8 @@ def _export(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from enn_nb.engine import verify
 
-    result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
+    result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust,  # a bound not given: the sidecar's
+                    storage_options=cli_options(args))
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
         return 3  # nothing was checked: not a pass, not a mismatch

@@ -67,6 +67,7 @@ def export(
     stem: str = "model",
     safe: bool = True,
     workers: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
 
@@ -74,7 +75,9 @@ def export(
         model_or_checkpoint: an ``nn.Module`` or the path of a checkpoint (``enn_nb.load`` reads it;
             its content hash goes into the sidecars).
         backends: names (list or ``"onnx,ort"``) or ``"all"``; see ``enn_nb.backends()``.
-        out_dir: folder for artifacts, sidecars and the vectors file (created if needed).
+        out_dir: folder for artifacts, sidecars and the vectors file (created if needed). A URL
+            (``s3://bucket/exports``): the export is staged in a local folder under the cache, verified
+            there, then every file is uploaded (``ExportReport.uploaded``).
         example_inputs: a tensor or tuple of tensors, checked against the spec's signature; default: drawn
             from the spec's signature (``ModelSpec.inputs``, else the ``[B, in_dim]`` shorthand) at batch 2.
         dynamic_batch: make the signature's symbolic dims dynamic (``batch``, ``time``...; dim 0 when the
@@ -98,6 +101,7 @@ def export(
             fail with FastPathExportError naming it.
         workers: child processes converting side by side when isolated (default: up to 4, at most
             the CPU count). Backends consuming ONNX share one child and the one ONNX file.
+        storage_options: fsspec options for a URL ``out_dir`` or checkpoint (never written anywhere).
 
     Returns:
         ExportReport: one BackendResult per backend (status, artifact, parity, timings).
@@ -111,6 +115,13 @@ def export(
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
     """
     started = time.perf_counter()
+    from enn_nb.storage import resolve
+
+    upload_to = resolve(out_dir, storage_options)  # a bad URL fails here, before any work
+    if not isinstance(upload_to, Path):
+        from enn_nb.engine.remote import stage_dir
+
+        out_dir = stage_dir(upload_to)
     if provenance is None:
         from enn_nb.provenance import from_kernel
 
@@ -123,7 +134,7 @@ def export(
     emit = Emitter(progress, total=len(settings.names))
 
     with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
-        model, source, loaded_spec = load_source(model_or_checkpoint)
+        model, source, loaded_spec = load_source(model_or_checkpoint, storage_options)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
     inputs = example_tensors(model, spec, example_inputs, settings.dynamic_batch)
     io = resolve_io(model, spec, inputs)
@@ -146,6 +157,12 @@ def export(
     for result in report.results:  # logged from the calling thread (lanes run in their own)
         log.info("%s", result.summary())
     log.info("export finished in %.2fs -> %s", report.total_s, settings.out)
+    if not isinstance(upload_to, Path):  # verified in the staging folder: now every file goes up
+        from enn_nb.engine.remote import upload
+
+        report.uploaded = upload(settings.out, upload_to)
+        report.uploaded_to = upload_to.url
+        log.info("uploaded %d files to %s", len(report.uploaded), upload_to.url)
     _raise_if_needed(report, settings.strict)
     return report
 

@@ -56,6 +56,7 @@ NOT_BODY_KEYS: dict[str, str] = {
     "provenance": "recorded from the running cell",
     "progress": "the magic draws progress bars",
     "should_stop": "a callable, not YAML",
+    "storage_options": "the environment (`ENN_NB_STORAGE_OPTIONS`, `AWS_*`): a notebook cell would record secrets",
 }
 
 # Names every IPython namespace holds that are never what a user means by "my model".
@@ -219,6 +220,10 @@ def model_or_checkpoint(namespace: Mapping[str, Any], name: str) -> Any:
     """
     if name in namespace:
         return require_module(namespace[name], name, namespace)
+    from enn_nb.storage import is_url
+
+    if is_url(name):  # a checkpoint URL: the export loads it through the cache
+        return name
     path = Path(name).expanduser()
     if path.exists():
         return path
@@ -253,12 +258,16 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
-def check_checkpoint_path(path: str) -> Path:
-    """An existing checkpoint path (file or DCP directory), ``~`` expanded.
+def check_checkpoint_path(path: str) -> Path | str:
+    """An existing checkpoint path (file or DCP directory), ``~`` expanded; a URL as it is (``load`` checks it).
 
     Raises:
         SpecError: nothing exists there; the message lists close names in that directory.
     """
+    from enn_nb.storage import is_url
+
+    if is_url(path):
+        return path
     p = Path(path).expanduser()
     if p.exists():
         return p
@@ -454,7 +463,10 @@ def export_kwargs(
         out: the ``--out`` directory, if given.
         spec: a ModelSpec from ``--spec``, if given.
     """
-    kwargs: dict[str, Any] = {"out_dir": Path(out or body.get("out_dir") or settings["out_dir"]).expanduser()}
+    from enn_nb.storage import is_url
+
+    out_dir = out or body.get("out_dir") or settings["out_dir"]  # a URL: staged, verified, uploaded by the engine
+    kwargs: dict[str, Any] = {"out_dir": out_dir if is_url(out_dir) else Path(out_dir).expanduser()}
     for key in _FROM_SETTINGS:
         kwargs[key] = body.get(key, settings[key])
     kwargs["batch_range"] = tuple(kwargs["batch_range"])

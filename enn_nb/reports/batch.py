@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._fs import write_text
-from enn_nb.errors import ReportError, UnknownNameError
+from enn_nb.errors import ReportError, SpecError, UnknownNameError
 from enn_nb.reports.catalog import declared_parameters, resolve_template, template_metadata
 from enn_nb.reports.runner import ReportResult, report
 
@@ -23,7 +23,7 @@ from enn_nb.reports.runner import ReportResult, report
 class BatchEntry:
     """One matched file and the report run on it."""
 
-    source: Path
+    source: Path | str  # a URL stays a string
     result: ReportResult
 
 
@@ -92,7 +92,17 @@ def run_batch(
             name=target,
             known=list(declared),
         )
-    matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    from enn_nb.storage import is_url
+
+    if is_url(pattern):  # `s3://bucket/ckpts/*`: listed through fsspec (options from the environment)
+        from enn_nb import storage
+
+        try:
+            matches = storage.glob(pattern)
+        except SpecError:
+            matches = []
+    else:
+        matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
     if not matches:
         raise ReportError(f"No file matches `{pattern}` (relative to {Path.cwd()}); nothing to report on.")
     out = Path(out_dir).expanduser().resolve()
@@ -101,7 +111,7 @@ def run_batch(
     entries: list[BatchEntry] = []
     used: set[str] = set()
     for match in matches:
-        stem = _unique(f"{path.stem}-{_slug(Path(match).name)}", used)
+        stem = _unique(f"{path.stem}-{_slug(match.rstrip('/').rsplit('/', 1)[-1])}", used)
         try:
             result = report(path, out, name=stem, html=html, no_input=no_input, progress=progress,
                             parameters={**values, target: match})
@@ -110,7 +120,7 @@ def run_batch(
             page = nb.with_suffix(".html")
             result = ReportResult(str(template), nb, page if html and page.exists() else None,
                                   {**values, target: match}, _verdict_of(nb), 0.0, error=exc)
-        entries.append(BatchEntry(Path(match), result))
+        entries.append(BatchEntry(match if is_url(match) else Path(match), result))
         _write_index(out, entries, path.stem)  # rewritten after each report: a partial batch has an index
     return BatchResult(entries, out / "index.html")
 
