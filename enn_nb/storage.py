@@ -481,8 +481,8 @@ def remote_cache_dir() -> Path:
     return cache_dir() / "remote"
 
 
-#: (url, version key) -> local copy, for this session: a second read finds it without listing the cache
-_FETCHED: dict[tuple[str, str], Path] = {}
+#: (url, version key, folder) -> local copy, for this session: a second read finds it without a stat of the cache
+_FETCHED: dict[tuple[str, str, str | None], Path] = {}
 
 
 def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, folder: str | None = None) -> Path:
@@ -494,8 +494,9 @@ def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, fo
     """
     key = key or version_key(remote)
     digest = hashlib.sha256((folder or f"{remote.protocol}://{remote.path}\0{key}").encode()).hexdigest()[:32]
-    if (remote.url, key) in _FETCHED and _FETCHED[(remote.url, key)].is_file():
-        return _FETCHED[(remote.url, key)]
+    known = _FETCHED.get((remote.url, key, folder))
+    if known is not None and known.is_file():
+        return known
     target = remote_cache_dir() / digest / (name or remote.name or "object")
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -510,8 +511,29 @@ def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, fo
             if _from_store(exc):
                 raise store_error(remote, exc, writing=False) from None
             raise
-    _FETCHED[(remote.url, key)] = target
+    _FETCHED[(remote.url, key, folder)] = target
     return target
+
+
+def fetch_many(base: Remote, names: list[str]) -> Path:
+    """The local copies of ``base/<name>`` for each of ``names``, side by side in one cache folder.
+
+    The folder is keyed by every object's ETag/version: a change to any of them fetches into a new
+    folder (an unchanged object is still not fetched twice: each file is also found by its own key).
+    Objects that do not exist are left out (the caller's checks name what is missing).
+    """
+    keys: dict[str, str] = {}
+    for name in names:
+        try:
+            keys[name] = version_key(base.child(name))
+        except CheckpointError:
+            continue
+    folder = f"{base.url}\0" + "\0".join(f"{name}={key}" for name, key in sorted(keys.items()))
+    for name, key in keys.items():
+        fetch(base.child(name), key=key, name=name, folder=folder)
+    local = remote_cache_dir() / hashlib.sha256(folder.encode()).hexdigest()[:32]  # where fetch put them
+    local.mkdir(parents=True, exist_ok=True)
+    return local
 
 
 def read_range(remote: Remote, start: int, end: int) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 
 from enn_nb._safeio import MAX_JSON_BYTES
 from enn_nb.errors import CheckpointError, CorruptCheckpointError, EnnError, NotACheckpointError
-from enn_nb.storage import Remote, fetch, read_range, store_error, version_key
+from enn_nb.storage import Remote, fetch, fetch_many, read_range, store_error
 
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META, format_of_head, format_of_names
 from .manifest import Manifest, decode
@@ -124,33 +124,22 @@ def open_reader(remote: Remote) -> Any:
 
 
 def _fetch_dcp(remote: Remote) -> Path:
-    """Fetch a DCP folder: its manifest first (the commit marker: its version keys the copy), then the files it lists."""
+    """Fetch a DCP folder: the manifest (the commit marker) and the files it lists, into one cache folder."""
     names = _names(remote)
     if DCP_MANIFEST not in names:
         if UPSTREAM_DCP_META in names:  # ENN-PyTorch layout: no manifest, every object of the folder
-            key = version_key(remote.child(UPSTREAM_DCP_META))
             listed = sorted(names)
         else:
             format_of_names(names, remote.url, upstream_meta=False)  # raises: incomplete / not a checkpoint
             raise NotACheckpointError(f"`{remote.url}` holds no checkpoint.")
     else:
-        key = version_key(remote.child(DCP_MANIFEST))
         manifest = _dcp_manifest(remote)
         listed = [DCP_MANIFEST, DCP_METADATA, *(f.path for f in manifest.files if f.path != DCP_METADATA)]
-    from .detect import dcp_metadata_name
     from enn_nb._safeio import plain_name
 
-    local = None
     for name in listed:
         plain_name(name, what="A file the DCP manifest lists")  # never a path out of the cache folder
-        if name not in names and name != dcp_metadata_name(names):
-            continue  # a missing shard: the local reader names it
-        # one cache folder per manifest version: every file lands beside the others
-        path = fetch(remote.child(name), key=f"{key}|{name}", name=name, folder=f"{remote.url}\0{key}")
-        local = path.parent
-    if local is None:
-        raise NotACheckpointError(f"`{remote.url}` holds no checkpoint.")
-    return local
+    return fetch_many(remote, listed)  # keyed by every file's ETag, the manifest's included
 
 
 def _renamed(exc: CheckpointError, local: Path, remote: Remote) -> CheckpointError:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from enn_nb.errors import ExportError
-from enn_nb.storage import Remote, fetch, put_tree, version_key
+from enn_nb.storage import Remote, fetch, fetch_many, put_tree
 
 
 def stage_dir(remote: Remote) -> Path:
@@ -52,27 +52,22 @@ def fetch_artifact(remote: Remote) -> Path:
     else:
         side = remote.sibling(remote.name + sc.SIDECAR_SUFFIX)
     try:
-        key = version_key(side)
+        local_side = fetch(side)
     except Exception as exc:  # noqa: BLE001 - NotACheckpointError from the store: say what is missing
         raise ExportError(f"No sidecar `{side.url}` beside `{remote.url}`: verify needs the `.enn.json` the export "
                           f"wrote. ({exc})") from None
-    folder = f"{side.url}\0{key}"
-    local_side = fetch(side, key=f"{key}|sidecar", name=side.name, folder=folder)
     data = sc.read(local_side)
     wanted = [entry["path"] for entry in data.get("files", [])]
     vectors = ((data.get("parity") or {}).get("vectors") or {}).get("file")
     if vectors:
         wanted.append(vectors)
-    base = remote.parent
     for rel in wanted:
         parts = PurePosixPath(rel).parts
         if not parts or rel.startswith("/") or ".." in parts or "\\" in rel:
             raise ExportError(f"The sidecar `{side.url}` lists `{rel}`, a path outside its folder; it is damaged or forged.")
-        try:
-            fetch(base.child(rel), key=f"{key}|{rel}", name=rel, folder=folder)
-        except Exception:  # noqa: BLE001 - a missing file: the local verify reports it as missing
-            continue
-    return local_side.parent / remote.name
+    # every file keyed by its own ETag: a file changed on the store is fetched again, and then fails its hash
+    local = fetch_many(remote.parent, [side.name, *wanted])
+    return local / remote.name
 
 
 def rewrite_source(source: Mapping[str, Any], url: str) -> dict[str, Any]:

@@ -83,15 +83,6 @@ def run_batch(
         UnknownNameError: the template does not declare ``parameter``.
     """
     path = resolve_template(template)
-    target = parameter or template_metadata(path).get("each_parameter") or "checkpoint"
-    declared = declared_parameters(path)
-    if target not in declared:
-        raise UnknownNameError(
-            f"The template `{path.stem}` declares no parameter `{target}` to receive each match; "
-            f"declared: {', '.join(f'`{k}`' for k in declared)}. Pass --each-param NAME.",
-            name=target,
-            known=list(declared),
-        )
     from enn_nb.storage import is_url
 
     if is_url(pattern):  # `s3://bucket/ckpts/*`: listed through fsspec (options from the environment)
@@ -104,7 +95,17 @@ def run_batch(
     else:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
     if not matches:
-        raise ReportError(f"No file matches `{pattern}` (relative to {Path.cwd()}); nothing to report on.")
+        where = "on the store" if is_url(pattern) else f"relative to {Path.cwd()}"
+        raise ReportError(f"No file matches `{pattern}` ({where}); nothing to report on.")
+    target = parameter or template_metadata(path).get("each_parameter") or "checkpoint"
+    declared = declared_parameters(path)
+    if target not in declared:
+        raise UnknownNameError(
+            f"The template `{path.stem}` declares no parameter `{target}` to receive each match; "
+            f"declared: {', '.join(f'`{k}`' for k in declared)}. Pass --each-param NAME.",
+            name=target,
+            known=list(declared),
+        )
     out = Path(out_dir).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     values = {**dict(parameters or {}), **params}
