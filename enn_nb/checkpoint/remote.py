@@ -57,10 +57,12 @@ def inspect(remote: Remote) -> Manifest:
     fmt = detect(remote)
     manifest = None
     if fmt == "safetensors":
-        from .safetensors_format import SafetensorsReader
+        from .safetensors_format import MANIFEST_KEY, SafetensorsReader, read_header
 
-        reader = SafetensorsReader(remote)  # type: ignore[arg-type]  # ranged reads of the header only
-        manifest = None if reader.upstream else reader.manifest
+        header, _ = read_header(remote)  # ranged reads of the length and the header only
+        metadata = header.get("__metadata__")
+        if isinstance(metadata, dict) and MANIFEST_KEY in metadata:  # else an upstream file: its sidecar is needed
+            manifest = SafetensorsReader(remote).manifest  # type: ignore[arg-type]
     elif fmt == "pt":
         manifest = _pt_manifest(remote)
     elif DCP_MANIFEST in _names(remote):
