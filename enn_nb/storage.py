@@ -145,7 +145,7 @@ def resolve(path: Any, storage_options: Mapping[str, Any] | None = None) -> Path
         fsspec.get_filesystem_class(scheme)
     except ImportError:
         package, extra = PACKAGES.get(scheme, (known_implementations.get(scheme, {}).get("class", scheme).split(".")[0], ""))
-        from enn_nb._optional import pip_line
+        from enn_nb.errors import pip_line
 
         line = pip_line(extra=extra, dist=package)
         raise MissingDependencyError(f"`{scheme}://` URLs need `{package}`, which is not installed. Install it with: "
@@ -476,7 +476,7 @@ def version_key(remote: Remote) -> str:
 
 def remote_cache_dir() -> Path:
     """``<enn_nb cache>/remote``: fetched objects, one folder per (URL, version)."""
-    from enn_nb.engine.cache import cache_dir
+    from enn_nb._cachedir import cache_dir
 
     return cache_dir() / "remote"
 
@@ -502,8 +502,8 @@ def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, fo
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")
         try:
-            with remote.fs.open(remote.path, "rb", block_size=8 << 20, cache_type="none") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
+            # the filesystem's own download: one streamed request (s3fs), not a ranged request per block
+            remote.fs.get_file(remote.path, str(tmp))
             os.replace(tmp, target)
         except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import CheckpointError, RestoreCheckError, SpecError, StateDictMismatchError, UnknownNameError
-from enn_nb.spec import ModelSpec, build
+from enn_nb.model.spec import ModelSpec, build
 from enn_nb.storage import resolve
 
 from . import dcp, pt, safetensors_format, selfcheck
@@ -84,7 +84,7 @@ def open_reader(path: str | os.PathLike[str], *, storage_options: Mapping[str, A
     if not isinstance(where, Path):
         from . import remote
 
-        return remote.open_reader(where)
+        return remote.open_reader(where, _READERS)
     return _READERS[detect_format(where)](where)
 
 
@@ -173,7 +173,7 @@ def inspect(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] 
     if not isinstance(where, Path):
         from . import remote
 
-        return remote.inspect(where)
+        return remote.inspect(where, _READERS)
     return open_reader(where).manifest
 
 

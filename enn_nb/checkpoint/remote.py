@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,8 @@ def _names(remote: Remote) -> set[str]:
 
 
 # -- inspect: header only -------------------------------------------------------------------------------
-def inspect(remote: Remote) -> Manifest:
-    """The manifest of the checkpoint at ``remote``, read without its tensor bytes."""
+def inspect(remote: Remote, readers: Mapping[str, Any]) -> Manifest:
+    """The manifest of the checkpoint at ``remote``, read without its tensor bytes (``readers``: format -> class)."""
     fmt = detect(remote)
     manifest = None
     if fmt == "safetensors":
@@ -68,7 +69,7 @@ def inspect(remote: Remote) -> Manifest:
     elif DCP_MANIFEST in _names(remote):
         manifest = _dcp_manifest(remote)
     if manifest is None:  # an ENN-PyTorch checkpoint: its metadata lives beside the tensors
-        return open_reader(remote).manifest
+        return open_reader(remote, readers).manifest
     manifest.path = remote.url
     return manifest
 
@@ -111,14 +112,12 @@ def _dcp_manifest(remote: Remote) -> Manifest:
 
 
 # -- load / convert: through the cache ------------------------------------------------------------------
-def open_reader(remote: Remote) -> Any:
-    """A local reader over the cached copy of ``remote`` (fetched once per ETag/version)."""
-    from .api import _READERS
-
+def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
+    """A local reader (``readers``: format -> class) over the cached copy of ``remote``, fetched once per version."""
     fmt = detect(remote)
     local = fetch(remote) if fmt != "dcp" else _fetch_dcp(remote)
     try:
-        reader = _READERS[fmt](local)
+        reader = readers[fmt](local)
     except CheckpointError as exc:
         raise _renamed(exc, local, remote) from None
     reader.manifest.path = remote.url

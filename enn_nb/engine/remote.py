@@ -21,7 +21,7 @@ from enn_nb.storage import Remote, fetch, fetch_many, put_tree
 
 def stage_dir(remote: Remote) -> Path:
     """The local folder an export to ``remote`` is written to before upload (stable per URL)."""
-    from enn_nb.engine.cache import cache_dir
+    from enn_nb._cachedir import cache_dir
 
     return cache_dir() / "staged" / hashlib.sha256(remote.url.encode()).hexdigest()[:24]
 
