@@ -77,7 +77,9 @@ def moto_server() -> Any:
 
 
 def options(endpoint: str) -> dict[str, Any]:
+    # long timeouts: on a loaded machine moto answers a 512 MiB request slowly, and both sides get the same
     return {"key": "bench", "secret": "bench-secret", "client_kwargs": {"endpoint_url": endpoint},
+            "config_kwargs": {"read_timeout": 600, "connect_timeout": 60, "retries": {"max_attempts": 5}},
             "skip_instance_cache": True}
 
 

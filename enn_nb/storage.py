@@ -156,6 +156,8 @@ def resolve(path: Any, storage_options: Mapping[str, Any] | None = None) -> Path
     except Exception as exc:  # noqa: BLE001 - a bad option: the package's own words, redacted
         raise SpecError(redact(f"The storage options for `{url}` were refused by {scheme}'s filesystem: "
                                f"{type(exc).__name__}: {exc}", options)) from None
+    with contextlib.suppress(Exception):  # fsspec reuses filesystem instances: never trust an old listing
+        fs.invalidate_cache(fs_path.rstrip("/"))
     return Remote(url=url.rstrip("/") if url.rstrip("/") != f"{scheme}:/" else url, fs=fs,
                   path=fs_path.rstrip("/"), options=options)
 
@@ -515,22 +517,25 @@ def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, fo
     return target
 
 
-def fetch_many(base: Remote, names: list[str]) -> Path:
+def fetch_many(base: Remote, names: list[str] | Mapping[str, str]) -> Path:
     """The local copies of ``base/<name>`` for each of ``names``, side by side in one cache folder.
+
+    ``names`` may map each local name to the object's name on the store when they differ.
 
     The folder is keyed by every object's ETag/version: a change to any of them fetches into a new
     folder (an unchanged object is still not fetched twice: each file is also found by its own key).
     Objects that do not exist are left out (the caller's checks name what is missing).
     """
+    sources = dict(names) if isinstance(names, Mapping) else {name: name for name in names}
     keys: dict[str, str] = {}
-    for name in names:
+    for name, source in sources.items():
         try:
-            keys[name] = version_key(base.child(name))
+            keys[name] = f"{source}:{version_key(base.child(source))}"
         except CheckpointError:
             continue
     folder = f"{base.url}\0" + "\0".join(f"{name}={key}" for name, key in sorted(keys.items()))
     for name, key in keys.items():
-        fetch(base.child(name), key=key, name=name, folder=folder)
+        fetch(base.child(sources[name]), key=key, name=name, folder=folder)
     local = remote_cache_dir() / hashlib.sha256(folder.encode()).hexdigest()[:32]  # where fetch put them
     local.mkdir(parents=True, exist_ok=True)
     return local

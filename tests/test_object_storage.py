@@ -212,6 +212,32 @@ def test_s3_save_killed_mid_upload_leaves_the_old_checkpoint(s3, s3_endpoint: st
     assert fs.list_multipart_uploads(s3.bucket) == []
 
 
+def test_s3_dcp_resave_that_dies_leaves_the_old_checkpoint_then_a_good_one_sweeps(s3, s3_endpoint: str) -> None:
+    import s3fs
+
+    url = s3.url("dcp")
+    first, second = tiny(), tiny(seed=7)
+    old = enn_nb.save(first, url, storage_options=s3.options)
+    # the store fails every write of DCP's metadata: the new shards are up, the save dies before its commit
+    proxy = FaultProxy(s3_endpoint, lambda method, path: 500 if method == "PUT" and ".metadata" in path else None)
+    once = {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 2, "read_timeout": 10}
+    try:
+        with pytest.raises(CheckpointWriteError) as info:
+            enn_nb.save(second, url, storage_options=options(proxy.endpoint, config_kwargs=once))
+    finally:
+        proxy.close()
+    assert SECRET not in str(info.value)
+    fs = s3fs.S3FileSystem(**s3.options)
+    shards = lambda: sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3.bucket}/dcp", refresh=True)  # noqa: E731
+                            if p.endswith(".distcp"))
+    assert len(shards()) > len(old.files) - 1  # the dead save's shards are there, under names of their own
+    loaded = enn_nb.load(url, storage_options=s3.options)  # the old manifest still names a complete checkpoint
+    assert loaded.manifest.content_hash == old.content_hash and _same(loaded.model, first)
+    new = enn_nb.save(second, url, storage_options=s3.options)
+    assert shards() == sorted(f.path for f in new.files if f.path.endswith(".distcp"))  # the rest swept
+    assert _same(enn_nb.load(url, storage_options=s3.options).model, second)
+
+
 # -- faults --------------------------------------------------------------------------------------------------
 def test_s3_missing_bucket(s3) -> None:
     url = f"s3://no-such-bucket-{s3.bucket}/m.pt"

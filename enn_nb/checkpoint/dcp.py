@@ -166,9 +166,11 @@ def _hashing_writer(path: Path) -> Any:
 def write(final: Path | Remote, request: SaveRequest) -> Manifest:
     """Save ``request`` as a DCP directory at ``final`` (collective when a process group is up).
 
-    At a URL (no rename on the store) the files are written in place through torch's fsspec writer,
-    after the old manifest is deleted: until the new manifest lands, last, the folder reads as
-    incomplete and is refused, never as a mix of two saves.
+    At a URL (no rename on the store) the files are written beside the old ones through torch's fsspec
+    writer, under names of their own (``__<rank>_<token>_<n>.distcp``; DCP's ``.metadata`` is also kept
+    as ``.metadata-<digest>``), and the new manifest, written last, switches readers over. Until then,
+    or when the save dies, the old manifest still names a complete checkpoint; the files no manifest
+    names any more are removed after the commit (see :func:`enn_nb.checkpoint.remote.metadata_copy`).
     """
     import torch.distributed.checkpoint as dcp
 
@@ -186,7 +188,9 @@ def write(final: Path | Remote, request: SaveRequest) -> Manifest:
     if rank == 0:
         try:
             if remote:
-                _uncommit(final)
+                from .atomic import check_replaceable_remote
+
+                check_replaceable_remote(final, directory=True)
             else:
                 check_replaceable(final, directory=True)
         except CheckpointError as exc:
@@ -203,7 +207,7 @@ def write(final: Path | Remote, request: SaveRequest) -> Manifest:
     try:
         if rank == 0 and not remote:
             final.parent.mkdir(parents=True, exist_ok=True)
-        writer = _hashing_fsspec_writer(final) if remote else _hashing_writer(tmp)
+        writer = _hashing_fsspec_writer(final, token) if remote else _hashing_writer(tmp)
         if isinstance(request.self_check, Recording):
             request.self_check.start()  # dcp.save writes and fsyncs on its own threads: run beside it all
         try:
@@ -224,10 +228,9 @@ def write(final: Path | Remote, request: SaveRequest) -> Manifest:
             )
             text = encode(manifest)
             if remote:
-                from enn_nb.storage import open_atomic
+                from .remote import commit_dcp
 
-                with open_atomic(final.child(DCP_MANIFEST)) as fh:  # the commit: one PUT, last
-                    fh.write(text.encode("utf-8"))
+                commit_dcp(final, manifest, text)
             else:
                 _write_manifest(tmp, text)
                 replace_dir(tmp, final)  # the commit: `final` switches from the old checkpoint to this one
@@ -255,28 +258,21 @@ def write(final: Path | Remote, request: SaveRequest) -> Manifest:
     return manifest
 
 
-def _uncommit(final: Remote) -> None:
-    """Before rewriting a DCP folder on a store: refuse a folder of other objects, delete the old manifest.
+def _hashing_fsspec_writer(final: Remote, token: str) -> Any:
+    """torch's own FsspecWriter onto ``final``'s filesystem, hashing every file as it streams up.
 
-    Raises:
-        CheckpointError: ``final`` is an object or a folder that is not a checkpoint.
+    Shard files are named ``__<rank>_<token>_<n>.distcp``: a new save never overwrites the files the
+    committed manifest names.
     """
-    from enn_nb.storage import store_error
+    import dataclasses
 
-    from .atomic import check_replaceable_remote
-
-    check_replaceable_remote(final, directory=True)
-    marker = final.child(DCP_MANIFEST)
-    try:
-        if marker.exists():
-            marker.fs.rm(marker.path)
-    except Exception as exc:  # noqa: BLE001 - the store's own error types
-        raise store_error(final, exc, writing=True) from None
-
-
-def _hashing_fsspec_writer(final: Remote) -> Any:
-    """torch's own FsspecWriter onto ``final``'s filesystem, hashing every file as it streams up."""
     from torch.distributed.checkpoint._fsspec_filesystem import FileSystem, FsspecWriter
+    from torch.distributed.checkpoint.filesystem import _StoragePrefix
+
+    class Writer(FsspecWriter):
+        def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
+            return [dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{i}_{token}_"))
+                    for i, plan in enumerate(plans)]
 
     class HashingFsspec(FileSystem):
         def __init__(self) -> None:
@@ -307,7 +303,7 @@ def _hashing_fsspec_writer(final: Remote) -> Any:
                 self.hashes[str(new_path).rsplit("/", 1)[-1]] = entry
 
     # sync_files: a store has no fsync (torch would fall back to a machine-wide sync per file)
-    writer = FsspecWriter(final.url, sync_files=False, thread_count=WRITER_THREADS, **dict(final.options))
+    writer = Writer(final.url, sync_files=False, thread_count=WRITER_THREADS, **dict(final.options))
     hashing = HashingFsspec()
     hashing.fs = final.fs  # the filesystem resolved with the caller's options, not a second one
     writer.fs = hashing

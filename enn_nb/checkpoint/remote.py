@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,15 @@ def detect(remote: Remote) -> str:
 
 
 def _names(remote: Remote) -> set[str]:
+    """The names in a folder on the store; a save's own ``.metadata-<hex>`` copy counts as DCP's ``.metadata``
+    (a save that died may have deleted ``.metadata`` itself: the committed manifest reads the copy)."""
     try:
-        return {n.rstrip("/").rsplit("/", 1)[-1] for n in remote.fs.ls(remote.path, detail=False)}
+        names = {n.rstrip("/").rsplit("/", 1)[-1] for n in remote.fs.ls(remote.path, detail=False)}
     except Exception as exc:  # noqa: BLE001
         raise store_error(remote, exc, writing=False) from None
+    if DCP_MANIFEST in names and any(n.startswith(f"{DCP_METADATA}-") for n in names):
+        names.add(DCP_METADATA)
+    return names
 
 
 # -- inspect: header only -------------------------------------------------------------------------------
@@ -111,6 +117,41 @@ def _dcp_manifest(remote: Remote) -> Manifest:
     return decode(read_range(entry, 0, size), path=remote.url)
 
 
+# -- DCP on a store: commit and cleanup -------------------------------------------------------------------
+def metadata_copy(digest: str) -> str:
+    """The name under which a DCP save keeps its own ``.metadata`` beside the folder's (``.metadata-<hex16>``).
+
+    ``.metadata`` itself is rewritten by every save (torch's readers look for it there); the manifest's
+    entry for it is fetched from this content-addressed copy, which no later save overwrites.
+    """
+    return f"{DCP_METADATA}-{digest.partition(':')[2][:16]}"
+
+
+def commit_dcp(final: Remote, manifest: Manifest, text: str) -> None:
+    """Keep this save's ``.metadata`` under its own name, write the manifest (the commit, one PUT), sweep.
+
+    The sweep removes the shard files and metadata copies no manifest names any more: older saves'
+    and those of saves that died before their commit.
+    """
+    from enn_nb.storage import open_atomic
+
+    entry = next(f for f in manifest.files if f.path == DCP_METADATA)
+    meta, copy = final.child(DCP_METADATA), final.child(metadata_copy(entry.hash))
+    try:
+        final.fs.copy(meta.path, copy.path)
+    except Exception as exc:  # noqa: BLE001 - the store's own error types
+        raise store_error(final, exc, writing=True) from None
+    with open_atomic(final.child(DCP_MANIFEST)) as fh:  # the commit
+        fh.write(text.encode("utf-8"))
+    keep = {DCP_MANIFEST, DCP_METADATA, copy.name, *(f.path for f in manifest.files)}
+    with contextlib.suppress(Exception):
+        final.fs.invalidate_cache(final.path)  # list what the writers put there, not a listing from before
+    for name in _names(final) - keep:
+        if name.endswith(".distcp") or name.startswith(f"{DCP_METADATA}-") or name.startswith(f"{DCP_METADATA}."):
+            with contextlib.suppress(Exception):  # housekeeping: the checkpoint is already committed
+                final.fs.rm(final.child(name).path)
+
+
 # -- load / convert: through the cache ------------------------------------------------------------------
 def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
     """A local reader (``readers``: format -> class) over the cached copy of ``remote``, fetched once per version."""
@@ -140,7 +181,11 @@ def _fetch_dcp(remote: Remote) -> Path:
 
     for name in listed:
         plain_name(name, what="A file the DCP manifest lists")  # never a path out of the cache folder
-    return fetch_many(remote, listed)  # keyed by every file's ETag, the manifest's included
+    sources = {name: name for name in listed}
+    entry = next((f for f in manifest.files if f.path == DCP_METADATA), None) if DCP_MANIFEST in names else None
+    if entry is not None and entry.hash and metadata_copy(entry.hash) in names:
+        sources[DCP_METADATA] = metadata_copy(entry.hash)  # this save's own, whatever saved after it
+    return fetch_many(remote, sources)  # keyed by every file's ETag, the manifest's included
 
 
 def _renamed(exc: CheckpointError, local: Path, remote: Remote) -> CheckpointError:
