@@ -3,8 +3,7 @@
 Each rank holds only its shard of every parameter (DTensor, ``Shard(0)``) and calls
 ``enn_nb.save(model, path, format="dcp")``. The checkpoint then loads on 2 processes into a freshly
 sharded model, and on 1 process (this pytest process, resharded into a plain model); both equal the
-unsharded reference weights exactly. A shard damaged afterwards is refused on both ranks. The same save
-and 2-rank load run once more against a real S3 server (moto), through torch's FsspecWriter.
+unsharded reference weights exactly. A shard damaged afterwards is refused on both ranks.
 
 This file is also the torchrun worker (``python -m torch.distributed.run ... this_file.py WORKDIR``).
 """
@@ -85,16 +84,6 @@ def _worker(workdir: Path) -> None:
     report["load2_equal"] = sorted(k for k in reference if torch.equal(full[k], reference[k]))
     report["load2_keys"] = sorted(reference)
 
-    url = os.environ.get("ENN_NB_TEST_S3_URL")
-    if url:  # the same through torch's FsspecWriter onto a real S3 server (options from ENN_NB_STORAGE_OPTIONS)
-        remote = enn_nb.save(model, url, format="dcp", metadata={"ranks": world})
-        report["s3_content_hash"] = remote.content_hash
-        report["s3_files"] = [f.path for f in remote.files]
-        fresh = _shard(_reference_model(seed=321), mesh)
-        report["s3_load2_verified"] = enn_nb.load(url, model=fresh).verified
-        full = _full_state(fresh)
-        report["s3_load2_equal"] = sorted(k for k in reference if torch.equal(full[k], reference[k]))
-
     # a damaged shard is refused on every rank (each rank hashes its share of the files)
     dist.barrier()
     bad = workdir / "bad"
@@ -119,15 +108,13 @@ def _worker(workdir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_fsdp2_sharded_dcp_save_and_reshard(tmp_path, s3):
+def test_fsdp2_sharded_dcp_save_and_reshard(tmp_path):
     import torch
 
     import enn_nb
     from enn_nb.reference import make_dataset
 
-    url = s3.url("ckpt")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-           "ENN_NB_TEST_S3_URL": url, "ENN_NB_STORAGE_OPTIONS": json.dumps(s3.options)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(Path(__file__).resolve()), str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
@@ -147,12 +134,6 @@ def test_fsdp2_sharded_dcp_save_and_reshard(tmp_path, s3):
         assert report["load2_equal"] == report["load2_keys"] == sorted(reference)
         assert "__1_0.distcp" in report["corrupt"] and "hash" in report["corrupt"]
     assert reports[0]["save_content_hash"] == reports[1]["save_content_hash"]
-    for report in reports:  # on S3: both ranks wrote their shards, the manifest came last, both loaded it
-        assert report["s3_content_hash"] == report["save_content_hash"]
-        assert {f[:4] for f in report["s3_files"] if f != ".metadata"} == {"__0_", "__1_"}
-        assert report["s3_load2_verified"] is True and report["s3_load2_equal"] == sorted(reference)
-    on_s3 = enn_nb.load(url, storage_options=s3.options)  # 1 process: resharded into a plain model
-    assert all(torch.equal(on_s3.model.state_dict()[k], v) for k, v in reference.items())
 
     manifest = enn_nb.inspect(tmp_path / "ckpt")
     assert manifest.metadata == {"ranks": 2}
