@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb._fs import atomic_path, check_same_kind, sweep_stale_temps
 from enn_nb._fs import fsync_dir, new_token, remove_path, replace_dir, temp_path  # noqa: F401  (dcp.py imports them from here)
-from enn_nb.errors import EnnError
+from enn_nb.errors import CheckpointError, CheckpointWriteError, EnnError
+
+from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 
 if TYPE_CHECKING:
     from enn_nb.storage import Remote
@@ -26,12 +28,10 @@ def check_replaceable(final: Path, *, directory: bool) -> None:
     Raises:
         CheckpointError: ``final`` is an existing directory that must not be replaced.
     """
-    from enn_nb.errors import CheckpointError
 
     check_same_kind(final, directory=directory, what="checkpoint", error=CheckpointError)
     if not final.is_dir() or final.is_symlink():
         return
-    from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 
     names = set(os.listdir(final))
     if names and not names & {DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META}:
@@ -113,7 +113,6 @@ def check_replaceable_remote(final: Remote, *, directory: bool) -> None:
 
 def write_error(final: Path, exc: OSError) -> Exception:
     """The enn_nb error for a failed write to ``final`` (keeps errno and strerror; the old content is intact)."""
-    from enn_nb.errors import CheckpointWriteError
 
     return CheckpointWriteError(
         exc.errno, f"{exc.strerror or exc} while writing `{final}`; nothing was replaced (the previous checkpoint, if "

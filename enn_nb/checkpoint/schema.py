@@ -8,12 +8,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from enn_nb._schema_check import passes_compiled
 from enn_nb._version import __version__
 from enn_nb.errors import CorruptCheckpointError, SchemaVersionError
 
 SCHEMA_NAME = "enn_nb.checkpoint"
 CURRENT_VERSION = 2
 SCHEMA_ID = f"{SCHEMA_NAME}/{CURRENT_VERSION}"
+#: The checkpoint formats, listed once (the schema file's ``format`` enum is tested against it).
+FORMATS: tuple[str, ...] = ("pt", "safetensors", "dcp")
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "checkpoint.schema.json"
 
 _ID = re.compile(r"^enn_nb\.checkpoint/(\d+)$")
@@ -77,7 +80,6 @@ def validate(
     Raises:
         CorruptCheckpointError: (or ``error``) the document does not follow the schema.
     """
-    from enn_nb._schema_check import passes_compiled
 
     if passes_compiled(SCHEMA_FILE, document):  # milliseconds; jsonschema below only explains refusals
         return

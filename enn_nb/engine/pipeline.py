@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.engine import sidecar as sc
+from enn_nb.engine import parity, sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
 from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
@@ -33,9 +34,13 @@ from enn_nb.engine.outcome import ErrorInfo
 from enn_nb.engine.outlog import OutputLog, capture
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
+from enn_nb.engine.registry import get_backend
 from enn_nb.engine.report import ExportReport
+from enn_nb.engine.safe import export_safe
 from enn_nb.engine.settings import ExportSettings
-from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
+from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError, SpecError
+from enn_nb.model.fastpaths import declared_fast_paths
+from enn_nb.model.provenance import from_kernel
 
 if TYPE_CHECKING:
     import torch
@@ -47,9 +52,9 @@ log = logging.getLogger(__name__)
 
 def export(
     model_or_checkpoint: Any,
-    backends: str | Sequence[str],
+    backends: str | Sequence[str] | None = None,
     *,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
     example_inputs: Any = None,
     dynamic_batch: bool = True,
     batch_range: tuple[int, int, int] = (1, 8, 64),
@@ -67,6 +72,7 @@ def export(
     stem: str = "model",
     safe: bool = True,
     workers: int | None = None,
+    settings: ExportSettings | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
@@ -74,7 +80,9 @@ def export(
     Args:
         model_or_checkpoint: an ``nn.Module`` or the path of a checkpoint (``enn_nb.load`` reads it;
             its content hash goes into the sidecars).
-        backends: names (list or ``"onnx,ort"``) or ``"all"``; see ``enn_nb.backends()``.
+        backends: names (list or ``"onnx,ort"``), ``"all"`` (every registered backend; one that cannot
+            convert here comes back ``unavailable`` with its install line, not failing the request) or
+            ``"available"`` (every backend that converts here); see ``enn_nb.backends()``.
         out_dir: folder for artifacts, sidecars and the vectors file (created if needed). A URL
             (``s3://bucket/exports``): the export is staged in a local folder under the cache, verified
             there, then every file is uploaded (``ExportReport.uploaded``).
@@ -101,6 +109,9 @@ def export(
             fail with FastPathExportError naming it.
         workers: child processes converting side by side when isolated (default: up to 4, at most
             the CPU count). Backends consuming ONNX share one child and the one ONNX file.
+        settings: instead of ``backends``, ``out_dir`` and the other export arguments above: the
+            :class:`ExportSettings` a surface made with ``ExportSettings.from_call`` (the magics, the
+            wizard, the CLI and the report templates do).
         storage_options: fsspec options for a URL ``out_dir`` or checkpoint (never written anywhere).
 
     Returns:
@@ -115,26 +126,23 @@ def export(
         ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
     """
     started = time.perf_counter()
-    from enn_nb.storage import resolve
-
-    upload_to = resolve(out_dir, storage_options)  # a bad URL fails here, before any work
-    if not isinstance(upload_to, Path):
-        from enn_nb.engine.remote import stage_dir
-
-        out_dir = stage_dir(upload_to)
-    if provenance is None:
-        from enn_nb.model.provenance import from_kernel
-
-        provenance = from_kernel()
-    settings = ExportSettings.from_call(
-        backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
-        tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
-        provenance=provenance, stem=stem, safe=safe, workers=workers,
-    )
+    if settings is None:
+        if backends is None or out_dir is None:
+            raise SpecError("`export` needs `backends` and `out_dir` (or `settings=ExportSettings.from_call(...)`); "
+                            "e.g. `enn_nb.export(model, ['onnx', 'pt2'], out_dir='exports')`.")
+        settings = ExportSettings.from_call(
+            backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
+            tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
+            provenance=provenance, stem=stem, safe=safe, workers=workers, storage_options=storage_options,
+        )
+    elif backends is not None or out_dir is not None:
+        raise SpecError("`export` takes either `settings=` or `backends` and `out_dir`, not both.")
+    if settings.provenance is None:
+        settings = dataclasses.replace(settings, provenance=from_kernel())
     emit = Emitter(progress, total=len(settings.names))
 
     with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
-        model, source, loaded_spec = load_source(model_or_checkpoint, storage_options)
+        model, source, loaded_spec = load_source(model_or_checkpoint, storage_options or settings.storage_options)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
     inputs = example_tensors(model, spec, example_inputs, settings.dynamic_batch)
     io = resolve_io(model, spec, inputs)
@@ -157,23 +165,23 @@ def export(
     for result in report.results:  # logged from the calling thread (lanes run in their own)
         log.info("%s", result.summary())
     log.info("export finished in %.2fs -> %s", report.total_s, settings.out)
-    if not isinstance(upload_to, Path):  # verified in the staging folder: now every file goes up
+    if settings.upload_to is not None:  # verified in the staging folder: now every file goes up
         from enn_nb.engine.remote import upload
+        from enn_nb.storage import resolve
 
-        report.uploaded = upload(settings.out, upload_to)
-        report.uploaded_to = upload_to.url
-        log.info("uploaded %d files to %s", len(report.uploaded), upload_to.url)
-    _raise_if_needed(report, settings.strict)
+        target = resolve(settings.upload_to, settings.storage_options)
+        report.uploaded = upload(settings.out, target)
+        report.uploaded_to = settings.upload_to
+        log.info("uploaded %d files to %s", len(report.uploaded), settings.upload_to)
+    _raise_if_needed(report, settings)
     return report
 
 
 # -- the stages ------------------------------------------------------------------------------------------
 def _plans(settings: ExportSettings) -> list[Plan]:
-    from enn_nb.engine.registry import get_backend
-
     plans = []
     for i, name in enumerate(settings.names):
-        backend = get_backend(name)
+        backend = settings.backend(i)
         opts = {**backend.default_options, **dict(settings.options.get(name, {}))}
         # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
         plans.append(Plan(i, name, backend, opts, settings.tolerances.resolve(name, backend.default_tolerance)))
@@ -211,11 +219,9 @@ def _run(
     should_stop: Callable[[], bool] | None,
 ) -> None:
     """Capture once, then convert, verify and finish every plan of ``todo`` over the lanes."""
-    from enn_nb.engine.capture import Shared
+    from enn_nb.engine.capture import Shared  # torch.export machinery: loads with the first export
     from enn_nb.engine.isolate import Worker
-    from enn_nb.engine.safe import export_safe
     from enn_nb.engine.wrapper import export_module
-    from enn_nb.model.fastpaths import declared_fast_paths
 
     settings, report = info.settings, info.report
     workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=settings.out))
@@ -283,8 +289,6 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
     """Parity cases from the eager model as the user has it (fast paths on), in eval mode; saved as the vectors
     file, and each plan's tolerance raised for low-precision outputs."""
     import torch
-
-    from enn_nb.engine import parity
 
     settings = info.settings
     call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
@@ -388,15 +392,17 @@ def _save_module(module: Any, workdir: Path) -> str | None:
     return str(path)
 
 
-def _raise_if_needed(report: ExportReport, strict: bool) -> None:
+def _raise_if_needed(report: ExportReport, settings: ExportSettings) -> None:
     fast = next((r for r in report.results if r.error_type == "FastPathExportError"), None)
     if fast is not None:
         exc = FastPathExportError(fast.error or "", fast_path=fast.fast_path or "")
         exc.report = report  # type: ignore[attr-defined]
         raise exc
-    if not strict:
+    if not settings.strict:
         return
     for r in report.results:
+        if not settings.fails(r.status):  # with `all`, a backend that cannot convert here is listed, not failing
+            continue
         if r.status == "mismatch":
             worst = max(r.parity.get("cases", []), key=lambda c: c["max_abs_err"], default={})
             tol = r.parity.get("tolerance", {})
@@ -423,8 +429,6 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
 
 
 def _backend_safe(name: str) -> Any:
-    from enn_nb.engine.registry import get_backend
-
     try:
         return get_backend(name)
     except Exception:

@@ -1,8 +1,12 @@
 """``ExportSettings``: everything one ``export()`` call was asked for, validated once, before any work.
 
-The checks here are the only ones: the magics, the wizard and the report templates call
-:func:`check_batch_range`, :func:`out_dir_problem` and :func:`~enn_nb.engine.tolerance.parse_tolerances`
-to tell a user early, and the engine calls them again through :meth:`ExportSettings.from_call`.
+:meth:`ExportSettings.from_call` is the one way to make them: ``export()`` calls it, and so does every
+surface (the magics, the wizard, the CLI, the report templates) to turn what a user typed into the
+settings it then hands to ``export(model, settings=...)``, so the same request gives equal settings
+everywhere. Backend names are resolved there once (``"all"`` and ``"available"`` mean what
+:data:`~enn_nb.engine.registry.KEYWORDS` says), each backend is built there once, and tolerances are
+parsed there once. The surfaces may call :func:`check_batch_range`, :func:`out_dir_problem` and
+:func:`~enn_nb.engine.tolerance.parse_tolerances` earlier to tell a user while they type.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from enn_nb.engine.backends.base import Backend
 from enn_nb.engine.options import check_options
+from enn_nb.engine.registry import get_backend, resolve_request
 from enn_nb.engine.tolerance import Tolerances, parse_tolerances
+from enn_nb.engine.vocabulary import fails
 from enn_nb.errors import OutputDirError, SpecError
 
 #: How the shared ONNX is made unless ``options["onnx"]`` says otherwise.
@@ -28,7 +35,10 @@ class ExportSettings:
 
     ``names`` are registry names in request order; ``out`` exists and is writable; ``options``
     holds only backends being exported (and ``"onnx"``, the shared ONNX's options, merged over the
-    defaults in ``onnx_options``).
+    defaults in ``onnx_options``). ``named``: the backends were asked for by name (not ``"all"`` or
+    ``"available"``), so an unavailable one fails the request (:meth:`fails`); ``skipped``: for
+    ``"available"``, the backends left out and why. ``instances`` are the backends built for this
+    export, one per name (not compared: two equal requests build their own).
     """
 
     names: tuple[str, ...]
@@ -46,6 +56,13 @@ class ExportSettings:
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     provenance: Mapping[str, Any] | None = None
+    named: bool = True
+    skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    instances: tuple[Backend, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    #: an ``out_dir`` URL: ``out`` is then the local staging folder, uploaded after the export
+    upload_to: str | None = None
+    #: fsspec options for the URLs (never written anywhere, never shown)
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_call(cls, backends: str | Sequence[str], out_dir: str | os.PathLike[str], **given: Any) -> ExportSettings:
@@ -57,13 +74,24 @@ class ExportSettings:
                 checked against each backend's declaration (``enn_nb.engine.options``).
             OutputDirError: ``out_dir`` cannot be written.
         """
-        from enn_nb.engine.registry import resolve_names
 
-        names = tuple(resolve_names(backends))
+        resolved, named, skipped = resolve_request(backends)
+        names = tuple(resolved)
         workers = given.get("workers")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SpecError(f"`workers` is {workers!r}; give a positive number of child processes, or None.")
+        from enn_nb.storage import resolve
+
+        storage_options = dict(given.get("storage_options") or {})
+        where = resolve(out_dir, storage_options)  # a bad URL fails here, before any work
+        upload_to = None
+        if not isinstance(where, Path):  # never a local folder named `s3:`: staged, then uploaded
+            from enn_nb.engine.remote import stage_dir
+
+            upload_to, out_dir = where.url, stage_dir(where)
         return cls(
+            upload_to=upload_to,
+            storage_options=storage_options,
             names=names,
             stem=check_stem(given.get("stem", "model")),
             batch_range=check_batch_range(given.get("batch_range", (1, 8, 64))),
@@ -74,7 +102,18 @@ class ExportSettings:
             **{k: given[k] for k in ("dynamic_batch", "verify", "isolate", "cache", "strict", "safe", "provenance")
                if k in given},
             workers=workers,
+            named=named,
+            skipped=skipped,
+            instances=tuple(get_backend(name) for name in names),
         )
+
+    def backend(self, index: int) -> Backend:
+        """The backend built for ``names[index]`` (built now for settings made without :meth:`from_call`)."""
+        return self.instances[index] if len(self.instances) == len(self.names) else get_backend(self.names[index])
+
+    def fails(self, status: str) -> bool:
+        """Whether a backend result's ``status`` fails this request (``unavailable`` only for a named backend)."""
+        return fails(status, named=self.named)
 
     @property
     def onnx_options(self) -> dict[str, Any]:

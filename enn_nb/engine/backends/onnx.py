@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+from enn_nb._optional import require
 from enn_nb.engine.backends._onnx_common import RUNTIME_OPTIONS, describe, ort_runner
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 from enn_nb.engine.options import Option, defaults
@@ -40,8 +41,6 @@ class OnnxBackend(Backend):
     default_options: ClassVar[dict[str, Any]] = defaults(options)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
-        from enn_nb._optional import require
-
         onnx = require("onnx", purpose="the `onnx` backend")
         source = job.onnx_path
         extra_files: list[Path] = []
@@ -76,8 +75,6 @@ class OnnxBackend(Backend):
         return ort_runner(artifact, options)
 
     def read_metadata(self, artifact: Path) -> dict[str, str] | None:
-        from enn_nb._optional import require
-
         onnx = require("onnx", purpose="reading ONNX metadata")
         model = onnx.load(str(artifact), load_external_data=False)
         return {p.key: p.value for p in model.metadata_props}

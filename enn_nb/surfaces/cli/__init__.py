@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from enn_nb._safeio import escape
 from enn_nb._version import __version__
 from enn_nb.errors import EnnError
 
