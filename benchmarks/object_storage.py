@@ -29,9 +29,7 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
-import re
 import shutil
 import signal
 import socket
@@ -83,23 +81,9 @@ def options(endpoint: str) -> dict[str, Any]:
             "skip_instance_cache": True}
 
 
-# -- memory -----------------------------------------------------------------------------------------------
-def _status() -> dict[str, int]:
-    text = Path("/proc/self/status").read_text()
-    return {key: int(re.search(rf"{key}:\s+(\d+)", text).group(1)) * 1024 for key in ("VmRSS", "VmHWM")}
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
-
-
-def wide_model(mb: int) -> Any:
-    """A reference model whose width makes its state about ``mb`` MiB (8·d² float32 per block, 2 blocks)."""
-    from enn_nb.reference import ModelConfig, ReferenceModel
-
-    d = max(8, int(round(math.sqrt(mb * 2**20 / 64) / 8)) * 8)
-    config = ModelConfig(d_model=d, heads=4, depth=2, attention="math", fused_kernel=False, dropout=0.0)
-    return ReferenceModel(config).eval()
+# -- memory and the model: the checkpoint benchmark's own ------------------------------------------------
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from checkpoint_io import _reset_peak, _status, wide_model  # noqa: E402
 
 
 def _measured(fn: Callable[[], Any]) -> tuple[float, int, Any]:
