@@ -286,10 +286,14 @@ class GuardedFile(io.RawIOBase):  # an IOBase: torch.export.save takes it as a b
     Checkpoints (.pt) and exported archives (.pt2) are written through it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, target: Path | Any) -> None:
+        """``target``: a path, opened here and closed by :meth:`close`; or an open binary stream (a local temporary
+        file, an upload) that its owner closes: on a store, that close is the upload's commit."""
         super().__init__()
-        self.raw = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._owned = isinstance(target, (str, os.PathLike))
+        self.raw = open(target, "wb") if self._owned else target  # noqa: SIM115 - closed by close() or its owner
         self.error: OSError | None = None
+        self.stopped = False
 
     def writable(self) -> bool:
         return True
@@ -305,7 +309,7 @@ class GuardedFile(io.RawIOBase):  # an IOBase: torch.export.save takes it as a b
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
-        if self.error is None and not self.raw.closed:
+        if self.error is None and not self.stopped and not self.raw.closed:
             try:
                 self.raw.write(view)
             except OSError as exc:
@@ -315,17 +319,25 @@ class GuardedFile(io.RawIOBase):  # an IOBase: torch.export.save takes it as a b
         return view.nbytes  # also after close: the writer's destructor may finish an abandoned file late
 
     def flush(self) -> None:
-        if self.error is None and not self.raw.closed:
+        if self.error is None and not self.stopped and not self.raw.closed:
             try:
                 self.raw.flush()
             except Exception as exc:  # noqa: BLE001 - see write()
                 self.error = exc if isinstance(exc, OSError) else OSError(str(exc))
 
     def close(self) -> None:
-        try:
-            self.raw.close()
-        except OSError as exc:
-            self.error = self.error or exc
+        """Stop writing; close the file when this object opened it, else only flush it."""
+        if self._owned:
+            try:
+                self.raw.close()
+            except OSError as exc:
+                self.error = self.error or exc
+        elif not self.raw.closed:
+            try:
+                self.raw.flush()
+            except Exception as exc:  # noqa: BLE001 - see write()
+                self.error = self.error or (exc if isinstance(exc, OSError) else OSError(str(exc)))
+        self.stopped = True
 
     def raise_if_failed(self) -> None:
         if self.error is not None:

@@ -72,3 +72,24 @@ def ip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         shell.run_line_magic("unload_ext", "enn_nb")
         for name in set(shell.user_ns) - before:
             del shell.user_ns[name]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 API server (``python -m moto.server``) on a free 127.0.0.1 port, for the session."""
+    from tests.fixtures.s3 import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> Any:
+    """A new empty bucket on the session's S3 server: ``.url(key)``, ``.options`` (s3fs storage options)."""
+    from types import SimpleNamespace
+
+    from tests.fixtures.s3 import new_bucket, options
+
+    bucket = new_bucket(s3_endpoint)
+    return SimpleNamespace(bucket=bucket, endpoint=s3_endpoint, options=options(s3_endpoint),
+                           url=lambda key="": f"s3://{bucket}/{key}".rstrip("/"))

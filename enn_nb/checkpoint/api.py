@@ -19,6 +19,7 @@ from enn_nb.errors import (
     UnknownNameError,
 )
 from enn_nb.model.spec import ModelSpec, build
+from enn_nb.storage import resolve
 
 from . import dcp, pt, safetensors_format, selfcheck
 from .base import Reader, SaveRequest
@@ -83,10 +84,15 @@ class Loaded:
         return f"<pre>{html.escape(loaded_text(self))}</pre>" + self.manifest._repr_html_()
 
 
-def open_reader(path: str | os.PathLike[str]) -> Reader:
-    """Open a checkpoint of any format and read its manifest (no tensor data)."""
-    path = check_path(path, what="The checkpoint path", error=NotACheckpointError)
-    return _READERS[detect_format(path)](path)
+def open_reader(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None) -> Reader:
+    """Open a checkpoint of any format, local or at a URL, and read its manifest (no tensor data)."""
+    where = resolve(path, storage_options)
+    if not isinstance(where, Path):
+        from . import remote
+
+        return remote.open_reader(where, _READERS)
+    where = check_path(where, what="The checkpoint path", error=NotACheckpointError)
+    return _READERS[detect_format(where)](where)
 
 
 # -- save ------------------------------------------------------------------------------------------------
@@ -99,13 +105,16 @@ def save(
     metadata: Mapping[str, Any] | None = None,
     optimizer: Any = None,
     quiet: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Save a model with everything needed to rebuild it, atomically.
 
     Args:
         model: an ``nn.Module`` (its ``state_dict()``; ``torch.compile`` wrappers are stripped from keys),
             or a ``{name: tensor}`` mapping together with ``spec``.
-        path: ``.pt``/``.pth`` or ``.safetensors`` file, or a directory (no suffix) for DCP.
+        path: ``.pt``/``.pth`` or ``.safetensors`` file, or a directory (no suffix) for DCP; a URL
+            (``s3://bucket/run/model.safetensors``, ``gs://``, ``az://``, ``memory://``) is written through
+            fsspec, streamed in one upload that becomes visible only when complete.
         format: ``"pt"``, ``"safetensors"`` or ``"dcp"``; overrides the suffix.
         spec: the ModelSpec (or its dict); default :meth:`ModelSpec.from_model(model) <ModelSpec.from_model>`.
         metadata: user metadata, any JSON values (merged into ``spec.metadata``); the notebook magics
@@ -113,6 +122,8 @@ def save(
         optimizer: an optimizer (or its ``state_dict()``) to store beside the weights.
         quiet: print nothing. Otherwise a script on a terminal gets one line on stderr (what was written,
             the labelled parameter count, size, content hash); a notebook displays the returned manifest.
+        storage_options: options for the URL's filesystem (``{"anon": True}``, an endpoint...), on top of
+            the environment's; never stored anywhere.
 
     Returns:
         The manifest written (``manifest.content_hash`` identifies the weights + spec).
@@ -125,8 +136,10 @@ def save(
         SideEffectError: called by importing a module (a ``--model`` factory, an export worker): nothing written.
     """
     _reentry.check("enn_nb.save")
-    path = check_path(path, what="The checkpoint path", error=CheckpointError)
-    fmt = save_format(path, format)
+    path = resolve(path, storage_options)
+    if isinstance(path, Path):
+        path = check_path(path, what="The checkpoint path", error=CheckpointError)
+    fmt = save_format(path, format)  # type: ignore[arg-type]  # a Remote has .suffix and .is_dir() too
     if not isinstance(model, Mapping) and not callable(getattr(model, "state_dict", None)):
         raise SpecError(f"`model` is a {type(model).__name__}; pass an nn.Module, or a {{name: tensor}} mapping "
                         "together with `spec=`.")
@@ -175,14 +188,21 @@ def _resolve_spec(model: Any, spec: ModelSpec | Mapping[str, Any] | None) -> Mod
 
 
 # -- inspect ---------------------------------------------------------------------------------------------
-def inspect(path: str | os.PathLike[str]) -> Manifest:
+def inspect(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None) -> Manifest:
     """Read a checkpoint's manifest without reading tensor data (any format, also upstream ones).
+
+    At a URL only the header is read, by ranged requests (see :mod:`enn_nb.checkpoint.remote`).
 
     Raises:
         NotACheckpointError, CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError,
         SchemaVersionError: see :func:`load`.
     """
-    return open_reader(path).manifest
+    where = resolve(path, storage_options)
+    if not isinstance(where, Path):
+        from . import remote
+
+        return remote.inspect(where, _READERS)
+    return open_reader(where).manifest
 
 
 # -- load ------------------------------------------------------------------------------------------------
@@ -194,6 +214,7 @@ def load(
     strict: bool = True,
     verify: bool = True,
     map_location: Any = "cpu",
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Loaded:
     """Restore a model from a checkpoint, exactly.
 
@@ -207,6 +228,8 @@ def load(
             copied into the model, and re-run the recorded self-check vectors afterwards
             (``Loaded.restore_check``); ``verify=False`` skips both.
         map_location: device for a built model and the optimizer state (``"cpu"`` default).
+        storage_options: options for a URL's filesystem. A URL is fetched once per ETag/version into
+            the cache and loaded from there.
 
     Returns:
         :class:`Loaded` (``.model``, ``.manifest``, ``.spec``, ``.optimizer_state``, ``.missing_keys``...).
@@ -221,7 +244,7 @@ def load(
         UnknownNameError: the manifest's builder is not registered (pass ``model=``).
         StateDictMismatchError: ``strict=True`` and the keys do not match.
     """
-    reader = open_reader(path)
+    reader = open_reader(path, storage_options=storage_options)
     manifest = reader.manifest
     if model is None and strict:
         _probe_on_meta(manifest, path)  # a forged config must not allocate gigabytes before the table check
@@ -484,7 +507,8 @@ def _first(items: Any) -> str:
 
 # -- convert ---------------------------------------------------------------------------------------------
 @dcp.retry_when_replaced
-def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format: str | None = None) -> Manifest:
+def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format: str | None = None,
+            storage_options: Mapping[str, Any] | None = None) -> Manifest:
     """Copy a checkpoint into another format (any of .pt, .safetensors, DCP), manifest carried over.
 
     The source is verified first; the spec, metadata, optimizer state, creation time and tensor
@@ -493,14 +517,16 @@ def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, format:
     carry over; a source without them (an upstream file) gets them when its builder is registered:
     the model is then rebuilt once, loaded completely and run on two inputs.
 
+    Either side may be a URL (``storage_options`` apply to both).
+
     Raises:
         The errors of :func:`load` for the source, and those of :func:`save` for the destination.
     """
     _reentry.check("enn_nb.convert")
-    reader = open_reader(src)
+    reader = open_reader(src, storage_options=storage_options)
     manifest = reader.manifest
-    dst_path = Path(dst)
-    fmt = save_format(dst_path, format)
+    dst_path = resolve(dst, storage_options)
+    fmt = save_format(dst_path, format)  # type: ignore[arg-type]
     tensors = reader.tensors([t.name for t in manifest.tensors], verify=True)
     optimizer_state = reader.optimizer_state(verify=True)
     source = dict(manifest.source or {})

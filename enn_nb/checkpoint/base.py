@@ -58,7 +58,11 @@ def sync_while_recording(fh: Any, request: SaveRequest) -> None:
     if isinstance(request.self_check, Recording):
         request.self_check.start()
         fh.flush()
-        os.fdatasync(fh.fileno())
+        try:
+            fd = fh.fileno()
+        except (OSError, AttributeError, ValueError):  # an upload to a store: nothing to sync yet
+            return
+        os.fdatasync(fd)
 
 
 def tensor_entries(tensors: Mapping[str, torch.Tensor], hashes: Mapping[str, str | None]) -> list[TensorEntry]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from enn_nb._safeio import MAX_JSON_BYTES, confined, plain_name, read_capped
 from enn_nb.errors import (
     CheckpointError,
+    EnnError,
     CorruptCheckpointError,
     IncompleteCheckpointError,
     UnsafeCheckpointError,
@@ -56,6 +57,8 @@ from .tensors import dtype_name, expected_nbytes, is_dtensor, join_tree, torch_d
 
 if TYPE_CHECKING:
     import torch
+
+    from enn_nb.storage import Remote
 
 MODEL_KEY = "model"
 OPTIMIZER_KEY = "optimizer"
@@ -162,14 +165,22 @@ def _hashing_writer(path: Path) -> Any:
 
 
 # -- writing -------------------------------------------------------------------------------------------
-def write(final: Path, request: SaveRequest) -> Manifest:
-    """Save ``request`` as a DCP directory at ``final`` (collective when a process group is up)."""
+def write(final: Path | Remote, request: SaveRequest) -> Manifest:
+    """Save ``request`` as a DCP directory at ``final`` (collective when a process group is up).
+
+    At a URL (no rename on the store) the files are written beside the old ones through torch's fsspec
+    writer, under names of their own (``__<rank>_<token>_<n>.distcp``; DCP's ``.metadata`` is also kept
+    as ``.metadata-<digest>``), and the new manifest, written last, switches readers over. Until then,
+    or when the save dies, the old manifest still names a complete checkpoint; the files no manifest
+    names any more are removed after the commit (see :func:`enn_nb.checkpoint.remote.metadata_copy`).
+    """
     import torch.distributed.checkpoint as dcp
 
+    remote = not isinstance(final, Path)
     dist, rank, world = _dist()
     token = _broadcast(dist, new_token() if rank == 0 else None)
     started = time.time()
-    tmp = temp_path(final, token)
+    tmp = final if remote else temp_path(final, token)
     structure, opt_tensors = request.optimizer_parts()
     state: dict[str, Any] = {MODEL_KEY: dict(request.state)}
     if opt_tensors:
@@ -178,7 +189,12 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     refusal = None
     if rank == 0:
         try:
-            check_replaceable(final, directory=True)
+            if remote:
+                from .atomic import check_replaceable_remote
+
+                check_replaceable_remote(final, directory=True)
+            else:
+                check_replaceable(final, directory=True)
         except CheckpointError as exc:
             refusal = str(exc)
     refusal = _broadcast(dist, refusal)
@@ -191,9 +207,9 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     error: BaseException | None = None
     text = None
     try:
-        if rank == 0:
+        if rank == 0 and not remote:
             final.parent.mkdir(parents=True, exist_ok=True)
-        writer = _hashing_writer(tmp)
+        writer = _hashing_fsspec_writer(final, token) if remote else _hashing_writer(tmp)
         if isinstance(request.self_check, Recording):
             request.self_check.start()  # dcp.save writes and fsyncs on its own threads: run beside it all
         try:
@@ -214,18 +230,27 @@ def write(final: Path, request: SaveRequest) -> Manifest:
                 files=[FileEntry(name, n, digest) for name, (digest, n) in sorted(files.items())],
             )
             text = encode(manifest)
-            _write_manifest(tmp, text)
-            replace_dir(tmp, final)  # the commit: `final` switches from the old checkpoint to this one
-            sweep_stale_temps(final, started)
+            if remote:
+                from .remote import commit_dcp
+
+                commit_dcp(final, manifest, text)
+            else:
+                _write_manifest(tmp, text)
+                replace_dir(tmp, final)  # the commit: `final` switches from the old checkpoint to this one
+                sweep_stale_temps(final, started)
     except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
         error = exc
         if pool is not None:
             pool.close()
-        if rank == 0:
+        if rank == 0 and not remote:
             with contextlib.suppress(OSError):  # on a read-only filesystem even this fails: the first error counts
                 remove_path(tmp)
     status = _broadcast(dist, ("error", f"{type(error).__name__}: {error}") if error else ("ok", text))
     if error is not None:
+        if remote and isinstance(error, Exception) and not isinstance(error, EnnError):
+            from enn_nb.storage import store_error
+
+            raise store_error(final, error, writing=True) from None
         if isinstance(error, OSError) and not isinstance(error, CheckpointError):
             raise write_error(final, error) from error
         raise error
@@ -235,6 +260,58 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     if dist is not None:
         dist.barrier()
     return manifest
+
+
+def _hashing_fsspec_writer(final: Remote, token: str) -> Any:
+    """torch's own FsspecWriter onto ``final``'s filesystem, hashing every file as it streams up.
+
+    Shard files are named ``__<rank>_<token>_<n>.distcp``: a new save never overwrites the files the
+    committed manifest names.
+    """
+    import dataclasses
+
+    from torch.distributed.checkpoint._fsspec_filesystem import FileSystem, FsspecWriter
+    from torch.distributed.checkpoint.filesystem import _StoragePrefix
+
+    class Writer(FsspecWriter):
+        def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
+            return [dataclasses.replace(plan, storage_data=_StoragePrefix(f"__{i}_{token}_"))
+                    for i, plan in enumerate(plans)]
+
+    class HashingFsspec(FileSystem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.hashes: dict[str, tuple[str, int]] = {}
+            self.errors: list[BaseException] = []
+
+        @contextlib.contextmanager
+        def create_stream(self, path: Any, mode: str) -> Iterator[Any]:
+            if "w" not in mode:
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            try:
+                with super().create_stream(path, mode) as stream:
+                    hashing = HashingStream(stream)
+                    with _without_zip_crc():
+                        yield hashing
+            except Exception as exc:  # noqa: BLE001 - raised by write() once dcp.save returns (see _hashing_writer)
+                self.errors.append(exc)
+                return
+            self.hashes[str(path).rstrip("/").rsplit("/", 1)[-1]] = (hashing.digest(), hashing.count)
+
+        def rename(self, path: Any, new_path: Any) -> None:
+            super().rename(path, new_path)
+            entry = self.hashes.pop(str(path).rsplit("/", 1)[-1], None)
+            if entry is not None:
+                self.hashes[str(new_path).rsplit("/", 1)[-1]] = entry
+
+    # sync_files: a store has no fsync (torch would fall back to a machine-wide sync per file)
+    writer = Writer(final.url, sync_files=False, thread_count=WRITER_THREADS, **dict(final.options))
+    hashing = HashingFsspec()
+    hashing.fs = final.fs  # the filesystem resolved with the caller's options, not a second one
+    writer.fs = hashing
+    return writer
 
 
 class ReplacedWhileReading(CorruptCheckpointError):

@@ -77,6 +77,15 @@ def detect_format(path: Path) -> str:
         return _detect_dir(path)
 
     head, size = read_head(path, 16, what="The checkpoint", error=NotACheckpointError)
+    return format_of_head(head, size, path)
+
+
+def format_of_head(head: bytes, size: int, path: object) -> str:
+    """The file format its first 16 bytes (``head``) show: ``"pt"`` or ``"safetensors"``.
+
+    Raises:
+        NotACheckpointError: an empty file or unknown content.
+    """
     if size == 0:
         raise NotACheckpointError(f"`{path}` is an empty file, not a checkpoint.")
     if head.startswith(_ZIP_MAGIC):
@@ -98,6 +107,15 @@ def _detect_dir(path: Path) -> str:
         names = set(os.listdir(path))
     except OSError as exc:
         raise NotACheckpointError(f"`{path}` cannot be listed: {exc}") from exc
+    return format_of_names(names, path)
+
+
+def format_of_names(names: set[str], path: object, *, upstream_meta: bool | None = None) -> str:
+    """``"dcp"`` for a folder holding ``names``, or the error saying why it is not a checkpoint.
+
+    ``upstream_meta`` tells whether an ENN-PyTorch ``meta.json`` lies in a parent folder (looked up
+    for a local ``path`` when None).
+    """
     if DCP_MANIFEST in names or UPSTREAM_DCP_META in names:
         if DCP_METADATA not in names and DCP_MANIFEST in names:
             raise IncompleteCheckpointError(
@@ -107,7 +125,9 @@ def _detect_dir(path: Path) -> str:
         return "dcp"
     if not names:
         raise NotACheckpointError(f"`{path}` is an empty directory, not a checkpoint.")
-    if dcp_metadata_name(names) is not None and upstream_meta_file(path) is not None:
+    if upstream_meta is None:
+        upstream_meta = isinstance(path, Path) and upstream_meta_file(path) is not None
+    if dcp_metadata_name(names) is not None and upstream_meta:
         return "dcp"  # an ENN-PyTorch DCP folder whose meta.json lies in a parent folder
     if DCP_METADATA in names or any(n.endswith(".distcp") for n in names):
         raise IncompleteCheckpointError(

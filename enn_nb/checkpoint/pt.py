@@ -28,7 +28,7 @@ from enn_nb._fs import GuardedFile as _GuardedFile
 from enn_nb.errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError
 
 from . import upstream
-from .atomic import atomic_file
+from .atomic import atomic_stream
 from .base import SaveRequest, build_manifest, check_table, sync_while_recording
 from .hashing import HashPool, check_tensors
 from .manifest import Manifest, decode, encode
@@ -43,13 +43,18 @@ from .tensors import (
 if TYPE_CHECKING:
     import torch
 
+    from enn_nb.storage import Remote
+
 MANIFEST_KEY = "enn_nb.manifest"
 PICKLE_PROTOCOL = 2  # what torch.save uses
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def write(final: Path, request: SaveRequest) -> Manifest:
-    """Write ``request`` to ``final`` atomically and return the manifest stored in it."""
+def write(final: Path | Remote, request: SaveRequest) -> Manifest:
+    """Write ``request`` to ``final`` (a path or a URL) atomically and return the manifest stored in it.
+
+    The zip is written front to back (tensor records, then ``data.pkl``), so on a store it streams
+    into one upload with no local copy."""
     state = {name: cpu_contiguous(t) for name, t in request.state.items()}
     structure, opt_raw = request.optimizer_parts()
     opt_tensors = {name: cpu_contiguous(t) for name, t in opt_raw.items()}
@@ -66,9 +71,9 @@ def write(final: Path, request: SaveRequest) -> Manifest:
     # Hash in the order the storages are written (see HashPool.submit_all).
     position = {storage._cdata: int(key) for key, storage in storages.items()}
     order = sorted(everything, key=lambda n: position.get(everything[n].untyped_storage()._cdata, 0))
-    with atomic_file(final) as tmp, HashPool() as pool:
+    with atomic_stream(final) as fh, HashPool() as pool:
         pool.submit_all(everything, order)
-        writer, handle = _open_writer(tmp)
+        writer, handle = _open_writer(fh)
         try:
             for key, storage in storages.items():
                 writer.write_record(f"data/{key}", storage, storage.nbytes())
@@ -117,11 +122,11 @@ def _pickle(obj: Any) -> tuple[bytes, dict[str, Any]]:
     return buf.getvalue(), storages
 
 
-def _open_writer(path: Path) -> tuple[Any, _GuardedFile]:
+def _open_writer(raw: Any) -> tuple[Any, _GuardedFile]:
     import torch
     from torch.serialization import _get_storage_alignment
 
-    handle = _GuardedFile(path)
+    handle = _GuardedFile(raw)
     # No CRC-32: the hash of every tensor and the manifest's self-hash cover the content, and a CRC
     # pass over every byte would cost more than the BLAKE3 one. torch.load does not check CRCs; zip
     # tools do (`unzip -t` reports them). The writer hands _GuardedFile memoryviews of the storages:
@@ -199,11 +204,16 @@ def _check_zip_bounds(path: Path) -> None:
         CorruptCheckpointError: a compressed or oversized record.
     """
     with open(path, "rb") as fh:
-        if fh.read(4) != b"PK\x03\x04":
-            return  # legacy torch.save (not a zip): nothing to inflate
-    size = path.stat().st_size
+        check_zip_bounds(fh, path.stat().st_size, path)
+
+
+def check_zip_bounds(fh: Any, size: int, path: Any) -> None:
+    """:func:`_check_zip_bounds` on an open file (a local one, or a store's, read by ranges)."""
+    fh.seek(0)
+    if fh.read(4) != b"PK\x03\x04":
+        return  # legacy torch.save (not a zip): nothing to inflate
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(fh) as zf:
             infos = zf.infolist()
     except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below with its own words
         return

@@ -26,15 +26,17 @@ from enn_nb._safeio import escape, json_loads
 from enn_nb.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
 
 from . import upstream
-from .atomic import atomic_file
+from .atomic import atomic_file, atomic_stream
 from .base import SaveRequest, build_manifest, check_table, sync_while_recording
-from .hashing import ALGORITHM, HEX_DIGITS, HashPool, check_tensors
+from .hashing import ALGORITHM, HEX_DIGITS, HashPool, check_tensors, tensor_digest
 from .manifest import Manifest, decode, encode
-from .selfcheck import Recording
+from .selfcheck import Recording, resolve
 from .tensors import byte_view, cpu_contiguous, dtype_name, expected_nbytes, join_tree, nbytes
 
 if TYPE_CHECKING:
     import torch
+
+    from enn_nb.storage import Remote
 
 MANIFEST_KEY = "enn_nb.manifest"
 MAX_HEADER = 100 * 1024 * 1024  # what the safetensors library accepts
@@ -49,8 +51,8 @@ TORCH_DTYPES = {code: name for name, code in DTYPES.items()}
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def write(final: Path, request: SaveRequest) -> Manifest:
-    """Write ``request`` to ``final`` atomically and return the manifest stored in its header."""
+def write(final: Path | Remote, request: SaveRequest) -> Manifest:
+    """Write ``request`` to ``final`` (a path or a URL) atomically and return the manifest stored in its header."""
     import safetensors
 
     state = {name: cpu_contiguous(t) for name, t in request.state.items()}
@@ -101,6 +103,21 @@ def write(final: Path, request: SaveRequest) -> Manifest:
             f"over safetensors' {MAX_HEADER}-byte limit, so the file could never be loaded; nothing was written. "
             "Shrink `metadata=`, or save as .pt or DCP."
         )
+    if not isinstance(final, Path):
+        # A store cannot seek back to fill in the digests: hash first (BLAKE3 on all cores, a fraction of
+        # the upload's time), then one front-to-back upload, committed when complete.
+        if recording is not None:
+            recording.start()
+        hashes = {name: tensor_digest(tensors[name], threads=True) for name in order}
+        request = dataclasses.replace(request, self_check=resolve(request.self_check))
+        real, manifest = header(request, hashes, reserve=1)
+        with atomic_stream(final) as fh:
+            fh.write(struct.pack("<Q", len(real)))
+            fh.write(real)
+            for name in order:
+                fh.write(byte_view(tensors[name]))
+        manifest.path = str(final)
+        return manifest
     with atomic_file(final) as tmp, HashPool() as pool:
         pool.submit_all(tensors, order)
         with open(tmp, "wb") as fh:
@@ -122,22 +139,35 @@ def write(final: Path, request: SaveRequest) -> Manifest:
 
 
 # -- reading ---------------------------------------------------------------------------------------
-def read_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The parsed JSON header and the byte offset where tensor data starts.
+def read_header(path: Path | Remote) -> tuple[dict[str, Any], int]:
+    """The parsed JSON header and the byte offset where tensor data starts (a URL: by ranged reads).
 
     Raises:
         NotACheckpointError: not a safetensors file.
         CorruptCheckpointError: header cut short, not JSON, or data shorter than the header says.
     """
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise NotACheckpointError(f"`{path}` is too short to be a safetensors file ({size} bytes).")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER:
-            raise NotACheckpointError(f"`{path}` is not a safetensors file (header length {n} is implausible).")
-        raw = fh.read(n)
+    if isinstance(path, Path):
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            return _parse_header(path, size, lambda start, n: (fh.seek(start), fh.read(n))[1])
+    # On a store: two ranged reads (the length, then the header), never the tensor bytes.
+    from enn_nb.storage import read_range, store_error
+
+    try:
+        size = int(path.fs.size(path.path))
+    except Exception as exc:  # noqa: BLE001 - the store's own error types
+        raise store_error(path, exc, writing=False) from None
+    return _parse_header(path, size, lambda start, n: read_range(path, start, min(size, start + n)))
+
+
+def _parse_header(path: Any, size: int, read: Any) -> tuple[dict[str, Any], int]:
+    head = read(0, 8)
+    if len(head) < 8:
+        raise NotACheckpointError(f"`{path}` is too short to be a safetensors file ({size} bytes).")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER:
+        raise NotACheckpointError(f"`{path}` is not a safetensors file (header length {n} is implausible).")
+    raw = read(8, n) if n else b""
     if len(raw) < n:
         raise CorruptCheckpointError(
             f"`{path}` is truncated: its safetensors header needs {n} bytes, the file has {size - 8}.", file=str(path)

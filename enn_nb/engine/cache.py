@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._cachedir import cache_dir, project_cache, user_cache
 from enn_nb._fs import atomic_path, check_same_kind
 from enn_nb._version import __version__
 from enn_nb.errors import ExportError, OutputDirError
@@ -37,45 +38,13 @@ if TYPE_CHECKING:
     from enn_nb.engine.plan import Plan
     from enn_nb.engine.settings import ExportSettings
 
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _project_cache() -> Path | None:
-    pyproject = _PACKAGE_ROOT / "pyproject.toml"
-    try:
-        if pyproject.is_file() and 'name = "enn-nb"' in pyproject.read_text(encoding="utf-8"):
-            return _PACKAGE_ROOT / ".cache"
-    except OSError:
-        pass
-    return None
-
-
-def _user_cache() -> Path:
-    if sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    elif os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "enn_nb"
-
-
-def cache_dir() -> Path:
-    """Where exported artifacts are stored for reuse (read at call time, not at import)."""
-    env = os.environ.get("ENN_NB_CACHE_DIR")
-    if env:
-        return Path(env)
-    project = _project_cache()
-    return project / "enn_nb" if project else _user_cache()
-
-
 def inductor_cache_dir() -> Path:
     """``TORCHINDUCTOR_CACHE_DIR`` if set, else ``<project>/.cache/inductor`` or ``<user cache>/inductor``."""
     env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if env:
         return Path(env)
-    project = _project_cache()
-    return project / "inductor" if project else _user_cache() / "inductor"
+    project = project_cache()
+    return project / "inductor" if project else user_cache() / "inductor"
 
 
 def ensure_inductor_cache() -> Path:

@@ -24,10 +24,26 @@ if TYPE_CHECKING:
     import torch
 
 
-def load_source(obj: Any) -> tuple[Any, dict[str, Any], Any]:
-    """``(model, source, spec from the checkpoint or None)``."""
+def load_source(obj: Any, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, dict[str, Any], Any]:
+    """``(model, source, spec from the checkpoint or None)``; a checkpoint URL is loaded through the cache."""
     import torch
 
+    from enn_nb.storage import is_url
+
+    if is_url(obj) and not str(obj).lower().startswith("file://"):
+        from enn_nb.checkpoint import load
+
+        loaded = load(obj, storage_options=storage_options)
+        return loaded.model, {
+            "kind": "checkpoint",
+            "path": str(obj),
+            "content_hash": loaded.manifest.content_hash,
+            "model_class": f"{type(loaded.model).__module__}.{type(loaded.model).__qualname__}",
+        }, loaded.manifest.spec
+    if isinstance(obj, str) and obj.lower().startswith("file://"):
+        from enn_nb.storage import resolve
+
+        obj = resolve(obj)
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
         if not path.exists():

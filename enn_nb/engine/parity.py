@@ -417,7 +417,7 @@ def _not_an_artifact(artifact: Path) -> None:
 
 
 def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, Any] | None = None,
-           trust: bool = False) -> VerifyResult:
+           trust: bool = False, storage_options: Mapping[str, Any] | None = None) -> VerifyResult:
     """Re-check an exported artifact from its sidecar and vectors file.
 
     Checks the files' sha256 against the sidecar first and stops (``failed``, nothing loaded) on any
@@ -430,6 +430,9 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         options: backend load options overriding the sidecar's.
         trust: allow loading an artifact that is native code (an AOTInductor package runs its shared
             library when loaded); a one-line warning says so.
+        storage_options: fsspec options for an artifact URL (``s3://.../model.onnx``): the sidecar, the
+            files it lists and the vectors are fetched into the cache (once per sidecar version) and
+            the local copy is verified.
 
     Raises:
         NotAnArtifactError: the path does not exist, or is a checkpoint (verify is for exported artifacts).
@@ -438,7 +441,14 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     """
     from enn_nb.engine.trust import require_trust
 
-    artifact = Path(artifact)
+    from enn_nb.storage import resolve
+
+    where = resolve(artifact, storage_options)
+    if not isinstance(where, Path):
+        from enn_nb.engine.remote import fetch_artifact
+
+        where = fetch_artifact(where)
+    artifact = where
     if artifact.name.endswith(sc.SIDECAR_SUFFIX):
         side_path = artifact
         artifact = artifact.with_name(artifact.name[: -len(sc.SIDECAR_SUFFIX)])

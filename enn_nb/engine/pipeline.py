@@ -86,6 +86,7 @@ def export(
     workers: int | None = None,
     settings: ExportSettings | None = None,
     quiet: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
 
@@ -95,7 +96,9 @@ def export(
         backends: names (list or ``"onnx,ort"``), ``"all"`` (every registered backend; one that cannot
             convert here comes back ``unavailable`` with its install line, not failing the request) or
             ``"available"`` (every backend that converts here); see ``enn_nb.backends()``.
-        out_dir: folder for artifacts, sidecars and the vectors file (created if needed).
+        out_dir: folder for artifacts, sidecars and the vectors file (created if needed). A URL
+            (``s3://bucket/exports``): the export is staged in a local folder under the cache, verified
+            there, then every file is uploaded (``ExportReport.uploaded``).
         example_inputs: a tensor or tuple of tensors, checked against the spec's signature; default: drawn
             from the spec's signature (``ModelSpec.inputs``, else the ``[B, in_dim]`` shorthand) at batch 2.
         dynamic_batch: make the signature's symbolic dims dynamic (``batch``, ``time``...; dim 0 when the
@@ -125,6 +128,7 @@ def export(
             wizard, the CLI and the report templates do).
         quiet: print nothing. Otherwise a script on a terminal gets one line on stderr (the report's summary
             and where the artifacts went); a notebook displays the returned report.
+        storage_options: fsspec options for a URL ``out_dir`` or checkpoint (never written anywhere).
 
     Returns:
         ExportReport: one BackendResult per backend (status, artifact, parity, timings).
@@ -147,7 +151,7 @@ def export(
         settings = ExportSettings.from_call(
             backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
             tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
-            provenance=provenance, stem=stem, safe=safe, workers=workers,
+            provenance=provenance, stem=stem, safe=safe, workers=workers, storage_options=storage_options,
         )
     elif backends is not None or out_dir is not None:
         raise SpecError("`export` takes either `settings=` or `backends` and `out_dir`, not both.")
@@ -156,7 +160,7 @@ def export(
     emit = Emitter(progress, total=len(settings.names))
 
     with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
-        model, source, loaded_spec = load_source(model_or_checkpoint)
+        model, source, loaded_spec = load_source(model_or_checkpoint, storage_options or settings.storage_options)
     spec = resolve_spec(model, spec if spec is not None else loaded_spec)
     inputs = example_tensors(model, spec, example_inputs, settings.dynamic_batch)
     io = resolve_io(model, spec, inputs)
@@ -184,7 +188,15 @@ def export(
     for result in report.results:  # logged from the calling thread (lanes run in their own)
         log.info("%s", result.summary())
     log.info("export finished in %.2fs -> %s", report.total_s, settings.out)
-    announce(f"enn_nb.export: {report.summary} -> {settings.out}", quiet=quiet)
+    if settings.upload_to is not None:  # verified in the staging folder: now every file goes up
+        from enn_nb.engine.remote import upload
+        from enn_nb.storage import resolve
+
+        target = resolve(settings.upload_to, settings.storage_options)
+        report.uploaded = upload(settings.out, target)
+        report.uploaded_to = settings.upload_to
+        log.info("uploaded %d files to %s", len(report.uploaded), settings.upload_to)
+    announce(f"enn_nb.export: {report.summary} -> {settings.upload_to or settings.out}", quiet=quiet)
     _raise_if_needed(report, settings)
     return report
 

@@ -196,6 +196,9 @@ class ExportReport:
     deviations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
     log: OutputLog = dataclasses.field(default_factory=OutputLog)
+    #: the URL the export was uploaded to (``out_dir`` is then the local staging folder) and the URLs written
+    uploaded_to: str | None = None
+    uploaded: list[str] = dataclasses.field(default_factory=list)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.results)
@@ -255,6 +258,8 @@ class ExportReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "out_dir": str(self.out_dir),
+            "uploaded_to": self.uploaded_to,
+            "uploaded": list(self.uploaded),
             "vectors": str(self.vectors) if self.vectors else None,
             "capture_s": self.capture_s,
             "onnx_s": self.onnx_s,
@@ -294,7 +299,9 @@ class ExportReport:
         footer = (
             f"capture {self.capture_s:.2f}s (torch.export, shared)"
             + (f", onnx {self.onnx_s:.2f}s (shared)" if self.onnx_s else "")
-            + f", total {self.total_s:.2f}s -> {self.out_dir}; {self.log_line}"
+            + f", total {self.total_s:.2f}s -> {self.out_dir}"
+            + (f" (staged; {len(self.uploaded)} files uploaded to {self.uploaded_to})" if self.uploaded_to else "")
+            + f"; {self.log_line}"
         )
         # the summary leads: what was verified, what was only converted (and why), what is deferred
         return Table(self._HEADER, rows, title=self.summary, footer=footer, css_class="enn-export-report",

@@ -59,6 +59,10 @@ class ExportSettings:
     named: bool = True
     skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
     instances: tuple[Backend, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    #: an ``out_dir`` URL: ``out`` is then the local staging folder, uploaded after the export
+    upload_to: str | None = None
+    #: fsspec options for the URLs (never written anywhere, never shown)
+    storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_call(cls, backends: str | Sequence[str], out_dir: str | os.PathLike[str], **given: Any) -> ExportSettings:
@@ -76,7 +80,18 @@ class ExportSettings:
         workers = given.get("workers")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SpecError(f"`workers` is {workers!r}; give a positive number of child processes, or None.")
+        from enn_nb.storage import resolve
+
+        storage_options = dict(given.get("storage_options") or {})
+        where = resolve(out_dir, storage_options)  # a bad URL fails here, before any work
+        upload_to = None
+        if not isinstance(where, Path):  # never a local folder named `s3:`: staged, then uploaded
+            from enn_nb.engine.remote import stage_dir
+
+            upload_to, out_dir = where.url, stage_dir(where)
         return cls(
+            upload_to=upload_to,
+            storage_options=storage_options,
             names=names,
             stem=check_stem(given.get("stem", "model")),
             batch_range=check_batch_range(given.get("batch_range", (1, 8, 64))),

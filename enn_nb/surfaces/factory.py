@@ -126,7 +126,7 @@ def build_model(ref: str, path: Sequence[str | os.PathLike[str]] = ()) -> Any:
 
 
 def load_with_model(path: str | os.PathLike[str], ref: str | None,
-                    model_dirs: Sequence[str | os.PathLike[str]] = ()) -> Any:
+                    model_dirs: Sequence[str | os.PathLike[str]] = (), *, storage_options: Any = None) -> Any:
     """``enn_nb.load(path)``, into ``build_model(ref)`` when a factory is named (a checkpoint without a builder).
 
     Raises:
@@ -139,7 +139,7 @@ def load_with_model(path: str | os.PathLike[str], ref: str | None,
 
     flag = f"`--model {ref}`" if ref else "`--model pkg.module:factory`"
     try:
-        return load(path, model=build_model(ref, model_dirs) if ref else None)
+        return load(path, model=build_model(ref, model_dirs) if ref else None, storage_options=storage_options)
     except StateDictMismatchError as exc:
         fix = (f"Name the factory of the model this checkpoint was saved from with {flag}; the command line loads "
                "every tensor or nothing (in Python, `enn_nb.load(..., strict=False)` loads the matching ones).")

@@ -96,14 +96,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with terminal_pip():
             return int(args.func(args) or 0)
     except EnnError as exc:
-        _error(args.command, str(exc))
+        _error(args.command, str(exc), args)
         return exit_code(exc)
     except BrokenPipeError:  # `enn-nb inspect ... | head`: the reader left; stop quietly like other tools
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except OSError as exc:  # a read-only or full disk, a missing folder: the path and the reason, one line
         where = f"`{exc.filename}`: " if getattr(exc, "filename", None) else ""
-        _error(args.command, f"{where}{exc.strerror or exc}. Check the path, its permissions and the free disk space.")
+        _error(args.command, f"{where}{exc.strerror or exc}. Check the path, its permissions and the free disk space.", args)
         return exit_code(exc)
     except KeyboardInterrupt:
         return 130
@@ -111,13 +111,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             RuntimeError) as exc:
         # Not an enn_nb error: a bug or an input enn_nb failed to classify. One line, never a traceback.
         _error(args.command, f"unexpected {type(exc).__name__}: {str(exc)[:300]} (please report this as a bug; set "
-               "ENN_NB_TRACEBACK=1 to see the traceback)")
+               "ENN_NB_TRACEBACK=1 to see the traceback)", args)
         if os.environ.get("ENN_NB_TRACEBACK"):
             raise
         return 1
 
 
-def _error(command: str, message: str) -> None:
+def _error(command: str, message: str, args: argparse.Namespace | None = None) -> None:
+    from enn_nb._safeio import escape
+    from enn_nb.storage import parse_options, redact
+
+    try:
+        options = parse_options(getattr(args, "storage_option", None))
+    except EnnError:
+        options = {}
+    message = redact(message, options)  # a secret given on the command line never comes back in an error
     print(f"enn-nb {command}: error: {escape(' '.join(message.split()))}", file=sys.stderr)
 
 

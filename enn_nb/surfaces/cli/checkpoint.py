@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from enn_nb._safeio import escape, escape_lines
+from enn_nb.storage import add_cli_argument, cli_options
 from enn_nb.checkpoint.schema import FORMATS
 from enn_nb.surfaces.cli.command import add_command
 
@@ -22,10 +23,12 @@ def register(subparsers: Any) -> None:
         description="Show what a checkpoint holds: spec, versions, metadata, tensor table and hashes. "
         "Reads .pt/.pth, .safetensors and DCP directories (enn_nb and ENN-PyTorch layouts) without "
         "loading tensor data.",
-        epilog="examples:\n  enn-nb inspect checkpoints/model.safetensors\n  enn-nb inspect checkpoints/model_dcp --json",
+        epilog="examples:\n  enn-nb inspect checkpoints/model.safetensors\n  enn-nb inspect checkpoints/model_dcp --json\n"
+        "  enn-nb inspect s3://bucket/run42/model.safetensors   (reads the header only)",
     )
-    p.add_argument("path", help="a .pt/.pth/.safetensors file or a DCP directory")
+    p.add_argument("path", help="a .pt/.pth/.safetensors file or a DCP directory, or a URL (s3://bucket/model.pt)")
     p.add_argument("--json", action="store_true", help="print the manifest JSON document instead of a table")
+    add_cli_argument(p)
 
     p = add_command(
         subparsers,
@@ -40,12 +43,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("dst", help="where to write: .pt/.pth, .safetensors, or a directory for DCP")
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="the destination format (default: from DST's suffix)")
+    add_cli_argument(p)
 
 
 def _inspect(args: argparse.Namespace) -> int:
     from enn_nb.checkpoint.api import inspect
 
-    manifest = inspect(args.path)
+    manifest = inspect(args.path, storage_options=cli_options(args))
     if args.json:
         document = manifest.to_dict()
         document["content_hash"] = manifest.content_hash
@@ -59,7 +63,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from enn_nb.checkpoint.api import convert
 
-    manifest = convert(args.src, args.dst, format=args.format)
+    manifest = convert(args.src, args.dst, format=args.format, storage_options=cli_options(args))
     print(escape(f"wrote {manifest.format} checkpoint {manifest.path} ({len(manifest.tensors)} tensors, "
                  f"content_hash {manifest.content_hash})"))
     return 0

@@ -21,6 +21,7 @@ from enn_nb.engine.settings import ExportSettings
 from enn_nb.engine.vocabulary import NOT_OK_STATUSES
 from enn_nb.errors import EnnError, FlagError, OptionError, PlatformUnavailableError
 from enn_nb.model.signature import parse
+from enn_nb.storage import add_cli_argument, cli_options, existing, is_url
 from enn_nb.surfaces.cli.command import add_command
 from enn_nb.surfaces.factory import load_with_model
 from enn_nb.surfaces.sweep.cluster import CLUSTER_HELP
@@ -61,11 +62,12 @@ def register(subparsers: Any) -> None:
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
     )
-    p.add_argument("src", metavar="SRC", nargs="?", help="checkpoint path (.pt, .safetensors or a DCP folder)")
+    p.add_argument("src", metavar="SRC", nargs="?", help="checkpoint path (.pt, .safetensors or a DCP folder) or URL")
     p.add_argument("--each", metavar="GLOB", help="export every checkpoint matching GLOB (instead of SRC)")
     p.add_argument("--cluster", metavar="local[:N]|tcp://HOST:PORT", help="with --each: " + CLUSTER_HELP)
     p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
-    p.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--out", "-o", required=True, metavar="DIR",
+                   help="output folder (created if missing), or a URL: staged locally, verified, then uploaded")
     p.add_argument("--stem", default="model", help="artifact file name stem (default: model)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-verify", action="store_true", help="skip parity checks")
@@ -88,6 +90,7 @@ def register(subparsers: Any) -> None:
         help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be); "
         "`enn-nb backends --options` lists them",
     )
+    add_cli_argument(p)
 
     p = add_command(
         subparsers,
@@ -102,12 +105,14 @@ def register(subparsers: Any) -> None:
         "runtime is not installed here (nothing was checked).",
         epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
     )
-    p.add_argument("artifact", metavar="ARTIFACT", help="the artifact (or its .enn.json sidecar)")
+    p.add_argument("artifact", metavar="ARTIFACT",
+                   help="the artifact (or its .enn.json sidecar), or its URL: fetched into the cache, hashes checked first")
     p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
     p.add_argument("--rtol", type=float, default=None, help="override the sidecar's relative tolerance")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--trust", action="store_true",
                    help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
+    add_cli_argument(p)
 
     _register_build_trt(subparsers)
 
@@ -153,16 +158,16 @@ def add_model_path_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
+def _export_source(args: argparse.Namespace, src: Any, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """``(what to export, spec override)`` from ``--model`` and ``--input``."""
     if args.model_path and not args.model:
         raise FlagError("`--model-path` says where `--model`'s module is; pass `--model pkg.module:factory` too.")
-    loaded = load_with_model(src, args.model, args.model_path) if args.model else None
+    loaded = load_with_model(src, args.model, args.model_path, storage_options=options) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None
     from enn_nb.checkpoint import inspect
 
-    base = loaded.spec if loaded is not None else inspect(src).spec
+    base = loaded.spec if loaded is not None else inspect(src, storage_options=options).spec
     return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])
 
 
@@ -215,12 +220,14 @@ def _export(args: argparse.Namespace) -> int:
         LOGGER.setLevel(logging.DEBUG)
     if args.each or args.cluster or not args.src:
         return _export_each(args)
-    src = Path(args.src)
-    if not src.exists():
-        print(f"enn-nb export: error: `{escape(src)}` does not exist; SRC must be a checkpoint file or DCP folder"
-              f"{escape(did_you_mean(src, CHECKPOINT_SUFFIXES)) or '.'}", file=sys.stderr)
+    options = cli_options(args)
+    src = existing(args.src, options)
+    if src is None:
+        hint = "" if is_url(args.src) else did_you_mean(Path(args.src), CHECKPOINT_SUFFIXES)
+        print(f"enn-nb export: error: `{escape(args.src)}` does not exist; SRC must be a checkpoint file or DCP folder"
+              f"{escape(hint) or '.'}", file=sys.stderr)
         return 2
-    source, spec = _export_source(args, src)
+    source, spec = _export_source(args, src, options)
     settings = export_settings(args)
     report = export(source, spec=spec, settings=settings, quiet=True)  # the table and the exit line say it
     print(report.to_json() if args.json else escape_lines(report))
@@ -248,6 +255,7 @@ def _settings_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "dynamic_batch": not args.static_batch,
         "strict": args.strict,
         "options": _with_timeout(_parse_options(args.option), args.backends, args.timeout),
+        "storage_options": cli_options(args),
     }
 
 
@@ -280,7 +288,8 @@ def _export_each(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
+    result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust,  # a bound not given: the sidecar's
+                    storage_options=cli_options(args))
     print(json.dumps(result.to_dict(), indent=2) if args.json else escape_lines(result))
     if result.status == "skipped":
         return EXIT_UNAVAILABLE  # nothing was checked: not a pass, not a mismatch

@@ -34,6 +34,7 @@ def register(subparsers: Any) -> None:
             "      --out reports --html\n"
             "  enn-nb report export_report --each 'ckpts/*.safetensors' -p atol=1e-5 --out nightly --html\n"
             "  enn-nb report export_report --each 'ckpts/*.safetensors' --out /shared/nightly --cluster local:4\n"
+            "  enn-nb report checkpoint_report --each 's3://bucket/ckpts/*' --out nightly   (globbed through fsspec)\n"
             "  enn-nb report checkpoint_report -p checkpoint=a.pt -p other=b.safetensors --out diff\n"
             "  enn-nb report export_report --describe\n"
             "The HTML hides the code (outputs and text only); --show-code keeps it."
@@ -64,6 +65,9 @@ def register(subparsers: Any) -> None:
     from enn_nb.surfaces.cli.export import add_model_path_argument
 
     add_model_path_argument(parser)
+    from enn_nb.storage import add_cli_argument
+
+    add_cli_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return _describe(declared_parameters(resolve_template(args.template)), args.json)
     if not args.out:
         raise FlagError("`--out DIR` is required: the folder for the executed notebook and its files.")
+    _pass_storage_options(args)
     if (args.no_input or args.show_code) and not args.html:
         args.html = True  # these only shape the HTML; asking for one means wanting it
     if args.no_input and args.show_code:
@@ -150,3 +155,15 @@ def _describe(declared: dict[str, dict[str, Any]], as_json: bool) -> int:
     for key, info in declared.items():
         print(escape(f"  {key.ljust(width)}  = {info.get('default')}    {info.get('help') or ''}".rstrip()))
     return 0
+
+
+def _pass_storage_options(args: argparse.Namespace) -> None:
+    """Hand ``--storage-option`` values to the report kernels through the environment, never as a parameter
+    (a parameter is written into the executed notebook)."""
+    import os
+
+    from enn_nb.storage import ENV_OPTIONS, cli_options, env_options
+
+    options = cli_options(args)
+    if options:
+        os.environ[ENV_OPTIONS] = json.dumps({**env_options(), **options})

@@ -65,6 +65,7 @@ NOT_BODY_KEYS: dict[str, str] = {
     "provenance": "recorded from the running cell",
     "progress": "the magic draws progress bars",
     "should_stop": "a callable, not YAML",
+    "storage_options": "the environment (`ENN_NB_STORAGE_OPTIONS`, `AWS_*`): a notebook cell would record secrets",
     "settings": "the magic builds the ExportSettings from the body, its flags and its configuration",
     "quiet": "a notebook displays the report; the terminal line is for scripts",
 }
@@ -229,6 +230,10 @@ def model_or_checkpoint(namespace: Mapping[str, Any], name: str) -> Any:
     """
     if name in namespace:
         return require_module(namespace[name], name, namespace)
+    from enn_nb.storage import is_url
+
+    if is_url(name):  # a checkpoint URL: the export loads it through the cache
+        return name
     path = Path(name).expanduser()
     if path.exists():
         return path
@@ -261,12 +266,16 @@ def _yaml_value(text: str) -> Any:
         return text
 
 
-def check_checkpoint_path(path: str) -> Path:
-    """An existing checkpoint path (file or DCP directory), ``~`` expanded.
+def check_checkpoint_path(path: str) -> Path | str:
+    """An existing checkpoint path (file or DCP directory), ``~`` expanded; a URL as it is (``load`` checks it).
 
     Raises:
         SpecError: nothing exists there; the message lists close names in that directory.
     """
+    from enn_nb.storage import is_url
+
+    if is_url(path):
+        return path
     p = Path(path).expanduser()
     if p.exists():
         return p
@@ -463,7 +472,10 @@ def export_settings(
     tolerances = {**check_tolerances(settings.get("tolerances") or {}), **body.get("tolerances", {})}
     if tolerances:  # passed through as given: the engine fills in what is left out, per backend
         given["tolerances"] = tolerances
-    out_dir = Path(out or body.get("out_dir") or settings["out_dir"]).expanduser()
+    from enn_nb.storage import is_url
+
+    out_dir = out or body.get("out_dir") or settings["out_dir"]  # a URL: staged, verified, uploaded by the engine
+    out_dir = out_dir if is_url(out_dir) else Path(out_dir).expanduser()
     chosen = ExportSettings.from_call(requested, out_dir, provenance=provenance, **given)
     if chosen.named:
         for i, name in enumerate(chosen.names):

@@ -117,7 +117,8 @@ class EnnMagics(Magics):
     # -- %enn_save ----------------------------------------------------------------------------
     @magic_arguments()
     @argument("model", help="Name of the nn.Module variable to save.")
-    @argument("path", help="Checkpoint path: .pt/.pth, .safetensors, or a directory (no suffix) for DCP.")
+    @argument("path", help="Checkpoint path: .pt/.pth, .safetensors, or a directory (no suffix) for DCP; or a URL "
+              "(s3://bucket/model.safetensors; storage options from the environment).")
     @argument("--format", choices=logic.SAVE_FORMATS, help="Checkpoint format; default: from the suffix.")
     @argument(
         "--meta", nargs="+", action="append", default=[], metavar="KEY=VALUE",
@@ -154,8 +155,11 @@ class EnnMagics(Magics):
             record = self._provenance("%enn_save", line)
             if record is not None:
                 metadata["provenance"] = record
-            path = Path(args.path).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
+            from enn_nb.storage import is_url
+
+            path = args.path if is_url(args.path) else Path(args.path).expanduser()
+            if isinstance(path, Path):
+                path.parent.mkdir(parents=True, exist_ok=True)
 
             from enn_nb.checkpoint import save
             from enn_nb.surfaces.notebook.saved import SavedManifest
@@ -165,7 +169,7 @@ class EnnMagics(Magics):
 
     # -- %enn_load ----------------------------------------------------------------------------
     @magic_arguments()
-    @argument("path", help="A checkpoint: .pt/.pth, .safetensors or a DCP directory (enn_nb or ENN-PyTorch).")
+    @argument("path", help="A checkpoint: .pt/.pth, .safetensors or a DCP directory (enn_nb or ENN-PyTorch), or a URL.")
     @argument("--into", metavar="NAME", help="Variable to bind the model to; default: derived from the file name.")
     @argument("--model", metavar="VAR", help="Load the weights into this existing nn.Module instead of rebuilding it.")
     @argument("--no-verify", action="store_true", help="Skip the integrity hashes check.")
@@ -205,7 +209,7 @@ class EnnMagics(Magics):
 
     # -- %enn_inspect -------------------------------------------------------------------------
     @magic_arguments()
-    @argument("path", help="A checkpoint file or DCP directory.")
+    @argument("path", help="A checkpoint file or DCP directory, or a URL.")
     @line_magic
     def enn_inspect(self, line: str) -> Any:
         """Show a checkpoint's manifest without reading its tensors (fast on multi-GB files).

@@ -13,7 +13,7 @@ from typing import Any
 
 from enn_nb._fs import write_text
 from enn_nb._safeio import escape
-from enn_nb.errors import ReportError, UnknownNameError
+from enn_nb.errors import ReportError, SpecError, UnknownNameError
 from enn_nb.surfaces.factory import model_path as resolve_model_path
 from enn_nb.surfaces.reports.catalog import (
     check_parameters,
@@ -33,7 +33,7 @@ from enn_nb.surfaces.sweep.naming import slug, unique
 class BatchEntry:
     """One matched file and the report run on it; ``retries``: how often a cluster worker died under it."""
 
-    source: Path
+    source: Path | str  # a URL stays a string
     result: ReportResult
     retries: int = 0
 
@@ -109,6 +109,22 @@ def run_batch(
         ClusterError: the cluster cannot be used (nothing ran).
     """
     path = resolve_template(template)
+    from enn_nb.storage import is_url
+
+    if is_url(pattern):  # `s3://bucket/ckpts/*`: listed through fsspec (options from the environment)
+        from enn_nb import storage
+
+        try:
+            matches = storage.glob(pattern)
+        except SpecError:
+            matches = []
+    else:
+        from enn_nb.surfaces.reports.matching import expand
+
+        matches = expand(pattern)  # `**` does not follow symlinked folders; capped
+    if not matches:
+        where = "on the store" if is_url(pattern) else f"relative to {Path.cwd()}"
+        raise ReportError(f"No file matches `{escape(pattern)}` ({where}); nothing to report on.")
     target = parameter or template_metadata(path).get("each_parameter") or "checkpoint"
     declared = declared_parameters(path)
     if target not in declared:
@@ -118,11 +134,6 @@ def run_batch(
             name=target,
             known=list(declared),
         )
-    from enn_nb.surfaces.reports.matching import expand
-
-    matches = expand(pattern)  # `**` does not follow symlinked folders; capped
-    if not matches:
-        raise ReportError(f"No file matches `{escape(pattern)}` (relative to {Path.cwd()}); nothing to report on.")
     values = {**dict(parameters or {}), **params}
     check_parameters(path, {**values, target: matches[0]}, declared=declared)  # a typo fails before any run
     # paths as the caller meant them: a worker runs elsewhere (another working directory, another machine)
@@ -139,7 +150,7 @@ def run_batch(
         for match, given in zip(matches, absolute)
         for stem in [unique(f"{path.stem}-{slug(Path(match).name)}", used)]
     ]
-    sources = {task.name: Path(match) for task, match in zip(tasks, matches)}
+    sources = {task.name: match if is_url(match) else Path(match) for task, match in zip(tasks, matches)}
 
     def entries_of(outcomes: list[Outcome]) -> list[BatchEntry]:
         return [BatchEntry(sources[o.task.name], _result_of(o, str(template)), o.retries)

@@ -24,22 +24,26 @@ __all__ = ["CheckpointDiff", "Header", "diff", "manifest_fields", "origin", "req
            "summary", "tensor_table", "verdict"]
 
 
-def require(path: str | os.PathLike[str], *, name: str) -> Path:
-    """The parameter ``name`` as an existing path.
+def require(path: str | os.PathLike[str], *, name: str) -> Path | str:
+    """The parameter ``name`` as an existing path, or a URL (``s3://...``) where an object or folder is.
 
     Raises:
         ReportError: empty, or nothing at that path.
     """
     if not path:
         raise ReportError(f"The parameter `{name}` is empty; pass a checkpoint, e.g. -p {name}=model.safetensors.")
-    found = Path(path).expanduser()
-    if not found.exists():
+    from enn_nb.storage import existing
+
+    found = existing(path)
+    if found is None:
         raise ReportError(f"The {name} `{path}` does not exist (working directory: {Path.cwd()}).")
     return found
 
 
-def subject(first: Path, second: Path | None) -> str:
-    return f"{first.name} vs {second.name}" if second is not None else first.name
+def subject(first: Path | str, second: Path | str | None) -> str:
+    from enn_nb.storage import name_of
+
+    return f"{name_of(first)} vs {name_of(second)}" if second is not None else name_of(first)
 
 
 def tensor_table(manifest: Manifest) -> Table:

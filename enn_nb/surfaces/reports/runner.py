@@ -254,14 +254,19 @@ def _output_dir(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def _absolute_paths(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    # The kernel runs in the report folder; paths the caller typed are relative to the caller.
+    # The kernel runs in the report folder; paths the caller typed are relative to the caller (URLs stay URLs).
+    from enn_nb.storage import is_url
+
+    def absolute(v: Any) -> Any:
+        if not isinstance(v, (str, os.PathLike)) or not str(v) or is_url(v):
+            return v
+        return str(Path(v).expanduser().resolve())
+
     out = dict(values)
     for key in names:
-        value = out.get(key)
-        if isinstance(value, (str, os.PathLike)) and str(value):
-            out[key] = str(Path(value).expanduser().resolve())
-        elif isinstance(value, list):
-            out[key] = [str(Path(v).expanduser().resolve()) if isinstance(v, (str, os.PathLike)) else v for v in value]
+        if key in out:
+            value = out[key]
+            out[key] = [absolute(v) for v in value] if isinstance(value, list) else absolute(value)
     return out
 
 

@@ -59,10 +59,12 @@ def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: 
         ReportError: the path does not exist.
     """
     if checkpoint:
-        path = Path(checkpoint).expanduser()
-        if not path.exists():
+        from enn_nb.storage import existing
+
+        found = existing(checkpoint)  # a URL (`s3://...`) too: its storage options come from the environment
+        if found is None:
             raise ReportError(f"The checkpoint `{checkpoint}` does not exist (working directory: {Path.cwd()}).")
-        return path
+        return found  # type: ignore[return-value]
     from enn_nb.checkpoint import api as checkpoint_api
     from enn_nb.reference import train_reference
 
