@@ -34,7 +34,7 @@ def test_cli_inspect_and_convert_on_s3_never_print_the_secret(s3, tmp_path: Path
     runs.append(_cli(capsys, "convert", s3.url("m.pt"), s3.url("m.safetensors"), *_flags(s3.options)))
     assert runs[1][0] == 0 and s3.url("m.safetensors") in runs[1][1]
     runs.append(_cli(capsys, "inspect", f"s3://no-such-{s3.bucket}/m.pt", *_flags(s3.options)))
-    assert runs[2][0] == 1 and "does not exist" in runs[2][2] and len(runs[2][2].splitlines()) == 1
+    assert runs[2][0] == 2 and "does not exist" in runs[2][2] and len(runs[2][2].splitlines()) == 1
     for _code, out, err in runs:
         assert SECRET not in out + err
     assert list(tmp_path.iterdir()) == []
