@@ -67,6 +67,11 @@ def export(
     stem: str = "model",
     safe: bool = True,
     workers: int | None = None,
+    quantize: Any = None,
+    calibration: Any = None,
+    eval_data: Any = None,
+    accuracy_budget: Any = None,
+    accuracy_metric: Callable[..., Any] | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
 
@@ -98,6 +103,20 @@ def export(
             fail with FastPathExportError naming it.
         workers: child processes converting side by side when isolated (default: up to 4, at most
             the CPU count). Backends consuming ONNX share one child and the one ONNX file.
+        quantize: quantized artifacts to make beside the float ones, with each runtime's own quantizer:
+            ``"fp16"``, ``"int8-weights"`` (dynamic-range) or ``"int8"`` (static, calibrated), a list of
+            modes, or ``{backend: mode(s)}``. Each gets its own row ``backend:mode`` and file
+            (``model.int8.onnx``); a mode a backend does not support is refused before any work.
+        calibration: inputs for ``int8``: a tensor, a tuple of tensors (one batch), a list of batches, a
+            DataLoader or any iterable (at most 256 batches are read), a callable returning them, or a
+            ``.safetensors`` file of inputs. None: drawn from the signature, and every report says so.
+        eval_data: inputs the quantized artifacts are evaluated on against the float model (same forms);
+            None: a held-back quarter of ``calibration``, else drawn inputs (labelled).
+        accuracy_budget: a quantized artifact whose error is over it gets status ``degraded``: a number
+            (per output, RMSE of the difference as a fraction of the float output's std; default 0.03)
+            or ``{"rmse_rel", "max_abs", "mean_abs", "metric"}``.
+        accuracy_metric: ``metric(float_outputs, quantized_outputs) -> float`` (lists of numpy arrays, one
+            per output), recorded for each quantized artifact and bounded by ``accuracy_budget["metric"]``.
 
     Returns:
         ExportReport: one BackendResult per backend (status, artifact, parity, timings).
@@ -108,7 +127,10 @@ def export(
         InputMismatchError: example inputs that do not fit the signature, or that the model rejects (names
             the input, the expected and the received signature).
         FastPathExportError: ``safe=False`` and a fast path made capture or conversion fail.
-        ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
+        QuantizeModeError: a ``quantize`` mode a backend does not support (raised before any work).
+        InputMismatchError / CalibrationError: calibration or evaluation data that does not fit the signature,
+            is empty or holds NaN/inf (raised before any conversion; nothing written).
+        ParityError / BackendError / MissingDependencyError / AccuracyBudgetError: only with ``strict=True``.
     """
     started = time.perf_counter()
     if provenance is None:
@@ -118,9 +140,10 @@ def export(
     settings = ExportSettings.from_call(
         backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
         tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
-        provenance=provenance, stem=stem, safe=safe, workers=workers,
+        provenance=provenance, stem=stem, safe=safe, workers=workers, quantize=quantize, calibration=calibration,
+        eval_data=eval_data, accuracy_budget=accuracy_budget, accuracy_metric=accuracy_metric,
     )
-    emit = Emitter(progress, total=len(settings.names))
+    emit = Emitter(progress, total=len(settings.names) + sum(len(m) for m in settings.quantize.values()))
 
     with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
         model, source, loaded_spec = load_source(model_or_checkpoint)
@@ -130,6 +153,12 @@ def export(
     report = ExportReport(results=[], out_dir=settings.out, source=source)
     info = RunInfo(settings=settings, spec=spec, source=source, report=report, signature=io.to_dict())
     _shared_log(info, loading)
+    if settings.quantize:  # the data is checked before any conversion: bad calibration writes nothing
+        from enn_nb.engine.quantize.run import prepare_data
+
+        info.quant = prepare_data(settings, model, spec, inputs, io)  # not captured: the drawn-data warning is loud
+        report.quantization = {**info.quant.sources, "drawn_inputs": info.quant.drawn,
+                               "budget": dict(settings.accuracy_budget)}
 
     plans = _plans(settings)
     with Hits(settings) as hits:  # kept from their lookup to their settling; its scratch folder goes after
@@ -154,12 +183,17 @@ def export(
 def _plans(settings: ExportSettings) -> list[Plan]:
     from enn_nb.engine.registry import get_backend
 
+    from enn_nb.engine.quantize.modes import label
+
     plans = []
-    for i, name in enumerate(settings.names):
+    for name in settings.names:
         backend = get_backend(name)
         opts = {**backend.default_options, **dict(settings.options.get(name, {}))}
         # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
-        plans.append(Plan(i, name, backend, opts, settings.tolerances.resolve(name, backend.default_tolerance)))
+        tolerance = settings.tolerances.resolve(name, backend.default_tolerance)
+        plans.append(Plan(len(plans), name, backend, opts, tolerance))
+        for mode in settings.quantize.get(name, ()):  # each quantized artifact is a row of its own
+            plans.append(Plan(len(plans), label(name, mode), get_backend(name), dict(opts), tolerance, quantize=mode))
     return plans
 
 
@@ -175,7 +209,7 @@ def _finish_early(plans: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...
         return
     digest = {"module": module_digest(model), "inputs": tensors_digest(inputs)}
     for plan in plans:
-        if plan.result is not None:
+        if plan.result is not None or plan.quantize:  # a quantized one depends on data and a metric: never cached
             continue
         plan.key = export_key(plan, digest, info.spec, info.source, info.settings)
         hit = lookup(plan, info.settings)
@@ -254,7 +288,7 @@ def _run(
             worker.configure(_child_setup(job, shared, settings))
 
         ctx = LaneContext(job=job, shared=shared, info=info, cases=cases, notes=list(capture_notes), emit=emit,
-                          should_stop=should_stop)
+                          should_stop=should_stop, quant=info.quant)
         _run_lanes(lanes, pool, ctx)
         for plan in todo:  # a lane that died of an unexpected error leaves its plans unfinished
             if plan.result is None:

@@ -27,6 +27,11 @@ class Plan:
     tolerance: tuple[float, float]
     key: str | None = None
     result: BackendResult | None = None
+    quantize: str | None = None  # the mode of a quantized artifact (``name`` is then ``backend:mode``)
+
+    def artifact_name(self, stem: str) -> str:
+        """``model.onnx``, or ``model.int8.onnx`` for a quantized plan."""
+        return self.backend.artifact_name(f"{stem}.{self.quantize}" if self.quantize else stem)
 
 
 class Emitter:

@@ -68,11 +68,12 @@ def backend_names() -> list[str]:
 
 
 def get_backend(name: str) -> Backend:
-    """A fresh instance of the backend called ``name``.
+    """A fresh instance of the backend called ``name`` (a quantized row's label ``onnx:int8`` names ``onnx``).
 
     Raises:
         UnknownNameError: unknown name; the message suggests the closest and lists the known ones.
     """
+    name = name.partition(":")[0]  # the row label of a quantized artifact (enn_nb.engine.quantize.modes.label)
     cls = _registry.get(name)
     instance = cls()
     if not instance.name:

@@ -21,7 +21,7 @@ class BackendResult:
     """The outcome of one backend in one export.
 
     Attributes:
-        backend: registry name.
+        backend: registry name (``onnx``), or ``backend:mode`` for a quantized artifact (``onnx:int8``).
         status: one of :data:`STATUSES`.
         cached: the artifact came from the export cache (nothing was converted).
         artifact: the artifact's path (None unless written).
@@ -39,6 +39,8 @@ class BackendResult:
         notes / details / format / dynamic_batch: from the backend's conversion.
         log: the sidecar's ``log``: counts of the warnings and output lines captured while this
             backend converted and verified (the export's shared stages included), and the log file.
+        quantization: for a quantized artifact (``backend`` is ``onnx:int8``): the mode, what the artifact
+            holds (read back), the calibration/evaluation data and the accuracy against the float model.
     """
 
     backend: str
@@ -63,6 +65,7 @@ class BackendResult:
     inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     log: dict[str, Any] = dataclasses.field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -95,7 +98,13 @@ class BackendResult:
             inputs=list(data.get("inputs") or []),
             outputs=list(data.get("outputs") or []),
             log=dict(data.get("log") or {}),
+            quantization=data.get("quantization"),
         )
+
+    @property
+    def quantize(self) -> str | None:
+        """The quantize mode of this artifact (``backend`` is then ``onnx:int8``), None for a float one."""
+        return (self.quantization or {}).get("mode")
 
     @property
     def ok(self) -> bool:
@@ -171,6 +180,8 @@ class ExportReport:
         source: where the model came from (``{"kind": "model"|"checkpoint", ...}``).
         log: every warning and output line captured during the export instead of being printed
             (each backend's share is in its sidecar and ``<artifact>.enn.log``).
+        quantization: when quantized artifacts were asked: where the calibration and evaluation data came
+            from (``drawn_inputs`` True: synthetic, the accuracy predicts nothing) and the budget.
     """
 
     results: list[BackendResult]
@@ -182,6 +193,7 @@ class ExportReport:
     deviations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
     log: OutputLog = dataclasses.field(default_factory=OutputLog)
+    quantization: dict[str, Any] | None = None  # the data quantized rows were calibrated and evaluated on
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.results)
@@ -208,7 +220,7 @@ class ExportReport:
 
     @property
     def failed(self) -> list[BackendResult]:
-        """Results that count as a failure of the export: failed, mismatch, crashed, unavailable."""
+        """Results that count as a failure of the export: failed, mismatch, degraded, crashed, unavailable."""
         return [r for r in self.results if r.status in FAILED_STATUSES]
 
     @property
@@ -239,6 +251,7 @@ class ExportReport:
             "deviations": self.deviations,
             "source": self.source,
             "results": [r.to_dict() for r in self.results],
+            "quantization": self.quantization,
         }
 
     def to_json(self, indent: int | None = 2) -> str:

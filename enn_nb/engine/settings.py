@@ -46,6 +46,12 @@ class ExportSettings:
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     provenance: Mapping[str, Any] | None = None
+    #: ``{backend: (mode, ...)}``: quantized artifacts to make beside each float one (``engine/quantize``)
+    quantize: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    calibration: Any = None  # the user's calibration data, as given (checked once the signature is known)
+    eval_data: Any = None
+    accuracy_budget: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    accuracy_metric: Any = None
 
     @classmethod
     def from_call(cls, backends: str | Sequence[str], out_dir: str | os.PathLike[str], **given: Any) -> ExportSettings:
@@ -55,11 +61,15 @@ class ExportSettings:
             UnknownNameError: an unknown backend.
             ValueError (SpecError, OptionError): a bad stem, batch range, options or tolerances; options are
                 checked against each backend's declaration (``enn_nb.engine.options``).
+            QuantizeModeError: a ``quantize`` mode a backend does not support (lists what it does).
             OutputDirError: ``out_dir`` cannot be written.
         """
+        from enn_nb.engine.quantize.modes import check_metric, parse_budget, parse_quantize
         from enn_nb.engine.registry import resolve_names
 
         names = tuple(resolve_names(backends))
+        quantize = parse_quantize(given.get("quantize"), names)  # refused before out_dir is created
+        budget, metric = parse_budget(given.get("accuracy_budget")), check_metric(given.get("accuracy_metric"))
         workers = given.get("workers")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SpecError(f"`workers` is {workers!r}; give a positive number of child processes, or None.")
@@ -74,6 +84,11 @@ class ExportSettings:
             **{k: given[k] for k in ("dynamic_batch", "verify", "isolate", "cache", "strict", "safe", "provenance")
                if k in given},
             workers=workers,
+            quantize=quantize,
+            calibration=given.get("calibration"),
+            eval_data=given.get("eval_data"),
+            accuracy_budget=budget,
+            accuracy_metric=metric,
         )
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 STATUS_MEANING: dict[str, str] = {
     "ok": "artifact written; parity passed (or could not run here: see parity.status)",
     "mismatch": "artifact written, but its outputs differ from the eager model beyond tolerance",
+    "degraded": "quantized artifact written, but its error against the float model is over the accuracy budget",
     "failed": "a stage raised; no new artifact (the sidecar names the stage and the error)",
     "crashed": "the isolated child process died (signal or exit code recorded); the caller survived",
     "timeout": "the isolated child ran past the backend's `timeout_s` and was killed (the stage it was in recorded)",
@@ -18,7 +19,7 @@ STATUS_MEANING: dict[str, str] = {
 STATUSES: tuple[str, ...] = tuple(STATUS_MEANING)
 
 #: Statuses that count as a failure of the export (``ExportReport.failed``).
-FAILED_STATUSES: tuple[str, ...] = ("failed", "mismatch", "crashed", "timeout", "unavailable")
+FAILED_STATUSES: tuple[str, ...] = ("failed", "mismatch", "degraded", "crashed", "timeout", "unavailable")
 
 #: The stages a sidecar's ``stage`` names (the one that failed), in the order an export runs them.
 STAGE_MEANING: dict[str, str] = {

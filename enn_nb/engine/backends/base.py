@@ -170,6 +170,9 @@ class Backend:
     thread_option: ClassVar[str | None] = None
     #: relative conversion cost (1 = a quick lowering); balances backends over parallel child processes
     cost: ClassVar[float] = 1.0
+    #: the ``quantize`` modes it supports, each with the runtime's own quantizer that does it
+    #: (``enn_nb.engine.quantize``); a mode not listed is refused before any work
+    quantize_modes: ClassVar[dict[str, str]] = {}
 
     # -- availability --------------------------------------------------------------------------
     def missing_packages(self, *, runtime: bool = False) -> list[str]:
@@ -221,6 +224,18 @@ class Backend:
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         """Write the artifact at ``out_path`` (a temporary path the pipeline renames into place)."""
         raise NotImplementedError
+
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str,
+                 calibration: Sequence[Sequence[np.ndarray]]) -> Conversion:
+        """Write the ``mode``-quantized artifact at ``out_path`` with the runtime's own quantizer.
+
+        ``calibration`` holds input batches (numpy, in input order) for static ``int8``. The built-ins
+        call :func:`enn_nb.engine.quantize.quantizers.quantize`; a plugin declaring ``quantize_modes``
+        overrides this.
+        """
+        from enn_nb.engine.quantize.quantizers import quantize
+
+        return quantize(self, job, out_path, options, mode, calibration)
 
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
         """Return a callable running the artifact: list of numpy inputs -> list of numpy outputs."""

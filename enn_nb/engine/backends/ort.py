@@ -52,6 +52,11 @@ class OrtBackend(Backend):
         *RUNTIME_OPTIONS,
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
+    quantize_modes: ClassVar[dict[str, str]] = {
+        "fp16": "onnxruntime.transformers.float16.convert_float_to_float16",
+        "int8-weights": "onnxruntime.quantization.quantize_dynamic",
+        "int8": "onnxruntime.quantization.quantize_static (QDQ, calibrated)",
+    }
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         level = str(options.get("optimization_level", "extended"))
