@@ -35,11 +35,13 @@ def register(subparsers: Any) -> None:
         "export",
         help="export a checkpoint to one or more backends",
         description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
-        "Exits 1 when any requested backend failed, mismatched, crashed or is unavailable (with `--backends all`, "
+        "Exits 1 when any requested backend failed, mismatched, crashed, is unavailable or (quantized) degraded unless "
+        "--allow-degraded (with `--backends all`, "
         "unavailable ones are listed but do not fail the command); 2 when SRC does not exist.",
         epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
-        "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
+        "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic\n"
+        "  enn-nb export model.pt -b onnx,executorch,litert -o exports --quantize int8 --calibration calib.safetensors",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
@@ -67,6 +69,7 @@ def register(subparsers: Any) -> None:
         help="a backend option, e.g. ort.optimization_level=basic (VALUE is parsed as JSON when it can be); "
         "`enn-nb backends --options` lists them",
     )
+    add_quantize_arguments(p)
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser(
@@ -117,6 +120,42 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="the model's inputs, one flag each, e.g. --input values:float32[B,24,6] --input mask:bool[B,24] "
         "(B = batch, T = time; ids:int64[B,16]{1000} for 1000 category codes); default: the checkpoint's signature",
     )
+
+
+def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
+    """``--quantize``, ``--calibration``, ``--eval-data``, ``--accuracy-budget``, ``--allow-degraded``."""
+    p.add_argument("--quantize", default=None, metavar="MODES",
+                   help="also write quantized artifacts: fp16, int8-weights (dynamic-range) or int8 (static, "
+                   "calibrated), comma-separated, or BACKEND=MODE[+MODE] entries (e.g. onnx=int8,coreml=fp16); a mode "
+                   "a backend does not support is refused before any work (`enn-nb backends` lists them)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a .safetensors file of inputs named like the model's (`features`, or `features.0`, "
+                   "`features.1`... per batch) to calibrate int8 on; without it inputs are drawn from the signature "
+                   "and the accuracy figures say so")
+    p.add_argument("--eval-data", default=None, metavar="FILE",
+                   help="a .safetensors file of inputs to measure the quantized artifacts on (default: a held-back "
+                   "quarter of --calibration, else drawn inputs)")
+    p.add_argument("--accuracy-budget", type=float, default=None, metavar="RATIO",
+                   help="largest RMSE of a quantized output's difference, as a fraction of the float output's std "
+                   "(default 0.03); over it the row is `degraded`")
+    p.add_argument("--allow-degraded", action="store_true",
+                   help="exit 0 even when a quantized artifact is `degraded` (over its accuracy budget)")
+
+
+def parse_quantize_flag(text: str | None) -> Any:
+    """``--quantize``'s text as ``export(quantize=...)`` takes it: ``int8,fp16`` or ``onnx=int8,coreml=fp16+int8-weights``."""
+    if not text:
+        return None
+    if "=" not in text:
+        return text
+    out: dict[str, list[str]] = {}
+    for item in text.split(","):
+        backend, sep, modes = item.partition("=")
+        if not sep or not backend.strip():
+            raise SystemExit(f"enn-nb: error: --quantize {text!r}; give MODES (e.g. int8) or BACKEND=MODE entries "
+                             "(e.g. onnx=int8,coreml=fp16+int8-weights).")
+        out.setdefault(backend.strip(), []).extend(m.strip() for m in modes.split("+") if m.strip())
+    return out
 
 
 def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
@@ -206,10 +245,16 @@ def _export(args: argparse.Namespace) -> int:
         dynamic_batch=not args.static_batch,
         strict=args.strict,
         options=_with_timeout(_parse_options(args.option), args.backends, args.timeout),
+        quantize=parse_quantize_flag(args.quantize),
+        calibration=args.calibration,
+        eval_data=args.eval_data,
+        accuracy_budget=args.accuracy_budget,
     )
     print(report.to_json() if args.json else report)
     # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
     failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
+    if args.allow_degraded:
+        failing = tuple(s for s in failing if s != "degraded")
     bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
     # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
     print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)

@@ -35,7 +35,7 @@ from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
 from enn_nb.engine.report import ExportReport
 from enn_nb.engine.settings import ExportSettings
-from enn_nb.errors import BackendError, FastPathExportError, MissingDependencyError, ParityError
+from enn_nb.errors import AccuracyBudgetError, BackendError, FastPathExportError, MissingDependencyError, ParityError
 
 if TYPE_CHECKING:
     import torch
@@ -427,6 +427,13 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
                 max_rel_err=float(r.max_rel_err or float("nan")),
                 atol=float(tol.get("atol", float("nan"))),
                 rtol=float(tol.get("rtol", float("nan"))),
+            )
+        elif r.status == "degraded":
+            acc = (r.quantization or {}).get("accuracy") or {}
+            exc = AccuracyBudgetError(
+                f"`{r.backend}` is over its accuracy budget against the float model: "
+                + "; ".join(acc.get("over_budget") or []) + ". Pass a larger `accuracy_budget`, better calibration "
+                "data, or another mode.", backend=r.backend, figures=acc,
             )
         elif r.status == "unavailable":
             extra = getattr(_backend_safe(r.backend), "extra", "")

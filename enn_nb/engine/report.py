@@ -238,6 +238,13 @@ class ExportReport:
     def artifacts(self) -> dict[str, Path]:
         return {r.backend: r.artifact for r in self.results if r.artifact is not None}
 
+    def quantization_table(self, latency: dict[str, float] | None = None) -> Table:
+        """One row per quantized artifact (backend x mode): size and latency against the float artifact of the
+        same backend, what it holds (read back) and its accuracy change (``engine/quantize/table.py``)."""
+        from enn_nb.engine.quantize.table import table
+
+        return table(self.results, latency)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "out_dir": str(self.out_dir),
@@ -258,7 +265,7 @@ class ExportReport:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
     _HEADER = ("backend", "status", "verified", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
-    _COLORS = {"ok": "#1a7f37", "mismatch": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
+    _COLORS = {"ok": "#1a7f37", "mismatch": "#bf8700", "degraded": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
 
     def table(self) -> Table:
         """The report as a :class:`~enn_nb.table.Table` (one row per backend, timings in the footer)."""
@@ -289,11 +296,13 @@ class ExportReport:
                      max_width=100)
 
     def __str__(self) -> str:
-        return str(self.table())
+        quantized = any(r.quantize for r in self.results)
+        return str(self.table()) + (f"\n\n{self.quantization_table()}" if quantized else "")
 
     def __repr__(self) -> str:
         statuses = ", ".join(f"{r.backend}={r.status}" for r in self.results)
         return f"ExportReport({statuses}, out_dir={str(self.out_dir)!r})"
 
     def _repr_html_(self) -> str:
-        return self.table()._repr_html_()
+        quantized = any(r.quantize for r in self.results)
+        return self.table()._repr_html_() + (self.quantization_table()._repr_html_() if quantized else "")

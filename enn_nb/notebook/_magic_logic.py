@@ -47,6 +47,11 @@ EXPORT_KEYS: dict[str, str] = {
     "metadata": "JSON object stored in every sidecar",
     "safe": "true/false: export inside export_safe (false: a fast path left on fails the export)",
     "workers": "number of child processes converting side by side",
+    "quantize": "fp16, int8-weights or int8, a list of them, or {backend: mode(s)}: quantized artifacts beside the float ones",
+    "calibration": "a variable holding calibration inputs (tensor, batches, DataLoader, callable) or a .safetensors path",
+    "eval_data": "a variable or .safetensors path of inputs to measure the quantized artifacts on",
+    "accuracy_budget": "a number (RMSE / float std, default 0.03) or {rmse_rel, max_abs, mean_abs, metric}",
+    "accuracy_metric": "a variable holding metric(float_outputs, quantized_outputs) -> float",
 }
 
 #: ``enn_nb.export`` keywords that no body key sets, and why (tests check EXPORT_KEYS against the signature).
@@ -405,6 +410,24 @@ def _check_value(key: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise bad
         return dict(value)
+    if key == "quantize":
+        if isinstance(value, Mapping):
+            return {str(k): v for k, v in value.items()}  # each backend's modes are checked by the engine
+        if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(m, str) for m in value)):
+            raise bad
+        from enn_nb.engine.quantize.modes import parse_modes
+
+        parse_modes(value, "quantize")  # an unknown mode: the engine's own error, with the closest name
+        return value
+    if key in ("calibration", "eval_data", "accuracy_metric"):
+        if not isinstance(value, str) or not value.strip():
+            raise bad
+        return value
+    if key == "accuracy_budget":
+        from enn_nb.engine.quantize.modes import parse_budget
+
+        parse_budget(value)
+        return value
     return value  # pragma: no cover - every key is handled above
 
 
@@ -471,6 +494,14 @@ def export_kwargs(
         kwargs["spec"] = spec
     if "example_inputs" in body:
         kwargs["example_inputs"] = example_inputs(body["example_inputs"], namespace, spec)
+    for key in ("quantize", "accuracy_budget"):
+        if key in body:
+            kwargs[key] = body[key]
+    for key in ("calibration", "eval_data", "accuracy_metric"):
+        if key in body:  # a .safetensors path stays a path; anything else names a variable of the notebook
+            value = body[key]
+            is_file = key != "accuracy_metric" and value.endswith(".safetensors")
+            kwargs[key] = Path(value).expanduser() if is_file else lookup(namespace, value, what=key)
     return kwargs
 
 

@@ -235,7 +235,9 @@ class EnnMagics(Magics):
 
         The cell body holds options as YAML; every key is optional:
         backends, out_dir, dynamic_batch, batch_range, example_inputs (a variable or a shape),
-        tolerances, options (per backend), verify, isolate, cache, strict, stem, metadata.
+        tolerances, options (per backend), verify, isolate, cache, strict, stem, metadata,
+        quantize (fp16 / int8-weights / int8, or per backend), calibration and eval_data (a variable or a
+        .safetensors path), accuracy_budget, accuracy_metric (a variable holding a callable).
 
         Example::
 
@@ -248,6 +250,8 @@ class EnnMagics(Magics):
               onnx: {atol: 1.0e-5, rtol: 1.0e-4}
             options:
               onnx: {opset: 20}
+            quantize: {onnx: int8, coreml: fp16}
+            calibration: calib_loader  # a DataLoader of real inputs (else drawn ones, labelled)
         """
         with user_errors():
             args = _parse(self.enn_export, line)

@@ -39,14 +39,14 @@ def parse_quantize(value: Any, names: Sequence[str]) -> dict[str, tuple[str, ...
     if value is None or value == "" or value == ():
         return {}
     if isinstance(value, Mapping):
-        per = {str(k): _modes(v, f"quantize[{k!r}]") for k, v in value.items()}
+        per = {str(k): parse_modes(v, f"quantize[{k!r}]") for k, v in value.items()}
         for key in per:
             if key not in names:
                 raise QuantizeModeError(
                     f"`quantize` has an entry for `{key}`, which is not being exported.{closest(key, list(names))} "
                     f"Backends here: {', '.join(names)}.", backend=key, option="quantize", value=value, known=list(names))
     else:
-        modes = _modes(value, "quantize")
+        modes = parse_modes(value, "quantize")
         per = {name: modes for name in names}
     out: dict[str, tuple[str, ...]] = {}
     for name, modes in per.items():
@@ -67,7 +67,8 @@ def parse_quantize(value: Any, names: Sequence[str]) -> dict[str, tuple[str, ...
     return out
 
 
-def _modes(value: Any, where: str) -> tuple[str, ...]:
+def parse_modes(value: Any, where: str) -> tuple[str, ...]:
+    """Modes from a string (``"fp16,int8"``) or a list; QuantizeModeError naming an unknown one."""
     if isinstance(value, str):
         items = [v.strip() for v in value.split(",") if v.strip()]
     elif isinstance(value, (list, tuple)):
