@@ -255,8 +255,12 @@ def measure(
 
 
 # -- verdict ------------------------------------------------------------------------------------------
-def verdict(export: ExportReport, measurements: Measurements | None, requested: Requested) -> Verdict:
-    """Pass when every requested backend is ``ok`` (or ``deferred``) and matches eager at every batch size."""
+def verdict(export: ExportReport, measurements: Measurements | None, requested: Requested, *,
+            allow_degraded: bool = False) -> Verdict:
+    """Pass when every requested backend is ``ok`` (or ``deferred``) and matches eager at every batch size.
+
+    A quantized artifact over its accuracy budget (``degraded``) fails the gate unless ``allow_degraded``.
+    """
     backends: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     notes = [f"{name}: skipped, not available here ({why})" for name, why in requested.skipped.items()]
@@ -272,7 +276,9 @@ def verdict(export: ExportReport, measurements: Measurements | None, requested: 
                                "verification": check.kind, "verification_reason": check.reason}
         if check.kind == UNVERIFIED:
             notes.append(f"{r.backend}: converted but not verified ({check.reason})")
-        if status in FAILING or (status == "unavailable" and requested.explicit):
+        if status == "degraded" and allow_degraded:
+            notes.append(f"{r.backend}: degraded, allowed ({reason})")
+        elif status in FAILING or (status == "unavailable" and requested.explicit):
             failures.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
         elif status in ("deferred", "unavailable"):
             notes.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
@@ -307,6 +313,8 @@ def _reason(r: Any, extra: list[str]) -> str:
         return f"the isolated converter died ({how}){': ' + r.error if r.error else ''}"
     if r.status in ("deferred", "unavailable"):
         return str(r.deferred or r.error or "")
+    if r.status == "degraded":
+        return "; ".join(((r.quantization or {}).get("accuracy") or {}).get("over_budget") or [])
     return "; ".join(extra)
 
 
@@ -428,6 +436,32 @@ def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
                                            + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""))))
     images.append(Image(size_figure({r.backend: r.size_bytes for r in export.results if r.files})))
     return images
+
+
+def quantization(export: ExportReport, measurements: Measurements | None = None) -> list[Any]:
+    """The quantization section: one row per backend x mode (size and latency against the float artifact of the
+    same backend, what the artifact holds, accuracy change), then size and latency versus error plots.
+
+    Empty when the export made no quantized artifact. Latency is the report's own, at its middle batch size.
+    """
+    from enn_nb.engine.quantize.table import rows, table
+    from enn_nb.plots import quantization_figure
+
+    if not any(r.quantize for r in export.results):
+        return []
+    latency: dict[str, float] = {}
+    batch = None
+    if measurements is not None and measurements.batch_sizes:
+        batch = measurements.batch_sizes[len(measurements.batch_sizes) // 2]
+        latency = {name: ms[batch] for name, ms in measurements.latency_ms.items() if batch in ms}
+    title = "Quantized artifacts" + (f" (latency at batch {batch})" if batch else "")
+    shown: list[Any] = [table(export.results, latency, title=title)]
+    data = rows(export.results, latency)
+    shown.append(Image(quantization_figure(data, x="size_ratio")))
+    if any(r["latency_ratio"] is not None for r in data):
+        shown.append(Image(quantization_figure(data, x="latency_ratio",
+                                               title="Quantization: latency vs accuracy change")))
+    return shown
 
 
 def deviations(export: ExportReport) -> list[dict[str, Any]]:
