@@ -23,11 +23,12 @@ _PLUMBING = {"Shape", "Reshape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Sl
              "Transpose", "Flatten", "Expand", "Range", "ConstantOfShape", "Split"}
 
 
-def read_back(backend: str, artifact: Path) -> dict[str, Any]:
-    """The quantization an artifact holds; ``{"error": ...}`` when it cannot be read."""
-    reader = {"onnx": _onnx, "ort": _ort, "executorch": _pte, "litert": _tflite, "coreml": _mlpackage}.get(backend)
+def read_back(artifact: Path) -> dict[str, Any]:
+    """The quantization an artifact holds (its format from its suffix); ``{"error": ...}`` when it cannot be read."""
+    reader = {".onnx": _onnx, ".ort": _ort, ".pte": _pte, ".tflite": _tflite, ".mlpackage": _mlpackage}.get(
+        Path(artifact).suffix)
     if reader is None:
-        return {"error": f"no reader for `{backend}` artifacts"}
+        return {"error": f"enn_nb reads no quantization from `{Path(artifact).suffix}` files"}
     try:
         found = reader(Path(artifact))
     except Exception as exc:  # a reader's failure is reported, the artifact stays

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.engine.quantize import accuracy
@@ -77,7 +76,7 @@ def convert(backend: Any, job: Any, out_path: Any, options: dict[str, Any], mode
     from enn_nb.engine.quantize.readback import read_back
 
     conv = backend.quantize(job, out_path, dict(options), mode, calibration)
-    conv.details["quantization_readback"] = read_back(backend.name, conv.artifact)
+    conv.details["quantization_readback"] = read_back(conv.artifact)
     return conv
 
 
@@ -88,7 +87,6 @@ def quantization_block(plan: Plan, unit: UnitResult, info: RunInfo) -> tuple[str
     ``failed`` when the artifact holds no quantized weights (a request that silently produced a float
     artifact); ``degraded`` when it is over the accuracy budget; else ``ok``.
     """
-    from enn_nb import __version__  # noqa: F401 - the engine's version is in the sidecar already
     from enn_nb.engine.quantize.modes import MODE_MEANING
 
     conv = unit.conversion
@@ -149,7 +147,3 @@ def _really_quantized(mode: str | None, found: dict[str, Any]) -> str | None:
         return (f"quantize='int8' asked for int8 activations but the artifact's activations are "
                 f"{found.get('activation_dtype')} (read back from the artifact): this is weight-only quantization.")
     return None
-
-
-def elapsed_since(t0: float) -> float:
-    return time.perf_counter() - t0
