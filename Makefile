@@ -26,7 +26,7 @@ browser:
 	@bash .ci/browser.sh
 
 demo: env
-	$(PY) -m enn_nb.demo --out "$(OUT)"
+	$(PY) -m enn_nb.surfaces.demo --out "$(OUT)"
 
 # JupyterLab on the example notebooks (the venv's kernel first on the kernel path). LAB_ARGS adds options,
 # e.g. `make lab LAB_ARGS="--no-browser --ip=0.0.0.0"` on a remote host.

@@ -49,8 +49,8 @@ def _model():
 def _safe_inputs(model):
     import torch
 
-    from enn_nb.engine.parity import default_example_inputs
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.examples import default_example_inputs
+    from enn_nb.model.spec import ModelSpec
 
     spec = ModelSpec.from_model(model)
     (x,) = default_example_inputs(spec, spec.in_dim, "float32", batch=2)
@@ -247,8 +247,8 @@ def bench_d(model, runs: int = 200) -> dict:
     import torch
 
     import enn_nb
-    from enn_nb.engine.parity import default_example_inputs
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.examples import default_example_inputs
+    from enn_nb.model.spec import ModelSpec
 
     torch.set_num_threads(1)
     out = Path(tempfile.mkdtemp(prefix="d-", dir=BENCH))

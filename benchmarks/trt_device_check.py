@@ -38,7 +38,7 @@ def _job(model, workdir: Path, batch_range: tuple[int, int, int]):
     from enn_nb.engine.backends.base import ExportJob
     from enn_nb.engine.capture import onnx_from_program
     from enn_nb.engine.wrapper import ForwardExport
-    from enn_nb.fastpaths import declared_fast_paths
+    from enn_nb.model.fastpaths import declared_fast_paths
     from enn_nb.reference import sample_features
 
     safe = copy.deepcopy(model)

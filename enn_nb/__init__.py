@@ -9,16 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from enn_nb import _moved
 from enn_nb._version import __version__
 from enn_nb.errors import EnnError
-from enn_nb.spec import ModelSpec, build, builders, register_builder
+from enn_nb.model.spec import ModelSpec, build, builders, register_builder
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Loaded, Manifest, inspect, load, save
     from enn_nb.engine import ExportReport, export, export_safe, register_backend, verify
     from enn_nb.engine.registry import backends
-    from enn_nb.notebook.wizard import wizard
-    from enn_nb.reports import report
+    from enn_nb.surfaces.notebook.wizard import wizard
+    from enn_nb.surfaces.reports import report
 
 # public name -> module that defines it
 _LAZY = {
@@ -34,8 +35,8 @@ _LAZY = {
     "register_backend": "enn_nb.engine.registry",
     "ExportReport": "enn_nb.engine.report",
     "verify": "enn_nb.engine.parity",
-    "wizard": "enn_nb.notebook.wizard",
-    "report": "enn_nb.reports",
+    "wizard": "enn_nb.surfaces.notebook.wizard",
+    "report": "enn_nb.surfaces.reports",
 }
 
 __all__ = [
@@ -51,7 +52,12 @@ __all__ = [
 ]
 
 
+_moved.install()
+
+
 def __getattr__(name: str) -> Any:
+    if f"enn_nb.{name}" in _moved.MOVED:  # `enn_nb.spec` etc. as attributes, as before the layout change
+        return importlib.import_module(f"enn_nb.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'enn_nb' has no attribute {name!r}")
@@ -66,12 +72,12 @@ def __dir__() -> list[str]:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from enn_nb.notebook.magics import load_ipython_extension as load
+    from enn_nb.surfaces.notebook.magics import load_ipython_extension as load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
-    from enn_nb.notebook.magics import unload_ipython_extension as unload
+    from enn_nb.surfaces.notebook.magics import unload_ipython_extension as unload
 
     unload(ipython)

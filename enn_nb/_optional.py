@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from types import ModuleType
 
-from enn_nb.errors import BrokenDependencyError, MissingDependencyError
+from enn_nb.errors import BrokenDependencyError, MissingDependencyError, pip_line
 
 # import name -> (pip distribution, enn-nb extra that installs it)
 PACKAGES: dict[str, tuple[str, str]] = {
@@ -34,13 +34,6 @@ def install_line(module: str) -> str:
     """The ``%pip install`` line that brings ``module``."""
     dist, extra = PACKAGES.get(module, (module, ""))
     return pip_line(extra=extra, dist=dist)
-
-
-def pip_line(*, extra: str = "", dist: str = "") -> str:
-    """The one format of an install line: the enn-nb extra when there is one, else the distribution."""
-    if extra:
-        return f"%pip install 'enn-nb[{extra}]'"
-    return f"%pip install {dist}" if dist else ""
 
 
 def is_installed(module: str) -> bool:

@@ -85,8 +85,6 @@ class MissingDependencyError(EnnError, ImportError):
 
     @property
     def install_line(self) -> str:
-        from enn_nb._optional import pip_line
-
         return pip_line(extra=self.extra, dist=self.package)
 
 
@@ -275,3 +273,10 @@ class ReportCellError(ReportError):
 
 
 __all__ = [name for name in dir() if name.endswith("Error")]
+
+
+def pip_line(*, extra: str = "", dist: str = "") -> str:
+    """The one format of an install line: the enn-nb extra when there is one, else the distribution."""
+    if extra:
+        return f"%pip install 'enn-nb[{extra}]'"
+    return f"%pip install {dist}" if dist else ""

@@ -101,7 +101,7 @@ def test_option_describes_itself():
 
 
 def test_cli_names_the_closest_backend_without_a_traceback(tmp_path, capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     src = tmp_path / "ckpt.safetensors"
     src.write_bytes(b"never read: the options are refused first")
@@ -117,7 +117,7 @@ def test_cli_names_the_closest_backend_without_a_traceback(tmp_path, capsys):
 def test_cli_lists_the_declarations(capsys):
     import json
 
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     assert main(["backends", "--options"]) == 0
     text = capsys.readouterr().out

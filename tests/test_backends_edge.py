@@ -157,9 +157,9 @@ def test_tensorrt_deferred_plan_is_buildable_from_the_sidecar_alone(all_nine, tr
 
 @pytest.mark.slow
 def test_build_trt_without_tensorrt_says_so_and_exits_non_zero(all_nine, capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
     from enn_nb.engine.backends.tensorrt import build_unavailable_reason
-    from enn_nb.engine.cli import EXIT_UNAVAILABLE
+    from enn_nb.surfaces.cli.export import EXIT_UNAVAILABLE
 
     if build_unavailable_reason() is None:
         pytest.skip("this machine can build TensorRT engines")
@@ -208,7 +208,7 @@ def test_all_nine_at_once_one_capture_one_sidecar_each(all_nine, artifacts_dir):
 
 # -- availability ---------------------------------------------------------------------------------------
 def test_backends_lists_all_nine_with_availability_here(capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     table = enn_nb.backends()
     rows = {r.name: r for r in table}

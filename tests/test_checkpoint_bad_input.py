@@ -425,7 +425,7 @@ def test_a_dcp_load_fills_a_model_it_builds_in_place_and_a_users_model_only_afte
     try:
         built = enn_nb.load(path)
     finally:
-        from enn_nb.spec import _builders
+        from enn_nb.model.spec import _builders
 
         _builders.unregister("tests.tiny")
     state = built.model.state_dict()

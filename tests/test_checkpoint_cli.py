@@ -12,7 +12,7 @@ import torch
 
 import enn_nb
 from enn_nb.checkpoint.schema import validate
-from enn_nb.cli import main
+from enn_nb.surfaces.cli import main
 
 from tests.fixtures.models import tiny
 

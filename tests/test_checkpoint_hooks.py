@@ -59,7 +59,7 @@ def _fitted() -> Calibrated:
 def calibrated_builder():
     enn_nb.register_builder("tests.calibrated", replace=True)(lambda spec: Calibrated())
     yield "tests.calibrated"
-    from enn_nb.spec import _builders
+    from enn_nb.model.spec import _builders
 
     _builders.unregister("tests.calibrated")
 

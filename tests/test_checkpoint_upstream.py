@@ -52,7 +52,7 @@ def upstream_builder():
 
     enn_nb.register_builder(UPSTREAM_BUILDER, replace=True)(build)
     yield
-    from enn_nb.spec import _builders
+    from enn_nb.model.spec import _builders
 
     _builders.unregister(UPSTREAM_BUILDER)
 
@@ -60,7 +60,7 @@ def upstream_builder():
 @pytest.fixture
 def no_upstream_builder():
     """No `enn_pytorch` builder, as where enn_nb's entry point is not installed (the error path)."""
-    from enn_nb.spec import _builders
+    from enn_nb.model.spec import _builders
 
     _builders.names()  # entry points read first, so the removal sticks
     saved = _builders._items.pop(UPSTREAM_BUILDER, None)

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from enn_nb.cli import build_parser
+from enn_nb.surfaces.cli import build_parser
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:

@@ -21,7 +21,7 @@ def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
     ckpt = tmp_path / "net.safetensors"
     enn_nb.save(torch.nn.Linear(3, 2), ckpt, spec={"in_dim": 3, "out_shape": [2]})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "enn_nb.cli", "inspect", str(ckpt)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "enn_nb.surfaces.cli", "inspect", str(ckpt)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)  # fmt: skip
     proc.stdout.close()  # `| head -0`: the reader is gone before the first line is written
     err = proc.stderr.read().decode()
@@ -30,7 +30,7 @@ def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
 
 
 def test_report_progress_counts_backends(tmp_path, monkeypatch):
-    from enn_nb.reports.progress import ENV, BackendBar, kernel_callback
+    from enn_nb.surfaces.reports.progress import ENV, BackendBar, kernel_callback
 
     assert kernel_callback() is None or ENV in os.environ  # outside a report run: no callback
     events = tmp_path / "events.jsonl"
@@ -48,7 +48,7 @@ def test_report_progress_counts_backends(tmp_path, monkeypatch):
 
 
 def test_the_export_report_asks_for_the_backend_bar_and_feeds_it():
-    from enn_nb.reports.catalog import resolve_template, template_metadata
+    from enn_nb.surfaces.reports.catalog import resolve_template, template_metadata
 
     path = resolve_template("export_report")
     assert template_metadata(path)["progress"] == "backends"
@@ -59,7 +59,7 @@ def test_the_export_report_asks_for_the_backend_bar_and_feeds_it():
 
 def test_the_parity_legend_says_why_batch_7():
     from enn_nb.engine.parity import DYNAMIC_BATCHES
-    from enn_nb.reports.sections import PARITY_LEGEND
+    from enn_nb.surfaces.reports.sections import PARITY_LEGEND
 
     assert DYNAMIC_BATCHES == (1, 7)
     assert "batch 1 and batch 7" in PARITY_LEGEND and "other than the capture batch" in PARITY_LEGEND
@@ -69,7 +69,7 @@ def test_the_parity_legend_says_why_batch_7():
 @pytest.mark.parametrize("args", [["backends", "--options"], ["backends"]])
 def test_other_commands_into_a_closed_pipe_end_quietly(args):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "enn_nb.cli", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "enn_nb.surfaces.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env)  # fmt: skip
     proc.stdout.close()
     err = proc.stderr.read().decode()

@@ -11,7 +11,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import enn_nb
-from enn_nb.cli import build_parser, main
+from enn_nb.surfaces.cli import build_parser, main
 from enn_nb.engine import sidecar
 
 from tests.fixtures.conformance import assert_backend_conforms
@@ -46,7 +46,7 @@ def test_export_a_checkpoint_then_verify(trained_model, tmp_path, capsys):
         assert data["source"]["kind"] == "checkpoint"
         assert data["source"]["content_hash"] == manifest.content_hash
         assert data["source"]["path"] == str(ckpt.resolve())
-        assert json.loads(data["embedded"]["enn_nb.spec"])["in_dim"] == trained_model.in_dim
+        assert json.loads(data["embedded"]["enn_nb.model.spec"])["in_dim"] == trained_model.in_dim
         assert data["embedded"]["enn_nb.source_hash"] == manifest.content_hash
 
     assert main(["verify", str(out / "model.onnx")]) == 0

@@ -16,7 +16,7 @@ import enn_nb
 from enn_nb.errors import ParityError
 from enn_nb.engine import sidecar
 from enn_nb.engine.parity import load_vectors
-from enn_nb.spec import ModelSpec
+from enn_nb.model.spec import ModelSpec
 
 from tests.fixtures.conformance import assert_backend_conforms
 from tests.fixtures.models import ApproxGeluNet, TinyMLP
@@ -97,7 +97,7 @@ def test_sidecar_describes_the_model_the_io_and_the_switches(exported, trained_m
     assert any(f["path"] == "model.ort.required_operators.config" and f["role"] == "extra" for f in ort["files"])
     aoti = sidecar.read(report["aoti"].sidecar)
     assert aoti["artifact"] == "model.aoti.pt2" and aoti["embedded"]["enn_nb.schema"] == "enn_nb.export/1"
-    assert json.loads(aoti["embedded"]["enn_nb.spec"]) == spec
+    assert json.loads(aoti["embedded"]["enn_nb.model.spec"]) == spec
 
 
 @pytest.mark.slow

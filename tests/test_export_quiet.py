@@ -52,7 +52,7 @@ def test_exporting_the_reference_checkpoint_prints_only_the_exit_line(trained_mo
 
     ckpt = tmp_path / "ref.safetensors"
     enn_nb.save(trained_model, ckpt)
-    proc = _run(["-m", "enn_nb.cli", "export", str(ckpt), "-b", "pt2", "-o", "out", "--no-cache"], tmp_path)
+    proc = _run(["-m", "enn_nb.surfaces.cli", "export", str(ckpt), "-b", "pt2", "-o", "out", "--no-cache"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "flex_attention" not in proc.stderr and "Warning" not in proc.stderr
     assert proc.stderr.strip() == "enn-nb export: 1 verified"  # the exit line, nothing else

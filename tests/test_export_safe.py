@@ -15,7 +15,7 @@ import enn_nb
 from enn_nb.errors import FastPathExportError
 from enn_nb.engine import sidecar
 from enn_nb.engine.safe import export_safe, is_active, state_fingerprint
-from enn_nb.fastpaths import declared_fast_paths
+from enn_nb.model.fastpaths import declared_fast_paths
 
 
 @pytest.fixture()
@@ -24,8 +24,8 @@ def model(trained_model):
 
 
 def _x(model, batch=5, seed=0):
-    from enn_nb.engine.parity import default_example_inputs
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.examples import default_example_inputs
+    from enn_nb.model.spec import ModelSpec
 
     spec = ModelSpec.from_model(model)
     return default_example_inputs(spec, spec.in_dim, "float32", batch=batch, seed=seed)[0]

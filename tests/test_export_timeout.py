@@ -84,7 +84,7 @@ def test_the_cache_key_ignores_the_time_limit(tmp_path):
 
 
 def test_cli_timeout_sets_every_backends_limit():
-    from enn_nb.engine.cli import _with_timeout
+    from enn_nb.surfaces.cli.export import _with_timeout
 
     assert _with_timeout({"pt2": {"timeout_s": 9}}, "pt2,onnx", 60.0) == {"pt2": {"timeout_s": 9}, "onnx": {"timeout_s": 60.0}}
     assert _with_timeout({}, "pt2", None) == {}

@@ -80,7 +80,7 @@ def test_atol_alone_keeps_each_backends_default_rtol_with_its_floor(tmp_path):
 
 
 def test_the_magics_pass_a_partial_tolerance_through_unchanged(tmp_path):
-    from enn_nb.notebook import _magic_logic as logic
+    from enn_nb.surfaces.notebook import _magic_logic as logic
 
     settings = {"out_dir": str(tmp_path), "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True,
                 "isolate": False, "cache": False, "tolerances": {}}

@@ -110,7 +110,7 @@ def test_measure_records_threads_spread_host_and_warns_on_a_noisy_clock(tmp_path
 
 def test_report_cells_show_batch_spread_threads_and_the_export_safe_ratio(tmp_path):
     from enn_nb.engine import BackendResult, ExportReport
-    from enn_nb.reports.sections import LATENCY_LEGEND, Measurements, artifact_table, notes_table
+    from enn_nb.surfaces.reports.sections import LATENCY_LEGEND, Measurements, artifact_table, notes_table
 
     def stat(ms, batch):
         return timing.Stat(ms, ms * 0.9, ms * 1.1, calls=50, warmup=2, threads=1, batch=batch)

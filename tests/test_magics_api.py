@@ -231,7 +231,7 @@ def test_missing_package_names_the_install_line(ip, monkeypatch, backend: str, h
 
 
 def test_export_all_skips_unavailable_backends(ip, monkeypatch) -> None:
-    from enn_nb.notebook import _magic_logic as logic
+    from enn_nb.surfaces.notebook import _magic_logic as logic
 
     monkeypatch.setitem(sys.modules, "coremltools", None)
     from enn_nb.engine.registry import backends

@@ -102,7 +102,7 @@ def test_settings_are_validated(ip) -> None:
 def test_settings_from_ipython_config_apply_at_load() -> None:
     from traitlets.config import Config
 
-    from enn_nb.notebook.magics import EnnMagics
+    from enn_nb.surfaces.notebook.magics import EnnMagics
 
     shell = get_shell()
     config = Config()

@@ -7,9 +7,9 @@ import io
 
 import pytest
 
-from enn_nb.notebook import _magic_logic as logic
-from enn_nb import provenance
-from enn_nb.notebook.display import TqdmProgress
+from enn_nb.surfaces.notebook import _magic_logic as logic
+from enn_nb.model import provenance
+from enn_nb.surfaces.notebook.display import TqdmProgress
 from enn_nb.table import Table
 
 from tests.fixtures.magics import get_shell, run_cell
@@ -103,7 +103,7 @@ def test_progress_shows_cached_results_and_closes_open_bars_on_exit() -> None:
 def test_final_statuses_cover_the_engine_vocabulary() -> None:
     from enn_nb.engine.vocabulary import STATUSES
 
-    from enn_nb.notebook.display import FINAL_STATUSES
+    from enn_nb.surfaces.notebook.display import FINAL_STATUSES
 
     assert set(STATUSES) <= FINAL_STATUSES
 

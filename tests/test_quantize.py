@@ -18,7 +18,7 @@ from enn_nb.engine.quantize.accuracy import measure, over_budget
 from enn_nb.engine.quantize.modes import parse_budget, parse_quantize
 from enn_nb.errors import CalibrationError, InputMismatchError, QuantizeModeError
 from enn_nb.reference import zoo
-from enn_nb.signature import parse
+from enn_nb.model.signature import parse
 
 
 class SmallCNN(nn.Module):

@@ -75,7 +75,7 @@ def test_readme_blocks_run_in_a_kernel_in_order(tmp_path: Path, monkeypatch: pyt
     assert len(wizard) == 1
     assert wizard[0]["text/plain"].startswith("enn_nb export wizard, step 1 of 4 (model); backends: onnx, ort, pt2")
 
-    from enn_nb.reports.html import to_html
+    from enn_nb.surfaces.reports.html import to_html
 
     page = to_html(artifacts_dir / "readme_notebook.ipynb", artifacts_dir / "readme_notebook.html", no_input=False)
     from tests.fixtures.browser import screenshot_html
@@ -99,7 +99,7 @@ def magic_examples() -> list[tuple[str, str]]:
     import inspect
     import textwrap
 
-    from enn_nb.notebook.magics import EnnMagics
+    from enn_nb.surfaces.notebook.magics import EnnMagics
 
     found = []
     for name, method in inspect.getmembers(EnnMagics, inspect.isfunction):

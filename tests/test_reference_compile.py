@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from enn_nb.fastpaths import declared_fast_paths
+from enn_nb.model.fastpaths import declared_fast_paths
 from enn_nb.reference import ModelConfig, ReferenceModel, make_dataset
 
 

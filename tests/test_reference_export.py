@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from enn_nb.engine.wrapper import ForwardExport  # what the export engine captures
-from enn_nb.fastpaths import declared_fast_paths
+from enn_nb.model.fastpaths import declared_fast_paths
 from enn_nb.reference import make_dataset
 
 

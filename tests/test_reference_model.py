@@ -11,7 +11,7 @@ import torch
 
 import enn_nb
 from enn_nb.errors import InputMismatchError, SpecError, UnknownNameError
-from enn_nb.fastpaths import declared_fast_paths
+from enn_nb.model.fastpaths import declared_fast_paths
 from enn_nb.reference import ModelConfig, ReferenceModel, build_reference, make_dataset, train_reference
 from enn_nb.reference.attention import SelfAttention
 from enn_nb.reference.kernels import fused_gelu_linear, gelu_linear_reference

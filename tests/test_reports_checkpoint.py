@@ -28,7 +28,7 @@ def checkpoints(tmp_path_factory):
 
 
 def test_same_model_in_two_formats_is_identical(checkpoints):
-    from enn_nb.reports.checkpoints import diff
+    from enn_nb.surfaces.reports.checkpoints import diff
 
     d, _ = checkpoints
     result = diff(d / "a.pt", d / "a.dcp")
@@ -38,7 +38,7 @@ def test_same_model_in_two_formats_is_identical(checkpoints):
 
 
 def test_one_nudged_tensor_is_the_only_change_with_its_max_abs_diff(checkpoints):
-    from enn_nb.reports.checkpoints import diff
+    from enn_nb.surfaces.reports.checkpoints import diff
 
     d, name = checkpoints
     result = diff(d / "a.pt", d / "b.safetensors")
@@ -50,7 +50,7 @@ def test_one_nudged_tensor_is_the_only_change_with_its_max_abs_diff(checkpoints)
 
 
 def test_another_depth_adds_tensors_and_changes_the_config(checkpoints):
-    from enn_nb.reports.checkpoints import diff
+    from enn_nb.surfaces.reports.checkpoints import diff
 
     d, _ = checkpoints
     result = diff(d / "a.pt", d / "c.safetensors")

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_writes_everything_under_one_folder_and_prints_the_html_last(tmp_path):
     out = tmp_path / "demo out"  # a space: paths are passed through untouched
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [sys.executable, "-m", "enn_nb.demo", "--out", str(out), "--backends", "pt2", "--no-progress"]
+    command = [sys.executable, "-m", "enn_nb.surfaces.demo", "--out", str(out), "--backends", "pt2", "--no-progress"]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
@@ -37,7 +37,7 @@ def test_demo_writes_everything_under_one_folder_and_prints_the_html_last(tmp_pa
 
 
 def test_demo_is_an_enn_nb_subcommand():
-    from enn_nb.cli import build_parser
+    from enn_nb.surfaces.cli import build_parser
 
     args = build_parser().parse_args(["demo", "--out", "x", "--backends", "onnx,pt2", "--no-html"])
     assert args.command == "demo" and args.out == "x" and args.backends == "onnx,pt2" and args.no_html

@@ -28,7 +28,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def passed(tiny_checkpoint, tmp_path_factory):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     out = tmp_path_factory.mktemp("report")
     _git_repo(out)  # the report records the commit of the working tree it is written in
@@ -114,7 +114,7 @@ def test_html_report_has_verdict_collapsed_sidecars_and_working_links(passed):
 
 
 def test_zero_tolerance_forces_a_mismatch_and_the_gate_fails(tiny_checkpoint, tmp_path, capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     code = main(["report", "export_report", "-p", f"checkpoint={tiny_checkpoint}", "-p", "backends=[onnx]",
                  "-p", "atol=0", "-p", "rtol=0", "-p", "batch_sizes=[2]", "--out", str(tmp_path), "--no-progress"])
@@ -128,7 +128,7 @@ def test_zero_tolerance_forces_a_mismatch_and_the_gate_fails(tiny_checkpoint, tm
 
 
 def test_batch_runs_one_report_per_checkpoint_and_indexes_verdicts(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     ckpts = tmp_path / "ckpts"
     ckpts.mkdir()

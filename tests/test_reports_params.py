@@ -25,7 +25,7 @@ from tests.fixtures.notebooks import TEMPLATES
     ],
 )
 def test_values_are_parsed_as_yaml(text, value):
-    from enn_nb.reports.catalog import parse_value
+    from enn_nb.surfaces.reports.catalog import parse_value
 
     got = parse_value(text)
     assert got == value and type(got) is type(value)
@@ -33,7 +33,7 @@ def test_values_are_parsed_as_yaml(text, value):
 
 def test_assignment_needs_key_and_equals():
     from enn_nb.errors import ReportError
-    from enn_nb.reports.catalog import parse_assignment
+    from enn_nb.surfaces.reports.catalog import parse_assignment
 
     assert parse_assignment("atol=1e-6") == ("atol", 1e-6)
     assert parse_assignment("title=a=b") == ("title", "a=b")
@@ -46,7 +46,7 @@ def test_assignment_needs_key_and_equals():
 
 def test_undeclared_parameter_lists_the_declared_ones():
     from enn_nb.errors import UnknownNameError
-    from enn_nb.reports.catalog import check_parameters
+    from enn_nb.surfaces.reports.catalog import check_parameters
 
     with pytest.raises(UnknownNameError) as err:
         check_parameters(TEMPLATES / "export_report.ipynb", {"atlo": 0})
@@ -59,7 +59,7 @@ def test_undeclared_parameter_lists_the_declared_ones():
 
 def test_wrong_kind_for_a_numeric_parameter():
     from enn_nb.errors import ReportError
-    from enn_nb.reports.catalog import check_parameters
+    from enn_nb.surfaces.reports.catalog import check_parameters
 
     path = TEMPLATES / "export_report.ipynb"
     check_parameters(path, {"atol": 0, "rtol": 1e-3, "batch_sizes": [1, 2], "backends": "onnx,pt2"})
@@ -79,7 +79,7 @@ def test_report_refuses_an_undeclared_parameter_before_starting_a_kernel(tmp_pat
 
 
 def test_cli_describe_lists_parameters(capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     assert main(["report", "export_report", "--describe"]) == 0
     out = capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_cli_describe_lists_parameters(capsys):
 
 
 def test_cli_undeclared_parameter_exits_1_with_the_list(tmp_path, capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     assert main(["report", "checkpoint_report", "-p", "colour=red", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.notebook
 
 VERDICT = (
     "from IPython.display import display\n"
-    "from enn_nb.reports.verdict import Verdict\n"
+    "from enn_nb.surfaces.reports.verdict import Verdict\n"
     "display(Verdict(ok=value > 0, headline=f'value is {value}',\n"
     "                failures=[] if value > 0 else ['value: not positive'],\n"
     "                sidecars={'fake': sidecar} if sidecar else {}))"
@@ -91,7 +91,7 @@ def test_relative_paths_are_the_callers_and_the_kernel_runs_in_the_report_folder
 
 
 def test_cli_gate_exit_codes_and_reasons(tmp_path, capsys):
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     template = write_notebook(tmp_path / "g.ipynb", "value = 1  # a number\nsidecar = ''  # a path", VERDICT)
     assert main(["report", str(template), "-p", "value=2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
@@ -111,7 +111,7 @@ def test_html_without_input_keeps_outputs_only(tmp_path):
     result = enn_nb.report(template, tmp_path / "out", html=True, progress=False)  # code hidden by default
     page = result.html.read_text(encoding="utf-8")
     assert "visible-output" in page and 'data-verdict="pass"' in page
-    assert "from enn_nb.reports.verdict import Verdict" not in page
+    assert "from enn_nb.surfaces.reports.verdict import Verdict" not in page
     with_code = enn_nb.report(template, tmp_path / "out2", html=True, no_input=False, progress=False)
     with_code = with_code.html.read_text(encoding="utf-8")
     assert "Verdict" in with_code and "visible-output" in with_code

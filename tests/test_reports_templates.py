@@ -51,8 +51,8 @@ def test_expected_parameter_names():
 
 
 def test_package_templates_resolve_to_the_top_level_folder():
-    from enn_nb.reports import resolve_template, templates
-    from enn_nb.reports.catalog import PACKAGE_TEMPLATES
+    from enn_nb.surfaces.reports import resolve_template, templates
+    from enn_nb.surfaces.reports.catalog import PACKAGE_TEMPLATES
 
     assert PACKAGE_TEMPLATES.is_dir()
     assert PACKAGE_TEMPLATES.resolve() == TEMPLATES.resolve()
@@ -64,7 +64,7 @@ def test_package_templates_resolve_to_the_top_level_folder():
 
 def test_unknown_template_names_the_known_ones(tmp_path):
     from enn_nb.errors import UnknownNameError
-    from enn_nb.reports import resolve_template
+    from enn_nb.surfaces.reports import resolve_template
 
     with pytest.raises(UnknownNameError) as err:
         resolve_template("export_reprot")
@@ -100,7 +100,7 @@ def test_wheel_ships_the_templates_and_finds_them_installed(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, text=True, timeout=300)
     assert (target / "enn_nb" / "templates").is_dir() and not (target / "enn_nb" / "templates").is_symlink()
-    code = ("import json, enn_nb.reports as r; "
+    code = ("import json, enn_nb.surfaces.reports as r; "
             "print(json.dumps([str(r.resolve_template(n)) for n in ('export_report', 'checkpoint_report')]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(target)},
                          check=True, capture_output=True, text=True, timeout=120)

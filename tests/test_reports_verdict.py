@@ -20,7 +20,7 @@ def _report(tmp_path, *results):
 
 
 def _requested(names, explicit=True, skipped=None):
-    from enn_nb.reports.sections import Requested
+    from enn_nb.surfaces.reports.sections import Requested
 
     return Requested(list(names), explicit, dict(skipped or {}))
 
@@ -30,7 +30,7 @@ PARITY_OK = {"status": "passed", "tolerance": {"atol": 1e-4, "rtol": 1e-4}, "max
 
 
 def test_every_failing_status_fails_the_gate_with_its_reason(tmp_path):
-    from enn_nb.reports.sections import verdict
+    from enn_nb.surfaces.reports.sections import verdict
 
     mismatch = {"status": "failed", "tolerance": {"atol": 0.0, "rtol": 0.0}, "max_abs_err": 3e-7,
                 "cases": [{"batch_size": 1, "max_abs_err": 1e-7}, {"batch_size": 7, "max_abs_err": 3e-7}]}
@@ -53,7 +53,7 @@ def test_every_failing_status_fails_the_gate_with_its_reason(tmp_path):
 
 
 def test_report_check_beyond_tolerance_turns_ok_into_mismatch(tmp_path):
-    from enn_nb.reports.sections import Measurements, verdict
+    from enn_nb.surfaces.reports.sections import Measurements, verdict
 
     m = Measurements([1, 64], mismatches={"onnx": ["batch 64: max abs error 0.002 beyond atol=0.0001, rtol=0.0001 "
                                                    "(report's check)"]})
@@ -64,7 +64,7 @@ def test_report_check_beyond_tolerance_turns_ok_into_mismatch(tmp_path):
 
 
 def test_unavailable_fails_only_when_named_and_deferred_never(tmp_path):
-    from enn_nb.reports.sections import verdict
+    from enn_nb.surfaces.reports.sections import verdict
 
     report = _report(tmp_path, _result("coreml", "unavailable", error="`coremltools` is not installed"),
                      _result("tensorrt", "deferred", deferred="needs a CUDA host"),
@@ -79,7 +79,7 @@ def test_unavailable_fails_only_when_named_and_deferred_never(tmp_path):
 
 
 def test_sidecars_in_the_verdict_are_existing_absolute_paths(tmp_path):
-    from enn_nb.reports.sections import verdict
+    from enn_nb.surfaces.reports.sections import verdict
 
     side = tmp_path / "model.pt2.enn.json"
     side.write_text("{}")
@@ -90,7 +90,7 @@ def test_sidecars_in_the_verdict_are_existing_absolute_paths(tmp_path):
 
 
 def test_verdict_round_trips_through_its_mime_bundle_and_the_last_one_wins():
-    from enn_nb.reports.verdict import VERDICT_MIME, Verdict, find_verdict
+    from enn_nb.surfaces.reports.verdict import VERDICT_MIME, Verdict, find_verdict
 
     first, last = Verdict(ok=True, headline="a"), Verdict(ok=False, headline="b", failures=["x: failed"])
     bundle = last._repr_mimebundle_()
@@ -107,7 +107,7 @@ def test_verdict_round_trips_through_its_mime_bundle_and_the_last_one_wins():
 
 @pytest.mark.parametrize(("given", "expected"), [([64, 1, 8, 8], [1, 8, 64]), (4, [4]), ("2, 16", [2, 16])])
 def test_batch_sizes_are_normalised(given, expected):
-    from enn_nb.reports.sections import batch_list
+    from enn_nb.surfaces.reports.sections import batch_list
 
     assert batch_list(given) == expected
 
@@ -115,14 +115,14 @@ def test_batch_sizes_are_normalised(given, expected):
 @pytest.mark.parametrize("bad", [[0], [1, -2], ["x"], [1.5], []])
 def test_bad_batch_sizes_are_refused(bad):
     from enn_nb.errors import ReportError
-    from enn_nb.reports.sections import batch_list
+    from enn_nb.surfaces.reports.sections import batch_list
 
     with pytest.raises(ReportError, match="`batch_sizes`"):
         batch_list(bad)
 
 
 def test_sidecars_section_links_relative_and_escapes(tmp_path, monkeypatch):
-    from enn_nb.reports.sections import Sidecars
+    from enn_nb.surfaces.reports.sections import Sidecars
 
     arts = tmp_path / "arts"
     arts.mkdir()
@@ -138,7 +138,7 @@ def test_sidecars_section_links_relative_and_escapes(tmp_path, monkeypatch):
 def test_requested_backends_forms():
     import enn_nb
     from enn_nb.errors import UnknownNameError
-    from enn_nb.reports.sections import requested_backends
+    from enn_nb.surfaces.reports.sections import requested_backends
 
     table = enn_nb.backends()
     available = requested_backends("available")
@@ -155,7 +155,7 @@ def test_requested_backends_forms():
 def test_empty_checkpoint_trains_and_saves_the_reference_model(tmp_path):
     import enn_nb
     from enn_nb.errors import ReportError
-    from enn_nb.reports.sections import checkpoint_or_reference
+    from enn_nb.surfaces.reports.sections import checkpoint_or_reference
 
     path = checkpoint_or_reference("", tmp_path / "arts")
     assert path == tmp_path / "arts" / "reference.safetensors"

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import enn_nb
-from enn_nb import signature as sig
+from enn_nb.model import signature as sig
 from enn_nb.errors import InputMismatchError, SpecError
 from enn_nb.reference import zoo
-from enn_nb.spec import ModelSpec
+from enn_nb.model.spec import ModelSpec
 
 
 # -- parsing ----------------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_no_signature_message_names_every_surface(tmp_path) -> None:
 
 
 def test_report_signature_table_shows_the_declared_signature() -> None:
-    from enn_nb.reports.model_info import signature_table
+    from enn_nb.surfaces.reports.model_info import signature_table
 
     spec = ModelSpec(inputs=["values:float32[B, T, 6]", "ids:int64[B, T]{7}"], outputs=["mean:float32[B, 2]",
                      "scale:float32[B, 2]"], output_structure="dict")

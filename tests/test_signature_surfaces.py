@@ -22,7 +22,7 @@ FACTORY = "enn_nb.reference.zoo:gru_forecaster"
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "enn_nb.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "enn_nb.surfaces.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -59,7 +59,7 @@ def test_cli_exports_a_bring_your_own_checkpoint(byo_checkpoints, tmp_path) -> N
 
 
 def test_cli_model_errors_name_the_fix(byo_checkpoints, tmp_path, capsys, monkeypatch) -> None:
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     monkeypatch.chdir(tmp_path)
     typed = str(byo_checkpoints["typed"])
@@ -125,7 +125,7 @@ def test_magic_body_rejects_a_malformed_shape(ip) -> None:
 
 # -- wizard ---------------------------------------------------------------------------------------------------------
 def test_wizard_shows_and_edits_the_signature_of_a_model_without_in_dim() -> None:
-    from enn_nb.notebook.wizard import wizard
+    from enn_nb.surfaces.notebook.wizard import wizard
 
     net = zoo.calendar_forecaster()
     w = wizard({"net": net})

@@ -51,7 +51,7 @@ def project_builders():
 
     added = ensure_project_builders()
     yield
-    from enn_nb.spec import _builders
+    from enn_nb.model.spec import _builders
 
     for name in added:
         _builders.unregister(name)
@@ -125,7 +125,7 @@ def test_the_builder_is_the_projects_entry_point():
 def test_missing_enn_torch_names_what_to_install(monkeypatch):
     from enn_nb.adapters.enn_torch import build_model
     from enn_nb.errors import MissingDependencyError
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
     monkeypatch.setitem(sys.modules, "enn_torch", None)
     with pytest.raises(MissingDependencyError, match=r"enn_torch.*tensordict==0\.15\.3"):
@@ -247,7 +247,7 @@ def test_magics_load_and_export_an_upstream_model_without_arguments(ip, upstream
 
 def test_checkpoint_report_shows_upstream_origin_and_restore_check(upstream_files, tmp_path, project_builders):
     import enn_nb
-    from enn_nb.reports.checkpoints import origin
+    from enn_nb.surfaces.reports.checkpoints import origin
 
     table = origin(enn_nb.inspect(upstream_files / "header.safetensors"))
     rows = dict((r[0], r[1]) for r in table.rows)

@@ -58,7 +58,7 @@ def test_summary_of_verify_false_and_failures(tmp_path):
 
 
 def test_verdict_headline_badges_and_notes_do_not_overclaim(tmp_path):
-    from enn_nb.reports.sections import Requested, verdict
+    from enn_nb.surfaces.reports.sections import Requested, verdict
 
     report = _nine(tmp_path)
     v = verdict(report, None, Requested([r.backend for r in report], explicit=False))
@@ -72,8 +72,8 @@ def test_verdict_headline_badges_and_notes_do_not_overclaim(tmp_path):
 
 
 def test_wizard_row_says_not_verified(tmp_path):
-    from enn_nb.notebook.wizard_state import result_rows
-    from enn_nb.notebook.wizard_view import results_table_html
+    from enn_nb.surfaces.notebook.wizard_state import result_rows
+    from enn_nb.surfaces.notebook.wizard_view import results_table_html
 
     rows = result_rows(_nine(tmp_path))
     coreml = next(r for r in rows if r["backend"] == "coreml")
@@ -89,7 +89,7 @@ def test_wizard_row_says_not_verified(tmp_path):
 def test_cli_exit_message_says_not_verified(trained_model, tmp_path, capfd):
     """A real `enn-nb export --no-verify`: exit 0, and the exit line does not call the artifact verified."""
     import enn_nb
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     ckpt = tmp_path / "ref.safetensors"
     enn_nb.save(trained_model, ckpt)

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from enn_nb.engine.backends.pt2 import Pt2Backend  # noqa: E402
 from enn_nb.engine.registry import backends as registry_backends  # noqa: E402
 from enn_nb.engine.registry import register_backend, unregister_backend  # noqa: E402
-from enn_nb.notebook.wizard import Wizard, wizard  # noqa: E402
-from enn_nb.notebook.wizard_state import STEPS  # noqa: E402
+from enn_nb.surfaces.notebook.wizard import Wizard, wizard  # noqa: E402
+from enn_nb.surfaces.notebook.wizard_state import STEPS  # noqa: E402
 
 
 def _net(n_in: int = 2, n_out: int = 2) -> torch.nn.Module:
@@ -361,7 +361,7 @@ def test_save_as_report_writes_the_papermill_report(exported):
 
 
 def _rows(w: Wizard) -> list[dict]:
-    from enn_nb.notebook.wizard_state import result_rows
+    from enn_nb.surfaces.notebook.wizard_state import result_rows
 
     return result_rows(w.report, w.state.latency)
 
@@ -452,7 +452,7 @@ def test_importing_the_wizard_imports_nothing_heavy():
     import subprocess
 
     code = (
-        "import sys, enn_nb.notebook.wizard, enn_nb.plots, enn_nb.notebook.latency; "
+        "import sys, enn_nb.surfaces.notebook.wizard, enn_nb.surfaces.plots, enn_nb.surfaces.notebook.latency; "
         "print(sorted(m for m in ('ipywidgets', 'torch', 'matplotlib', 'numpy') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

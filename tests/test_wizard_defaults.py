@@ -7,9 +7,9 @@ import pytest
 pytest.importorskip("ipywidgets")
 torch = pytest.importorskip("torch")
 
-from enn_nb.notebook.wizard import wizard  # noqa: E402
-from enn_nb.notebook.wizard_state import FAST_BACKENDS, SLOW_BACKENDS  # noqa: E402
-from enn_nb.notebook.wizard_view import results_table_html  # noqa: E402
+from enn_nb.surfaces.notebook.wizard import wizard  # noqa: E402
+from enn_nb.surfaces.notebook.wizard_state import FAST_BACKENDS, SLOW_BACKENDS  # noqa: E402
+from enn_nb.surfaces.notebook.wizard_view import results_table_html  # noqa: E402
 from tests.test_wizard import _backend_note as _note  # noqa: E402 - the same row lookup
 
 

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from enn_nb import plots  # noqa: E402
+from enn_nb.surfaces import plots  # noqa: E402
 
 
 def _bars(fig):

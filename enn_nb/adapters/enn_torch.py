@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from enn_nb.engine.safe import Deviation
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 BUILDER = "enn_pytorch"
 FUSER_TYPE = "__fuser__"

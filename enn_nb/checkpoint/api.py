@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import CheckpointError, RestoreCheckError, SpecError, StateDictMismatchError, UnknownNameError
-from enn_nb.spec import ModelSpec, build
+from enn_nb.model.spec import ModelSpec, build
 
 from . import dcp, pt, safetensors_format, selfcheck
 from .base import Reader, SaveRequest

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from enn_nb._fs import timestamp
 from enn_nb.errors import CheckpointError, CorruptCheckpointError
-from enn_nb.spec import ModelSpec
+from enn_nb.model.spec import ModelSpec
 
 from .manifest import FileEntry, Manifest, TensorEntry, versions
 from .selfcheck import Recording, resolve

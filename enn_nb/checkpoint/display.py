@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import html
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enn_nb._format import human_size
 from enn_nb.table import Cell, Table
 
 from .hashing import short
 
-if TYPE_CHECKING:
-    from .manifest import Manifest
+# Manifests are typed `Any` here: manifest.py renders itself through this module, which therefore sits
+# below it and does not import it (not even for type checking).
 
 MAX_ROWS = 50  # tensor rows shown; the rest are summarised
 
 
 def _sig_text(sigs: list[Any] | None) -> str:
-    from enn_nb.signature import describe
+    from enn_nb.model.signature import describe
 
     return describe(sigs) if sigs else "None"
 
 
-def _summary(m: Manifest) -> list[tuple[str, str]]:
+def _summary(m: Any) -> list[tuple[str, str]]:
     spec = m.spec
     rows = [
         ("path", str(m.path or "")),
@@ -59,7 +59,7 @@ def _short_json(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _tensor_rows(m: Manifest) -> list[tuple[str, str, str, str, str]]:
+def _tensor_rows(m: Any) -> list[tuple[str, str, str, str, str]]:
     return [
         (t.name, t.dtype, "[" + ", ".join(str(d) for d in t.shape) + "]", human_size(t.nbytes),
          short(t.hash))
@@ -67,7 +67,7 @@ def _tensor_rows(m: Manifest) -> list[tuple[str, str, str, str, str]]:
     ]
 
 
-def _tables(m: Manifest) -> tuple[Table, Table]:
+def _tables(m: Any) -> tuple[Table, Table]:
     more = len(m.tensors) - MAX_ROWS
     tensors = Table(
         ("name", "dtype", "shape", "bytes", "hash"),
@@ -79,7 +79,7 @@ def _tables(m: Manifest) -> tuple[Table, Table]:
     return summary, tensors
 
 
-def manifest_text(m: Manifest) -> str:
+def manifest_text(m: Any) -> str:
     """A plain-text rendering for terminals (``print(manifest)``, ``enn-nb inspect``)."""
     summary, tensors = _tables(m)
     parts = [f"enn_nb checkpoint ({m.format})", str(summary)]
@@ -88,7 +88,7 @@ def manifest_text(m: Manifest) -> str:
     return "\n".join(parts)
 
 
-def manifest_html(m: Manifest) -> str:
+def manifest_html(m: Any) -> str:
     """An HTML table for notebooks (``Manifest._repr_html_``)."""
     summary, tensors = _tables(m)
     return (

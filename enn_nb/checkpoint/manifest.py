@@ -9,8 +9,9 @@ import platform
 from collections.abc import Mapping
 from typing import Any
 
+from enn_nb._version import __version__
 from enn_nb.errors import CorruptCheckpointError, SpecError
-from enn_nb.spec import SPEC_FIELDS, ModelSpec, jsonable
+from enn_nb.model.spec import SPEC_FIELDS, ModelSpec, jsonable
 
 from .migrations import migrate
 from .schema import SCHEMA_ID
@@ -273,8 +274,6 @@ def decode(text: str | bytes, *, path: str | None = None, where: str = "manifest
 # -- building ----------------------------------------------------------------------------------------
 def versions(**extra: str | None) -> dict[str, str | None]:
     import torch
-
-    from enn_nb import __version__
 
     out: dict[str, str | None] = {"enn_nb": __version__, "torch": torch.__version__,
                                   "python": platform.python_version()}

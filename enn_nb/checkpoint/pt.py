@@ -350,6 +350,8 @@ class PtReader:
                     "the file is damaged. Restore it from a good copy.",
                     file=str(path),
                 )
+            if not upstream.is_upstream_pt(payload):
+                raise not_a_checkpoint(path, payload)
             self.manifest, self.state, self.raw_optimizer = upstream.from_pt_payload(payload, path)
             self.upstream = True
         self._unchecked_records = 0

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import CheckpointError, SpecError
-from enn_nb.spec import jsonable
+from enn_nb.model.spec import jsonable
 
 from .tensors import canonical_key, is_dtensor
 

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from enn_nb._version import __version__
 from enn_nb.errors import CorruptCheckpointError, SchemaVersionError
 
 SCHEMA_NAME = "enn_nb.checkpoint"
@@ -36,8 +37,6 @@ def parse_schema_id(value: Any) -> int:
 def check_not_newer(version: int) -> None:
     """Raise SchemaVersionError when ``version`` is newer than this code understands."""
     if version > CURRENT_VERSION:
-        from enn_nb import __version__
-
         found = f"{SCHEMA_NAME}/{version}"
         raise SchemaVersionError(
             f"This checkpoint's manifest uses schema `{found}`, newer than `{SCHEMA_ID}`, the newest "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 BATCH = 2
 ATOL = 1e-5
@@ -162,7 +162,7 @@ class _Job:
     def run(self) -> dict[str, Any] | None:
         import torch
 
-        from enn_nb.engine.parity import eval_only
+        from enn_nb.model.examples import eval_only
 
         try:
             with eval_only(self.model), torch.no_grad():
@@ -185,11 +185,11 @@ def _prepare(model: Any, spec: ModelSpec) -> _Job | None:
         return None
     try:
         if spec.has_signature:  # sequences, several inputs, integer ids: drawn from the declared signature
-            from enn_nb.signature import draw
+            from enn_nb.model.signature import draw
 
             inputs = draw(spec.inputs, batch=BATCH, seed=0)
         else:
-            from enn_nb.engine.parity import default_example_inputs
+            from enn_nb.model.examples import default_example_inputs
 
             inputs = default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=BATCH, seed=0)
         name, call = _call(model)
@@ -204,7 +204,7 @@ def check(model: Any, recorded: Mapping[str, Any] | None, *, device: Any = "cpu"
     """Run ``model`` on the recorded inputs and compare with the recorded outputs."""
     import torch
 
-    from enn_nb.engine.parity import eval_only
+    from enn_nb.model.examples import eval_only
 
     if not recorded:
         return RestoreCheck(NOT_RUN, reason="the checkpoint holds no recorded vectors")

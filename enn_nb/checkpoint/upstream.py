@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import NotACheckpointError, SpecError
-from enn_nb.spec import ModelSpec, jsonable
+from enn_nb.model.spec import ModelSpec, jsonable
 
 from .detect import read_json_file, safetensors_sidecar, upstream_meta_file
 from .manifest import Manifest, TensorEntry
@@ -58,13 +58,8 @@ def is_upstream_pt(payload: Any) -> bool:
 def from_pt_payload(payload: Any, path: Path) -> tuple[Manifest, dict[str, torch.Tensor], Any]:
     """(manifest, canonical state dict, optimizer state or None) of an upstream .pt payload.
 
-    Raises:
-        NotACheckpointError: the payload is neither layout.
+    The caller checks :func:`is_upstream_pt` first (and raises its own "not a checkpoint" error).
     """
-    from .pt import not_a_checkpoint
-
-    if not is_upstream_pt(payload):
-        raise not_a_checkpoint(path, payload)
     if isinstance(payload.get("state_dict"), Mapping):
         state_raw, layout = payload["state_dict"], LAYOUT
         meta = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer_state_dict")}

@@ -14,8 +14,8 @@ from enn_nb.errors import FastPathExportError
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.fastpaths import FastPath
-    from enn_nb.signature import TensorSig
+    from enn_nb.model.fastpaths import FastPath
+    from enn_nb.model.signature import TensorSig
 
 #: Above this many bytes of weights the shared ONNX keeps them in an external ``.data`` file
 #: (protobuf cannot hold a single message over 2 GiB).
@@ -46,7 +46,7 @@ def capture_program(
     """
     import torch
 
-    from enn_nb.signature import dynamic_shapes, infer_inputs, symbolic_names
+    from enn_nb.model.signature import dynamic_shapes, infer_inputs, symbolic_names
 
     notes: list[str] = []
     sigs = list(signature) if signature is not None else infer_inputs(module.forward, example_inputs)
@@ -199,7 +199,7 @@ def _name_symbolic_dims(model: Any, signature: Sequence[TensorSig] | None) -> No
     """Rename the exporter's symbols (``s12``...) after the signature's dims (``time``...) everywhere."""
     if not signature:
         return
-    from enn_nb.signature import dim_name
+    from enn_nb.model.signature import dim_name
 
     graph = model.graph
     renames: dict[str, str] = {}
@@ -283,7 +283,7 @@ class Shared:
         return path
 
     def input_signature(self) -> list[Any] | None:
-        from enn_nb.signature import TensorSig
+        from enn_nb.model.signature import TensorSig
 
         return [TensorSig.from_dict(s) for s in self.signature["inputs"]] if self.signature else None
 

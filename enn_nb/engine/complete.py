@@ -44,7 +44,7 @@ def complete(sidecar_path: str | os.PathLike[str], *, out: str | os.PathLike[str
         BackendError: the build failed (the sidecar is left as it was).
     """
     from enn_nb.engine.registry import get_backend
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
     path = Path(sidecar_path)
     if not path.name.endswith(sc.SIDECAR_SUFFIX):

@@ -17,7 +17,7 @@ from enn_nb.engine.settings import ExportSettings
 
 if TYPE_CHECKING:
     from enn_nb.engine.plan import Plan
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ from enn_nb.engine import sidecar as sc
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.signature import TensorSig
+    from enn_nb.model.signature import TensorSig
 
 
 def load_source(obj: Any) -> tuple[Any, dict[str, Any], Any]:
@@ -58,7 +58,7 @@ def load_source(obj: Any) -> tuple[Any, dict[str, Any], Any]:
 
 def resolve_spec(model: Any, spec: Any) -> Any:
     """The given spec (a dict is read as one), else the one the model describes, else None."""
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
     if spec is not None:
         if isinstance(spec, Mapping):
@@ -80,8 +80,8 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
     import numpy as np
     import torch
 
-    from enn_nb import signature as sig
-    from enn_nb.engine.parity import default_example_inputs
+    from enn_nb.model import signature as sig
+    from enn_nb.model.examples import default_example_inputs
 
     if example_inputs is None:
         if spec is not None and spec.inputs is not None:
@@ -125,8 +125,8 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
 
 def case_maker(spec: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``make(batch, seed)`` giving the parity inputs at one batch size."""
-    from enn_nb import signature as sig
-    from enn_nb.engine.parity import default_example_inputs, resample_inputs
+    from enn_nb.model import signature as sig
+    from enn_nb.model.examples import default_example_inputs, resample_inputs
 
     if spec is not None and spec.inputs is not None:
         sizes = sig.check_inputs(spec.inputs, inputs)  # the capture's sizes of time and other dims
@@ -159,7 +159,7 @@ class ModelIO:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelIO:
-        from enn_nb.signature import TensorSig
+        from enn_nb.model.signature import TensorSig
 
         return cls([TensorSig.from_dict(s) for s in data["inputs"]], [TensorSig.from_dict(s) for s in data["outputs"]],
                    str(data["structure"]))
@@ -173,8 +173,8 @@ def resolve_io(model: Any, spec: Any, inputs: tuple[torch.Tensor, ...]) -> Model
     """
     import torch
 
-    from enn_nb import signature as sig
-    from enn_nb.engine.parity import eval_only
+    from enn_nb.model import signature as sig
+    from enn_nb.model.examples import eval_only
 
     call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
     if spec is not None and spec.inputs is not None:
@@ -218,7 +218,7 @@ def essential_metadata(spec: Any, source: dict[str, Any], io: ModelIO, deviation
     essentials = {
         "enn_nb.schema": sc.SCHEMA,
         "enn_nb.version": __version__,
-        "enn_nb.spec": json.dumps(spec.to_dict() if spec is not None else None, sort_keys=True),
+        "enn_nb.model.spec": json.dumps(spec.to_dict() if spec is not None else None, sort_keys=True),
         "enn_nb.source_hash": str(source.get("content_hash") or ""),
         "enn_nb.inputs": json.dumps(described),
         "enn_nb.outputs": json.dumps(io.output_names),

@@ -150,7 +150,7 @@ def build_job(setup: Setup, shared: Any) -> Any:
     import torch
 
     from enn_nb.engine.backends.base import ExportJob
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
     module = None
     if setup.module_path:
@@ -302,7 +302,7 @@ class Worker:
         from enn_nb.engine import warm
 
         try:
-            self._proc, self._send, self._recv = warm.start_worker(self._log, inductor=inductor)
+            self._proc, self._send, self._recv = warm.start_worker(self._log, _serve, inductor=inductor)
         except Exception as exc:  # noqa: BLE001 - no fork server here: a fresh interpreter does the same work
             log.info("warm worker unavailable (%s: %s); spawning a fresh interpreter", type(exc).__name__, exc)
             self._start_spawned()

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from enn_nb.engine.report import BackendResult, ExportReport
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 #: The labels of the two eager references in :attr:`Timings.stats` (the headline ratio is to ``SAFE``).
 EAGER, SAFE = "eager", "eager (export-safe)"
@@ -95,10 +95,10 @@ def time_call(fn: Callable[[], Any], *, budget_s: float = 0.25, min_calls: int =
 
 def spec_inputs(spec: ModelSpec) -> Inputs:
     """Inputs drawn from the model's spec (scaler statistics, valid category codes), one seed per batch."""
-    from enn_nb.engine.parity import default_example_inputs
+    from enn_nb.model.examples import default_example_inputs
 
     if spec.inputs is not None:  # a declared signature: its dtypes, symbolic dims and category codes
-        from enn_nb.signature import draw
+        from enn_nb.model.signature import draw
 
         return lambda batch: draw(spec.inputs, batch=batch, seed=1000 + batch)
     return lambda batch: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=batch, seed=1000 + batch)
@@ -109,7 +109,8 @@ def vector_inputs(report: ExportReport) -> Inputs | None:
     vectors = getattr(report, "vectors", None)
     if vectors is None or not Path(vectors).is_file():
         return None
-    from enn_nb.engine.parity import load_vectors, resample_inputs
+    from enn_nb.engine.parity import load_vectors
+    from enn_nb.model.examples import resample_inputs
 
     cases, _, _ = load_vectors(Path(vectors))
     if not cases:
@@ -169,7 +170,7 @@ def measure(
     """
     import torch
 
-    from enn_nb.engine.parity import eval_only
+    from enn_nb.model.examples import eval_only
     from enn_nb.engine.registry import get_backend
     from enn_nb.engine.safe import export_safe
 

@@ -27,17 +27,17 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import EnnError, ExportError
+from enn_nb.model.examples import default_example_inputs, eval_only, resample_inputs  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 VECTORS_SCHEMA = "enn_nb.vectors/1"
 VECTORS_SUFFIX = ".vectors.safetensors"
@@ -61,77 +61,6 @@ class Case:
     dynamic: bool  # True: used for dynamic-batch artifacts; False: at the capture batch (static artifacts)
     inputs: list[np.ndarray]
     expected: list[np.ndarray]
-
-
-# -- tolerances -------------------------------------------------------------------------------------
-# -- inputs -----------------------------------------------------------------------------------------
-def default_example_inputs(spec: ModelSpec | None, in_dim: int | None, feature_dtype: str | None, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Example ``[batch, in_dim]`` features drawn from the spec.
-
-    Continuous columns follow the scaler's mean/std when the spec has them; categorical columns
-    (``spec.embedding``) get valid integer codes. Batch 2 by default: capture at 0 or 1 would
-    specialise the batch dimension.
-    """
-    import torch
-
-    if in_dim is None:
-        raise ExportError(
-            "Cannot make example inputs: the model has no `in_dim` and no `spec`. "
-            "Pass `example_inputs=(torch.randn(2, N),)` or `spec=ModelSpec(in_dim=N)`."
-        )
-    from enn_nb._safeio import check_example_shape
-
-    check_example_shape([int(batch), int(in_dim)], what="example input shape [batch, in_dim]")
-    dtype = getattr(torch, feature_dtype or "float32")
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, in_dim, generator=gen, dtype=torch.float64)
-    scaler = (spec.scaler if spec is not None else None) or {}
-    mean, std = scaler.get("x_mean"), scaler.get("x_std")
-    if isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) and len(mean) <= in_dim:
-        n = len(mean)
-        x[:, :n] = x[:, :n] * torch.tensor(std, dtype=torch.float64) + torch.tensor(mean, dtype=torch.float64)
-    embedding = (spec.embedding if spec is not None else None) or {}
-    for col, card in zip(embedding.get("categorical_columns", []), embedding.get("cardinalities", [])):
-        if 0 <= int(col) < in_dim and int(card) > 0:
-            x[:, int(col)] = torch.randint(0, int(card), (batch,), generator=gen).to(torch.float64)
-    return (x.to(dtype),)
-
-
-def resample_inputs(example: Sequence[torch.Tensor], batch: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """New inputs of ``batch`` rows for a model without a spec: rows drawn from the example inputs.
-
-    Floating columns whose example values are not all integers get noise of their own spread, so that
-    the new batch is not only copies; integer-valued columns (codes, indices) are kept as drawn.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    n = example[0].shape[0]
-    rows = torch.randint(0, n, (batch,), generator=gen)
-    out = []
-    for tensor in example:
-        new = tensor[rows].clone()
-        if new.is_floating_point() and new.dim() >= 2 and n > 1:
-            flat = tensor.reshape(n, -1).double()
-            continuous = (flat != flat.round()).any(0)
-            spread = flat.std(0).nan_to_num(0.0)
-            noise = torch.randn(batch, flat.shape[1], generator=gen, dtype=torch.float64) * spread * continuous * 0.5
-            new = (new.reshape(batch, -1).double() + noise).to(tensor.dtype).reshape(new.shape)
-        out.append(new)
-    return tuple(out)
-
-
-@contextmanager
-def eval_only(model: Any):  # type: ignore[no-untyped-def]
-    """Eval mode (dropout off) for the reference run, fast paths untouched; restores each flag."""
-    modules = [m for m in model.modules() if m.training] if hasattr(model, "modules") else []
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.training = True
 
 
 def make_cases(

@@ -40,7 +40,7 @@ from enn_nb.errors import AccuracyBudgetError, BackendError, FastPathExportError
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def export(
     """
     started = time.perf_counter()
     if provenance is None:
-        from enn_nb.provenance import from_kernel
+        from enn_nb.model.provenance import from_kernel
 
         provenance = from_kernel()
     settings = ExportSettings.from_call(
@@ -232,7 +232,7 @@ def _run(
     from enn_nb.engine.isolate import Worker
     from enn_nb.engine.safe import export_safe
     from enn_nb.engine.wrapper import export_module
-    from enn_nb.fastpaths import declared_fast_paths
+    from enn_nb.model.fastpaths import declared_fast_paths
 
     settings, report = info.settings, info.report
     workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=settings.out))

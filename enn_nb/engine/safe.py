@@ -2,7 +2,7 @@
 
 ``with enn_nb.export_safe(model) as safe:`` switches, for the block only:
 
-- every fast path the model declares (``enn_fast_paths``, see :mod:`enn_nb.fastpaths`) to its safe
+- every fast path the model declares (``enn_fast_paths``, see :mod:`enn_nb.model.fastpaths`) to its safe
   value: FlexAttention -> explicit math, custom ops without fake impls -> reference code,
   data-dependent calibration -> its static form...;
 - generic switches that apply to any ``nn.Module``: ``torch.compile``-wrapped submodules
@@ -13,7 +13,7 @@ Every switch is recorded as a :class:`Deviation` (the sidecar's ``deviations``).
 exception) each switch is undone in reverse order, so attributes, submodules and flags are exactly
 what they were.
 
-A model that declares no fast paths may have a *provider* (:func:`enn_nb.fastpaths.provider_for`,
+A model that declares no fast paths may have a *provider* (:func:`enn_nb.model.fastpaths.provider_for`,
 registered per library, e.g. ENN-PyTorch's in ``enn_nb.adapters.enn_torch``): its context is entered
 for the block and each switch it makes is a deviation too. A provider may set process-wide switches
 (ENN-PyTorch reads environment variables); it owns their locking and exact restoration.
@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.fastpaths import declared_fast_paths
+from enn_nb.model.fastpaths import declared_fast_paths
 
 if TYPE_CHECKING:
     import torch
@@ -181,7 +181,7 @@ def _enter_provider(target: Any, undo: list[Callable[[], None]]) -> list[Deviati
     """Enter the model library's fast-path provider, if one is registered; its exit joins ``undo``."""
     from contextlib import ExitStack
 
-    from enn_nb.fastpaths import provider_for
+    from enn_nb.model.fastpaths import provider_for
 
     provider = provider_for(target)
     if provider is None:

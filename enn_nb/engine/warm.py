@@ -20,6 +20,7 @@ import io
 import os
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.context import ForkServerProcess
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,12 @@ def child_environment() -> dict[str, str]:
     return env
 
 
-def run_forked(recv: Any, send: Any, log: str, env: dict[str, str]) -> None:
-    """The forked worker's entry point: adopt the caller's environment, log to ``log``, then serve."""
+def run_forked(recv: Any, send: Any, log: str, env: dict[str, str], serve: Callable[[Any, Any], None]) -> None:
+    """The forked worker's entry point: adopt the caller's environment, log to ``log``, then ``serve``.
+
+    ``serve`` (the engine's task loop) is handed in, pickled by reference, so that this module does not
+    import the module that starts workers through it.
+    """
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -159,13 +164,12 @@ def run_forked(recv: Any, send: Any, log: str, env: dict[str, str]) -> None:
         os.setsid()  # a process group of its own: a timeout kills the tools it started too
     except OSError:
         pass
-    from enn_nb.engine.isolate import _serve
-
-    _serve(recv, send)
+    serve(recv, send)
 
 
-def start_worker(log: Path, *, inductor: bool = False) -> tuple[WarmProcess, Any, Any]:
-    """Fork a worker from the warm server; returns (process, connection to send to, connection to read)."""
+def start_worker(log: Path, serve: Callable[[Any, Any], None], *, inductor: bool = False) -> tuple[WarmProcess, Any, Any]:
+    """Fork a worker from the warm server that runs ``serve(recv, send)`` (a module-level function);
+    returns (process, connection to send to, connection to read)."""
     import multiprocessing
 
     server(inductor=inductor)  # the first call creates it, with the preload this export needs
@@ -173,7 +177,7 @@ def start_worker(log: Path, *, inductor: bool = False) -> tuple[WarmProcess, Any
     res_r, res_w = multiprocessing.Pipe(duplex=False)
     log.touch()
     try:
-        proc = WarmProcess(run_forked, (task_r, res_w, str(log), child_environment()))
+        proc = WarmProcess(run_forked, (task_r, res_w, str(log), child_environment(), serve))
     finally:
         task_r.close()
         res_w.close()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from enn_nb.errors import SpecError
-from enn_nb.fastpaths import FastPath
+from enn_nb.model.fastpaths import FastPath
 
 from .config import ATTENTION_IMPLS
 

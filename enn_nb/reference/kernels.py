@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enn_nb.fastpaths import FastPath
+from enn_nb.model.fastpaths import FastPath
 
 OP_NAME = "enn_nb::fused_gelu_linear"
 

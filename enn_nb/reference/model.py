@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enn_nb.fastpaths import FastPath
-from enn_nb.spec import check_features
+from enn_nb.model.fastpaths import FastPath
+from enn_nb.model.spec import check_features
 
 from .attention import SelfAttention, check_impl
 from .config import ModelConfig

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from enn_nb.errors import SpecError
-from enn_nb.fastpaths import FastPath
+from enn_nb.model.fastpaths import FastPath
 
 from .config import CALIBRATION_IMPLS
 

@@ -16,7 +16,7 @@ from .data import make_dataset
 from .model import ReferenceModel
 
 if TYPE_CHECKING:
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 
 @contextlib.contextmanager

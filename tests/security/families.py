@@ -402,8 +402,8 @@ def _yaml_bomb(levels: int = 9) -> str:
 
 
 def bombs(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
-    from enn_nb.notebook import _magic_logic as logic
-    from enn_nb.reports.catalog import parse_assignment
+    from enn_nb.surfaces.notebook import _magic_logic as logic
+    from enn_nb.surfaces.reports.catalog import parse_assignment
 
     bomb = _yaml_bomb()
     flat = bomb.replace("\n", ", ").rstrip(", ")
@@ -740,7 +740,7 @@ def _build_trt_output(side: Path) -> str:
     """What ``enn-nb build-trt`` prints (it cannot build here: the command it suggests is the attack surface)."""
     import contextlib
 
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

@@ -154,7 +154,7 @@ def cli(args: list[str]) -> int:
     import contextlib
     import io
 
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):

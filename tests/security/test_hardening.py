@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
                                          ("x.pt", "x.pt"), ("{atol: 1e-4}", {"atol": 1e-4}), ("3", 3)])
 def test_every_user_yaml_surface_reads_the_same_values(text: str, value: object) -> None:
     from enn_nb._yaml import safe_load
-    from enn_nb.notebook._magic_logic import parse_export_body, parse_meta
-    from enn_nb.reports.catalog import parse_value
+    from enn_nb.surfaces.notebook._magic_logic import parse_export_body, parse_meta
+    from enn_nb.surfaces.reports.catalog import parse_value
 
     assert safe_load(text) == value
     assert parse_value(text) == value
@@ -33,7 +33,7 @@ def test_every_user_yaml_surface_reads_the_same_values(text: str, value: object)
 
 
 def test_the_export_body_reads_exponent_floats() -> None:
-    from enn_nb.notebook._magic_logic import parse_export_body
+    from enn_nb.surfaces.notebook._magic_logic import parse_export_body
 
     assert parse_export_body("tolerances: {onnx: [1e-5, 2E-4]}")["tolerances"] == {"onnx": {"atol": 1e-5, "rtol": 2e-4}}
 
@@ -54,7 +54,7 @@ def test_anchors_and_aliases_are_refused(text: str) -> None:
 
 # -- terminal output --------------------------------------------------------------------------------------
 def test_inspect_escapes_control_characters_from_the_manifest(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     path = tmp_path / "m.safetensors"
     name = "w\x1b[2J\x1b[31mowned\rfake\nline"
@@ -66,7 +66,7 @@ def test_inspect_escapes_control_characters_from_the_manifest(tmp_path: Path, ca
 
 
 def test_cli_errors_are_one_escaped_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from enn_nb.cli import main
+    from enn_nb.surfaces.cli import main
 
     bad = tmp_path / "evil\x1b[31m\nname.pt"
     bad.write_bytes(b"PK\x03\x04garbage")
@@ -78,7 +78,7 @@ def test_cli_errors_are_one_escaped_line(tmp_path: Path, capsys: pytest.CaptureF
 # -- names in the notebook ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["__builtins__", "get_ipython", "print", "In", "Out", "_", "_i3", "__name__", "exit"])
 def test_reserved_names_are_refused(name: str) -> None:
-    from enn_nb.notebook._magic_logic import check_identifier
+    from enn_nb.surfaces.notebook._magic_logic import check_identifier
 
     with pytest.raises(SpecError, match="builtin or one of IPython's own names"):
         check_identifier(name, "--into")

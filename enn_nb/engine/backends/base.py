@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 
 #: What a backend consumes from the shared capture.

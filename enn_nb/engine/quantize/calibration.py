@@ -20,7 +20,7 @@ from enn_nb.errors import CalibrationError
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.signature import TensorSig
+    from enn_nb.model.signature import TensorSig
 
 #: The most batches read from an iterable: an endless generator stops here (with a warning).
 CAP = 256
@@ -163,7 +163,7 @@ def _checked(batches: list[tuple[Any, ...]], sigs: Sequence[TensorSig], what: st
     import numpy as np
     import torch
 
-    from enn_nb import signature as sig
+    from enn_nb.model import signature as sig
 
     out = []
     for i, batch in enumerate(batches):

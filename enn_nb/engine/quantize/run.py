@@ -34,8 +34,8 @@ def prepare_data(settings: Any, model: Any, spec: Any, inputs: Any, io: Any) -> 
     import torch
 
     from enn_nb.engine.inputs import case_maker
-    from enn_nb.engine.parity import eval_only
-    from enn_nb.signature import flatten_outputs
+    from enn_nb.model.examples import eval_only
+    from enn_nb.model.signature import flatten_outputs
 
     sets: DataSets = prepare(settings.calibration, settings.eval_data, io.inputs, case_maker(spec, inputs))
     joined = [torch.cat([b[i] for b in sets.evaluation]) for i in range(len(io.inputs))]

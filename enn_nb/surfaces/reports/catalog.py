@@ -11,9 +11,9 @@ from enn_nb.errors import ReportError, UnknownNameError
 
 #: Where the built-in templates live: ``enn_nb/templates`` is a relative symlink to the repository's
 #: top-level ``templates/`` in a source checkout, and a real folder inside an installed wheel.
-PACKAGE_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+PACKAGE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 #: A source checkout's top-level folder, used should the symlink be missing (e.g. a Windows clone).
-SOURCE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+SOURCE_TEMPLATES = Path(__file__).resolve().parents[3] / "templates"
 
 
 def template_dirs() -> list[Path]:

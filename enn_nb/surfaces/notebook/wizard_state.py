@@ -39,7 +39,7 @@ class WizardState(HasTraits):
     """Everything the wizard's widgets show, and nothing about widgets.
 
     The view observes these traits and writes user input back into them; the run controller
-    (:mod:`enn_nb.notebook.wizard_run`) writes progress and results. Mutated on the kernel's main
+    (:mod:`enn_nb.surfaces.notebook.wizard_run`) writes progress and results. Mutated on the kernel's main
     thread only (the controller marshals its worker's events there), so observers never race.
     """
 
@@ -307,7 +307,7 @@ class WizardState(HasTraits):
         Raises:
             SpecError: a line that is not ``name:dtype[dims]`` (the message shows the form).
         """
-        from enn_nb.signature import parse
+        from enn_nb.model.signature import parse
 
         lines = [line.strip() for line in self.signature.replace(";", "\n").splitlines() if line.strip()]
         return [parse(line) for line in lines] or None
@@ -452,7 +452,7 @@ class WizardState(HasTraits):
         example_inputs = self.example_inputs
         typed = self.signature_inputs() if example_inputs is None else None
         if typed is not None:
-            from enn_nb.signature import draw
+            from enn_nb.model.signature import draw
 
             example_inputs = draw(typed)
         return {

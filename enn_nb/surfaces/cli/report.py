@@ -7,19 +7,22 @@ import json
 import sys
 from typing import Any
 
+from enn_nb.surfaces.cli.command import add_command
+
 
 def register(subparsers: Any) -> None:
-    from enn_nb.reports.catalog import templates
+    from enn_nb.surfaces.reports.catalog import templates
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "report",
+        run,
         help="execute a report template (papermill) and exit non-zero if it fails",
         description=(
             "Execute a report template through a Jupyter kernel and write the executed notebook (and HTML).\n"
             "Exits 1 when a requested backend failed, crashed or mismatched, or a cell raised; the reasons\n"
             "are printed. Built-in templates: " + (", ".join(templates()) or "(none)") + "."
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "examples:\n"
             "  enn-nb report export_report -p checkpoint=model.safetensors -p 'backends=[onnx, pt2]' \\\n"
@@ -51,12 +54,11 @@ def register(subparsers: Any) -> None:
         help="the template's `model` parameter: a factory building your own model, imported by module name (never "
         "from a file), into which the checkpoint is loaded",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from enn_nb.errors import ReportError
-    from enn_nb.reports.catalog import declared_parameters, parse_assignment, resolve_template
+    from enn_nb.surfaces.reports.catalog import declared_parameters, parse_assignment, resolve_template
 
     if args.describe:
         return _describe(declared_parameters(resolve_template(args.template)), args.json)
@@ -68,13 +70,13 @@ def run(args: argparse.Namespace) -> int:
         raise ReportError("`--no-input` and `--show-code` contradict each other; pass one of them.")
     params = dict(parse_assignment(text) for text in args.params)
     if args.model:
-        from enn_nb.factory import import_factory
+        from enn_nb.surfaces.factory import import_factory
 
         import_factory(args.model)  # a typo fails here, before a kernel starts
         params["model"] = args.model
     common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params}
     if args.each:
-        from enn_nb.reports.batch import run_batch
+        from enn_nb.surfaces.reports.batch import run_batch
 
         if args.name:
             raise ReportError("`--name` names one report; with `--each` every report is named after its file.")
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         ok, failures = batch.ok, batch.failures
     else:
         from enn_nb.errors import ReportCellError
-        from enn_nb.reports.runner import report
+        from enn_nb.surfaces.reports.runner import report
 
         if args.each_param:
             raise ReportError("`--each-param` goes with `--each GLOB`.")

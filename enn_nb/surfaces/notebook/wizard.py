@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from enn_nb.notebook.wizard_run import ExportRun
-from enn_nb.notebook.wizard_state import STEPS, WizardState
+from enn_nb.surfaces.notebook.wizard_run import ExportRun
+from enn_nb.surfaces.notebook.wizard_state import STEPS, WizardState
 
 
 class Wizard:
@@ -27,7 +27,7 @@ class Wizard:
         from enn_nb._optional import require
 
         require("ipywidgets", purpose="the export wizard")
-        from enn_nb.notebook.wizard_view import WizardView
+        from enn_nb.surfaces.notebook.wizard_view import WizardView
 
         self.state = WizardState(namespace)
         self.state.apply_defaults(defaults)
@@ -80,7 +80,7 @@ class Wizard:
         only read files (``result.model_note`` says so, and the wizard shows it).
 
         Returns:
-            The ``enn_nb.reports.ReportResult`` (``.notebook`` is the executed report, ``.html`` its HTML).
+            The ``enn_nb.surfaces.reports.ReportResult`` (``.notebook`` is the executed report, ``.html`` its HTML).
         """
         result = self._make_report()
         self.view._saved_report = result
@@ -90,7 +90,7 @@ class Wizard:
     def _make_report(self) -> Any:
         # Runs in a worker thread for the button: reads the state, writes no trait.
         from enn_nb.checkpoint import save
-        from enn_nb.reports import report
+        from enn_nb.surfaces.reports import report
 
         state = self.state
         if state.report is None:
@@ -157,7 +157,7 @@ def reports_available() -> bool:
     """Whether ``enn_nb.report`` can run here (its module and papermill import)."""
     try:
         from enn_nb._optional import is_installed
-        from enn_nb.reports import report  # noqa: F401
+        from enn_nb.surfaces.reports import report  # noqa: F401
     except Exception:
         return False
     return is_installed("papermill")

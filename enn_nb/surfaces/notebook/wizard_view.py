@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 from enn_nb.errors import SpecError
 from enn_nb.engine.quantize.modes import MODE_MEANING, MODES
 from enn_nb.engine.quantize.table import rows as quantization_rows
-from enn_nb.notebook.wizard_state import SLOW_BACKENDS, STEP_TITLES, STEPS, WizardState, result_rows
+from enn_nb.surfaces.notebook.wizard_state import SLOW_BACKENDS, STEP_TITLES, STEPS, WizardState, result_rows
 
 if TYPE_CHECKING:
     import ipywidgets
 
-    from enn_nb.notebook.wizard_run import ExportRun
+    from enn_nb.surfaces.notebook.wizard_run import ExportRun
 
 _ERROR_STYLE = "color:#b00020;font-weight:600"
 _STATUS_COLORS = {"ok": "#1b7f3b", "mismatch": "#b36b00", "deferred": "#49759c", "unavailable": "#777",
@@ -378,7 +378,7 @@ class WizardView:
         ])  # fmt: skip
 
     def _show_results(self, change: Any = None) -> None:
-        from enn_nb import plots
+        from enn_nb.surfaces import plots
 
         state = self.state
         rows = (
@@ -488,8 +488,8 @@ def _typed_signature(state: WizardState) -> list[Any] | None:
 
 def module_summary_html(model: Any, typed: list[Any] | None = None) -> str:
     from enn_nb._format import human_size
-    from enn_nb.signature import describe
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.signature import describe
+    from enn_nb.model.spec import ModelSpec
 
     spec = ModelSpec.from_model(model)
     if typed is not None:

@@ -14,7 +14,7 @@ from enn_nb.errors import SpecError
 if TYPE_CHECKING:
     import torch
 
-    from enn_nb.signature import TensorSig
+    from enn_nb.model.signature import TensorSig
 
 SPEC_FIELDS = (
     "builder",
@@ -107,7 +107,7 @@ class ModelSpec:
         embedding: the embedding spec (categorical columns, cardinalities, dims).
         feature_dtype: dtype of the raw input features, e.g. ``"float32"``.
         metadata: free-form user metadata (JSON).
-        inputs: the forward's inputs as :class:`~enn_nb.signature.TensorSig` rows (name, dtype, shape with
+        inputs: the forward's inputs as :class:`~enn_nb.model.signature.TensorSig` rows (name, dtype, shape with
             symbolic dims such as ``batch``/``time``); ``None`` means the ``[B, in_dim]`` shorthand.
         outputs: the flattened outputs, named after dict keys (``output_0``... for tuples).
         output_structure: ``"tensor"``, ``"tuple"`` or ``"dict"``: what the forward returns.
@@ -127,7 +127,7 @@ class ModelSpec:
     output_structure: str | None = None
 
     def __post_init__(self) -> None:
-        from enn_nb.signature import OUTPUT_STRUCTURES, parse_many
+        from enn_nb.model.signature import OUTPUT_STRUCTURES, parse_many
 
         if self.inputs is not None:
             self.inputs = parse_many(self.inputs)
@@ -212,10 +212,8 @@ class ModelSpec:
 
         ``overrides`` replace what was read (e.g. ``metadata=...``).
         """
-        from enn_nb.adapters import adapter_for
-
-        adapter = adapter_for(model)  # a library's adapter (ENN-PyTorch) fills what its models lack
-        adapted = adapter.spec_fields(model) if adapter is not None else {}
+        reader = spec_reader_for(model)  # a library's adapter (ENN-PyTorch) fills what its models lack
+        adapted = reader(model) if reader is not None else {}
         spec = cls(
             builder=getattr(model, "enn_builder", None),
             config=_config_dict(getattr(model, "config", None)),
@@ -238,7 +236,7 @@ class ModelSpec:
 
     def input_signature(self) -> list[TensorSig] | None:
         """The inputs: declared ones, else ``features: feature_dtype[batch, in_dim]`` from the shorthand."""
-        from enn_nb.signature import BATCH, TensorSig
+        from enn_nb.model.signature import BATCH, TensorSig
 
         if self.inputs is not None:
             return list(self.inputs)
@@ -261,7 +259,7 @@ class ModelSpec:
         Raises:
             InputMismatchError: names the input, the expected and the received signature.
         """
-        from enn_nb.signature import check_inputs
+        from enn_nb.model.signature import check_inputs
 
         sigs = self.input_signature()
         items = tensors if isinstance(tensors, (tuple, list)) else (tensors,)
@@ -325,7 +323,7 @@ def _takes_shapes(fn: Callable[..., Any]) -> bool:
 
 def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSpec:
     """``spec`` with the model's declared signature, else one inferred from ``example_inputs``."""
-    from enn_nb import signature as sig
+    from enn_nb.model import signature as sig
 
     declared_in = getattr(model, "input_signature", None)
     declared_out = getattr(model, "output_signature", None)
@@ -344,9 +342,7 @@ def _with_signature(spec: ModelSpec, model: Any, example_inputs: Any) -> ModelSp
         if "inputs" not in changes:
             changes["inputs"] = sig.infer_inputs(forward, tensors)
         if "outputs" not in changes:
-            from enn_nb.engine.parity import eval_only
-
-            with eval_only(model), torch.no_grad():
+            with sig.eval_only(model), torch.no_grad():
                 out = forward(*tensors)
             changes["outputs"], changes["output_structure"] = sig.infer_outputs(out)
     return spec.replace(**changes) if changes else spec
@@ -383,5 +379,32 @@ def _dtype_name(dtype: Any) -> str | None:
     return text.removeprefix("torch.")
 
 
+# -- spec readers: spec fields for models of libraries that do not follow the contract themselves -----------
+#: A reader is ``fn(model) -> dict`` of ModelSpec fields; looked up by the top-level package of the model's
+#: class, so that this module never imports an adapter (adapters sit above the core and import it).
+SpecReader = Callable[[Any], dict[str, Any]]
+
+_spec_readers: Registry[SpecReader] = Registry(
+    kind="spec reader",
+    group="enn_nb.spec_readers",
+    how_to_register=(
+        "Register one with `enn_nb.model.spec.register_spec_reader(\"package\", fn)` (the top-level package of "
+        "the model classes it reads) or an entry point in the `enn_nb.spec_readers` group."
+    ),
+)
+
+
+def register_spec_reader(package: str, reader: SpecReader | str, *, replace: bool = False) -> None:
+    """Use ``reader`` to fill the spec of models whose class comes from the top-level package ``package``."""
+    _spec_readers.register(package, reader, replace=replace)
+
+
+def spec_reader_for(model: Any) -> SpecReader | None:
+    """The spec reader for ``model``'s library, or None (imports nothing for other models)."""
+    package = type(model).__module__.partition(".")[0]
+    return _spec_readers.get(package) if package in _spec_readers else None
+
+
 # Built-ins as lazy references: registering them imports nothing and reads no entry points.
 _builders.register("enn_nb.reference", "enn_nb.reference:build_reference")
+_spec_readers.register("enn_torch", "enn_nb.adapters.enn_torch:spec_fields")

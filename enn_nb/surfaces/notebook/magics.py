@@ -1,7 +1,7 @@
 """The ``%enn_*`` IPython magics: thin shells over ``enn_nb.save/load/inspect/export/backends``.
 
 ``%load_ext enn_nb`` registers them. This module imports IPython and traitlets only; torch and the
-API load on a magic's first use. Parsing and validation live in :mod:`enn_nb.notebook._magic_logic`;
+API load on a magic's first use. Parsing and validation live in :mod:`enn_nb.surfaces.notebook._magic_logic`;
 user errors become one-line ``UsageError``s here, at the boundary, and nowhere else.
 """
 
@@ -17,9 +17,9 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Int, List, TraitError, Unicode, validate
 
-from enn_nb import provenance
+from enn_nb.model import provenance
 from enn_nb.engine.vocabulary import PROGRESS_STAGES
-from enn_nb.notebook import _magic_logic as logic
+from enn_nb.surfaces.notebook import _magic_logic as logic
 
 # A backend's stages as the export engine reports them; the shared capture is one more bar.
 
@@ -106,7 +106,7 @@ class EnnMagics(Magics):
     def _spec(self, name: str | None) -> Any:
         if not name:
             return None
-        return self._variable(name, what="--spec", cls_path="enn_nb.spec:ModelSpec", kind="an `enn_nb.ModelSpec`")
+        return self._variable(name, what="--spec", cls_path="enn_nb.model.spec:ModelSpec", kind="an `enn_nb.ModelSpec`")
 
     def _settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.trait_names(config=True)}
@@ -155,7 +155,7 @@ class EnnMagics(Magics):
             path.parent.mkdir(parents=True, exist_ok=True)
 
             from enn_nb.checkpoint import save
-            from enn_nb.notebook.saved import SavedManifest
+            from enn_nb.surfaces.notebook.saved import SavedManifest
 
             manifest = save(model, path, format=fmt, spec=spec, metadata=metadata or None, optimizer=optimizer)
             return SavedManifest.of(manifest)
@@ -270,7 +270,7 @@ class EnnMagics(Magics):
 
             progress = None
             if self.progress:
-                from enn_nb.notebook.display import TqdmProgress
+                from enn_nb.surfaces.notebook.display import TqdmProgress
 
                 progress = TqdmProgress(stages=PROGRESS_STAGES)
             with progress if progress is not None else contextlib.nullcontext():
@@ -314,7 +314,7 @@ class EnnMagics(Magics):
             args = _parse(self.enn_wizard, line)
             source = logic.model_or_checkpoint(self._ns, args.model) if args.model else None
             defaults = logic.wizard_defaults(self._settings(), source, args.model or "")
-            from enn_nb.notebook.wizard import wizard
+            from enn_nb.surfaces.notebook.wizard import wizard
 
             return wizard(self._ns, **defaults)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enn_nb.reports.batch import BatchResult, run_batch
-from enn_nb.reports.catalog import declared_parameters, resolve_template, templates
-from enn_nb.reports.html import to_html
-from enn_nb.reports.runner import ReportResult, report
-from enn_nb.reports.verdict import Verdict
+from enn_nb.surfaces.reports.batch import BatchResult, run_batch
+from enn_nb.surfaces.reports.catalog import declared_parameters, resolve_template, templates
+from enn_nb.surfaces.reports.html import to_html
+from enn_nb.surfaces.reports.runner import ReportResult, report
+from enn_nb.surfaces.reports.verdict import Verdict
 
 __all__ = [
     "BatchResult",

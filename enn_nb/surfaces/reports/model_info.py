@@ -10,7 +10,7 @@ from enn_nb.table import Table
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint.manifest import Manifest
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
 
 def model_summary(manifest: Manifest) -> Table:
@@ -88,7 +88,7 @@ def _followed_signature(export: Any) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    from enn_nb.signature import TensorSig
+    from enn_nb.model.signature import TensorSig
 
     for result in getattr(export, "results", None) or []:
         side = getattr(result, "sidecar", None)

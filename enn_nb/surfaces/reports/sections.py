@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from enn_nb.errors import ReportError
 from enn_nb.engine.verification import UNVERIFIED, Verification
 from enn_nb.engine.verification import summary as summary_line
-from enn_nb.reports.progress import kernel_callback as progress_callback  # noqa: F401 - the template calls it
+from enn_nb.surfaces.reports.progress import kernel_callback as progress_callback  # noqa: F401 - the template calls it
 from enn_nb.table import Link, Table
-from enn_nb.reports.verdict import FAILING, Pending, Verdict
+from enn_nb.surfaces.reports.verdict import FAILING, Pending, Verdict
 
 if TYPE_CHECKING:
     from enn_nb.engine import ExportReport
@@ -71,19 +71,19 @@ def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: 
         if not path.exists():
             raise ReportError(f"The checkpoint `{checkpoint}` does not exist (working directory: {Path.cwd()}).")
         return path
-    import enn_nb
+    from enn_nb.checkpoint import api as checkpoint_api
     from enn_nb.reference import train_reference
 
     target = Path(out_dir) / "reference.safetensors"
     target.parent.mkdir(parents=True, exist_ok=True)
-    enn_nb.save(train_reference(seed=0), target, metadata={"made_by": "export_report (no checkpoint given)"})
+    checkpoint_api.save(train_reference(seed=0), target, metadata={"made_by": "export_report (no checkpoint given)"})
     return target
 
 
 def load_checkpoint(path: Path, model: str = "") -> Any:
     """``enn_nb.load(path)``; into the model ``"package.module:factory"`` builds when ``model`` is given
     (a checkpoint of your own model, which names no registered builder)."""
-    from enn_nb.factory import load_with_model
+    from enn_nb.surfaces.factory import load_with_model
 
     return load_with_model(path, model or None)
 
@@ -224,7 +224,7 @@ def measure(
         threads: intra-op threads; default 1 up to batch 8, else up to 4.
     """
     from enn_nb.engine import latency
-    from enn_nb.spec import ModelSpec
+    from enn_nb.model.spec import ModelSpec
 
     sizes = batch_list(batch_sizes)
     if spec is None:
@@ -410,7 +410,7 @@ class Image:
     """A matplotlib figure as a PNG output (``image/png``): it survives papermill, nbconvert and git."""
 
     def __init__(self, figure: Any, *, dpi: int = 100) -> None:
-        from enn_nb.plots import to_png
+        from enn_nb.surfaces.plots import to_png
 
         self.png = to_png(figure, dpi=dpi)
 
@@ -423,7 +423,7 @@ class Image:
 
 def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     """Parity error per backend and batch size, latency vs eager at each batch size, artifact size."""
-    from enn_nb.plots import latency_figure, parity_figure, size_figure
+    from enn_nb.surfaces.plots import latency_figure, parity_figure, size_figure
 
     atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
     images = [Image(parity_figure(measurements.errors, tolerances=atol))]
@@ -445,7 +445,7 @@ def quantization(export: ExportReport, measurements: Measurements | None = None)
     Empty when the export made no quantized artifact. Latency is the report's own, at its middle batch size.
     """
     from enn_nb.engine.quantize.table import rows, table
-    from enn_nb.plots import quantization_figure
+    from enn_nb.surfaces.plots import quantization_figure
 
     if not any(r.quantize for r in export.results):
         return []

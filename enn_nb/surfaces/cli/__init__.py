@@ -1,7 +1,9 @@
 """The ``enn-nb`` command: a thin dispatcher over subcommand modules.
 
-Each area of the library owns its subcommands in a module exposing ``register(subparsers)``; each
-subcommand sets ``func(args) -> int`` (the exit code). Modules are imported only to build the parser,
+Each area of the library owns its subcommands in a module exposing ``register(subparsers)``, which
+declares each one with :func:`~enn_nb.surfaces.cli.command.add_command` (``func(args) -> int``, the
+exit code). :func:`main` is the one entry point: ``enn-nb``, ``python -m enn_nb.surfaces.cli`` and
+``python -m enn_nb.surfaces.demo`` all run it. Modules are imported only to build the parser,
 and heavy packages are imported only inside ``func``.
 """
 
@@ -18,10 +20,10 @@ from enn_nb.errors import EnnError
 
 # Modules contributing subcommands, in the order `enn-nb --help` lists them.
 SUBCOMMAND_MODULES = (
-    "enn_nb.checkpoint.cli",  # inspect, convert
-    "enn_nb.engine.cli",  # backends, export, verify, build-trt
-    "enn_nb.reports.cli",  # report
-    "enn_nb.demo",  # demo
+    "enn_nb.surfaces.cli.checkpoint",  # inspect, convert
+    "enn_nb.surfaces.cli.export",  # backends, export, verify, build-trt
+    "enn_nb.surfaces.cli.report",  # report
+    "enn_nb.surfaces.demo",  # demo
 )
 
 

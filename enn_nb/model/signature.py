@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import InputMismatchError, SpecError
@@ -274,6 +275,19 @@ def forward_of(module: Any) -> Callable[..., Any]:
     if callable(getattr(module, "forward_export", None)):
         return module.forward_export
     return getattr(module, "forward", module)
+
+
+@contextmanager
+def eval_only(model: Any):  # type: ignore[no-untyped-def]
+    """Eval mode (dropout off) for the reference run, fast paths untouched; restores each flag."""
+    modules = [m for m in model.modules() if m.training] if hasattr(model, "modules") else []
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.training = True
 
 
 def input_names(forward: Callable[..., Any], count: int) -> list[str]:

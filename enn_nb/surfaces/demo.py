@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from enn_nb.surfaces.cli.command import add_command
+
 
 #: ``--help`` text: plain words, not the module docstring's reStructuredText.
 DESCRIPTION = (
@@ -37,9 +39,9 @@ EPILOG = "examples:\n  enn-nb demo --out out\n  enn-nb demo --out /tmp/quick --b
 def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "available", html: bool = True,
              progress: bool = True) -> int:
     """Train, save in .pt/.safetensors/DCP, run both report templates; return the exit code."""
-    import enn_nb
+    from enn_nb.checkpoint import save
     from enn_nb.reference import train_reference
-    from enn_nb.reports import report
+    from enn_nb.surfaces.reports import report
 
     out_dir = Path(out).expanduser().resolve()
     ckpts = out_dir / "checkpoints"
@@ -54,9 +56,9 @@ def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "av
     paths = {"pt": ckpts / "reference.pt", "safetensors": ckpts / "reference.safetensors",
              "dcp": ckpts / "reference.dcp"}
     meta = {"made_by": "enn-nb demo"}
-    enn_nb.save(model, paths["pt"], metadata=meta)
-    enn_nb.save(model, paths["safetensors"], metadata=meta)
-    enn_nb.save(model, paths["dcp"], format="dcp", metadata=meta)
+    save(model, paths["pt"], metadata=meta)
+    save(model, paths["safetensors"], metadata=meta)
+    save(model, paths["dcp"], format="dcp", metadata=meta)
     step("saved " + ", ".join(str(p.relative_to(out_dir)) for p in paths.values()))
 
     step("checkpoint_report: the .pt checkpoint against the DCP directory")
@@ -80,18 +82,14 @@ def run_demo(out: str | os.PathLike[str], *, backends: str | Sequence[str] = "av
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
+        _run,
         help="train the reference model, save it in 3 formats and write the export report",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _arguments(parser)
-    parser.set_defaults(func=_run)
-
-
-def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out", metavar="DIR", help="output folder (default: ./out)")
     parser.add_argument("--backends", default="available", metavar="LIST",
                         help="'available' (default: every backend that converts here), 'all', or e.g. onnx,pt2")
@@ -103,19 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     return run_demo(args.out, backends=args.backends, html=not args.no_html, progress=not args.no_progress)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m enn_nb.demo", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _arguments(parser)
-    args = parser.parse_args(argv)
-    from enn_nb.errors import EnnError
+if __name__ == "__main__":  # `python -m enn_nb.surfaces.demo` (`make demo`) is `enn-nb demo`: the CLI's one main
+    from enn_nb.surfaces.cli import main
 
-    try:
-        return _run(args)
-    except EnnError as exc:
-        print(f"enn-nb demo: error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["demo", *sys.argv[1:]]))

@@ -14,8 +14,8 @@ from typing import Any
 
 from enn_nb._fs import atomic_path
 from enn_nb.errors import ReportCellError, ReportError
-from enn_nb.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
-from enn_nb.reports.verdict import Verdict, find_verdict
+from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
+from enn_nb.surfaces.reports.verdict import Verdict, find_verdict
 
 #: Key of the executed notebook's metadata that holds what enn_nb attached (verdict, sidecars...).
 METADATA_KEY = "enn_nb"
@@ -66,7 +66,7 @@ class ReportResult:
         return "\n".join([head, *detail, *[f"  - {line}" for line in self.failures]])
 
     def _repr_html_(self) -> str:
-        from enn_nb.reports.sections import link  # relative to the working directory: the showing notebook's
+        from enn_nb.surfaces.reports.sections import link  # relative to the working directory: the showing notebook's
 
         links = f"<a href='{_html.escape(link(self.notebook))}'>{_html.escape(str(self.notebook))}</a>"
         if self.html:
@@ -169,7 +169,7 @@ def report(
     verdict = _attach(nb_path, path, values)
     html_path = None
     if html and nb_path.exists():
-        from enn_nb.reports.html import to_html
+        from enn_nb.surfaces.reports.html import to_html
 
         html_path = to_html(nb_path, no_input=no_input)
     if error is not None:
@@ -180,7 +180,7 @@ def report(
 @contextlib.contextmanager
 def _backend_bar(nb_path: Path, desc: str) -> Iterator[None]:
     """A bar over the export's backends, fed by the kernel (it inherits :data:`progress.ENV`)."""
-    from enn_nb.reports.progress import ENV, BackendBar
+    from enn_nb.surfaces.reports.progress import ENV, BackendBar
 
     events = nb_path.with_name(f".{nb_path.stem}.progress.jsonl")
     before = os.environ.get(ENV)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import ReportError
 from enn_nb.table import Table
-from enn_nb.reports.sections import Header
+from enn_nb.surfaces.reports.sections import Header
 
 if TYPE_CHECKING:
     from enn_nb.checkpoint import Manifest
@@ -83,11 +83,11 @@ def origin(manifest: Manifest, *, restore: bool = True) -> Table:
 
 
 def _restore_status(manifest: Manifest) -> str:
-    import enn_nb
+    from enn_nb.checkpoint import load
     from enn_nb.errors import EnnError
 
     try:
-        loaded = enn_nb.load(manifest.path, strict=False)
+        loaded = load(manifest.path, strict=False)
     except EnnError as exc:
         return f"not_run (the model cannot be rebuilt: {type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
     return str(loaded.restore)
@@ -169,9 +169,9 @@ def diff(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> Check
     Tensor data is read with hash verification, so a corrupt checkpoint fails here with the
     checkpoint error naming the tensor.
     """
-    import enn_nb
+    from enn_nb.checkpoint import inspect
 
-    a, b = enn_nb.inspect(first), enn_nb.inspect(second)
+    a, b = inspect(first), inspect(second)
     spec_a = {k: v for k, v in a.spec.to_dict().items() if k != "metadata"}
     spec_b = {k: v for k, v in b.spec.to_dict().items() if k != "metadata"}
     config = _dict_diff(spec_a, spec_b)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from enn_nb.surfaces.cli.command import add_command
+
 from enn_nb.engine.vocabulary import FAILED_STATUSES
 
 #: Statuses that make ``enn-nb export`` exit non-zero.
@@ -18,21 +20,23 @@ EXIT_UNAVAILABLE = 2
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "backends",
+        _backends,
         help="list export backends and whether they work here",
         description="List every export backend: its artifact suffix, whether it converts here, whether its "
         "runtime can run the artifact here (for parity), and for a missing one why and the pip line that "
         "installs it.",
         epilog="example:\n  enn-nb backends\n  enn-nb backends --json | python -m json.tool",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--options", action="store_true", help="list each backend's options (name, type, range, default, help)")
-    p.set_defaults(func=_backends)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "export",
+        _export,
         help="export a checkpoint to one or more backends",
         description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact. "
         "Exits 1 when any requested backend failed, mismatched, crashed, is unavailable or (quantized) degraded unless "
@@ -42,7 +46,6 @@ def register(subparsers: Any) -> None:
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
         "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic\n"
         "  enn-nb export model.pt -b onnx,executorch,litert -o exports --quantize int8 --calibration calib.safetensors",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", metavar="SRC", help="checkpoint path (.pt, .safetensors or a DCP folder)")
     p.add_argument("--backends", "-b", required=True, help="comma-separated names, or 'all' (see `enn-nb backends`)")
@@ -70,17 +73,17 @@ def register(subparsers: Any) -> None:
         "`enn-nb backends --options` lists them",
     )
     add_quantize_arguments(p)
-    p.set_defaults(func=_export)
 
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "verify",
+        _verify,
         help="re-check an exported artifact against its saved vectors",
         description="Run ARTIFACT in its runtime on the inputs saved beside it at export time "
         "(<stem>.vectors.safetensors) and compare with the eager model's saved outputs, within the "
         "sidecar's tolerance (or --atol/--rtol). Works on any machine with the runtime; needs no model "
         "and no checkpoint. Exits 1 on a mismatch.",
         epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("artifact", metavar="ARTIFACT", help="the artifact (or its .enn.json sidecar)")
     p.add_argument("--atol", type=float, default=None, help="override the sidecar's absolute tolerance")
@@ -88,24 +91,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--trust", action="store_true",
                    help="allow loading a native-code artifact (an AOTInductor package runs its code when loaded)")
-    p.set_defaults(func=_verify)
 
     _register_build_trt(subparsers)
 
 
 def _register_build_trt(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "build-trt",
+        _build_trt,
         help="build the TensorRT engine of a deferred tensorrt export (on a CUDA host with TensorRT)",
         description="Build the engine a deferred `tensorrt` sidecar describes (TensorRT-ready ONNX + profile), "
         "check parity against the vectors file beside it and rewrite the sidecar. Exit codes: 0 built and "
         f"parity passed, 1 failed or mismatched, {EXIT_UNAVAILABLE} no TensorRT or no CUDA device here.",
         epilog="example:\n  enn-nb build-trt exports/model.engine.enn.json --out model.engine",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sidecar", metavar="SIDECAR", help="the .enn.json sidecar of the deferred tensorrt export")
     p.add_argument("--out", default=None, metavar="ENGINE", help="engine path (default: the sidecar's artifact name)")
-    p.set_defaults(func=_build_trt)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,13 +162,13 @@ def parse_quantize_flag(text: str | None) -> Any:
 
 def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
     """``(what to export, spec override)`` from ``--model`` and ``--input``."""
-    from enn_nb.factory import load_with_model
+    from enn_nb.surfaces.factory import load_with_model
 
     loaded = load_with_model(src, args.model) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None
     from enn_nb.checkpoint import inspect
-    from enn_nb.signature import parse
+    from enn_nb.model.signature import parse
 
     base = loaded.spec if loaded is not None else inspect(src).spec
     return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])

@@ -12,7 +12,7 @@ that sets the trait: setting widget traits from the worker would run our observe
 with handlers the main thread is running for the user's clicks. Instead the worker only puts plain
 events (dicts) on a ``queue.Queue`` and asks the kernel's asyncio loop to drain it
 (``loop.call_soon_threadsafe`` is the one thread-safe entry point of an asyncio loop). Every trait of
-:class:`~enn_nb.notebook.wizard_state.WizardState` — hence every widget — is therefore changed on the
+:class:`~enn_nb.surfaces.notebook.wizard_state.WizardState` — hence every widget — is therefore changed on the
 kernel's main thread, in order. The worker reads only one thing the main thread writes: a
 ``threading.Event`` set by Cancel, passed to ``enn_nb.export(should_stop=...)``.
 
@@ -39,7 +39,7 @@ from typing import Any
 
 from enn_nb.engine.vocabulary import STATUSES
 from enn_nb.errors import EnnError
-from enn_nb.notebook.wizard_state import STEPS, WizardState
+from enn_nb.surfaces.notebook.wizard_state import STEPS, WizardState
 
 #: statuses that end a backend's part of the run
 TERMINAL = STATUSES
@@ -186,7 +186,7 @@ class ExportRun:
 
     def _latency(self, model: Any, report: Any, kwargs: dict[str, Any]) -> Any:
         """Time each artifact against eager (the engine records no inference latency)."""
-        from enn_nb.notebook.latency import measure
+        from enn_nb.surfaces.notebook.latency import measure
 
         if not any(r.status == "ok" for r in report.results):
             return None

@@ -391,7 +391,7 @@ def _check_value(key: str, value: Any) -> Any:
     if key == "example_inputs":
         if isinstance(value, str) and value.isidentifier():
             return value
-        from enn_nb.signature import parse_many
+        from enn_nb.model.signature import parse_many
 
         if isinstance(value, (list, Mapping)) and value:
             try:
@@ -544,7 +544,7 @@ def example_inputs(value: str | list[Any] | Mapping[str, Any], namespace: Mappin
 
 def signature_inputs(value: list[Any] | Mapping[str, Any], spec: Any = None) -> tuple[Any, ...]:
     """Seeded inputs drawn from shapes written in a magic body; declared inputs lend their dtype and categories."""
-    from enn_nb import signature as sig
+    from enn_nb.model import signature as sig
 
     declared = {s.name: s for s in (getattr(spec, "inputs", None) or [])}
     single = list(declared)[:1] if len(declared) == 1 else []
@@ -558,7 +558,7 @@ def signature_inputs(value: list[Any] | Mapping[str, Any], spec: Any = None) -> 
 
 def quote_typed_shapes(body: str) -> str:
     """Quote ``bool[B, 24]``-style values so YAML flow maps (``{mask: bool[B, 24]}``) parse them as text."""
-    from enn_nb.signature import DTYPE_ALIASES, DTYPES
+    from enn_nb.model.signature import DTYPE_ALIASES, DTYPES
 
     names = "|".join(sorted({*DTYPES, *DTYPE_ALIASES}, key=len, reverse=True))
     return re.sub(rf"(?<![\w\"'])((?:{names})\[[^\]\n]*\](?:\{{\d+\}})?)", r'"\1"', body)

@@ -78,7 +78,7 @@ def declared_fast_paths(model: Any) -> list[FastPath]:
             if not isinstance(path, FastPath):
                 raise TypeError(
                     f"`{type(module).__name__}.enn_fast_paths()` yielded a {type(path).__name__}; "
-                    "it must yield `enn_nb.fastpaths.FastPath` objects."
+                    "it must yield `enn_nb.model.fastpaths.FastPath` objects."
                 )
             if (id(path.module), path.attr) not in switches:  # a parent may re-declare a child's
                 switches.add((id(path.module), path.attr))
@@ -95,7 +95,7 @@ _providers: Registry[Provider] = Registry(
     kind="fast-path provider",
     group="enn_nb.fast_path_providers",
     how_to_register=(
-        "Register one with `enn_nb.fastpaths.register_provider(\"package\", fn)` (the top-level package of the "
+        "Register one with `enn_nb.model.fastpaths.register_provider(\"package\", fn)` (the top-level package of the "
         "model classes it handles) or an entry point in the `enn_nb.fast_path_providers` group."
     ),
 )
