@@ -229,13 +229,11 @@ class Backend:
                  calibration: Sequence[Sequence[np.ndarray]]) -> Conversion:
         """Write the ``mode``-quantized artifact at ``out_path`` with the runtime's own quantizer.
 
-        ``calibration`` holds input batches (numpy, in input order) for static ``int8``. The built-ins
-        call :func:`enn_nb.engine.quantize.quantizers.quantize`; a plugin declaring ``quantize_modes``
-        overrides this.
+        Only called for a mode listed in ``quantize_modes``. ``calibration`` holds input batches (numpy,
+        in input order) for static ``int8``. The built-ins call their quantizer in
+        :mod:`enn_nb.engine.quantize.quantizers`.
         """
-        from enn_nb.engine.quantize.quantizers import quantize
-
-        return quantize(self, job, out_path, options, mode, calibration)
+        raise NotImplementedError(f"the `{self.name}` backend declares no quantizer")
 
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
         """Return a callable running the artifact: list of numpy inputs -> list of numpy outputs."""

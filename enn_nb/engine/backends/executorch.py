@@ -67,6 +67,11 @@ class ExecutorchBackend(Backend):
         "int8": "torchao PT2E + ExecuTorch XNNPACKQuantizer (static, calibrated)",
     }
 
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_executorch
+
+        return quantize_executorch(self, job, out_path, options, mode, calibration)
+
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
         delegate = check_option(self.name, "delegate", opts["delegate"], DELEGATES)

@@ -73,6 +73,11 @@ class LitertBackend(Backend):
         "int8": "ai_edge_quantizer recipe static_wi8_ai8 (calibrated)",
     }
 
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_litert
+
+        return quantize_litert(self, job, out_path, options, mode, calibration)
+
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
         with captured_output():  # importing the converter logs TensorFlow/oneDNN start-up lines

@@ -58,6 +58,11 @@ class OrtBackend(Backend):
         "int8": "onnxruntime.quantization.quantize_static (QDQ, calibrated)",
     }
 
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_onnx
+
+        return quantize_onnx(self, job, out_path, options, mode, calibration)
+
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         level = str(options.get("optimization_level", "extended"))
         style = str(options.get("optimization_style", "Fixed"))

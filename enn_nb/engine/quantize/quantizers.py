@@ -15,34 +15,22 @@ coreml          the converter's ``compute_precision=FLOAT16`` (fp16); ``coremlto
 ==============  ==============================================================================
 
 Each function takes the backend, the export's job, the artifact path, the backend's options, the mode
-and the calibration batches (lists of numpy arrays), and returns the backend's ``Conversion``.
+and the calibration batches (lists of numpy arrays), and returns the backend's ``Conversion``. (Typed
+``Any``: the backends import this module, so it imports none of theirs.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enn_nb._optional import require
 
-if TYPE_CHECKING:
-    from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 
 Calibration = Sequence[Sequence[Any]]  # batches of numpy arrays, in input order
-
-
-def quantize(backend: Backend, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str,
-             calibration: Calibration) -> Conversion:
-    """The quantized artifact of ``backend`` at ``out_path`` (see the table above)."""
-    fn = FOR.get(backend.name)
-    if fn is None:
-        from enn_nb.errors import QuantizationError
-
-        raise QuantizationError(f"`{backend.name}` declares quantize modes but enn_nb has no quantizer for it.")
-    return fn(backend, job, out_path, options, mode, calibration)
 
 
 # -- ONNX (onnx, ort) ------------------------------------------------------------------------------------------
@@ -83,8 +71,8 @@ class _OrtReader:
         pass
 
 
-def _onnx(backend: Backend, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str,
-          calibration: Calibration) -> Conversion:
+def quantize_onnx(backend: Any, job: Any, out_path: Path, options: dict[str, Any], mode: str,
+          calibration: Calibration) -> Any:
     quantized = job.workdir / f"quantized-{mode}-{out_path.parent.name.replace(':', '-')}.onnx"
     quantize_onnx_file(job.onnx_path, quantized, mode, job.input_names, calibration)
     qjob = dataclasses.replace(job, get_onnx_path=lambda: quantized)
@@ -102,7 +90,7 @@ _ONNX_CALLS = {
 
 
 # -- PT2E (executorch) --------------------------------------------------------------------------------
-def pt2e_program(job: ExportJob, quantizer: Any, calibration: Calibration, *, static: bool) -> Any:
+def pt2e_program(job: Any, quantizer: Any, calibration: Calibration, *, static: bool) -> Any:
     """The captured program quantized by torchao's PT2E flow with ``quantizer``, exported again (same batch dims)."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -121,7 +109,7 @@ def pt2e_program(job: ExportJob, quantizer: Any, calibration: Calibration, *, st
     return torch.export.export(converted, job.example_inputs, dynamic_shapes=_batch_shapes(ep, job))
 
 
-def _batch_shapes(ep: Any, job: ExportJob) -> Any:
+def _batch_shapes(ep: Any, job: Any) -> Any:
     import torch
 
     from enn_nb.engine.backends._edge_common import BATCH, batch_bounds
@@ -133,8 +121,8 @@ def _batch_shapes(ep: Any, job: ExportJob) -> Any:
     return tuple({0: batch} if t.dim() >= 1 else None for t in job.example_inputs)
 
 
-def _executorch(backend: Backend, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str,
-                calibration: Calibration) -> Conversion:
+def quantize_executorch(backend: Any, job: Any, out_path: Path, options: dict[str, Any], mode: str,
+                calibration: Calibration) -> Any:
     require("executorch.exir", purpose="ExecuTorch quantization")
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -186,8 +174,8 @@ def _tflite_signature(path: Path) -> tuple[str, list[str], int | None]:
     return key, names, int(first[0]) if len(first) else None
 
 
-def _litert(backend: Backend, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str,
-            calibration: Calibration) -> Conversion:
+def quantize_litert(backend: Any, job: Any, out_path: Path, options: dict[str, Any], mode: str,
+            calibration: Calibration) -> Any:
     require("ai_edge_quantizer", purpose="LiteRT quantization")
     float_path = out_path.with_name("float-" + out_path.name)
     conv = backend.convert(job, float_path, options)
@@ -203,7 +191,7 @@ def _litert(backend: Backend, job: ExportJob, out_path: Path, options: dict[str,
     return conv
 
 
-def _by_signature_order(calibration: Calibration, job: ExportJob, path: Path) -> list[list[Any]]:
+def _by_signature_order(calibration: Calibration, job: Any, path: Path) -> list[list[Any]]:
     """Calibration batches reordered into the .tflite signature's input order (litert-torch sorts them)."""
     import numpy as np
 
@@ -217,8 +205,8 @@ def _by_signature_order(calibration: Calibration, job: ExportJob, path: Path) ->
 
 
 # -- CoreML -------------------------------------------------------------------------------------------------------
-def _coreml(backend: Backend, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str,
-            calibration: Calibration) -> Conversion:
+def quantize_coreml(backend: Any, job: Any, out_path: Path, options: dict[str, Any], mode: str,
+            calibration: Calibration) -> Any:
     if mode == "fp16":
         conv = backend.convert(job, out_path, {**options, "compute_precision": "float16"})
         conv.details["quantizer_call"] = "coremltools.convert(compute_precision=ct.precision.FLOAT16)"
@@ -238,8 +226,3 @@ def _coreml(backend: Backend, job: ExportJob, out_path: Path, options: dict[str,
     conv.details["quantizer_call"] = ("coremltools.optimize.coreml.linear_quantize_weights(OpLinearQuantizerConfig("
                                       "mode='linear_symmetric', dtype='int8', weight_threshold=0))")
     return conv
-
-
-FOR: dict[str, Callable[..., Conversion]] = {
-    "onnx": _onnx, "ort": _onnx, "executorch": _executorch, "litert": _litert, "coreml": _coreml,
-}

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from enn_nb.engine.quantize import accuracy
 from enn_nb.engine.quantize.calibration import DRAWN_WARNING, DataSets, prepare
 
-if TYPE_CHECKING:
-    from enn_nb.engine.finish import RunInfo
-    from enn_nb.engine.outcome import UnitResult
-    from enn_nb.engine.plan import Plan
 
 #: Rows per evaluation call of a dynamic-batch artifact (a static one runs at its own batch).
 EVAL_BATCH = 8
@@ -81,7 +77,7 @@ def convert(backend: Any, job: Any, out_path: Any, options: dict[str, Any], mode
 
 
 # -- in the parent: the status -----------------------------------------------------------------------------------
-def quantization_block(plan: Plan, unit: UnitResult, info: RunInfo) -> tuple[str, dict[str, Any], str | None]:
+def quantization_block(plan: Any, unit: Any, info: Any) -> tuple[str, dict[str, Any], str | None]:
     """``(status, sidecar quantization block, error message or None)`` of a converted quantized plan.
 
     ``failed`` when the artifact holds no quantized weights (a request that silently produced a float
