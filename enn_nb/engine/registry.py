@@ -113,6 +113,7 @@ class BackendInfo:
         reason: why it cannot convert here (None when ``available``); ``runtime_reason`` likewise for
             running the artifact (parity).
         error: the backend's module failed to import (a broken plugin).
+        quantize: the ``quantize`` modes it supports (``Backend.quantize_modes``).
     """
 
     name: str
@@ -126,6 +127,7 @@ class BackendInfo:
     runtime_available: bool = False
     runtime_reason: str | None = None
     error: str | None = None
+    quantize: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,11 +142,11 @@ class BackendTable(list):
     def table(self) -> Table:
         """The backends as a :class:`~enn_nb.table.Table`."""
         rows = [
-            [Cell(r.name, code=True), r.suffix or "-", r.available, r.runtime_available,
+            [Cell(r.name, code=True), r.suffix or "-", r.available, r.runtime_available, ", ".join(r.quantize) or "-",
              r.reason or r.runtime_reason or r.error or r.description]
             for r in self
         ]
-        return Table(("backend", "suffix", "available", "runtime here", "install / reason"), rows,
+        return Table(("backend", "suffix", "available", "runtime here", "quantize", "install / reason"), rows,
                      css_class="enn-backends")
 
     def __str__(self) -> str:
@@ -191,6 +193,7 @@ def info(name: str, backend: Backend) -> BackendInfo:
         missing=tuple(backend.missing_packages()),
         runtime_available=runtime_reason is None,
         runtime_reason=runtime_reason,
+        quantize=tuple(getattr(backend, "quantize_modes", None) or ()),
     )
 
 
