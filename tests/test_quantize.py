@@ -272,3 +272,36 @@ def test_coreml_fp16_and_int8_weights_from_the_spec(trained_model, tmp_path: Pat
     assert "constexpr_affine_dequantize" in held8["quantized_ops"] or held8["quantized_ops"]
     assert fp16.size_bytes < base.size_bytes and w8.size_bytes < base.size_bytes
     assert not w8.verified and "macOS" in w8.verification.reason  # converted and read back, not run here
+
+
+# -- the other surfaces: the magic's body, the wizard's targets step ---------------------------------------------
+def test_magic_body_and_wizard_take_the_quantize_setting(tmp_path: Path) -> None:
+    from enn_nb.surfaces.notebook import _magic_logic as logic
+    from enn_nb.surfaces.notebook.wizard_state import WizardState
+
+    calib = [torch.randn(8, 4)]
+    body = logic.parse_export_body("quantize: {onnx: int8, coreml: [fp16]}\ncalibration: calib\naccuracy_budget: 0.05\n"
+                                   "eval_data: held.safetensors\n")
+    settings = {"out_dir": str(tmp_path), "dynamic_batch": True, "batch_range": (1, 8, 64), "verify": True,
+                "isolate": True, "cache": True, "tolerances": {}}
+    kwargs = logic.export_kwargs(body, settings, ["onnx", "coreml"], {"calib": calib})
+    assert kwargs["quantize"] == {"onnx": "int8", "coreml": ["fp16"]} and kwargs["calibration"] is calib
+    assert kwargs["accuracy_budget"] == 0.05 and kwargs["eval_data"] == Path("held.safetensors")
+    with pytest.raises(QuantizeModeError, match="Did you mean `int8`"):
+        logic.parse_export_body("quantize: int9\n")
+    with pytest.raises(enn_nb.errors.UnknownNameError):
+        logic.export_kwargs(logic.parse_export_body("calibration: calbi\n"), settings, ["onnx"], {"calib": calib})
+
+    state = WizardState({"calib": calib}, backends=["onnx", "tensorflow"], out_dir=str(tmp_path))
+    state.quantize = ["int8", "fp16"]
+    state.calibration = "calib"
+    assert state.quantize_plan() == {"onnx": ["int8", "fp16"]}  # tensorflow supports none: it just makes none
+    assert state.check("targets") == ""
+    kwargs = state.export_kwargs()
+    assert kwargs["quantize"] == {"onnx": ["int8", "fp16"]} and kwargs["calibration"] is calib
+    state.backends = ["tensorflow"]
+    problem = state.check("targets")
+    assert "No chosen backend supports quantize mode `int8` (tensorflow: none)" in problem
+    state.backends, state.calibration, state.accuracy_budget = ["onnx"], "nowhere", "-1"
+    problem = state.check("targets")
+    assert "`nowhere` is neither a .safetensors file nor a variable" in problem and "Accuracy budget `-1`" in problem
