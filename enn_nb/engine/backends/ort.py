@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from enn_nb.engine.backends._onnx_common import (
+    QUANTIZE_MODES,
     RUNTIME_OPTIONS,
     ort_metadata,
     ort_runner,
     ort_session,
+    quantize_onnx,
     session_describe,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
@@ -52,16 +54,8 @@ class OrtBackend(Backend):
         *RUNTIME_OPTIONS,
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
-    quantize_modes: ClassVar[dict[str, str]] = {
-        "fp16": "onnxruntime.transformers.float16.convert_float_to_float16",
-        "int8-weights": "onnxruntime.quantization.quantize_dynamic",
-        "int8": "onnxruntime.quantization.quantize_static (QDQ, calibrated)",
-    }
-
-    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
-        from enn_nb.engine.quantize.quantizers import quantize_onnx
-
-        return quantize_onnx(self, job, out_path, options, mode, calibration)
+    quantize_modes: ClassVar[dict[str, str]] = QUANTIZE_MODES
+    quantize = quantize_onnx
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         level = str(options.get("optimization_level", "extended"))
