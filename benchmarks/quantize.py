@@ -219,7 +219,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path) 
     report = enn_nb.export(model, list(PLAN), out_dir=out / f"{name}-enn", example_inputs=(example,), quantize=PLAN,
                            calibration=calib, eval_data=evaluation, isolate=False, cache=False)
     total = time.perf_counter() - started
-    print(f"{name}: enn_nb export of {len(report.results)} rows in {total:.1f} s")
+    print(f"{name}: enn_nb export of {len(report.results)} rows in {total:.1f} s", flush=True)
     rows = []
     torch.set_num_threads(1)
     with export_safe(model) as safe:
@@ -272,8 +272,9 @@ def main() -> None:
     chosen = models(args.models.split(","))
     with tempfile.TemporaryDirectory(prefix="enn-quantize-bench-") as tmp:
         out = Path(tmp)
-        first = next(iter(chosen))
-        bench(f"warmup-{first}", *chosen[first], out)  # untimed: every converter's imports and first-call costs
+        # untimed: every converter's imports and first-call costs, on a small MLP (cheaper than a real model)
+        tiny = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)).eval()
+        bench("warmup", tiny, (8,), out)
         rows = [row for name, (model, shape) in chosen.items() for row in bench(name, model, shape, out)]
     header = ("model", "backend", "mode", "status", "size/float (raw)", "lat b1 q/f (IQR ms q, f)", "lat b8 q/f",
               "RMSE/std enn_nb", "RMSE/std raw", "export s enn/raw", "ratio")

@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from enn_nb.errors import OverwriteRefusedError
+
 TEMP_MARK = ".enn-tmp-"  # temporary files and folders are named `.<final name>.enn-tmp-<id>`
 
 
@@ -91,7 +93,6 @@ def check_same_kind(final: Path, *, directory: bool, what: str = "file", error: 
     Raises:
         ``error`` (default :class:`~enn_nb.errors.OverwriteRefusedError`): ``final`` is of another kind.
     """
-    from enn_nb.errors import OverwriteRefusedError
 
     error = error or OverwriteRefusedError
     try:

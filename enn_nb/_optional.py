@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from types import ModuleType
 
 from enn_nb.errors import BrokenDependencyError, MissingDependencyError, pip_line
@@ -38,7 +39,6 @@ def install_line(module: str) -> str:
 
 def is_installed(module: str) -> bool:
     """True when ``module`` can be found, without importing it."""
-    import sys
 
     if module in sys.modules:
         return sys.modules[module] is not None

@@ -8,13 +8,15 @@ blocks, ``/dev/zero`` never ends) and no read may exceed a size fixed before rea
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from enn_nb.errors import CorruptCheckpointError, EnnError
+from enn_nb.errors import CorruptCheckpointError, EnnError, SpecError
 
 #: JSON documents enn_nb reads (manifests, ``meta.json``, sidecars, safetensors sidecars).
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -34,9 +36,6 @@ def check_example_shape(shape: object, *, what: str) -> tuple[int, ...]:
     Raises:
         SpecError: not a list of positive integers, or too many values (names the limit).
     """
-    import math
-
-    from enn_nb.errors import SpecError
 
     if not isinstance(shape, (list, tuple)) or not shape or not all(type(d) is int and d > 0 for d in shape):
         raise SpecError(f"`{what}` is {shape!r}; expected a shape of positive integers such as [2, 32].")
@@ -121,7 +120,6 @@ def read_head(path: Path, n: int, *, what: str, error: type[EnnError] = CorruptC
 
 def json_loads(text: str | bytes, *, what: str, error: type[EnnError] = CorruptCheckpointError) -> object:
     """``json.loads`` with the nesting depth bounded (deep nesting would raise RecursionError)."""
-    import json
 
     if _depth_exceeds(text, MAX_JSON_DEPTH):
         raise error(f"{what} nests deeper than {MAX_JSON_DEPTH} levels; it is damaged or hostile.")

@@ -11,6 +11,8 @@ import html
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from enn_nb._safeio import escape
+
 
 class Link(NamedTuple):
     """A cell shown as a link in HTML and as its text in a terminal."""
@@ -69,8 +71,6 @@ class Table:
         )
 
     def __str__(self) -> str:
-        from enn_nb._safeio import escape
-
         # Cells may hold strings from someone else's file (manifests, sidecars): no ANSI escape,
         # carriage return or newline of theirs reaches the terminal.
         cells = [self.columns, *[[self._cut(escape(text(v))) for v in row] for row in self.rows]]

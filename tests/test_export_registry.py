@@ -120,20 +120,23 @@ def test_entry_point_plugins_are_found(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == ".echo.pt2 EchoBackend"
 
 
-def test_a_missing_package_is_data_on_the_row_and_require_available_raises_with_it(monkeypatch):
-    from enn_nb.engine.registry import require_available
+def test_a_missing_package_is_data_on_the_row_and_check_converts_raises_with_it(monkeypatch):
+    from enn_nb.engine.registry import check_converts, get_backend, resolve_request
     from enn_nb.errors import MissingDependencyError, UnknownNameError
 
     monkeypatch.setitem(sys.modules, "coremltools", None)
     row = next(r for r in enn_nb.backends() if r.name == "coreml")
     assert not row.available and row.missing == ("coremltools",) and row.extra == "coreml"
     assert row.install == "%pip install 'enn-nb[coreml]'"
+    check_converts("pt2", get_backend("pt2"))
     with pytest.raises(MissingDependencyError) as info:
-        require_available(["pt2", "coreml"])
+        check_converts("coreml", get_backend("coreml"))
     assert (info.value.package, info.value.extra) == ("coremltools", "coreml")
     assert info.value.install_line in str(info.value) and "`coremltools` is not installed" in str(info.value)
-    chosen = require_available("all")
-    assert "coreml" not in chosen and "pt2" in chosen
-    assert require_available(["pt2", "onnx,pt2"]) == ["pt2", "onnx"]
+    names, named, skipped = resolve_request("available")
+    assert "coreml" not in names and "pt2" in names and not named and "coremltools" in skipped["coreml"]
+    names, named, skipped = resolve_request("all")
+    assert "coreml" in names and not named and not skipped
+    assert resolve_request(["pt2", "onnx,pt2"]) == (["pt2", "onnx"], True, {})
     with pytest.raises(UnknownNameError, match="onnx"):
-        require_available(["onxx"])
+        resolve_request(["onxx"])

@@ -85,7 +85,7 @@ def test_the_magics_pass_a_partial_tolerance_through_unchanged(tmp_path):
     settings = {"out_dir": str(tmp_path), "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True,
                 "isolate": False, "cache": False, "tolerances": {}}
     body = logic.parse_export_body("tolerances: {atol: 1e-3}\n")
-    kwargs = logic.export_kwargs(body, settings, ["pt2"], {})
-    assert kwargs["tolerances"] == {"*": {"atol": 1e-3}}
-    report = enn_nb.export(HalfOut(), ["pt2"], example_inputs=torch.randn(2, 6), **kwargs)
+    chosen = logic.export_settings(body, settings, ["pt2"])
+    assert chosen.tolerances.to_dict() == {"*": {"atol": 1e-3}}  # parsed once, nothing filled in
+    report = enn_nb.export(HalfOut(), settings=chosen, example_inputs=torch.randn(2, 6))
     assert report["pt2"].parity["tolerance"]["rtol"] == DTYPE_TOLERANCE["float16"][1]

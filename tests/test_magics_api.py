@@ -230,16 +230,24 @@ def test_missing_package_names_the_install_line(ip, monkeypatch, backend: str, h
     assert isinstance(info.value.__cause__, enn_nb.errors.MissingDependencyError)
 
 
-def test_export_all_skips_unavailable_backends(ip, monkeypatch) -> None:
+def test_export_all_lists_unavailable_backends_without_failing_and_available_skips_them(ip, monkeypatch,
+                                                                                     tmp_path) -> None:
     from enn_nb.surfaces.notebook import _magic_logic as logic
 
     monkeypatch.setitem(sys.modules, "coremltools", None)
-    from enn_nb.engine.registry import backends
+    from enn_nb.engine.registry import backend_names, backends
 
     rows = backends()
-    chosen = logic.resolve_backends(["all"])
-    available = [r.name for r in rows if r.available]
-    assert chosen == available and "coreml" not in chosen and "pt2" in chosen
+    settings = {"out_dir": str(tmp_path), "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True,
+                "isolate": False, "cache": False, "tolerances": {}}
+    every = logic.export_settings({}, settings, ["all"])  # `all` means every registered backend, everywhere
+    assert list(every.names) == backend_names() and "coreml" in every.names
+    assert not every.named and not every.fails("unavailable") and every.fails("mismatch")
+    here = logic.export_settings({}, settings, ["available"])
+    assert list(here.names) == [r.name for r in rows if r.available] and "coreml" not in here.names
+    assert "coreml" in here.skipped
+    with pytest.raises(enn_nb.errors.MissingDependencyError, match="coremltools"):
+        logic.export_settings({}, settings, ["coreml"])  # named: it must convert here
 
 
 # -- %enn_backends / %enn_wizard ------------------------------------------------------------------

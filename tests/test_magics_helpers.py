@@ -177,19 +177,20 @@ def test_model_or_checkpoint(tmp_path) -> None:
         logic.model_or_checkpoint(ns, "nett")
 
 
-def test_export_kwargs_precedence_flag_then_body_then_settings() -> None:
+def test_export_settings_precedence_flag_then_body_then_settings(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
     settings = {
         "out_dir": "from_settings", "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True,
         "isolate": True, "cache": True, "tolerances": {"*": {"atol": 1e-3}},
     }  # fmt: skip
     body = logic.parse_export_body("out_dir: from_body\nisolate: false\ntolerances: {onnx: {rtol: 1e-2}}\n")
-    kwargs = logic.export_kwargs(body, settings, ["onnx", "pt2"], {}, out="from_flag")
-    assert str(kwargs["out_dir"]) == "from_flag"
-    assert kwargs["isolate"] is False and kwargs["cache"] is True and kwargs["batch_range"] == (1, 8, 64)
-    # passed through unchanged (the body's entries over the settings'): the engine fills in the rest per backend
-    assert kwargs["tolerances"] == {"*": {"atol": 1e-3}, "onnx": {"rtol": 1e-2}}
-    assert str(logic.export_kwargs(body, settings, ["pt2"], {})["out_dir"]) == "from_body"
-    assert str(logic.export_kwargs({}, settings, ["pt2"], {})["out_dir"]) == "from_settings"
+    chosen = logic.export_settings(body, settings, ["onnx", "pt2"], out="from_flag")
+    assert chosen.out.name == "from_flag"
+    assert chosen.isolate is False and chosen.cache is True and chosen.batch_range == (1, 8, 64)
+    # the body's entries over the settings'; nothing filled in: the engine keeps each backend's own bound
+    assert chosen.tolerances.to_dict() == {"*": {"atol": 1e-3}, "onnx": {"rtol": 1e-2}}
+    assert logic.export_settings(body, settings, ["pt2"]).out.name == "from_body"
+    assert logic.export_settings({}, settings, ["pt2"]).out.name == "from_settings"
 
 
 def test_example_inputs_from_a_shape_or_a_variable() -> None:
@@ -218,7 +219,7 @@ def test_wizard_defaults_expand_all_to_the_available_backends(monkeypatch) -> No
     assert defaults["batch_range"] == (1, 4, 8) and defaults["isolate"] is False
 
 
-def test_export_body_keys_are_export_keywords() -> None:
+def test_export_body_keys_are_export_keywords(tmp_path) -> None:
     import inspect
 
     from enn_nb.engine.pipeline import export
@@ -227,7 +228,8 @@ def test_export_body_keys_are_export_keywords() -> None:
     # every keyword of enn_nb.export is a body key, or is listed (with the reason) as set another way
     assert set(logic.EXPORT_KEYS) | set(logic.NOT_BODY_KEYS) == params
     assert not set(logic.EXPORT_KEYS) & set(logic.NOT_BODY_KEYS)
-    kwargs = logic.export_kwargs(logic.parse_export_body("safe: false\nworkers: 2\n"), {
-        "out_dir": "o", "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True, "isolate": True, "cache": True,
-    }, ["pt2"], {})  # fmt: skip
-    assert kwargs["safe"] is False and kwargs["workers"] == 2
+    chosen = logic.export_settings(logic.parse_export_body("safe: false\nworkers: 2\n"), {
+        "out_dir": str(tmp_path), "dynamic_batch": True, "batch_range": [1, 8, 64], "verify": True, "isolate": True,
+        "cache": True,
+    }, ["pt2"])  # fmt: skip
+    assert chosen.safe is False and chosen.workers == 2

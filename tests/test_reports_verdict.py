@@ -20,9 +20,11 @@ def _report(tmp_path, *results):
 
 
 def _requested(names, explicit=True, skipped=None):
-    from enn_nb.surfaces.reports.sections import Requested
+    from pathlib import Path
 
-    return Requested(list(names), explicit, dict(skipped or {}))
+    from enn_nb.engine.settings import ExportSettings
+
+    return ExportSettings(names=tuple(names), out=Path("."), named=explicit, skipped=dict(skipped or {}))
 
 
 PARITY_OK = {"status": "passed", "tolerance": {"atol": 1e-4, "rtol": 1e-4}, "max_abs_err": 2e-7,
@@ -135,20 +137,24 @@ def test_sidecars_section_links_relative_and_escapes(tmp_path, monkeypatch):
     assert "&lt;script&gt;" in page and "<script>" not in page
 
 
-def test_requested_backends_forms():
+def test_requested_backends_forms(tmp_path):
     import enn_nb
     from enn_nb.errors import UnknownNameError
-    from enn_nb.surfaces.reports.sections import requested_backends
+    from enn_nb.surfaces.reports.sections import export_settings
+
+    def requested(backends):
+        return export_settings(backends, tmp_path, batch_sizes=[1, 8])
 
     table = enn_nb.backends()
-    available = requested_backends("available")
-    assert not available.explicit and available.names == [r.name for r in table if r.available]
+    available = requested("available")
+    assert not available.named and list(available.names) == [r.name for r in table if r.available]
     assert set(available.skipped) == {r.name for r in table if not r.available}
-    assert requested_backends("all").names == [r.name for r in table]
-    named = requested_backends("onnx, pt2")
-    assert named.explicit and named.names == ["onnx", "pt2"] and requested_backends(["pt2"]).names == ["pt2"]
+    assert requested("").names == available.names  # an empty parameter is the template's default
+    assert list(requested("all").names) == [r.name for r in table] and not requested("all").named
+    named = requested("onnx, pt2")
+    assert named.named and named.names == ("onnx", "pt2") and requested(["pt2"]).names == ("pt2",)
     with pytest.raises(UnknownNameError, match="Did you mean `onnx`"):
-        requested_backends(["onxx"])
+        requested(["onxx"])
 
 
 @pytest.mark.slow

@@ -138,7 +138,7 @@ def test_wizard_shows_and_edits_the_signature_of_a_model_without_in_dim() -> Non
     view.next_button.click()
     assert w.step == "targets"
     view.back_button.click() if hasattr(view, "back_button") else w.back()
-    values, calendar = state.export_kwargs()["example_inputs"]
+    values, calendar = state.export_example_inputs()
     assert values.shape == (2, 12, 5) and calendar.dtype.is_floating_point is False
     assert int(calendar.max()) < 7
     view.signature.value = "values:float32[B, 12"

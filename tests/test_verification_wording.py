@@ -58,10 +58,11 @@ def test_summary_of_verify_false_and_failures(tmp_path):
 
 
 def test_verdict_headline_badges_and_notes_do_not_overclaim(tmp_path):
-    from enn_nb.surfaces.reports.sections import Requested, verdict
+    from enn_nb.engine.settings import ExportSettings
+    from enn_nb.surfaces.reports.sections import verdict
 
     report = _nine(tmp_path)
-    v = verdict(report, None, Requested([r.backend for r in report], explicit=False))
+    v = verdict(report, None, ExportSettings(names=tuple(r.backend for r in report), out=tmp_path, named=False))
     assert v.ok  # not verifying is not a failure of the gate ...
     assert v.headline == "7 verified, 1 converted but not verified (CoreML prediction requires macOS), 1 deferred."
     assert "match eager" not in v.headline  # ... but it is never counted as a match

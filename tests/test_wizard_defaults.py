@@ -8,7 +8,8 @@ pytest.importorskip("ipywidgets")
 torch = pytest.importorskip("torch")
 
 from enn_nb.surfaces.notebook.wizard import wizard  # noqa: E402
-from enn_nb.surfaces.notebook.wizard_state import FAST_BACKENDS, SLOW_BACKENDS  # noqa: E402
+from enn_nb.engine.registry import backend_names, get_backend  # noqa: E402
+from enn_nb.surfaces.notebook.wizard_state import FAST_BACKENDS  # noqa: E402
 from enn_nb.surfaces.notebook.wizard_view import results_table_html  # noqa: E402
 from tests.test_wizard import _backend_note as _note  # noqa: E402 - the same row lookup
 
@@ -34,7 +35,9 @@ def test_without_backends_the_available_fast_ones_are_preselected(monkeypatch):
 
 def test_slow_backends_are_marked_with_a_typical_time():
     w = wizard({"net": _net()})
-    for name, text in SLOW_BACKENDS.items():
+    slow = {name: get_backend(name).slow for name in backend_names() if get_backend(name).slow}
+    assert set(slow) == {"aoti", "executorch"}
+    for name, text in slow.items():
         note = _note(w, name)
         if w.view.backend_boxes[name].disabled:
             continue  # unavailable here: the row says why instead

@@ -15,6 +15,7 @@ Imported only when an ``enn_torch`` model is met or the ``enn_pytorch`` builder 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -114,7 +115,6 @@ def _full_tasks(spec: ModelSpec) -> list[dict[str, Any]] | None:
 # -- spec ------------------------------------------------------------------------------------------------
 def spec_fields(model: Any) -> dict[str, Any]:
     """What ``ModelSpec.from_model`` takes from an upstream model: builder, config, tasks without the fuser."""
-    import dataclasses
 
     out: dict[str, Any] = {"builder": BUILDER}
     config = getattr(model, "config", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,9 +14,11 @@ from enn_nb.model.spec import ModelSpec, build
 from . import dcp, pt, safetensors_format, selfcheck
 from .base import Reader, SaveRequest
 from .detect import detect_format, save_format
+from .display import loaded_text
 from .manifest import Manifest, user_metadata
 from .restore import alias_sources, hooks_decide_shapes, shapes_now, split_extra_state
 from .tensors import canonical_key, dtype_name, is_dtensor, model_key_map, model_state, nbytes
+from .upstream import missing_fields_note
 
 if TYPE_CHECKING:
     import os
@@ -65,15 +68,9 @@ class Loaded:
         return iter((self.model, self.manifest))
 
     def __repr__(self) -> str:
-        from .display import loaded_text
-
         return loaded_text(self)
 
     def _repr_html_(self) -> str:
-        import html
-
-        from .display import loaded_text
-
         return f"<pre>{html.escape(loaded_text(self))}</pre>" + self.manifest._repr_html_()
 
 
@@ -310,8 +307,6 @@ def _device_of(model: Any) -> Any:
 
 
 def _build(manifest: Manifest) -> Any:
-    from .upstream import missing_fields_note
-
     note = missing_fields_note(manifest)
     try:
         return build(manifest.spec, shapes={t.name: tuple(t.shape) for t in manifest.tensors})

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from enn_nb._fs import atomic_path, check_same_kind, sweep_stale_temps
 from enn_nb._fs import fsync_dir, new_token, remove_path, replace_dir, temp_path  # noqa: F401  (dcp.py imports them from here)
-from enn_nb.errors import EnnError
+from enn_nb.errors import CheckpointError, CheckpointWriteError, EnnError
+
+from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 
 
 def check_replaceable(final: Path, *, directory: bool) -> None:
@@ -22,12 +24,10 @@ def check_replaceable(final: Path, *, directory: bool) -> None:
     Raises:
         CheckpointError: ``final`` is an existing directory that must not be replaced.
     """
-    from enn_nb.errors import CheckpointError
 
     check_same_kind(final, directory=directory, what="checkpoint", error=CheckpointError)
     if not final.is_dir() or final.is_symlink():
         return
-    from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META
 
     names = set(os.listdir(final))
     if names and not names & {DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META}:
@@ -60,7 +60,6 @@ def atomic_file(final: Path) -> Iterator[Path]:
 
 def write_error(final: Path, exc: OSError) -> Exception:
     """The enn_nb error for a failed write to ``final`` (keeps errno and strerror; the old content is intact)."""
-    from enn_nb.errors import CheckpointWriteError
 
     return CheckpointWriteError(
         exc.errno, f"{exc.strerror or exc} while writing `{final}`; nothing was replaced (the previous checkpoint, if "

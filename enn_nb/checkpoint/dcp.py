@@ -18,6 +18,8 @@ destination holds.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 import threading
 import time
@@ -34,7 +36,7 @@ from enn_nb.errors import (
     UnsafeCheckpointError,
 )
 
-from . import dcp_metadata
+from . import dcp_metadata, upstream
 from .atomic import (
     check_replaceable,
     fsync_dir,
@@ -244,7 +246,6 @@ REPLACED_RETRIES = 20
 
 def retry_when_replaced(fn: Any) -> Any:
     """Run ``fn`` again when a DCP directory was replaced under it: readers see the old or the new one."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -327,7 +328,6 @@ def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = Non
     Only whole-tensor records without transforms qualify (see :func:`_adoptable`). ``on_adopt(key,
     tensor)`` is called as each arrives (to hash it while the next one is read).
     """
-    import dataclasses
 
     import torch
     from torch.distributed.checkpoint import FileSystemReader
@@ -444,8 +444,6 @@ class DcpReader:
             check_table(self.manifest, {key[1]: v for key, v in table.items() if key in self.paths.values()},
                         where=f"`{path}`")
         elif upstream_meta_file(path) is not None:
-            from . import upstream
-
             nested = all(len(key) == 2 and key[0] == MODEL_KEY for key in table)
             self.paths = {(key[1] if nested else ".".join(key)): key for key in table}
             names = {name: table[key] for name, key in self.paths.items()}

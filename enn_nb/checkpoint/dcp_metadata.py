@@ -15,6 +15,7 @@ and shape.
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import pickle
@@ -22,10 +23,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from enn_nb._safeio import MAX_DCP_METADATA_BYTES, check_regular, escape, plain_name, read_capped
+from enn_nb._safeio import MAX_DCP_METADATA_BYTES, check_regular, confined, escape, plain_name, read_capped
 from enn_nb.errors import CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError
 
 from .detect import DCP_METADATA
+from .hashing import digest, split
 
 _DCP_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
 _DCP_FILESYSTEM_MODULE = "torch.distributed.checkpoint.filesystem"
@@ -61,8 +63,6 @@ MAX_ELEMENTS = 1 << 40
 
 
 def _resolve(module: str, name: str) -> Any:
-    import importlib
-
     return getattr(importlib.import_module(module), name)
 
 
@@ -140,12 +140,10 @@ def read(directory: Path, name: str = DCP_METADATA, *, expected: Any = None) -> 
         raise IncompleteCheckpointError(
             f"`{directory}` has no DCP `{DCP_METADATA}` file: the save did not finish or the directory was damaged."
         )
-    from enn_nb._safeio import confined
 
     confined(directory, name, what="The DCP metadata file")
     data = read_capped(file, MAX_DCP_METADATA_BYTES, what="The DCP metadata file")
     if expected is not None:  # the manifest's FileEntry: the bytes checked are the bytes unpickled
-        from .hashing import digest, split
 
         if len(data) != expected.nbytes or digest(data, split(expected.hash)[0]) != expected.hash:
             raise CorruptCheckpointError(
@@ -249,7 +247,6 @@ def check_files(md: Any, directory: Path, *, allowed: set[str] | None = None) ->
     Raises:
         CorruptCheckpointError: a shard is outside the directory, not listed, not a regular file, or short.
     """
-    from enn_nb._safeio import confined
 
     ends: dict[str, int] = {}
     for info in md.storage_data.values():

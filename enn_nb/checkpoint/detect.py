@@ -7,7 +7,8 @@ import re
 import struct
 from pathlib import Path
 
-from enn_nb.errors import IncompleteCheckpointError, NotACheckpointError, UnknownNameError
+from enn_nb._safeio import MAX_JSON_BYTES, json_loads, read_capped, read_head
+from enn_nb.errors import CorruptCheckpointError, IncompleteCheckpointError, NotACheckpointError, UnknownNameError
 
 PT_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -67,7 +68,6 @@ def detect_format(path: Path) -> str:
         raise NotACheckpointError(f"`{path}` does not exist.")
     if path.is_dir():
         return _detect_dir(path)
-    from enn_nb._safeio import read_head
 
     head, size = read_head(path, 16, what="The checkpoint", error=NotACheckpointError)
     if size == 0:
@@ -122,12 +122,9 @@ def safetensors_sidecar(path: Path) -> Path:
 
 def read_json_file(path: Path) -> dict:
     """A JSON object from a regular file of bounded size and nesting (``meta.json``, sidecars)."""
-    from enn_nb._safeio import MAX_JSON_BYTES, json_loads, read_capped
 
     value = json_loads(read_capped(path, MAX_JSON_BYTES, what="The JSON file"), what=f"`{path}`")
     if not isinstance(value, dict):
-        from enn_nb.errors import CorruptCheckpointError
-
         raise CorruptCheckpointError(f"`{path}` does not hold a JSON object.", file=str(path))
     return value
 

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from enn_nb._format import human_size
+from enn_nb._safeio import escape
+from enn_nb.model.signature import describe
 from enn_nb.table import Cell, Table
 
 from .hashing import short
@@ -18,8 +20,6 @@ MAX_ROWS = 50  # tensor rows shown; the rest are summarised
 
 
 def _sig_text(sigs: list[Any] | None) -> str:
-    from enn_nb.model.signature import describe
-
     return describe(sigs) if sigs else "None"
 
 
@@ -109,6 +109,5 @@ def loaded_text(loaded: Any) -> str:
     if loaded.optimizer_state is not None:
         lines.append("  optimizer state: present")
     lines.append(f"  restore check: {loaded.restore}")
-    from enn_nb._safeio import escape
 
     return "\n".join(escape(line) for line in lines)

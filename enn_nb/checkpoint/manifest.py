@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 from collections.abc import Mapping
 from typing import Any
 
+from enn_nb._safeio import MAX_JSON_BYTES, json_loads
 from enn_nb._version import __version__
 from enn_nb.errors import CorruptCheckpointError, SpecError
 from enn_nb.model.spec import SPEC_FIELDS, ModelSpec, jsonable
 
+from .display import manifest_html, manifest_text
 from .migrations import migrate
 from .schema import SCHEMA_ID
 from .schema import validate as validate_document
@@ -108,8 +111,6 @@ class Manifest:
 
     @property
     def parameter_count(self) -> int:
-        import math
-
         return sum(math.prod(t.shape) for t in self.tensors)
 
     def tensor(self, name: str) -> TensorEntry:
@@ -196,18 +197,13 @@ class Manifest:
 
     # -- display -----------------------------------------------------------------------------------
     def __str__(self) -> str:
-        from .display import manifest_text
-
         return manifest_text(self)
 
     def __repr__(self) -> str:  # the REPL shows the same table as print()
-        from .display import manifest_text
 
         return manifest_text(self)
 
     def _repr_html_(self) -> str:
-        from .display import manifest_html
-
         return manifest_html(self)
 
 
@@ -232,7 +228,6 @@ def encode(manifest: Manifest, *, validate: bool = True) -> str:
         validate_document(document, where="manifest to write", error=SpecError)
     document["manifest_sha256"] = self_hash(document)
     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    from enn_nb._safeio import MAX_JSON_BYTES
 
     if len(text) > MAX_JSON_BYTES:  # readers refuse larger manifests: never write one
         raise SpecError(
@@ -249,7 +244,6 @@ def decode(text: str | bytes, *, path: str | None = None, where: str = "manifest
         CorruptCheckpointError: not JSON, self-hash mismatch, or schema violations.
         SchemaVersionError: newer than this enn_nb understands.
     """
-    from enn_nb._safeio import MAX_JSON_BYTES, json_loads
 
     if len(text) > MAX_JSON_BYTES:
         raise CorruptCheckpointError(f"The {where} of `{path}` is {len(text)} bytes, over the {MAX_JSON_BYTES}-byte "

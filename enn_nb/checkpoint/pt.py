@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.errors import CorruptCheckpointError, NotACheckpointError, UnsafeCheckpointError
 
+from . import upstream
 from .atomic import atomic_file
 from .base import SaveRequest, build_manifest, check_table, sync_while_recording
 from .hashing import HashPool, check_tensors
@@ -340,8 +341,6 @@ class PtReader:
             self.upstream = False
             check_table(self.manifest, _table(self.state), where=f"`{path}`")
         else:
-            from . import upstream
-
             stray = [k for k, v in payload.items() if isinstance(v, str) and '"schema":"enn_nb.checkpoint/' in v[:40]] \
                 if isinstance(payload, Mapping) else []
             if stray:  # an enn_nb manifest under a damaged key: do not fall back to unverified loading

@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb._fs import timestamp
-from enn_nb.errors import CorruptCheckpointError, NotACheckpointError
+from enn_nb._safeio import escape, json_loads
+from enn_nb.errors import CheckpointError, CorruptCheckpointError, NotACheckpointError
 
+from . import upstream
 from .atomic import atomic_file
 from .base import SaveRequest, build_manifest, check_table, sync_while_recording
 from .hashing import ALGORITHM, HEX_DIGITS, HashPool, check_tensors
 from .manifest import Manifest, decode, encode
 from .selfcheck import Recording
-from .tensors import byte_view, cpu_contiguous, dtype_name, join_tree, nbytes
+from .tensors import byte_view, cpu_contiguous, dtype_name, expected_nbytes, join_tree, nbytes
 
 if TYPE_CHECKING:
     import torch
@@ -92,7 +95,6 @@ def write(final: Path, request: SaveRequest) -> Manifest:
         pad = recording.max_json_chars()
         placeholder = bare + b" " * (pad + (-(8 + len(bare) + pad) % 8))
     if len(placeholder) > MAX_HEADER:  # the safetensors library could never open the file: refuse before replacing
-        from enn_nb.errors import CheckpointError
 
         raise CheckpointError(
             f"The safetensors header for `{final}` would be {len(placeholder)} bytes (manifest and metadata included), "
@@ -140,7 +142,6 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         raise CorruptCheckpointError(
             f"`{path}` is truncated: its safetensors header needs {n} bytes, the file has {size - 8}.", file=str(path)
         )
-    from enn_nb._safeio import json_loads
 
     header = json_loads(raw, what=f"The safetensors header of `{path}`")
     if not isinstance(header, dict):
@@ -165,11 +166,8 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
 
 def _check_entry(path: Path, name: str, info: Any) -> int:
     """The end offset of a well-formed tensor entry (dtype known, shape of ints, byte range matching it)."""
-    import math
 
     def bad(what: str) -> CorruptCheckpointError:
-        from enn_nb._safeio import escape
-
         return CorruptCheckpointError(f"The safetensors header entry `{escape(name)}` of `{path}` is malformed "
                                       f"({what}); the file is damaged.", file=str(path), tensor=name)
 
@@ -183,7 +181,6 @@ def _check_entry(path: Path, name: str, info: Any) -> int:
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int and o >= 0 for o in offsets)
             or offsets[0] > offsets[1]):
         raise bad("data_offsets is not [begin, end]")
-    from .tensors import expected_nbytes
 
     if offsets[1] - offsets[0] != expected_nbytes(TORCH_DTYPES[code], shape) or math.prod(shape) > 1 << 40:
         raise bad(f"{offsets[1] - offsets[0]} bytes for shape {shape}")
@@ -216,8 +213,6 @@ class SafetensorsReader:
             model_table = {k: v for k, v in table.items() if not k.startswith(opt.get("prefix", "\0"))}
             check_table(self.manifest, model_table, where=f"`{path}`")
         else:
-            from . import upstream
-
             metadata = metadata if isinstance(metadata, dict) else {}
             stray = [k for k, v in metadata.items() if isinstance(v, str) and '"schema":"enn_nb.checkpoint/' in v[:40]]
             if stray:  # an enn_nb manifest under a damaged key: do not fall back to unverified loading

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from enn_nb._schema_check import passes_compiled
 from enn_nb._version import __version__
 from enn_nb.errors import CorruptCheckpointError, SchemaVersionError
 
@@ -77,7 +78,6 @@ def validate(
     Raises:
         CorruptCheckpointError: (or ``error``) the document does not follow the schema.
     """
-    from enn_nb._schema_check import passes_compiled
 
     if passes_compiled(SCHEMA_FILE, document):  # milliseconds; jsonschema below only explains refusals
         return

@@ -9,10 +9,17 @@ resized, a non-tensor state such as a calibration mode never set) is reported, n
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from enn_nb.model.examples import eval_only
+
+from .tensors import is_dtensor, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +51,6 @@ class RestoreCheck:
 def _quiet() -> Iterator[None]:
     # The self-check is enn_nb's own extra call: the model's warnings (e.g. eager FlexAttention's)
     # belong to the user's calls, not to every save and load.
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -83,8 +89,6 @@ class Recording:
     """
 
     def __init__(self, job: _Job) -> None:
-        import threading
-
         self._job = job
         self._result: dict[str, Any] | None = None
         self.thread = threading.Thread(target=self._run, name="enn-nb-selfcheck", daemon=True)
@@ -133,8 +137,6 @@ def running(value: dict[str, Any] | Recording | None) -> Iterator[None]:
     if not isinstance(value, Recording):
         yield
         return
-    import threading
-    import warnings
 
     with warnings.catch_warnings():
         shown = warnings.showwarning
@@ -162,8 +164,6 @@ class _Job:
     def run(self) -> dict[str, Any] | None:
         import torch
 
-        from enn_nb.model.examples import eval_only
-
         try:
             with eval_only(self.model), torch.no_grad():
                 outputs = _as_tensors(self.call(*self.inputs))
@@ -176,8 +176,6 @@ class _Job:
 
 
 def _prepare(model: Any, spec: ModelSpec) -> _Job | None:
-    import json
-
     import torch
 
     if not isinstance(model, torch.nn.Module) or (spec.in_dim is None and not spec.has_signature) \
@@ -203,8 +201,6 @@ def _prepare(model: Any, spec: ModelSpec) -> _Job | None:
 def check(model: Any, recorded: Mapping[str, Any] | None, *, device: Any = "cpu") -> RestoreCheck:
     """Run ``model`` on the recorded inputs and compare with the recorded outputs."""
     import torch
-
-    from enn_nb.model.examples import eval_only
 
     if not recorded:
         return RestoreCheck(NOT_RUN, reason="the checkpoint holds no recorded vectors")
@@ -244,8 +240,6 @@ def _call(model: Any, name: str | None = None) -> tuple[str, Any]:
 
 
 def _is_sharded(model: Any) -> bool:
-    from .tensors import is_dtensor
-
     return any(is_dtensor(t) for t in model.state_dict().values())
 
 
@@ -271,8 +265,6 @@ def _encode(t: torch.Tensor) -> dict[str, Any]:
 
 def _decode(item: Mapping[str, Any]) -> torch.Tensor:
     import torch
-
-    from .tensors import torch_dtype
 
     values = [float(v) if isinstance(v, str) else v for v in item["values"]]
     return torch.tensor(values, dtype=torch_dtype(str(item["dtype"]))).reshape(item["shape"])

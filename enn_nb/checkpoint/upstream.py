@@ -22,10 +22,12 @@ Every upstream key that is not a spec field is kept in ``metadata["enn_pytorch"]
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._safeio import confined, json_loads
 from enn_nb.errors import NotACheckpointError, SpecError
 from enn_nb.model.spec import ModelSpec, jsonable
 
@@ -96,8 +98,6 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
     legacy = path.with_suffix(".json")
     variant = f"safetensors + header `{key}`"
     if raw is not None:
-        from enn_nb._safeio import json_loads
-
         value = json_loads(raw, what=f"`{path}`'s `enn_meta_json` header entry")
         meta = value if isinstance(value, dict) else {}
     elif safetensors_sidecar(path).exists():
@@ -115,8 +115,6 @@ def from_safetensors(path: Path, header_metadata: Mapping[str, Any],
 
 
 def from_dcp(path: Path, table: Mapping[str, tuple[str, tuple[int, ...]]], metadata_name: str) -> Manifest:
-    from enn_nb._safeio import confined
-
     meta_file = upstream_meta_file(path)
     if meta_file is None:
         raise NotACheckpointError(f"`{path}` has no ENN-PyTorch `meta.json`/`model.meta.json` (looked up to three folders up).")
@@ -139,8 +137,6 @@ def _pt_meta_file(path: Path) -> Path | None:
 
 
 def _relative(file: Path, base: Path) -> str:
-    import os
-
     try:
         return f"`{os.path.relpath(file.resolve(), base.resolve())}`"
     except ValueError:  # another drive (Windows)

@@ -17,18 +17,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb._fs import atomic_path
+from enn_nb._fs import atomic_path, check_same_kind
 from enn_nb._version import __version__
-from enn_nb.errors import ExportError
+from enn_nb.errors import ExportError, OutputDirError
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.options import TIMEOUT
 from enn_nb.engine.parity import VECTORS_SUFFIX
+from enn_nb.engine.registry import class_reference
+from enn_nb.engine.report import BackendResult
 
 if TYPE_CHECKING:
     import torch
 
     from enn_nb.engine.plan import Plan
-    from enn_nb.engine.report import BackendResult
     from enn_nb.engine.settings import ExportSettings
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -164,8 +165,6 @@ def check_replaceable_artifact(dst: Path, *, directory: bool) -> None:
     Raises:
         OutputDirError: ``dst`` holds something enn_nb did not write (a user's folder, a FIFO...).
     """
-    from enn_nb._fs import check_same_kind
-    from enn_nb.errors import OutputDirError
 
     check_same_kind(dst, directory=directory, what="artifact", error=OutputDirError)
     if directory and dst.is_dir() and not dst.is_symlink() and not _is_enn_artifact_dir(dst):
@@ -177,7 +176,6 @@ def check_replaceable_artifact(dst: Path, *, directory: bool) -> None:
 
 def _is_enn_artifact_dir(path: Path) -> bool:
     """True when ``path``'s sidecar names it as a folder artifact and lists every file inside it."""
-    from enn_nb.engine import sidecar as sc
 
     try:
         data = sc.read(sc.sidecar_path(path), check_schema=False)
@@ -213,7 +211,6 @@ def link_file(src: str | Path, dst: str | Path) -> None:
 # -- an export's key and its hits -----------------------------------------------------------------
 def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, Any], settings: ExportSettings) -> str:
     """The cache key of one backend's export: everything that can change its artifact."""
-    from enn_nb.engine.registry import class_reference
 
     return make_key(
         enn_nb=__version__,
@@ -238,7 +235,6 @@ def export_key(plan: Plan, digest: dict[str, str], spec: Any, source: dict[str, 
 
 def lookup(plan: Plan, settings: ExportSettings) -> BackendResult | None:
     """The cached result of ``plan`` (its files checked, fetched from the store if needed), or None."""
-    from enn_nb.engine.report import BackendResult
 
     out = settings.out
     started = time.perf_counter()

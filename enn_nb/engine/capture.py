@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._fs import replace_path
 from enn_nb.errors import FastPathExportError
+from enn_nb.model.signature import TensorSig, dim_name, dynamic_shapes, infer_inputs, symbolic_names
 
 if TYPE_CHECKING:
     import torch
 
     from enn_nb.model.fastpaths import FastPath
-    from enn_nb.model.signature import TensorSig
 
 #: Above this many bytes of weights the shared ONNX keeps them in an external ``.data`` file
 #: (protobuf cannot hold a single message over 2 GiB).
@@ -45,8 +46,6 @@ def capture_program(
         FastPathExportError: the capture failed on a fast path left on (named in the message).
     """
     import torch
-
-    from enn_nb.model.signature import dynamic_shapes, infer_inputs, symbolic_names
 
     notes: list[str] = []
     sigs = list(signature) if signature is not None else infer_inputs(module.forward, example_inputs)
@@ -141,8 +140,6 @@ def onnx_from_program(
     import onnx
     import torch
 
-    from enn_nb._fs import replace_path
-
     external = program_nbytes(ep) > EXTERNAL_DATA_BYTES
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnx-", dir=path.parent))
@@ -199,7 +196,6 @@ def _name_symbolic_dims(model: Any, signature: Sequence[TensorSig] | None) -> No
     """Rename the exporter's symbols (``s12``...) after the signature's dims (``time``...) everywhere."""
     if not signature:
         return
-    from enn_nb.model.signature import dim_name
 
     graph = model.graph
     renames: dict[str, str] = {}
@@ -283,8 +279,6 @@ class Shared:
         return path
 
     def input_signature(self) -> list[Any] | None:
-        from enn_nb.model.signature import TensorSig
-
         return [TensorSig.from_dict(s) for s in self.signature["inputs"]] if self.signature else None
 
     def save_program(self) -> Path:

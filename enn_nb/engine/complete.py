@@ -16,15 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from enn_nb._safeio import confined, plain_name
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.finish import RunInfo, finish
 from enn_nb.engine.outcome import UnitResult
-from enn_nb.engine.parity import VECTORS_SUFFIX
+from enn_nb.engine.parity import VECTORS_SUFFIX, cases_for, load_vectors, run_cases
 from enn_nb.engine.plan import Plan
+from enn_nb.engine.registry import get_backend
 from enn_nb.engine.report import BackendResult, ExportReport
 from enn_nb.engine.settings import ExportSettings
 from enn_nb.engine.tolerance import parse_tolerances
 from enn_nb.errors import ExportError
+from enn_nb.model.spec import ModelSpec
 
 
 def complete(sidecar_path: str | os.PathLike[str], *, out: str | os.PathLike[str] | None = None) -> BackendResult:
@@ -43,8 +46,6 @@ def complete(sidecar_path: str | os.PathLike[str], *, out: str | os.PathLike[str
         PlatformUnavailableError: this machine cannot build it either (the message says where and how).
         BackendError: the build failed (the sidecar is left as it was).
     """
-    from enn_nb.engine.registry import get_backend
-    from enn_nb.model.spec import ModelSpec
 
     path = Path(sidecar_path)
     if not path.name.endswith(sc.SIDECAR_SUFFIX):
@@ -99,7 +100,6 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
     A build or a run that raises leaves the deferred sidecar as it was (the error goes to the caller):
     it still says how to build the artifact.
     """
-    from enn_nb.engine.parity import cases_for, load_vectors, run_cases
 
     unit = UnitResult()
     started = time.perf_counter()
@@ -115,8 +115,6 @@ def _build_and_verify(backend: Any, data: dict[str, Any], base: Path, out_path: 
 
 
 def _vectors(data: dict[str, Any], base: Path, stem: str) -> Path | None:
-    from enn_nb._safeio import confined, plain_name
-
     what = "The sidecar's vectors file"
     named = ((data.get("parity") or {}).get("vectors") or {}).get("file")
     if named is not None:

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 from enn_nb._fs import replace_path
 from enn_nb._optional import PACKAGES, pip_line
 from enn_nb.engine import sidecar as sc
+from enn_nb.engine.cache import check_replaceable_artifact
 from enn_nb.engine.outcome import ErrorInfo, UnitResult
 from enn_nb.engine.outlog import LOG_SUFFIX, OutputLog, write_log
+from enn_nb.engine.parity import finite
 from enn_nb.engine.report import BackendResult, ExportReport
 from enn_nb.engine.settings import ExportSettings
 
@@ -43,7 +45,7 @@ class RunInfo:
 
 def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: float) -> BackendResult:
     """Turn a unit's outcome into files in ``out_dir``, a sidecar and a BackendResult."""
-    from enn_nb.engine.capture import fast_path_error
+    from enn_nb.engine.capture import fast_path_error  # torch.export machinery: not at %load_ext
 
     report = info.report
     timings = {"capture": report.capture_s, **({"onnx": report.onnx_s} if plan.backend.consumes == "onnx" else {}),
@@ -143,7 +145,6 @@ def _parity_block(plan: Plan, unit: UnitResult, info: RunInfo) -> tuple[str, dic
                       "evaluation set (see `quantization.accuracy`), not held to fp32 tolerances"}
     if unit.parity is None:
         return "ok", {"status": "not_run", "reason": "verify=False"}
-    from enn_nb.engine.parity import finite
 
     block = finite(unit.parity)
     if block.get("status") in ("passed", "failed", "skipped"):
@@ -169,8 +170,6 @@ def _place(artifact_src: Path, extra_src: list[Path], out: Path) -> tuple[Path, 
         placed_extra.append(dst)
     artifact = out / artifact_src.name
     if artifact_src.exists():
-        from enn_nb.engine.cache import check_replaceable_artifact
-
         check_replaceable_artifact(artifact, directory=artifact_src.is_dir())
         replace_path(artifact_src, artifact)
     return artifact, sc.file_entries(artifact if artifact.exists() else None, placed_extra, out)

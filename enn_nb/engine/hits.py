@@ -23,11 +23,11 @@ from enn_nb._fs import atomic_path, remove_path, temp_path, timestamp
 from enn_nb.engine import sidecar as sc
 from enn_nb.engine.cache import link_or_copy
 from enn_nb.engine.parity import VECTORS_SUFFIX
+from enn_nb.engine.report import BackendResult
 
 if TYPE_CHECKING:
     from enn_nb.engine.finish import RunInfo
     from enn_nb.engine.plan import Plan
-    from enn_nb.engine.report import BackendResult
     from enn_nb.engine.settings import ExportSettings
 
 
@@ -73,8 +73,6 @@ class Hits:
             self._stash = None
 
     def _settle(self, hit: _Hit, info: RunInfo) -> BackendResult:
-        from enn_nb.engine.report import BackendResult
-
         started = time.perf_counter()
         result = hit.plan.result
         out = self.settings.out

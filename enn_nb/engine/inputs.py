@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 from enn_nb._version import __version__
 from enn_nb.errors import InputMismatchError, SpecError
 from enn_nb.engine import sidecar as sc
+from enn_nb.model import signature as sig
+from enn_nb.model.examples import default_example_inputs, eval_only, resample_inputs
+from enn_nb.model.signature import TensorSig
+from enn_nb.model.spec import ModelSpec
 
 if TYPE_CHECKING:
     import torch
-
-    from enn_nb.model.signature import TensorSig
 
 
 def load_source(obj: Any) -> tuple[Any, dict[str, Any], Any]:
@@ -58,7 +60,6 @@ def load_source(obj: Any) -> tuple[Any, dict[str, Any], Any]:
 
 def resolve_spec(model: Any, spec: Any) -> Any:
     """The given spec (a dict is read as one), else the one the model describes, else None."""
-    from enn_nb.model.spec import ModelSpec
 
     if spec is not None:
         if isinstance(spec, Mapping):
@@ -79,9 +80,6 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
     """
     import numpy as np
     import torch
-
-    from enn_nb.model import signature as sig
-    from enn_nb.model.examples import default_example_inputs
 
     if example_inputs is None:
         if spec is not None and spec.inputs is not None:
@@ -125,8 +123,6 @@ def example_tensors(model: Any, spec: Any, example_inputs: Any, dynamic_batch: b
 
 def case_maker(spec: Any, inputs: tuple[torch.Tensor, ...]) -> Callable[[int, int], tuple[torch.Tensor, ...]]:
     """``make(batch, seed)`` giving the parity inputs at one batch size."""
-    from enn_nb.model import signature as sig
-    from enn_nb.model.examples import default_example_inputs, resample_inputs
 
     if spec is not None and spec.inputs is not None:
         sizes = sig.check_inputs(spec.inputs, inputs)  # the capture's sizes of time and other dims
@@ -159,8 +155,6 @@ class ModelIO:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelIO:
-        from enn_nb.model.signature import TensorSig
-
         return cls([TensorSig.from_dict(s) for s in data["inputs"]], [TensorSig.from_dict(s) for s in data["outputs"]],
                    str(data["structure"]))
 
@@ -172,9 +166,6 @@ def resolve_io(model: Any, spec: Any, inputs: tuple[torch.Tensor, ...]) -> Model
     raises InputMismatchError naming the signature it was given, not the model's raw traceback.
     """
     import torch
-
-    from enn_nb.model import signature as sig
-    from enn_nb.model.examples import eval_only
 
     call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
     if spec is not None and spec.inputs is not None:

@@ -13,6 +13,7 @@ log, and starts a new child for the next backend.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import signal
@@ -24,8 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import enn_nb.engine.capture
+import enn_nb.engine.parity
+from enn_nb.engine.backends.base import Conversion, ExportJob
+from enn_nb.engine.capture import Shared
 from enn_nb.engine.outcome import Crash, ErrorInfo, UnitResult
-from enn_nb.engine.outlog import CHILD_LOG
+from enn_nb.engine.outlog import CHILD_LOG, OutputLog, capture
+from enn_nb.engine.parity import cases_for, run_cases
+from enn_nb.engine.safe import _SDPA
+from enn_nb.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +80,6 @@ class Task:
 # -- the work unit, shared by both modes ---------------------------------------------------------------
 def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
     """Convert, then verify; never raises: an error comes back in ``UnitResult.error`` with its stage."""
-    from enn_nb.engine.backends.base import Conversion
-    from enn_nb.engine.outlog import OutputLog, capture
-    from enn_nb.engine.parity import cases_for, run_cases
 
     out = UnitResult(log=OutputLog())
     stage = "convert"
@@ -149,9 +154,6 @@ def build_job(setup: Setup, shared: Any) -> Any:
     """The ExportJob of a child, from its Setup and its lazily loaded shared capture."""
     import torch
 
-    from enn_nb.engine.backends.base import ExportJob
-    from enn_nb.model.spec import ModelSpec
-
     module = None
     if setup.module_path:
         try:
@@ -179,8 +181,6 @@ def build_job(setup: Setup, shared: Any) -> Any:
 
 
 def load_class(ref: str) -> Any:
-    import importlib
-
     module_name, _, qualname = ref.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
@@ -206,7 +206,6 @@ def _serve(recv: Any, send: Any) -> None:
     for entry in reversed(setup.sys_path):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    from enn_nb.engine.capture import Shared
 
     shared = Shared(
         workdir=Path(setup.workdir),
@@ -219,8 +218,6 @@ def _serve(recv: Any, send: Any) -> None:
         signature=setup.signature,
     )
     if setup.sdpa:
-        from enn_nb.engine.safe import _SDPA
-
         _SDPA.enter(setup.sdpa)  # this child exists only for the export: held until it exits
     job = None
     while True:
@@ -250,9 +247,6 @@ def main(argv: list[str]) -> int:
 
     # Import what every conversion needs while the parent is still capturing.
     import torch  # noqa: F401
-
-    import enn_nb.engine.capture  # noqa: F401
-    import enn_nb.engine.parity  # noqa: F401
 
     recv = Connection(int(argv[1]), writable=False)
     send = Connection(int(argv[2]), readable=False)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb.engine.cache import store, stored_names
 from enn_nb.engine.finish import RunInfo, finish
+from enn_nb.engine.options import TIMEOUT
 from enn_nb.engine.plan import Emitter, Plan, cancel, stopped
 
 if TYPE_CHECKING:
@@ -73,7 +74,6 @@ def run_lane(lane: list[Plan], worker: Worker | None, ctx: LaneContext) -> None:
 
 def timeout_of(plan: Plan) -> float:
     """Seconds the plan's isolated convert + verify may take: its option ``timeout_s``, else the backend's default."""
-    from enn_nb.engine.options import TIMEOUT
 
     given = plan.options.get(TIMEOUT)
     return float(given if given is not None else getattr(plan.backend, "default_timeout_s", 1800.0))

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb.engine.outlog import OutputLog, capture
+from enn_nb.engine.parity import compare, load_vectors
+from enn_nb.engine.registry import get_backend
+from enn_nb.engine.safe import export_safe
 from enn_nb.engine.timing import (
     Stat,
     host_load,
@@ -29,6 +32,8 @@ from enn_nb.engine.timing import (
     speedup,
     threads_for,
 )
+from enn_nb.model.examples import default_example_inputs, eval_only, resample_inputs
+from enn_nb.model.signature import draw
 
 if TYPE_CHECKING:
     import torch
@@ -95,10 +100,8 @@ def time_call(fn: Callable[[], Any], *, budget_s: float = 0.25, min_calls: int =
 
 def spec_inputs(spec: ModelSpec) -> Inputs:
     """Inputs drawn from the model's spec (scaler statistics, valid category codes), one seed per batch."""
-    from enn_nb.model.examples import default_example_inputs
 
     if spec.inputs is not None:  # a declared signature: its dtypes, symbolic dims and category codes
-        from enn_nb.model.signature import draw
 
         return lambda batch: draw(spec.inputs, batch=batch, seed=1000 + batch)
     return lambda batch: default_example_inputs(spec, spec.in_dim, spec.feature_dtype, batch=batch, seed=1000 + batch)
@@ -109,8 +112,6 @@ def vector_inputs(report: ExportReport) -> Inputs | None:
     vectors = getattr(report, "vectors", None)
     if vectors is None or not Path(vectors).is_file():
         return None
-    from enn_nb.engine.parity import load_vectors
-    from enn_nb.model.examples import resample_inputs
 
     cases, _, _ = load_vectors(Path(vectors))
     if not cases:
@@ -169,10 +170,6 @@ def measure(
         should_stop: polled between backends; True stops timing (the rest are ``cancelled``).
     """
     import torch
-
-    from enn_nb.model.examples import eval_only
-    from enn_nb.engine.registry import get_backend
-    from enn_nb.engine.safe import export_safe
 
     out = Timings(host=host_load())
 
@@ -313,8 +310,6 @@ def _quiet_flex() -> Iterator[None]:
 
 
 def _compare(got: Sequence[Any], expected: Sequence[Any], atol: float, rtol: float) -> tuple[float, bool]:
-    from enn_nb.engine.parity import compare
-
     row = compare(got, expected, atol, rtol)
     err = float(row["max_abs_err"])
     return (err if math.isfinite(err) else float("inf")), bool(row["passed"])

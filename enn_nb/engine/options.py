@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from enn_nb._registry import closest
+from enn_nb.engine.registry import backend_names, get_backend, resolve_names
 from enn_nb.errors import OptionError
 
 #: Options every backend takes, whether or not it declares them.
@@ -159,15 +160,12 @@ def check_options(options: Mapping[str, Any] | None, names: Sequence[str]) -> di
         OptionError: a key that names a backend not being exported, a value that is not a mapping, an
             unknown option or a value its declaration does not allow.
     """
-    from enn_nb.engine.registry import backend_names, get_backend
 
     options = dict(options or {})
     allowed = [*names, *(["onnx"] if "onnx" not in names else [])]
     out: dict[str, dict[str, Any]] = {}
     for key, value in options.items():
         if key not in allowed and key not in backend_names():
-            from enn_nb.engine.registry import resolve_names
-
             resolve_names([str(key)])  # a name no backend has: UnknownNameError with the closest name
         if key not in allowed:
             raise OptionError(

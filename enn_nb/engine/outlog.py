@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from enn_nb._fs import write_text
+
 #: Captured lines are re-logged here at DEBUG: configure this logger to see them.
 LOGGER = logging.getLogger("enn_nb.converters")
 LOG_SUFFIX = ".enn.log"
@@ -84,7 +86,7 @@ def capture(stage: str = "", *, streams: bool = True) -> Iterator[OutputLog]:
     isolated child (:data:`CHILD_LOG` set) the output stays in the child's log file, so that a crash
     or a timeout still shows its tail; the lines written there during the block are collected instead.
     """
-    from enn_nb.engine.backends._edge_common import captured_output
+    from enn_nb.engine.backends._edge_common import captured_output  # not at %load_ext
 
     log = OutputLog()
     child_log = os.environ.get(CHILD_LOG)
@@ -136,6 +138,5 @@ def _first_line(message: Any) -> str:
 
 def write_log(path: Path, log: OutputLog) -> None:
     """Write ``log`` to ``path`` atomically (a new file: never into one another folder links to)."""
-    from enn_nb._fs import write_text
 
     write_text(path, log.text())

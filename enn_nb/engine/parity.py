@@ -30,6 +30,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._fs import atomic_path
+from enn_nb._safeio import confined, escape
+from enn_nb.engine import sidecar as sc
+from enn_nb.engine.registry import get_backend
+from enn_nb.engine.tolerance import parse_tolerances
 from enn_nb.errors import EnnError, ExportError
 from enn_nb.model.examples import default_example_inputs, eval_only, resample_inputs  # noqa: F401 (re-exported)
 
@@ -115,7 +120,6 @@ def save_vectors(path: Path, cases: list[Case], input_names: list[str], output_n
         "output_names": json.dumps(output_names),
         "reference": "eager model, fast paths on, eval mode",
     }
-    from enn_nb._fs import atomic_path
 
     with atomic_path(path) as tmp:
         save_file({k: _contiguous(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
@@ -272,7 +276,6 @@ class VerifyResult:
         if tol:
             lines.append(f"  tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}")
         lines += [f"  problem: {p}" for p in self.problems]
-        from enn_nb._safeio import escape
 
         return "\n".join(escape(line) for line in lines)
 
@@ -296,10 +299,6 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         ExportError: no/invalid sidecar, or no vectors file.
         UnsafeArtifactError: an AOTI package without ``trust=True``, or a .pt2 holding pickles.
     """
-    from enn_nb._safeio import confined, escape
-    from enn_nb.engine import sidecar as sc
-    from enn_nb.engine.registry import get_backend
-    from enn_nb.engine.tolerance import parse_tolerances
     from enn_nb.engine.trust import require_trust
 
     artifact = Path(artifact)
@@ -339,7 +338,7 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
     recorded = (float(tol.get("atol", backend.default_tolerance[0])), float(tol.get("rtol", backend.default_tolerance[1])))
     atol, rtol = parse_tolerances(tolerances).resolve(backend_name, recorded)  # what is not given: the sidecar's
     load_options = {**backend.default_options, **(data.get("options") or {}), **(options or {})}
-    require_trust(backend_name, artifact, trust)
+    require_trust(backend, artifact, trust)
     try:
         runner = backend.load(artifact, load_options)
         parity = finite(run_cases(runner, chosen, atol, rtol))

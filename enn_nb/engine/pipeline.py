@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -14,7 +15,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.engine import sidecar as sc
+from enn_nb.engine import parity, sidecar as sc
 from enn_nb.engine.backends.base import ExportJob
 from enn_nb.engine.cache import export_key, lookup, module_digest, tensors_digest
 from enn_nb.engine.finish import RunInfo, finish_failed, finish_unavailable
@@ -33,9 +34,22 @@ from enn_nb.engine.outcome import ErrorInfo
 from enn_nb.engine.outlog import OutputLog, capture
 from enn_nb.engine.parity import VECTORS_SUFFIX
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
+from enn_nb.engine.quantize.modes import label
+from enn_nb.engine.quantize.run import prepare_data
+from enn_nb.engine.registry import get_backend
 from enn_nb.engine.report import ExportReport
+from enn_nb.engine.safe import export_safe
 from enn_nb.engine.settings import ExportSettings
-from enn_nb.errors import AccuracyBudgetError, BackendError, FastPathExportError, MissingDependencyError, ParityError
+from enn_nb.errors import (
+    AccuracyBudgetError,
+    BackendError,
+    FastPathExportError,
+    MissingDependencyError,
+    ParityError,
+    SpecError,
+)
+from enn_nb.model.fastpaths import declared_fast_paths
+from enn_nb.model.provenance import from_kernel
 
 if TYPE_CHECKING:
     import torch
@@ -47,9 +61,9 @@ log = logging.getLogger(__name__)
 
 def export(
     model_or_checkpoint: Any,
-    backends: str | Sequence[str],
+    backends: str | Sequence[str] | None = None,
     *,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
     example_inputs: Any = None,
     dynamic_batch: bool = True,
     batch_range: tuple[int, int, int] = (1, 8, 64),
@@ -72,13 +86,16 @@ def export(
     eval_data: Any = None,
     accuracy_budget: Any = None,
     accuracy_metric: Callable[..., Any] | None = None,
+    settings: ExportSettings | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint) to one or more backends, with parity and a sidecar per artifact.
 
     Args:
         model_or_checkpoint: an ``nn.Module`` or the path of a checkpoint (``enn_nb.load`` reads it;
             its content hash goes into the sidecars).
-        backends: names (list or ``"onnx,ort"``) or ``"all"``; see ``enn_nb.backends()``.
+        backends: names (list or ``"onnx,ort"``), ``"all"`` (every registered backend; one that cannot
+            convert here comes back ``unavailable`` with its install line, not failing the request) or
+            ``"available"`` (every backend that converts here); see ``enn_nb.backends()``.
         out_dir: folder for artifacts, sidecars and the vectors file (created if needed).
         example_inputs: a tensor or tuple of tensors, checked against the spec's signature; default: drawn
             from the spec's signature (``ModelSpec.inputs``, else the ``[B, in_dim]`` shorthand) at batch 2.
@@ -117,6 +134,9 @@ def export(
             or ``{"rmse_rel", "max_abs", "mean_abs", "metric"}``.
         accuracy_metric: ``metric(float_outputs, quantized_outputs) -> float`` (lists of numpy arrays, one
             per output), recorded for each quantized artifact and bounded by ``accuracy_budget["metric"]``.
+        settings: instead of ``backends``, ``out_dir`` and the other export arguments above: the
+            :class:`ExportSettings` a surface made with ``ExportSettings.from_call`` (the magics, the
+            wizard, the CLI and the report templates do).
 
     Returns:
         ExportReport: one BackendResult per backend (status, artifact, parity, timings).
@@ -133,16 +153,23 @@ def export(
         ParityError / BackendError / MissingDependencyError / AccuracyBudgetError: only with ``strict=True``.
     """
     started = time.perf_counter()
-    if provenance is None:
-        from enn_nb.model.provenance import from_kernel
-
-        provenance = from_kernel()
-    settings = ExportSettings.from_call(
-        backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
-        tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
-        provenance=provenance, stem=stem, safe=safe, workers=workers, quantize=quantize, calibration=calibration,
-        eval_data=eval_data, accuracy_budget=accuracy_budget, accuracy_metric=accuracy_metric,
-    )
+    if settings is None:
+        if backends is None or out_dir is None:
+            raise SpecError("`export` needs `backends` and `out_dir` (or `settings=ExportSettings.from_call(...)`); "
+                            "e.g. `enn_nb.export(model, ['onnx', 'pt2'], out_dir='exports')`.")
+        settings = ExportSettings.from_call(
+            backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
+            tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
+            provenance=provenance, stem=stem, safe=safe, workers=workers, quantize=quantize, calibration=calibration,
+            eval_data=eval_data, accuracy_budget=accuracy_budget, accuracy_metric=accuracy_metric,
+        )
+    elif backends is not None or out_dir is not None:
+        raise SpecError("`export` takes either `settings=` or `backends` and `out_dir`, not both.")
+    elif any(v is not None for v in (quantize, calibration, eval_data, accuracy_budget, accuracy_metric)):
+        raise SpecError("`export(settings=...)` takes `quantize`, `calibration`, `eval_data`, `accuracy_budget` and "
+                        "`accuracy_metric` from the settings: pass them to `ExportSettings.from_call`.")
+    if settings.provenance is None:
+        settings = dataclasses.replace(settings, provenance=from_kernel())
     emit = Emitter(progress, total=len(settings.names) + sum(len(m) for m in settings.quantize.values()))
 
     with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
@@ -154,8 +181,6 @@ def export(
     info = RunInfo(settings=settings, spec=spec, source=source, report=report, signature=io.to_dict())
     _shared_log(info, loading)
     if settings.quantize:  # the data is checked before any conversion: bad calibration writes nothing
-        from enn_nb.engine.quantize.run import prepare_data
-
         info.quant = prepare_data(settings, model, spec, inputs, io)  # not captured: the drawn-data warning is loud
         report.quantization = {**info.quant.sources, "drawn_inputs": info.quant.drawn,
                                "budget": dict(settings.accuracy_budget)}
@@ -181,13 +206,9 @@ def export(
 
 # -- the stages ------------------------------------------------------------------------------------------
 def _plans(settings: ExportSettings) -> list[Plan]:
-    from enn_nb.engine.registry import get_backend
-
-    from enn_nb.engine.quantize.modes import label
-
     plans = []
-    for name in settings.names:
-        backend = get_backend(name)
+    for i, name in enumerate(settings.names):
+        backend = settings.backend(i)
         opts = {**backend.default_options, **dict(settings.options.get(name, {}))}
         # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
         tolerance = settings.tolerances.resolve(name, backend.default_tolerance)
@@ -228,11 +249,9 @@ def _run(
     should_stop: Callable[[], bool] | None,
 ) -> None:
     """Capture once, then convert, verify and finish every plan of ``todo`` over the lanes."""
-    from enn_nb.engine.capture import Shared
+    from enn_nb.engine.capture import Shared  # torch.export machinery: loads with the first export
     from enn_nb.engine.isolate import Worker
-    from enn_nb.engine.safe import export_safe
     from enn_nb.engine.wrapper import export_module
-    from enn_nb.model.fastpaths import declared_fast_paths
 
     settings, report = info.settings, info.report
     workdir = Path(tempfile.mkdtemp(prefix=".enn-export-", dir=settings.out))
@@ -300,8 +319,6 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
     """Parity cases from the eager model as the user has it (fast paths on), in eval mode; saved as the vectors
     file, and each plan's tolerance raised for low-precision outputs."""
     import torch
-
-    from enn_nb.engine import parity
 
     settings = info.settings
     call = model.forward_export if callable(getattr(model, "forward_export", None)) else model
@@ -447,8 +464,6 @@ def _raise_if_needed(report: ExportReport, strict: bool) -> None:
 
 
 def _backend_safe(name: str) -> Any:
-    from enn_nb.engine.registry import get_backend
-
     try:
         return get_backend(name)
     except Exception:

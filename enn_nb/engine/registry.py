@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from enn_nb._optional import pip_line
+from enn_nb._optional import PACKAGES, pip_line
 from enn_nb._registry import Registry
 from enn_nb.errors import MissingDependencyError, SpecError
 from enn_nb.engine.backends.base import Backend
@@ -103,6 +103,39 @@ def resolve_names(backends: str | list[str] | tuple[str, ...]) -> list[str]:
     return names
 
 
+#: The words a ``backends`` request may use instead of names, and what each means (one meaning on every
+#: surface: ``export()``, the magics, the wizard, the CLI, the report templates and the demo).
+KEYWORDS: dict[str, str] = {
+    "all": "every registered backend; one that cannot convert here is reported `unavailable` (with its install "
+           "line) and does not fail the request",
+    "available": "every backend that converts here; the others are left out (listed with the reason)",
+}
+
+
+def resolve_request(request: str | Sequence[str]) -> tuple[list[str], bool, dict[str, str]]:
+    """``(names, named, skipped)`` of a ``backends=`` request: ``"all"``, ``"available"`` (see :data:`KEYWORDS`),
+    ``"onnx,pt2"`` or ``["onnx", "pt2"]``. ``named``: the backends were asked for by name, so an unavailable
+    one fails the request; ``skipped``: for ``"available"``, the backends left out and why.
+
+    Raises:
+        UnknownNameError: an unknown name (the closest is suggested).
+        SpecError: nothing to export to.
+    """
+    words = [request] if isinstance(request, str) else list(request)
+    word = str(words[0]).strip() if len(words) == 1 else ""
+    if word == "available":
+        table = backends()
+        names = [row.name for row in table if row.available]
+        if not names:
+            raise SpecError("`available` matched no backend here; install one, e.g. %pip install 'enn-nb[onnx]', and "
+                            "see `enn_nb.backends()`.")
+        return names, False, {row.name: str(row.reason) for row in table if not row.available}
+    if word == "all":
+        return backend_names(), False, {}
+    items = request.split(",") if isinstance(request, str) else [part for b in request for part in str(b).split(",")]
+    return resolve_names(items), True, {}
+
+
 @dataclasses.dataclass
 class BackendInfo:
     """One row of :func:`backends`: what a backend makes, whether it converts and runs here, and why not.
@@ -197,41 +230,23 @@ def info(name: str, backend: Backend) -> BackendInfo:
     )
 
 
-def require_available(names: str | Sequence[str]) -> list[str]:
-    """Backend names that can convert here: ``"all"`` is every available one; each other name is checked.
+def check_converts(name: str, backend: Backend) -> None:
+    """Raise unless ``backend`` (registered as ``name``) can convert here.
 
     Raises:
-        UnknownNameError: a name that is not registered (the closest is suggested).
-        MissingDependencyError: a named backend whose package is missing (``package``, ``extra`` and
-            the install line).
-        SpecError: a named backend that cannot run on this platform, or nothing to export to.
+        MissingDependencyError: its package is missing (``package``, ``extra`` and the install line).
+        SpecError: it cannot run on this platform.
     """
-    from enn_nb._optional import PACKAGES
-
-    requested = [names] if isinstance(names, str) else list(names)
-    if not requested:
-        raise SpecError("No backend chosen: name at least one (see `enn_nb.backends()`), or 'all'.")
-    chosen: list[str] = []
-    for item in requested:
-        if item.strip() == "all":
-            chosen += [row.name for row in backends() if row.available and row.name not in chosen]
-            continue
-        for name in resolve_names(item):
-            row = info(name, get_backend(name))
-            if row.missing:
-                dist = PACKAGES.get(row.missing[0], (row.missing[0], ""))[0]
-                raise MissingDependencyError(
-                    f"Backend `{name}` cannot run here: `{row.missing[0]}` is not installed. Install it with: "
-                    f"{pip_line(extra=row.extra, dist=dist)}",
-                    package=dist, extra=row.extra,
-                )
-            if not row.available:
-                raise SpecError(f"Backend `{name}` is not available here: {row.reason}")
-            if name not in chosen:
-                chosen.append(name)
-    if not chosen:
-        raise SpecError("`all` matched no available backend here; run `enn_nb.backends()` to see why.")
-    return chosen
+    row = info(name, backend)
+    if row.missing:
+        dist = PACKAGES.get(row.missing[0], (row.missing[0], ""))[0]
+        raise MissingDependencyError(
+            f"Backend `{name}` cannot run here: `{row.missing[0]}` is not installed. Install it with: "
+            f"{pip_line(extra=row.extra, dist=dist)}",
+            package=dist, extra=row.extra,
+        )
+    if not row.available:
+        raise SpecError(f"Backend `{name}` is not available here: {row.reason}")
 
 
 def class_reference(cls: type) -> str:

@@ -13,7 +13,7 @@ from enn_nb.engine.outlog import LOG_SUFFIX, OutputLog
 from enn_nb.engine.verification import Verification
 from enn_nb.engine.verification import summary as summary_line
 from enn_nb.engine.verification import verification as verification_of
-from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUSES
+from enn_nb.engine.vocabulary import FAILED_STATUSES, STATUS_COLORS, STATUSES
 
 
 @dataclasses.dataclass
@@ -265,13 +265,12 @@ class ExportReport:
         return json.dumps(self.to_dict(), indent=indent, default=str)
 
     _HEADER = ("backend", "status", "verified", "artifact", "size", "max abs err", "convert s", "verify s", "total s", "note")
-    _COLORS = {"ok": "#1a7f37", "mismatch": "#bf8700", "degraded": "#bf8700", "deferred": "#6e7781", "cancelled": "#6e7781"}
 
     def table(self) -> Table:
         """The report as a :class:`~enn_nb.table.Table` (one row per backend, timings in the footer)."""
         rows = []
         for r in self.results:
-            color = self._COLORS.get(r.status, "#cf222e")
+            color = STATUS_COLORS.get(r.status, "#555")
             rows.append(
                 [
                     Cell(r.backend, code=True),

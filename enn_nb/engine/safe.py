@@ -32,10 +32,10 @@ import dataclasses
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.model.fastpaths import declared_fast_paths
+from enn_nb.model.fastpaths import declared_fast_paths, provider_for
 
 if TYPE_CHECKING:
     import torch
@@ -179,9 +179,6 @@ def _apply(model: Any, *, eval_mode: bool) -> _Entry:
 
 def _enter_provider(target: Any, undo: list[Callable[[], None]]) -> list[Deviation]:
     """Enter the model library's fast-path provider, if one is registered; its exit joins ``undo``."""
-    from contextlib import ExitStack
-
-    from enn_nb.model.fastpaths import provider_for
 
     provider = provider_for(target)
     if provider is None:

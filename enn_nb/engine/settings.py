@@ -1,8 +1,12 @@
 """``ExportSettings``: everything one ``export()`` call was asked for, validated once, before any work.
 
-The checks here are the only ones: the magics, the wizard and the report templates call
-:func:`check_batch_range`, :func:`out_dir_problem` and :func:`~enn_nb.engine.tolerance.parse_tolerances`
-to tell a user early, and the engine calls them again through :meth:`ExportSettings.from_call`.
+:meth:`ExportSettings.from_call` is the one way to make them: ``export()`` calls it, and so does every
+surface (the magics, the wizard, the CLI, the report templates) to turn what a user typed into the
+settings it then hands to ``export(model, settings=...)``, so the same request gives equal settings
+everywhere. Backend names are resolved there once (``"all"`` and ``"available"`` mean what
+:data:`~enn_nb.engine.registry.KEYWORDS` says), each backend is built there once, and tolerances are
+parsed there once. The surfaces may call :func:`check_batch_range`, :func:`out_dir_problem` and
+:func:`~enn_nb.engine.tolerance.parse_tolerances` earlier to tell a user while they type.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from enn_nb.engine.backends.base import Backend
 from enn_nb.engine.options import check_options
+from enn_nb.engine.registry import get_backend, resolve_request
 from enn_nb.engine.tolerance import Tolerances, parse_tolerances
+from enn_nb.engine.vocabulary import fails
 from enn_nb.errors import OutputDirError, SpecError
 
 #: How the shared ONNX is made unless ``options["onnx"]`` says otherwise.
@@ -28,7 +35,10 @@ class ExportSettings:
 
     ``names`` are registry names in request order; ``out`` exists and is writable; ``options``
     holds only backends being exported (and ``"onnx"``, the shared ONNX's options, merged over the
-    defaults in ``onnx_options``).
+    defaults in ``onnx_options``). ``named``: the backends were asked for by name (not ``"all"`` or
+    ``"available"``), so an unavailable one fails the request (:meth:`fails`); ``skipped``: for
+    ``"available"``, the backends left out and why. ``instances`` are the backends built for this
+    export, one per name (not compared: two equal requests build their own).
     """
 
     names: tuple[str, ...]
@@ -46,12 +56,16 @@ class ExportSettings:
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     provenance: Mapping[str, Any] | None = None
+    named: bool = True
+    skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    instances: tuple[Backend, ...] = dataclasses.field(default=(), compare=False, repr=False)
     #: ``{backend: (mode, ...)}``: quantized artifacts to make beside each float one (``engine/quantize``)
     quantize: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     calibration: Any = None  # the user's calibration data, as given (checked once the signature is known)
     eval_data: Any = None
     accuracy_budget: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     accuracy_metric: Any = None
+    allow_degraded: bool = False  # a quantized artifact over its budget does not fail the request (`fails`)
 
     @classmethod
     def from_call(cls, backends: str | Sequence[str], out_dir: str | os.PathLike[str], **given: Any) -> ExportSettings:
@@ -65,9 +79,9 @@ class ExportSettings:
             OutputDirError: ``out_dir`` cannot be written.
         """
         from enn_nb.engine.quantize.modes import check_metric, parse_budget, parse_quantize
-        from enn_nb.engine.registry import resolve_names
 
-        names = tuple(resolve_names(backends))
+        resolved, named, skipped = resolve_request(backends)
+        names = tuple(resolved)
         quantize = parse_quantize(given.get("quantize"), names)  # refused before out_dir is created
         budget, metric = parse_budget(given.get("accuracy_budget")), check_metric(given.get("accuracy_metric"))
         workers = given.get("workers")
@@ -84,12 +98,25 @@ class ExportSettings:
             **{k: given[k] for k in ("dynamic_batch", "verify", "isolate", "cache", "strict", "safe", "provenance")
                if k in given},
             workers=workers,
+            named=named,
+            skipped=skipped,
+            instances=tuple(get_backend(name) for name in names),
             quantize=quantize,
             calibration=given.get("calibration"),
             eval_data=given.get("eval_data"),
             accuracy_budget=budget,
             accuracy_metric=metric,
+            allow_degraded=bool(given.get("allow_degraded", False)),
         )
+
+    def backend(self, index: int) -> Backend:
+        """The backend built for ``names[index]`` (built now for settings made without :meth:`from_call`)."""
+        return self.instances[index] if len(self.instances) == len(self.names) else get_backend(self.names[index])
+
+    def fails(self, status: str) -> bool:
+        """Whether a backend result's ``status`` fails this request (``unavailable`` only for a named backend,
+        ``degraded`` unless ``allow_degraded``)."""
+        return fails(status, named=self.named, allow_degraded=self.allow_degraded)
 
     @property
     def onnx_options(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._fs import timestamp, write_text
+from enn_nb._safeio import MAX_JSON_BYTES, confined, escape, json_loads, read_capped
 from enn_nb._version import __version__
 from enn_nb.errors import ExportError
 
@@ -43,7 +44,7 @@ def warm_up() -> None:
 
     The engine calls it in a background thread while the children convert.
     """
-    from enn_nb._schema_check import warm_up as compile_validator
+    from enn_nb._schema_check import warm_up as compile_validator  # the schema compiler loads on first use
 
     compile_validator(_SCHEMA_FILE)
 
@@ -109,8 +110,6 @@ def check_files(sidecar: dict[str, Any], base: Path, artifact: Path | None = Non
     ``artifact`` is given, every file it consists of must be listed (an unlisted file would be loaded
     unchecked).
     """
-    from enn_nb._safeio import confined, escape
-    from enn_nb.errors import ExportError
 
     problems = []
     listed = set()
@@ -169,7 +168,7 @@ def versions(extra: dict[str, str] | None = None) -> dict[str, str]:
 @functools.lru_cache(maxsize=None)
 def dist_version(dist: str) -> str | None:
     """An installed distribution's version (cached: metadata lookups scan every site folder)."""
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version  # ~40 modules (email, zipfile): on first use
 
     try:
         return version(dist)
@@ -254,7 +253,6 @@ def read(path: Path, *, check_schema: bool = True) -> dict[str, Any]:
             f"No sidecar `{path.name}` beside the artifact in `{path.parent}`; enn_nb verifies only artifacts it "
             "exported (re-export with `enn_nb.export`)."
         )
-    from enn_nb._safeio import MAX_JSON_BYTES, json_loads, read_capped
 
     data = json_loads(read_capped(path, MAX_JSON_BYTES, what="The sidecar", error=ExportError),
                       what=f"The sidecar `{path}` (damaged: re-export the artifact)", error=ExportError)

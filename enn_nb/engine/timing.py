@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from enn_nb.engine.sidecar import host
+
 #: An IQR wider than this fraction of the median makes a timing too noisy to trust (a warning says so).
 MAX_SPREAD = 0.25
 #: The median has settled when the median of all calls and of the first half differ by at most this fraction.
@@ -144,7 +146,6 @@ def pinned_threads(count: int) -> Iterator[None]:
 
 def host_load() -> dict[str, Any]:
     """The CPU, its core count and the 1-minute load average (None where the OS has none)."""
-    from enn_nb.engine.sidecar import host
 
     try:
         load: float | None = round(os.getloadavg()[0], 2)

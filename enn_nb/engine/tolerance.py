@@ -77,15 +77,20 @@ def parse_tolerances(value: Any, what: str = "tolerances") -> Tolerances:
     if value is None or isinstance(value, Tolerances):
         return value or Tolerances()
     if isinstance(value, Mapping) and value and set(value) <= {"atol", "rtol"}:
-        return Tolerances({ALL: _bounds(value, what)})
+        return _saying({ALL: _bounds(value, what)})
     if isinstance(value, Mapping):
         by_name = {}
         for name, bounds in value.items():
             if not isinstance(name, str) or not name:
                 raise SpecError(f"`{what}` has the key {name!r}; keys are backend names or '*'. Give {FORMS}.")
             by_name[name] = _bounds(bounds, f"{what}.{name}")
-        return Tolerances(by_name)
-    return Tolerances({ALL: _bounds(value, what)})
+        return _saying(by_name)
+    return _saying({ALL: _bounds(value, what)})
+
+
+def _saying(by_name: Mapping[str, Bounds]) -> Tolerances:
+    """The entries that give a bound: ``(None, None)`` keeps every backend's own, the same as no entry."""
+    return Tolerances({name: b for name, b in by_name.items() if b.atol is not None or b.rtol is not None})
 
 
 def _bounds(value: Any, what: str) -> Bounds:

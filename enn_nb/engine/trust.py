@@ -9,16 +9,16 @@ it runs native code when loaded, so loading one that enn_nb did not just write n
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 import zipfile
 from pathlib import Path
 
 from enn_nb._safeio import MAX_JSON_BYTES, escape
+from enn_nb.engine.backends.base import Backend
 from enn_nb.errors import ExportError, UnsafeArtifactError
 
-#: Backends whose artifacts are native code (run at load time).
-NATIVE_BACKENDS = ("aoti",)
 #: The uncompressed size a .pt2 archive may claim per member relative to its own size (torch stores, never deflates).
 _MAX_EXPANSION = 2
 
@@ -81,7 +81,6 @@ def _check_payload_config(path: Path, archive: zipfile.ZipFile, member: str) -> 
 
 def _check_weights_only(path: Path, archive: zipfile.ZipFile, member: str) -> None:
     """torch falls back to ``weights_only=False`` when the weights-only unpickler refuses sample inputs."""
-    import io
 
     import torch
 
@@ -93,13 +92,14 @@ def _check_weights_only(path: Path, archive: zipfile.ZipFile, member: str) -> No
         _refuse(path, member, "sample inputs the weights-only unpickler refuses")
 
 
-def require_trust(backend: str, artifact: Path, trust: bool) -> None:
-    """Refuse to load a native-code artifact without ``trust``; with it, warn once in one line.
+def require_trust(backend: Backend, artifact: Path, trust: bool) -> None:
+    """Refuse to load a native-code artifact (``Backend.runs_native_code``) without ``trust``; with it, warn
+    once in one line.
 
     Raises:
         UnsafeArtifactError: ``backend`` produces native code and ``trust`` is False.
     """
-    if backend not in NATIVE_BACKENDS:
+    if not backend.runs_native_code:
         return
     if not trust:
         raise UnsafeArtifactError(

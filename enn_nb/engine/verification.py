@@ -11,12 +11,14 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from enn_nb.engine.vocabulary import NOT_OK_STATUSES
+
 VERIFIED = "verified"
 UNVERIFIED = "unverified"  # converted (status ok), outputs not checked; ``reason`` says why
 DEFERRED = "deferred"
 
 #: Statuses that mean the backend did not give a usable, matching artifact, in the order summaries list them.
-NOT_OK = ("mismatch", "failed", "crashed", "timeout", "unavailable", "cancelled")
+NOT_OK = NOT_OK_STATUSES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,11 +15,43 @@ STATUS_MEANING: dict[str, str] = {
     "cancelled": "not attempted: the export was stopped before this backend",
 }
 
+#: The colour each status is shown in, on every surface (report tables, verdict chips, the wizard's results).
+STATUS_COLORS: dict[str, str] = {
+    "ok": "#188038",
+    "mismatch": "#c5221f",
+    "degraded": "#bf8700",
+    "failed": "#c5221f",
+    "crashed": "#8a1111",
+    "timeout": "#8a1111",
+    "deferred": "#b06000",
+    "unavailable": "#777",
+    "cancelled": "#777",
+}
+#: Converted but not verified: shown like ``deferred`` (not a pass, not a failure).
+UNVERIFIED_COLOR = "#b06000"
+
 #: Every status, in the order above; each is final (a backend with a status does no more work).
 STATUSES: tuple[str, ...] = tuple(STATUS_MEANING)
 
-#: Statuses that count as a failure of the export (``ExportReport.failed``).
-FAILED_STATUSES: tuple[str, ...] = ("failed", "mismatch", "degraded", "crashed", "timeout", "unavailable")
+#: Statuses that mean a backend did not give a usable, matching artifact, in the order summaries list
+#: them: what makes ``enn-nb export`` exit 1 and a report's verdict fail (see :func:`fails`).
+NOT_OK_STATUSES: tuple[str, ...] = ("mismatch", "degraded", "failed", "crashed", "timeout", "unavailable", "cancelled")
+
+#: Statuses that count as a failure of the export itself (``ExportReport.failed``): the not-ok ones but
+#: ``cancelled``, which the caller asked for by stopping.
+FAILED_STATUSES: tuple[str, ...] = tuple(s for s in NOT_OK_STATUSES if s != "cancelled")
+
+
+def fails(status: str, *, named: bool, allow_degraded: bool = False) -> bool:
+    """Whether a backend's ``status`` fails the request that asked for it.
+
+    Every not-ok status does, except ``unavailable`` for a backend that was not asked for by name
+    (``backends="all"``: every registered backend, those that cannot convert here listed, not failing),
+    and ``degraded`` (a quantized artifact over its accuracy budget) when the caller allows it.
+    """
+    if status == "degraded" and allow_degraded:
+        return False
+    return status in NOT_OK_STATUSES and (status != "unavailable" or named)
 
 #: The stages a sidecar's ``stage`` names (the one that failed), in the order an export runs them.
 STAGE_MEANING: dict[str, str] = {

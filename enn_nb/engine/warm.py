@@ -25,6 +25,8 @@ from multiprocessing.context import ForkServerProcess
 from pathlib import Path
 from typing import Any
 
+from enn_nb.engine.outlog import CHILD_LOG
+
 # Imported once in the server; missing optional packages are skipped by the server.
 PRELOAD = [
     "torch",
@@ -157,7 +159,6 @@ def run_forked(recv: Any, send: Any, log: str, env: dict[str, str], serve: Calla
             pass
     os.environ.clear()
     os.environ.update(env)
-    from enn_nb.engine.outlog import CHILD_LOG
 
     os.environ[CHILD_LOG] = log  # its output stays in the log (crash tails) and is read back as its log
     try:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._safeio import check_example_shape
 from enn_nb.errors import InputMismatchError, SpecError
 
 if TYPE_CHECKING:
@@ -388,8 +389,6 @@ def draw(sigs: Sequence[TensorSig], *, batch: int = EXAMPLE_BATCH, seed: int = 0
             a typo or a hostile spec must not allocate gigabytes, whichever surface drew it.
     """
     import torch
-
-    from enn_nb._safeio import check_example_shape
 
     gen = torch.Generator().manual_seed(seed)
     dims = dim_sizes(sigs, batch=batch, given={k: v for k, v in (sizes or {}).items() if k != BATCH})

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from enn_nb._registry import Registry
-from enn_nb.errors import SpecError
+from enn_nb.errors import InputMismatchError, SpecError
 
 if TYPE_CHECKING:
     import torch
@@ -268,7 +268,6 @@ class ModelSpec:
 
 def check_features(x: Any, *, in_dim: int | None, feature_dtype: str | None, name: str = "features") -> None:
     """Raise InputMismatchError unless ``x`` is a ``[B, in_dim]`` tensor of ``feature_dtype``."""
-    from enn_nb.errors import InputMismatchError
 
     shape = tuple(getattr(x, "shape", ()))
     expected_shape = ("B", in_dim) if in_dim is not None else ("B", "in_dim")

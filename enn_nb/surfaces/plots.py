@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -222,7 +223,6 @@ def quantization_figure(rows: list[Mapping[str, object]], *, x: str = "size_rati
 
 def to_png(fig: Figure, *, dpi: int = 100) -> bytes:
     """The figure rendered as PNG bytes (Agg, no display needed)."""
-    import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

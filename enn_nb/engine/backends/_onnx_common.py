@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from enn_nb._optional import require
 from enn_nb.engine.backends.base import TensorInfo
 from enn_nb.engine.options import Option
 
@@ -50,8 +51,6 @@ def session_describe(session: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 def ort_session(path: Path, options: dict[str, Any]) -> Any:
-    from enn_nb._optional import require
-
     ort = require("onnxruntime", purpose="running ONNX/ORT artifacts")
     so = ort.SessionOptions()
     threads = options.get("intra_op_num_threads")
@@ -74,8 +73,6 @@ def ort_runner(path: Path, options: dict[str, Any]):  # type: ignore[no-untyped-
 
 
 def ort_metadata(path: Path) -> dict[str, str]:
-    from enn_nb._optional import require
-
     ort = require("onnxruntime", purpose="reading ONNX/ORT metadata")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return dict(session.get_modelmeta().custom_metadata_map)

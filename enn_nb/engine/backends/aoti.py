@@ -7,6 +7,8 @@ from typing import Any, ClassVar
 
 from enn_nb.engine.backends._torch_common import program_io, torch_runner
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
+from enn_nb.engine.cache import ensure_inductor_cache
+from enn_nb.engine.inductor import headers_in_cache
 from enn_nb.engine.options import Option, defaults
 
 
@@ -29,6 +31,8 @@ class AotiBackend(Backend):
     cost: ClassVar[float] = 10.0
     default_tolerance: ClassVar[tuple[float, float]] = (1e-4, 1e-4)
     compiles_with_inductor: ClassVar[bool] = True
+    slow: ClassVar[str] = "slow: compiles C++, typically a minute or more"
+    runs_native_code: ClassVar[bool] = True
     options: ClassVar[tuple[Option, ...]] = (
         Option("inductor_configs", dict, {}, "extra torch._inductor configs for aoti_compile_and_package"),
     )
@@ -43,9 +47,6 @@ class AotiBackend(Backend):
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch
-
-        from enn_nb.engine.cache import ensure_inductor_cache
-        from enn_nb.engine.inductor import headers_in_cache
 
         cache = ensure_inductor_cache()
         ep = job.exported_program

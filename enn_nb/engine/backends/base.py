@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from enn_nb._optional import install_line, is_installed, pip_line
+from enn_nb._optional import PACKAGES, install_line, is_installed, pip_line
+from enn_nb.engine.sidecar import dist_version
 
 if TYPE_CHECKING:
     import numpy as np
@@ -170,6 +171,10 @@ class Backend:
     thread_option: ClassVar[str | None] = None
     #: relative conversion cost (1 = a quick lowering); balances backends over parallel child processes
     cost: ClassVar[float] = 1.0
+    #: why converting takes long, for people choosing backends ("" for a conversion of seconds)
+    slow: ClassVar[str] = ""
+    #: the artifact is native code that runs when it is loaded: loading one needs ``trust=True``
+    runs_native_code: ClassVar[bool] = False
     #: the ``quantize`` modes it supports, each with the runtime's own quantizer that does it
     #: (``enn_nb.engine.quantize``); a mode not listed is refused before any work
     quantize_modes: ClassVar[dict[str, str]] = {}
@@ -206,8 +211,6 @@ class Backend:
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this backend involves (for the sidecar and the cache key)."""
-        from enn_nb._optional import PACKAGES
-        from enn_nb.engine.sidecar import dist_version
 
         out: dict[str, str] = {}
         for name in (*self.requires, *(self.runtime_requires or ())):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from importlib.metadata import version
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from enn_nb._fs import write_bytes
-from enn_nb._optional import require
+from enn_nb._optional import is_installed, require
 from enn_nb.errors import BackendError
 from enn_nb.engine.backends._edge_common import (
     ESSENTIALS_KEY,
@@ -52,6 +53,7 @@ class ExecutorchBackend(Backend):
     suffix: ClassVar[str] = ".pte"
     description: ClassVar[str] = "ExecuTorch program (.pte), XNNPACK-delegated or portable; runs on device"
     extra: ClassVar[str] = "executorch"
+    slow: ClassVar[str] = "slow: lowers to XNNPACK, typically a minute or more"
     requires: ClassVar[tuple[str, ...]] = ("executorch",)
     consumes: ClassVar[str] = "exported_program"
     # XNNPACK uses its own fused fp32 GEMM and softmax kernels; observed errors ~1e-6 on the reference.
@@ -186,7 +188,6 @@ class ExecutorchBackend(Backend):
 
 def _smoke_run(buffer: bytes, job: ExportJob) -> None:
     """Run a freshly lowered dynamic program on the example inputs and at batch 1 (skipped without the runtime)."""
-    from enn_nb._optional import is_installed
 
     if not is_installed("executorch.runtime"):
         return
@@ -216,7 +217,6 @@ def _without_inplace_detach(ep: Any) -> Any:
     ExecuTorch's edge lowering refuses ("Can't detach views in-place"). Detaching in place changes
     nothing in an inference graph; the node's users already read its result, so only the op changes.
     """
-    import copy
 
     import torch
 

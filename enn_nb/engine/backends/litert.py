@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -222,7 +224,6 @@ def _dequantize(values: Any, q: tuple[float, int] | None) -> Any:
 def _named_module(inner: Any, input_names: list[str], output_names: list[str]) -> Any:
     """A module whose ``forward`` takes the job's input names as parameters and returns a dict keyed
     by the output names (litert-torch turns both into the signature's names)."""
-    import inspect
 
     import torch
 
@@ -258,8 +259,6 @@ def _input_casts(job: ExportJob, inputs: list[TensorInfo]) -> list[dict[str, str
 
 
 def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(dist)
     except PackageNotFoundError:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+from enn_nb._optional import require
 from enn_nb.engine.backends._onnx_common import QUANTIZE_MODES, RUNTIME_OPTIONS, describe, ort_runner, quantize_onnx
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 from enn_nb.engine.options import Option, defaults
@@ -42,8 +43,6 @@ class OnnxBackend(Backend):
     quantize = quantize_onnx
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
-        from enn_nb._optional import require
-
         onnx = require("onnx", purpose="the `onnx` backend")
         source = job.onnx_path
         extra_files: list[Path] = []
@@ -78,8 +77,6 @@ class OnnxBackend(Backend):
         return ort_runner(artifact, options)
 
     def read_metadata(self, artifact: Path) -> dict[str, str] | None:
-        from enn_nb._optional import require
-
         onnx = require("onnx", purpose="reading ONNX metadata")
         model = onnx.load(str(artifact), load_external_data=False)
         return {p.key: p.value for p in model.metadata_props}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,13 +19,16 @@ from enn_nb.errors import BackendError
 from enn_nb.engine.backends._edge_common import (
     BATCH,
     ESSENTIALS_KEY,
+    both_paths_failed,
     captured_output,
     demote_float64_onnx,
-    both_paths_failed,
     demotion_note,
     first_line,
+    retrace,
 )
+from enn_nb.engine.backends._onnx_common import ort_runner
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
+from enn_nb.engine.capture import onnx_from_program
 from enn_nb.engine.options import Option, defaults
 
 SIGNATURE = "serving_default"
@@ -197,8 +201,6 @@ class TensorflowBackend(Backend):
 
 def _static_onnx(job: ExportJob) -> Path:
     """A static-shape ONNX of the shared program (every dim at its capture size), beside the shared one."""
-    from enn_nb.engine.backends._edge_common import retrace
-    from enn_nb.engine.capture import onnx_from_program
 
     path = Path(job.workdir) / "tensorflow-static" / "model.onnx"
     if not path.exists():
@@ -214,11 +216,8 @@ def _demotion_effect(source: Path, demoted: Path, job: ExportJob) -> float | Non
     (None without onnxruntime)."""
     import numpy as np
 
-    from enn_nb._optional import is_installed
-
     if not is_installed("onnxruntime"):
         return None
-    from enn_nb.engine.backends._onnx_common import ort_runner
 
     inputs = [t.detach().cpu().numpy() for t in job.example_inputs]
     a = ort_runner(source, {})([x.copy() for x in inputs])
@@ -241,7 +240,6 @@ def _child(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--io", required=True)
     parser.add_argument("--keep-tflite", action="store_true")
     args = parser.parse_args(argv)
-    from importlib.metadata import version
 
     import onnx
     import onnx2tf

@@ -33,10 +33,12 @@ from typing import Any, ClassVar
 from enn_nb._fs import write_bytes
 from enn_nb._optional import install_line, is_installed, require
 from enn_nb._safeio import confined, escape, plain_name
-from enn_nb.errors import BackendError, ExportError
+from enn_nb.errors import BackendError, ExportError, PlatformUnavailableError
 from enn_nb.engine.backends._edge_common import demote_float64_onnx, demotion_note
+from enn_nb.engine.backends._onnx_common import describe
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, Runner, TensorInfo
 from enn_nb.engine.options import Option, defaults
+from enn_nb.engine.sidecar import sha256_file
 
 SIDECAR_SUFFIX = ".enn.json"
 
@@ -95,7 +97,6 @@ class TensorrtBackend(Backend):
     # -- work --------------------------------------------------------------------------------------
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
-        from enn_nb.engine.backends._onnx_common import describe
 
         onnx = require("onnx", purpose="the `tensorrt` backend")
         model = onnx.load(str(job.onnx_path))
@@ -116,7 +117,6 @@ class TensorrtBackend(Backend):
                 f"`tensorrt`: polygraphy lint found problems in the TensorRT-ready ONNX: {lint.get('problems')}",
                 backend=self.name, stage="convert",
             )
-        from enn_nb.engine.sidecar import sha256_file
 
         details: dict[str, Any] = {
             "onnx": {"file": trt_onnx.name, "sha256": sha256_file(trt_onnx), "checker": "full_check passed"},
@@ -171,8 +171,6 @@ class TensorrtBackend(Backend):
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
         reason = build_unavailable_reason()
         if reason:
-            from enn_nb.errors import PlatformUnavailableError
-
             raise PlatformUnavailableError(f"Cannot run `{Path(artifact).name}`: {reason}.")
         return engine_runner(Path(artifact).read_bytes())
 
@@ -465,8 +463,6 @@ def validated_build(sidecar: dict[str, Any], engine_name: str) -> tuple[str, str
 # -- completing a deferred export (`enn-nb build-trt SIDECAR`, enn_nb.engine.complete) ----------------
 def complete_deferred(sidecar: dict[str, Any], base: Path, out_path: Path, options: dict[str, Any]) -> Conversion:
     """Build the engine a deferred ``tensorrt`` sidecar describes (``TensorrtBackend.complete``)."""
-    from enn_nb.engine.sidecar import sha256_file
-    from enn_nb.errors import PlatformUnavailableError
 
     details = sidecar.get("details") or {}
     onnx_name, engine_name, profile_checked, build_opts = validated_build(sidecar, out_path.name)

@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from enn_nb._format import human_size
+from enn_nb.engine.vocabulary import STATUS_COLORS
 from enn_nb.table import Cell, Table
 
 COLUMNS = ("backend", "mode", "status", "size", "size vs float", "latency vs float", "int8 / fp16 weights",
            "activations", "RMSE / std (worst output)", "max abs err", "metric", "evaluated on")
-_COLORS = {"ok": "#1a7f37", "degraded": "#bf8700"}
+
 
 
 def rows(results: Sequence[Any], latency: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
@@ -63,7 +64,7 @@ def table(results: Sequence[Any], latency: Mapping[str, float] | None = None, *,
         shown.append([
             Cell(row["backend"], code=True),
             row["mode"],
-            Cell(row["status"], style=f"color:{_COLORS.get(row['status'], '#cf222e')};font-weight:bold"),
+            Cell(row["status"], style=f"color:{STATUS_COLORS.get(row['status'], '#555')};font-weight:bold"),
             human_size(row["size"]) if row["size"] is not None else "-",
             _ratio(row["size_ratio"]),
             _ratio(row["latency_ratio"]),

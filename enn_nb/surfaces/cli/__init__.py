@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from enn_nb._safeio import escape
 from enn_nb._version import __version__
 from enn_nb.errors import EnnError
 
@@ -76,8 +77,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(command: str, message: str) -> None:
-    from enn_nb._safeio import escape
-
     print(f"enn-nb {command}: error: {escape(' '.join(message.split()))}", file=sys.stderr)
 
 

@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from enn_nb._safeio import escape
+from enn_nb.engine import sidecar as sc, verify
+from enn_nb.engine.complete import complete
+from enn_nb.engine.options import describe_backend
+from enn_nb.engine.outlog import LOGGER
+from enn_nb.engine.registry import backends, get_backend, resolve_request
+from enn_nb.engine.settings import ExportSettings
+from enn_nb.engine.vocabulary import NOT_OK_STATUSES
+from enn_nb.errors import EnnError, PlatformUnavailableError
+from enn_nb.model.signature import parse
 from enn_nb.surfaces.cli.command import add_command
+from enn_nb.surfaces.factory import load_with_model
 
-from enn_nb.engine.vocabulary import FAILED_STATUSES
-
-#: Statuses that make ``enn-nb export`` exit non-zero.
-FAILING = (*FAILED_STATUSES, "cancelled")
+#: Statuses that make ``enn-nb export`` exit non-zero (``unavailable`` only for a backend named).
+FAILING = NOT_OK_STATUSES
 
 #: ``enn-nb build-trt``'s exit code when this machine cannot build TensorRT engines.
 EXIT_UNAVAILABLE = 2
@@ -162,26 +172,19 @@ def parse_quantize_flag(text: str | None) -> Any:
 
 def _export_source(args: argparse.Namespace, src: Path) -> tuple[Any, Any]:
     """``(what to export, spec override)`` from ``--model`` and ``--input``."""
-    from enn_nb.surfaces.factory import load_with_model
 
     loaded = load_with_model(src, args.model) if args.model else None
     if not args.input:
         return (loaded if loaded is not None else src), None
     from enn_nb.checkpoint import inspect
-    from enn_nb.model.signature import parse
 
     base = loaded.spec if loaded is not None else inspect(src).spec
     return (loaded if loaded is not None else src), base.replace(inputs=[parse(text) for text in args.input])
 
 
 def _backends(args: argparse.Namespace) -> int:
-    from enn_nb.engine.registry import backends
-
     table = backends()
     if args.options:
-        from enn_nb.engine.options import describe_backend
-        from enn_nb.engine.registry import get_backend
-
         described = {row.name: describe_backend(get_backend(row.name)) for row in table if not row.error}
         if args.json:
             print(json.dumps(described, indent=2))
@@ -211,9 +214,7 @@ def _with_timeout(options: dict[str, dict[str, Any]], backends: str, timeout: fl
     """``--timeout`` as every named backend's ``timeout_s`` (an explicit ``--option B.timeout_s`` wins)."""
     if timeout is None:
         return options
-    from enn_nb.engine.registry import resolve_names
-
-    for name in resolve_names(backends):
+    for name in resolve_request(backends)[0]:
         options.setdefault(name, {}).setdefault("timeout_s", timeout)
     return options
 
@@ -222,10 +223,6 @@ def _export(args: argparse.Namespace) -> int:
     from enn_nb.engine import export
 
     if args.verbose:
-        import logging
-
-        from enn_nb.engine.outlog import LOGGER
-
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
@@ -235,11 +232,21 @@ def _export(args: argparse.Namespace) -> int:
         print(f"enn-nb export: error: `{src}` does not exist; SRC must be a checkpoint file or DCP folder.", file=sys.stderr)
         return 2
     source, spec = _export_source(args, src)
-    report = export(
-        source,
+    settings = export_settings(args)
+    report = export(source, spec=spec, settings=settings)
+    print(report.to_json() if args.json else report)
+    # with `--backends all` a backend that cannot convert on this machine is listed, not a failure
+    bad = [f"{r.backend} {r.status}" for r in report.results if settings.fails(r.status)]
+    # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
+    print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
+    return 1 if bad else 0
+
+
+def export_settings(args: argparse.Namespace) -> ExportSettings:
+    """The :class:`ExportSettings` of an ``enn-nb export`` command line (creates ``--out``)."""
+    return ExportSettings.from_call(
         args.backends,
-        spec=spec,
-        out_dir=args.out,
+        args.out,
         stem=args.stem,
         verify=not args.no_verify,
         isolate=not args.no_isolate,
@@ -251,21 +258,11 @@ def _export(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         eval_data=args.eval_data,
         accuracy_budget=args.accuracy_budget,
+        allow_degraded=args.allow_degraded,
     )
-    print(report.to_json() if args.json else report)
-    # `--backends all` means "whatever works here": a backend unavailable on this machine is not a failure
-    failing = tuple(s for s in FAILING if s != "unavailable") if args.backends.strip() == "all" else FAILING
-    if args.allow_degraded:
-        failing = tuple(s for s in failing if s != "degraded")
-    bad = [f"{r.backend} {r.status}" for r in report.results if r.status in failing]
-    # the exit line separates verified from converted-but-not-verified; stderr keeps --json's stdout clean
-    print(f"enn-nb export: {report.summary}" + (f"; exit 1: {', '.join(bad)}" if bad else ""), file=sys.stderr)
-    return 1 if bad else 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from enn_nb.engine import verify
-
     result = verify(args.artifact, tolerances=(args.atol, args.rtol), trust=args.trust)  # a bound not given: the sidecar's
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
     if result.status == "skipped":
@@ -274,11 +271,6 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _build_trt(args: argparse.Namespace) -> int:
-    from enn_nb._safeio import escape
-    from enn_nb.engine import sidecar as sc
-    from enn_nb.engine.complete import complete
-    from enn_nb.errors import EnnError, PlatformUnavailableError
-
     path = Path(args.sidecar)
     if not path.name.endswith(sc.SIDECAR_SUFFIX):
         path = sc.sidecar_path(path)

@@ -7,7 +7,9 @@ import json
 import sys
 from typing import Any
 
+from enn_nb.errors import ReportCellError, ReportError
 from enn_nb.surfaces.cli.command import add_command
+from enn_nb.surfaces.factory import import_factory
 
 
 def register(subparsers: Any) -> None:
@@ -57,7 +59,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from enn_nb.errors import ReportError
     from enn_nb.surfaces.reports.catalog import declared_parameters, parse_assignment, resolve_template
 
     if args.describe:
@@ -70,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
         raise ReportError("`--no-input` and `--show-code` contradict each other; pass one of them.")
     params = dict(parse_assignment(text) for text in args.params)
     if args.model:
-        from enn_nb.surfaces.factory import import_factory
-
         import_factory(args.model)  # a typo fails here, before a kernel starts
         params["model"] = args.model
     common = {"html": args.html, "no_input": not args.show_code, "progress": not args.no_progress, "parameters": params}
@@ -93,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
         _print(summary if args.json else repr(batch), args.json)
         ok, failures = batch.ok, batch.failures
     else:
-        from enn_nb.errors import ReportCellError
         from enn_nb.surfaces.reports.runner import report
 
         if args.each_param:

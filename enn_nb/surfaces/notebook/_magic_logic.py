@@ -14,8 +14,11 @@ import shlex
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
+from enn_nb._safeio import check_example_shape, escape
+from enn_nb._yaml import safe_load
 from enn_nb.errors import (
     BrokenDependencyError,
     EnnError,
@@ -23,6 +26,11 @@ from enn_nb.errors import (
     SpecError,
     UnknownNameError,
 )
+from enn_nb.model import signature as sig
+from enn_nb.model.signature import DTYPES, DTYPE_ALIASES, parse_many
+
+if TYPE_CHECKING:
+    from enn_nb.engine.settings import ExportSettings
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 SAVE_FORMATS = ("pt", "safetensors", "dcp")
@@ -61,6 +69,7 @@ NOT_BODY_KEYS: dict[str, str] = {
     "provenance": "recorded from the running cell",
     "progress": "the magic draws progress bars",
     "should_stop": "a callable, not YAML",
+    "settings": "the magic builds the ExportSettings from the body, its flags and its configuration",
 }
 
 # Names every IPython namespace holds that are never what a user means by "my model".
@@ -97,7 +106,6 @@ def split_names(values: Iterable[str] | str | None) -> list[str]:
 # -- the user namespace ---------------------------------------------------------------------------
 def user_names(namespace: Mapping[str, Any]) -> list[str]:
     """Names a user defined (no IPython internals, no underscore names, no modules)."""
-    from types import ModuleType
 
     return sorted(
         name
@@ -250,8 +258,6 @@ def parse_meta(items: Iterable[str]) -> dict[str, Any]:
 def _yaml_value(text: str) -> Any:
     import yaml
 
-    from enn_nb._yaml import safe_load
-
     try:
         return safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -296,24 +302,6 @@ def save_format(path: str, fmt: str | None) -> str | None:
 
 
 # -- backends -----------------------------------------------------------------------------------
-def resolve_backends(requested: list[str]) -> list[str]:
-    """The backends to export to, checked by the engine's :func:`~enn_nb.engine.registry.require_available`.
-
-    Raises:
-        UnknownNameError: a name that is not registered (lists the known ones, suggests the closest).
-        MissingDependencyError: a requested backend whose package is missing (names the install line).
-        SpecError: nothing to export to.
-    """
-    from enn_nb.engine.registry import require_available
-
-    if not requested:
-        raise SpecError(
-            "No backend chosen: give `--backends onnx,pt2` (or `all`), a `backends:` list in the cell, "
-            "or set `%config EnnMagics.default_backends = ['onnx']`."
-        )
-    return require_available(requested)
-
-
 # -- the %%enn_export body ------------------------------------------------------------------------
 def parse_export_body(body: str) -> dict[str, Any]:
     """The YAML body of ``%%enn_export`` as a validated dict (absent keys are absent).
@@ -323,8 +311,6 @@ def parse_export_body(body: str) -> dict[str, Any]:
         UnknownNameError: a key that is not one of :data:`EXPORT_KEYS` (all of them are named).
     """
     import yaml
-
-    from enn_nb._yaml import safe_load
 
     if not body.strip():
         return {}
@@ -391,7 +377,6 @@ def _check_value(key: str, value: Any) -> Any:
     if key == "example_inputs":
         if isinstance(value, str) and value.isidentifier():
             return value
-        from enn_nb.model.signature import parse_many
 
         if isinstance(value, (list, Mapping)) and value:
             try:
@@ -457,52 +442,69 @@ def check_batch_range(value: Any, what: str = "batch_range") -> tuple[int, int, 
 _FROM_SETTINGS = ("dynamic_batch", "batch_range", "verify", "isolate", "cache")
 
 
-def export_kwargs(
+def export_settings(
     body: Mapping[str, Any],
     settings: Mapping[str, Any],
-    backends: list[str],
-    namespace: Mapping[str, Any],
+    requested: list[str],
     *,
     out: str | None = None,
-    spec: Any = None,
-) -> dict[str, Any]:
-    """``enn_nb.export`` keyword arguments: the ``--out`` flag, then the body, then the ``EnnMagics`` settings.
+    provenance: Mapping[str, Any] | None = None,
+    namespace: Mapping[str, Any] | None = None,
+) -> ExportSettings:
+    """The :class:`ExportSettings` of one ``%%enn_export``: the ``--out`` flag, then the body, then the
+    ``EnnMagics`` settings, through the engine's one :meth:`ExportSettings.from_call`.
+
+    Backends the user named must convert here (checked now, with the install line); ``all`` means what it
+    means everywhere (every registered backend, the ones that cannot convert here reported, not failing).
 
     Args:
         body: the validated YAML body (:func:`parse_export_body`).
         settings: ``out_dir``, ``dynamic_batch``, ``batch_range``, ``verify``, ``isolate``, ``cache``
             and ``tolerances`` from the magics' configuration.
-        backends: the resolved backend names.
-        namespace: where ``example_inputs: NAME`` is looked up.
+        requested: the backends asked for (``--backends``, else ``backends:``, else the default).
         out: the ``--out`` directory, if given.
-        spec: a ModelSpec from ``--spec``, if given.
+        provenance: where the call came from.
+        namespace: where ``calibration:``, ``eval_data:`` and ``accuracy_metric:`` variables are looked up.
+
+    Raises:
+        SpecError: no backend asked for, or a named one cannot run on this platform.
+        MissingDependencyError: a named backend's package is missing.
     """
-    kwargs: dict[str, Any] = {"out_dir": Path(out or body.get("out_dir") or settings["out_dir"]).expanduser()}
-    for key in _FROM_SETTINGS:
-        kwargs[key] = body.get(key, settings[key])
-    kwargs["batch_range"] = tuple(kwargs["batch_range"])
-    kwargs["strict"] = body.get("strict", False)
-    for key in ("stem", "metadata", "safe", "workers"):
+    from enn_nb.engine.registry import check_converts  # the engine loads on the first export, not at %load_ext
+    from enn_nb.engine.settings import ExportSettings
+
+    if not requested:
+        raise SpecError(
+            "No backend chosen: give `--backends onnx,pt2` (or `all`), a `backends:` list in the cell, "
+            "or set `%config EnnMagics.default_backends = ['onnx']`."
+        )
+    given: dict[str, Any] = {key: body.get(key, settings[key]) for key in _FROM_SETTINGS}
+    given["strict"] = body.get("strict", False)
+    for key in ("stem", "metadata", "safe", "workers", "options"):
         if key in body:
-            kwargs[key] = body[key]
-    if "options" in body:
-        kwargs["options"] = body["options"]  # the engine checks that each key is a backend being exported
+            given[key] = body[key]  # the engine checks each option against the backends being exported
     tolerances = {**check_tolerances(settings.get("tolerances") or {}), **body.get("tolerances", {})}
     if tolerances:  # passed through as given: the engine fills in what is left out, per backend
-        kwargs["tolerances"] = tolerances
-    if spec is not None:
-        kwargs["spec"] = spec
-    if "example_inputs" in body:
-        kwargs["example_inputs"] = example_inputs(body["example_inputs"], namespace, spec)
-    for key in ("quantize", "accuracy_budget"):
-        if key in body:
-            kwargs[key] = body[key]
+        given["tolerances"] = tolerances
+    given.update(quantize_arguments(body, namespace or {}))
+    out_dir = Path(out or body.get("out_dir") or settings["out_dir"]).expanduser()
+    chosen = ExportSettings.from_call(requested, out_dir, provenance=provenance, **given)
+    if chosen.named:
+        for i, name in enumerate(chosen.names):
+            check_converts(name, chosen.backend(i))
+    return chosen
+
+
+def quantize_arguments(body: Mapping[str, Any], namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The body's quantize keys as ``export`` arguments: ``calibration`` / ``eval_data`` name a variable of the
+    notebook or a ``.safetensors`` path, ``accuracy_metric`` a variable holding a callable."""
+    given = {key: body[key] for key in ("quantize", "accuracy_budget") if key in body}
     for key in ("calibration", "eval_data", "accuracy_metric"):
-        if key in body:  # a .safetensors path stays a path; anything else names a variable of the notebook
+        if key in body:
             value = body[key]
             is_file = key != "accuracy_metric" and value.endswith(".safetensors")
-            kwargs[key] = Path(value).expanduser() if is_file else lookup(namespace, value, what=key)
-    return kwargs
+            given[key] = Path(value).expanduser() if is_file else lookup(namespace, value, what=key)
+    return given
 
 
 #: Seed of the random example inputs built from an ``example_inputs: [shape]`` body key.
@@ -526,8 +528,6 @@ def example_inputs(value: str | list[Any] | Mapping[str, Any], namespace: Mappin
     import torch
 
     if isinstance(value, list) and all(_positive_int(d) for d in value):
-        from enn_nb._safeio import check_example_shape
-
         shape = check_example_shape(value, what="example_inputs")
         dtype = getattr(torch, getattr(spec, "feature_dtype", None) or "float32")
         generator = torch.Generator().manual_seed(EXAMPLE_SEED)
@@ -544,7 +544,6 @@ def example_inputs(value: str | list[Any] | Mapping[str, Any], namespace: Mappin
 
 def signature_inputs(value: list[Any] | Mapping[str, Any], spec: Any = None) -> tuple[Any, ...]:
     """Seeded inputs drawn from shapes written in a magic body; declared inputs lend their dtype and categories."""
-    from enn_nb.model import signature as sig
 
     declared = {s.name: s for s in (getattr(spec, "inputs", None) or [])}
     single = list(declared)[:1] if len(declared) == 1 else []
@@ -558,7 +557,6 @@ def signature_inputs(value: list[Any] | Mapping[str, Any], spec: Any = None) -> 
 
 def quote_typed_shapes(body: str) -> str:
     """Quote ``bool[B, 24]``-style values so YAML flow maps (``{mask: bool[B, 24]}``) parse them as text."""
-    from enn_nb.model.signature import DTYPE_ALIASES, DTYPES
 
     names = "|".join(sorted({*DTYPES, *DTYPE_ALIASES}, key=len, reverse=True))
     return re.sub(rf"(?<![\w\"'])((?:{names})\[[^\]\n]*\](?:\{{\d+\}})?)", r'"\1"', body)
@@ -567,10 +565,10 @@ def quote_typed_shapes(body: str) -> str:
 def wizard_defaults(settings: Mapping[str, Any], source: Any = None, name: str = "") -> dict[str, Any]:
     """``enn_nb.wizard`` starting choices from the magics' settings and an optional model or checkpoint."""
     names = split_names(settings["default_backends"])
-    if "all" in names:
-        from enn_nb.engine.registry import require_available
+    if names in (["all"], ["available"]):  # the wizard offers the backends that convert here
+        from enn_nb.engine.registry import backends
 
-        names = require_available("all")
+        names = [row.name for row in backends() if row.available]
     defaults: dict[str, Any] = {"out_dir": settings["out_dir"], "backends": names}
     for key in ("isolate", "verify", "cache", "dynamic_batch"):
         defaults[key] = settings[key]
@@ -600,7 +598,6 @@ def is_user_error(exc: BaseException) -> bool:
 
 def one_line(exc: BaseException) -> str:
     """The error as one line: its message with whitespace collapsed, plus the install line if missing."""
-    from enn_nb._safeio import escape
 
     text = escape(" ".join(str(exc).split())) or type(exc).__name__
     if isinstance(exc, OSError) and getattr(exc, "filename", None) and not isinstance(exc, EnnError):

@@ -17,9 +17,11 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from traitlets import Bool, Dict, Int, List, TraitError, Unicode, validate
 
+from enn_nb.engine.registry import backends
 from enn_nb.model import provenance
 from enn_nb.engine.vocabulary import PROGRESS_STAGES
 from enn_nb.surfaces.notebook import _magic_logic as logic
+from enn_nb.surfaces.notebook.display import TqdmProgress
 
 # A backend's stages as the export engine reports them; the shared capture is one more bar.
 
@@ -52,7 +54,8 @@ class EnnMagics(Magics):
     default_backends = List(
         Unicode(),
         default_value=["onnx", "pt2"],
-        help="Backends `%%enn_export` uses without `--backends` or `backends:`; `all` = every available one.",
+        help="Backends `%%enn_export` uses without `--backends` or `backends:`; `all` = every registered one (those "
+        "that cannot convert here are reported `unavailable`, not failing), `available` = every one that converts here.",
     ).tag(config=True)
     tolerances = Dict(
         default_value={},
@@ -260,21 +263,20 @@ class EnnMagics(Magics):
             if args.as_name:
                 logic.check_identifier(args.as_name, "--as")
             requested = logic.split_names(args.backends) or body.get("backends") or list(self.default_backends)
-            backends = logic.resolve_backends(requested)
-            kwargs = logic.export_kwargs(
-                body, self._settings(), backends, self._ns, out=args.out, spec=self._spec(args.spec)
+            spec = self._spec(args.spec)
+            example = logic.example_inputs(body["example_inputs"], self._ns, spec) if "example_inputs" in body else None
+            settings = logic.export_settings(  # last: it creates the output folder
+                body, self._settings(), requested, out=args.out, namespace=self._ns,
+                provenance=self._provenance("%%enn_export" if cell is not None else "%enn_export", line, cell),
             )
-            kwargs["provenance"] = self._provenance("%%enn_export" if cell is not None else "%enn_export", line, cell)
 
             from enn_nb.engine import export
 
             progress = None
             if self.progress:
-                from enn_nb.surfaces.notebook.display import TqdmProgress
-
                 progress = TqdmProgress(stages=PROGRESS_STAGES)
             with progress if progress is not None else contextlib.nullcontext():
-                report = export(source, backends, progress=progress, **kwargs)
+                report = export(source, settings=settings, spec=spec, example_inputs=example, progress=progress)
             self._ns["_"] = report
             if args.as_name:
                 self._ns[args.as_name] = report
@@ -292,7 +294,6 @@ class EnnMagics(Magics):
         """
         with user_errors():
             _parse(self.enn_backends, line)
-            from enn_nb.engine.registry import backends
 
             return backends()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import html
 
+from enn_nb._format import human_size
+from enn_nb.checkpoint.display import manifest_html
 from enn_nb.checkpoint.manifest import Manifest
 
 
@@ -23,7 +25,6 @@ class SavedManifest(Manifest):
 
     def summary(self) -> str:
         """``saved model.safetensors (safetensors): ReferenceModel, 12,345 parameters, 48.3 KiB, sha256 1a2b…``."""
-        from enn_nb._format import human_size
 
         spec = self.spec
         what = spec.builder or "model"
@@ -44,8 +45,6 @@ class SavedManifest(Manifest):
         return self.summary() + "  (print() it or `%enn_inspect` for the table)"
 
     def _repr_html_(self) -> str:
-        from enn_nb.checkpoint.display import manifest_html
-
         return (
             "<details class='enn-nb-saved'><summary><code>"
             + html.escape(self.summary())

@@ -7,8 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from enn_nb._optional import require
 from enn_nb.surfaces.notebook.wizard_run import ExportRun
 from enn_nb.surfaces.notebook.wizard_state import STEPS, WizardState
+from enn_nb.surfaces.notebook.wizard_view import WizardView
+from enn_nb.surfaces.reports import report
 
 
 class Wizard:
@@ -24,10 +27,7 @@ class Wizard:
     """
 
     def __init__(self, namespace: Mapping[str, Any] | None = None, **defaults: Any) -> None:
-        from enn_nb._optional import require
-
         require("ipywidgets", purpose="the export wizard")
-        from enn_nb.surfaces.notebook.wizard_view import WizardView
 
         self.state = WizardState(namespace)
         self.state.apply_defaults(defaults)
@@ -90,7 +90,6 @@ class Wizard:
     def _make_report(self) -> Any:
         # Runs in a worker thread for the button: reads the state, writes no trait.
         from enn_nb.checkpoint import save
-        from enn_nb.surfaces.reports import report
 
         state = self.state
         if state.report is None:

@@ -37,8 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from enn_nb.engine.settings import ExportSettings
 from enn_nb.engine.vocabulary import STATUSES
 from enn_nb.errors import EnnError
+from enn_nb.surfaces.notebook.latency import measure
 from enn_nb.surfaces.notebook.wizard_state import STEPS, WizardState
 
 #: statuses that end a backend's part of the run
@@ -79,15 +81,20 @@ class ExportRun:
                                   + state.messages[step]}  # fmt: skip
                 return False
         model = state.selected_model()
-        kwargs = state.export_kwargs()
+        try:
+            settings = state.export_settings()  # the same ExportSettings a magic or the CLI would make
+        except EnnError as exc:
+            state.messages = {**state.messages, "run": str(exc)}
+            return False
+        example_inputs = state.export_example_inputs()
         state.reset_run()
         self._stop.clear()
         self._capture_loop()
         state.running = True
         state.step = STEPS.index("run")
-        self._log(f"exporting {_describe(model)} to {', '.join(kwargs['backends'])} in {kwargs['out_dir']}")
+        self._log(f"exporting {_describe(model)} to {', '.join(settings.names)} in {settings.out}")
         self._thread = threading.Thread(
-            target=self._work, args=(model, kwargs), name="enn-wizard-export", daemon=True
+            target=self._work, args=(model, settings, example_inputs), name="enn-wizard-export", daemon=True
         )
         self._thread.start()
         return True
@@ -162,7 +169,7 @@ class ExportRun:
             except RuntimeError:  # the loop closed (kernel shutting down): wait()/pump() still work
                 self._loop = None
 
-    def _work(self, model: Any, kwargs: dict[str, Any]) -> None:
+    def _work(self, model: Any, settings: ExportSettings, example_inputs: Any) -> None:
         handler = _ThreadLogHandler(threading.get_ident(), lambda line: self._post("log", line))
         logger = logging.getLogger("enn_nb")
         logger.addHandler(handler)
@@ -174,19 +181,19 @@ class ExportRun:
                 model,
                 progress=lambda event: self._post("progress", dict(event)),
                 should_stop=self._stop.is_set,
-                **kwargs,
+                settings=settings,
+                example_inputs=example_inputs,
             )
             if self._measure and not self._stop.is_set():
-                self._post("latency", self._latency(model, report, kwargs))
+                self._post("latency", self._latency(model, report, settings))
             self._post("done", report)
         except BaseException as exc:  # noqa: BLE001 - a failed run is shown on the run step, never raised
             self._post("error", (exc, traceback.format_exc()))
         finally:
             logger.removeHandler(handler)
 
-    def _latency(self, model: Any, report: Any, kwargs: dict[str, Any]) -> Any:
+    def _latency(self, model: Any, report: Any, settings: ExportSettings) -> Any:
         """Time each artifact against eager (the engine records no inference latency)."""
-        from enn_nb.surfaces.notebook.latency import measure
 
         if not any(r.status == "ok" for r in report.results):
             return None
@@ -198,8 +205,8 @@ class ExportRun:
             return measure(
                 report,
                 model,
-                batch_size=kwargs["batch_range"][1],
-                options=kwargs.get("options") or {},
+                batch_size=settings.batch_range[1],
+                options=settings.options,
                 on_backend=lambda name: self._post("log", f"timing {name} against eager"),
                 should_stop=self._stop.is_set,
             )

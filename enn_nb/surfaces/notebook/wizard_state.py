@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -12,11 +13,13 @@ from traitlets import Any as AnyTrait
 from traitlets import Bool, Dict, Enum, HasTraits, Int, List, Unicode, validate
 
 from enn_nb.errors import SpecError
+from enn_nb.model.signature import draw, parse
 
 from ._magic_logic import CHECKPOINT_SUFFIXES
 
 if TYPE_CHECKING:
     from enn_nb.engine.registry import BackendInfo
+    from enn_nb.engine.settings import ExportSettings
 
 #: the wizard's steps, in order; ``WizardState.step`` indexes this tuple
 STEPS = ("model", "targets", "run", "results")
@@ -24,12 +27,6 @@ STEP_TITLES = {"model": "Model", "targets": "Targets and options", "run": "Run",
 
 #: Backends preselected when ``wizard()`` is opened without ``backends``: they convert in seconds.
 FAST_BACKENDS = ("onnx", "ort", "pt2")
-#: Backends whose conversion is slow, with what the targets step says about them (observed on a
-#: 2-core CPU machine with the reference model).
-SLOW_BACKENDS = {
-    "aoti": "slow: compiles C++, typically a minute or more",
-    "executorch": "slow: lowers to XNNPACK, typically a minute or more",
-}
 
 #: ``wizard(**defaults)`` keys that are not trait names
 _DEFAULT_ALIASES = {"model": "variable", "batch_range": None, "tolerances": None, "backend": "backends"}
@@ -307,7 +304,6 @@ class WizardState(HasTraits):
         Raises:
             SpecError: a line that is not ``name:dtype[dims]`` (the message shows the form).
         """
-        from enn_nb.model.signature import parse
 
         lines = [line.strip() for line in self.signature.replace(";", "\n").splitlines() if line.strip()]
         return [parse(line) for line in lines] or None
@@ -419,7 +415,7 @@ class WizardState(HasTraits):
         ``tensorflow``, ``tensorrt``...): that entry shapes the one ONNX file they all share.
         """
         options: dict[str, dict[str, Any]] = {}
-        if any(name == "onnx" or self._backend_attr(name, "consumes") == "onnx" for name in self.backends):
+        if any(name == "onnx" or self.backend_attr(name, "consumes") == "onnx" for name in self.backends):
             options["onnx"] = {"opset": self.opset}
         if self.fp16:
             for name in self.backends:
@@ -428,7 +424,7 @@ class WizardState(HasTraits):
                     options.setdefault(name, {}).update(fp16)
         return options
 
-    def _backend_attr(self, name: str, attr: str) -> Any:
+    def backend_attr(self, name: str, attr: str) -> Any:
         try:
             from enn_nb.engine.registry import get_backend
 
@@ -438,36 +434,38 @@ class WizardState(HasTraits):
 
     def backend_defaults(self, name: str) -> dict[str, Any]:
         """A backend's documented default options ({} if it cannot be resolved)."""
-        return dict(self._backend_attr(name, "default_options") or {})
+        return dict(self.backend_attr(name, "default_options") or {})
 
     def fp16_backends(self) -> list[str]:
         """Available backends that have an fp16 option (``fp16`` or an fp16 ``compute_precision``)."""
         return [n for n in self.available_backends() if _fp16_option(self.backend_defaults(n))]
 
-    def export_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``enn_nb.export`` for the chosen settings (model excluded)."""
+    def export_settings(self) -> ExportSettings:
+        """The :class:`ExportSettings` of the chosen settings, through the engine's one ``from_call``
+        (creates the output folder)."""
+        from enn_nb.engine.settings import ExportSettings  # the engine loads on the first run, not at import
+
         atol, rtol = self.tolerances()
         # passed through as given: the engine keeps each backend's own bound for what is left empty
         tolerances = (atol, rtol) if atol is not None or rtol is not None else None
+        return ExportSettings.from_call(
+            list(self.backends),
+            Path(self.out_dir).expanduser(),
+            dynamic_batch=self.dynamic_batch,
+            batch_range=self.batch_range(),
+            verify=self.verify,
+            tolerances=tolerances,
+            isolate=self.isolate,
+            cache=self.cache,
+            options=self.export_options() or None,
+            **self._quantize_kwargs(),
+        )
+
+    def export_example_inputs(self) -> Any:
+        """The example inputs chosen (a variable, or drawn from the declared signature), else None."""
         example_inputs = self.example_inputs
         typed = self.signature_inputs() if example_inputs is None else None
-        if typed is not None:
-            from enn_nb.model.signature import draw
-
-            example_inputs = draw(typed)
-        return {
-            "backends": list(self.backends),
-            "example_inputs": example_inputs,
-            "out_dir": Path(self.out_dir).expanduser(),
-            "dynamic_batch": self.dynamic_batch,
-            "batch_range": self.batch_range(),
-            "verify": self.verify,
-            "tolerances": tolerances,
-            "isolate": self.isolate,
-            "cache": self.cache,
-            "options": self.export_options() or None,
-            **self._quantize_kwargs(),
-        }
+        return draw(typed) if typed is not None else example_inputs
 
     def _quantize_kwargs(self) -> dict[str, Any]:
         plan = self.quantize_plan()
@@ -519,7 +517,6 @@ def _fp16_option(defaults: Mapping[str, Any]) -> dict[str, Any]:
 
 def did_you_mean(path: Path) -> str:
     """``"; did you mean `runs/model.pt`?"`` from the checkpoints near a path that does not exist, else ''."""
-    import difflib
 
     folder = path.parent
     while not folder.is_dir():  # a wrong folder: look in the nearest one that exists

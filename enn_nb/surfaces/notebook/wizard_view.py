@@ -8,10 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._format import human_size
+from enn_nb.engine.vocabulary import STATUS_COLORS
 from enn_nb.errors import SpecError
 from enn_nb.engine.quantize.modes import MODE_MEANING, MODES
 from enn_nb.engine.quantize.table import rows as quantization_rows
-from enn_nb.surfaces.notebook.wizard_state import SLOW_BACKENDS, STEP_TITLES, STEPS, WizardState, result_rows
+from enn_nb.model.signature import describe
+from enn_nb.model.spec import ModelSpec
+from enn_nb.surfaces import plots
+from enn_nb.surfaces.notebook.wizard_state import STEP_TITLES, STEPS, WizardState, result_rows
 
 if TYPE_CHECKING:
     import ipywidgets
@@ -19,8 +24,6 @@ if TYPE_CHECKING:
     from enn_nb.surfaces.notebook.wizard_run import ExportRun
 
 _ERROR_STYLE = "color:#b00020;font-weight:600"
-_STATUS_COLORS = {"ok": "#1b7f3b", "mismatch": "#b36b00", "deferred": "#49759c", "unavailable": "#777",
-                  "cancelled": "#777", "failed": "#b00020", "crashed": "#b00020", "timeout": "#b00020"}  # fmt: skip
 _BAR_STYLES = {"ok": "success", "mismatch": "warning", "deferred": "info", "failed": "danger", "crashed": "danger",
                "timeout": "danger"}
 
@@ -198,9 +201,10 @@ class WizardView:
             self.backend_boxes[row.name] = box
             if row.available:
                 note = f"<code>{html.escape(row.suffix)}</code> {html.escape(row.description)}"
-                if row.name in SLOW_BACKENDS:
+                slow = state.backend_attr(row.name, "slow")  # the backend's own fact (Backend.slow)
+                if slow:
                     note += (f" <span class='enn-wizard-slow' style='color:#b36b00'>"
-                             f"({html.escape(SLOW_BACKENDS[row.name])})</span>")  # fmt: skip
+                             f"({html.escape(slow)})</span>")  # fmt: skip
             else:
                 note = (
                     f"<span style='color:#777'>unavailable: {html.escape(row.reason or '')}</span>"
@@ -378,8 +382,6 @@ class WizardView:
         ])  # fmt: skip
 
     def _show_results(self, change: Any = None) -> None:
-        from enn_nb.surfaces import plots
-
         state = self.state
         rows = (
             result_rows(state.report, state.latency, state.latency_batches, state.batch_opt)
@@ -487,10 +489,6 @@ def _typed_signature(state: WizardState) -> list[Any] | None:
 
 
 def module_summary_html(model: Any, typed: list[Any] | None = None) -> str:
-    from enn_nb._format import human_size
-    from enn_nb.model.signature import describe
-    from enn_nb.model.spec import ModelSpec
-
     spec = ModelSpec.from_model(model)
     if typed is not None:
         spec = spec.replace(inputs=typed)
@@ -518,7 +516,6 @@ def module_summary_html(model: Any, typed: list[Any] | None = None) -> str:
 
 def results_table_html(rows: list[dict[str, Any]]) -> str:
     """The results table: backend, status, artifact, size, max abs error, latency."""
-    from enn_nb._format import human_size
     from enn_nb.engine.timing import ratio_text
 
     if not rows:
@@ -529,7 +526,7 @@ def results_table_html(rows: list[dict[str, Any]]) -> str:
     )
     body = []
     for r in rows:
-        color = _STATUS_COLORS.get(r["status"], "#333")
+        color = STATUS_COLORS.get(r["status"], "#555")
         err = "" if r["max_abs_err"] is None else f"{r['max_abs_err']:.2e}"
         latency = "" if r["latency_ms"] is None else f"{r['latency_ms']:.3g} ms"
         if latency and r.get("latency_batch"):

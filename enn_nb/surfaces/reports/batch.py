@@ -17,6 +17,7 @@ from enn_nb._fs import write_text
 from enn_nb.errors import ReportError, UnknownNameError
 from enn_nb.surfaces.reports.catalog import declared_parameters, resolve_template, template_metadata
 from enn_nb.surfaces.reports.runner import ReportResult, report
+from enn_nb.surfaces.reports.verdict import Verdict
 
 
 @dataclasses.dataclass
@@ -116,8 +117,6 @@ def run_batch(
 
 
 def _verdict_of(nb_path: Path) -> Any:
-    from enn_nb.surfaces.reports.verdict import Verdict
-
     try:
         meta = json.loads(nb_path.read_text(encoding="utf-8")).get("metadata", {}).get("enn_nb", {})
     except (OSError, ValueError):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+from enn_nb._optional import require
 from enn_nb._registry import closest
+from enn_nb._yaml import safe_load
 from enn_nb.errors import ReportError, UnknownNameError
 
 #: Where the built-in templates live: ``enn_nb/templates`` is a relative symlink to the repository's
@@ -58,7 +61,6 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
 
     This is ``papermill.inspect_notebook``; the defaults are the source text of the assignments.
     """
-    from enn_nb._optional import require
 
     papermill = require("papermill", purpose="report templates")
     return dict(papermill.inspect_notebook(str(notebook)))
@@ -66,7 +68,6 @@ def declared_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
 
 def template_metadata(notebook: str | Path) -> dict[str, Any]:
     """The template's own settings in its notebook metadata under ``enn_nb`` (path parameters...)."""
-    import json
 
     with open(notebook, encoding="utf-8") as fh:
         return dict(json.load(fh).get("metadata", {}).get("enn_nb", {}))
@@ -79,8 +80,6 @@ def parse_value(text: str) -> Any:
         ReportError: the text is not valid YAML (the message shows it and how to quote it).
     """
     import yaml
-
-    from enn_nb._yaml import safe_load
 
     try:
         value = safe_load(text)

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enn_nb.errors import ReportError
+from enn_nb._format import human_size
+from enn_nb.errors import EnnError, ReportError
 from enn_nb.table import Table
 from enn_nb.surfaces.reports.sections import Header
 
@@ -41,7 +42,6 @@ def subject(first: Path, second: Path | None) -> str:
 
 def tensor_table(manifest: Manifest) -> Table:
     """Every tensor of a checkpoint: name, dtype, shape, elements, bytes, hash (first 16 hex digits)."""
-    from enn_nb._format import human_size
     from enn_nb.checkpoint.hashing import short
 
     rows = [
@@ -84,7 +84,6 @@ def origin(manifest: Manifest, *, restore: bool = True) -> Table:
 
 def _restore_status(manifest: Manifest) -> str:
     from enn_nb.checkpoint import load
-    from enn_nb.errors import EnnError
 
     try:
         loaded = load(manifest.path, strict=False)
@@ -240,7 +239,6 @@ def _short(value: Any) -> str:
 
 def summary(manifests: Sequence[Manifest], diff_result: CheckpointDiff | None) -> Table:
     """The top of the report: one row per checkpoint (format, tensors, size, content hash) and the diff's headline."""
-    from enn_nb._format import human_size
 
     rows = [
         [Path(m.path or "").name, m.format, m.spec.builder or "-", len(m.tensors), human_size(m.tensor_bytes),

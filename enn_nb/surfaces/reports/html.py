@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._fs import write_text
+from enn_nb._optional import require
 from enn_nb.errors import ReportError
 
 
@@ -23,7 +24,6 @@ def to_html(
     Raises:
         ReportError: nbconvert could not render the notebook (the cause is chained).
     """
-    from enn_nb._optional import require
 
     nbconvert = require("nbconvert", purpose="HTML reports")
     nbformat = require("nbformat", purpose="HTML reports")

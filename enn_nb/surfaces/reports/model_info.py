@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._format import human_size
+from enn_nb.model.signature import TensorSig
 from enn_nb.table import Table
 
 if TYPE_CHECKING:
@@ -15,7 +19,6 @@ if TYPE_CHECKING:
 
 def model_summary(manifest: Manifest) -> Table:
     """Builder, parameters, size, tasks, in_dim/out_shape and identity of a checkpoint, one row each."""
-    from enn_nb._format import human_size
 
     spec = manifest.spec
     tasks = [f"{t.get('name', '?')} ({t['kind']})" if t.get("kind") else str(t.get("name", "?"))
@@ -85,10 +88,6 @@ def signature_table(spec: ModelSpec, batch_sizes: Sequence[int] = (1, 8, 64), ex
 
 def _followed_signature(export: Any) -> dict[str, Any]:
     """The signature an export followed, from the first sidecar that records one (``{}`` when none)."""
-    import json
-    from pathlib import Path
-
-    from enn_nb.model.signature import TensorSig
 
     for result in getattr(export, "results", None) or []:
         side = getattr(result, "sidecar", None)

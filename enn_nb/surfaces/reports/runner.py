@@ -13,8 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from enn_nb._fs import atomic_path
-from enn_nb.errors import ReportCellError, ReportError
+from enn_nb._optional import require
+from enn_nb._version import __version__
+from enn_nb.engine.settings import prepare_out_dir
+from enn_nb.errors import OutputDirError, ReportCellError, ReportError
 from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
+from enn_nb.surfaces.reports.html import to_html
+from enn_nb.surfaces.reports.progress import ENV, BackendBar
+from enn_nb.surfaces.reports.sections import link
 from enn_nb.surfaces.reports.verdict import Verdict, find_verdict
 
 #: Key of the executed notebook's metadata that holds what enn_nb attached (verdict, sidecars...).
@@ -66,8 +72,6 @@ class ReportResult:
         return "\n".join([head, *detail, *[f"  - {line}" for line in self.failures]])
 
     def _repr_html_(self) -> str:
-        from enn_nb.surfaces.reports.sections import link  # relative to the working directory: the showing notebook's
-
         links = f"<a href='{_html.escape(link(self.notebook))}'>{_html.escape(str(self.notebook))}</a>"
         if self.html:
             links += f" · <a href='{_html.escape(link(self.html))}'>HTML</a>"
@@ -118,7 +122,6 @@ def report(
         ReportError: a bad value, or the kernel could not run the notebook.
         ReportCellError: a cell raised; the partial notebook is kept at ``error.output_path``.
     """
-    from enn_nb._optional import require
 
     path = resolve_template(template)
     values = {**dict(parameters or {}), **params}
@@ -169,8 +172,6 @@ def report(
     verdict = _attach(nb_path, path, values)
     html_path = None
     if html and nb_path.exists():
-        from enn_nb.surfaces.reports.html import to_html
-
         html_path = to_html(nb_path, no_input=no_input)
     if error is not None:
         raise error
@@ -180,7 +181,6 @@ def report(
 @contextlib.contextmanager
 def _backend_bar(nb_path: Path, desc: str) -> Iterator[None]:
     """A bar over the export's backends, fed by the kernel (it inherits :data:`progress.ENV`)."""
-    from enn_nb.surfaces.reports.progress import ENV, BackendBar
 
     events = nb_path.with_name(f".{nb_path.stem}.progress.jsonl")
     before = os.environ.get(ENV)
@@ -196,9 +196,6 @@ def _backend_bar(nb_path: Path, desc: str) -> Iterator[None]:
 
 
 def _output_dir(out_dir: str | os.PathLike[str]) -> Path:
-    from enn_nb.engine.settings import prepare_out_dir
-    from enn_nb.errors import OutputDirError
-
     try:
         return prepare_out_dir(out_dir, "out")
     except OutputDirError as exc:
@@ -247,8 +244,6 @@ def _attach(nb_path: Path, template: Path, values: dict[str, Any]) -> Verdict | 
     if not nb_path.exists():
         return None
     import nbformat
-
-    from enn_nb._version import __version__
 
     nb = nbformat.read(nb_path, as_version=4)
     found = find_verdict(nb)

@@ -7,57 +7,52 @@ import datetime as _dt
 import html
 import json
 import os
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from enn_nb._format import human_size
+from enn_nb.engine import latency
+from enn_nb.engine.latency import EAGER, SAFE
+from enn_nb.engine.parity import DYNAMIC_BATCHES_WHY
+from enn_nb.engine.settings import ExportSettings
+from enn_nb.engine.timing import speedup
 from enn_nb.errors import ReportError
 from enn_nb.engine.verification import UNVERIFIED, Verification
 from enn_nb.engine.verification import summary as summary_line
+from enn_nb.model.spec import ModelSpec
+from enn_nb.surfaces.factory import load_with_model
+from enn_nb.surfaces.plots import latency_figure, parity_figure, size_figure, to_png
 from enn_nb.surfaces.reports.progress import kernel_callback as progress_callback  # noqa: F401 - the template calls it
 from enn_nb.table import Link, Table
-from enn_nb.surfaces.reports.verdict import FAILING, Pending, Verdict
+from enn_nb.surfaces.reports.verdict import Pending, Verdict
 
 if TYPE_CHECKING:
     from enn_nb.engine import ExportReport
 
 
 # -- what to export ---------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Requested:
-    """The backends a report exports.
+def export_settings(backends: str | Sequence[str] | None, out_dir: str | os.PathLike[str], *,
+                    batch_sizes: int | str | Sequence[int], atol: float | None = None, rtol: float | None = None,
+                    options: Mapping[str, Any] | None = None, **quantize: Any) -> ExportSettings:
+    """The report's :class:`ExportSettings`, through the engine's one ``from_call`` (creates ``out_dir``).
 
-    Attributes:
-        names: the backends passed to ``enn_nb.export``.
-        explicit: the caller named them; an unavailable one then fails the verdict.
-        skipped: backends left out because they cannot run here, with the reason.
-    """
-
-    names: list[str]
-    explicit: bool
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def requested_backends(backends: str | Sequence[str] | None) -> Requested:
-    """``"available"`` (every backend that converts here), ``"all"``, ``"onnx,pt2"`` or ``["onnx", "pt2"]``.
+    ``backends``: ``"available"`` (the default when empty), ``"all"``, ``"onnx,pt2"`` or ``["onnx", "pt2"]``,
+    meaning what they mean on every surface (``enn_nb.engine.registry.KEYWORDS``). ``quantize``: the
+    template's ``quantize``, ``calibration``, ``eval_data``, ``accuracy_budget`` and ``allow_degraded``
+    (empty values mean "not given").
 
     Raises:
         UnknownNameError: a backend name that is not registered (the closest name is suggested).
-        ReportError: nothing is left to export.
+        SpecError: nothing is left to export, or a bad tolerance or option.
     """
-    from enn_nb.engine.registry import backends as listing
-    from enn_nb.engine.registry import resolve_names
-
-    if backends is None or (isinstance(backends, str) and backends.strip() in ("", "available")):
-        table = listing()
-        names = [row.name for row in table if row.available]
-        skipped = {row.name: str(row.reason) for row in table if not row.available}
-        if not names:
-            raise ReportError("No export backend is available here; install one, e.g. %pip install 'enn-nb[onnx]'.")
-        return Requested(names, explicit=False, skipped=skipped)
-    if isinstance(backends, str) and backends.strip() == "all":
-        return Requested(resolve_names("all"), explicit=False)
-    return Requested(resolve_names(backends if isinstance(backends, str) else list(backends)), explicit=True)
+    if backends is None or (isinstance(backends, str) and not backends.strip()):
+        backends = "available"
+    return ExportSettings.from_call(backends, out_dir, batch_range=batch_range(batch_sizes),
+                                    tolerances=(atol, rtol),  # None keeps each backend's own bound
+                                    options=options or None,
+                                    **{k: v for k, v in quantize.items() if v not in (None, "", {}, [])})
 
 
 def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path:
@@ -83,7 +78,6 @@ def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: 
 def load_checkpoint(path: Path, model: str = "") -> Any:
     """``enn_nb.load(path)``; into the model ``"package.module:factory"`` builds when ``model`` is given
     (a checkpoint of your own model, which names no registered builder)."""
-    from enn_nb.surfaces.factory import load_with_model
 
     return load_with_model(path, model or None)
 
@@ -150,13 +144,11 @@ class Measurements:
 
     def speedup(self, backend: str, batch: int) -> float | None:
         """The headline ratio: eager inside ``export_safe`` (the same computation) / the runtime (above 1: faster)."""
-        from enn_nb.engine.timing import speedup
 
         return speedup(self.eager_safe_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
 
     def speedup_vs_trained(self, backend: str, batch: int) -> float | None:
         """The second reference: eager as trained (fast paths on) / the runtime."""
-        from enn_nb.engine.timing import speedup
 
         return speedup(self.eager_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
 
@@ -223,8 +215,6 @@ def measure(
         spec: the model's ModelSpec (realistic inputs); read from the model when None.
         threads: intra-op threads; default 1 up to batch 8, else up to 4.
     """
-    from enn_nb.engine import latency
-    from enn_nb.model.spec import ModelSpec
 
     sizes = batch_list(batch_sizes)
     if spec is None:
@@ -255,12 +245,9 @@ def measure(
 
 
 # -- verdict ------------------------------------------------------------------------------------------
-def verdict(export: ExportReport, measurements: Measurements | None, requested: Requested, *,
-            allow_degraded: bool = False) -> Verdict:
-    """Pass when every requested backend is ``ok`` (or ``deferred``) and matches eager at every batch size.
-
-    A quantized artifact over its accuracy budget (``degraded``) fails the gate unless ``allow_degraded``.
-    """
+def verdict(export: ExportReport, measurements: Measurements | None, requested: ExportSettings) -> Verdict:
+    """Pass when every requested backend is ``ok`` (or ``deferred``) and matches eager at every batch size;
+    a backend that cannot convert here fails only when it was named (``requested.fails``)."""
     backends: dict[str, dict[str, Any]] = {}
     failures: list[str] = []
     notes = [f"{name}: skipped, not available here ({why})" for name, why in requested.skipped.items()]
@@ -276,9 +263,9 @@ def verdict(export: ExportReport, measurements: Measurements | None, requested: 
                                "verification": check.kind, "verification_reason": check.reason}
         if check.kind == UNVERIFIED:
             notes.append(f"{r.backend}: converted but not verified ({check.reason})")
-        if status == "degraded" and allow_degraded:
+        if status == "degraded" and not requested.fails(status):
             notes.append(f"{r.backend}: degraded, allowed ({reason})")
-        elif status in FAILING or (status == "unavailable" and requested.explicit):
+        elif requested.fails(status):
             failures.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
         elif status in ("deferred", "unavailable"):
             notes.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
@@ -331,7 +318,6 @@ def link(path: str | os.PathLike[str] | None) -> str:
 
 def artifact_table(export: ExportReport, measurements: Measurements | None = None) -> Table:
     """Backend, status, artifact (a link), size, max error and tolerance, and latency vs eager per batch size."""
-    from enn_nb._format import human_size
 
     sizes = measurements.batch_sizes if measurements else []
     columns = ["backend", "status", "verified", "artifact", "size", "max abs err", "tolerance (atol, rtol)"]
@@ -359,8 +345,6 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
             row.append(stat.cell(measurements.speedup(r.backend, b)) if stat and measurements else "-")
         rows.append(row)
     if measurements:
-        from enn_nb.engine.latency import EAGER, SAFE
-
         def cells(label: str, ratio: Any) -> list[str]:
             out = []
             for b in sizes:
@@ -376,14 +360,10 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
 
 
 def _ratio(reference: float | None, ms: float | None) -> float | None:
-    from enn_nb.engine.timing import speedup
-
     return speedup(reference, ms)
 
 
 def _parity_legend() -> str:
-    from enn_nb.engine.parity import DYNAMIC_BATCHES_WHY
-
     return (f"Parity cases: the export's own ({DYNAMIC_BATCHES_WHY}), plus this report's batch sizes, each "
             "compared with eager PyTorch as trained.")
 
@@ -410,8 +390,6 @@ class Image:
     """A matplotlib figure as a PNG output (``image/png``): it survives papermill, nbconvert and git."""
 
     def __init__(self, figure: Any, *, dpi: int = 100) -> None:
-        from enn_nb.surfaces.plots import to_png
-
         self.png = to_png(figure, dpi=dpi)
 
     def _repr_png_(self) -> bytes:
@@ -423,7 +401,6 @@ class Image:
 
 def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     """Parity error per backend and batch size, latency vs eager at each batch size, artifact size."""
-    from enn_nb.surfaces.plots import latency_figure, parity_figure, size_figure
 
     atol = {r.backend: float((r.parity.get("tolerance") or {}).get("atol", 0.0)) for r in export.results}
     images = [Image(parity_figure(measurements.errors, tolerances=atol))]
@@ -537,7 +514,7 @@ class Sidecars:
 
 def reproduce(
     checkpoint: Path,
-    requested: Requested,
+    requested: ExportSettings,
     batch_sizes: Sequence[int],
     atol: float | None,
     rtol: float | None,
@@ -553,7 +530,7 @@ def reproduce(
     parts = ["enn-nb report export_report", f"-p checkpoint={_quote(str(Path(checkpoint).resolve()))}"]
     if model:
         parts.append(f"--model {_quote(model)}")
-    if requested.explicit:
+    if requested.named:
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
     parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
@@ -562,6 +539,4 @@ def reproduce(
 
 
 def _quote(text: str) -> str:
-    import shlex
-
     return shlex.quote(text)

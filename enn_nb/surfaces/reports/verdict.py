@@ -7,13 +7,10 @@ import html
 from collections.abc import Mapping
 from typing import Any
 
-from enn_nb.engine.vocabulary import FAILED_STATUSES
+from enn_nb.engine.vocabulary import STATUS_COLORS, UNVERIFIED_COLOR
 
 #: The mime type under which a verdict travels inside the executed notebook's outputs.
 VERDICT_MIME = "application/vnd.enn-nb.verdict+json"
-
-#: Backend statuses that fail the gate. ``unavailable`` fails only for a backend the caller named.
-FAILING = frozenset(s for s in FAILED_STATUSES if s != "unavailable")
 
 _COLORS = {"pass": ("#0a5d1f", "#e6f4ea"), "fail": ("#8a1111", "#fdecea"), "running": ("#444", "#f2f2f2")}
 
@@ -93,9 +90,8 @@ def badge(info: Mapping[str, Any]) -> str:
 def _chip(info: Mapping[str, Any]) -> str:
     status = str(info.get("status", ""))
     if status == "ok" and info.get("verification") == "unverified":
-        return "#b06000"
-    return {"ok": "#188038", "mismatch": "#c5221f", "failed": "#c5221f", "crashed": "#8a1111",
-            "deferred": "#b06000", "unavailable": "#777", "timeout": "#8a1111"}.get(status, "#555")
+        return UNVERIFIED_COLOR
+    return STATUS_COLORS.get(status, "#555")
 
 
 class Pending:
