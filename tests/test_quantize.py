@@ -282,23 +282,24 @@ def test_magic_body_and_wizard_take_the_quantize_setting(tmp_path: Path) -> None
     calib = [torch.randn(8, 4)]
     body = logic.parse_export_body("quantize: {onnx: int8, coreml: [fp16]}\ncalibration: calib\naccuracy_budget: 0.05\n"
                                    "eval_data: held.safetensors\n")
-    settings = {"out_dir": str(tmp_path), "dynamic_batch": True, "batch_range": (1, 8, 64), "verify": True,
-                "isolate": True, "cache": True, "tolerances": {}}
-    kwargs = logic.export_kwargs(body, settings, ["onnx", "coreml"], {"calib": calib})
-    assert kwargs["quantize"] == {"onnx": "int8", "coreml": ["fp16"]} and kwargs["calibration"] is calib
-    assert kwargs["accuracy_budget"] == 0.05 and kwargs["eval_data"] == Path("held.safetensors")
+    config = {"out_dir": str(tmp_path), "dynamic_batch": True, "batch_range": (1, 8, 64), "verify": True,
+              "isolate": True, "cache": True, "tolerances": {}}
+    chosen = logic.export_settings(body, config, ["onnx", "coreml"], namespace={"calib": calib})
+    assert chosen.quantize == {"onnx": ("int8",), "coreml": ("fp16",)} and chosen.calibration is calib
+    assert chosen.accuracy_budget["rmse_rel"] == 0.05 and chosen.eval_data == Path("held.safetensors")
     with pytest.raises(QuantizeModeError, match="Did you mean `int8`"):
         logic.parse_export_body("quantize: int9\n")
     with pytest.raises(enn_nb.errors.UnknownNameError):
-        logic.export_kwargs(logic.parse_export_body("calibration: calbi\n"), settings, ["onnx"], {"calib": calib})
+        logic.export_settings(logic.parse_export_body("calibration: calbi\n"), config, ["onnx"],
+                              namespace={"calib": calib})
 
     state = WizardState({"calib": calib}, backends=["onnx", "tensorflow"], out_dir=str(tmp_path))
     state.quantize = ["int8", "fp16"]
     state.calibration = "calib"
     assert state.quantize_plan() == {"onnx": ["int8", "fp16"]}  # tensorflow supports none: it just makes none
     assert state.check("targets") == ""
-    kwargs = state.export_kwargs()
-    assert kwargs["quantize"] == {"onnx": ["int8", "fp16"]} and kwargs["calibration"] is calib
+    chosen = state.export_settings()
+    assert chosen.quantize == {"onnx": ("int8", "fp16")} and chosen.calibration is calib
     state.backends = ["tensorflow"]
     problem = state.check("targets")
     assert "No chosen backend supports quantize mode `int8` (tensorflow: none)" in problem
