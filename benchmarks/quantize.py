@@ -274,8 +274,15 @@ def main() -> None:
         out = Path(tmp)
         # untimed: every converter's imports and first-call costs, on a small MLP (cheaper than a real model)
         tiny = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)).eval()
-        bench("warmup", tiny, (8,), out)
-        rows = [row for name, (model, shape) in chosen.items() for row in bench(name, model, shape, out)]
+        print("warm-up (first calls: imports and first-call costs included, not a result):", flush=True)
+        print_table(bench("warmup", tiny, (8,), out))
+        rows = []
+        for name, (model, shape) in chosen.items():
+            rows += bench(name, model, shape, out)
+            print_table(rows)  # after each model: a long run still leaves its first tables
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
     header = ("model", "backend", "mode", "status", "size/float (raw)", "lat b1 q/f (IQR ms q, f)", "lat b8 q/f",
               "RMSE/std enn_nb", "RMSE/std raw", "export s enn/raw", "ratio")
     lines = [header]
@@ -291,10 +298,10 @@ def main() -> None:
     for line in lines:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
     int8 = [r for r in rows if r["mode"] == "int8" and r["size_ratio"] is not None]
-    print(f"\ntargets: int8 size <= 0.35x: {all(r['size_ratio'] <= 0.35 for r in int8)} "
+    print(f"targets: int8 size <= 0.35x: {all(r['size_ratio'] <= 0.35 for r in int8)} "
           f"(max {max((r['size_ratio'] for r in int8), default=float('nan')):.2f}x); "
           f"enn_nb error <= raw: {all(r['enn_err'] <= r['raw_err'] + 1e-9 for r in rows if r.get('raw_err') is not None and r['enn_err'] is not None)}; "
-          f"export time median ratio {statistics.median([r['enn_s'] / r['raw_s'] for r in rows if r.get('raw_s')]):.2f}x")
+          f"export time median ratio {statistics.median([r['enn_s'] / r['raw_s'] for r in rows if r.get('raw_s')] or [float('nan')]):.2f}x\n", flush=True)
 
 
 if __name__ == "__main__":
