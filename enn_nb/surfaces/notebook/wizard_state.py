@@ -341,6 +341,333 @@ class WizardState(HasTraits):
 
     def quantize_plan(self) -> dict[str, list[str]]:
         """``{backend: [modes]}``: each chosen mode on the chosen backends that support it."""
+        plan: dict[str, list[str]] = {}
+        for name in self.backends:
+            modes = [m for m in self.quantize if m in _quantize_modes(name)]
+            if modes:
+                plan[name] = modes
+        return plan
+
+    def _quantize_problems(self) -> list[str]:
+        from enn_nb.engine.quantize.modes import parse_budget
+
+        problems = []
+        plan = self.quantize_plan()
+        for mode in self.quantize:
+            if not any(mode in modes for modes in plan.values()):
+                support = "; ".join(f"{name}: {', '.join(_quantize_modes(name)) or 'none'}" for name in self.backends)
+                problems.append(f"No chosen backend supports quantize mode `{mode}` ({support}). "
+                                "Untick it or choose a backend that supports it.")
+        given = self.calibration.strip()
+        if given and not given.endswith(".safetensors") and given not in self.namespace:
+            problems.append(f"Calibration `{given}` is neither a .safetensors file nor a variable of this notebook.")
+        try:
+            parse_budget(float(self.accuracy_budget) if self.accuracy_budget.strip() else None)
+        except ValueError as exc:
+            problems.append(f"Accuracy budget `{self.accuracy_budget}`: {exc}")
+        return problems
+
+    # -- navigation -------------------------------------------------------------------------
+    step = Int(0, help="Index of the shown step in STEPS: 0 model, 1 targets and options, 2 run, 3 results.")
+    messages = Dict(
+        help="Inline validation message per step name ('' when the step's input is valid)."
+    )
+
+    # -- step 1: model ------------------------------------------------------------------------
+    source = Enum(
+        ("variable", "checkpoint"),
+        default_value="variable",
+        help="Export an nn.Module variable of the namespace ('variable') or a checkpoint file ('checkpoint').",
+    )
+    variable = Unicode("", help="Name of the nn.Module variable in the namespace to export.")
+    checkpoint = Unicode("", help="Path of the checkpoint (.pt, .safetensors or DCP directory) to export.")
+
+    example_inputs = AnyTrait(
+        None, allow_none=True,
+        help="Example inputs for a model that declares no `in_dim` (a tensor or tuple); None draws them from its spec.",
+    )
+    signature = Unicode(
+        "",
+        help="The model's inputs, one `name:dtype[dims]` per line (e.g. `values:float32[B, 24, 6]`, `mask:bool[B, 24]`,"
+        " `ids:int64[B, 16]{1000}`); example inputs are drawn from it. '' keeps the model's declared signature.",
+    )
+
+    # -- step 2: targets and options ----------------------------------------------------------
+    backends = List(Unicode(), help="Names of the backends to export to (a subset of the available ones).")
+    dynamic_batch = Bool(True, help="Give the artifacts a dynamic batch dimension (min <= opt <= max).")
+    batch_min = Int(1, help="Smallest batch size the artifact must accept (and is checked for parity).")
+    batch_opt = Int(8, help="Batch size the runtimes optimise for; latency is measured at it.")
+    batch_max = Int(64, help="Largest batch size the artifact must accept (and is checked for parity).")
+    opset = Int(20, help="ONNX opset version for the `onnx` backend and the ONNX-based ones.")
+    fp16 = Bool(False, help="Ask the backends that support it (see `fp16_backends`) for fp16 artifacts.")
+    atol = Unicode("", help="Absolute parity tolerance for every backend; '' keeps each backend's default.")
+    rtol = Unicode("", help="Relative parity tolerance for every backend; '' keeps each backend's default.")
+    quantize = List(Unicode(), help="Quantize modes (fp16, int8-weights, int8): each chosen backend that supports a "
+                    "mode also writes that quantized artifact; a mode no chosen backend supports is refused.")
+    calibration = Unicode("", help="Calibration inputs for int8: a variable of the notebook (tensor, batches, "
+                          "DataLoader) or a .safetensors path; '' draws inputs from the signature (labelled).")
+    accuracy_budget = Unicode("", help="Largest RMSE / float std per output of a quantized artifact; '' keeps 0.03.")
+    out_dir = Unicode("enn_exports", help="Directory the artifacts and their sidecars are written into.")
+    isolate = Bool(True, help="Run each backend's conversion in a child process (a crash loses nothing).")
+    verify = Bool(True, help="Run each artifact on its runtime and compare with the eager model (parity).")
+    cache = Bool(True, help="Reuse the artifacts of an identical earlier export instead of converting again.")
+
+    # -- step 3: run ---------------------------------------------------------------------------
+    running = Bool(False, help="True while an export runs in the background.")
+    cancel_requested = Bool(False, help="Cancel was pressed: the export stops after the current backend.")
+    progress = Dict(
+        help="Per backend: {'stage': str, 'status': str, 'fraction': float} from the export's progress callback."
+    )
+    overall = Int(0, help="Backends finished so far in the current run (out of len(backends)).")
+    log = List(Unicode(), help="Lines of the live log of the current run.")
+    run_error = Unicode("", help="Why the run failed as a whole ('' when it did not), shown on the run step.")
+
+    # -- step 4: results -----------------------------------------------------------------------
+    report = AnyTrait(None, allow_none=True, help="The ExportReport of the last finished run.")
+    skipped = List(Unicode(), help="Backends the last run skipped because Cancel was pressed.")
+    latency = Dict(
+        help="Measured latency in ms: {backend: float, 'eager': as-is model, 'eager_safe': in export_safe}; "
+        "eager at batch `batch_opt`."
+    )
+    latency_batches = Dict(help="Batch each backend's latency was measured at (static artifacts: their own).")
+    report_path = Unicode("", help="Path of the report produced by 'Save as report' ('' until then).")
+
+    def __init__(self, namespace: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The user's namespace is not a trait: it is theirs, we only read nn.Module variables from it.
+        self.namespace: Mapping[str, Any] = namespace if namespace is not None else {}
+        self._backend_rows: list[BackendInfo] | None = None
+
+    # -- defaults --------------------------------------------------------------------------------
+    def apply_defaults(self, defaults: Mapping[str, Any]) -> None:
+        """Set initial choices from ``wizard(**defaults)``.
+
+        Accepts trait names plus ``model`` (a variable name or the module object itself),
+        ``batch_range=(min, opt, max)`` and ``tolerances=(atol, rtol)``.
+
+        Raises:
+            TypeError: an unknown key (the message lists the known ones).
+        """
+        known = sorted(set(self.user_choices()) | set(_DEFAULT_ALIASES))
+        for key, value in defaults.items():
+            if key == "batch_range":
+                self.batch_min, self.batch_opt, self.batch_max = (int(v) for v in value)
+            elif key == "tolerances":
+                atol, rtol = value
+                self.atol = "" if atol is None else repr(float(atol))
+                self.rtol = "" if rtol is None else repr(float(rtol))
+            elif key == "model" and not isinstance(value, str):
+                self.variable = self._name_of(value)
+            elif key in ("atol", "rtol"):
+                setattr(self, key, "" if value is None else repr(float(value)))
+            elif key in ("checkpoint", "out_dir"):
+                setattr(self, key, os.fspath(value))
+                if key == "checkpoint":
+                    self.source = "checkpoint"
+            elif key in ("backend", "backends"):
+                if isinstance(value, str):  # "onnx,pt2", or "all" / "available" for every available one
+                    names = [v.strip() for v in value.split(",") if v.strip()]
+                    value = self.available_backends() if names in (["all"], ["available"]) else names
+                self._preselect_backends(list(value))
+            elif key in _DEFAULT_ALIASES or key in self.user_choices():
+                setattr(self, _DEFAULT_ALIASES.get(key) or key, value)
+            else:
+                raise TypeError(
+                    f"`wizard()` got an unknown option `{key}`={value!r}. Known options: {', '.join(known)}."
+                )
+        if "backends" not in defaults and "backend" not in defaults:
+            available = set(self.available_backends())
+            self.backends = [name for name in FAST_BACKENDS if name in available]
+
+    def _preselect_backends(self, names: list[str]) -> None:
+        # A ticked box of an unavailable backend would be disabled, so the user could not untick it:
+        # preselect only available ones and say on the targets step what was left out and why.
+        rows = {row.name: row for row in self.backend_rows()}
+        chosen, dropped = [], []
+        for name in names:
+            row = rows.get(name)
+            if row is not None and row.available:
+                chosen.append(name)
+            elif row is None:
+                dropped.append(f"`{name}` is not a registered backend (known: {', '.join(rows)})")
+            else:
+                dropped.append(f"`{name}` is unavailable here: {row.reason}")
+        self.backends = chosen
+        if dropped:
+            self.messages = {**self.messages, "targets": "Not preselected: " + "; ".join(dropped)}
+
+    @classmethod
+    def user_choices(cls) -> list[str]:
+        """Names of the traits the user chooses (steps 1 and 2)."""
+        return [
+            "source", "variable", "checkpoint", "example_inputs", "signature", "backends", "dynamic_batch", "batch_min",
+            "batch_opt",
+            "batch_max", "opset", "fp16", "quantize", "calibration", "accuracy_budget", "atol", "rtol", "out_dir", "isolate",
+            "verify", "cache",
+        ]  # fmt: skip
+
+    def _name_of(self, module: Any) -> str:
+        for name, value in self.namespace.items():
+            if value is module and not name.startswith("_"):
+                return name
+        # Not in the namespace: keep it under a private name so the dropdown can still offer it.
+        if not isinstance(self.namespace, dict):
+            self.namespace = dict(self.namespace)
+        self.namespace["model"] = module  # type: ignore[index]
+        return "model"
+
+    # -- step 1 helpers --------------------------------------------------------------------------
+    def module_names(self) -> list[str]:
+        """Names of the ``nn.Module`` variables in the namespace (private ``_names`` left out)."""
+        torch = sys.modules.get("torch")
+        if torch is None:  # no torch imported means no module can exist yet; do not import it
+            return []
+        module_type = torch.nn.Module
+        return sorted(
+            name
+            for name, value in list(self.namespace.items())
+            if not name.startswith("_") and isinstance(value, module_type)
+        )
+
+    def selected_model(self) -> Any:
+        """The chosen ``nn.Module``, or the checkpoint path, or None."""
+        if self.source == "checkpoint":
+            return Path(self.checkpoint).expanduser() if self.checkpoint.strip() else None
+        return self.namespace.get(self.variable) if self.variable else None
+
+    # -- step 2 helpers --------------------------------------------------------------------------
+    def backend_rows(self, *, refresh: bool = False) -> list[BackendInfo]:
+        """The registry's backends: name, suffix, available, reason, install (cached)."""
+        if self._backend_rows is None or refresh:
+            from enn_nb.engine.registry import backends
+
+            self._backend_rows = list(backends())
+        return self._backend_rows
+
+    def available_backends(self) -> list[str]:
+        return [row.name for row in self.backend_rows() if row.available]
+
+    def batch_range(self) -> tuple[int, int, int]:
+        return (self.batch_min, self.batch_opt, self.batch_max)
+
+    def tolerances(self) -> tuple[float | None, float | None]:
+        """``(atol, rtol)`` parsed from the text fields; None keeps the backends' defaults.
+
+        Raises:
+            ValueError: a field is not a positive finite number (the message names it).
+        """
+        from enn_nb.engine.tolerance import parse_tolerances
+
+        given = parse_tolerances((self.atol.strip() or None, self.rtol.strip() or None), "tolerance").given("*")
+        return given.atol, given.rtol
+
+    # -- validation ------------------------------------------------------------------------------
+    @validate("step")
+    def _valid_step(self, proposal: Any) -> int:
+        return max(0, min(len(STEPS) - 1, int(proposal["value"])))
+
+    def check(self, step: int | str) -> str:
+        """Why the input of ``step`` is invalid ('' when it is valid); does not change any trait."""
+        name = step if isinstance(step, str) else STEPS[step]
+        if name == "model":
+            return self._check_model()
+        if name == "targets":
+            return self._check_targets()
+        if name == "run":
+            if self.running:
+                return "The export is still running; wait for it or press Cancel."
+            if self.report is None:
+                return "Run the export first (press Run)."
+        return ""
+
+    def validate_step(self, step: int | str | None = None) -> bool:
+        """Check a step (the shown one by default), record the inline message, return whether valid."""
+        index = self.step if step is None else (STEPS.index(step) if isinstance(step, str) else step)
+        message = self.check(index)
+        self.messages = {**self.messages, STEPS[index]: message}
+        return not message
+
+    def _check_model(self) -> str:
+        if self.source == "checkpoint":
+            text = self.checkpoint.strip()
+            if not text:
+                return "No checkpoint chosen: type the path of a .pt, .safetensors or DCP checkpoint."
+            path = Path(text).expanduser()
+            if not path.exists():
+                hint = did_you_mean(path)
+                return f"Checkpoint `{text}` does not exist{hint}. Check the path (relative to {os.getcwd()})."
+            return ""
+        names = self.module_names()
+        if not self.variable:
+            if not names:
+                return (
+                    "No model chosen: the namespace has no `nn.Module` variable. Create or load one "
+                    "(e.g. `model = enn_nb.load(path).model`) and press Refresh, or choose a checkpoint."
+                )
+            return "No model chosen: pick an `nn.Module` variable from the list."
+        if self.variable not in names:
+            return (
+                f"`{self.variable}` is not an `nn.Module` variable of the namespace (any more). "
+                f"Pick one of: {', '.join(names) or '(none)'}."
+            )
+        try:
+            typed = self.signature_inputs()
+        except SpecError as exc:
+            return f"Inputs: {exc}"
+        model = self.namespace[self.variable]
+        declared = getattr(model, "input_signature", None) is not None or getattr(model, "in_dim", None) is not None
+        if self.example_inputs is None and typed is None and not declared:
+            return (
+                f"`{self.variable}` ({type(model).__name__}) declares no input signature and no `in_dim`, so no "
+                "example input can be drawn for it. Type its inputs below, one per line, e.g. "
+                "`values:float32[B, 24, 6]` and `mask:bool[B, 24]` (B = batch), or open the wizard with "
+                f"`enn_nb.wizard(model=\"{self.variable}\", example_inputs=(...))`."
+            )
+        return ""
+
+    def signature_inputs(self) -> list[Any] | None:
+        """The typed signature as TensorSig rows (None when the field is empty).
+
+        Raises:
+            SpecError: a line that is not ``name:dtype[dims]`` (the message shows the form).
+        """
+
+        lines = [line.strip() for line in self.signature.replace(";", "\n").splitlines() if line.strip()]
+        return [parse(line) for line in lines] or None
+
+    def _check_targets(self) -> str:
+        problems: list[str] = []
+        if not self.backends:
+            problems.append("No backend chosen: tick at least one target.")
+        else:
+            rows = {row.name: row for row in self.backend_rows()}
+            for name in self.backends:
+                row = rows.get(name)
+                if row is None:
+                    problems.append(f"Backend `{name}` is not registered. Known: {', '.join(rows)}.")
+                elif not row.available:
+                    problems.append(f"Backend `{name}` is unavailable here: {row.reason}")
+        from enn_nb.engine.settings import check_batch_range, out_dir_problem
+
+        try:
+            check_batch_range(self.batch_range(), "batch range")
+        except ValueError as exc:
+            problems.append(str(exc))
+        opset = _onnx_option("opset")
+        if opset is not None and opset.problem(self.opset):  # the onnx backend's own declaration
+            problems.append(f"ONNX opset {self.opset} is not allowed: the opset takes {opset.allowed()}.")
+        try:
+            self.tolerances()
+        except ValueError as exc:
+            problems.append(str(exc))
+        problems += self._quantize_problems()
+        out_problem = out_dir_problem(self.out_dir)
+        if out_problem:
+            problems.append(out_problem)
+        return "\n".join(problems)
+
+    def quantize_plan(self) -> dict[str, list[str]]:
+        """``{backend: [modes]}``: each chosen mode on the chosen backends that support it."""
         from enn_nb.engine.quantize.modes import supported_modes
 
         plan: dict[str, list[str]] = {}
@@ -581,3 +908,13 @@ def result_rows(
             }
         )
     return rows
+
+
+def _quantize_modes(name: str) -> dict[str, str]:
+    """The quantize modes a backend declares ({} for an unknown or broken one: the backends check reports it)."""
+    from enn_nb.engine.registry import get_backend
+
+    try:
+        return dict(get_backend(name).quantize_modes or {})
+    except Exception:
+        return {}
