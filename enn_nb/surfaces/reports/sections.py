@@ -16,6 +16,7 @@ from enn_nb._format import human_size
 from enn_nb.engine import latency
 from enn_nb.engine.latency import EAGER, SAFE
 from enn_nb.engine.parity import DYNAMIC_BATCHES_WHY
+from enn_nb.engine.quantize.modes import DEFAULT_RMSE_REL
 from enn_nb.engine.settings import ExportSettings
 from enn_nb.engine.timing import speedup
 from enn_nb.errors import ReportError
@@ -534,6 +535,17 @@ def reproduce(
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
     parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
+    if requested.quantize:  # as the per-backend mapping the template's `quantize` parameter takes
+        modes = ", ".join(f"{name}: [{', '.join(m)}]" for name, m in requested.quantize.items())
+        parts.append("-p " + _quote(f"quantize={{{modes}}}"))
+        for key in ("calibration", "eval_data"):
+            value = getattr(requested, key)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                parts.append(f"-p {key}={_quote(str(Path(value).resolve()))}")
+        if requested.accuracy_budget.get("rmse_rel") != DEFAULT_RMSE_REL:
+            parts.append(f"-p accuracy_budget={requested.accuracy_budget['rmse_rel']:g}")
+        if requested.allow_degraded:
+            parts.append("-p allow_degraded=true")
     folder = Path(out if out is not None else Path.cwd()).resolve()
     return " ".join(parts) + f" --out {_quote(str(folder))} --html"
 
