@@ -234,8 +234,10 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path) 
             for mode in modes:
                 q = report[f"{backend}:{mode}"]
                 t0 = time.perf_counter()
+                raw_dir = out / f"{name}-raw-{backend}"
+                raw_dir.mkdir(parents=True, exist_ok=True)
                 try:
-                    raw_path = RAW[backend](module, example, mode, calib, out / f"{name}-raw-{backend}")
+                    raw_path = RAW[backend](module, example, mode, calib, raw_dir)
                     raw_error = None
                 except Exception as exc:  # the raw call failing is a finding too
                     raw_path, raw_error = None, f"{type(exc).__name__}: {str(exc)[:80]}"
@@ -272,14 +274,25 @@ def main() -> None:
     chosen = models(args.models.split(","))
     with tempfile.TemporaryDirectory(prefix="enn-quantize-bench-") as tmp:
         out = Path(tmp)
-        # untimed: every converter's imports and first-call costs, on a small MLP (cheaper than a real model)
-        tiny = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)).eval()
-        print("warm-up (first calls: imports and first-call costs included, not a result):", flush=True)
-        print_table(bench("warmup", tiny, (8,), out))
+        warm_up(out)
         rows = []
         for name, (model, shape) in chosen.items():
             rows += bench(name, model, shape, out)
             print_table(rows)  # after each model: a long run still leaves its first tables
+
+
+def warm_up(out: Path) -> None:
+    """Every raw call once on a small MLP, untimed: the converters' imports and first-call costs are paid
+    before either side is timed (enn_nb's export calls the same converters)."""
+    tiny = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)).eval()
+    example = torch.randn(2, 8)
+    calib, _ = data((8,))
+    for backend, modes in PLAN.items():
+        for mode in modes:
+            folder = out / f"warmup-{backend}"
+            folder.mkdir(parents=True, exist_ok=True)
+            RAW[backend](tiny, example, mode, calib, folder)
+    print("warm-up done", flush=True)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
