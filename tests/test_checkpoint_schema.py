@@ -77,3 +77,13 @@ def test_errors_list_every_problem(document):
     assert "`tensors/0/nbytes`" in text and "`tensors/3/hash`" in text and "`files/1/path`" in text
     with pytest.raises(SpecError):
         validate(doc, error=SpecError)
+
+
+def test_the_format_names_are_listed_once_and_match_the_schema():
+    import json
+
+    from enn_nb.checkpoint import FORMATS
+    from enn_nb.checkpoint.schema import SCHEMA_FILE
+
+    schema = json.loads(SCHEMA_FILE.read_text())
+    assert tuple(schema["properties"]["format"]["enum"]) == FORMATS

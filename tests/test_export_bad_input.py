@@ -42,6 +42,15 @@ def test_missing_package_gives_one_line_with_the_extra_and_the_pip_command(tmp_p
     with pytest.raises(MissingDependencyError) as info:
         enn_nb.export(TinyMLP(), "ort", out_dir=tmp_path, example_inputs=torch.randn(2, 6), isolate=False, strict=True)
     assert info.value.install_line == "%pip install 'enn-nb[onnx]'"
+    # `all` lists what cannot convert here without failing the request, also in strict mode
+    from enn_nb.engine.pipeline import _raise_if_needed
+    from enn_nb.engine.settings import ExportSettings
+
+    every = ExportSettings.from_call("all", tmp_path / "all", strict=True)
+    assert "ort" in every.names and not every.named
+    _raise_if_needed(report, every)  # the same unavailable `ort` result: no error
+    with pytest.raises(MissingDependencyError):
+        _raise_if_needed(report, ExportSettings.from_call("ort", tmp_path / "named", strict=True))
 
 
 def test_wrong_example_input_shape_says_expected_and_got(trained_model, tmp_path):

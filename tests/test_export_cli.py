@@ -25,10 +25,12 @@ def test_backends_json(capsys):
     assert {"name", "suffix", "available", "reason", "install"} <= set(rows[0])
 
 
-def test_build_trt_is_registered():
-    parser = build_parser()
-    args = parser.parse_args(["build-trt", "model.engine.enn.json"])
-    assert callable(args.func)
+def test_build_trt_is_registered_and_names_a_missing_sidecar(tmp_path, capsys):
+    sidecar = tmp_path / "model.engine.enn.json"
+    assert build_parser().parse_args(["build-trt", str(sidecar)]).func.__name__ == "_build_trt"
+    assert main(["build-trt", str(sidecar)]) == 1
+    err = capsys.readouterr().err
+    assert "No sidecar `model.engine.enn.json`" in err and str(tmp_path) in err
 
 
 @pytest.mark.slow

@@ -157,9 +157,9 @@ def test_import_enn_nb_stays_light() -> None:
 
 def test_load_ext_stays_light() -> None:
     # `%load_ext enn_nb` imports the magics module: the engine's vocabulary, but no torch, no torch.export
-    # machinery, no schema compiler and no package-metadata scan (importlib.metadata pulls email, zipfile...)
+    # machinery, no JSON-schema compiler and no package-metadata scan (importlib.metadata pulls email, zipfile...)
     code = "import sys; import enn_nb.surfaces.notebook.magics; print(' '.join(sorted(sys.modules)))"
     loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                 timeout=120).stdout.split())
-    assert not {"torch", "numpy", "importlib.metadata", "email", "enn_nb.engine.capture", "enn_nb._schema_check",
+    assert not {"torch", "numpy", "importlib.metadata", "email", "enn_nb.engine.capture", "fastjsonschema", "jsonschema",
                 "enn_nb.engine.isolate", "enn_nb.checkpoint.api"} & loaded

@@ -95,7 +95,8 @@ def test_artifact_table_has_status_error_and_latency_per_batch(passed):
     text = tables[0]["text/plain"]
     rows = {line.split()[0]: line for line in text.splitlines()[1:]}
     assert {"onnx", "pt2", "eager"} <= set(rows)
-    assert re.search(r"onnx\s+ok( \(cached\))?\s+verified\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
+    # the session's export cache starts empty (conftest): the first export of this checkpoint is not a cache hit
+    assert re.search(r"onnx\s+ok\s+verified\s+model\.onnx\s+[\d.]+ KiB\s+\d\.\d\de-\d\d", rows["onnx"]), rows["onnx"]
     assert "latency, batch 4" in text and re.search(r"ms ±[\d.e-]+ IQR, batch 4, 1 thread", rows["onnx"])
     assert "href='export_report-artifacts/model.onnx'" in tables[0]["text/html"]
 

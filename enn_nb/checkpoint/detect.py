@@ -10,6 +10,10 @@ from pathlib import Path
 from enn_nb._safeio import MAX_JSON_BYTES, json_loads, read_capped, read_head
 from enn_nb.errors import CorruptCheckpointError, IncompleteCheckpointError, NotACheckpointError, UnknownNameError
 
+from .schema import FORMATS
+
+_NAMED = ", ".join(f'"{name}"' for name in FORMATS[:-1]) + f' or "{FORMATS[-1]}"'
+
 PT_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 FORMAT_ALIASES = {"pt": "pt", "pth": "pt", "torch": "pt", "safetensors": "safetensors", "dcp": "dcp"}
@@ -51,9 +55,9 @@ def save_format(path: Path, format: str | None) -> str:
     raise UnknownNameError(
         f"Cannot tell the checkpoint format from the suffix `{suffix}` of `{path}`. Use `.pt`/`.pth`, "
         "`.safetensors`, a path without suffix (a DCP directory), or pass `format=` "
-        "(\"pt\", \"safetensors\" or \"dcp\").",
+        f"({_NAMED}).",
         name=suffix,
-        known=["pt", "safetensors", "dcp"],
+        known=list(FORMATS),
     )
 
 

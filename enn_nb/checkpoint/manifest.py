@@ -17,10 +17,9 @@ from enn_nb.model.spec import SPEC_FIELDS, ModelSpec, jsonable
 
 from .display import manifest_html, manifest_text
 from .migrations import migrate
-from .schema import SCHEMA_ID
+from .schema import FORMATS, SCHEMA_ID  # noqa: F401 (FORMATS re-exported)
 from .schema import validate as validate_document
 
-FORMATS = ("pt", "safetensors", "dcp")
 _SPEC_KEYS = tuple(name for name in SPEC_FIELDS if name != "metadata")
 
 

@@ -15,6 +15,8 @@ from enn_nb.errors import CorruptCheckpointError, SchemaVersionError
 SCHEMA_NAME = "enn_nb.checkpoint"
 CURRENT_VERSION = 2
 SCHEMA_ID = f"{SCHEMA_NAME}/{CURRENT_VERSION}"
+#: The checkpoint formats, listed once (the schema file's ``format`` enum is tested against it).
+FORMATS: tuple[str, ...] = ("pt", "safetensors", "dcp")
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schemas" / "checkpoint.schema.json"
 
 _ID = re.compile(r"^enn_nb\.checkpoint/(\d+)$")

@@ -200,7 +200,7 @@ def export(
     for result in report.results:  # logged from the calling thread (lanes run in their own)
         log.info("%s", result.summary())
     log.info("export finished in %.2fs -> %s", report.total_s, settings.out)
-    _raise_if_needed(report, settings.strict)
+    _raise_if_needed(report, settings)
     return report
 
 
@@ -422,15 +422,17 @@ def _save_module(module: Any, workdir: Path) -> str | None:
     return str(path)
 
 
-def _raise_if_needed(report: ExportReport, strict: bool) -> None:
+def _raise_if_needed(report: ExportReport, settings: ExportSettings) -> None:
     fast = next((r for r in report.results if r.error_type == "FastPathExportError"), None)
     if fast is not None:
         exc = FastPathExportError(fast.error or "", fast_path=fast.fast_path or "")
         exc.report = report  # type: ignore[attr-defined]
         raise exc
-    if not strict:
+    if not settings.strict:
         return
     for r in report.results:
+        if not settings.fails(r.status):  # with `all`, a backend that cannot convert here is listed, not failing
+            continue
         if r.status == "mismatch":
             worst = max(r.parity.get("cases", []), key=lambda c: c["max_abs_err"], default={})
             tol = r.parity.get("tolerance", {})

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from enn_nb.checkpoint.schema import FORMATS
 from enn_nb.surfaces.cli.command import add_command
 
 
@@ -36,7 +37,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("src", help="the checkpoint to read")
     p.add_argument("dst", help="where to write: .pt/.pth, .safetensors, or a directory for DCP")
-    p.add_argument("--format", choices=["pt", "safetensors", "dcp"], default=None,
+    p.add_argument("--format", choices=FORMATS, default=None,
                    help="the destination format (default: from DST's suffix)")
 
 

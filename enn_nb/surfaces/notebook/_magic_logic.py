@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from enn_nb._safeio import check_example_shape, escape
 from enn_nb._yaml import safe_load
+from enn_nb.checkpoint.schema import FORMATS
 from enn_nb.errors import (
     BrokenDependencyError,
     EnnError,
@@ -33,11 +34,11 @@ if TYPE_CHECKING:
     from enn_nb.engine.settings import ExportSettings
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
-SAVE_FORMATS = ("pt", "safetensors", "dcp")
+SAVE_FORMATS = FORMATS
 
 #: Keys of the ``%%enn_export`` YAML body and what each one takes (shown when a key is unknown).
 EXPORT_KEYS: dict[str, str] = {
-    "backends": "list of backend names, or `all` (every backend available here)",
+    "backends": "list of backend names, `all` (every registered backend) or `available` (every one that converts here)",
     "out_dir": "output directory",
     "dynamic_batch": "true/false",
     "batch_range": "[min, opt, max] batch sizes",
