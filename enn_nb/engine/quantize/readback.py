@@ -50,7 +50,7 @@ def _fractions(found: dict[str, Any]) -> dict[str, Any]:
 # -- ONNX -------------------------------------------------------------------------------------------------------
 def _onnx(path: Path) -> dict[str, Any]:
     import onnx
-    from onnx import TensorProto, numpy_helper  # noqa: F401 - numpy_helper keeps onnx's helpers loaded
+    from onnx import TensorProto
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
