@@ -190,12 +190,20 @@ def _pte(path: Path) -> dict[str, Any]:
                 out = by_id.get(node["xnode_union"].get("output_id"))
                 dtype = out["datatype"] if out else ""
                 (quantized if "int" in dtype else floating)[kind] += 1
-    activation = "float32"
-    if activations:
-        top = max(activations, key=lambda k: activations[k])
-        activation = "int8" if top in ("int8", "uint8") else ("float32" if "dynamic" in top else top)
+    activation = _activation_dtype(activations)
     return {"format": "pte", "weights": dict(weights), "activation_dtype": activation, "quantized_ops": quantized,
             "float_ops": floating, "qdq_nodes": qdq, "int8_tensors": int8_tensors}
+
+
+def _activation_dtype(activations: Counter[str]) -> str:
+    """``int8`` when any intermediate tensor is statically quantized (ops left in float are listed apart, in
+    ``float_ops``); else the most common intermediate dtype (a dynamically quantized one counts as float32)."""
+    if activations.get("int8") or activations.get("uint8"):
+        return "int8"
+    if not activations:
+        return "float32"
+    top = max(activations, key=lambda k: activations[k])
+    return "float32" if "dynamic" in top else top
 
 
 def _xnnpack_graph(blob: bytes) -> dict[str, Any]:
@@ -244,7 +252,7 @@ def _tflite(path: Path) -> dict[str, Any]:
             continue
         dtypes = {np.dtype(tensors[i]["dtype"]).name for i in op["inputs"] if i >= 0 and i in tensors}
         (quantized if dtypes & {"int8", "uint8", "int16"} else floating)[name] += 1
-    top = max(activations, key=lambda k: activations[k]) if activations else "float32"
+    top = _activation_dtype(activations)
     io = sorted({np.dtype(t["dtype"]).name for t in [*interp.get_input_details(), *interp.get_output_details()]})
     return {"format": "tflite", "weights": dict(weights), "activation_dtype": top, "quantized_ops": quantized,
             "float_ops": floating, "qdq_nodes": qdq, "int8_tensors": int8_tensors, "io_dtypes": io}
