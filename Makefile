@@ -44,6 +44,7 @@ benchmarks: env
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/load_ext.py
 	$(PY) benchmarks/attack_campaign.py
+	$(PY) benchmarks/quantize.py
 
 clean:
 	rm -rf "$(OUT)" .cache .pytest_cache

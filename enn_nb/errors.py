@@ -4,7 +4,8 @@
 
     EnnError
     ├── SpecError (ValueError)              a ModelSpec / example input that does not fit
-    │   └── InputMismatchError              wrong in_dim, shape or dtype at a model's boundary
+    │   ├── InputMismatchError              wrong in_dim, shape or dtype at a model's boundary
+    │   └── CalibrationError                calibration / eval data that is empty, non-finite or unreadable
     ├── UnknownNameError (KeyError)         a registry lookup: builder, backend, template, format
     ├── MissingDependencyError (ImportError) an optional package is not installed (names the extra)
     ├── BrokenDependencyError (ImportError) an optional package is installed but fails to import
@@ -23,6 +24,9 @@
     │   ├── ParityError                     artifact output differs from eager beyond tolerance
     │   ├── StaticDimError                  strict=True and a declared dynamic dim ended up static (torch's reason)
     │   ├── OptionError (ValueError)        a backend option that is unknown, of the wrong type or out of range
+    │   │   └── QuantizeModeError           a `quantize` mode the backend does not support (lists what it does)
+    │   ├── QuantizationError               the quantizer failed, or its artifact is not what was asked (float)
+    │   ├── AccuracyBudgetError             a quantized artifact is `degraded`: over its accuracy budget
     │   ├── UnsafeArtifactError             an artifact whose loading would run untrusted code
     │   ├── NotAnArtifactError (ValueError) `verify` on a path that is missing or a checkpoint, not an artifact
     │   └── OutputDirError (OSError)        the output directory cannot be written
@@ -71,6 +75,10 @@ class InputMismatchError(SpecError):
         super().__init__(message)
         self.expected = expected
         self.received = received
+
+
+class CalibrationError(SpecError):
+    """Calibration or evaluation data that cannot be used: empty, NaN/inf, an unreadable file, a bad type."""
 
 
 class UnknownNameError(EnnError, KeyError):
@@ -235,6 +243,23 @@ class OptionError(ExportError, ValueError):
         self.option = option
         self.value = value
         self.known = list(known or [])
+class QuantizeModeError(OptionError):
+    """A ``quantize`` mode that a backend does not support; ``known`` lists the modes it does."""
+
+
+class QuantizationError(ExportError):
+    """A quantizer failed, or the artifact it wrote is not what was asked (e.g. still all float)."""
+
+
+class AccuracyBudgetError(ExportError):
+    """A quantized artifact's error against the float model is over its ``accuracy_budget`` (status ``degraded``)."""
+
+    def __init__(self, message: str, *, backend: str = "", figures: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.figures = dict(figures or {})
+
+
 class UnsafeArtifactError(ExportError):
     """Loading the artifact would run code: pickles in a .pt2, or an AOTI package without ``trust=True``."""
 

@@ -46,7 +46,8 @@ def test_papermill_parameters_are_the_documented_ones(name):
 def test_expected_parameter_names():
     # The names the issue and the wizard's "Save as report" rely on.
     assert [n for n, _ in documented_parameters("export_report")] == [
-        "checkpoint", "backends", "out_dir", "batch_sizes", "atol", "rtol", "model", "options", "threads", "title", "author"]
+        "checkpoint", "backends", "out_dir", "batch_sizes", "atol", "rtol", "model", "options", "quantize", "calibration",
+        "eval_data", "accuracy_budget", "allow_degraded", "threads", "title", "author"]
     assert [n for n, _ in documented_parameters("checkpoint_report")] == ["checkpoint", "other", "title", "author"]
 
 

@@ -260,7 +260,7 @@ def lookup(plan: Plan, settings: ExportSettings) -> BackendResult | None:
 
     out = settings.out
     started = time.perf_counter()
-    side = sc.sidecar_path(out / plan.backend.artifact_name(settings.stem))
+    side = sc.sidecar_path(out / plan.artifact_name(settings.stem))
     data = _valid_cached(side, plan.key, out)
     if data is None:
         names = _stored_listing(plan.key)

@@ -38,6 +38,11 @@ class RunInfo:
     program: str | None = None  # cache.program_digest of the captured program (sidecar `details.program_sha256`)
     shared_log: OutputLog = dataclasses.field(default_factory=OutputLog)  # captured in the shared stages
     static_dims: dict[str, str] = dataclasses.field(default_factory=dict)  # declared dynamic, static: why
+    quant: Any = None  # quantize.run.QuantData: calibration/evaluation data of quantized plans
+
+    @property
+    def signature_outputs(self) -> list[str]:
+        return [o["name"] for o in (self.signature or {}).get("outputs", [])]
 
 
 def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: float) -> BackendResult:
@@ -89,6 +94,18 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
 
     conv = unit.conversion
     status, parity_block = _parity_block(plan, unit, info)
+    quantization = None
+    if plan.quantize:
+        from enn_nb.engine.quantize.calibration import DRAWN_WARNING
+        from enn_nb.engine.quantize.run import quantization_block
+
+        status, quantization, problem = quantization_block(plan, unit, info)
+        if info.quant.drawn:
+            notes = [*notes, DRAWN_WARNING]
+        if problem is not None:
+            error = ErrorInfo(type="QuantizationError", message=f"`{plan.name}`: {problem}")
+            return finish_failed(plan, "verify", error, info, timings=timings, t0=t0, notes=notes, log=unit.log,
+                                 quantization=quantization)
     details = dict(conv.details or {})
     if info.program is not None:
         details["program_sha256"] = info.program  # what `verify` compares a .pt2's own program with
@@ -117,6 +134,7 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
         deferred=conv.deferred,
         conversion_path=dict(conv.path) if conv.path else {"name": "shared", "costs": []},
         cache_key=plan.key if status == "ok" else None,
+        **({"quantization": quantization} if quantization is not None else {}),
     )
     if status == "mismatch":  # a mismatch always says by how much, where, and against which tolerance
         from enn_nb.engine.parity import mismatch_message
@@ -131,6 +149,9 @@ def _parity_block(plan: Plan, unit: UnitResult, info: RunInfo) -> tuple[str, dic
     conv = unit.conversion
     if conv.deferred:
         return "deferred", {"status": "not_run", "reason": f"deferred: {conv.deferred}"}
+    if plan.quantize:
+        return "ok", {"status": "not_run", "reason": "a quantized artifact is measured against the float model on an "
+                      "evaluation set (see `quantization.accuracy`), not held to fp32 tolerances"}
     if unit.parity is None:
         return "ok", {"status": "not_run", "reason": "verify=False"}
 
@@ -174,9 +195,12 @@ def finish_failed(
     t0: float | None = None,
     notes: list[str] | None = None,
     log: OutputLog | None = None,
+    quantization: dict[str, Any] | None = None,
 ) -> BackendResult:
     """Write the sidecar of a backend that did not make an artifact (``error`` says why) and its result."""
     data = _sidecar_common(plan, info)
+    if quantization is not None:
+        data["quantization"] = quantization
     block = error.sidecar()
     if error.missing:
         block["message"] = _missing_line(plan, error)
@@ -212,7 +236,7 @@ def _write_result(plan: Plan, data: dict[str, Any], timings: dict[str, float], t
                   own_log: OutputLog | None = None) -> BackendResult:
     out = info.settings.out
     started = time.perf_counter()
-    name = plan.backend.artifact_name(info.settings.stem)
+    name = plan.artifact_name(info.settings.stem)
     side = sc.sidecar_path(out / name)
     log = OutputLog().extend(info.shared_log).extend(own_log)
     file = None
@@ -254,6 +278,7 @@ def _sidecar_common(plan: Plan, info: RunInfo) -> dict[str, Any]:
         "provenance": dict(settings.provenance) if settings.provenance else None,
         "metadata": dict(settings.metadata) or None,
         "parity": {"status": "not_run", "reason": "the export did not reach verification"},
+        **({"quantization": {"mode": plan.quantize}} if plan.quantize else {}),
         **({"signature": info.signature} if info.signature else {}),
         **({"static_dims": dict(info.static_dims)} if info.static_dims else {}),
     }

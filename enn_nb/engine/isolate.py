@@ -74,6 +74,9 @@ class Task:
     verify: bool
     tolerance: tuple[float, float]
     cases: list[Any]  # parity.Case
+    quantize: str | None = None  # the mode of a quantized artifact (then evaluated, not parity-checked)
+    calibration: list[Any] | None = None  # batches of numpy arrays, in input order
+    eval_inputs: list[Any] | None = None  # one numpy array per input: the evaluation rows
 
 
 # -- the work unit, shared by both modes ---------------------------------------------------------------
@@ -90,7 +93,12 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
         # captured, not printed; emit() stays outside: a progress callback's prints belong to the user
         with capture(f"{task.name} convert") as got:
             try:
-                conv = backend.convert(job, out_path, dict(task.options))
+                if task.quantize:
+                    from enn_nb.engine.quantize.run import convert as quantized
+
+                    conv = quantized(backend, job, out_path, task.options, task.quantize, task.calibration or [])
+                else:
+                    conv = backend.convert(job, out_path, dict(task.options))
             finally:
                 out.log.extend(got)
         out.timings["convert"] = time.perf_counter() - started
@@ -123,9 +131,15 @@ def run_unit(backend: Any, job: Any, task: Task, emit: Emit) -> UnitResult:
         with capture(f"{task.name} verify") as got:
             try:
                 runner = backend.load(artifact, dict(task.options))
-                out.parity = check_artifact(runner, task.cases, dynamic=bool(conv.dynamic_batch),
-                                            atol=task.tolerance[0], rtol=task.tolerance[1],
-                                            probe_static=backend.refuses_other_shapes)
+                if task.quantize:  # accuracy against the float model, measured by the parent
+                    from enn_nb.engine.quantize.run import evaluate
+
+                    static = int(job.example_inputs[0].shape[0]) if job.example_inputs else 1
+                    out.eval_outputs = evaluate(runner, task.eval_inputs or [], bool(conv.dynamic_batch), static)
+                else:
+                    out.parity = check_artifact(runner, task.cases, dynamic=bool(conv.dynamic_batch),
+                                                atol=task.tolerance[0], rtol=task.tolerance[1],
+                                                probe_static=backend.refuses_other_shapes)
                 if conv.embedded_metadata:
                     out.metadata = backend.read_metadata(artifact)
             finally:

@@ -35,6 +35,7 @@ class LaneContext:
     should_stop: Callable[[], bool] | None
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
+    quant: Any = None  # quantize.run.QuantData when the export makes quantized artifacts
 
 
 def split_lanes(todo: list[Plan], workers: int | None) -> list[list[Plan]]:
@@ -88,11 +89,14 @@ def _run_plan(plan: Plan, worker: Worker | None, ctx: LaneContext) -> None:
     task = Task(
         name=plan.name,
         backend_ref=importable_reference(type(plan.backend)) or "",
-        out_path=str(stage_dir / plan.backend.artifact_name(settings.stem)),
+        out_path=str(stage_dir / plan.artifact_name(settings.stem)),
         options=plan.options,
         verify=settings.verify,
         tolerance=plan.tolerance,
-        cases=ctx.cases,
+        cases=[] if plan.quantize else ctx.cases,
+        quantize=plan.quantize,
+        calibration=ctx.quant.calibration if plan.quantize and ctx.quant else None,
+        eval_inputs=ctx.quant.eval_inputs if plan.quantize and ctx.quant else None,
     )
     last_stage = ["convert"]  # where a crashing child was
 

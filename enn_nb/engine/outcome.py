@@ -91,3 +91,4 @@ class UnitResult:
     shared_timings: dict[str, float] = dataclasses.field(default_factory=dict)  # the worker's shared ONNX export
     crash: Crash | None = None
     log: Any = None  # an outlog.OutputLog: what converting and verifying warned and printed (captured)
+    eval_outputs: Any = None  # a quantized artifact's (outputs, rows run) on the evaluation set

@@ -37,11 +37,14 @@ from enn_nb.engine.outcome import ErrorInfo
 from enn_nb.engine.outlog import OutputLog, capture
 from enn_nb.engine.parity import VECTORS_SUFFIX, mismatch_message
 from enn_nb.engine.plan import Emitter, Plan, Progress, cancel, stopped
+from enn_nb.engine.quantize.modes import label
+from enn_nb.engine.quantize.run import prepare_data
 from enn_nb.engine.registry import get_backend
 from enn_nb.engine.report import ExportReport, static_note
 from enn_nb.engine.safe import export_safe
 from enn_nb.engine.settings import ExportSettings
 from enn_nb.errors import (
+    AccuracyBudgetError,
     BackendError,
     EnnError,
     FastPathExportError,
@@ -84,6 +87,11 @@ def export(
     stem: str = "model",
     safe: bool = True,
     workers: int | None = None,
+    quantize: Any = None,
+    calibration: Any = None,
+    eval_data: Any = None,
+    accuracy_budget: Any = None,
+    accuracy_metric: Callable[..., Any] | None = None,
     settings: ExportSettings | None = None,
     quiet: bool = False,
     storage_options: Mapping[str, Any] | None = None,
@@ -123,6 +131,20 @@ def export(
             fail with FastPathExportError naming it.
         workers: child processes converting side by side when isolated (default: up to 4, at most
             the CPU count). Backends consuming ONNX share one child and the one ONNX file.
+        quantize: quantized artifacts to make beside the float ones, with each runtime's own quantizer:
+            ``"fp16"``, ``"int8-weights"`` (dynamic-range) or ``"int8"`` (static, calibrated), a list of
+            modes, or ``{backend: mode(s)}``. Each gets its own row ``backend:mode`` and file
+            (``model.int8.onnx``); a mode a backend does not support is refused before any work.
+        calibration: inputs for ``int8``: a tensor, a tuple of tensors (one batch), a list of batches, a
+            DataLoader or any iterable (at most 256 batches are read), a callable returning them, or a
+            ``.safetensors`` file of inputs. None: drawn from the signature, and every report says so.
+        eval_data: inputs the quantized artifacts are evaluated on against the float model (same forms);
+            None: a held-back quarter of ``calibration``, else drawn inputs (labelled).
+        accuracy_budget: a quantized artifact whose error is over it gets status ``degraded``: a number
+            (per output, RMSE of the difference as a fraction of the float output's std; default 0.03)
+            or ``{"rmse_rel", "max_abs", "mean_abs", "metric"}``.
+        accuracy_metric: ``metric(float_outputs, quantized_outputs) -> float`` (lists of numpy arrays, one
+            per output), recorded for each quantized artifact and bounded by ``accuracy_budget["metric"]``.
         settings: instead of ``backends``, ``out_dir`` and the other export arguments above: the
             :class:`ExportSettings` a surface made with ``ExportSettings.from_call`` (the magics, the
             wizard, the CLI and the report templates do).
@@ -139,7 +161,10 @@ def export(
         InputMismatchError: example inputs that do not fit the signature, or that the model rejects (names
             the input, the expected and the received signature).
         FastPathExportError: ``safe=False`` and a fast path made capture or conversion fail.
-        ParityError / BackendError / MissingDependencyError: only with ``strict=True``.
+        QuantizeModeError: a ``quantize`` mode a backend does not support (raised before any work).
+        InputMismatchError / CalibrationError: calibration or evaluation data that does not fit the signature,
+            is empty or holds NaN/inf (raised before any conversion; nothing written).
+        ParityError / BackendError / MissingDependencyError / AccuracyBudgetError: only with ``strict=True``.
         SideEffectError: called by importing a module (a ``--model`` factory, an export worker): nothing written.
     """
     _reentry.check("enn_nb.export")
@@ -152,12 +177,17 @@ def export(
             backends, out_dir, dynamic_batch=dynamic_batch, batch_range=batch_range, verify=verify,
             tolerances=tolerances, isolate=isolate, cache=cache, strict=strict, options=options, metadata=metadata,
             provenance=provenance, stem=stem, safe=safe, workers=workers, storage_options=storage_options,
+            quantize=quantize, calibration=calibration, eval_data=eval_data, accuracy_budget=accuracy_budget,
+            accuracy_metric=accuracy_metric,
         )
     elif backends is not None or out_dir is not None:
         raise SpecError("`export` takes either `settings=` or `backends` and `out_dir`, not both.")
+    elif any(v is not None for v in (quantize, calibration, eval_data, accuracy_budget, accuracy_metric)):
+        raise SpecError("`export(settings=...)` takes `quantize`, `calibration`, `eval_data`, `accuracy_budget` and "
+                        "`accuracy_metric` from the settings: pass them to `ExportSettings.from_call`.")
     if settings.provenance is None:
         settings = dataclasses.replace(settings, provenance=from_kernel())
-    emit = Emitter(progress, total=len(settings.names))
+    emit = Emitter(progress, total=len(settings.names) + sum(len(m) for m in settings.quantize.values()))
 
     with capture("load") as loading:  # a checkpoint's load runs its self-check: the model's own warnings
         model, source, loaded_spec = load_source(model_or_checkpoint, storage_options or settings.storage_options)
@@ -167,6 +197,10 @@ def export(
     report = ExportReport(results=[], out_dir=settings.out, source=source)
     info = RunInfo(settings=settings, spec=spec, source=source, report=report, signature=io.to_dict())
     _shared_log(info, loading)
+    if settings.quantize:  # the data is checked before any conversion: bad calibration writes nothing
+        info.quant = prepare_data(settings, model, spec, inputs, io)  # not captured: the drawn-data warning is loud
+        report.quantization = {**info.quant.sources, "drawn_inputs": info.quant.drawn,
+                               "budget": dict(settings.accuracy_budget)}
 
     plans = _plans(settings)
     try:
@@ -212,7 +246,10 @@ def _plans(settings: ExportSettings) -> list[Plan]:
         backend = settings.backend(i)
         opts = {**backend.default_options, **dict(settings.options.get(name, {}))}
         # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
-        plans.append(Plan(i, name, backend, opts, settings.tolerances.resolve(name, backend.default_tolerance)))
+        tolerance = settings.tolerances.resolve(name, backend.default_tolerance)
+        plans.append(Plan(len(plans), name, backend, opts, tolerance))
+        for mode in settings.quantize.get(name, ()):  # each quantized artifact is a row of its own
+            plans.append(Plan(len(plans), label(name, mode), get_backend(name), dict(opts), tolerance, quantize=mode))
     return plans
 
 
@@ -234,6 +271,9 @@ def _take_hits(todo: list[Plan], inputs: tuple[torch.Tensor, ...], cases: list[A
     digest = {"program": info.program, "inputs": tensors_digest(inputs)}
     left = []
     for plan in todo:
+        if plan.quantize:  # a quantized one depends on data and a metric: never cached
+            left.append(plan)
+            continue
         plan.key = export_key(plan, digest, info.spec, info.source, info.settings)
         hit = lookup(plan, info.settings)
         started = time.perf_counter()
@@ -338,7 +378,7 @@ def _run(
                 worker.configure(setup)
 
         ctx = LaneContext(job=job, shared=shared, info=info, cases=cases if settings.verify else [],
-                          notes=list(capture_notes), emit=emit, should_stop=should_stop)
+                          notes=list(capture_notes), emit=emit, should_stop=should_stop, quant=info.quant)
         _run_lanes(lanes, pool, ctx)
         for plan in todo:  # a lane that died of an unexpected error leaves its plans unfinished
             if plan.result is None:
@@ -493,6 +533,13 @@ def _raise_if_needed(report: ExportReport, settings: ExportSettings) -> None:
                 max_rel_err=float(r.max_rel_err or float("nan")),
                 atol=float(tol.get("atol", float("nan"))),
                 rtol=float(tol.get("rtol", float("nan"))),
+            )
+        elif r.status == "degraded":
+            acc = (r.quantization or {}).get("accuracy") or {}
+            exc = AccuracyBudgetError(
+                f"`{r.backend}` is over its accuracy budget against the float model: "
+                + "; ".join(acc.get("over_budget") or []) + ". Pass a larger `accuracy_budget`, better calibration "
+                "data, or another mode.", backend=r.backend, figures=acc,
             )
         elif r.status == "unavailable":
             extra = getattr(_backend_safe(r.backend), "extra", "")

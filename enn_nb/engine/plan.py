@@ -28,6 +28,11 @@ class Plan:
     key: str | None = None
     result: BackendResult | None = None
     notes: list[str] = dataclasses.field(default_factory=list)  # this backend's own (a refused cache entry)
+    quantize: str | None = None  # the mode of a quantized artifact (``name`` is then ``backend:mode``)
+
+    def artifact_name(self, stem: str) -> str:
+        """``model.onnx``, or ``model.int8.onnx`` for a quantized plan."""
+        return self.backend.artifact_name(f"{stem}.{self.quantize}" if self.quantize else stem)
 
 
 class Emitter:

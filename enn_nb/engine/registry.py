@@ -68,11 +68,12 @@ def backend_names() -> list[str]:
 
 
 def get_backend(name: str) -> Backend:
-    """A fresh instance of the backend called ``name``.
+    """A fresh instance of the backend called ``name`` (a quantized row's label ``onnx:int8`` names ``onnx``).
 
     Raises:
         UnknownNameError: unknown name; the message suggests the closest and lists the known ones.
     """
+    name = name.partition(":")[0]  # the row label of a quantized artifact (enn_nb.engine.quantize.modes.label)
     cls = _registry.get(name)
     instance = cls()
     if not instance.name:
@@ -147,6 +148,7 @@ class BackendInfo:
         error: the backend's module failed to import (a broken plugin).
         deferred: why a conversion here only prepares the artifact (TensorRT without TensorRT or CUDA):
             ``available`` (it converts) yet the table says ``no (deferred)``, the artifact is finished elsewhere.
+        quantize: the ``quantize`` modes it supports (``Backend.quantize_modes``).
     """
 
     name: str
@@ -161,6 +163,7 @@ class BackendInfo:
     runtime_reason: str | None = None
     error: str | None = None
     deferred: str | None = None
+    quantize: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,10 +179,11 @@ class BackendTable(list):
         """The backends as a :class:`~enn_nb.table.Table`."""
         rows = [
             [Cell(r.name, code=True), r.suffix or "-", "no (deferred)" if r.available and r.deferred else r.available,
-             r.runtime_available, r.reason or r.deferred or r.runtime_reason or r.error or r.description]
+             r.runtime_available, ", ".join(r.quantize) or "-",
+             r.reason or r.deferred or r.runtime_reason or r.error or r.description]
             for r in self
         ]
-        return Table(("backend", "suffix", "available", "runtime here", "install / reason"), rows,
+        return Table(("backend", "suffix", "available", "runtime here", "quantize", "install / reason"), rows,
                      css_class="enn-backends")
 
     def __str__(self) -> str:
@@ -227,6 +231,7 @@ def info(name: str, backend: Backend) -> BackendInfo:
         runtime_available=runtime_reason is None,
         runtime_reason=runtime_reason,
         deferred=backend.deferred_reason() if reason is None else None,
+        quantize=tuple(getattr(backend, "quantize_modes", None) or ()),
     )
 
 

@@ -21,7 +21,7 @@ class BackendResult:
     """The outcome of one backend in one export.
 
     Attributes:
-        backend: registry name.
+        backend: registry name (``onnx``), or ``backend:mode`` for a quantized artifact (``onnx:int8``).
         status: one of :data:`STATUSES`.
         cached: the artifact came from the export cache (nothing was converted).
         artifact: the artifact's path (None unless written).
@@ -41,6 +41,8 @@ class BackendResult:
             specialises them), each with the constraint torch reported.
         log: the sidecar's ``log``: counts of the warnings and output lines captured while this
             backend converted and verified (the export's shared stages included), and the log file.
+        quantization: for a quantized artifact (``backend`` is ``onnx:int8``): the mode, what the artifact
+            holds (read back), the calibration/evaluation data and the accuracy against the float model.
     """
 
     backend: str
@@ -66,6 +68,7 @@ class BackendResult:
     outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     log: dict[str, Any] = dataclasses.field(default_factory=dict)
     static_dims: dict[str, str] = dataclasses.field(default_factory=dict)
+    quantization: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -99,7 +102,13 @@ class BackendResult:
             outputs=list(data.get("outputs") or []),
             log=dict(data.get("log") or {}),
             static_dims=dict(data.get("static_dims") or {}),
+            quantization=data.get("quantization"),
         )
+
+    @property
+    def quantize(self) -> str | None:
+        """The quantize mode of this artifact (``backend`` is then ``onnx:int8``), None for a float one."""
+        return (self.quantization or {}).get("mode")
 
     @property
     def ok(self) -> bool:
@@ -185,6 +194,8 @@ class ExportReport:
         source: where the model came from (``{"kind": "model"|"checkpoint", ...}``).
         log: every warning and output line captured during the export instead of being printed
             (each backend's share is in its sidecar and ``<artifact>.enn.log``).
+        quantization: when quantized artifacts were asked: where the calibration and evaluation data came
+            from (``drawn_inputs`` True: synthetic, the accuracy predicts nothing) and the budget.
     """
 
     results: list[BackendResult]
@@ -199,6 +210,7 @@ class ExportReport:
     #: the URL the export was uploaded to (``out_dir`` is then the local staging folder) and the URLs written
     uploaded_to: str | None = None
     uploaded: list[str] = dataclasses.field(default_factory=list)
+    quantization: dict[str, Any] | None = None  # the data quantized rows were calibrated and evaluated on
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(self.results)
@@ -225,7 +237,7 @@ class ExportReport:
 
     @property
     def failed(self) -> list[BackendResult]:
-        """Results that count as a failure of the export: failed, mismatch, crashed, unavailable."""
+        """Results that count as a failure of the export: failed, mismatch, degraded, crashed, unavailable."""
         return [r for r in self.results if r.status in FAILED_STATUSES]
 
     @property
@@ -255,6 +267,13 @@ class ExportReport:
     def artifacts(self) -> dict[str, Path]:
         return {r.backend: r.artifact for r in self.results if r.artifact is not None}
 
+    def quantization_table(self, latency: dict[str, float] | None = None) -> Table:
+        """One row per quantized artifact (backend x mode): size and latency against the float artifact of the
+        same backend, what it holds (read back) and its accuracy change (``engine/quantize/table.py``)."""
+        from enn_nb.engine.quantize.table import table
+
+        return table(self.results, latency)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "out_dir": str(self.out_dir),
@@ -270,6 +289,7 @@ class ExportReport:
             "deviations": self.deviations,
             "source": self.source,
             "results": [r.to_dict() for r in self.results],
+            "quantization": self.quantization,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -308,14 +328,16 @@ class ExportReport:
                      max_width=100)
 
     def __str__(self) -> str:
-        return str(self.table())
+        quantized = any(r.quantize for r in self.results)
+        return str(self.table()) + (f"\n\n{self.quantization_table()}" if quantized else "")
 
     def __repr__(self) -> str:
         statuses = ", ".join(f"{r.backend}={r.status}" for r in self.results)
         return f"ExportReport({statuses}, out_dir={str(self.out_dir)!r})"
 
     def _repr_html_(self) -> str:
-        return self.table()._repr_html_()
+        quantized = any(r.quantize for r in self.results)
+        return self.table()._repr_html_() + (self.quantization_table()._repr_html_() if quantized else "")
 
 
 def static_note(static_dims: dict[str, str]) -> str:

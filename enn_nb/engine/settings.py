@@ -63,6 +63,13 @@ class ExportSettings:
     upload_to: str | None = None
     #: fsspec options for the URLs (never written anywhere, never shown)
     storage_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    #: ``{backend: (mode, ...)}``: quantized artifacts to make beside each float one (``engine/quantize``)
+    quantize: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    calibration: Any = None  # the user's calibration data, as given (checked once the signature is known)
+    eval_data: Any = None
+    accuracy_budget: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    accuracy_metric: Any = None
+    allow_degraded: bool = False  # a quantized artifact over its budget does not fail the request (`fails`)
 
     @classmethod
     def from_call(cls, backends: str | Sequence[str], out_dir: str | os.PathLike[str], **given: Any) -> ExportSettings:
@@ -72,11 +79,15 @@ class ExportSettings:
             UnknownNameError: an unknown backend.
             ValueError (SpecError, OptionError): a bad stem, batch range, options or tolerances; options are
                 checked against each backend's declaration (``enn_nb.engine.options``).
+            QuantizeModeError: a ``quantize`` mode a backend does not support (lists what it does).
             OutputDirError: ``out_dir`` cannot be written.
         """
+        from enn_nb.engine.quantize.modes import check_metric, parse_budget, parse_quantize
 
         resolved, named, skipped = resolve_request(backends)
         names = tuple(resolved)
+        quantize = parse_quantize(given.get("quantize"), names)  # refused before out_dir is created
+        budget, metric = parse_budget(given.get("accuracy_budget")), check_metric(given.get("accuracy_metric"))
         workers = given.get("workers")
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise SpecError(f"`workers` is {workers!r}; give a positive number of child processes, or None.")
@@ -105,6 +116,12 @@ class ExportSettings:
             named=named,
             skipped=skipped,
             instances=tuple(get_backend(name) for name in names),
+            quantize=quantize,
+            calibration=given.get("calibration"),
+            eval_data=given.get("eval_data"),
+            accuracy_budget=budget,
+            accuracy_metric=metric,
+            allow_degraded=bool(given.get("allow_degraded", False)),
         )
 
     def backend(self, index: int) -> Backend:
@@ -112,8 +129,9 @@ class ExportSettings:
         return self.instances[index] if len(self.instances) == len(self.names) else get_backend(self.names[index])
 
     def fails(self, status: str) -> bool:
-        """Whether a backend result's ``status`` fails this request (``unavailable`` only for a named backend)."""
-        return fails(status, named=self.named)
+        """Whether a backend result's ``status`` fails this request (``unavailable`` only for a named backend,
+        ``degraded`` unless ``allow_degraded``)."""
+        return fails(status, named=self.named, allow_degraded=self.allow_degraded)
 
     @property
     def onnx_options(self) -> dict[str, Any]:

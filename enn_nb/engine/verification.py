@@ -51,6 +51,11 @@ def verification(result: Any) -> Verification:
     """The :class:`Verification` of a ``BackendResult`` (or any object with ``status``, ``parity``...)."""
     status = str(result.status)
     parity = dict(getattr(result, "parity", None) or {})
+    accuracy = (getattr(result, "quantization", None) or {}).get("accuracy")
+    if status == "ok" and accuracy is not None:  # a quantized artifact: checked against its accuracy budget
+        if accuracy.get("status") == "within budget":
+            return Verification(VERIFIED)
+        return Verification(UNVERIFIED, f"accuracy not measured: {accuracy.get('reason') or 'not run'}")
     if status == "ok":
         if parity.get("status") == "passed":
             return Verification(VERIFIED)

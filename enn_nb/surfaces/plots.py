@@ -203,6 +203,38 @@ def size_figure(sizes: Mapping[str, int | None], *, title: str = "Artifact size"
     return fig
 
 
+def quantization_figure(rows: list[Mapping[str, object]], *, x: str = "size_ratio",
+                        title: str = "Quantization: size vs accuracy change") -> Figure:
+    """One point per quantized artifact: ``x`` (``size_ratio`` or ``latency_ratio``, against the float
+    artifact of the same backend) against its worst output's RMSE / std, labelled ``backend mode``.
+
+    Args:
+        rows: ``enn_nb.engine.quantize.table.rows(results, latency)``.
+        x: which ratio is the horizontal axis.
+        title: the axes title.
+    """
+    fig = _figure()
+    points = [r for r in rows if r.get(x) is not None and r.get("rmse_rel") is not None]
+    if not points:
+        return _empty(fig, title, "no quantized artifact with a measured accuracy")
+    ax = fig.add_subplot()
+    backends = sorted({str(r["backend"]) for r in points})
+    cmap = _colors(len(backends))
+    for i, backend in enumerate(backends):
+        mine = [r for r in points if r["backend"] == backend]
+        ax.scatter([float(r[x]) for r in mine], [float(r["rmse_rel"]) * 100 for r in mine],  # type: ignore[arg-type]
+                   color=cmap[i], label=backend, zorder=3)
+        for r in mine:
+            ax.annotate(str(r["mode"]), (float(r[x]), float(r["rmse_rel"]) * 100), fontsize=7,  # type: ignore[arg-type]
+                        xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel(("size" if x == "size_ratio" else "latency") + " / float artifact of the same backend")
+    ax.set_ylabel("RMSE / float std (%), worst output")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, zorder=0)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def to_png(fig: Figure, *, dpi: int = 100) -> bytes:
     """The figure rendered as PNG bytes (Agg, no display needed)."""
 

@@ -76,3 +76,18 @@ def ort_metadata(path: Path) -> dict[str, str]:
     ort = require("onnxruntime", purpose="reading ONNX/ORT metadata")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return dict(session.get_modelmeta().custom_metadata_map)
+
+
+#: The quantize modes of every backend built from the shared ONNX (onnxruntime's own quantizers).
+QUANTIZE_MODES: dict[str, str] = {
+    "fp16": "onnxruntime.transformers.float16.convert_float_to_float16",
+    "int8-weights": "onnxruntime.quantization.quantize_dynamic",
+    "int8": "onnxruntime.quantization.quantize_static (QDQ, calibrated)",
+}
+
+
+def quantize_onnx(backend: Any, job: Any, out_path: Any, options: dict[str, Any], mode: str, calibration: Any) -> Any:
+    """``Backend.quantize`` of the ONNX-built backends: the shared ONNX quantized, then converted as usual."""
+    from enn_nb.engine.quantize import quantizers
+
+    return quantizers.quantize_onnx(backend, job, out_path, options, mode, calibration)

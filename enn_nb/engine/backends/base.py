@@ -179,6 +179,9 @@ class Backend:
     #: static artifact other batch sizes (checked if accepted, recorded if refused). False where a wrong
     #: shape could crash the process instead (native code without shape checks).
     refuses_other_shapes: ClassVar[bool] = True
+    #: the ``quantize`` modes it supports, each with the runtime's own quantizer that does it
+    #: (``enn_nb.engine.quantize``); a mode not listed is refused before any work
+    quantize_modes: ClassVar[dict[str, str]] = {}
 
     # -- availability --------------------------------------------------------------------------
     def missing_packages(self, *, runtime: bool = False) -> list[str]:
@@ -232,6 +235,16 @@ class Backend:
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         """Write the artifact at ``out_path`` (a temporary path the pipeline renames into place)."""
         raise NotImplementedError
+
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str,
+                 calibration: Sequence[Sequence[np.ndarray]]) -> Conversion:
+        """Write the ``mode``-quantized artifact at ``out_path`` with the runtime's own quantizer.
+
+        Only called for a mode listed in ``quantize_modes``. ``calibration`` holds input batches (numpy,
+        in input order) for static ``int8``. The built-ins call their quantizer in
+        :mod:`enn_nb.engine.quantize.quantizers`.
+        """
+        raise NotImplementedError(f"the `{self.name}` backend declares no quantizer")
 
     def load(self, artifact: Path, options: dict[str, Any]) -> Runner:
         """Return a callable running the artifact: list of numpy inputs -> list of numpy outputs."""

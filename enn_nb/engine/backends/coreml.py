@@ -81,6 +81,15 @@ class CoremlBackend(Backend):
         Option("license", str, None, "the license in the model's metadata"),
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
+    quantize_modes: ClassVar[dict[str, str]] = {
+        "fp16": "coremltools.convert(compute_precision=FLOAT16)",
+        "int8-weights": "coremltools.optimize.coreml.linear_quantize_weights",
+    }
+
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_coreml
+
+        return quantize_coreml(self, job, out_path, options, mode, calibration)
 
     def runtime_platform_reason(self) -> str | None:
         return None if sys.platform == "darwin" else _MACOS_ONLY

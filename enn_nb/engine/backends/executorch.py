@@ -64,6 +64,15 @@ class ExecutorchBackend(Backend):
         Option("max_batch", int, None, "largest batch a dynamic artifact accepts (None: batch_range's max)", min=1),
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
+    quantize_modes: ClassVar[dict[str, str]] = {
+        "int8-weights": "torchao PT2E + ExecuTorch XNNPACKQuantizer (dynamic)",
+        "int8": "torchao PT2E + ExecuTorch XNNPACKQuantizer (static, calibrated)",
+    }
+
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_executorch
+
+        return quantize_executorch(self, job, out_path, options, mode, calibration)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}

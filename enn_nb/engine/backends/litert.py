@@ -70,6 +70,15 @@ class LitertBackend(Backend):
         Option("num_threads", int, None, "LiteRT interpreter threads when the artifact runs (parity, latency)", min=1),
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
+    quantize_modes: ClassVar[dict[str, str]] = {
+        "int8-weights": "ai_edge_quantizer recipe dynamic_wi8_afp32",
+        "int8": "ai_edge_quantizer recipe static_wi8_ai8 (calibrated)",
+    }
+
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_litert
+
+        return quantize_litert(self, job, out_path, options, mode, calibration)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         opts = {**self.default_options, **options}
@@ -173,10 +182,16 @@ class LitertBackend(Backend):
         in_names, out_names = _ordered_names(interpreter, runner)
         declared = runner.get_input_details()
         wanted = [declared[name]["dtype"] for name in in_names]
+        # a full-integer model (static int8 quantization) takes and gives int8 with its own scale/zero point:
+        # float values are quantized and dequantized with those parameters, as an application on a device does
+        in_q = [_quantization(declared[name]) for name in in_names]
+        out_details = runner.get_output_details()
+        out_q = {name: _quantization(out_details[name]) for name in out_names}
 
         first = [True]
 
         def run(inputs: list[Any]) -> list[Any]:
+            inputs = [_quantize(a, q, dtype) if q and a.dtype.kind == "f" else a for a, q, dtype in zip(inputs, in_q, wanted)]
             # feed the dtype the artifact declares (int64 codes -> int32): recorded as `input_casts`
             inputs = [a if a.dtype == dtype else a.astype(dtype) for a, dtype in zip(inputs, wanted)]
             if first[0]:  # the interpreter logs its XNNPACK delegate creation on the first call
@@ -185,7 +200,7 @@ class LitertBackend(Backend):
                     outputs = runner(**dict(zip(in_names, inputs)))
             else:
                 outputs = runner(**dict(zip(in_names, inputs)))
-            return [outputs[name] for name in out_names]
+            return [_dequantize(outputs[name], out_q[name]) for name in out_names]
 
         return run
 
@@ -237,6 +252,27 @@ def materialise_single_head_repeats(gm: Any) -> int:
         gm.graph.lint()
         gm.recompile()
     return count
+
+
+def _quantization(detail: dict[str, Any]) -> tuple[float, int] | None:
+    """``(scale, zero_point)`` of an integer tensor with per-tensor quantization, else None."""
+    import numpy as np
+
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zero)) if scale and np.dtype(detail["dtype"]).kind in "iu" else None
+
+
+def _quantize(values: Any, q: tuple[float, int], dtype: Any) -> Any:
+    import numpy as np
+
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / q[0]) + q[1], info.min, info.max).astype(dtype)
+
+
+def _dequantize(values: Any, q: tuple[float, int] | None) -> Any:
+    import numpy as np
+
+    return values if q is None else ((values.astype(np.float32) - q[1]) * q[0]).astype(np.float32)
 
 
 def _named_module(inner: Any, input_names: list[str], output_names: list[str]) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from enn_nb._optional import require
-from enn_nb.engine.backends._onnx_common import RUNTIME_OPTIONS, describe, ort_runner
+from enn_nb.engine.backends._onnx_common import QUANTIZE_MODES, RUNTIME_OPTIONS, describe, ort_runner, quantize_onnx
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 from enn_nb.engine.options import Option, defaults
 
@@ -39,6 +39,8 @@ class OnnxBackend(Backend):
         *RUNTIME_OPTIONS,
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
+    quantize_modes: ClassVar[dict[str, str]] = QUANTIZE_MODES
+    quantize = quantize_onnx
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         onnx = require("onnx", purpose="the `onnx` backend")

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from enn_nb.engine.backends._onnx_common import (
+    QUANTIZE_MODES,
     RUNTIME_OPTIONS,
     ort_metadata,
     ort_runner,
     ort_session,
+    quantize_onnx,
     session_describe,
 )
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
@@ -52,6 +54,8 @@ class OrtBackend(Backend):
         *RUNTIME_OPTIONS,
     )
     default_options: ClassVar[dict[str, Any]] = defaults(options)
+    quantize_modes: ClassVar[dict[str, str]] = QUANTIZE_MODES
+    quantize = quantize_onnx
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         level = str(options.get("optimization_level", "extended"))

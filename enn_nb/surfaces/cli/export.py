@@ -54,13 +54,15 @@ def register(subparsers: Any) -> None:
         help="export a checkpoint to one or more backends",
         description="Export SRC (a checkpoint) to each backend, with parity checks and a sidecar per artifact; with "
         "--each GLOB, every matching checkpoint into <out>/<its name>/ and an index.html over them. "
-        "Exits 1 when any requested backend failed, mismatched or crashed; 3 when the only problem is a requested "
+        "Exits 1 when any requested backend failed, mismatched or crashed, or a quantized artifact is `degraded` "
+        "(over its accuracy budget) without --allow-degraded; 3 when the only problem is a requested "
         "backend unavailable here (with `--backends all`, unavailable ones are listed but do not fail the command); "
         "2 when SRC does not exist or an argument is bad.",
         epilog="examples:\n  enn-nb export model.safetensors -b onnx,ort,pt2 -o exports\n"
         "  enn-nb export --each 'ckpts/*.safetensors' -b onnx,pt2 -o nightly --cluster local:4\n"
         "  enn-nb export model.pt -b all -o exports --json > report.json\n"
-        "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic",
+        "  enn-nb export model.safetensors -b ort -o exports --option ort.optimization_level=basic\n"
+        "  enn-nb export model.pt -b onnx,executorch,litert -o exports --quantize int8 --calibration calib.safetensors",
     )
     p.add_argument("src", metavar="SRC", nargs="?", help="checkpoint path (.pt, .safetensors or a DCP folder) or URL")
     p.add_argument("--each", metavar="GLOB", help="export every checkpoint matching GLOB (instead of SRC)")
@@ -91,6 +93,7 @@ def register(subparsers: Any) -> None:
         "`enn-nb backends --options` lists them",
     )
     add_cli_argument(p)
+    add_quantize_arguments(p)
 
     p = add_command(
         subparsers,
@@ -156,6 +159,42 @@ def add_model_path_argument(p: argparse.ArgumentParser) -> None:
         help="a folder --model's module is imported from (repeatable; relative to the working directory, like a "
         "relative PYTHONPATH entry, which is resolved the same way: report kernels get both as absolute paths)",
     )
+
+
+def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
+    """``--quantize``, ``--calibration``, ``--eval-data``, ``--accuracy-budget``, ``--allow-degraded``."""
+    p.add_argument("--quantize", default=None, metavar="MODES",
+                   help="also write quantized artifacts: fp16, int8-weights (dynamic-range) or int8 (static, "
+                   "calibrated), comma-separated, or BACKEND=MODE[+MODE] entries (e.g. onnx=int8,coreml=fp16); a mode "
+                   "a backend does not support is refused before any work (`enn-nb backends` lists them)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="a .safetensors file of inputs named like the model's (`features`, or `features.0`, "
+                   "`features.1`... per batch) to calibrate int8 on; without it inputs are drawn from the signature "
+                   "and the accuracy figures say so")
+    p.add_argument("--eval-data", default=None, metavar="FILE",
+                   help="a .safetensors file of inputs to measure the quantized artifacts on (default: a held-back "
+                   "quarter of --calibration, else drawn inputs)")
+    p.add_argument("--accuracy-budget", type=float, default=None, metavar="RATIO",
+                   help="largest RMSE of a quantized output's difference, as a fraction of the float output's std "
+                   "(default 0.03); over it the row is `degraded`")
+    p.add_argument("--allow-degraded", action="store_true",
+                   help="exit 0 even when a quantized artifact is `degraded` (over its accuracy budget)")
+
+
+def parse_quantize_flag(text: str | None) -> Any:
+    """``--quantize``'s text as ``export(quantize=...)`` takes it: ``int8,fp16`` or ``onnx=int8,coreml=fp16+int8-weights``."""
+    if not text:
+        return None
+    if "=" not in text:
+        return text
+    out: dict[str, list[str]] = {}
+    for item in text.split(","):
+        backend, sep, modes = item.partition("=")
+        if not sep or not backend.strip():
+            raise FlagError(f"`--quantize {text}`: give MODES (e.g. int8) or BACKEND=MODE entries "
+                            "(e.g. onnx=int8,coreml=fp16+int8-weights).")
+        out.setdefault(backend.strip(), []).extend(m.strip() for m in modes.split("+") if m.strip())
+    return out
 
 
 def _export_source(args: argparse.Namespace, src: Any, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
@@ -256,6 +295,11 @@ def _settings_arguments(args: argparse.Namespace) -> dict[str, Any]:
         "strict": args.strict,
         "options": _with_timeout(_parse_options(args.option), args.backends, args.timeout),
         "storage_options": cli_options(args),
+        "quantize": parse_quantize_flag(args.quantize),
+        "calibration": args.calibration,
+        "eval_data": args.eval_data,
+        "accuracy_budget": args.accuracy_budget,
+        "allow_degraded": args.allow_degraded,
     }
 
 

@@ -56,6 +56,11 @@ EXPORT_KEYS: dict[str, str] = {
     "metadata": "JSON object stored in every sidecar",
     "safe": "true/false: export inside export_safe (false: a fast path left on fails the export)",
     "workers": "number of child processes converting side by side",
+    "quantize": "fp16, int8-weights or int8, a list of them, or {backend: mode(s)}: quantized artifacts beside the float ones",
+    "calibration": "a variable holding calibration inputs (tensor, batches, DataLoader, callable) or a .safetensors path",
+    "eval_data": "a variable or .safetensors path of inputs to measure the quantized artifacts on",
+    "accuracy_budget": "a number (RMSE / float std, default 0.03) or {rmse_rel, max_abs, mean_abs, metric}",
+    "accuracy_metric": "a variable holding metric(float_outputs, quantized_outputs) -> float",
 }
 
 #: ``enn_nb.export`` keywords that no body key sets, and why (tests check EXPORT_KEYS against the signature).
@@ -401,6 +406,24 @@ def _check_value(key: str, value: Any) -> Any:
         if not isinstance(value, Mapping):
             raise bad
         return dict(value)
+    if key == "quantize":
+        if isinstance(value, Mapping):
+            return {str(k): v for k, v in value.items()}  # each backend's modes are checked by the engine
+        if not (isinstance(value, str) or isinstance(value, list) and all(isinstance(m, str) for m in value)):
+            raise bad
+        from enn_nb.engine.quantize.modes import parse_modes
+
+        parse_modes(value, "quantize")  # an unknown mode: the engine's own error, with the closest name
+        return value
+    if key in ("calibration", "eval_data", "accuracy_metric"):
+        if not isinstance(value, str) or not value.strip():
+            raise bad
+        return value
+    if key == "accuracy_budget":
+        from enn_nb.engine.quantize.modes import parse_budget
+
+        parse_budget(value)
+        return value
     return value  # pragma: no cover - every key is handled above
 
 
@@ -437,6 +460,7 @@ def export_settings(
     *,
     out: str | None = None,
     provenance: Mapping[str, Any] | None = None,
+    namespace: Mapping[str, Any] | None = None,
 ) -> ExportSettings:
     """The :class:`ExportSettings` of one ``%%enn_export``: the ``--out`` flag, then the body, then the
     ``EnnMagics`` settings, through the engine's one :meth:`ExportSettings.from_call`.
@@ -451,6 +475,7 @@ def export_settings(
         requested: the backends asked for (``--backends``, else ``backends:``, else the default).
         out: the ``--out`` directory, if given.
         provenance: where the call came from.
+        namespace: where ``calibration:``, ``eval_data:`` and ``accuracy_metric:`` variables are looked up.
 
     Raises:
         SpecError: no backend asked for, or a named one cannot run on this platform.
@@ -472,6 +497,7 @@ def export_settings(
     tolerances = {**check_tolerances(settings.get("tolerances") or {}), **body.get("tolerances", {})}
     if tolerances:  # passed through as given: the engine fills in what is left out, per backend
         given["tolerances"] = tolerances
+    given.update(quantize_arguments(body, namespace or {}))
     from enn_nb.storage import is_url
 
     out_dir = out or body.get("out_dir") or settings["out_dir"]  # a URL: staged, verified, uploaded by the engine
@@ -481,6 +507,18 @@ def export_settings(
         for i, name in enumerate(chosen.names):
             check_converts(name, chosen.backend(i))
     return chosen
+
+
+def quantize_arguments(body: Mapping[str, Any], namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The body's quantize keys as ``export`` arguments: ``calibration`` / ``eval_data`` name a variable of the
+    notebook or a ``.safetensors`` path, ``accuracy_metric`` a variable holding a callable."""
+    given = {key: body[key] for key in ("quantize", "accuracy_budget") if key in body}
+    for key in ("calibration", "eval_data", "accuracy_metric"):
+        if key in body:
+            value = body[key]
+            is_file = key != "accuracy_metric" and value.endswith(".safetensors")
+            given[key] = Path(value).expanduser() if is_file else lookup(namespace, value, what=key)
+    return given
 
 
 #: Seed of the random example inputs built from an ``example_inputs: [shape]`` body key.

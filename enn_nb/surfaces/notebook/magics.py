@@ -242,7 +242,9 @@ class EnnMagics(Magics):
 
         The cell body holds options as YAML; every key is optional:
         backends, out_dir, dynamic_batch, batch_range, example_inputs (a variable or a shape),
-        tolerances, options (per backend), verify, isolate, cache, strict, stem, metadata.
+        tolerances, options (per backend), verify, isolate, cache, strict, stem, metadata,
+        quantize (fp16 / int8-weights / int8, or per backend), calibration and eval_data (a variable or a
+        .safetensors path), accuracy_budget, accuracy_metric (a variable holding a callable).
 
         Example::
 
@@ -255,6 +257,8 @@ class EnnMagics(Magics):
               onnx: {atol: 1.0e-5, rtol: 1.0e-4}
             options:
               onnx: {opset: 20}
+            quantize: {onnx: int8, coreml: fp16}
+            calibration: calib_loader  # a DataLoader of real inputs (else drawn ones, labelled)
         """
         with user_errors():
             args = _parse(self.enn_export, line)
@@ -266,7 +270,7 @@ class EnnMagics(Magics):
             spec = self._spec(args.spec)
             example = logic.example_inputs(body["example_inputs"], self._ns, spec) if "example_inputs" in body else None
             settings = logic.export_settings(  # last: it creates the output folder
-                body, self._settings(), requested, out=args.out,
+                body, self._settings(), requested, out=args.out, namespace=self._ns,
                 provenance=self._provenance("%%enn_export" if cell is not None else "%enn_export", line, cell),
             )
 

@@ -106,6 +106,12 @@ class Wizard:
                 "kernel, which can only read a checkpoint file (choose a checkpoint on step 1 to report on it instead)."
             )
         atol, rtol = state.tolerances()
+        quantized = state._quantize_kwargs()
+        calibration = quantized.get("calibration")
+        if quantized and calibration is not None and not isinstance(calibration, Path):
+            note += (" The report calibrates on drawn inputs: a fresh kernel cannot read the notebook variable "
+                     f"`{state.calibration}`; save it with `enn_nb.engine.quantize.save_inputs` and give the path.")
+            calibration = None
         result = report(
             "export_report",
             report_dir,
@@ -116,6 +122,8 @@ class Wizard:
             atol=atol,
             rtol=rtol,
             progress=False,
+            **({"quantize": quantized["quantize"], "calibration": str(calibration or ""),
+                "accuracy_budget": quantized["accuracy_budget"]} if quantized else {}),
         )
         result.model_note = note  # type: ignore[attr-defined]
         return result

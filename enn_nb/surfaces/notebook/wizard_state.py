@@ -73,6 +73,11 @@ class WizardState(HasTraits):
     fp16 = Bool(False, help="Ask the backends that support it (see `fp16_backends`) for fp16 artifacts.")
     atol = Unicode("", help="Absolute parity tolerance for every backend; '' keeps each backend's default.")
     rtol = Unicode("", help="Relative parity tolerance for every backend; '' keeps each backend's default.")
+    quantize = List(Unicode(), help="Quantize modes (fp16, int8-weights, int8): each chosen backend that supports a "
+                    "mode also writes that quantized artifact; a mode no chosen backend supports is refused.")
+    calibration = Unicode("", help="Calibration inputs for int8: a variable of the notebook (tensor, batches, "
+                          "DataLoader) or a .safetensors path; '' draws inputs from the signature (labelled).")
+    accuracy_budget = Unicode("", help="Largest RMSE / float std per output of a quantized artifact; '' keeps 0.03.")
     out_dir = Unicode("enn_exports", help="Directory the artifacts and their sidecars are written into.")
     isolate = Bool(True, help="Run each backend's conversion in a child process (a crash loses nothing).")
     verify = Bool(True, help="Run each artifact on its runtime and compare with the eager model (parity).")
@@ -168,7 +173,8 @@ class WizardState(HasTraits):
         return [
             "source", "variable", "checkpoint", "example_inputs", "signature", "backends", "dynamic_batch", "batch_min",
             "batch_opt",
-            "batch_max", "opset", "fp16", "atol", "rtol", "out_dir", "isolate", "verify", "cache",
+            "batch_max", "opset", "fp16", "quantize", "calibration", "accuracy_budget", "atol", "rtol", "out_dir", "isolate",
+            "verify", "cache",
         ]  # fmt: skip
 
     def _name_of(self, module: Any) -> str:
@@ -325,10 +331,39 @@ class WizardState(HasTraits):
             self.tolerances()
         except ValueError as exc:
             problems.append(str(exc))
+        problems += self._quantize_problems()
         out_problem = out_dir_problem(self.out_dir)
         if out_problem:
             problems.append(out_problem)
         return "\n".join(problems)
+
+    def quantize_plan(self) -> dict[str, list[str]]:
+        """``{backend: [modes]}``: each chosen mode on the chosen backends that support it."""
+        plan: dict[str, list[str]] = {}
+        for name in self.backends:
+            modes = [m for m in self.quantize if m in _quantize_modes(name)]
+            if modes:
+                plan[name] = modes
+        return plan
+
+    def _quantize_problems(self) -> list[str]:
+        from enn_nb.engine.quantize.modes import parse_budget
+
+        problems = []
+        plan = self.quantize_plan()
+        for mode in self.quantize:
+            if not any(mode in modes for modes in plan.values()):
+                support = "; ".join(f"{name}: {', '.join(_quantize_modes(name)) or 'none'}" for name in self.backends)
+                problems.append(f"No chosen backend supports quantize mode `{mode}` ({support}). "
+                                "Untick it or choose a backend that supports it.")
+        given = self.calibration.strip()
+        if given and not given.endswith(".safetensors") and given not in self.namespace:
+            problems.append(f"Calibration `{given}` is neither a .safetensors file nor a variable of this notebook.")
+        try:
+            parse_budget(float(self.accuracy_budget) if self.accuracy_budget.strip() else None)
+        except ValueError as exc:
+            problems.append(f"Accuracy budget `{self.accuracy_budget}`: {exc}")
+        return problems
 
     # -- navigation ------------------------------------------------------------------------------
     def next(self) -> bool:
@@ -401,6 +436,7 @@ class WizardState(HasTraits):
             isolate=self.isolate,
             cache=self.cache,
             options=self.export_options() or None,
+            **self._quantize_kwargs(),
         )
 
     def export_example_inputs(self) -> Any:
@@ -408,6 +444,16 @@ class WizardState(HasTraits):
         example_inputs = self.example_inputs
         typed = self.signature_inputs() if example_inputs is None else None
         return draw(typed) if typed is not None else example_inputs
+
+    def _quantize_kwargs(self) -> dict[str, Any]:
+        plan = self.quantize_plan()
+        if not plan:
+            return {}
+        given = self.calibration.strip()
+        calibration = (Path(given).expanduser() if given.endswith(".safetensors") else self.namespace.get(given)) \
+            if given else None
+        budget = float(self.accuracy_budget) if self.accuracy_budget.strip() else None
+        return {"quantize": plan, "calibration": calibration, "accuracy_budget": budget}
 
     def reset_run(self) -> None:
         """Clear progress, log and results before a new run."""
@@ -494,3 +540,13 @@ def result_rows(
             }
         )
     return rows
+
+
+def _quantize_modes(name: str) -> dict[str, str]:
+    """The quantize modes a backend declares ({} for an unknown or broken one: the backends check reports it)."""
+    from enn_nb.engine.registry import get_backend
+
+    try:
+        return dict(get_backend(name).quantize_modes or {})
+    except Exception:
+        return {}

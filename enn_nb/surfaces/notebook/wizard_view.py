@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 from enn_nb._format import count_text, human_size, model_counts
 from enn_nb.engine.vocabulary import STATUS_COLORS
 from enn_nb.errors import SpecError
+from enn_nb.engine.quantize.modes import MODE_MEANING, MODES
+from enn_nb.engine.quantize.table import rows as quantization_rows
 from enn_nb.model.signature import describe
 from enn_nb.model.spec import ModelSpec
 from enn_nb.surfaces import plots
@@ -213,7 +215,7 @@ class WizardView:
         # Once a message shows, re-check on every edit so it goes away as soon as the input is fixed.
         state.observe(self._recheck_targets, [
             "backends", "dynamic_batch", "batch_min", "batch_opt", "batch_max", "opset", "fp16", "atol", "rtol",
-            "out_dir",
+            "out_dir", "quantize", "calibration", "accuracy_budget",
         ])  # fmt: skip
 
         def linked(widget: Any, trait: str) -> Any:
@@ -232,6 +234,17 @@ class WizardView:
         fp16_names = ", ".join(state.fp16_backends()) or "none available here"
         self.fp16 = linked(w.Checkbox(description=f"fp16 where supported ({fp16_names})", indent=False,
                                       layout=w.Layout(width="auto")), "fp16")  # fmt: skip
+        self.quantize_boxes = {}
+        for mode in MODES:
+            box = w.Checkbox(description=mode, indent=False, layout=w.Layout(width="120px"),
+                             value=mode in state.quantize, tooltip=MODE_MEANING[mode])
+            box.observe(self._on_quantize_box, "value")
+            self.quantize_boxes[mode] = box
+        state.observe(lambda c: self._sync_quantize_boxes(), "quantize")
+        self.calibration = linked(w.Text(description="calibration", placeholder="variable or .safetensors (else drawn)",
+                                         layout=w.Layout(width="340px"), style=tight), "calibration")  # fmt: skip
+        self.accuracy_budget = linked(w.Text(description="budget", placeholder="0.03", layout=short, style=tight),
+                                      "accuracy_budget")  # fmt: skip
         self.atol = linked(w.Text(description="atol", placeholder="default", layout=short, style=tight), "atol")
         self.rtol = linked(w.Text(description="rtol", placeholder="default", layout=short, style=tight), "rtol")
         self.out_dir = linked(w.Text(description="Output dir", layout=w.Layout(width="520px")), "out_dir")
@@ -246,10 +259,20 @@ class WizardView:
             w.HTML("<b>Options</b>"),
             w.HBox([self.dynamic_batch, self.batch_min, self.batch_opt, self.batch_max]),
             w.HBox([self.opset, self.fp16]),
+            w.HBox([w.HTML("quantize:", layout=w.Layout(width="80px")), *self.quantize_boxes.values(),
+                    self.calibration, self.accuracy_budget]),
             w.HBox([w.HTML("tolerances:", layout=w.Layout(width="80px")), self.atol, self.rtol]),
             self.out_dir, w.HBox([self.isolate, self.verify, self.cache]),
             self.step_messages["targets"],
         ])  # fmt: skip
+
+    def _on_quantize_box(self, change: Any) -> None:
+        self.state.quantize = [mode for mode, box in self.quantize_boxes.items() if box.value]
+
+    def _sync_quantize_boxes(self) -> None:
+        for mode, box in self.quantize_boxes.items():
+            if box.value != (mode in self.state.quantize):
+                box.value = mode in self.state.quantize
 
     def _recheck_targets(self, change: Any) -> None:
         if self.state.messages.get("targets"):
@@ -339,6 +362,7 @@ class WizardView:
     def _results_page(self) -> ipywidgets.Widget:
         w, state = self.w, self.state
         self.results_table = w.HTML()
+        self.quantization_table = w.HTML()
         self.skipped_note = w.HTML()
         # align_items: without it flexbox stretches every plot to the tallest one's height
         self.plots = w.HBox(layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
@@ -352,7 +376,7 @@ class WizardView:
         state.observe(self._show_results, ["report", "latency"])
         state.observe(self._on_report_path, "report_path")
         return w.VBox([
-            w.HTML("<b>Results</b>"), self.results_table, self.skipped_note, self.plots,
+            w.HTML("<b>Results</b>"), self.results_table, self.quantization_table, self.skipped_note, self.plots,
             w.HTML("<b>Files</b>"), self.links,
             w.HBox([self.save_report_button, self.save_report_status]),
         ])  # fmt: skip
@@ -367,6 +391,10 @@ class WizardView:
         self.results_table.value = (
             f"<div class='enn-wizard-summary' style='margin:4px 0'>{html.escape(summary)}</div>" if summary else ""
         ) + results_table_html(rows)
+        self.quantization_table.value = (
+            state.report.quantization_table(state.latency)._repr_html_()
+            if state.report is not None and any(r.quantize for r in state.report.results) else ""
+        )
         self.skipped_note.value = (
             f"<i>Skipped after Cancel: {html.escape(', '.join(state.skipped))}</i>" if state.skipped else ""
         )
@@ -388,6 +416,9 @@ class WizardView:
                                      batch_size=state.batch_opt, batches=state.latency_batches),
                 plots.size_figure({r["backend"]: r["size"] for r in rows}),
             ]  # fmt: skip
+            quantized = quantization_rows(state.report.results, state.latency) if state.report is not None else []
+            if quantized:
+                figures.append(plots.quantization_figure(quantized))
             images = [self.w.Image(value=plots.to_png(fig), format="png",
                                    layout=self.w.Layout(max_width="480px", height="auto"))
                       for fig in figures]  # fmt: skip

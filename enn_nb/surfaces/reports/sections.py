@@ -16,6 +16,7 @@ from enn_nb._format import human_size
 from enn_nb.engine import latency
 from enn_nb.engine.latency import EAGER, SAFE
 from enn_nb.engine.parity import DYNAMIC_BATCHES_WHY
+from enn_nb.engine.quantize.modes import DEFAULT_RMSE_REL
 from enn_nb.engine.settings import ExportSettings
 from enn_nb.engine.timing import speedup
 from enn_nb.errors import ReportError
@@ -35,11 +36,13 @@ if TYPE_CHECKING:
 # -- what to export ---------------------------------------------------------------------------------
 def export_settings(backends: str | Sequence[str] | None, out_dir: str | os.PathLike[str], *,
                     batch_sizes: int | str | Sequence[int], atol: float | None = None, rtol: float | None = None,
-                    options: Mapping[str, Any] | None = None) -> ExportSettings:
+                    options: Mapping[str, Any] | None = None, **quantize: Any) -> ExportSettings:
     """The report's :class:`ExportSettings`, through the engine's one ``from_call`` (creates ``out_dir``).
 
     ``backends``: ``"available"`` (the default when empty), ``"all"``, ``"onnx,pt2"`` or ``["onnx", "pt2"]``,
-    meaning what they mean on every surface (``enn_nb.engine.registry.KEYWORDS``).
+    meaning what they mean on every surface (``enn_nb.engine.registry.KEYWORDS``). ``quantize``: the
+    template's ``quantize``, ``calibration``, ``eval_data``, ``accuracy_budget`` and ``allow_degraded``
+    (empty values mean "not given").
 
     Raises:
         UnknownNameError: a backend name that is not registered (the closest name is suggested).
@@ -49,7 +52,8 @@ def export_settings(backends: str | Sequence[str] | None, out_dir: str | os.Path
         backends = "available"
     return ExportSettings.from_call(backends, out_dir, batch_range=batch_range(batch_sizes),
                                     tolerances=(atol, rtol),  # None keeps each backend's own bound
-                                    options=options or None)
+                                    options=options or None,
+                                    **{k: v for k, v in quantize.items() if v not in (None, "", {}, [])})
 
 
 def checkpoint_or_reference(checkpoint: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str]) -> Path:
@@ -262,7 +266,9 @@ def verdict(export: ExportReport, measurements: Measurements | None, requested: 
                                "verification": check.kind, "verification_reason": check.reason}
         if check.kind == UNVERIFIED:
             notes.append(f"{r.backend}: converted but not verified ({check.reason})")
-        if requested.fails(status):
+        if status == "degraded" and not requested.fails(status):
+            notes.append(f"{r.backend}: degraded, allowed ({reason})")
+        elif requested.fails(status):
             failures.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
         elif status in ("deferred", "unavailable"):
             notes.append(f"{r.backend}: {status}" + (f" ({reason})" if reason else ""))
@@ -297,6 +303,8 @@ def _reason(r: Any, extra: list[str]) -> str:
         return f"the isolated converter died ({how}){': ' + r.error if r.error else ''}"
     if r.status in ("deferred", "unavailable"):
         return str(r.deferred or r.error or "")
+    if r.status == "degraded":
+        return "; ".join(((r.quantization or {}).get("accuracy") or {}).get("over_budget") or [])
     return "; ".join(extra)
 
 
@@ -434,6 +442,32 @@ def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
     return images
 
 
+def quantization(export: ExportReport, measurements: Measurements | None = None) -> list[Any]:
+    """The quantization section: one row per backend x mode (size and latency against the float artifact of the
+    same backend, what the artifact holds, accuracy change), then size and latency versus error plots.
+
+    Empty when the export made no quantized artifact. Latency is the report's own, at its middle batch size.
+    """
+    from enn_nb.engine.quantize.table import rows, table
+    from enn_nb.surfaces.plots import quantization_figure
+
+    if not any(r.quantize for r in export.results):
+        return []
+    latency: dict[str, float] = {}
+    batch = None
+    if measurements is not None and measurements.batch_sizes:
+        batch = measurements.batch_sizes[len(measurements.batch_sizes) // 2]
+        latency = {name: ms[batch] for name, ms in measurements.latency_ms.items() if batch in ms}
+    title = "Quantized artifacts" + (f" (latency at batch {batch})" if batch else "")
+    shown: list[Any] = [table(export.results, latency, title=title)]
+    data = rows(export.results, latency)
+    shown.append(Image(quantization_figure(data, x="size_ratio")))
+    if any(r["latency_ratio"] is not None for r in data):
+        shown.append(Image(quantization_figure(data, x="latency_ratio",
+                                               title="Quantization: latency vs accuracy change")))
+    return shown
+
+
 def deviations(export: ExportReport) -> list[dict[str, Any]]:
     """The export's deviations; from a sidecar when every backend came from the cache (nothing switched now)."""
     if export.deviations:
@@ -552,6 +586,17 @@ def reproduce(
         parts.append(f"-p 'backends=[{', '.join(requested.names)}]'")
     parts.append(f"-p 'batch_sizes=[{', '.join(str(b) for b in batch_sizes)}]'")
     parts += [f"-p {k}={v:g}" for k, v in (("atol", atol), ("rtol", rtol)) if v is not None]
+    if requested.quantize:  # as the per-backend mapping the template's `quantize` parameter takes
+        modes = ", ".join(f"{name}: [{', '.join(m)}]" for name, m in requested.quantize.items())
+        parts.append("-p " + _quote(f"quantize={{{modes}}}"))
+        for key in ("calibration", "eval_data"):
+            value = getattr(requested, key)
+            if isinstance(value, (str, os.PathLike)) and str(value):
+                parts.append(f"-p {key}={_quote(str(Path(value).resolve()))}")
+        if requested.accuracy_budget.get("rmse_rel") != DEFAULT_RMSE_REL:
+            parts.append(f"-p accuracy_budget={requested.accuracy_budget['rmse_rel']:g}")
+        if requested.allow_degraded:
+            parts.append("-p allow_degraded=true")
     folder = Path(out if out is not None else Path.cwd()).resolve()
     return " \\\n    ".join([*parts, f"--out {_quote(str(folder))}", "--html"])
 
