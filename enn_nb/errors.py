@@ -35,6 +35,7 @@
     ├── SideEffectError (RuntimeError)      a save/export run by importing a module (a factory, an export worker)
     ├── FlagError (ValueError)              `enn-nb` flags that do not go together, or a required one missing
     ├── ReportError
+    │   ├── ReportInputError (FileNotFoundError) a file the report reads does not exist
     │   └── ReportCellError                 a cell of a report failed (cell index, ename, evalue)
     └── ClusterError                        a sweep's Dask cluster cannot be used (unreachable, no worker, unshared folder)
 
@@ -296,6 +297,10 @@ class FlagError(EnnError, ValueError):
 
 class ReportError(EnnError):
     """A report could not be produced."""
+
+
+class ReportInputError(ReportError, FileNotFoundError):
+    """A file a report reads (its checkpoint, calibration data) does not exist: refused before a kernel starts."""
 
 
 class ReportCellError(ReportError):

@@ -25,11 +25,12 @@ def gru_checkpoint(tmp_path, monkeypatch) -> Path:
 
 def test_a_mistyped_checkpoint_gets_did_you_mean_and_the_same_code_on_every_verb(gru_checkpoint, capsys):
     for argv in (["inspect", "gru.safetensor"], ["convert", "gru.safetensor", "x.pt"],
-                 ["export", "gru.safetensor", "-b", "pt2", "-o", "exports"]):
+                 ["export", "gru.safetensor", "-b", "pt2", "-o", "exports"],
+                 ["report", "checkpoint_report", "-p", "checkpoint=gru.safetensor", "--out", "exports"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "`gru.safetensor` does not exist" in err and "did you mean `gru.safetensors`?" in err, err
-    assert not Path("x.pt").exists() and not Path("exports").exists()
+    assert not Path("x.pt").exists() and not Path("exports").exists()  # the report started no kernel
 
 
 def test_one_exit_code_table_in_every_help(tmp_path, monkeypatch, capsys):

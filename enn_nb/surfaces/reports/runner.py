@@ -14,10 +14,11 @@ from typing import Any
 
 from enn_nb import _reentry
 from enn_nb._fs import atomic_path, check_same_kind, remove_path, replace_path, temp_path
+from enn_nb._safeio import escape
 from enn_nb._optional import require
 from enn_nb._version import __version__
 from enn_nb.engine.settings import prepare_out_dir
-from enn_nb.errors import OutputDirError, ReportCellError, ReportError
+from enn_nb.errors import OutputDirError, ReportCellError, ReportError, ReportInputError
 from enn_nb.surfaces.factory import child_pythonpath
 from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
 from enn_nb.surfaces.reports.html import to_html
@@ -137,6 +138,7 @@ def report(
     values = {**dict(parameters or {}), **params}
     declared = declared_parameters(path)
     check_parameters(path, values, declared=declared)
+    _check_inputs(path, values)  # as the caller typed them, relative to the working directory
     values = _absolute_paths(values, template_metadata(path).get("path_parameters", []))
     out = _output_dir(out_dir)
     stem = name or path.stem
@@ -251,6 +253,18 @@ def _output_dir(out_dir: str | os.PathLike[str]) -> Path:
         return prepare_out_dir(out_dir, "out")
     except OutputDirError as exc:
         raise ReportError(f"The report folder cannot be used: {exc} Pass another --out.") from None
+
+
+def _check_inputs(template: Path, values: dict[str, Any]) -> None:
+    """Each local file the template reads exists: a typo is one error before a kernel starts (exit 2 on the CLI)."""
+    from enn_nb._paths import did_you_mean
+    from enn_nb.storage import is_url
+
+    for key in template_metadata(template).get("input_parameters", []):
+        given = values.get(key)
+        if isinstance(given, str) and given and not is_url(given) and not Path(given).exists():
+            raise ReportInputError(f"The report's `{key}` `{escape(given)}` does not exist"
+                                   f"{escape(did_you_mean(given)) or '.'} Nothing was run.")
 
 
 def _absolute_paths(values: dict[str, Any], names: list[str]) -> dict[str, Any]:
