@@ -233,7 +233,7 @@ def test_report_cells_show_batch_spread_threads_and_the_export_safe_ratio(tmp_pa
     def stat(ms, batch):
         return timing.Stat(ms, ms * 0.9, ms * 1.1, calls=50, warmup=2, threads=1, batch=batch)
 
-    m = Measurements([8], eager_ms={8: 40.0}, eager_safe_ms={8: 2.0}, latency_ms={"onnx": {8: 1.0}},
+    m = Measurements([8], eager_ms={8: 40.0}, safe_ms={8: 2.0}, latency_ms={"onnx": {8: 1.0}},
                      stats={"onnx": {8: stat(1.0, 8)}, "eager": {8: stat(40.0, 8)},
                             "eager (export-safe)": {8: stat(2.0, 8)}},
                      threads={8: 1}, host={"cpu": "x", "cpu_count": 2, "load_1min": 0.5, "load_1min_after": 0.7},

@@ -23,7 +23,7 @@ def _measurements(stats):
 
     host = {"cpu": "test CPU", "cpu_count": 2, "load_1min": 1.8, "load_1min_after": 2.1}
     m = Measurements([1, 8], stats=stats, threads={1: 1, 8: 1}, host=host)
-    m.eager_safe_ms = {b: stats["eager (export-safe)"][b].median_ms for b in (1, 8)}
+    m.safe_ms = {b: stats["eager (export-safe)"][b].median_ms for b in (1, 8)}
     m.eager_ms = {b: stats["eager"][b].median_ms for b in (1, 8)}
     m.latency_ms = {"onnx": {b: stats["onnx"][b].median_ms for b in (1, 8)}}
     note = timing.busy_note([s for per in stats.values() for s in per.values()], host)

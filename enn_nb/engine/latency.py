@@ -62,7 +62,12 @@ Inputs = Callable[[int], Sequence["torch.Tensor"]]
 class Timings:
     """Median milliseconds per call of each runtime and of eager PyTorch, per batch size.
 
+    The one timing result: :func:`measure` makes it, the export report's sections
+    (:func:`enn_nb.surfaces.reports.sections.measure`, which adds its own parity cases and notes) and
+    the wizard read it.
+
     Attributes:
+        batch_sizes: the batch sizes asked for (sorted).
         eager_ms: ``{batch: ms}`` of the eager model as the user has it (fast paths on, eval mode).
         safe_ms: ``{batch: ms}`` of the same model inside ``export_safe`` (what the artifacts compute),
             so the gap a fast path makes is told apart from the gap a runtime makes.
@@ -79,8 +84,11 @@ class Timings:
         warnings: one line (``not measured: machine busy``) when some timings stayed too noisy to trust
             after :data:`MAX_ROUNDS` rounds; their stats are kept (``Stat.noisy``) and reports show no figure for them.
         log: what loading the runtimes printed or warned (LiteRT's XNNPACK line...), captured.
+        notes: ``{backend: why it was not (fully) measured}``, the sentence a report shows (filled by
+            the export report's sections).
     """
 
+    batch_sizes: list[int] = dataclasses.field(default_factory=list)
     eager_ms: dict[int, float] = dataclasses.field(default_factory=dict)
     safe_ms: dict[int, float] = dataclasses.field(default_factory=dict)
     latency_ms: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
@@ -93,11 +101,35 @@ class Timings:
     host: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
     log: OutputLog = dataclasses.field(default_factory=OutputLog)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def eager_safe_ms(self) -> dict[int, float]:
+        """:attr:`safe_ms` under the name the export report's ``Measurements`` gave it."""
+        return self.safe_ms
+
+    @eager_safe_ms.setter
+    def eager_safe_ms(self, value: dict[int, float]) -> None:
+        self.safe_ms = value
 
     def speedup(self, label: str, batch: int) -> float | None:
         """The headline ratio: export-safe eager ms / ``label``'s ms at ``batch`` (above 1: faster)."""
         ms = self.safe_ms.get(batch) if label == SAFE else self.latency_ms.get(label, {}).get(batch)
         return speedup(self.safe_ms.get(batch), ms)
+
+    def speedup_vs_trained(self, backend: str, batch: int) -> float | None:
+        """The second reference: eager as trained (fast paths on) / the runtime."""
+        return speedup(self.eager_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
+
+    def host_line(self) -> str:
+        """``threads: 1 (batch 1, 8), 2 (batch 64) · CPU ... (2 cores) · load 1.4 -> 1.9``."""
+        by: dict[int, list[int]] = {}
+        for batch, count in sorted(self.threads.items()):
+            by.setdefault(count, []).append(batch)
+        threads = ", ".join(f"{n} (batch {', '.join(map(str, b))})" for n, b in by.items())
+        host = self.host
+        return (f"intra-op threads: {threads or '-'} · CPU: {host.get('cpu')} ({host.get('cpu_count')} cores) · "
+                f"load average: {host.get('load_1min')} before, {host.get('load_1min_after')} after")
 
 
 def time_call(fn: Callable[[], Any], *, budget_s: float = 0.25, min_calls: int = 5, max_calls: int = 200,
@@ -184,7 +216,7 @@ def measure(
 
     # the export's own workers may still be finishing (sidecars, compile workers): time on a quiet machine
     quiet = wait_until_quiet(cap_s=quiet_s) if quiet_s > 0 else {"waited_s": 0.0, "workers_quiet": None}
-    out = Timings(host={**host_load(), **quiet})
+    out = Timings(batch_sizes=sorted(set(batch_sizes)), host={**host_load(), **quiet})
     started = time.monotonic()
 
     def timed(fn: Callable[[], Any], label: str, batch: int) -> float:

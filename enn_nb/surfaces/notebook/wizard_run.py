@@ -229,18 +229,19 @@ class ExportRun:
         elif kind == "done":
             self._finish(payload)
         elif kind == "latency":
-            if payload is not None:
-                values = dict(payload.backends)
-                if payload.eager_ms is not None:
-                    values["eager"] = payload.eager_ms
-                if payload.safe_ms is not None:
-                    values["eager_safe"] = payload.safe_ms
-                state.latency_batches = dict(payload.batches)
+            if payload is not None:  # Timings at the wizard's one batch size (a static artifact: at its own)
+                batch = payload.batch_sizes[0]
+                values = {name: next(iter(ms.values())) for name, ms in payload.latency_ms.items()}
+                if batch in payload.eager_ms:
+                    values["eager"] = payload.eager_ms[batch]
+                if batch in payload.safe_ms:
+                    values["eager_safe"] = payload.safe_ms[batch]
+                state.latency_batches = {name: next(iter(ms)) for name, ms in payload.latency_ms.items()}
                 state.latency = values
                 for name, why in payload.skipped.items():
                     self._log(f"latency of {name} not measured: {why}")
                 host = payload.host
-                self._log(f"latency at batch {payload.batch_size} with {payload.threads} intra-op thread(s) on "
+                self._log(f"latency at batch {batch} with {payload.threads.get(batch)} intra-op thread(s) on "
                           f"{host.get('cpu')} ({host.get('cpu_count')} cores, load {host.get('load_1min')})")
                 for line in payload.warnings:
                     self._log(f"latency warning: {line}")

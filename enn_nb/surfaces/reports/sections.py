@@ -114,56 +114,8 @@ def pending(text: str = "Exporting and checking every backend...") -> Pending:
 
 
 # -- latency and parity at the report's batch sizes ---------------------------------------------------
-@dataclasses.dataclass
-class Measurements:
-    """Latency of every runtime and of eager PyTorch, and each runtime's error vs eager, per batch size.
-
-    Attributes:
-        batch_sizes: the batch sizes asked for.
-        eager_ms: eager PyTorch (fast paths on, eval mode): ``{batch: median ms per call}``.
-        eager_safe_ms: eager PyTorch inside ``export_safe`` (the computation the artifacts hold).
-        latency_ms: ``{backend: {batch: median ms per call}}``.
-        errors: ``{backend: {batch: max abs error vs eager}}`` (the export's own parity cases
-            included, at their batch sizes).
-        mismatches: ``{backend: [reason, ...]}`` for batch sizes beyond the backend's tolerance.
-        notes: ``{backend: why it was not (fully) measured}``.
-        stats: ``{label: {batch: Stat}}``: median, IQR, calls and threads of every timing.
-        threads: ``{batch: intra-op threads}`` used at each batch size.
-        host: CPU, core count and load average before/after timing.
-        warnings: timings whose spread is too wide to trust.
-    """
-
-    batch_sizes: list[int]
-    eager_ms: dict[int, float] = dataclasses.field(default_factory=dict)
-    eager_safe_ms: dict[int, float] = dataclasses.field(default_factory=dict)
-    latency_ms: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
-    errors: dict[str, dict[int, float]] = dataclasses.field(default_factory=dict)
-    mismatches: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    notes: dict[str, str] = dataclasses.field(default_factory=dict)
-    stats: dict[str, dict[int, Any]] = dataclasses.field(default_factory=dict)
-    threads: dict[int, int] = dataclasses.field(default_factory=dict)
-    host: dict[str, Any] = dataclasses.field(default_factory=dict)
-    warnings: list[str] = dataclasses.field(default_factory=list)
-
-    def speedup(self, backend: str, batch: int) -> float | None:
-        """The headline ratio: eager inside ``export_safe`` (the same computation) / the runtime (above 1: faster)."""
-
-        return speedup(self.eager_safe_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
-
-    def speedup_vs_trained(self, backend: str, batch: int) -> float | None:
-        """The second reference: eager as trained (fast paths on) / the runtime."""
-
-        return speedup(self.eager_ms.get(batch), self.latency_ms.get(backend, {}).get(batch))
-
-    def host_line(self) -> str:
-        """``threads: 1 (batch 1, 8), 2 (batch 64) · CPU ... (2 cores) · load 1.4 -> 1.9``."""
-        by: dict[int, list[int]] = {}
-        for batch, count in sorted(self.threads.items()):
-            by.setdefault(count, []).append(batch)
-        threads = ", ".join(f"{n} (batch {', '.join(map(str, b))})" for n, b in by.items())
-        host = self.host
-        return (f"intra-op threads: {threads or '-'} · CPU: {host.get('cpu')} ({host.get('cpu_count')} cores) · "
-                f"load average: {host.get('load_1min')} before, {host.get('load_1min_after')} after")
+#: The export report's measurements are the engine's one timing result (the name is kept for callers).
+Measurements = latency.Timings
 
 
 def batch_list(batch_sizes: int | str | Sequence[int]) -> list[int]:
@@ -225,26 +177,27 @@ def measure(
     inputs = latency.spec_inputs(spec) if spec.input_signature() is not None else latency.vector_inputs(export)
     t = latency.measure(model, export, sizes, inputs, compare=True, budget_s=seconds,
                         min_calls=5, max_calls=max_calls, threads=threads)  # fmt: skip
-    result = Measurements(sizes, eager_ms=t.eager_ms, eager_safe_ms=t.safe_ms, latency_ms=t.latency_ms,
-                          stats=t.stats, threads=t.threads, host=t.host, warnings=t.warnings)
+    errors: dict[str, dict[int, float]] = {}
+    mismatches: dict[str, list[str]] = {}
     for r in export.results:
         # the export's own parity cases count too, at their batch sizes
         engine = {int(c["batch_size"]): float(c["max_abs_err"]) for c in r.parity.get("cases", [])}
-        errors = {**engine, **t.errors.get(r.backend, {})}
-        if errors:
-            result.errors[r.backend] = errors
+        merged = {**engine, **t.errors.get(r.backend, {})}
+        if merged:
+            errors[r.backend] = merged
         if r.backend in t.mismatches:
-            result.mismatches[r.backend] = [f"{line} (report's check)" for line in t.mismatches[r.backend]]
+            mismatches[r.backend] = [f"{line} (report's check)" for line in t.mismatches[r.backend]]
         if r.backend in t.skipped:
-            result.notes[r.backend] = f"not measured: {t.skipped[r.backend]}"
+            t.notes[r.backend] = f"not measured: {t.skipped[r.backend]}"
         elif r.backend in t.static:
             fixed = t.static[r.backend]
             note = f"static batch {fixed}: timed and compared at that batch size only"
             if fixed not in sizes:
                 ms, eager = t.latency_ms[r.backend][fixed], t.eager_ms[fixed]
                 note += f" ({ms:.3g} ms per call at batch {fixed}; eager as trained {eager:.3g} ms there)"
-            result.notes[r.backend] = note
-    return result
+            t.notes[r.backend] = note
+    t.errors, t.mismatches = errors, mismatches
+    return t
 
 
 # -- verdict ------------------------------------------------------------------------------------------
@@ -360,7 +313,7 @@ def artifact_table(export: ExportReport, measurements: Measurements | None = Non
         rows.append(["eager PyTorch, export-safe", "headline reference (what the artifacts compute)", "-", "-", "-",
                      "-", "-", *cells(SAFE, lambda b: None)])
         rows.append(["eager PyTorch, as trained", "second reference (fast paths on)", "-", "-", "-", "-", "-",
-                     *cells(EAGER, lambda b: _ratio(measurements.eager_safe_ms.get(b), measurements.eager_ms.get(b)))])
+                     *cells(EAGER, lambda b: _ratio(measurements.safe_ms.get(b), measurements.eager_ms.get(b)))])
         return Table(columns, rows, footer=latency_footnote(measurements))
     return Table(columns, rows)
 
@@ -435,7 +388,7 @@ def plots(export: ExportReport, measurements: Measurements) -> list[Image]:
         per = {name: steady(name, ms[b]) for name, ms in measurements.latency_ms.items() if b in ms}
         threads = measurements.threads.get(b)
         images.append(Image(latency_figure(per, eager_ms=steady(EAGER, measurements.eager_ms.get(b)),
-                                           safe_ms=steady(SAFE, measurements.eager_safe_ms.get(b)), batch_size=b,
+                                           safe_ms=steady(SAFE, measurements.safe_ms.get(b)), batch_size=b,
                                            title=f"Latency per runtime, batch {b}"
                                            + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""))))
     images.append(Image(size_figure({r.backend: r.size_bytes for r in export.results if r.files})))
