@@ -245,11 +245,10 @@ def _plans(settings: ExportSettings) -> list[Plan]:
     for i, name in enumerate(settings.names):
         backend = settings.backend(i)
         opts = {**backend.default_options, **dict(settings.options.get(name, {}))}
-        # fp32 defaults here; raised for low-precision outputs once the reference outputs are known
-        tolerance = settings.tolerances.resolve(name, backend.default_tolerance)
-        plans.append(Plan(len(plans), name, backend, opts, tolerance))
+        # the tolerance waits for the reference outputs (their dtypes raise it): `_resolve_tolerances`
+        plans.append(Plan(len(plans), name, backend, opts, None))
         for mode in settings.quantize.get(name, ()):  # each quantized artifact is a row of its own
-            plans.append(Plan(len(plans), label(name, mode), get_backend(name), dict(opts), tolerance, quantize=mode))
+            plans.append(Plan(len(plans), label(name, mode), get_backend(name), dict(opts), None, quantize=mode))
     return plans
 
 
@@ -328,7 +327,8 @@ def _run(
         threading.Thread(target=sc.warm_up, daemon=True).start()  # compiles the sidecar validator
 
         # the cases exist before the cache lookup too: every hit is re-run on them
-        cases = _reference_cases(todo, model, inputs, info) if settings.verify or settings.cache else []
+        cases = _reference_cases(model, inputs, info) if settings.verify or settings.cache else []
+        _resolve_tolerances(todo, cases, settings)
         if settings.safe:
             with capture("export_safe") as got:
                 state = stack.enter_context(export_safe(model))
@@ -386,9 +386,9 @@ def _run(
                 plan.result = finish_failed(plan, "convert", error, info, timings={})
 
 
-def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo) -> list[Any]:
-    """Parity cases from the eager model as the user has it (fast paths on), in eval mode; each plan's tolerance
-    raised for low-precision outputs. Saved as the vectors file once the cache's hits are known."""
+def _reference_cases(model: Any, inputs: tuple[torch.Tensor, ...], info: RunInfo) -> list[Any]:
+    """Parity cases from the eager model as the user has it (fast paths on), in eval mode. Saved as the vectors
+    file once the cache's hits are known."""
     import torch
 
     settings = info.settings
@@ -396,10 +396,15 @@ def _reference_cases(todo: list[Plan], model: Any, inputs: tuple[torch.Tensor, .
     with parity.eval_only(model), torch.no_grad(), capture("parity reference") as got:
         cases = parity.make_cases(call, inputs, make=case_maker(info.spec, inputs), dynamic=settings.dynamic_batch)
     _shared_log(info, got)
+    return cases
+
+
+def _resolve_tolerances(todo: list[Plan], cases: list[Any], settings: ExportSettings) -> None:
+    """Each plan's ``(atol, rtol)``, resolved once: what the user gave, the rest the backend's default raised
+    for low-precision reference outputs (fp32 defaults when there are no cases: verify and cache off)."""
     dtypes = sorted({str(a.dtype) for case in cases for a in case.expected})
     for plan in todo:
         plan.tolerance = settings.tolerances.resolve(plan.name, plan.backend.default_tolerance, dtypes)
-    return cases
 
 
 def _save_vectors(path: Path, cases: list[Any], info: RunInfo) -> None:

@@ -24,7 +24,7 @@ class Plan:
     name: str
     backend: Backend
     options: dict[str, Any]
-    tolerance: tuple[float, float]
+    tolerance: tuple[float, float] | None  # (atol, rtol); None until the reference outputs are known
     key: str | None = None
     result: BackendResult | None = None
     notes: list[str] = dataclasses.field(default_factory=list)  # this backend's own (a refused cache entry)
