@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -618,6 +619,47 @@ def _save_with_fsize_limit(model: Any, path: Path) -> Any:
             raise AssertionError(f"temporary files left behind: {leftovers}")
 
 
+#: The Victim's elements that reach its output, by tensor (flat indices): output column ``o`` is scaled by
+#: ``scale[o] == o``, so nothing in column 0 changes what the model returns.
+_REACHING = {"fc.weight": [o * 4 + i for o in (1, 2, 3) for i in range(4)], "fc.bias": [1, 2, 3], "scale": [1, 2, 3]}
+
+
+def _negate(path: Path, tensor: str, flat: list[int]) -> None:
+    """Flip the sign bit of elements ``flat`` of the Victim's ``tensor`` inside an exported .pt2 or .onnx."""
+
+    def flip(raw: bytes, itemsize: int) -> bytes:
+        out = bytearray(raw)
+        for index in flat:  # little-endian floats: the sign bit is the top bit of an element's last byte
+            out[index * itemsize + itemsize - 1] ^= 0x80
+        return bytes(out)
+
+    if path.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(path), load_external_data=False)
+        for init in model.graph.initializer:  # the exporter may rename `scale` (a folded cast): find it by value
+            values = numpy_helper.to_array(init)
+            if init.name == tensor or (tensor == "scale" and values.tolist() == [0.0, 1.0, 2.0, 3.0]):
+                break
+        else:
+            raise AssertionError(f"{path.name} holds no initializer for `{tensor}`")
+        data = path.read_bytes()
+        assert data.count(init.raw_data) == 1, f"`{tensor}`'s bytes are not unique in {path.name}"
+        path.write_bytes(data.replace(init.raw_data, flip(init.raw_data, values.itemsize)))
+        return
+    with zipfile.ZipFile(path) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    cfg_name = next(k for k in members if k.endswith("/model_weights_config.json"))
+    meta = json.loads(members[cfg_name])["config"][tensor]
+    member = cfg_name.rsplit("/", 1)[0] + "/" + meta["path_name"]
+    numel = math.prod(int(d["as_int"]) for d in meta["tensor_meta"]["sizes"])
+    members[member] = flip(members[member], len(members[member]) // numel)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
 def artifacts(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
     """Exported artifacts and their sidecars: pickles inside .pt2, AOTI without trust, escaping paths, build-trt."""
     from enn_nb.engine import sidecar as sc
@@ -681,17 +723,24 @@ def artifacts(base: Base, rng: random.Random, n: int) -> Iterator[Case]:
                        check=None if sealed else (lambda r: r.status == "failed" and bool(r.problems)))
             yield Case("artifacts", f"pt2/{name}/{'resealed' if sealed else 'hash-mismatch'}/cli",
                        lambda o=out: cli(["verify", str(o / "model.pt2")]), marker)
-    # damaged artifacts, resealed: the runtime's own errors become one enn_nb error
+    # altered weights, resealed: the hashes agree, so the parity check is what must catch it. Each flip
+    # negates an element that reaches the output (its sign bit), so the one right outcome is `failed`.
     for name in ("model.pt2", "model.onnx"):
         for i in range(max(2, n // 3)):
             out = fresh()
-            data = bytearray((out / name).read_bytes())
-            for _ in range(rng.randint(1, 8)):
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-            (out / name).write_bytes(bytes(data))
+            tensor = rng.choice(sorted(_REACHING))
+            flips = rng.sample(_REACHING[tensor], rng.randint(1, len(_REACHING[tensor])))
+            _negate(out / name, tensor, flips)
             reseal(out, name)
-            yield Case("artifacts", f"{name}/flipped-resealed-{i}", lambda o=out, a=name: enn_nb.verify(o / a),
-                       base.marker(), check=lambda r: r.status in ("passed", "failed"))
+            yield Case("artifacts", f"{name}/negated-{tensor}-resealed-{i}", lambda o=out, a=name: enn_nb.verify(o / a),
+                       base.marker(), check=lambda r: r.status == "failed")
+    # damaged artifacts, resealed: the runtime's own error (a file cut in half) becomes one enn_nb error
+    for name in ("model.pt2", "model.onnx"):
+        out = fresh()
+        data = (out / name).read_bytes()
+        (out / name).write_bytes(data[: len(data) // 2])
+        reseal(out, name)
+        yield Case("artifacts", f"{name}/truncated-resealed", lambda o=out, a=name: enn_nb.verify(o / a), base.marker())
     # an AOTI package (native code) needs explicit trust: forged from the .pt2 so nothing native exists here
     out = fresh()
     disguise_as_aoti(out)
