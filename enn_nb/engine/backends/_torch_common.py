@@ -17,7 +17,9 @@ X86_QUANTIZE_MODES = {
 def register_quantized_ops() -> None:
     """Make ``torch.ops.quantized_decomposed`` (the PT2E quantize/dequantize ops) known before a quantized
     program is loaded: torch defines them in a module it does not import by itself."""
-    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the library)
+    import importlib
+
+    importlib.import_module("torch.ao.quantization.fx._decomposed")  # registers the library on import
 
 
 def _dim(d: Any) -> int | str:
