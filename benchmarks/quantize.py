@@ -276,7 +276,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
                     raw_path = RAW[backend](module, example, mode, calib, raw_dir)
                     raw_error = None
                 except Exception as exc:  # the raw call failing is a finding too
-                    raw_path, raw_error = None, f"{type(exc).__name__}: {(str(exc).splitlines() or [""])[0][:80]}"
+                    raw_path, raw_error = None, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:80]}"
                 raw_s = time.perf_counter() - t0
                 t = q.timings
                 enn_s = t.get("capture", 0.0) + t.get("onnx", 0.0) + t.get("convert", 0.0)
