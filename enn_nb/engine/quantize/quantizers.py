@@ -181,6 +181,7 @@ def quantize_pt2(backend: Any, job: Any, out_path: Path, options: dict[str, Any]
     conv.details["quantizer_call"] = ("torchao prepare_pt2e/convert_pt2e with X86InductorQuantizer("
                                       f"get_default_x86_inductor_quantization_config(is_dynamic={dynamic}))")
     if quantizer.left_float:
+        conv.details["quantizer_call"] += ", annotations on float64 ops removed"
         conv.notes.append(f"{quantizer.left_float} op(s) computing in float64 left unquantized (the X86 Inductor "
                           "quantizer's observers take float32/16 only).")
     if backend.name == "aoti":
