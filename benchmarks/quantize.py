@@ -14,7 +14,9 @@ For the reference model and the zoo's GRU forecaster, per backend x mode:
 The raw side calls each library the way its documentation shows: ``onnxruntime.quantization``
 (``quantize_static`` QDQ / ``quantize_dynamic``), torchao's ``prepare_pt2e``/``convert_pt2e`` with
 ExecuTorch's ``XNNPACKQuantizer`` then ``to_edge_transform_and_lower``, ``litert_torch.convert`` then
-``ai_edge_quantizer``, ``coremltools.convert`` then ``coremltools.optimize.coreml.linear_quantize_weights``.
+``ai_edge_quantizer``, ``coremltools.convert`` then ``coremltools.optimize.coreml.linear_quantize_weights``,
+the same PT2E flow with ``X86InductorQuantizer`` then ``torch.export.save`` (pt2) or
+``aoti_compile_and_package`` (aoti).
 Both sides get the same calibration batches (256 rows of N(0, 1) features in batches of 32, seeded) and
 are evaluated on the same 128 rows. Run: ``python benchmarks/quantize.py [--models reference,gru]``.
 """
@@ -32,7 +34,8 @@ import numpy as np
 import torch
 
 PLAN = {"onnx": ["int8", "int8-weights", "fp16"], "executorch": ["int8", "int8-weights"],
-        "litert": ["int8", "int8-weights"], "coreml": ["fp16", "int8-weights"]}
+        "litert": ["int8", "int8-weights"], "coreml": ["fp16", "int8-weights"], "pt2": ["int8", "int8-weights"],
+        "aoti": ["int8"]}
 
 
 # -- models and data ------------------------------------------------------------------------------------------
@@ -168,7 +171,39 @@ def raw_coreml(module: torch.nn.Module, example: torch.Tensor, mode: str, calib:
     return target
 
 
-RAW = {"onnx": raw_onnx, "executorch": raw_executorch, "litert": raw_litert, "coreml": raw_coreml}
+def raw_pt2(module: torch.nn.Module, example: torch.Tensor, mode: str, calib: list[torch.Tensor], out: Path,
+            *, compile_aoti: bool = False) -> Path:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    dims = ({0: torch.export.Dim("batch", min=1, max=64)},)
+    dynamic = mode == "int8-weights"
+    ep = torch.export.export(module, (example,), dynamic_shapes=dims)
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    prepared = prepare_pt2e(ep.module(), quantizer)
+    with torch.no_grad():
+        for batch in calib[:1] if dynamic else calib:
+            prepared(batch)
+    qep = torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=dims)
+    if compile_aoti:
+        from enn_nb.engine.cache import ensure_inductor_cache
+
+        ensure_inductor_cache()
+        return Path(torch._inductor.aoti_compile_and_package(qep, package_path=str(out / f"raw-{mode}.aoti.pt2")))
+    target = out / f"raw-{mode}.pt2"
+    torch.export.save(qep, str(target))
+    return target
+
+
+def raw_aoti(module: torch.nn.Module, example: torch.Tensor, mode: str, calib: list[torch.Tensor], out: Path) -> Path:
+    return raw_pt2(module, example, mode, calib, out, compile_aoti=True)
+
+
+RAW = {"onnx": raw_onnx, "executorch": raw_executorch, "litert": raw_litert, "coreml": raw_coreml, "pt2": raw_pt2,
+       "aoti": raw_aoti}
 
 
 def size(path: Path) -> int:
@@ -209,14 +244,15 @@ def latency(run: Any, x: torch.Tensor, batch: int) -> tuple[float, float] | None
 
 
 # -- the table ----------------------------------------------------------------------------------------------------
-def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path) -> list[dict[str, Any]]:
+def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
+          plan: dict[str, list[str]]) -> list[dict[str, Any]]:
     import enn_nb
     from enn_nb.engine.safe import export_safe
 
     calib, evaluation = data(shape)
     example = torch.randn(2, *shape)
     started = time.perf_counter()
-    report = enn_nb.export(model, list(PLAN), out_dir=out / f"{name}-enn", example_inputs=(example,), quantize=PLAN,
+    report = enn_nb.export(model, list(plan), out_dir=out / f"{name}-enn", example_inputs=(example,), quantize=plan,
                            calibration=calib, eval_data=evaluation, isolate=False, cache=False)
     total = time.perf_counter() - started
     print(f"{name}: enn_nb export of {len(report.results)} rows in {total:.1f} s", flush=True)
@@ -226,7 +262,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path) 
         module = Forward(safe.model).eval()
         with torch.no_grad():
             expected = module(evaluation).numpy()
-        for backend, modes in PLAN.items():
+        for backend, modes in plan.items():
             base = report[backend]
             base_run = runner(backend, Path(base.artifact)) if base.artifact else None
             static = 2 if backend == "litert" else None
@@ -240,7 +276,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path) 
                     raw_path = RAW[backend](module, example, mode, calib, raw_dir)
                     raw_error = None
                 except Exception as exc:  # the raw call failing is a finding too
-                    raw_path, raw_error = None, f"{type(exc).__name__}: {str(exc)[:80]}"
+                    raw_path, raw_error = None, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:80]}"
                 raw_s = time.perf_counter() - t0
                 t = q.timings
                 enn_s = t.get("capture", 0.0) + t.get("onnx", 0.0) + t.get("convert", 0.0)
@@ -270,24 +306,26 @@ def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="reference,gru")
+    parser.add_argument("--backends", default=",".join(PLAN), help="a comma-separated subset of " + ", ".join(PLAN))
     args = parser.parse_args()
     chosen = models(args.models.split(","))
+    plan = {b: PLAN[b] for b in args.backends.split(",")}
     with tempfile.TemporaryDirectory(prefix="enn-quantize-bench-") as tmp:
         out = Path(tmp)
-        warm_up(out)
+        warm_up(out, plan)
         rows = []
         for name, (model, shape) in chosen.items():
-            rows += bench(name, model, shape, out)
+            rows += bench(name, model, shape, out, plan)
             print_table(rows)  # after each model: a long run still leaves its first tables
 
 
-def warm_up(out: Path) -> None:
+def warm_up(out: Path, plan: dict[str, list[str]]) -> None:
     """Every raw call once on a small MLP, untimed: the converters' imports and first-call costs are paid
     before either side is timed (enn_nb's export calls the same converters)."""
     tiny = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2)).eval()
     example = torch.randn(2, 8)
     calib, _ = data((8,))
-    for backend, modes in PLAN.items():
+    for backend, modes in plan.items():
         for mode in modes:
             folder = out / f"warmup-{backend}"
             folder.mkdir(parents=True, exist_ok=True)

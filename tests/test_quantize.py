@@ -310,3 +310,34 @@ def test_magic_body_and_wizard_take_the_quantize_setting(tmp_path: Path) -> None
     state.backends, state.calibration, state.accuracy_budget = ["onnx"], "nowhere", "-1"
     problem = state.check("targets")
     assert "`nowhere` is neither a .safetensors file nor a variable" in problem and "Accuracy budget `-1`" in problem
+
+
+# -- pt2 / aoti: torchao's PT2E X86 Inductor quantizer ----------------------------------------------------------
+def test_pt2_int8_reads_back_from_the_saved_program(trained_model, tmp_path: Path) -> None:
+    report = enn_nb.export(trained_model, ["pt2"], out_dir=tmp_path, quantize=["int8", "int8-weights"],
+                           calibration=torch.randn(128, trained_model.in_dim), isolate=False)
+    base, q, w8 = report["pt2"], report["pt2:int8"], report["pt2:int8-weights"]
+    assert base.status == "ok" and q.status == "ok" and w8.status == "ok", (q.error, w8.error)
+    assert q.verified  # (no size check: on this ~19k-weight model the archive's graph outweighs the weights)
+    held = _sidecar(q)["quantization"]["artifact"]
+    assert held["format"] == "pt2" and held["qdq_nodes"] > 0 and held["int8_tensors"] > 0
+    # the float copies of the quantized weights are not stored beside them (else int8 would be < half)
+    assert held["activation_dtype"] == "uint8" and held["int8_weight_fraction"] > 0.6, held
+    assert "linear" in held["quantized_ops"]
+    assert w8.quantization["artifact"]["activation_dtype"] == "float32"  # dynamic: activations stay float
+    assert "X86InductorQuantizer" in q.quantization["quantizer_call"]
+    for row in (q, w8):
+        acc = row.quantization["accuracy"]
+        assert acc["rows"] > 0 and all(0 < o["rmse_rel"] <= 0.03 for o in acc["outputs"]), acc
+
+
+@pytest.mark.slow
+def test_aoti_int8_reads_back_the_program_it_compiled(trained_model, tmp_path: Path) -> None:
+    report = enn_nb.export(trained_model, ["aoti"], out_dir=tmp_path, quantize="int8",
+                           calibration=torch.randn(128, trained_model.in_dim), isolate=False)
+    q = report["aoti:int8"]
+    assert q.status == "ok" and q.verified, q.error
+    held = q.quantization["artifact"]
+    assert held["format"] == "exported program" and "AOTInductor compiled" in held["read_from"]
+    assert held["qdq_nodes"] > 0 and held["int8_tensors"] > 0 and held["activation_dtype"] == "uint8"
+    assert all(math.isfinite(o["rmse_rel"]) for o in q.quantization["accuracy"]["outputs"])

@@ -7,6 +7,21 @@ from typing import Any
 from enn_nb.engine.backends.base import ExportJob, TensorInfo
 
 
+#: The PT2E int8 modes (``quantize_modes``) of pt2 and aoti.
+X86_QUANTIZE_MODES = {
+    "int8-weights": "torchao PT2E + X86InductorQuantizer (dynamic)",
+    "int8": "torchao PT2E + X86InductorQuantizer (static, calibrated)",
+}
+
+
+def register_quantized_ops() -> None:
+    """Make ``torch.ops.quantized_decomposed`` (the PT2E quantize/dequantize ops) known before a quantized
+    program is loaded: torch defines them in a module it does not import by itself."""
+    import importlib
+
+    importlib.import_module("torch.ao.quantization.fx._decomposed")  # registers the library on import
+
+
 def _dim(d: Any) -> int | str:
     if isinstance(d, int):
         return d

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.engine.backends._torch_common import program_io, torch_runner
+from enn_nb.engine.backends._torch_common import (
+    X86_QUANTIZE_MODES,
+    program_io,
+    torch_runner,
+)
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 from enn_nb.engine.cache import ensure_inductor_cache
 from enn_nb.engine.inductor import headers_in_cache
@@ -45,6 +49,13 @@ class AotiBackend(Backend):
         if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
             return "AOTInductor needs a C++ compiler (g++ or clang++) on PATH; install one (e.g. `apt-get install g++`)"
         return None
+
+    quantize_modes: ClassVar[dict[str, str]] = X86_QUANTIZE_MODES
+
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_pt2
+
+        return quantize_pt2(self, job, out_path, options, mode, calibration)
 
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch

@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enn_nb.engine.backends._torch_common import program_io, torch_runner
+from enn_nb.engine.backends._torch_common import (
+    X86_QUANTIZE_MODES,
+    program_io,
+    register_quantized_ops,
+    torch_runner,
+)
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob
 
 EXTRA_FILE = "enn_nb.json"
@@ -29,6 +34,13 @@ class Pt2Backend(Backend):
     default_tolerance: ClassVar[tuple[float, float]] = (1e-5, 1e-5)
     options: ClassVar[tuple[Any, ...] | None] = ()  # none but the common `timeout_s`
 
+    quantize_modes: ClassVar[dict[str, str]] = X86_QUANTIZE_MODES
+
+    def quantize(self, job: ExportJob, out_path: Path, options: dict[str, Any], mode: str, calibration: Any) -> Conversion:
+        from enn_nb.engine.quantize.quantizers import quantize_pt2
+
+        return quantize_pt2(self, job, out_path, options, mode, calibration)
+
     def convert(self, job: ExportJob, out_path: Path, options: dict[str, Any]) -> Conversion:
         import torch
 
@@ -47,7 +59,9 @@ class Pt2Backend(Backend):
             format={"format": "torch.export", "torch": torch.__version__, "extra_files": [EXTRA_FILE]},
             dynamic_batch=dynamic,
             embedded_metadata=True,
-            details={"load": "torch.export.load(path).module()"},
+            details={"load": "torch.export.load(path).module()" + (
+                " (after `import torch.ao.quantization.fx._decomposed`: the program calls its quantize ops)"
+                if any("quantized_decomposed" in str(n.target) for n in ep.graph.nodes) else "")},
         )
 
     def load(self, artifact: Path, options: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -56,6 +70,7 @@ class Pt2Backend(Backend):
         from enn_nb.engine.trust import check_pt2_archive
 
         check_pt2_archive(artifact)  # torch.export.load unpickles some payloads with weights_only=False
+        register_quantized_ops()  # a quantized program calls them
         return torch_runner(torch.export.load(str(artifact)).module())
 
     def read_metadata(self, artifact: Path) -> dict[str, str] | None:
@@ -64,6 +79,7 @@ class Pt2Backend(Backend):
         from enn_nb.engine.trust import check_pt2_archive
 
         check_pt2_archive(artifact)
+        register_quantized_ops()
         extra = {EXTRA_FILE: ""}
         torch.export.load(str(artifact), extra_files=extra)
         return json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
@@ -75,4 +91,5 @@ class Pt2Backend(Backend):
         from enn_nb.engine.trust import check_pt2_archive
 
         check_pt2_archive(artifact)
+        register_quantized_ops()
         return program_digest(torch.export.load(str(artifact)))

@@ -12,6 +12,8 @@ litert          ``ai_edge_quantizer`` on the converted ``.tflite`` (recipes ``dy
                 ``static_wi8_ai8`` calibrated)
 coreml          the converter's ``compute_precision=FLOAT16`` (fp16); ``coremltools.optimize.coreml
                 .linear_quantize_weights`` (int8-weights)
+pt2, aoti       torchao's PT2E flow with ``X86InductorQuantizer`` (``get_default_x86_inductor_quantization_config``;
+                ``is_dynamic=True`` for int8-weights), the result exported again and saved / compiled
 ==============  ==============================================================================
 
 Each function takes the backend, the export's job, the artifact path, the backend's options, the mode
@@ -90,8 +92,13 @@ _ONNX_CALLS = {
 
 
 # -- PT2E (executorch) --------------------------------------------------------------------------------
-def pt2e_program(job: Any, quantizer: Any, calibration: Calibration, *, static: bool) -> Any:
-    """The captured program quantized by torchao's PT2E flow with ``quantizer``, exported again (same batch dims)."""
+def pt2e_program(job: Any, quantizer: Any, calibration: Calibration, *, static: bool,
+                 drop_unused: bool = False) -> Any:
+    """The captured program quantized by torchao's PT2E flow with ``quantizer``, exported again (same batch dims).
+
+    ``drop_unused``: remove the float parameters the quantized graph no longer reads (their int8 copies
+    replaced them); ``torch.export`` would otherwise store both (the executorch lowering drops them itself).
+    """
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -106,7 +113,18 @@ def pt2e_program(job: Any, quantizer: Any, calibration: Calibration, *, static: 
         for batch in (batches if static else batches[:1]):
             prepared(*(torch.from_numpy(a.copy()) for a in batch))
     converted = convert_pt2e(prepared)
+    if drop_unused:
+        _drop_unused_attributes(converted)
     return torch.export.export(converted, job.example_inputs, dynamic_shapes=_batch_shapes(ep, job))
+
+
+def _drop_unused_attributes(module: Any) -> None:
+    """Delete the parameters and buffers no ``get_attr`` node of ``module``'s graphs reads any more."""
+    used = {n.target for m in module.modules() if hasattr(m, "graph") for n in m.graph.nodes if n.op == "get_attr"}
+    for name, _ in [*module.named_parameters(), *module.named_buffers()]:
+        if name not in used:
+            owner, _, leaf = name.rpartition(".")
+            delattr(module.get_submodule(owner) if owner else module, leaf)
 
 
 def _batch_shapes(ep: Any, job: Any) -> Any:
@@ -137,6 +155,69 @@ def quantize_executorch(backend: Any, job: Any, out_path: Path, options: dict[st
     conv.details["quantizer_call"] = (f"torchao prepare_pt2e/convert_pt2e with XNNPACKQuantizer("
                                       f"get_symmetric_quantization_config(is_per_channel=True, is_dynamic={dynamic}))")
     return conv
+
+
+# -- PT2E X86 Inductor (pt2, aoti) ----------------------------------------------------------------------------
+def quantize_pt2(backend: Any, job: Any, out_path: Path, options: dict[str, Any], mode: str,
+                 calibration: Calibration) -> Any:
+    """pt2 and aoti: the X86 Inductor PT2E program saved by the backend (``.pt2``) or compiled by AOTInductor.
+
+    What it holds is read back from the saved program (pt2) or, for aoti, from the very program handed to
+    AOTInductor: the compiled package keeps its weights inside a shared library that nothing reads back.
+    """
+    require("torchao", purpose=f"`{backend.name}` quantization")
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    from enn_nb.engine.quantize.readback import read_back_program
+
+    dynamic = mode == "int8-weights"
+    quantizer = _float32_only(X86InductorQuantizer)().set_global(
+        get_default_x86_inductor_quantization_config(is_dynamic=dynamic))
+    qep = pt2e_program(job, quantizer, calibration, static=not dynamic, drop_unused=True)
+    conv = backend.convert(dataclasses.replace(job, get_exported_program=lambda: qep), out_path, options)
+    conv.details["quantizer_call"] = ("torchao prepare_pt2e/convert_pt2e with X86InductorQuantizer("
+                                      f"get_default_x86_inductor_quantization_config(is_dynamic={dynamic}))")
+    if quantizer.left_float:
+        conv.details["quantizer_call"] += ", annotations on float64 ops removed"
+        conv.notes.append(f"{quantizer.left_float} op(s) computing in float64 left unquantized (the X86 Inductor "
+                          "quantizer's observers take float32/16 only).")
+    if backend.name == "aoti":
+        found = read_back_program(qep)
+        found["read_from"] = "the quantized program AOTInductor compiled (the package's weights are compiled in)"
+        conv.details["quantization_readback"] = found
+    return conv
+
+
+def _float32_only(base: type) -> type:
+    """``base`` (a torchao PT2E quantizer) that leaves alone the ops reading or making float64 tensors.
+
+    The X86 Inductor quantizer annotates every add/mul it sees, and its quantize ops accept float32/16 only:
+    a model computing partly in float64 (the reference model's Scaler) would fail at calibration.
+    """
+    import torch
+
+    def is_f64(node: Any) -> bool:
+        val = getattr(node, "meta", {}).get("val")
+        return isinstance(val, torch.Tensor) and val.dtype == torch.float64
+
+    class Float32Only(base):  # type: ignore[misc,valid-type]
+        left_float = 0
+
+        def annotate(self, model: Any) -> Any:
+            model = super().annotate(model)
+            for node in model.graph.nodes:
+                note = node.meta.get("quantization_annotation")
+                if note is None:
+                    continue
+                if is_f64(node) or any(is_f64(a) for a in node.all_input_nodes):
+                    del node.meta["quantization_annotation"]
+                    self.left_float += 1
+            return model
+
+    return Float32Only
 
 
 # -- LiteRT --------------------------------------------------------------------------------------------------------

@@ -25,8 +25,11 @@ _PLUMBING = {"Shape", "Reshape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Sl
 
 def read_back(artifact: Path) -> dict[str, Any]:
     """The quantization an artifact holds (its format from its suffix); ``{"error": ...}`` when it cannot be read."""
-    reader = {".onnx": _onnx, ".ort": _ort, ".pte": _pte, ".tflite": _tflite, ".mlpackage": _mlpackage}.get(
-        Path(artifact).suffix)
+    if Path(artifact).name.endswith(".aoti.pt2"):  # not a torch.export archive: compiled code and weights
+        return {"error": "an AOTInductor package holds compiled code; read back the program it was compiled from "
+                         "(`read_back_program`)"}
+    reader = {".onnx": _onnx, ".ort": _ort, ".pte": _pte, ".tflite": _tflite, ".mlpackage": _mlpackage,
+              ".pt2": _pt2}.get(Path(artifact).suffix)
     if reader is None:
         return {"error": f"enn_nb reads no quantization from `{Path(artifact).suffix}` files"}
     try:
@@ -126,6 +129,73 @@ def _ort(path: Path) -> dict[str, Any]:
     if activation == "float32" and weights.get("float16", 0) > weights.get("float32", 0):
         activation = "float16"
     return {"format": "ort", "weights": dict(weights), "activation_dtype": activation, "quantized_ops": quantized,
+            "float_ops": floating, "qdq_nodes": qdq, "int8_tensors": int8_tensors}
+
+
+# -- torch.export (pt2; aoti's source program) ------------------------------------------------------------------
+#: ops that only move data in an exported graph (the ONNX list above, in aten spelling)
+_ATEN_PLUMBING = {"view", "reshape", "_unsafe_view", "unsqueeze", "squeeze", "cat", "slice", "select", "permute",
+                  "transpose", "t", "expand", "flatten", "clone", "contiguous", "getitem", "split", "alias",
+                  "_assert_tensor_metadata", "sym_size", "detach"}
+
+
+def _pt2(path: Path) -> dict[str, Any]:
+    import torch
+
+    from enn_nb.engine.backends._torch_common import register_quantized_ops
+    from enn_nb.engine.trust import check_pt2_archive
+
+    check_pt2_archive(path)
+    register_quantized_ops()
+    return _program(torch.export.load(str(path)), "pt2")
+
+
+def read_back_program(ep: Any) -> dict[str, Any]:
+    """The quantization an in-memory ``ExportedProgram`` holds (same keys as :func:`read_back`)."""
+    try:
+        return _fractions(_program(ep, "exported program"))
+    except Exception as exc:  # a reader's failure is reported, the artifact stays
+        return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def _program(ep: Any, fmt: str) -> dict[str, Any]:
+    """Constants per dtype, quantize/dequantize nodes, and which compute nodes read dequantized tensors."""
+    import torch
+
+    sig = ep.graph_signature
+    stored = {**ep.state_dict, **ep.constants}
+    by_placeholder = {**sig.inputs_to_parameters, **sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
+    weights: Counter[str] = Counter()
+    int8_tensors = 0
+    for target in by_placeholder.values():
+        tensor = stored.get(target)
+        if isinstance(tensor, torch.Tensor):
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            weights[dtype] += tensor.numel()
+            int8_tensors += tensor.dtype in (torch.int8, torch.uint8)
+    quantized: Counter[str] = Counter()
+    floating: Counter[str] = Counter()
+    qdq = 0
+    activation = "float32"
+    for node in ep.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        namespace = str(getattr(node.target, "namespace", ""))
+        if namespace == "quantized_decomposed" or name.startswith(("quantize_", "dequantize_")):
+            if name.startswith(("quantize_", "dequantize_")):
+                qdq += 1
+            source = node.args[0] if node.args else None
+            if name == "quantize_per_tensor" and str(node.target).endswith(".default") and (
+                    getattr(source, "op", None) != "placeholder" or source.name not in by_placeholder):
+                # a static quantize of a computed tensor: its dtype is the activation's (the last argument)
+                activation = str(node.args[-1]).removeprefix("torch.")
+            continue
+        if name in _ATEN_PLUMBING:
+            continue
+        fed = any(getattr(a, "op", None) == "call_function" and "dequantize" in str(a.target) for a in node.args)
+        (quantized if fed else floating)[name] += 1
+    return {"format": fmt, "weights": dict(weights), "activation_dtype": activation, "quantized_ops": quantized,
             "float_ops": floating, "qdq_nodes": qdq, "int8_tensors": int8_tensors}
 
 

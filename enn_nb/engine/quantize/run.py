@@ -72,7 +72,8 @@ def convert(backend: Any, job: Any, out_path: Any, options: dict[str, Any], mode
     from enn_nb.engine.quantize.readback import read_back
 
     conv = backend.quantize(job, out_path, dict(options), mode, calibration)
-    conv.details["quantization_readback"] = read_back(conv.artifact)
+    if "quantization_readback" not in conv.details:  # aoti reads back the program it compiled, in its quantizer
+        conv.details["quantization_readback"] = read_back(conv.artifact)
     return conv
 
 
