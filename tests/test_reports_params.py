@@ -69,6 +69,21 @@ def test_wrong_kind_for_a_numeric_parameter():
         check_parameters(path, {"rtol": True})
 
 
+def test_python_paths_are_text_and_other_objects_are_still_refused(tmp_path):
+    from pathlib import Path
+
+    from enn_nb.errors import ReportError
+    from enn_nb.surfaces.reports.catalog import check_parameters, paths_as_text
+
+    path = TEMPLATES / "checkpoint_report.ipynb"
+    values = paths_as_text({"checkpoint": tmp_path / "a.pt", "other": Path("b.pt")})
+    assert values == {"checkpoint": str(tmp_path / "a.pt"), "other": "b.pt"}
+    assert paths_as_text({"x": [Path("c"), 1]}) == {"x": ["c", 1]}  # inside lists too
+    check_parameters(path, values)
+    with pytest.raises(ReportError, match="plain values only"):
+        check_parameters(path, paths_as_text({"checkpoint": b"import os"}))
+
+
 def test_report_refuses_an_undeclared_parameter_before_starting_a_kernel(tmp_path):
     import enn_nb
     from enn_nb.errors import UnknownNameError

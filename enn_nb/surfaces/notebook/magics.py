@@ -257,8 +257,12 @@ class EnnMagics(Magics):
               onnx: {atol: 1.0e-5, rtol: 1.0e-4}
             options:
               onnx: {opset: 20}
+
+        Quantized artifacts beside the float ones (``calib_loader`` a DataLoader of real inputs; without
+        ``calibration`` the inputs are drawn from the signature, and every figure says so)::
+
             quantize: {onnx: int8, coreml: fp16}
-            calibration: calib_loader  # a DataLoader of real inputs (else drawn ones, labelled)
+            calibration: calib_loader
         """
         with user_errors():
             args = _parse(self.enn_export, line)

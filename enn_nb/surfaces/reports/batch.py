@@ -18,6 +18,7 @@ from enn_nb.surfaces.factory import model_path as resolve_model_path
 from enn_nb.surfaces.reports.catalog import (
     check_parameters,
     declared_parameters,
+    paths_as_text,
     resolve_template,
     template_metadata,
     templates,
@@ -134,7 +135,7 @@ def run_batch(
             name=target,
             known=list(declared),
         )
-    values = {**dict(parameters or {}), **params}
+    values = paths_as_text({**dict(parameters or {}), **params})
     check_parameters(path, {**values, target: matches[0]}, declared=declared)  # a typo fails before any run
     # paths as the caller meant them: a worker runs elsewhere (another working directory, another machine)
     path_parameters = [*template_metadata(path).get("path_parameters", []), target]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,20 @@ _NUMERIC = {"int": (int,), "float": (int, float), "bool": (bool,)}
 _CONTAINERS = {"str": (str,), "list": (list,), "dict": (dict,)}
 #: How deep lists and mappings may nest in a parameter (the YAML loader's own limit).
 _MAX_DEPTH = 32
+
+
+def paths_as_text(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each ``os.PathLike`` (a ``pathlib.Path`` from the Python API, also inside lists) as its
+    text: a path is plain data, and only plain data reaches the kernel (:func:`check_parameters`)."""
+
+    def text(value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fsdecode(os.fspath(value))
+        if type(value) is list:
+            return [text(v) for v in value]
+        return value
+
+    return {key: text(value) for key, value in values.items()}
 
 
 def check_parameters(

@@ -20,7 +20,13 @@ from enn_nb._version import __version__
 from enn_nb.engine.settings import prepare_out_dir
 from enn_nb.errors import OutputDirError, ReportCellError, ReportError, ReportInputError
 from enn_nb.surfaces.factory import child_pythonpath
-from enn_nb.surfaces.reports.catalog import check_parameters, declared_parameters, resolve_template, template_metadata
+from enn_nb.surfaces.reports.catalog import (
+    check_parameters,
+    declared_parameters,
+    paths_as_text,
+    resolve_template,
+    template_metadata,
+)
 from enn_nb.surfaces.reports.html import to_html
 from enn_nb.surfaces.reports.progress import ENV, BackendBar, create_events_file
 from enn_nb.surfaces.reports.sections import link
@@ -135,7 +141,7 @@ def report(
     _reentry.check("enn_nb.report")
 
     path = resolve_template(template)
-    values = {**dict(parameters or {}), **params}
+    values = paths_as_text({**dict(parameters or {}), **params})
     declared = declared_parameters(path)
     check_parameters(path, values, declared=declared)
     _check_inputs(path, values)  # as the caller typed them, relative to the working directory
