@@ -161,7 +161,7 @@ def test_batch_runs_one_report_per_checkpoint_and_indexes_verdicts(tiny_checkpoi
 
 
 # -- a report worth sharing ------------------------------------------------------------------------
-SECTIONS = ["Artifacts", "Plots", "Model", "Environment", "Export-safe deviations", "Checkpoint manifest",
+SECTIONS = ["Artifacts", "Plots", "Quantization", "Model", "Environment", "Export-safe deviations", "Checkpoint manifest",
             "Sidecars", "Reproduce"]  # fmt: skip
 
 
