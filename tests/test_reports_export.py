@@ -161,8 +161,8 @@ def test_batch_runs_one_report_per_checkpoint_and_indexes_verdicts(tiny_checkpoi
 
 
 # -- a report worth sharing ------------------------------------------------------------------------
-SECTIONS = ["Artifacts", "Plots", "Quantization", "Model", "Environment", "Export-safe deviations", "Checkpoint manifest",
-            "Sidecars", "Reproduce"]  # fmt: skip
+SECTIONS = ["Artifacts", "Plots", "Quantization", "Model", "Environment", "Export-safe deviations",
+            "Checkpoint manifest", "Sidecars", "Reproduce"]  # fmt: skip
 
 
 def test_sections_come_verdict_first_then_results_then_details(passed):
