@@ -54,7 +54,7 @@ def test_the_export_report_asks_for_the_backend_bar_and_feeds_it():
     assert template_metadata(path)["progress"] == "backends"
     sources = ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]]
     assert any("progress=rs.progress_callback()" in s for s in sources)
-    assert any("print(rs.PARITY_LEGEND)" in s for s in sources)
+    assert any("display(rs.Prose(rs.PARITY_LEGEND))" in s for s in sources)  # prose that wraps on a narrow page
 
 
 def test_the_parity_legend_says_why_batch_7():
