@@ -94,14 +94,13 @@ def test_checkpoint_report_executes_and_shows_the_diff(checkpoints, tmp_path):
 
 
 @pytest.mark.notebook
-def test_missing_checkpoint_fails_in_the_first_cell_with_a_clear_message(tmp_path):
+def test_missing_checkpoint_is_refused_before_a_kernel_starts(tmp_path):
     import enn_nb
-    from enn_nb.errors import ReportCellError
+    from enn_nb.errors import ReportInputError
 
-    with pytest.raises(ReportCellError) as err:
-        enn_nb.report("checkpoint_report", tmp_path, checkpoint=str(tmp_path / "nope.pt"), progress=False)
-    assert err.value.cell_index == 1 and err.value.ename == "ReportError"
-    assert "nope.pt` does not exist" in str(err.value)
+    with pytest.raises(ReportInputError, match="nope.pt` does not exist"):
+        enn_nb.report("checkpoint_report", tmp_path / "out", checkpoint=str(tmp_path / "nope.pt"), progress=False)
+    assert not (tmp_path / "out").exists()  # no kernel ran, nothing was written
 
 
 @pytest.mark.slow
