@@ -161,4 +161,7 @@ def test_readers_during_concurrent_dcp_saves_see_the_old_or_the_new_checkpoint(t
     finally:
         writer.kill()
         writer.wait()
-    assert seen > 20 and errors == [], errors[:3]
+    # A read that lost the race every time it retried says so (one clean error naming the fix): never a mix of two
+    # saves and never a hash of neither. Anything else is a failure, and such lost races stay rare.
+    lost = [e for e in errors if "was replaced by a concurrent save while being read" in e]
+    assert seen > 20 and errors == lost and len(lost) <= seen // 4, errors[:3]
