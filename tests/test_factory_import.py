@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,16 +34,34 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _kill_left_in(folder: Path) -> list[int]:
-    """Kill (by id) every process but this one whose working folder is ``folder``: what a runaway export left."""
-    killed = []
+def _pids_in(folder: Path) -> list[int]:
+    pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if int(proc.name) != os.getpid() and Path(os.readlink(proc / "cwd")) == folder:
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed.append(int(proc.name))
+                pids.append(int(proc.name))
         except (OSError, ValueError):
             continue
+    return pids
+
+
+def _kill_left_in(folder: Path, grace: float = 20.0) -> list[str]:
+    """Kill every process but this one still working in ``folder`` after ``grace`` seconds: what a runaway left.
+
+    The grace is for the CLI's forkserver, which exits on its own once the CLI has gone but, with torch
+    preloaded, can take a few seconds to shut down; a runaway export keeps working far longer.
+    """
+    deadline = time.monotonic() + grace
+    while _pids_in(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = []
+    for pid in _pids_in(folder):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            continue
+        killed.append(f"{pid}: {cmdline.strip()[:200]}")
     return killed
 
 
@@ -51,7 +70,7 @@ def _cli(args: list[str], cwd: Path, timeout: float, **env: str) -> subprocess.C
     try:
         return subprocess.run([*ENN_NB, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        left = _kill_left_in(cwd)
+        left = _kill_left_in(cwd, grace=0)
         pytest.fail(f"`enn-nb {' '.join(args)}` ran past {timeout:.0f} s; killed {len(left)} process(es) it left")
 
 
