@@ -1,7 +1,12 @@
-"""The wizard in a real browser: Voilà serves a notebook calling it, Debian's Chromium clicks through an ONNX export."""
+"""The wizard in a real browser: Voilà serves a notebook calling it, Debian's Chromium clicks through an ONNX export.
+
+The same run ticks the quantize mode `int8-weights` (onnxruntime's dynamic quantization needs no
+calibration and takes seconds), so the targets step's quantize widgets are exercised in the browser too.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -85,6 +90,7 @@ def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artif
         next_button.click()
         page.get_by_text("No backend chosen").wait_for()
         onnx.check()
+        page.get_by_role("checkbox", name="int8-weights", exact=True).check()
         # a real conversion, not a hit of the export cache an earlier run filled
         page.get_by_role("checkbox", name="reuse identical earlier exports (cache)").uncheck()
         page.screenshot(path=str(artifacts_dir / "wizard_targets.png"), full_page=True)
@@ -100,7 +106,10 @@ def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artif
         assert row.locator("td").nth(1).inner_text() == "ok · verified"
         assert "model.onnx" in row.locator("td").nth(2).inner_text()
         assert "ms" in row.locator("td").nth(5).inner_text()  # latency measured against eager
-        page.locator("img").nth(2).wait_for()  # the three plots
+        quantized = table.locator("tr[data-backend='onnx:int8-weights']")
+        assert quantized.locator("td").nth(1).inner_text().startswith("ok")  # within the default budget
+        assert "model.int8-weights.onnx" in quantized.locator("td").nth(2).inner_text()
+        page.locator("img").nth(3).wait_for()  # parity, latency, size and the quantization trade-off
         assert page.locator(".enn-wizard-links a", has_text="model.onnx.enn.json").count() == 1
         page.screenshot(path=str(artifacts_dir / "wizard_results.png"), full_page=True)
     except Exception:
@@ -111,3 +120,6 @@ def test_click_through_an_onnx_export_in_chromium(voila_url, browser_page, artif
     out = work / "exports"
     assert (out / "model.onnx").is_file() and (out / "model.onnx").stat().st_size > 0
     assert (out / "model.onnx.enn.json").is_file()
+    side = json.loads((out / "model.int8-weights.onnx.enn.json").read_text())
+    assert side["quantization"]["mode"] == "int8-weights"
+    assert side["quantization"]["artifact"]["int8_weight_fraction"] > 0
