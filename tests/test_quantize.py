@@ -158,6 +158,13 @@ def test_onnx_int8_from_a_dataloader_reads_back_and_is_within_budget(trained_mod
     assert "model.int8.onnx" not in str(report["onnx"].artifact)
     text = str(report)
     assert "Quantized artifacts" in text and "held-back calibration" in text
+    # verify re-measures it against the float model's outputs recorded in the export's vectors file
+    checked = enn_nb.verify(q.artifact)
+    again = checked.accuracy
+    assert again["rows"] == 8 and "model.vectors.safetensors" in again["evaluated_on"] and not checked.problems
+    assert again["recorded"] == acc and math.isfinite(again["outputs"][0]["rmse_rel"])
+    assert checked.status == ("degraded" if again["over_budget"] else "passed") and checked.parity == {}
+    assert checked.ok == (checked.status == "passed") and "re-measured on" in str(checked)
 
 
 def test_outlier_model_comes_back_degraded_with_figures(tmp_path: Path) -> None:
@@ -172,6 +179,20 @@ def test_outlier_model_comes_back_degraded_with_figures(tmp_path: Path) -> None:
         enn_nb.export(model, ["onnx"], out_dir=tmp_path / "strict", example_inputs=(torch.randn(2, 16),),
                       quantize="int8", calibration=torch.randn(128, 16), isolate=False, strict=True)
     assert err.value.figures["outputs"][0]["rmse_rel"] > 0.03
+    # verify: degraded (recorded over budget at export), never "passed"; exit 1 on the CLI
+    from enn_nb.cli import main
+
+    checked = enn_nb.verify(q.artifact)
+    assert checked.status == "degraded" and not checked.ok and "recorded over budget at export" in checked.reason
+    assert main(["verify", str(q.artifact)]) == 1
+    float_side = tmp_path / "model.onnx.enn.json"
+    float_side.rename(tmp_path / "elsewhere.json")  # without the float sidecar there is nothing to measure against
+    with pytest.raises(enn_nb.errors.ExportError, match="`model.onnx.enn.json` names, and that sidecar is not beside it"):
+        enn_nb.verify(q.artifact)
+    (tmp_path / "elsewhere.json").rename(float_side)
+    Path(q.artifact).write_bytes(Path(q.artifact).read_bytes() + b"\0")
+    damaged = enn_nb.verify(q.artifact)
+    assert damaged.status == "failed" and "has " in damaged.problems[0] and damaged.accuracy is None
 
 
 def test_a_float_artifact_under_a_quantized_name_is_a_named_failure(tmp_path: Path) -> None:
