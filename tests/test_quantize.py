@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import enn_nb
+from enn_nb.engine import sidecar as sc
 from enn_nb.engine.quantize import calibration as qcal
 from enn_nb.engine.quantize.accuracy import measure, over_budget
 from enn_nb.engine.quantize.modes import parse_budget, parse_quantize
@@ -197,17 +198,21 @@ def test_outlier_model_comes_back_degraded_with_figures(tmp_path: Path) -> None:
 
 def test_a_float_artifact_under_a_quantized_name_is_a_named_failure(tmp_path: Path) -> None:
     from enn_nb.engine.registry import register_backend, unregister_backend
-    from tests.fixtures.backends import AbortingQuantizerBackend, FloatQuantizerBackend
+    from tests.fixtures.backends import AbortingQuantizerBackend, FloatQuantizerBackend, HangingQuantizerBackend
 
-    for cls in (FloatQuantizerBackend, AbortingQuantizerBackend):
+    misbehaving = (FloatQuantizerBackend, AbortingQuantizerBackend, HangingQuantizerBackend)
+    for cls in misbehaving:
         register_backend(cls, replace=True)
     try:
         model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         with pytest.warns(UserWarning, match="no calibration data"):
-            report = enn_nb.export(model, ["qfloat", "qabort"], out_dir=tmp_path, example_inputs=(torch.randn(2, 4),),
-                                   quantize="int8")
+            # qhang's limit covers its float plan too (a saved program, done in a second or two): generous for
+            # a loaded machine, short next to the quantizer's forever
+            report = enn_nb.export(model, ["qfloat", "qabort", "qhang"], out_dir=tmp_path,
+                                   example_inputs=(torch.randn(2, 4),), quantize="int8",
+                                   options={"qhang": {"timeout_s": 10}})
     finally:
-        for cls in (FloatQuantizerBackend, AbortingQuantizerBackend):
+        for cls in misbehaving:
             unregister_backend(cls.name)
     silent = report["qfloat:int8"]
     assert silent.status == "failed" and silent.error_type == "QuantizationError"
@@ -217,6 +222,14 @@ def test_a_float_artifact_under_a_quantized_name_is_a_named_failure(tmp_path: Pa
     assert crashed.status == "crashed" and crashed.signal == "SIGABRT"
     assert report["qabort"].status == "ok" and report["qfloat"].status == "ok"  # the float artifacts are untouched
     assert _sidecar(silent)["quantization"]["drawn_inputs"] is True
+    # a quantizer that hangs times out like any other lane; the float artifact of the same export is untouched
+    hung, hung_float = report["qhang:int8"], report["qhang"]
+    assert (hung.status, hung.stage, hung.error_type) == ("timeout", "convert", "Timeout"), hung.error
+    assert "did not finish within 10 s" in hung.error and hung.artifact is None
+    assert "calibrating forever" in _sidecar(hung)["error"]["log_tail"]
+    assert not (tmp_path / "model.int8.qhang.pt2").exists()
+    assert hung_float.status == "ok" and hung_float.verified
+    assert sc.check_files(_sidecar(hung_float), tmp_path, Path(hung_float.artifact)) == []  # whole, as recorded
 
 
 @pytest.mark.slow
