@@ -35,6 +35,7 @@ def verify_quantized(artifact: Path, side_path: Path, data: dict[str, Any], *, o
     label = data["backend"]
     block = data["quantization"]
     base = side_path.parent
+    budget = _budget(artifact, block.get("budget"))
     problems = sc.check_files(data, base, artifact)
     vec_path, float_side = _float_vectors(artifact, base, block)
     vectors = float_side["parity"]["vectors"]
@@ -68,9 +69,8 @@ def verify_quantized(artifact: Path, side_path: Path, data: dict[str, Any], *, o
     except ValueError as exc:
         problems.append(f"the quantized artifact's outputs do not match the float model's: {exc}")
         return VerifyResult(artifact, label, "failed", None, {}, problems)
-    budget = dict(block.get("budget") or {})
     broken = accuracy.over_budget(figures, {**budget, "metric": None})  # the user's metric is not stored
-    recorded = block.get("accuracy") or {}
+    recorded = block.get("accuracy") if isinstance(block.get("accuracy"), dict) else {}
     figures.update(
         evaluated_on=f"`{vectors['file']}`: {figures['rows']} rows of the export's parity vectors, against the float "
                      "model's outputs recorded there",
@@ -88,9 +88,23 @@ def verify_quantized(artifact: Path, side_path: Path, data: dict[str, Any], *, o
         why = [f"over budget on these rows: {'; '.join(broken)}"] if broken else []
         if recorded.get("over_budget"):
             why.append(f"recorded over budget at export on {recorded.get('rows')} rows ({recorded.get('evaluated_on')}): "
-                       f"{'; '.join(recorded['over_budget'])}")
+                       f"{'; '.join(map(str, recorded['over_budget']))}")
         reason = "; ".join(why) or "the export recorded this artifact as degraded"
     return VerifyResult(artifact, label, status, reason, {}, problems, accuracy=accuracy.finite(figures))
+
+
+def _budget(artifact: Path, given: Any) -> dict[str, Any]:
+    """The recorded accuracy budget, checked (the sidecar is read from disk: anything may be there)."""
+    import math
+
+    names = ("rmse_rel", "max_abs", "mean_abs", "metric")
+    ok = isinstance(given, dict) and all(
+        given.get(k) is None or (isinstance(given[k], (int, float)) and not isinstance(given[k], bool)
+                                 and math.isfinite(given[k]) and given[k] >= 0) for k in names)
+    if not ok:
+        raise ExportError(f"The sidecar of `{artifact.name}` records no valid accuracy budget "
+                          f"(`quantization.budget`: {escape(repr(given))[:120]}); re-export it.")
+    return {k: given.get(k) for k in names}
 
 
 def _float_vectors(artifact: Path, base: Path, block: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
