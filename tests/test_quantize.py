@@ -191,6 +191,14 @@ def test_outlier_model_comes_back_degraded_with_figures(tmp_path: Path) -> None:
     with pytest.raises(enn_nb.errors.ExportError, match="`model.onnx.enn.json` names, and that sidecar is not beside it"):
         enn_nb.verify(q.artifact)
     (tmp_path / "elsewhere.json").rename(float_side)
+    side = Path(q.sidecar)
+    kept = side.read_text()
+    forged = json.loads(kept)
+    forged["quantization"]["budget"] = {"rmse_rel": "lots"}
+    side.write_text(json.dumps(forged))
+    with pytest.raises(enn_nb.errors.ExportError, match="records no valid accuracy budget"):
+        enn_nb.verify(q.artifact)
+    side.write_text(kept)
     Path(q.artifact).write_bytes(Path(q.artifact).read_bytes() + b"\0")
     damaged = enn_nb.verify(q.artifact)
     assert damaged.status == "failed" and "has " in damaged.problems[0] and damaged.accuracy is None
