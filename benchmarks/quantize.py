@@ -9,7 +9,8 @@ For the reference model and the zoo's GRU forecaster, per backend x mode:
   for enn_nb's artifact and for the raw call's (target: enn_nb's <= the raw call's);
 - export time: enn_nb (its shared capture / ONNX export + the quantized row's conversion) vs the raw calls
   (torch.export or torch.onnx.export + the quantizer + the converter), both in this process after an
-  untimed warm-up of every converter (target <= 1.15x).
+  untimed warm-up of every converter, with the same intra-op threads (``--threads``, default 1);
+  ``--reps N`` rounds, enn_nb's export and the raw calls interleaved, medians with min-max (target <= 1.15x).
 
 The raw side calls each library the way its documentation shows: ``onnxruntime.quantization``
 (``quantize_static`` QDQ / ``quantize_dynamic``), torchao's ``prepare_pt2e``/``convert_pt2e`` with
@@ -18,7 +19,8 @@ ExecuTorch's ``XNNPACKQuantizer`` then ``to_edge_transform_and_lower``, ``litert
 the same PT2E flow with ``X86InductorQuantizer`` then ``torch.export.save`` (pt2) or
 ``aoti_compile_and_package`` (aoti).
 Both sides get the same calibration batches (256 rows of N(0, 1) features in batches of 32, seeded) and
-are evaluated on the same 128 rows. Run: ``python benchmarks/quantize.py [--models reference,gru]``.
+are evaluated on the same 128 rows.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/quantize.py [--models reference,gru] [--backends onnx] [--reps 5]``.
 """
 
 from __future__ import annotations
@@ -245,19 +247,47 @@ def latency(run: Any, x: torch.Tensor, batch: int) -> tuple[float, float] | None
 
 # -- the table ----------------------------------------------------------------------------------------------------
 def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
-          plan: dict[str, list[str]]) -> list[dict[str, Any]]:
+          plan: dict[str, list[str]], reps: int = 1) -> list[dict[str, Any]]:
+    """The rows of one model. Export time: ``reps`` rounds, each an enn_nb export then every raw call
+    (interleaved, so a change in the machine's load falls on both sides); medians and min-max are shown."""
     import enn_nb
     from enn_nb.engine.safe import export_safe
 
     calib, evaluation = data(shape)
     example = torch.randn(2, *shape)
-    started = time.perf_counter()
-    report = enn_nb.export(model, list(plan), out_dir=out / f"{name}-enn", example_inputs=(example,), quantize=plan,
-                           calibration=calib, eval_data=evaluation, isolate=False, cache=False)
-    total = time.perf_counter() - started
-    print(f"{name}: enn_nb export of {len(report.results)} rows in {total:.1f} s", flush=True)
+    pairs = [(backend, mode) for backend, modes in plan.items() for mode in modes]
+    enn_times: dict[tuple[str, str], list[float]] = {p: [] for p in pairs}
+    raw_times: dict[tuple[str, str], list[float]] = {p: [] for p in pairs}
+    raw_paths: dict[tuple[str, str], Path | None] = {}
+    raw_errors: dict[tuple[str, str], str | None] = {}
+    report = None
+    for rep in range(reps):
+        started = time.perf_counter()
+        this = enn_nb.export(model, list(plan), out_dir=out / f"{name}-enn-{rep}", example_inputs=(example,),
+                             quantize=plan, calibration=calib, eval_data=evaluation, isolate=False, cache=False)
+        total = time.perf_counter() - started
+        print(f"{name}: enn_nb export of {len(this.results)} rows in {total:.1f} s (round {rep + 1}/{reps})", flush=True)
+        report = report or this  # the first round's artifacts are the ones measured below
+        for pair in pairs:
+            t = this[f"{pair[0]}:{pair[1]}"].timings  # the shared capture/ONNX export + this row's conversion
+            enn_times[pair].append(t.get("capture", 0.0) + t.get("onnx", 0.0) + t.get("convert", 0.0))
+        with export_safe(model) as safe:
+            module = Forward(safe.model).eval()
+            for backend, mode in pairs:
+                raw_dir = out / f"{name}-raw-{backend}-{rep}"
+                raw_dir.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
+                try:
+                    path: Path | None = RAW[backend](module, example, mode, calib, raw_dir)
+                    error = None
+                except Exception as exc:  # the raw call failing is a finding too
+                    path, error = None, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:80]}"
+                if path is not None:
+                    raw_times[(backend, mode)].append(time.perf_counter() - t0)
+                raw_paths.setdefault((backend, mode), path)
+                raw_errors.setdefault((backend, mode), error)
+    assert report is not None
     rows = []
-    torch.set_num_threads(1)
     with export_safe(model) as safe:
         module = Forward(safe.model).eval()
         with torch.no_grad():
@@ -269,20 +299,13 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
             base_lat = {b: latency(base_run, evaluation, b) for b in (1, 8)} if base_run else {}
             for mode in modes:
                 q = report[f"{backend}:{mode}"]
-                t0 = time.perf_counter()
-                raw_dir = out / f"{name}-raw-{backend}"
-                raw_dir.mkdir(parents=True, exist_ok=True)
-                try:
-                    raw_path = RAW[backend](module, example, mode, calib, raw_dir)
-                    raw_error = None
-                except Exception as exc:  # the raw call failing is a finding too
-                    raw_path, raw_error = None, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:80]}"
-                raw_s = time.perf_counter() - t0
-                t = q.timings
-                enn_s = t.get("capture", 0.0) + t.get("onnx", 0.0) + t.get("convert", 0.0)
+                raw_path, raw_error = raw_paths[(backend, mode)], raw_errors[(backend, mode)]
+                enn, raw = enn_times[(backend, mode)], raw_times[(backend, mode)]
                 row: dict[str, Any] = {"model": name, "backend": backend, "mode": mode, "status": q.status,
                                        "size_ratio": q.size_bytes / base.size_bytes if q.files else None,
-                                       "enn_s": enn_s, "raw_s": raw_s if raw_path else None, "raw_error": raw_error}
+                                       "enn_s": statistics.median(enn), "enn_range": (min(enn), max(enn)),
+                                       "raw_s": statistics.median(raw) if raw else None,
+                                       "raw_range": (min(raw), max(raw)) if raw else None, "raw_error": raw_error}
                 acc = (q.quantization or {}).get("accuracy") or {}
                 row["enn_err"] = max((o["rmse_rel"] for o in acc.get("outputs") or []), default=None)
                 q_run = runner(backend, Path(q.artifact)) if q.artifact else None
@@ -307,7 +330,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="reference,gru")
     parser.add_argument("--backends", default=",".join(PLAN), help="a comma-separated subset of " + ", ".join(PLAN))
+    parser.add_argument("--reps", type=int, default=1, help="rounds of export timing (enn_nb then the raw calls, "
+                        "interleaved); the table shows medians and min-max")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides' exports and "
+                        "every latency (set OMP_NUM_THREADS too for the native libraries)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)  # before anything is timed: both sides export with the same threads
     chosen = models(args.models.split(","))
     plan = {b: PLAN[b] for b in args.backends.split(",")}
     with tempfile.TemporaryDirectory(prefix="enn-quantize-bench-") as tmp:
@@ -315,7 +343,7 @@ def main() -> None:
         warm_up(out, plan)
         rows = []
         for name, (model, shape) in chosen.items():
-            rows += bench(name, model, shape, out, plan)
+            rows += bench(name, model, shape, out, plan, reps=args.reps)
             print_table(rows)  # after each model: a long run still leaves its first tables
 
 
@@ -333,9 +361,13 @@ def warm_up(out: Path, plan: dict[str, list[str]]) -> None:
     print("warm-up done", flush=True)
 
 
+def _span(bounds: tuple[float, float] | None) -> str:
+    return "-" if bounds is None else f"{bounds[0]:.2f}-{bounds[1]:.2f}"
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     header = ("model", "backend", "mode", "status", "size/float (raw)", "lat b1 q/f (IQR ms q, f)", "lat b8 q/f",
-              "RMSE/std enn_nb", "RMSE/std raw", "export s enn/raw", "ratio")
+              "RMSE/std enn_nb", "RMSE/std raw", "export s enn/raw: median (min-max)", "ratio")
     lines = [header]
     for r in rows:
         lat = [("-" if r[f"lat{b}"] is None else f"{r[f'lat{b}'][0]:.2f}x (±{r[f'lat{b}'][1]:.2g}, ±{r[f'lat{b}'][2]:.2g})")
@@ -344,7 +376,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         lines.append((r["model"], r["backend"], r["mode"], r["status"],
                       f"{fmt(r['size_ratio'])}x ({fmt(r.get('raw_size_ratio'))}x)", lat[0], lat[1],
                       fmt(r["enn_err"], ".2%"), fmt(r.get("raw_err"), ".2%") if not r["raw_error"] else r["raw_error"],
-                      f"{fmt(r['enn_s'], '.1f')} / {fmt(r.get('raw_s'), '.1f')}", fmt(ratio, ".2f", "x")))
+                      f"{fmt(r['enn_s'], '.2f')} ({_span(r['enn_range'])}) / {fmt(r.get('raw_s'), '.2f')} "
+                      f"({_span(r.get('raw_range'))})", fmt(ratio, ".2f", "x")))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     for line in lines:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))

@@ -54,7 +54,7 @@ def test_export_to_s3_stages_verifies_uploads_and_verify_fetches_back(s3, tmp_pa
     model = TinyMLP().eval()
     url = s3.url("exports/run1")
     report = enn_nb.export(model, "pt2", out_dir=url, example_inputs=torch.randn(4, 6), isolate=False,
-                           storage_options=s3.options)
+                           storage_options=s3.options, quantize="int8-weights", calibration=torch.randn(64, 6))
     assert report.ok and report.uploaded_to == url
     names = {u.rsplit("/", 1)[-1] for u in report.uploaded}
     assert {"model.pt2", "model.pt2.enn.json"} <= names and any(n.endswith(".vectors.safetensors") for n in names)
@@ -62,6 +62,10 @@ def test_export_to_s3_stages_verifies_uploads_and_verify_fetches_back(s3, tmp_pa
     assert SECRET not in sidecar
     result = enn_nb.verify(f"{url}/model.pt2", storage_options=s3.options)
     assert result.status == "passed", (result.reason, result.problems)
+    # a quantized artifact: the float sidecar and the vectors it names are fetched with it
+    quantized = enn_nb.verify(f"{url}/model.int8-weights.pt2", storage_options=s3.options)
+    assert quantized.status in ("passed", "degraded") and not quantized.problems, (quantized.reason, quantized.problems)
+    assert quantized.accuracy["rows"] > 0 and "vectors" in quantized.accuracy["evaluated_on"]
     # a damaged upload: the hash check refuses it before anything is loaded
     import s3fs
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import enn_nb
+from enn_nb.engine import sidecar as sc
 from enn_nb.engine.quantize import calibration as qcal
 from enn_nb.engine.quantize.accuracy import measure, over_budget
 from enn_nb.engine.quantize.modes import parse_budget, parse_quantize
@@ -158,6 +159,13 @@ def test_onnx_int8_from_a_dataloader_reads_back_and_is_within_budget(trained_mod
     assert "model.int8.onnx" not in str(report["onnx"].artifact)
     text = str(report)
     assert "Quantized artifacts" in text and "held-back calibration" in text
+    # verify re-measures it against the float model's outputs recorded in the export's vectors file
+    checked = enn_nb.verify(q.artifact)
+    again = checked.accuracy
+    assert again["rows"] == 8 and "model.vectors.safetensors" in again["evaluated_on"] and not checked.problems
+    assert again["recorded"] == acc and math.isfinite(again["outputs"][0]["rmse_rel"])
+    assert checked.status == ("degraded" if again["over_budget"] else "passed") and checked.parity == {}
+    assert checked.ok == (checked.status == "passed") and "re-measured on" in str(checked)
 
 
 def test_outlier_model_comes_back_degraded_with_figures(tmp_path: Path) -> None:
@@ -172,21 +180,47 @@ def test_outlier_model_comes_back_degraded_with_figures(tmp_path: Path) -> None:
         enn_nb.export(model, ["onnx"], out_dir=tmp_path / "strict", example_inputs=(torch.randn(2, 16),),
                       quantize="int8", calibration=torch.randn(128, 16), isolate=False, strict=True)
     assert err.value.figures["outputs"][0]["rmse_rel"] > 0.03
+    # verify: degraded (recorded over budget at export), never "passed"; exit 1 on the CLI
+    from enn_nb.cli import main
+
+    checked = enn_nb.verify(q.artifact)
+    assert checked.status == "degraded" and not checked.ok and "recorded over budget at export" in checked.reason
+    assert main(["verify", str(q.artifact)]) == 1
+    float_side = tmp_path / "model.onnx.enn.json"
+    float_side.rename(tmp_path / "elsewhere.json")  # without the float sidecar there is nothing to measure against
+    with pytest.raises(enn_nb.errors.ExportError, match="`model.onnx.enn.json` names, and that sidecar is not beside it"):
+        enn_nb.verify(q.artifact)
+    (tmp_path / "elsewhere.json").rename(float_side)
+    side = Path(q.sidecar)
+    kept = side.read_text()
+    forged = json.loads(kept)
+    forged["quantization"]["budget"] = {"rmse_rel": "lots"}
+    side.write_text(json.dumps(forged))
+    with pytest.raises(enn_nb.errors.ExportError, match="records no valid accuracy budget"):
+        enn_nb.verify(q.artifact)
+    side.write_text(kept)
+    Path(q.artifact).write_bytes(Path(q.artifact).read_bytes() + b"\0")
+    damaged = enn_nb.verify(q.artifact)
+    assert damaged.status == "failed" and "has " in damaged.problems[0] and damaged.accuracy is None
 
 
 def test_a_float_artifact_under_a_quantized_name_is_a_named_failure(tmp_path: Path) -> None:
     from enn_nb.engine.registry import register_backend, unregister_backend
-    from tests.fixtures.backends import AbortingQuantizerBackend, FloatQuantizerBackend
+    from tests.fixtures.backends import AbortingQuantizerBackend, FloatQuantizerBackend, HangingQuantizerBackend
 
-    for cls in (FloatQuantizerBackend, AbortingQuantizerBackend):
+    misbehaving = (FloatQuantizerBackend, AbortingQuantizerBackend, HangingQuantizerBackend)
+    for cls in misbehaving:
         register_backend(cls, replace=True)
     try:
         model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         with pytest.warns(UserWarning, match="no calibration data"):
-            report = enn_nb.export(model, ["qfloat", "qabort"], out_dir=tmp_path, example_inputs=(torch.randn(2, 4),),
-                                   quantize="int8")
+            # qhang's limit covers its float plan too (a saved program, done in a second or two): generous for
+            # a loaded machine, short next to the quantizer's forever
+            report = enn_nb.export(model, ["qfloat", "qabort", "qhang"], out_dir=tmp_path,
+                                   example_inputs=(torch.randn(2, 4),), quantize="int8",
+                                   options={"qhang": {"timeout_s": 10}})
     finally:
-        for cls in (FloatQuantizerBackend, AbortingQuantizerBackend):
+        for cls in misbehaving:
             unregister_backend(cls.name)
     silent = report["qfloat:int8"]
     assert silent.status == "failed" and silent.error_type == "QuantizationError"
@@ -196,6 +230,14 @@ def test_a_float_artifact_under_a_quantized_name_is_a_named_failure(tmp_path: Pa
     assert crashed.status == "crashed" and crashed.signal == "SIGABRT"
     assert report["qabort"].status == "ok" and report["qfloat"].status == "ok"  # the float artifacts are untouched
     assert _sidecar(silent)["quantization"]["drawn_inputs"] is True
+    # a quantizer that hangs times out like any other lane; the float artifact of the same export is untouched
+    hung, hung_float = report["qhang:int8"], report["qhang"]
+    assert (hung.status, hung.stage, hung.error_type) == ("timeout", "convert", "Timeout"), hung.error
+    assert "did not finish within 10 s" in hung.error and hung.artifact is None
+    assert "calibrating forever" in _sidecar(hung)["error"]["log_tail"]
+    assert not (tmp_path / "model.int8.qhang.pt2").exists()
+    assert hung_float.status == "ok" and hung_float.verified
+    assert sc.check_files(_sidecar(hung_float), tmp_path, Path(hung_float.artifact)) == []  # whole, as recorded
 
 
 @pytest.mark.slow

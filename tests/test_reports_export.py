@@ -119,17 +119,35 @@ def test_html_report_has_verdict_collapsed_sidecars_and_working_links(passed):
 
 
 def test_zero_tolerance_forces_a_mismatch_and_the_gate_fails(tiny_checkpoint, tmp_path, capsys):
+    """Also the run with ``quantize`` set (one kernel for both): fp32 tolerances do not apply to the int8 row,
+    which gets its own row in the Quantization section, measured against the float model."""
+    import nbformat
+
     from enn_nb.surfaces.cli import main
 
     code = main(["report", "export_report", "-p", f"checkpoint={tiny_checkpoint}", "-p", "backends=[onnx]",
-                 "-p", "atol=0", "-p", "rtol=0", "-p", "batch_sizes=[2]", "--out", str(tmp_path), "--no-progress"])
+                 "-p", "atol=0", "-p", "rtol=0", "-p", "batch_sizes=[2]", "-p", "quantize=int8",
+                 "-p", "allow_degraded=true", "--out", str(tmp_path), "--no-progress"])
     assert code == 1
     err = capsys.readouterr().err
     expected = r"enn-nb report: FAIL: onnx: mismatch \(max abs error \S+ at batch \d+ beyond atol=0, rtol=0\)"
     assert re.search(expected, err), err
+    assert "onnx:int8" not in err  # not held to atol=0; over its budget or not, allowed
     meta = metadata(tmp_path / "export_report.ipynb")["enn_nb"]
     assert meta["verdict"]["ok"] is False and meta["verdict"]["backends"]["onnx"]["status"] == "mismatch"
     assert meta["sidecars"]["onnx"]["content"]["status"] == "mismatch"
+    assert meta["sidecars"]["onnx:int8"]["content"]["quantization"]["drawn_inputs"] is True
+
+    nb = nbformat.read(tmp_path / "export_report.ipynb", as_version=4)
+    start = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Quantization"))
+    shown = [o for i, o in outputs(tmp_path / "export_report.ipynb") if i > start]
+    shown = shown[:next(i for i, o in enumerate(shown) if "image/png" in o.get("data", {})) + 1]
+    table = next(o["data"] for o in shown if "Quantized artifacts" in o.get("data", {}).get("text/plain", ""))
+    rows = [line.split() for line in table["text/plain"].splitlines() if line.startswith("onnx ")]
+    assert len(rows) == 1 and rows[0][:3] in (["onnx", "int8", "ok"], ["onnx", "int8", "degraded"]), rows
+    assert "drawn" in rows[0][-1] and re.search(r"\d+\.\d\d%", table["text/plain"])  # RMSE / std, measured
+    assert "WARNING: calibrated and evaluated on inputs drawn" in table["text/plain"]
+    assert base64.b64decode(shown[-1]["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"  # size vs error plot
 
 
 def test_batch_runs_one_report_per_checkpoint_and_indexes_verdicts(tiny_checkpoint, tmp_path, monkeypatch, capsys):

@@ -109,3 +109,5 @@ def test_verify_never_prints_passed_when_it_fails(tmp_path):
     text = str(result)
     assert text.splitlines()[0] == "model.onnx [onnx]: FAILED - 1 file problem (parity passed)"
     assert not result.ok and ": passed" not in text
+    assert result.status == "failed" and result.to_dict()["status"] == "failed"  # never "passed" beside ok=False
+    assert result.parity["status"] == "passed"  # the outputs' own verdict is kept where it belongs

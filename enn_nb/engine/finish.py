@@ -107,7 +107,7 @@ def finish(plan: Plan, unit: UnitResult, info: RunInfo, notes: list[str], t0: fl
             return finish_failed(plan, "verify", error, info, timings=timings, t0=t0, notes=notes, log=unit.log,
                                  quantization=quantization)
     details = dict(conv.details or {})
-    if info.program is not None:
+    if info.program is not None and not plan.quantize:  # a quantized artifact holds another program than the capture
         details["program_sha256"] = info.program  # what `verify` compares a .pt2's own program with
     if unit.metadata is not None:
         details["metadata_roundtrip"] = all(unit.metadata.get(k) == v for k, v in info.essentials.items())

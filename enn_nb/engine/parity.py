@@ -359,10 +359,19 @@ class VerifyResult:
 
     artifact: Path
     backend: str
-    status: str  # passed | failed | skipped
+    status: str  # passed | degraded (a quantized artifact over its accuracy budget) | failed | skipped
     reason: str | None
     parity: dict[str, Any]
     problems: list[str]
+    accuracy: dict[str, Any] | None = None  # a quantized artifact's, re-measured against the float model
+
+    def __post_init__(self) -> None:
+        # a file or program problem fails the check whatever the outputs did: ``status`` never reads
+        # "passed" beside ``ok=False``; the outputs' own verdict stays in ``parity.status``/``accuracy.status``
+        if self.problems and self.status in ("passed", "degraded"):
+            if self.accuracy is None:
+                self.parity = {**self.parity, "status": self.parity.get("status") or self.status}
+            self.status = "failed"
 
     @property
     def ok(self) -> bool:
@@ -378,8 +387,10 @@ class VerifyResult:
         head = f"{self.artifact.name} [{self.backend}]: {self.status}"
         if self.problems:  # never "passed" on a line whose command fails
             count = len(self.problems)
-            head = (f"{self.artifact.name} [{self.backend}]: FAILED - {count} file problem{'s' if count != 1 else ''} "
-                    f"(parity {self.status})")
+            checked = (f"accuracy {self.accuracy.get('status')}" if self.accuracy is not None
+                       else f"parity {self.parity.get('status', self.status)}")
+            kind = "problem" if self.accuracy is not None else "file problem"
+            head = f"{self.artifact.name} [{self.backend}]: FAILED - {count} {kind}{'s' if count != 1 else ''} ({checked})"
         if self.reason:
             head += f" - {self.reason}"
         lines = [head]
@@ -391,9 +402,31 @@ class VerifyResult:
         tol = self.parity.get("tolerance")
         if tol:
             lines.append(f"  tolerance atol={tol['atol']:g} rtol={tol['rtol']:g}")
+        lines += _accuracy_lines(self.accuracy)
         lines += [f"  problem: {p}" for p in self.problems]
 
         return "\n".join(escape(line) for line in lines)
+
+
+def _accuracy_lines(figures: dict[str, Any] | None) -> list[str]:
+    """A quantized artifact's re-measured and recorded errors against the float model, per output."""
+    if not figures:
+        return []
+    recorded = {o["name"]: o for o in (figures.get("recorded") or {}).get("outputs") or []}
+    budget = (figures.get("budget") or {}).get("rmse_rel")
+    lines = [f"  accuracy against the float model, re-measured on {figures.get('evaluated_on')}"]
+    for out in figures.get("outputs", []):
+        rel = out.get("rmse_rel")
+        line = (f"  output `{out['name']}`: RMSE / std {'-' if rel is None else f'{rel:.2%}'}"
+                f"{'' if budget is None else f' (budget {budget:.2%})'}, max|err| {out['max_abs']:.3e}")
+        if out["name"] in recorded and recorded[out["name"]].get("rmse_rel") is not None:
+            rec = figures["recorded"]
+            line += (f"; at export {recorded[out['name']]['rmse_rel']:.2%} on {rec.get('rows')} rows "
+                     f"({rec.get('evaluated_on')})")
+        lines.append(line)
+    if figures.get("metric_note"):
+        lines.append(f"  note: {figures['metric_note']}")
+    return lines
 
 
 def _not_an_artifact(artifact: Path) -> None:
@@ -422,7 +455,9 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
 
     Checks the files' sha256 against the sidecar first and stops (``failed``, nothing loaded) on any
     mismatch; then runs the artifact on the saved inputs with its backend's runtime and compares with
-    the saved eager outputs.
+    the saved eager outputs. A quantized artifact (``model.int8.onnx``) is held to its accuracy budget
+    instead of fp32 tolerances: its label is read back again and its error against the float model's
+    recorded outputs re-measured (:mod:`enn_nb.engine.quantize.verify`); its status can be ``degraded``.
 
     Args:
         artifact: the artifact (or its ``.enn.json`` sidecar).
@@ -458,6 +493,10 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         _not_an_artifact(artifact)
     data = sc.read(side_path)
     backend_name = data["backend"]
+    if data.get("quantization") and data["status"] in ("ok", "degraded"):  # accuracy, not parity: no vectors of its own
+        from enn_nb.engine.quantize.verify import verify_quantized
+
+        return verify_quantized(artifact, side_path, data, options=options, trust=trust)
     if data["status"] not in ("ok", "mismatch"):
         return VerifyResult(artifact, backend_name, "skipped", f"the export's status is `{data['status']}`: no artifact to verify", {}, [])
     base = side_path.parent

@@ -62,12 +62,39 @@ def fetch_artifact(remote: Remote) -> Path:
     if vectors:
         wanted.append(vectors)
     for rel in wanted:
-        parts = PurePosixPath(rel).parts
-        if not parts or rel.startswith("/") or ".." in parts or "\\" in rel:
-            raise ExportError(f"The sidecar `{side.url}` lists `{rel}`, a path outside its folder; it is damaged or forged.")
+        _inside(rel, side)
+    wanted += _float_side_files(remote, side, data)
     # every file keyed by its own ETag: a file changed on the store is fetched again, and then fails its hash
     local = fetch_many(remote.parent, [side.name, *wanted])
     return local / remote.name
+
+
+def _inside(rel: Any, side: Remote) -> None:
+    """Raise unless ``rel`` (a name a sidecar gives) stays inside the sidecar's folder."""
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+    if not parts or rel.startswith("/") or ".." in parts or "\\" in rel:
+        raise ExportError(f"The sidecar `{side.url}` lists `{rel}`, a path outside its folder; it is damaged or forged.")
+
+
+def _float_side_files(remote: Remote, side: Remote, data: Mapping[str, Any]) -> list[str]:
+    """For a quantized artifact: the float artifact's sidecar and the vectors file it names (verify measures the
+    quantized artifact against the float model's outputs recorded there); none when there is no such sidecar."""
+    from enn_nb.engine import sidecar as sc
+
+    block = data.get("quantization")
+    name = block.get("float_artifact") if isinstance(block, Mapping) else None
+    if not isinstance(name, str):
+        return []
+    _inside(name, side)
+    float_side = remote.sibling(name + sc.SIDECAR_SUFFIX)
+    try:
+        float_data = sc.read(fetch(float_side))
+    except Exception:  # noqa: BLE001 - not there or unreadable: verify names what is missing
+        return []
+    vectors = ((float_data.get("parity") or {}).get("vectors") or {}).get("file")
+    if vectors is not None:
+        _inside(vectors, float_side)
+    return [float_side.name, *([vectors] if vectors else [])]
 
 
 def rewrite_source(source: Mapping[str, Any], url: str) -> dict[str, Any]:

@@ -189,5 +189,6 @@ def test_verify_names_another_models_program_under_a_resealed_sidecar(tmp_path: 
     data["parity"]["vectors"]["sha256"] = sc.sha256_file(tmp_path / "a" / "model.vectors.safetensors")
     side.write_text(json.dumps(data))
     result = enn_nb.verify(tmp_path / "a" / "model.pt2")
-    assert result.status == "passed" and not result.ok  # the outputs match their (swapped) vectors...
+    assert result.parity["status"] == "passed"  # the outputs match their (swapped) vectors...
+    assert result.status == "failed" and not result.ok  # (never "passed" beside a problem)
     assert any("program_sha256" in problem for problem in result.problems)  # ...the program is not the recorded one

@@ -105,7 +105,9 @@ def register(subparsers: Any) -> None:
         "sidecar's tolerance (or --atol/--rtol). Works on any machine with the runtime; needs no model "
         "and no checkpoint; for a checkpoint use `enn-nb inspect` (verify is for exported artifacts). "
         "Exits 1 on a mismatch, 2 when ARTIFACT does not exist or is not an exported artifact, 3 when its "
-        "runtime is not installed here (nothing was checked).",
+        "runtime is not installed here (nothing was checked). A quantized artifact (model.int8.onnx) is held to "
+        "its accuracy budget instead: its error against the float model's outputs in the export's vectors file, "
+        "beside the figures recorded at export; over budget it is `degraded` (exit 1).",
         epilog="examples:\n  enn-nb verify exports/model.onnx\n  enn-nb verify exports/model.pt2.enn.json --atol 1e-5",
     )
     p.add_argument("artifact", metavar="ARTIFACT",
