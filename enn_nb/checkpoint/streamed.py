@@ -31,6 +31,7 @@ Writing the copy costs page-cache writes, not memory: peak RSS is the destinatio
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import uuid
@@ -51,29 +52,40 @@ if TYPE_CHECKING:
 
     from enn_nb.storage import Remote
 
-#: bytes per ranged request (and the most a bounce buffer holds)
+#: bytes per read of the stream (and per ranged request where one is needed)
 CHUNK = 16 << 20
-#: tensors this large or larger are read straight into their destination
-DIRECT = 1 << 20
-#: the most bytes a completed cache copy may still need fetched (headers, zip directory, data.pkl)
+#: the most bytes a load still reads past its last tensor to complete the cache copy (data.pkl, zip directory)
 GAP_LIMIT = 64 << 20
-#: the largest hole between small tensors that one bounce read still spans (a zip record header)
-SPAN_GAP = 64 << 10
 
 
-# -- the object on the store: ranged reads, hashed and teed into the cache ---------------------------------
+# -- the object on the store: one front-to-back stream, hashed and teed into the cache ----------------------
+async def _fill_async(f: Any, view: memoryview) -> int:
+    """Fill ``view`` from an fsspec async streamed file (one GET body); runs on the filesystem's event loop."""
+    got = 0
+    while got < len(view):
+        data = await f.read(len(view) - got)
+        if not data:
+            break
+        view[got:got + len(data)] = data
+        got += len(data)
+    return got
+
+
 class _Source:
-    """Ranged reads of ``remote`` into given buffers; each also written at its offset into a cache part file."""
+    """``remote`` read once, front to back, by one request where the filesystem can (``open_async``: s3fs, gcsfs...).
+
+    Every byte that passes is written at its offset into a cache part file (the tee); a tensor behind
+    the stream (read out of order, e.g. the optimizer state after the model's) comes back from there.
+    Without a tee (no writable cache) such bytes are fetched again by a ranged read.
+    """
 
     def __init__(self, remote: Remote, key: str, size: int) -> None:
-        from enn_nb.storage import fetch_target, store_error
+        from enn_nb.storage import fetch_target
 
         self.remote, self.key, self.size = remote, key, size
-        try:
-            self.fh = remote.fs.open(remote.path, "rb", block_size=CHUNK, cache_type="none")
-        except Exception as exc:  # noqa: BLE001 - the store's own error types
-            raise store_error(remote, exc, writing=False) from None
-        self.covered: list[tuple[int, int]] = []
+        self.pos = 0  # the stream's position: every byte before it went through the tee
+        self._read: Any = None  # (view) -> bytes filled, opened on first use
+        self._handles: list[Any] = []
         self.all_verified = True
         self.committed: Path | None = None
         self.target = fetch_target(remote, key)
@@ -82,10 +94,9 @@ class _Source:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.part = self.target.with_name(f".{self.target.name}.part-{uuid.uuid4().hex[:8]}")
             self.tee = open(self.part, "w+b")  # noqa: SIM115 - closed by commit/discard or the finalizer
-            self.tee.truncate(size)
         except OSError:
             self._drop_tee()
-        self._finalizer = weakref.finalize(self, _cleanup, self.fh, self.tee, getattr(self, "part", None))
+        self._finalizer = weakref.finalize(self, _cleanup, self._handles, self.tee, getattr(self, "part", None))
 
     def _drop_tee(self) -> None:
         if self.tee is not None:
@@ -95,131 +106,148 @@ class _Source:
         with contextlib.suppress(OSError, AttributeError):
             self.part.unlink()
 
-    def _read_into(self, offset: int, view: memoryview) -> None:
+    def _open(self) -> None:
+        fs, path = self.remote.fs, self.remote.path
+        if getattr(fs, "async_impl", False) and getattr(fs, "loop", None) is not None:
+            from fsspec.asyn import sync
+
+            try:
+                f = sync(fs.loop, fs.open_async, path, "rb")
+            except NotImplementedError:
+                f = None
+            if f is not None:
+                self._handles.append(f)
+                self._read = lambda view: sync(fs.loop, _fill_async, f, view)
+                return
+        fh = fs.open(path, "rb", block_size=CHUNK, cache_type="readahead")  # sequential blocks of CHUNK bytes
+        self._handles.append(fh)
+        self._read = fh.readinto
+
+    def _next_into(self, view: memoryview) -> None:
+        """The stream's next ``len(view)`` bytes into ``view`` (and the tee)."""
         from enn_nb.storage import store_error
 
         try:
-            self.fh.seek(offset)
-            got = self.fh.readinto(view)
-        except Exception as exc:  # noqa: BLE001
+            if self._read is None:
+                self._open()
+            got = self._read(view)
+        except Exception as exc:  # noqa: BLE001 - the store's own error types
             raise store_error(self.remote, exc, writing=False) from None
         if got != len(view):
-            raise CorruptCheckpointError(f"`{self.remote.url}` ended at byte {offset + got}; its header describes "
-                                         f"{offset + len(view)} or more. The object is truncated.", file=self.remote.url)
+            raise CorruptCheckpointError(f"`{self.remote.url}` ended at byte {self.pos + got}; its header describes "
+                                         f"{self.pos + len(view)} or more. The object is truncated.",
+                                         file=self.remote.url)
         if self.tee is not None:
             try:
-                self.tee.seek(offset)
+                self.tee.seek(self.pos)
                 self.tee.write(view)
-                self.covered.append((offset, offset + len(view)))
             except OSError:
                 self._drop_tee()
+        self.pos += len(view)
+
+    def _skip_to(self, offset: int) -> None:
+        """Read (and tee) the bytes up to ``offset``: headers, or tensors nobody asked for yet."""
+        if offset <= self.pos:
+            return
+        bounce = memoryview(bytearray(min(CHUNK, offset - self.pos)))
+        while self.pos < offset:
+            self._next_into(bounce[:min(len(bounce), offset - self.pos)])
+
+    def _fill(self, offset: int, view: memoryview) -> None:
+        if offset >= self.pos:
+            self._skip_to(offset)
+            self._next_into(view)
+        elif self.tee is not None and offset + len(view) <= self.pos:  # behind the stream: from the tee
+            self.tee.seek(offset)
+            if self.tee.readinto(view) != len(view):
+                raise CorruptCheckpointError(f"`{self.remote.url}`: the cache copy being written is short.",
+                                             file=self.remote.url)
+        else:  # behind the stream and no tee: read again
+            from enn_nb.storage import read_range
+
+            data = read_range(self.remote, offset, offset + len(view))
+            if len(data) != len(view):
+                raise CorruptCheckpointError(f"`{self.remote.url}` ended before byte {offset + len(view)}; the "
+                                             "object is truncated.", file=self.remote.url)
+            view[:] = data
 
     def stream(self, spans: Mapping[str, tuple[int, Any]], expected: Mapping[str, str | None]) -> dict[str, str]:
         """Fill each ``name -> (offset in the object, destination tensor)``; returns the digests of ``expected``'s names.
 
-        Read in the object's order; a destination of :data:`DIRECT` bytes or more directly, smaller
-        neighbours (holes up to :data:`SPAN_GAP`) together through one bounce buffer.
+        In the object's order, :data:`CHUNK` bytes at a time straight into the destination, each chunk
+        hashed as soon as it is there.
         """
         hashed: dict[str, str] = {}
         if any(not expected.get(name) for name in spans):
             self.all_verified = False
-        order = sorted(spans, key=lambda n: spans[n][0])
-        i = 0
-        while i < len(order):
-            name = order[i]
+        for name in sorted(spans, key=lambda n: spans[n][0]):
             start, dest = spans[name]
             view = byte_view(dest.detach())
-            if len(view) >= DIRECT or len(view) == 0:
-                hasher = self._hasher(expected.get(name))
-                for pos in range(0, len(view), CHUNK):
-                    part = view[pos:pos + CHUNK]
-                    self._read_into(start + pos, part)
-                    if hasher is not None:
-                        hasher.update(part)
+            want = expected.get(name)
+            hasher = new_hasher(split(want)[0], threads=True) if want else None
+            for pos in range(0, len(view), CHUNK):
+                part = view[pos:pos + CHUNK]
+                self._fill(start + pos, part)
                 if hasher is not None:
-                    hashed[name] = f"{split(expected[name])[0]}:{hasher.hexdigest()}"  # type: ignore[index]
-                i += 1
-                continue
-            group, end = [name], start + len(view)
-            while i + len(group) < len(order):  # small neighbours: one ranged request
-                nxt = order[i + len(group)]
-                n_start, n_dest = spans[nxt]
-                n_len = len(byte_view(n_dest.detach()))
-                if n_len >= DIRECT or n_len == 0 or n_start < end or n_start - end > SPAN_GAP \
-                        or n_start + n_len - start > CHUNK:
-                    break
-                group.append(nxt)
-                end = n_start + n_len
-            bounce = memoryview(bytearray(end - start))
-            self._read_into(start, bounce)
-            for member in group:
-                m_start, m_dest = spans[member]
-                m_view = byte_view(m_dest.detach())
-                piece = bounce[m_start - start:m_start - start + len(m_view)]
-                m_view[:] = piece
-                hasher = self._hasher(expected.get(member))
-                if hasher is not None:
-                    hasher.update(piece)
-                    hashed[member] = f"{split(expected[member])[0]}:{hasher.hexdigest()}"  # type: ignore[index]
-            del bounce
-            i += len(group)
+                    hasher.update(part)
+            if hasher is not None:
+                hashed[name] = f"{split(want)[0]}:{hasher.hexdigest()}"  # type: ignore[arg-type]
         return hashed
 
-    @staticmethod
-    def _hasher(want: str | None) -> Any:
-        return new_hasher(split(want)[0], threads=True) if want else None
-
-    def gaps(self) -> list[tuple[int, int]]:
-        out, at = [], 0
-        for start, end in sorted(self.covered):
-            if start > at:
-                out.append((at, start))
-            at = max(at, end)
-        if at < self.size:
-            out.append((at, self.size))
-        return out
-
     def try_commit(self, *, final: bool) -> Path | None:
-        """Complete and keep the cache copy when the reads covered the object; ``final``: else drop it."""
+        """Keep the cache copy once every tensor passed verified: read the few bytes left (data.pkl, the zip
+        directory) and rename it into place, if the store still holds the version read. ``final``: the
+        last chance; a copy that cannot be completed is dropped."""
         from enn_nb.storage import version_key
 
         if self.tee is None or self.committed is not None:
             return self.committed
-        holes = self.gaps()
-        if not self.all_verified or sum(e - s for s, e in holes) > GAP_LIMIT:
+        left = self.size - self.pos
+        if not self.all_verified or left > GAP_LIMIT:
             if final or not self.all_verified:
-                self._drop_tee()  # the file handle stays open: the optimizer state may still be read
+                self._drop_tee()
             return None
         try:
-            if holes:
-                fs, path = self.remote.fs, self.remote.path
-                parts = fs.cat_ranges([path] * len(holes), [s for s, _ in holes], [e for _, e in holes])
-                for (start, end), data in zip(holes, parts):
-                    if isinstance(data, BaseException) or len(data) != end - start:
-                        raise OSError("a ranged read for the cache copy failed")
-                    self.tee.seek(start)
-                    self.tee.write(data)
+            self._skip_to(self.size)
             self.tee.close()
             if version_key(self.remote) != self.key:  # replaced while being read: never cache under the old key
                 raise OSError("the object changed on the store")
             os.replace(self.part, self.target)
             self.committed = self.target
+            _close(self._handles)
         except Exception:  # noqa: BLE001 - a cache copy that cannot be completed is just not kept
             self._drop_tee()
             return None
         self.tee = None
         return self.committed
 
-    def close(self) -> None:
-        self._drop_tee()
+    @contextlib.contextmanager
+    def failing_drops_the_copy(self) -> Any:
+        """A failed read or check leaves no part file behind (even while a traceback keeps the reader alive)."""
+        try:
+            yield
+        except BaseException:
+            self._drop_tee()
+            raise
+
+
+
+def _close(handles: list[Any]) -> None:
+    import inspect
+
+    while handles:
+        fh = handles.pop()
         with contextlib.suppress(Exception):
-            self.fh.close()
+            body = getattr(fh, "r", None)  # an async streamed file: release its GET's connection
+            if body is not None:
+                body.close()
+            elif not inspect.iscoroutinefunction(getattr(fh, "close", None)):
+                fh.close()
 
 
-def _cleanup(fh: Any, tee: Any, part: Path | None) -> None:
-    """A reader dropped before its cache copy was completed: close both files, remove the part file."""
-    with contextlib.suppress(Exception):
-        fh.close()
+def _cleanup(handles: list[Any], tee: Any, part: Path | None) -> None:
+    """A reader dropped before its cache copy was completed: close the files, remove the part file."""
+    _close(handles)
     if tee is not None and not tee.closed:
         with contextlib.suppress(Exception):
             tee.close()
@@ -304,6 +332,14 @@ class StreamedSafetensorsReader:
         return out, self._source.stream(spans, expected)
 
     def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        with self._source.failing_drops_the_copy():
+            return self._tensors(names, verify=verify, into=into)
+
+    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+        with self._source.failing_drops_the_copy():
+            return self._optimizer_state(verify=verify)
+
+    def _tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
         expected = {t.name: t.hash for t in self.manifest.tensors if t.name in names} if verify else {}
         out, hashed = self._read(names, expected, into)
         if verify:
@@ -311,7 +347,7 @@ class StreamedSafetensorsReader:
         self._source.try_commit(final=False)
         return out
 
-    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+    def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
         opt = self.manifest.optimizer
         if not opt:
             self._source.try_commit(final=True)
@@ -330,6 +366,57 @@ class StreamedSafetensorsReader:
 
 
 # -- .pt ----------------------------------------------------------------------------------------------------
+#: the bytes read ahead from each end of a .pt before torch.load opens it: the first record's local header,
+#: and data.pkl with the small records and the zip directory (a larger data.pkl costs one more request)
+HEAD, TAIL = 64 << 10, 1 << 20
+
+
+class _Prefetched(io.RawIOBase):
+    """A read-only file over ``remote`` that answers from its first and last bytes, read up front.
+
+    torch.load's zip reader and zipfile then cost two requests instead of one per structure they visit.
+    """
+
+    def __init__(self, remote: Remote, size: int) -> None:
+        from enn_nb.storage import read_range
+
+        super().__init__()
+        self.remote, self.size, self.loc = remote, size, 0
+        tail_at = max(0, size - TAIL)
+        self.parts = {tail_at: read_range(remote, tail_at, size)}
+        if tail_at > 0:
+            self.parts[0] = read_range(remote, 0, min(HEAD, tail_at))
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.loc
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.loc = offset if whence == 0 else self.loc + offset if whence == 1 else self.size + offset
+        return self.loc
+
+    def readinto(self, b: Any) -> int:
+        from enn_nb.storage import read_range
+
+        view = memoryview(b).cast("B")
+        end = min(self.size, self.loc + len(view))
+        if end <= self.loc:
+            return 0
+        for at, data in self.parts.items():
+            if at <= self.loc and end <= at + len(data):
+                chunk = data[self.loc - at:end - at]
+                break
+        else:
+            chunk = read_range(self.remote, self.loc, end)
+        view[:len(chunk)] = chunk
+        self.loc += len(chunk)
+        return len(chunk)
+
 def open_pt(remote: Remote, key: str) -> Any:
     """A streamed reader for an enn_nb ``.pt`` at ``remote``, or None (read through the fetched copy instead)."""
     import torch
@@ -342,10 +429,9 @@ def open_pt(remote: Remote, key: str) -> Any:
 
     try:
         size = int(remote.fs.size(remote.path))
-        fh = remote.fs.open(remote.path, "rb", block_size=1 << 16, cache_type="bytes")
     except Exception as exc:  # noqa: BLE001 - the store's own error types
         raise store_error(remote, exc, writing=False) from None
-    with fh:
+    with _Prefetched(remote, size) as fh:
         check_zip_bounds(fh, size, remote.url)  # compressed or oversized records: refused before any inflate
         fh.seek(0)
         if fh.read(4) != b"PK\x03\x04":
@@ -431,6 +517,14 @@ class StreamedPtReader:
         self._container_checked = True
 
     def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        with self._source.failing_drops_the_copy():
+            return self._tensors(names, verify=verify, into=into)
+
+    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+        with self._source.failing_drops_the_copy():
+            return self._optimizer_state(verify=verify)
+
+    def _tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
         expected = {t.name: t.hash for t in self.manifest.tensors if t.name in names} if verify else {}
         out, hashed = self._stream({name: self.state[name] for name in names}, expected, into)
         if verify:
@@ -440,7 +534,7 @@ class StreamedPtReader:
             self._check_container()
         return out
 
-    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+    def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
         if self.raw_optimizer is None:
             self._source.try_commit(final=True)
             return None
