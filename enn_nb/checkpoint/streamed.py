@@ -1,31 +1,35 @@
 """Streamed loads of a single-file checkpoint at a URL: tensor bytes go from the store into their tensors.
 
-No full local copy is made first and no whole-file buffer is held:
+No full local copy is read from and no whole-file buffer is held. The object is read once, front to
+back: one GET body where the filesystem streams one (fsspec's ``open_async``: s3fs, gcsfs...), else
+sequential reads of :data:`CHUNK` bytes; each tensor's bytes land in :data:`CHUNK`-sized pieces straight
+in its destination (the built model's own parameter when :func:`enn_nb.load` built the model, see
+``api._in_place_targets``; a fresh tensor otherwise).
 
-- ``.safetensors``: the header by two ranged reads (:func:`.safetensors_format.read_header`), then each
-  tensor's byte range. A tensor of :data:`DIRECT` bytes or more is read with ``readinto`` straight into
-  its destination (the built model's own parameter when :func:`enn_nb.load` built the model, see
-  ``api._in_place_targets``; a fresh tensor otherwise), :data:`CHUNK` bytes per ranged request; smaller
-  neighbours share one ranged request into a bounce buffer of at most :data:`CHUNK` bytes.
-- ``.pt`` (enn_nb's own): ``torch.load(weights_only=True, map_location="meta")`` over the store's file
-  reads the zip directory and ``data.pkl`` only (the weights-only unpickler: no pickled code runs) and
-  gives each storage's offset in the file (torch's ``_checkpoint_offset``); the tensors are then read as
-  above. ENN-PyTorch payloads, legacy (non-zip) and foreign-byte-order files, and any file the meta load
-  cannot read go through the fetched copy instead, so a damaged or unsafe file is refused by the local
-  reader with the local words (:func:`enn_nb.checkpoint.remote.open_reader`).
-- Integrity: each chunk is hashed (the algorithm the manifest names) as it arrives, while it is still in
-  the CPU cache, and the digests are compared by :func:`.hashing.check_tensors` exactly as a local load
-  does: same checks, same error. A mismatch raises before the caller's model is touched (a model
-  enn_nb built and filled in place is discarded with the error).
+- ``.safetensors``: the length and header off the front of the stream (checked by the local reader's
+  parser, plus the data-area tiling the safetensors library checks), then the tensors.
+- ``.pt`` (enn_nb's own): the zip's first 64 KiB and last MiB are read ahead (two requests), then
+  ``torch.load(weights_only=True, map_location="meta")`` reads the zip directory and ``data.pkl`` from
+  them (the weights-only unpickler: no pickled code runs; compressed or oversized records are refused
+  first, as locally) and gives each storage's offset in the file (torch's ``_checkpoint_offset``); then
+  the stream. ENN-PyTorch payloads, legacy (non-zip) and foreign-byte-order files, and any file the meta
+  load cannot read go through the fetched copy and the local reader instead, so a damaged or unsafe
+  file is refused with the local words (:func:`enn_nb.checkpoint.remote.open_reader`).
+- Integrity: each piece is hashed (the algorithm the manifest names) as soon as it is in place, and the
+  digests are compared by :func:`.hashing.check_tensors` exactly as a local load does: same checks, same
+  error. A mismatch raises before the caller's model is touched (a model enn_nb built and filled in
+  place is discarded with the error).
 
-Caching (issue 25, item 5): every byte streamed is also written at its offset into a hidden part file in
-the cache folder :func:`enn_nb.storage.fetch` uses for this object's ETag/version. Once the reads cover
-the object (the header, zip directory and record headers not read as tensor bytes are fetched by
-concurrent ranged reads, :data:`GAP_LIMIT` bytes at most), every tensor was hash-checked and the version
-on the store is still the one read, the part file is renamed into place: the next load of the same
-version opens that local copy (memory-mapped), and downloads nothing. A partial load (``strict=False``,
-only some tensors) or an unverified one (``verify=False``) caches nothing; its part file is removed.
-Writing the copy costs page-cache writes, not memory: peak RSS is the destination tensors plus one chunk.
+Caching (issue 25, item 5), the choice made: the stream is teed. Every byte that passes is written at its
+offset into a hidden part file in the folder :func:`enn_nb.storage.fetch` uses for this object's
+ETag/version (page-cache writes, not memory: peak RSS stays the destination tensors plus one chunk). A
+tensor asked for after the stream passed it (the optimizer state, read after the model's tensors) comes
+back from that file. When every tensor was read and hash-checked, the last bytes (``data.pkl``, the zip
+directory: at most :data:`GAP_LIMIT`) are read and the store still holds the version read, the part
+file is renamed into place: the next load of that version opens the local copy (memory-mapped) and
+downloads nothing. An unverified (``verify=False``) or failed load keeps nothing; so does a partial one
+that leaves more than :data:`GAP_LIMIT` unread. Without a writable cache folder the load still streams,
+and writes nothing locally.
 """
 
 from __future__ import annotations
@@ -221,6 +225,10 @@ class _Source:
         self.tee = None
         return self.committed
 
+    def close(self) -> None:
+        self._drop_tee()
+        _close(self._handles)
+
     @contextlib.contextmanager
     def failing_drops_the_copy(self) -> Any:
         """A failed read or check leaves no part file behind (even while a traceback keeps the reader alive)."""
@@ -275,18 +283,37 @@ def _destination(name: str, shape: tuple[int, ...], dtype: Any, into: Mapping[st
 
 # -- .safetensors -------------------------------------------------------------------------------------------
 def open_safetensors(remote: Remote, key: str) -> Any:
-    """A streamed reader for an enn_nb ``.safetensors`` at ``remote``, or None (an ENN-PyTorch file: fetched)."""
-    from .safetensors_format import MANIFEST_KEY, read_header
+    """A streamed reader for an enn_nb ``.safetensors`` at ``remote``, or None (an ENN-PyTorch file: fetched).
 
-    header, start = read_header(remote)
-    metadata = header.get("__metadata__")
-    if not (isinstance(metadata, dict) and isinstance(metadata.get(MANIFEST_KEY), str)):
-        return None
-    _check_tiling(remote, header, start)
-    return StreamedSafetensorsReader(remote, key, header, start)
+    The length and header come off the front of the stream itself (no separate ranged requests) and are
+    checked by the local reader's own parser.
+    """
+    from enn_nb.storage import store_error
+
+    from .safetensors_format import MANIFEST_KEY, _parse_header
+
+    try:
+        size = int(remote.fs.size(remote.path))
+    except Exception as exc:  # noqa: BLE001 - the store's own error types
+        raise store_error(remote, exc, writing=False) from None
+    source = _Source(remote, key, size)
+
+    def read(start: int, n: int) -> bytes:
+        view = memoryview(bytearray(max(0, min(n, size - start))))
+        source._fill(start, view)
+        return view.tobytes()
+
+    with source.failing_drops_the_copy():
+        header, start = _parse_header(remote, size, read)
+        metadata = header.get("__metadata__")
+        if not (isinstance(metadata, dict) and isinstance(metadata.get(MANIFEST_KEY), str)):
+            source.close()
+            return None
+        _check_tiling(remote, header, start, size)
+        return StreamedSafetensorsReader(remote, header, start, source)
 
 
-def _check_tiling(remote: Remote, header: Mapping[str, Any], start: int) -> None:
+def _check_tiling(remote: Remote, header: Mapping[str, Any], start: int, size: int) -> None:
     """The tensors cover the data area exactly, without overlap, as the safetensors library requires."""
     ranges = sorted(tuple(info["data_offsets"]) for name, info in header.items() if name != "__metadata__")
     at = 0
@@ -295,7 +322,6 @@ def _check_tiling(remote: Remote, header: Mapping[str, Any], start: int) -> None
             raise CorruptCheckpointError(f"`{remote.url}` cannot be read by safetensors: InvalidOffset (tensor data "
                                          f"at byte {begin}, expected {at}).", file=remote.url)
         at = end
-    size = int(remote.fs.size(remote.path))
     if start + at != size:
         raise CorruptCheckpointError(f"`{remote.url}` cannot be read by safetensors: MetadataIncompleteBuffer (the "
                                      f"header describes {start + at} bytes, the object has {size}).", file=remote.url)
@@ -309,7 +335,7 @@ class StreamedSafetensorsReader:
     upstream = False
     verifiable = True
 
-    def __init__(self, remote: Remote, key: str, header: dict[str, Any], start: int) -> None:
+    def __init__(self, remote: Remote, header: dict[str, Any], start: int, source: _Source) -> None:
         from .safetensors_format import MANIFEST_KEY, header_table
 
         self.path, self.header, self.data_start = remote, header, start
@@ -318,9 +344,7 @@ class StreamedSafetensorsReader:
         table = header_table(header)
         check_table(self.manifest, {k: v for k, v in table.items() if not k.startswith(opt.get("prefix", "\0"))},
                     where=f"`{remote.url}`")
-        self._table = table
-        end = max((info["data_offsets"][1] for n, info in header.items() if n != "__metadata__"), default=0)
-        self._source = _Source(remote, key, start + end)  # _check_tiling: the object's size
+        self._table, self._source = table, source
 
     def _read(self, names: list[str], expected: Mapping[str, str | None],
               into: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -530,8 +554,8 @@ class StreamedPtReader:
         if verify:
             check_tensors(out, expected, what=f"`{self.path}`", hashed=hashed)
         self._source.try_commit(final=self.raw_optimizer is None)
-        if verify:
-            self._check_container()
+        if verify and (self.raw_optimizer is None or self._source.committed is not None):
+            self._check_container()  # else after the optimizer state, on the completed cache copy
         return out
 
     def _optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
@@ -549,6 +573,6 @@ class StreamedPtReader:
         if check:
             check_tensors(tensors, expected, what=f"the optimizer state of `{self.path}`", hashed=hashed)
         self._source.try_commit(final=True)
-        if check:
+        if verify:
             self._check_container()
         return join_tree(structure, tensors)
