@@ -94,13 +94,45 @@ class _Source:
         self.committed: Path | None = None
         self.target = fetch_target(remote, key)
         self.tee: Any = None
+        # Teeing and hashing run on one worker thread, in order, while the next chunk arrives (both
+        # release the GIL); _drain waits for them.
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="enn-nb-stream")
+        self._pending: list[Any] = []
+        self._tee_failed = False
         try:  # the cache is an optimisation: a read-only or full cache folder only costs the next load a fetch
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.part = self.target.with_name(f".{self.target.name}.part-{uuid.uuid4().hex[:8]}")
             self.tee = open(self.part, "w+b")  # noqa: SIM115 - closed by commit/discard or the finalizer
         except OSError:
             self._drop_tee()
-        self._finalizer = weakref.finalize(self, _cleanup, self._handles, self.tee, getattr(self, "part", None))
+        self._finalizer = weakref.finalize(self, _cleanup, self._handles, self.tee, getattr(self, "part", None),
+                                           self._worker)
+
+    def _later(self, fn: Any, *args: Any) -> None:
+        if len(self._pending) > 256:
+            self._pending = [f for f in self._pending if not f.done() or f.exception() is not None]
+        self._pending.append(self._worker.submit(fn, *args))
+
+    def _drain(self) -> None:
+        """Wait for the queued tee writes and hash updates; a failed tee write drops the cache copy."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        if self._tee_failed:
+            self._tee_failed = False
+            self._drop_tee()
+
+    def _tee_write(self, pos: int, view: memoryview) -> None:
+        tee = self.tee
+        if tee is None or self._tee_failed:
+            return
+        try:
+            tee.seek(pos)
+            tee.write(view)
+        except (OSError, ValueError):
+            self._tee_failed = True
 
     def _drop_tee(self) -> None:
         if self.tee is not None:
@@ -142,38 +174,36 @@ class _Source:
                                          f"{self.pos + len(view)} or more. The object is truncated.",
                                          file=self.remote.url)
         if self.tee is not None:
-            try:
-                self.tee.seek(self.pos)
-                self.tee.write(view)
-            except OSError:
-                self._drop_tee()
+            self._later(self._tee_write, self.pos, view)
         self.pos += len(view)
 
     def _skip_to(self, offset: int) -> None:
         """Read (and tee) the bytes up to ``offset``: headers, or tensors nobody asked for yet."""
         if offset <= self.pos:
             return
-        bounce = memoryview(bytearray(min(CHUNK, offset - self.pos)))
-        while self.pos < offset:
-            self._next_into(bounce[:min(len(bounce), offset - self.pos)])
+        while self.pos < offset:  # a new buffer each time: the tee may still be writing the last one
+            self._next_into(memoryview(bytearray(min(CHUNK, offset - self.pos))))
 
     def _fill(self, offset: int, view: memoryview) -> None:
         if offset >= self.pos:
             self._skip_to(offset)
             self._next_into(view)
-        elif self.tee is not None and offset + len(view) <= self.pos:  # behind the stream: from the tee
+            return
+        if self.tee is not None and offset + len(view) <= self.pos:  # behind the stream: from the tee
+            self._drain()  # its writes first (a failed one drops the tee)
+        if self.tee is not None and offset + len(view) <= self.pos:
             self.tee.seek(offset)
             if self.tee.readinto(view) != len(view):
                 raise CorruptCheckpointError(f"`{self.remote.url}`: the cache copy being written is short.",
                                              file=self.remote.url)
-        else:  # behind the stream and no tee: read again
-            from enn_nb.storage import read_range
+            return
+        from enn_nb.storage import read_range  # behind the stream and no tee: read again
 
-            data = read_range(self.remote, offset, offset + len(view))
-            if len(data) != len(view):
-                raise CorruptCheckpointError(f"`{self.remote.url}` ended before byte {offset + len(view)}; the "
-                                             "object is truncated.", file=self.remote.url)
-            view[:] = data
+        data = read_range(self.remote, offset, offset + len(view))
+        if len(data) != len(view):
+            raise CorruptCheckpointError(f"`{self.remote.url}` ended before byte {offset + len(view)}; the "
+                                         "object is truncated.", file=self.remote.url)
+        view[:] = data
 
     def stream(self, spans: Mapping[str, tuple[int, Any]], expected: Mapping[str, str | None]) -> dict[str, str]:
         """Fill each ``name -> (offset in the object, destination tensor)``; returns the digests of ``expected``'s names.
@@ -181,7 +211,7 @@ class _Source:
         In the object's order, :data:`CHUNK` bytes at a time straight into the destination, each chunk
         hashed as soon as it is there.
         """
-        hashed: dict[str, str] = {}
+        hashers: dict[str, Any] = {}
         if any(not expected.get(name) for name in spans):
             self.all_verified = False
         for name in sorted(spans, key=lambda n: spans[n][0]):
@@ -193,10 +223,11 @@ class _Source:
                 part = view[pos:pos + CHUNK]
                 self._fill(start + pos, part)
                 if hasher is not None:
-                    hasher.update(part)
+                    self._later(hasher.update, part)
             if hasher is not None:
-                hashed[name] = f"{split(want)[0]}:{hasher.hexdigest()}"  # type: ignore[arg-type]
-        return hashed
+                hashers[name] = hasher
+        self._drain()
+        return {name: f"{split(expected[name])[0]}:{h.hexdigest()}" for name, h in hashers.items()}  # type: ignore[arg-type]
 
     def try_commit(self, *, final: bool) -> Path | None:
         """Keep the cache copy once every tensor passed verified: read the few bytes left (data.pkl, the zip
@@ -204,6 +235,7 @@ class _Source:
         last chance; a copy that cannot be completed is dropped."""
         from enn_nb.storage import version_key
 
+        self._drain()
         if self.tee is None or self.committed is not None:
             return self.committed
         left = self.size - self.pos
@@ -213,6 +245,9 @@ class _Source:
             return None
         try:
             self._skip_to(self.size)
+            self._drain()
+            if self.tee is None:
+                return None
             self.tee.close()
             if version_key(self.remote) != self.key:  # replaced while being read: never cache under the old key
                 raise OSError("the object changed on the store")
@@ -226,8 +261,11 @@ class _Source:
         return self.committed
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._drain()
         self._drop_tee()
         _close(self._handles)
+        self._worker.shutdown(wait=False)
 
     @contextlib.contextmanager
     def failing_drops_the_copy(self) -> Any:
@@ -235,6 +273,8 @@ class _Source:
         try:
             yield
         except BaseException:
+            with contextlib.suppress(Exception):
+                self._drain()
             self._drop_tee()
             raise
 
@@ -253,8 +293,9 @@ def _close(handles: list[Any]) -> None:
                 fh.close()
 
 
-def _cleanup(handles: list[Any], tee: Any, part: Path | None) -> None:
+def _cleanup(handles: list[Any], tee: Any, part: Path | None, worker: Any) -> None:
     """A reader dropped before its cache copy was completed: close the files, remove the part file."""
+    worker.shutdown(wait=False, cancel_futures=True)  # may run on the worker itself: never join it
     _close(handles)
     if tee is not None and not tee.closed:
         with contextlib.suppress(Exception):
