@@ -226,6 +226,29 @@ def test_s3_load_streams_into_the_tensors_and_refuses_tampered_bytes(name: str, 
     assert [p for p in cache.rglob("*") if p.is_file()] == []  # no copy, no part file left
 
 
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_url_pt_with_pickled_code_is_refused_and_not_executed(tmp_path: Path) -> None:
+    import fsspec
+
+    from enn_nb.errors import UnsafeCheckpointError
+
+    marker = tmp_path / "pwned"
+    torch.save({"enn_nb.manifest": "{}", "state_dict": {"w": torch.ones(2)}, "x": _Evil(marker)}, tmp_path / "e.pt")
+    url = _memory_url("evil.pt")
+    fsspec.filesystem("memory").pipe_file(url.split("://", 1)[1], (tmp_path / "e.pt").read_bytes())
+    with pytest.raises(UnsafeCheckpointError, match="system") as info:
+        enn_nb.load(url, model=tiny())
+    assert url in str(info.value) and "nothing was executed" in str(info.value)
+    assert not marker.exists()
+
+
 @pytest.mark.slow
 def test_s3_save_killed_mid_upload_leaves_the_old_checkpoint(s3, s3_endpoint: str, tmp_path: Path) -> None:
     import subprocess
