@@ -24,11 +24,12 @@ Caching (issue 25, item 5), the choice made: the stream is teed. Every byte that
 offset into a hidden part file in the folder :func:`enn_nb.storage.fetch` uses for this object's
 ETag/version (page-cache writes, not memory: peak RSS stays the destination tensors plus one chunk). A
 tensor asked for after the stream passed it (the optimizer state, read after the model's tensors) comes
-back from that file. When every tensor was read and hash-checked, the last bytes (``data.pkl``, the zip
-directory: at most :data:`GAP_LIMIT`) are read and the store still holds the version read, the part
-file is renamed into place: the next load of that version opens the local copy (memory-mapped) and
-downloads nothing. An unverified (``verify=False``) or failed load keeps nothing; so does a partial one
-that leaves more than :data:`GAP_LIMIT` unread. Without a writable cache folder the load still streams,
+back from that file. When the tensors asked for passed their hash checks and at most :data:`GAP_LIMIT`
+bytes are left (``data.pkl``, the zip directory; or the optimizer state, read next from the copy), the
+rest is read, and if the store still holds the version read the part file is renamed into place: the
+next load of that version opens the local copy (memory-mapped, verified again) and downloads nothing.
+An unverified (``verify=False``) or failed load keeps nothing (a copy kept before a later check failed
+is removed); so does a partial one that leaves more than :data:`GAP_LIMIT` unread. Without a writable cache folder the load still streams,
 and writes nothing locally.
 """
 
@@ -236,7 +237,7 @@ class _Source:
         from enn_nb.storage import version_key
 
         self._drain()
-        if self.tee is None or self.committed is not None:
+        if self.committed is not None or self.tee is None:
             return self.committed
         left = self.size - self.pos
         if not self.all_verified or left > GAP_LIMIT:
@@ -254,10 +255,11 @@ class _Source:
             os.replace(self.part, self.target)
             self.committed = self.target
             _close(self._handles)
+            # tensors asked for later (the optimizer state after the model's) are read from the copy
+            self.tee = open(self.target, "rb")  # noqa: SIM115 - closed with the reader
         except Exception:  # noqa: BLE001 - a cache copy that cannot be completed is just not kept
             self._drop_tee()
             return None
-        self.tee = None
         return self.committed
 
     def close(self) -> None:
@@ -276,6 +278,10 @@ class _Source:
             with contextlib.suppress(Exception):
                 self._drain()
             self._drop_tee()
+            if self.committed is not None:  # kept after the model's tensors, then the optimizer state failed
+                with contextlib.suppress(OSError):
+                    self.committed.unlink()
+                self.committed = None
             raise
 
 
