@@ -487,6 +487,12 @@ def remote_cache_dir() -> Path:
 _FETCHED: dict[tuple[str, str, str | None], Path] = {}
 
 
+def fetch_target(remote: Remote, key: str, *, name: str | None = None, folder: str | None = None) -> Path:
+    """Where :func:`fetch` keeps the copy of ``remote`` at version ``key`` (a streamed load completes it too)."""
+    digest = hashlib.sha256((folder or f"{remote.protocol}://{remote.path}\0{key}").encode()).hexdigest()[:32]
+    return remote_cache_dir() / digest / (name or remote.name or "object")
+
+
 def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, folder: str | None = None) -> Path:
     """The local copy of ``remote`` (a file), downloaded once per version into :func:`remote_cache_dir`.
 
@@ -495,11 +501,10 @@ def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, fo
     ``folder`` names the cache folder instead (the files of one DCP checkpoint share one).
     """
     key = key or version_key(remote)
-    digest = hashlib.sha256((folder or f"{remote.protocol}://{remote.path}\0{key}").encode()).hexdigest()[:32]
     known = _FETCHED.get((remote.url, key, folder))
     if known is not None and known.is_file():
         return known
-    target = remote_cache_dir() / digest / (name or remote.name or "object")
+    target = fetch_target(remote, key, name=name, folder=folder)
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")

@@ -174,6 +174,81 @@ def test_s3_second_load_fetches_nothing_until_the_object_changes(s3, s3_endpoint
     assert _same(again.model, changed)
 
 
+@pytest.mark.parametrize("name", ["m.safetensors", "m.pt"])
+def test_s3_load_streams_into_the_tensors_and_refuses_tampered_bytes(name: str, s3, s3_endpoint: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs
+
+    from enn_nb.checkpoint.api import open_reader
+    from enn_nb.errors import CorruptCheckpointError
+
+    # one tensor read straight into its destination (>= 1 MiB, in two chunks), small ones through one bounce read
+    state = {"big": torch.randn(5 << 20), "b": torch.arange(7, dtype=torch.int64), "h": torch.randn(3, 5).half()}
+    url = s3.url(name)
+    enn_nb.save(state, url, storage_options=s3.options)
+    fs = s3fs.S3FileSystem(**s3.options)
+    size = fs.size(f"{s3.bucket}/{name}")
+    # no local copy is needed: with a cache folder that cannot exist, the load streams and writes nothing
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(blocked / "cache"))
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        reader = open_reader(url, storage_options=options(proxy.endpoint))
+        assert type(reader).__name__.startswith("Streamed")
+        got = reader.tensors(list(state), verify=True)
+        assert reader.optimizer_state(verify=True) is None
+    finally:
+        proxy.close()
+    assert all(torch.equal(got[k], state[k]) and got[k].dtype == state[k].dtype for k in state)
+    assert proxy.bytes_sent < size + (2 << 20)  # the object once (a .pt: and its last MiB read ahead, for torch.load)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+    # with a cache: the verified stream is kept under the ETag, the next open is local
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(cache))
+    reader = open_reader(url, storage_options=s3.options)
+    reader.tensors(list(state), verify=True)
+    reader.optimizer_state(verify=True)
+    assert [p.stat().st_size for p in cache.rglob(name)] == [size]
+    assert type(open_reader(url, storage_options=s3.options)).__name__ == "_Named"  # the local reader
+    # one flipped byte in the big tensor: refused as a local load refuses it, and nothing is cached
+    data = bytearray(fs.cat_file(f"{s3.bucket}/{name}"))
+    data[size // 2] ^= 0xFF
+    fs.pipe_file(f"{s3.bucket}/{name}", bytes(data))
+    for p in cache.rglob("*"):
+        p.unlink() if p.is_file() else None
+    with pytest.raises(CorruptCheckpointError, match="`big`") as info:
+        open_reader(url, storage_options=s3.options).tensors(list(state), verify=True)
+    assert url in str(info.value)
+    import gc
+
+    gc.collect()
+    assert [p for p in cache.rglob("*") if p.is_file()] == []  # no copy, no part file left
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_url_pt_with_pickled_code_is_refused_and_not_executed(tmp_path: Path) -> None:
+    import fsspec
+
+    from enn_nb.errors import UnsafeCheckpointError
+
+    marker = tmp_path / "pwned"
+    torch.save({"enn_nb.manifest": "{}", "state_dict": {"w": torch.ones(2)}, "x": _Evil(marker)}, tmp_path / "e.pt")
+    url = _memory_url("evil.pt")
+    fsspec.filesystem("memory").pipe_file(url.split("://", 1)[1], (tmp_path / "e.pt").read_bytes())
+    with pytest.raises(UnsafeCheckpointError, match="system") as info:
+        enn_nb.load(url, model=tiny())
+    assert url in str(info.value) and "nothing was executed" in str(info.value)
+    assert not marker.exists()
+
+
 @pytest.mark.slow
 def test_s3_save_killed_mid_upload_leaves_the_old_checkpoint(s3, s3_endpoint: str, tmp_path: Path) -> None:
     import subprocess

@@ -228,8 +228,9 @@ def load(
             copied into the model, and re-run the recorded self-check vectors afterwards
             (``Loaded.restore_check``); ``verify=False`` skips both.
         map_location: device for a built model and the optimizer state (``"cpu"`` default).
-        storage_options: options for a URL's filesystem. A URL is fetched once per ETag/version into
-            the cache and loaded from there.
+        storage_options: options for a URL's filesystem. A ``.safetensors``/``.pt`` URL is streamed
+            into the tensors (hashed as it arrives) and kept in the cache per ETag/version, so a second
+            load reads the local copy; a DCP folder is fetched into the cache and loaded from there.
 
     Returns:
         :class:`Loaded` (``.model``, ``.manifest``, ``.spec``, ``.optimizer_state``, ``.missing_keys``...).

@@ -3,9 +3,12 @@
 - ``inspect`` reads only what a local inspect reads, by ranged requests: the safetensors length and
   header, the ``.pt`` zip's directory and its ``data.pkl`` (tensors stay on the store: torch loads
   them onto the meta device), a DCP folder's manifest.
-- ``load``/``convert`` read through :func:`enn_nb.storage.fetch`: each object is downloaded once per
-  ETag/version into the cache and opened by the local reader (memory-mapped, hashes checked as
-  locally). A second read of the same version, in this session or a later one, downloads nothing.
+- ``load``/``convert`` of an enn_nb ``.safetensors``/``.pt`` stream the tensor bytes from the store into
+  their tensors, hashed as they arrive, and keep a copy in the cache keyed by the object's ETag/version
+  (:mod:`.streamed`); a DCP folder, an ENN-PyTorch file or a file the streamed reader leaves to the local
+  one is downloaded once per ETag/version into the cache (:func:`enn_nb.storage.fetch`) and opened by
+  the local reader (memory-mapped, hashes checked as locally). A second read of the same version, in
+  this session or a later one, downloads nothing.
 - Errors name the URL, never the cache path.
 """
 
@@ -18,7 +21,7 @@ from typing import Any
 
 from enn_nb._safeio import MAX_JSON_BYTES
 from enn_nb.errors import CheckpointError, CorruptCheckpointError, EnnError, NotACheckpointError
-from enn_nb.storage import Remote, fetch, fetch_many, read_range, store_error
+from enn_nb.storage import Remote, fetch, fetch_many, fetch_target, read_range, store_error
 
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META, format_of_head, format_of_names
 from .manifest import Manifest, decode
@@ -154,9 +157,24 @@ def commit_dcp(final: Remote, manifest: Manifest, text: str) -> None:
 
 # -- load / convert: through the cache ------------------------------------------------------------------
 def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
-    """A local reader (``readers``: format -> class) over the cached copy of ``remote``, fetched once per version."""
+    """A reader of ``remote``: streamed for an enn_nb ``.safetensors``/``.pt`` whose version is not cached yet
+    (:mod:`.streamed`, which keeps the copy for the next load), else a local reader (``readers``: format ->
+    class) over the cached copy, fetched once per version."""
     fmt = detect(remote)
-    local = fetch(remote) if fmt != "dcp" else _fetch_dcp(remote)
+    if fmt in ("safetensors", "pt"):
+        from enn_nb.storage import version_key
+
+        from . import streamed
+
+        key = version_key(remote)
+        if not fetch_target(remote, key).is_file():
+            reader = (streamed.open_safetensors if fmt == "safetensors" else streamed.open_pt)(remote, key)
+            if reader is not None:
+                reader.manifest.path = remote.url
+                return reader
+        local = fetch(remote, key=key)
+    else:
+        local = _fetch_dcp(remote)
     try:
         reader = readers[fmt](local)
     except CheckpointError as exc:
