@@ -3,6 +3,9 @@
 For the reference model and the zoo's GRU forecaster, per backend x mode:
 
 - size: the quantized artifact / the float artifact of the same backend (target: every int8 artifact <= 0.35x);
+  beside it, the weights alone: the bytes of the constant tensors read back from each artifact
+  (``readback.weight_bytes``), quantized / float -- what quantization shrinks, apart from the graph, names,
+  per-channel scales and metadata the format keeps or adds;
 - latency: quantized / float at batch 1 and 8, one intra-op thread, median of >= 20 calls (IQR shown);
   static artifacts (LiteRT) at their own batch only; CoreML cannot run off macOS;
 - accuracy change: RMSE of the difference / the float output's std (worst output) on one evaluation set,
@@ -247,6 +250,7 @@ def latency(run: Any, x: torch.Tensor, batch: int) -> tuple[float, float] | None
 def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
           plan: dict[str, list[str]]) -> list[dict[str, Any]]:
     import enn_nb
+    from enn_nb.engine.quantize.readback import read_back
     from enn_nb.engine.safe import export_safe
 
     calib, evaluation = data(shape)
@@ -267,6 +271,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
             base_run = runner(backend, Path(base.artifact)) if base.artifact else None
             static = 2 if backend == "litert" else None
             base_lat = {b: latency(base_run, evaluation, b) for b in (1, 8)} if base_run else {}
+            base_weights = read_back(Path(base.artifact)).get("weight_bytes") if base.artifact else None
             for mode in modes:
                 q = report[f"{backend}:{mode}"]
                 t0 = time.perf_counter()
@@ -283,6 +288,9 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
                 row: dict[str, Any] = {"model": name, "backend": backend, "mode": mode, "status": q.status,
                                        "size_ratio": q.size_bytes / base.size_bytes if q.files else None,
                                        "enn_s": enn_s, "raw_s": raw_s if raw_path else None, "raw_error": raw_error}
+                held = (q.quantization or {}).get("artifact") or {}
+                if base_weights and held.get("weight_bytes") is not None:
+                    row["weights_ratio"] = held["weight_bytes"] / base_weights
                 acc = (q.quantization or {}).get("accuracy") or {}
                 row["enn_err"] = max((o["rmse_rel"] for o in acc.get("outputs") or []), default=None)
                 q_run = runner(backend, Path(q.artifact)) if q.artifact else None
@@ -291,6 +299,9 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
                     row["raw_err"] = rmse_rel(expected[: len(evaluation) - len(evaluation) % (static or 1)],
                                               outputs(raw_run, evaluation, static or 8))
                     row["raw_size_ratio"] = size(raw_path) / base.size_bytes
+                    raw_weights = read_back(raw_path).get("weight_bytes")
+                    if base_weights and raw_weights is not None:
+                        row["raw_weights_ratio"] = raw_weights / base_weights
                 for b in (1, 8):
                     ql = latency(q_run, evaluation, b) if q_run else None
                     fl = base_lat.get(b)
@@ -334,7 +345,8 @@ def warm_up(out: Path, plan: dict[str, list[str]]) -> None:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("model", "backend", "mode", "status", "size/float (raw)", "lat b1 q/f (IQR ms q, f)", "lat b8 q/f",
+    header = ("model", "backend", "mode", "status", "size/float (raw)", "weights/float (raw)",
+              "lat b1 q/f (IQR ms q, f)", "lat b8 q/f",
               "RMSE/std enn_nb", "RMSE/std raw", "export s enn/raw", "ratio")
     lines = [header]
     for r in rows:
@@ -342,7 +354,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
                for b in (1, 8)]
         ratio = r["enn_s"] / r["raw_s"] if r.get("raw_s") else None
         lines.append((r["model"], r["backend"], r["mode"], r["status"],
-                      f"{fmt(r['size_ratio'])}x ({fmt(r.get('raw_size_ratio'))}x)", lat[0], lat[1],
+                      f"{fmt(r['size_ratio'])}x ({fmt(r.get('raw_size_ratio'))}x)",
+                      f"{fmt(r.get('weights_ratio'))}x ({fmt(r.get('raw_weights_ratio'))}x)", lat[0], lat[1],
                       fmt(r["enn_err"], ".2%"), fmt(r.get("raw_err"), ".2%") if not r["raw_error"] else r["raw_error"],
                       f"{fmt(r['enn_s'], '.1f')} / {fmt(r.get('raw_s'), '.1f')}", fmt(ratio, ".2f", "x")))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
@@ -350,7 +363,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
     int8 = [r for r in rows if r["mode"] == "int8" and r["size_ratio"] is not None]
     print(f"targets: int8 size <= 0.35x: {all(r['size_ratio'] <= 0.35 for r in int8)} "
-          f"(max {max((r['size_ratio'] for r in int8), default=float('nan')):.2f}x); "
+          f"(max {max((r['size_ratio'] for r in int8), default=float('nan')):.2f}x; their weights alone "
+          f"<= 0.35x: {all((r.get('weights_ratio') or 9) <= 0.35 for r in int8)}); "
           f"enn_nb error <= raw: {all(r['enn_err'] <= r['raw_err'] + 1e-9 for r in rows if r.get('raw_err') is not None and r['enn_err'] is not None)}; "
           f"export time median ratio {statistics.median([r['enn_s'] / r['raw_s'] for r in rows if r.get('raw_s')] or [float('nan')]):.2f}x\n", flush=True)
 
