@@ -296,12 +296,19 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
                 q_run = runner(backend, Path(q.artifact)) if q.artifact else None
                 raw_run = runner(backend, raw_path) if raw_path else None
                 if raw_run is not None:
-                    row["raw_err"] = rmse_rel(expected[: len(evaluation) - len(evaluation) % (static or 1)],
-                                              outputs(raw_run, evaluation, static or 8))
-                    row["raw_size_ratio"] = size(raw_path) / base.size_bytes
+                    try:
+                        row["raw_err"] = rmse_rel(expected[: len(evaluation) - len(evaluation) % (static or 1)],
+                                                  outputs(raw_run, evaluation, static or 8))
+                    except Exception as exc:  # e.g. a raw program whose batch torch.export specialised
+                        row["raw_error"] = f"run: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:70]}"
+                    # the raw artifact against the raw call's own float file where it writes one (its size
+                    # differs from enn_nb's: other metadata), else against enn_nb's float artifact
+                    raw_float = raw_dir / f"raw-float{raw_path.suffix}"
+                    row["raw_size_ratio"] = size(raw_path) / (size(raw_float) if raw_float.exists() else base.size_bytes)
                     raw_weights = read_back(raw_path).get("weight_bytes")
-                    if base_weights and raw_weights is not None:
-                        row["raw_weights_ratio"] = raw_weights / base_weights
+                    raw_base = read_back(raw_float).get("weight_bytes") if raw_float.exists() else base_weights
+                    if raw_base and raw_weights is not None:
+                        row["raw_weights_ratio"] = raw_weights / raw_base
                 for b in (1, 8):
                     ql = latency(q_run, evaluation, b) if q_run else None
                     fl = base_lat.get(b)
