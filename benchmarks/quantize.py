@@ -3,6 +3,9 @@
 For the reference model and the zoo's GRU forecaster, per backend x mode:
 
 - size: the quantized artifact / the float artifact of the same backend (target: every int8 artifact <= 0.35x);
+  beside it, the weights alone: the bytes of the constant tensors read back from each artifact
+  (``readback.weight_bytes``), quantized / float -- what quantization shrinks, apart from the graph, names,
+  per-channel scales and metadata the format keeps or adds;
 - latency: quantized / float at batch 1 and 8, one intra-op thread, median of >= 20 calls (IQR shown);
   static artifacts (LiteRT) at their own batch only; CoreML cannot run off macOS;
 - accuracy change: RMSE of the difference / the float output's std (worst output) on one evaluation set,
@@ -251,6 +254,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
     """The rows of one model. Export time: ``reps`` rounds, each an enn_nb export then every raw call
     (interleaved, so a change in the machine's load falls on both sides); medians and min-max are shown."""
     import enn_nb
+    from enn_nb.engine.quantize.readback import read_back
     from enn_nb.engine.safe import export_safe
 
     calib, evaluation = data(shape)
@@ -297,6 +301,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
             base_run = runner(backend, Path(base.artifact)) if base.artifact else None
             static = 2 if backend == "litert" else None
             base_lat = {b: latency(base_run, evaluation, b) for b in (1, 8)} if base_run else {}
+            base_weights = read_back(Path(base.artifact)).get("weight_bytes") if base.artifact else None
             for mode in modes:
                 q = report[f"{backend}:{mode}"]
                 raw_path, raw_error = raw_paths[(backend, mode)], raw_errors[(backend, mode)]
@@ -306,14 +311,27 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
                                        "enn_s": statistics.median(enn), "enn_range": (min(enn), max(enn)),
                                        "raw_s": statistics.median(raw) if raw else None,
                                        "raw_range": (min(raw), max(raw)) if raw else None, "raw_error": raw_error}
+                held = (q.quantization or {}).get("artifact") or {}
+                if base_weights and held.get("weight_bytes") is not None:
+                    row["weights_ratio"] = held["weight_bytes"] / base_weights
                 acc = (q.quantization or {}).get("accuracy") or {}
                 row["enn_err"] = max((o["rmse_rel"] for o in acc.get("outputs") or []), default=None)
                 q_run = runner(backend, Path(q.artifact)) if q.artifact else None
                 raw_run = runner(backend, raw_path) if raw_path else None
                 if raw_run is not None:
-                    row["raw_err"] = rmse_rel(expected[: len(evaluation) - len(evaluation) % (static or 1)],
-                                              outputs(raw_run, evaluation, static or 8))
-                    row["raw_size_ratio"] = size(raw_path) / base.size_bytes
+                    try:
+                        row["raw_err"] = rmse_rel(expected[: len(evaluation) - len(evaluation) % (static or 1)],
+                                                  outputs(raw_run, evaluation, static or 8))
+                    except Exception as exc:  # e.g. a raw program whose batch torch.export specialised
+                        row["raw_error"] = f"run: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:70]}"
+                    # the raw artifact against the raw call's own float file where it writes one (its size
+                    # differs from enn_nb's: other metadata), else against enn_nb's float artifact
+                    raw_float = raw_path.parent / f"raw-float{raw_path.suffix}"
+                    row["raw_size_ratio"] = size(raw_path) / (size(raw_float) if raw_float.exists() else base.size_bytes)
+                    raw_weights = read_back(raw_path).get("weight_bytes")
+                    raw_base = read_back(raw_float).get("weight_bytes") if raw_float.exists() else base_weights
+                    if raw_base and raw_weights is not None:
+                        row["raw_weights_ratio"] = raw_weights / raw_base
                 for b in (1, 8):
                     ql = latency(q_run, evaluation, b) if q_run else None
                     fl = base_lat.get(b)
@@ -366,15 +384,17 @@ def _span(bounds: tuple[float, float] | None) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = ("model", "backend", "mode", "status", "size/float (raw)", "lat b1 q/f (IQR ms q, f)", "lat b8 q/f",
-              "RMSE/std enn_nb", "RMSE/std raw", "export s enn/raw: median (min-max)", "ratio")
+    header = ("model", "backend", "mode", "status", "size/float (raw)", "weights/float (raw)",
+              "lat b1 q/f (IQR ms q, f)", "lat b8 q/f", "RMSE/std enn_nb", "RMSE/std raw",
+              "export s enn/raw: median (min-max)", "ratio")
     lines = [header]
     for r in rows:
         lat = [("-" if r[f"lat{b}"] is None else f"{r[f'lat{b}'][0]:.2f}x (±{r[f'lat{b}'][1]:.2g}, ±{r[f'lat{b}'][2]:.2g})")
                for b in (1, 8)]
         ratio = r["enn_s"] / r["raw_s"] if r.get("raw_s") else None
         lines.append((r["model"], r["backend"], r["mode"], r["status"],
-                      f"{fmt(r['size_ratio'])}x ({fmt(r.get('raw_size_ratio'))}x)", lat[0], lat[1],
+                      f"{fmt(r['size_ratio'])}x ({fmt(r.get('raw_size_ratio'))}x)",
+                      f"{fmt(r.get('weights_ratio'))}x ({fmt(r.get('raw_weights_ratio'))}x)", lat[0], lat[1],
                       fmt(r["enn_err"], ".2%"), fmt(r.get("raw_err"), ".2%") if not r["raw_error"] else r["raw_error"],
                       f"{fmt(r['enn_s'], '.2f')} ({_span(r['enn_range'])}) / {fmt(r.get('raw_s'), '.2f')} "
                       f"({_span(r.get('raw_range'))})", fmt(ratio, ".2f", "x")))
@@ -383,7 +403,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
     int8 = [r for r in rows if r["mode"] == "int8" and r["size_ratio"] is not None]
     print(f"targets: int8 size <= 0.35x: {all(r['size_ratio'] <= 0.35 for r in int8)} "
-          f"(max {max((r['size_ratio'] for r in int8), default=float('nan')):.2f}x); "
+          f"(max {max((r['size_ratio'] for r in int8), default=float('nan')):.2f}x; their weights alone "
+          f"<= 0.35x: {all((r.get('weights_ratio') or 9) <= 0.35 for r in int8)}); "
           f"enn_nb error <= raw: {all(r['enn_err'] <= r['raw_err'] + 1e-9 for r in rows if r.get('raw_err') is not None and r['enn_err'] is not None)}; "
           f"export time median ratio {statistics.median([r['enn_s'] / r['raw_s'] for r in rows if r.get('raw_s')] or [float('nan')]):.2f}x\n", flush=True)
 

@@ -168,6 +168,12 @@ def onnx_from_program(
 
     The batch dimension is named ``batch``, the essentials go into ``metadata_props``; the file is
     written to a temporary name and renamed, so a reader never sees half of it.
+
+    The exporter's per-node debugging metadata (``pkg.torch.onnx.stack_trace``, ``fx_node``,
+    ``class_hierarchy``, ``namespace``...; what the weights were folded from) is cleared with onnx_ir's
+    ``ClearMetadataAndDocStringPass``: no runtime reads it, it names local source paths, and it was about
+    half of every small model's file (reference model 185 -> 93 kB; the GRU forecaster 23.5 -> 7.6 kB), which
+    every artifact derived from this ONNX (ort, its quantized copies, TensorRT...) carried along.
     """
     import onnx
     import torch
@@ -177,18 +183,18 @@ def onnx_from_program(
     tmp_dir = Path(tempfile.mkdtemp(prefix=".onnx-", dir=path.parent))
     try:
         tmp = tmp_dir / path.name
-        torch.onnx.export(
+        program = torch.onnx.export(
             ep,
             (),
-            str(tmp),
             dynamo=True,
-            external_data=external,
             input_names=input_names,
             output_names=output_names,
             opset_version=opset,
             optimize=optimize,
             verbose=False,
         )
+        _clear_debug_metadata(program.model)
+        program.save(str(tmp), external_data=external)
         model = onnx.load(str(tmp), load_external_data=False)
         _name_batch_dim(model)
         _name_symbolic_dims(model, signature)
@@ -206,6 +212,25 @@ def onnx_from_program(
             leftover.unlink(missing_ok=True)
         tmp_dir.rmdir()
     return path
+
+
+def _clear_debug_metadata(model: Any) -> None:
+    """Drop the exporter's debugging metadata from the nodes and values of ``model`` (an ``onnx_ir`` model).
+
+    The model's own ``metadata_props`` (where the essentials go) are untouched.
+    """
+    import onnx_ir as ir
+    from onnx_ir.passes.common import ClearMetadataAndDocStringPass
+
+    ClearMetadataAndDocStringPass()(model)  # nodes, graphs, functions (not the values)
+    graphs = [model.graph, *model.functions.values()]
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        graphs += [a.value for a in node.attributes.values() if isinstance(getattr(a, "value", None), ir.Graph)]
+    for graph in graphs:
+        values = [*graph.inputs, *graph.outputs, *getattr(graph, "initializers", {}).values()]
+        values += [v for node in graph for v in node.outputs]
+        for value in values:
+            value.metadata_props.clear()
 
 
 def _name_batch_dim(model: Any) -> None:

@@ -5,7 +5,9 @@ and ``fp16_weight_fraction`` (of all constant elements), ``activation_dtype`` (w
 ``int8`` for static quantization, ``float32`` for dynamic-range, ``float16``), ``quantized_ops`` and
 ``float_ops`` (op type -> count: compute that runs on quantized tensors, and compute left in float),
 ``int8_tensors`` (int8 constant tensors) and ``qdq_nodes`` (quantize/dequantize nodes, where the
-format has them).
+format has them). ``weight_bytes`` is what those constant elements take at their dtypes: set against the
+file size (or the float artifact's ``weight_bytes``) it tells the quantized weights apart from what the
+format adds around them (graph, names, per-channel scales, metadata).
 """
 
 from __future__ import annotations
@@ -39,10 +41,16 @@ def read_back(artifact: Path) -> dict[str, Any]:
     return _fractions(found)
 
 
+#: Bytes per element of the dtype names the readers use (ONNX's own names lower-cased among them).
+_ITEMSIZE = {"float64": 8, "double": 8, "int64": 8, "uint64": 8, "float32": 4, "int32": 4, "uint32": 4, "float16": 2,
+             "bfloat16": 2, "int16": 2, "uint16": 2, "int8": 1, "uint8": 1, "bool": 1, "int4": 0.5, "uint4": 0.5}
+
+
 def _fractions(found: dict[str, Any]) -> dict[str, Any]:
     weights = {k: int(v) for k, v in found.get("weights", {}).items() if v}
     total = sum(weights.values())
     found["weights"] = weights
+    found["weight_bytes"] = int(sum(n * _ITEMSIZE.get(k, 4) for k, n in weights.items()))
     found["int8_weight_fraction"] = (weights.get("int8", 0) + weights.get("uint8", 0)) / total if total else 0.0
     found["fp16_weight_fraction"] = weights.get("float16", 0) / total if total else 0.0
     for key in ("quantized_ops", "float_ops"):
