@@ -179,7 +179,7 @@ def child(fmt: str, mb: int, endpoint: str, bucket: str, threads: int, work: Pat
 # -- the parent: runs, then the table --------------------------------------------------------------------
 def _table(results: list[dict[str, Any]], mb: int, threads: int) -> str:
     lines = [f"object storage, {mb} MiB state, moto.server on 127.0.0.1 + s3fs, torch threads {threads}, "
-             f"{len(results) // len(FORMATS)} reps (median, enn/raw ratio min-max)",
+             f"{max(sum(r['format'] == f for r in results) for f in FORMATS)} reps (median, enn/raw ratio min-max)",
              "format       op     raw s   enn_nb s  ratio  spread        enn cached s  RSS raw  RSS enn  (x tensor bytes)"]
     verdicts = []
     for fmt in FORMATS:
