@@ -3,11 +3,11 @@
 A safetensors file starts with a header that carries every tensor's hash, so a front-to-back upload
 has to hash every tensor before its first byte leaves, and the client's buffered file uploads one
 part at a time (copying every byte into its buffer twice). S3's multipart upload takes its parts in
-any order and assembles them by number: here parts 2..N (tensor bytes only) are uploaded at once, two
-at a time, straight from the tensors' memory, while the caller hashes the same memory; part 1 (the
-head, then the first tensor bytes) goes up last, when the caller can produce it. The object appears
-only when ``CompleteMultipartUpload`` succeeds: any failure or interrupt aborts the upload and the old
-object stays (the same commit as :func:`enn_nb.storage.open_atomic`).
+any order and assembles them by number: here parts 2..N (tensor bytes only) go up first, two at a
+time, each copied out of the tensors' memory only when its turn comes, while the caller hashes the
+same memory; part 1 (the head, then the first tensor bytes) goes up last, when the caller can produce
+it. The object appears only when ``CompleteMultipartUpload`` succeeds: any failure or interrupt
+aborts the upload and the old object stays (the same commit as :func:`enn_nb.storage.open_atomic`).
 
 Only for s3fs (the S3 multipart API through the filesystem's own ``call_s3``); other stores keep the
 front-to-back upload.
@@ -15,10 +15,7 @@ front-to-back upload.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import io
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,9 +24,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from enn_nb.storage import Remote
 
-#: Part size: S3 wants at least 5 MiB per part but the last; 16 MiB keeps a few parts in flight small.
+#: Part size: 16 MiB keeps the parts in flight small; a smaller ``default_block_size`` the store was given
+#: wins, down to S3's least part size (5 MiB, the last part excepted).
 PART_SIZE = 16 << 20
-#: Parts uploaded at once (each reads the tensors' memory; none holds a copy of its part).
+MIN_PART = 5 << 20
+#: Parts uploaded at once: each holds a copy of its bytes while it uploads (2 x 16 MiB at most).
 IN_FLIGHT = 2
 MAX_PARTS = 10_000  # S3's limit on the parts of one upload
 
@@ -38,47 +37,6 @@ def accepts_parts(remote: Remote) -> bool:
     """True when ``remote`` is on S3 through s3fs (its multipart API takes parts out of order)."""
     fs = remote.fs
     return type(fs).__module__.split(".")[0] == "s3fs" and callable(getattr(fs, "call_s3", None))
-
-
-class _Views(io.RawIOBase):
-    """A read-only, seekable file over memoryviews laid end to end (botocore reads, checksums and rewinds it)."""
-
-    def __init__(self, views: Sequence[Any]) -> None:
-        super().__init__()
-        self._views = [memoryview(v).cast("B") for v in views]
-        self._starts = list(itertools.accumulate((len(v) for v in self._views), initial=0))
-        self._size = self._starts[-1]
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = max(0, min(self._size, base + offset))
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        out = memoryview(buffer).cast("B")
-        done = 0
-        index = bisect.bisect_right(self._starts, self._pos) - 1  # the view holding the position
-        while done < len(out) and self._pos < self._size:
-            view, start = self._views[index], self._starts[index]
-            take = min(start + len(view) - self._pos, len(out) - done)
-            out[done:done + take] = view[self._pos - start:self._pos - start + take]
-            done += take
-            self._pos += take
-            index += 1
-        return done
-
-    def __len__(self) -> int:
-        return self._size
 
 
 def _slice(views: Sequence[memoryview], start: int, end: int) -> list[memoryview]:
@@ -107,7 +65,8 @@ def upload_head_last(remote: Remote, head_size: int, body: Sequence[Any], head: 
 
     views = [memoryview(v).cast("B") for v in body]
     total = head_size + sum(len(v) for v in views)
-    part = max(PART_SIZE, math.ceil(total / MAX_PARTS))
+    configured = int(getattr(remote.fs, "default_block_size", None) or PART_SIZE)
+    part = max(MIN_PART, min(PART_SIZE, configured), math.ceil(total / MAX_PARTS))
     first = max(part, head_size)  # part 1 holds the whole head
     bucket, key, _version = remote.fs.split_path(remote.path)
 
@@ -120,7 +79,7 @@ def upload_head_last(remote: Remote, head_size: int, body: Sequence[Any], head: 
     if total <= first:  # one part: a single PUT once the head is known
         data = whole_head()
         try:
-            remote.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=_Views([data, *views]))
+            remote.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=b"".join([data, *views]))
         except Exception as exc:  # noqa: BLE001 - the store's own error types vary
             raise store_error(remote, exc, writing=True) from None
         _forget_listing(remote)
@@ -131,8 +90,10 @@ def upload_head_last(remote: Remote, head_size: int, body: Sequence[Any], head: 
         raise store_error(remote, exc, writing=True) from None
 
     def send(number: int, pieces: Sequence[Any]) -> dict[str, Any]:
+        # bytes, made here on the uploading thread (at most IN_FLIGHT parts exist at once): s3fs retries a
+        # failed request with the same body, which a file-like body, read to its end, could not send again
         answer = remote.fs.call_s3("upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                   Body=_Views(pieces))
+                                   Body=b"".join(pieces))
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     bounds = [(0, first)] + [(lo, min(lo + part, total)) for lo in range(first, total, part)]
