@@ -6,8 +6,9 @@ Per format, in one child process per repetition (fresh memory), interleaved:
 
 - save, raw: the library's own save to a local file or folder (``torch.save``, ``safetensors.torch.save_file``,
   ``torch.distributed.checkpoint.save``), then ``s3fs.put`` of it (the local file deleted after, untimed).
-- save, enn_nb: ``enn_nb.save(model, "s3://...")``: streamed into one upload (DCP: torch's FsspecWriter),
-  every tensor hashed (BLAKE3), the upload committed only when complete.
+- save, enn_nb: ``enn_nb.save(model, "s3://...")``: streamed into one upload (DCP: torch's FsspecWriter;
+  safetensors: tensor parts uploaded while they are hashed, the header part last, see
+  ``enn_nb.storage_parts``), every tensor hashed (BLAKE3), the upload committed only when complete.
 - load, raw: ``s3fs.get`` into a local file or folder, the library's load (``torch.load(weights_only=True,
   mmap=True)``, ``safetensors.torch.load_file``, ``dcp.load`` in place) and ``load_state_dict`` into a model.
 - load, enn_nb (cold): ``enn_nb.load("s3://...")`` with an empty cache: fetched once into the cache,
