@@ -6,8 +6,9 @@ Per format, in one child process per repetition (fresh memory), interleaved:
 
 - save, raw: the library's own save to a local file or folder (``torch.save``, ``safetensors.torch.save_file``,
   ``torch.distributed.checkpoint.save``), then ``s3fs.put`` of it (the local file deleted after, untimed).
-- save, enn_nb: ``enn_nb.save(model, "s3://...")``: streamed into one upload (DCP: torch's FsspecWriter),
-  every tensor hashed (BLAKE3), the upload committed only when complete.
+- save, enn_nb: ``enn_nb.save(model, "s3://...")``: streamed into one upload (DCP: torch's FsspecWriter;
+  safetensors: tensor parts uploaded while they are hashed, the header part last, see
+  ``enn_nb.storage_parts``), every tensor hashed (BLAKE3), the upload committed only when complete.
 - load, raw: ``s3fs.get`` into a local file or folder, the library's load (``torch.load(weights_only=True,
   mmap=True)``, ``safetensors.torch.load_file``, ``dcp.load`` in place) and ``load_state_dict`` into a model.
 - load, enn_nb (cold): ``enn_nb.load("s3://...")`` with an empty cache: fetched once into the cache,
@@ -179,7 +180,7 @@ def child(fmt: str, mb: int, endpoint: str, bucket: str, threads: int, work: Pat
 # -- the parent: runs, then the table --------------------------------------------------------------------
 def _table(results: list[dict[str, Any]], mb: int, threads: int) -> str:
     lines = [f"object storage, {mb} MiB state, moto.server on 127.0.0.1 + s3fs, torch threads {threads}, "
-             f"{len(results) // max(1, len({r['format'] for r in results}))} reps (median, enn/raw ratio min-max)",
+             f"{max(sum(r['format'] == f for r in results) for f in FORMATS)} reps (median, enn/raw ratio min-max)",
              "format       op     raw s   enn_nb s  ratio  spread        enn cached s  RSS raw  RSS enn  (x tensor bytes)"]
     verdicts = []
     for fmt in FORMATS:

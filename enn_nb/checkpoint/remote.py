@@ -174,13 +174,44 @@ def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
                 return reader
         local = fetch(remote, key=key)
     else:
-        local = _fetch_dcp(remote)
+        local = _fetch_dcp_on_every_rank(remote)
     try:
         reader = readers[fmt](local)
     except CheckpointError as exc:
         raise _renamed(exc, local, remote) from None
     reader.manifest.path = remote.url
     return _Named(reader, local, remote)
+
+
+def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
+    """:func:`_fetch_dcp`, then (under a process group) wait until every rank has its copy, or fail on all.
+
+    Ranks on one machine fetch into the same cache folder. A rank still downloading changes that folder
+    (a temporary file, a rename onto a copy another rank already placed) while a faster rank reads it:
+    the faster one takes that for a concurrent save, reads again, and runs more collectives than the
+    others (gloo then aborts on mismatched sizes, or the ranks hang). So nobody reads before all have
+    fetched, and a rank whose fetch failed makes every rank raise instead of leaving them waiting.
+    """
+    from .dcp import _all_gather, _dist
+
+    dist, rank, world = _dist()
+    if dist is None:
+        return _fetch_dcp(remote)
+    local: Path | None = None
+    failure: BaseException | None = None
+    try:
+        local = _fetch_dcp(remote)
+    except BaseException as exc:  # noqa: BLE001 - raised below, after telling the other ranks
+        failure = exc
+    failed = [(r, text) for r, text in enumerate(_all_gather(
+        dist, f"{type(failure).__name__}: {failure}" if failure else None, world)) if text]
+    if failure is not None:
+        raise failure
+    if failed:
+        r, text = failed[0]
+        raise CheckpointError(f"Rank {r} could not fetch the DCP checkpoint `{remote.url}`: {text}")
+    assert local is not None
+    return local
 
 
 def _fetch_dcp(remote: Remote) -> Path:

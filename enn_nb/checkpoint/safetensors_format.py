@@ -103,6 +103,8 @@ def write(final: Path | Remote, request: SaveRequest) -> Manifest:
             f"over safetensors' {MAX_HEADER}-byte limit, so the file could never be loaded; nothing was written. "
             "Shrink `metadata=`, or save as .pt or DCP."
         )
+    if not isinstance(final, Path) and _parts_upload(final):
+        return _write_parts(final, request, tensors, order, placeholder, header)
     if not isinstance(final, Path):
         # A store cannot seek back to fill in the digests: hash first (BLAKE3 on all cores, a fraction of
         # the upload's time), then one front-to-back upload, committed when complete.
@@ -134,6 +136,46 @@ def write(final: Path | Remote, request: SaveRequest) -> Manifest:
                 raise RuntimeError("enn_nb internal error: the safetensors header changed length")
             fh.seek(8)
             fh.write(real)
+    manifest.path = str(final)
+    return manifest
+
+
+def _parts_upload(final: Remote) -> bool:
+    from enn_nb.storage_parts import accepts_parts
+
+    return accepts_parts(final)
+
+
+def _write_parts(final: Remote, request: SaveRequest, tensors: Mapping[str, Any], order: list[str],
+                 placeholder: bytes, header: Any) -> Manifest:
+    """Upload to S3 while hashing: the tensor bytes go up in parts at once, the header (with the hashes) last.
+
+    The header keeps the length of ``placeholder`` (digests have a fixed length; the self-check's room
+    is reserved as for a local file), so every tensor's offset is known before any hash is.
+    """
+    from enn_nb.storage_parts import upload_head_last
+
+    from .atomic import check_replaceable_remote
+
+    check_replaceable_remote(final, directory=False)
+    recording = request.self_check if isinstance(request.self_check, Recording) else None
+    made: list[Manifest] = []
+    with HashPool() as pool:
+        pool.submit_all(tensors, order)
+        if recording is not None:
+            recording.start()
+
+        def head() -> bytes:  # called while the tensor parts upload
+            hashes = pool.results()
+            done = dataclasses.replace(request, self_check=resolve(request.self_check))
+            real, manifest = header(done, hashes, reserve=len(placeholder))
+            if len(real) != len(placeholder):  # vectors longer than the bound: saved without them
+                real, manifest = header(dataclasses.replace(done, self_check=None), hashes, reserve=len(placeholder))
+            made.append(manifest)
+            return struct.pack("<Q", len(real)) + real
+
+        upload_head_last(final, 8 + len(placeholder), [byte_view(tensors[name]) for name in order], head)
+    manifest = made[0]
     manifest.path = str(final)
     return manifest
 
