@@ -62,6 +62,9 @@ def test_export_to_s3_stages_verifies_uploads_and_verify_fetches_back(s3, tmp_pa
     assert SECRET not in sidecar
     result = enn_nb.verify(f"{url}/model.pt2", storage_options=s3.options)
     assert result.status == "passed", (result.reason, result.problems)
+    # the result names the URL asked about; the verified local copy is said separately
+    assert result.url == f"{url}/model.pt2" and str(result).startswith(f"{url}/model.pt2 [pt2]: passed")
+    assert result.to_dict()["artifact"] == f"{url}/model.pt2" and result.to_dict()["local_copy"] == str(result.artifact)
     # a quantized artifact: the float sidecar and the vectors it names are fetched with it
     quantized = enn_nb.verify(f"{url}/model.int8-weights.pt2", storage_options=s3.options)
     assert quantized.status in ("passed", "degraded") and not quantized.problems, (quantized.reason, quantized.problems)

@@ -364,6 +364,7 @@ class VerifyResult:
     parity: dict[str, Any]
     problems: list[str]
     accuracy: dict[str, Any] | None = None  # a quantized artifact's, re-measured against the float model
+    url: str | None = None  # the artifact's URL when it was verified from object storage (``artifact``: the copy)
 
     def __post_init__(self) -> None:
         # a file or program problem fails the check whatever the outputs did: ``status`` never reads
@@ -379,18 +380,22 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["artifact"] = str(self.artifact)
+        out["artifact"] = self.url or str(self.artifact)
+        if self.url:
+            out["local_copy"] = str(self.artifact)
+        del out["url"]
         out["ok"] = self.ok
         return out
 
     def __str__(self) -> str:
-        head = f"{self.artifact.name} [{self.backend}]: {self.status}"
+        shown = self.url or self.artifact.name
+        head = f"{shown} [{self.backend}]: {self.status}"
         if self.problems:  # never "passed" on a line whose command fails
             count = len(self.problems)
             checked = (f"accuracy {self.accuracy.get('status')}" if self.accuracy is not None
                        else f"parity {self.parity.get('status', self.status)}")
             kind = "problem" if self.accuracy is not None else "file problem"
-            head = f"{self.artifact.name} [{self.backend}]: FAILED - {count} {kind}{'s' if count != 1 else ''} ({checked})"
+            head = f"{shown} [{self.backend}]: FAILED - {count} {kind}{'s' if count != 1 else ''} ({checked})"
         if self.reason:
             head += f" - {self.reason}"
         lines = [head]
@@ -474,16 +479,22 @@ def verify(artifact: str | Path, *, tolerances: Any = None, options: dict[str, A
         ExportError: no/invalid sidecar, or no vectors file.
         UnsafeArtifactError: an AOTI package without ``trust=True``, or a .pt2 holding pickles.
     """
-    from enn_nb.engine.trust import require_trust
-
     from enn_nb.storage import resolve
 
     where = resolve(artifact, storage_options)
-    if not isinstance(where, Path):
-        from enn_nb.engine.remote import fetch_artifact
+    if isinstance(where, Path):
+        return _verify_local(where, tolerances=tolerances, options=options, trust=trust)
+    from enn_nb.engine.remote import fetch_artifact
 
-        where = fetch_artifact(where)
-    artifact = where
+    result = _verify_local(fetch_artifact(where), tolerances=tolerances, options=options, trust=trust)
+    result.url = where.url  # what the user asked about; ``artifact`` stays the verified local copy
+    return result
+
+
+def _verify_local(artifact: Path, *, tolerances: Any, options: dict[str, Any] | None, trust: bool) -> VerifyResult:
+    """:func:`verify` of a local artifact (or the fetched copy of a remote one)."""
+    from enn_nb.engine.trust import require_trust
+
     if artifact.name.endswith(sc.SIDECAR_SUFFIX):
         side_path = artifact
         artifact = artifact.with_name(artifact.name[: -len(sc.SIDECAR_SUFFIX)])
