@@ -51,6 +51,7 @@ from .atomic import (
 from .base import SaveRequest, build_manifest, check_table
 from .detect import DCP_MANIFEST, DCP_METADATA, dcp_metadata_name, upstream_meta_file
 from .hashing import HashingStream, HashPool, check_tensors, file_matches, split
+from .ranks import all_gather as _all_gather, broadcast as _broadcast, process_group as _dist
 from .manifest import FileEntry, Manifest, decode, encode
 from .selfcheck import Recording
 from .tensors import dtype_name, expected_nbytes, is_dtensor, join_tree, torch_dtype
@@ -66,31 +67,6 @@ WRITER_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 # -- process group helpers ------------------------------------------------------------------------------
-def _dist() -> tuple[Any, int, int]:
-    """(torch.distributed or None, rank, world size)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist, dist.get_rank(), dist.get_world_size()
-    return None, 0, 1
-
-
-def _broadcast(dist: Any, value: Any) -> Any:
-    if dist is None:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _all_gather(dist: Any, value: Any, world: int) -> list[Any]:
-    if dist is None:
-        return [value]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, value)
-    return out
-
-
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():

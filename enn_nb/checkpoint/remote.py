@@ -192,9 +192,9 @@ def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
     others (gloo then aborts on mismatched sizes, or the ranks hang). So nobody reads before all have
     fetched, and a rank whose fetch failed makes every rank raise instead of leaving them waiting.
     """
-    from .dcp import _all_gather, _dist
+    from .ranks import all_gather, process_group
 
-    dist, rank, world = _dist()
+    dist, rank, world = process_group()
     if dist is None:
         return _fetch_dcp(remote)
     local: Path | None = None
@@ -203,7 +203,7 @@ def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
         local = _fetch_dcp(remote)
     except BaseException as exc:  # noqa: BLE001 - raised below, after telling the other ranks
         failure = exc
-    failed = [(r, text) for r, text in enumerate(_all_gather(
+    failed = [(r, text) for r, text in enumerate(all_gather(
         dist, f"{type(failure).__name__}: {failure}" if failure else None, world)) if text]
     if failure is not None:
         raise failure

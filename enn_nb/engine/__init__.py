@@ -32,7 +32,8 @@ the ``enn_nb.engine.backends`` subpackage: import it from :mod:`enn_nb.engine.re
 from __future__ import annotations
 
 from enn_nb.engine.backends.base import Backend, Conversion, ExportJob, TensorInfo
-from enn_nb.engine.parity import VerifyResult, verify
+from enn_nb.engine.parity import VerifyResult
+from enn_nb.engine.verify_artifact import verify
 from enn_nb.engine.pipeline import export
 from enn_nb.engine.registry import register_backend
 from enn_nb.engine.report import BackendResult, ExportReport
