@@ -74,6 +74,9 @@ class Forward(torch.nn.Module):
 def models(names: list[str]) -> dict[str, tuple[torch.nn.Module, tuple[int, ...]]]:
     from enn_nb.reference import train_reference, zoo
 
+    unknown = sorted(set(names) - {"reference", "gru", "wide"})
+    if unknown:
+        raise SystemExit(f"quantize.py: unknown model(s) {', '.join(unknown)}; choose from reference, gru, wide")
     out: dict[str, tuple[torch.nn.Module, tuple[int, ...]]] = {}
     if "reference" in names:
         ref = train_reference(seed=0)
