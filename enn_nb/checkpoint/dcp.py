@@ -410,8 +410,9 @@ def metadata_name(path: Path) -> str | None:
         return None
 
 
-def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = None,
-                 on_adopt: Callable[[str, Any], None] | None = None) -> Any:
+def _safe_reader(path: Path | str, metadata: Any, adopted: dict[str, Any] | None = None,
+                 on_adopt: Callable[[str, Any], None] | None = None, *, remote: Remote | None = None,
+                 streams: Any = None) -> Any:
     """A FileSystemReader that serves the metadata already checked and never reads pickled bytes entries.
 
     ``adopted`` maps DCP keys (``model.fc.weight``) to ``None``: those entries are kept as the tensors
@@ -420,13 +421,17 @@ def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = Non
     This saves a fresh buffer and one copy per tensor when the destination is a new state dict.
     Only whole-tensor records without transforms qualify (see :func:`_adoptable`). ``on_adopt(key,
     tensor)`` is called as each arrives (to hash it while the next one is read).
+
+    With ``remote``, the reader is torch's own ``FsspecReader`` of that URL, reading through ``streams``
+    (a torch fsspec ``FileSystem``: :mod:`.streamed_dcp` passes one that hashes every shard as it streams).
     """
 
     import torch
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
     from torch.distributed.checkpoint.planner import LoadItemType
 
-    class SafeReader(FileSystemReader):
+    class SafeReader(FileSystemReader if remote is None else FsspecReader):  # type: ignore[misc]
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -459,7 +464,11 @@ def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = Non
                         if on_adopt is not None:
                             on_adopt(item.dest_index.fqn, tensor)
 
-    return SafeReader(path)
+    if remote is None:
+        return SafeReader(path)
+    reader = SafeReader(remote.url, **dict(remote.options))
+    reader.fs = streams
+    return reader
 
 
 def _done() -> Any:
@@ -572,7 +581,11 @@ class DcpReader:
         mine = self.manifest.files[rank::world]
         ok = [_file_matches(self.path / entry.path, entry) for entry in mine]
         bad = [entry.path for entry, good in zip(mine, ok) if not good]
-        bad = sorted({name for part in _all_gather(dist, bad, world) for name in part})
+        self._refuse_files(sorted({name for part in _all_gather(dist, bad, world) for name in part}))
+        self._verified = True
+
+    def _refuse_files(self, bad: list[str]) -> None:
+        """Raise :class:`CorruptCheckpointError` naming the shard files in ``bad`` (if any) and what they hold."""
         if bad:
             holds = self._tensors_in(bad[0])
             raise CorruptCheckpointError(
@@ -582,7 +595,6 @@ class DcpReader:
                 file=bad[0],
                 tensor=None,
             )
-        self._verified = True
 
     def _tensors_in(self, file: str) -> str:
         names = sorted({idx.fqn.removeprefix(MODEL_KEY + ".") for idx, info in (self.metadata.storage_data or {}).items()
@@ -635,8 +647,7 @@ class DcpReader:
         dist, _rank, _world = _dist()
         try:
             with _quiet():
-                dcp.load(nested, storage_reader=_safe_reader(self.path, self.metadata, adopted, on_adopt),
-                         no_dist=dist is None)
+                dcp.load(nested, storage_reader=self._storage_reader(adopted, on_adopt), no_dist=dist is None)
         except (UnsafeCheckpointError, CorruptCheckpointError):
             raise
         except CheckpointException as exc:
@@ -654,6 +665,10 @@ class DcpReader:
             if fqns[key] in adopted:
                 made[key] = self._adopted(key, adopted[fqns[key]], tensor)
         return made
+
+    def _storage_reader(self, adopted: dict[str, Any], on_adopt: Callable[[str, Any], None] | None) -> Any:
+        """The DCP storage reader ``_load`` hands to ``dcp.load`` (a URL's reader streams, see :mod:`.streamed_dcp`)."""
+        return _safe_reader(self.path, self.metadata, adopted, on_adopt)
 
     def _adopted(self, key: tuple[str, ...], tensor: Any, placeholder: Any) -> Any:
         import torch

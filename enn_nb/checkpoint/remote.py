@@ -5,8 +5,9 @@
   them onto the meta device), a DCP folder's manifest.
 - ``load``/``convert`` of an enn_nb ``.safetensors``/``.pt`` stream the tensor bytes from the store into
   their tensors, hashed as they arrive, and keep a copy in the cache keyed by the object's ETag/version
-  (:mod:`.streamed`); a DCP folder, an ENN-PyTorch file or a file the streamed reader leaves to the local
-  one is downloaded once per ETag/version into the cache (:func:`enn_nb.storage.fetch`) and opened by
+  (:mod:`.streamed`); an enn_nb DCP folder streams through torch's ``FsspecReader``, every shard hashed
+  as it is read, with no local copy (:mod:`.streamed_dcp`); an ENN-PyTorch DCP folder or file, or a file
+  the streamed reader leaves to the local one, is downloaded once per ETag/version into the cache (:func:`enn_nb.storage.fetch`) and opened by
   the local reader (memory-mapped, hashes checked as locally). A second read of the same version, in
   this session or a later one, downloads nothing.
 - Errors name the URL, never the cache path.
@@ -173,8 +174,14 @@ def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
                 reader.manifest.path = remote.url
                 return reader
         local = fetch(remote, key=key)
+    elif DCP_MANIFEST in _names(remote):  # enn_nb's own: streamed through torch's FsspecReader, no local copy
+        from .streamed_dcp import StreamedDcpReader
+
+        reader = _on_every_rank(remote, "open", lambda: StreamedDcpReader(remote))
+        reader.manifest.path = remote.url
+        return reader
     else:
-        local = _fetch_dcp_on_every_rank(remote)
+        local = _on_every_rank(remote, "fetch", lambda: _fetch_dcp(remote))
     try:
         reader = readers[fmt](local)
     except CheckpointError as exc:
@@ -183,8 +190,8 @@ def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
     return _Named(reader, local, remote)
 
 
-def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
-    """:func:`_fetch_dcp`, then (under a process group) wait until every rank has its copy, or fail on all.
+def _on_every_rank(remote: Remote, verb: str, fn: Any) -> Any:
+    """``fn()`` (fetch or open a DCP folder), then (under a process group) wait until every rank has it, or fail on all.
 
     Ranks on one machine fetch into the same cache folder. A rank still downloading changes that folder
     (a temporary file, a rename onto a copy another rank already placed) while a faster rank reads it:
@@ -196,11 +203,11 @@ def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
 
     dist, rank, world = _dist()
     if dist is None:
-        return _fetch_dcp(remote)
-    local: Path | None = None
+        return fn()
+    local: Any = None
     failure: BaseException | None = None
     try:
-        local = _fetch_dcp(remote)
+        local = fn()
     except BaseException as exc:  # noqa: BLE001 - raised below, after telling the other ranks
         failure = exc
     failed = [(r, text) for r, text in enumerate(_all_gather(
@@ -209,7 +216,7 @@ def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
         raise failure
     if failed:
         r, text = failed[0]
-        raise CheckpointError(f"Rank {r} could not fetch the DCP checkpoint `{remote.url}`: {text}")
+        raise CheckpointError(f"Rank {r} could not {verb} the DCP checkpoint `{remote.url}`: {text}")
     assert local is not None
     return local
 
