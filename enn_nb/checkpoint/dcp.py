@@ -449,7 +449,15 @@ def _safe_reader(path: Path | str, metadata: Any, adopted: dict[str, Any] | None
             if adopted:
                 self._adopt([item for item in plan.items if item.dest_index.fqn in adopted])
                 plan = dataclasses.replace(plan, items=[i for i in plan.items if i.dest_index.fqn not in adopted])
+            if remote is not None:  # in file order: a streamed shard is read front to back (see .streamed_dcp)
+                order = {k: (v.relative_path, v.offset) for k, v in self.storage_data.items()}
+                plan = dataclasses.replace(plan, items=sorted(plan.items, key=lambda i: order[i.storage_index]))
             return super().read_data(plan, planner) if plan.items else _done()
+
+        def _slice_file(self, file: Any, sinfo: Any) -> Any:
+            if hasattr(file, "window"):  # a streamed shard (see .streamed_dcp): the record in one request
+                file.window(sinfo.offset, sinfo.length)
+            return super()._slice_file(file, sinfo)
 
         def _adopt(self, items: list[Any]) -> None:
             by_file: dict[str, list[Any]] = {}

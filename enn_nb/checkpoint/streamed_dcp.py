@@ -1,8 +1,10 @@
 """Streamed loads of an enn_nb DCP folder at a URL: torch's own ``FsspecReader``, every shard hashed as it streams.
 
-No local copy: ``dcp.load`` reads each record of each shard object through torch's fsspec reader (ranged
-reads, through a small read-ahead block); the tensors come out of DCP's own ``torch.load`` of each record
-(kept as they are, or copied into the destination as locally, see :func:`.dcp._safe_reader`).
+No local copy: ``dcp.load`` reads each shard object through torch's fsspec reader (records in file
+order), front to back by one forward stream per object (one GET body on s3fs/gcsfs); the record DCP
+starts on is taken from the stream in one piece (up to :data:`WINDOW` bytes; a larger one's tensor bytes
+go straight into their tensor), and the tensors come out of DCP's own ``torch.load`` of each record
+(copied into the destination, or kept as they are, as locally: :func:`.dcp._safe_reader`).
 
 Integrity, the same guarantees as a local load (:class:`.dcp.DcpReader`):
 
@@ -10,15 +12,18 @@ Integrity, the same guarantees as a local load (:class:`.dcp.DcpReader`):
   ``.metadata`` is missing as damaged); ``.metadata`` (this save's own content-addressed copy where the
   store holds one) is checked against the manifest's hash on the very bytes that are unpickled, through
   the same restricted unpickler; every shard it points at must be listed in the manifest;
-- **every byte of every shard file** is hashed once, in order, while DCP reads: bytes DCP reads are hashed
-  from the buffers they land in; torch reads a record's zip directory (at its end) before its data, so
-  such small reads ahead of the hashed prefix are kept (at most :data:`AHEAD_LIMIT` bytes) and hashed when
-  the prefix reaches them; bytes DCP does not read (records of tensors not asked for, another rank's
-  slices, the zip framing between records) are read and hashed when the reads move past them, and the rest
-  of the object when DCP closes it. Files no read opened (the optimizer's shards of a model-only load)
-  are streamed and hashed after the load. A file whose digest or size differs from the manifest is
-  refused with the local error (:meth:`.dcp.DcpReader._refuse_files`: the file, the tensors it holds, the
-  URL), before anything reaches the caller: the load reads into fresh tensors or a model enn_nb built;
+- **every byte of every shard file** is hashed once, in order, by the forward stream that feeds the
+  load: the bytes of the records DCP reads as they pass, and the bytes it does not need (records of
+  tensors not asked for, another rank's slices, zip framing, the rest of the object when DCP closes it)
+  read and hashed on the way. Files no read opened (the optimizer's shards of a model-only load) are
+  streamed and hashed after the load. Reads behind the stream (a large record's zip directory, which
+  torch reads before its data; a record read twice when resharding) are ranged requests: the stream
+  hashes those bytes when it passes them, not the copy the ranged request returned (the same bytes while
+  the object is not overwritten during the load; an overwrite changes the manifest first, and a record
+  torn by it fails DCP's own parse or the per-tensor hashes where the manifest has them). A shard whose digest or size
+  differs from the manifest is refused with the local error (:meth:`.dcp.DcpReader._refuse_files`: the
+  file, the tensors it holds, the URL), before anything reaches the caller: the load reads into fresh
+  tensors or a model enn_nb built;
 - per-tensor hashes are checked after the load by :func:`.hashing.check_tensors`, as locally.
 
 Under a process group the files are checked first, split across ranks, then read (as a local multi-rank
@@ -47,27 +52,35 @@ from .manifest import FileEntry
 if TYPE_CHECKING:
     from enn_nb.storage import Remote
 
-#: read-ahead block of each shard object (torch.load's small reads of a record's header and directory)
-BLOCK = 256 << 10
-#: the most bytes read ahead of the hashed prefix that are kept to be hashed later, per object
-AHEAD_LIMIT = 1 << 20
+#: a record up to this size is fetched in one request when DCP starts on it (torch.load's many small reads
+#: of its header, pickle and directory then cost no request each); a larger one gets its first and last
+#: :data:`EDGE` bytes so, and its tensor bytes go straight into the destination in :data:`FILE_CHUNK` requests
+WINDOW = 16 << 20
+EDGE = 64 << 10
 
 
 class _HashedObject(io.RawIOBase):
-    """One shard object, read-only and seekable, hashing every byte of it once and in order as it is read.
+    """One shard object, read-only and seekable, hashed front to back by one forward stream.
 
-    Large reads go into the caller's buffer in :data:`FILE_CHUNK` pieces (no whole-record bounce buffer).
-    ``algorithm=None``: a plain reader (the object was already hashed).
+    The stream is one GET body where the filesystem streams one (fsspec's ``open_async``: s3fs, gcsfs...),
+    else sequential reads; every byte it passes is hashed, in order (``algorithm=None``: not hashed, the
+    object was already). Reads at or past the stream's position come from it (the bytes between are read
+    and hashed on the way: records nobody asked for, zip framing); a read behind it (DCP reading records
+    out of order, or a record's zip directory before its data) is one ranged request. :meth:`window`
+    fetches the record DCP starts on from the stream in one go, so torch.load's many small reads of
+    one record (its directory at the end first) cost no request each. Large reads go straight into the
+    caller's buffer in :data:`FILE_CHUNK` pieces: no whole-record bounce buffer.
     """
 
-    def __init__(self, raw: Any, size: int, algorithm: str | None) -> None:
+    def __init__(self, remote: Remote, name: str, raw: Any, size: int, algorithm: str | None) -> None:
         super().__init__()
-        self.raw, self.size, self.pos = raw, size, 0
+        self.remote, self.name, self.raw, self.size, self.pos = remote, name, raw, size, 0
         self.hasher = new_hasher(algorithm) if algorithm else None
         self.algorithm = algorithm
-        self.hashed = 0  # every byte before it went through the hasher
-        self.ahead: dict[int, bytes] = {}
-        self.ahead_bytes = 0
+        self.spos = 0  # the stream's position: every byte before it was hashed
+        self._read: Any = None
+        self._handles: list[Any] = []
+        self.windows: list[tuple[int, bytes]] = []  # (offset, bytes) of the record DCP is reading
 
     def readable(self) -> bool:
         return True
@@ -83,7 +96,46 @@ class _HashedObject(io.RawIOBase):
         self.pos = max(0, base + offset)
         return self.pos
 
-    def _fetch(self, pos: int, view: memoryview) -> int:
+    def close(self) -> None:
+        from .streamed import _close
+
+        _close(self._handles)
+        super().close()
+
+    # -- the forward stream (hashed) and ranged reads behind it --------------------------------------------
+    def _open_stream(self) -> None:
+        fs, path = self.remote.fs, self.remote.child(self.name).path
+        if getattr(fs, "async_impl", False) and getattr(fs, "loop", None) is not None:
+            from fsspec.asyn import sync
+
+            from .streamed import _fill_async
+
+            with contextlib.suppress(NotImplementedError):
+                f = sync(fs.loop, fs.open_async, path, "rb")
+                self._handles.append(f)
+                self._read = lambda view: sync(fs.loop, _fill_async, f, view)
+                return
+        fh = fs.open(path, "rb", block_size=FILE_CHUNK, cache_type="readahead")
+        self._handles.append(fh)
+        self._read = fh.readinto
+
+    def _stream_into(self, view: memoryview) -> int:
+        if self._read is None:
+            self._open_stream()
+        got = self._read(view) if len(view) else 0
+        if self.hasher is not None and got:
+            self.hasher.update(view[:got])
+        self.spos += got
+        return got
+
+    def _skip_to(self, target: int) -> None:
+        """Stream (and hash) the bytes up to ``target`` that no read asked for."""
+        scratch = bytearray(min(FILE_CHUNK, max(1, target - self.spos)))
+        while self.spos < target:
+            if not self._stream_into(memoryview(scratch)[:min(len(scratch), target - self.spos)]):
+                break
+
+    def _ranged(self, pos: int, view: memoryview) -> int:
         got = 0
         while got < len(view):
             self.raw.seek(pos + got)
@@ -94,70 +146,58 @@ class _HashedObject(io.RawIOBase):
             got += len(data)
         return got
 
+    def _fetch(self, pos: int, view: memoryview) -> int:
+        if pos < self.spos:
+            return self._ranged(pos, view)
+        self._skip_to(pos)
+        got = 0
+        while got < len(view):
+            n = self._stream_into(view[got:])
+            if not n:
+                break
+            got += n
+        return got
+
+    def window(self, offset: int, length: int) -> None:
+        """DCP starts on the record ``[offset, offset + length)``: take it from the stream now (a large one:
+        its first :data:`EDGE` bytes from the stream, its last by one ranged request)."""
+        self.windows = []
+        spans = [(offset, length)] if length <= WINDOW else [(offset, EDGE), (offset + length - EDGE, EDGE)]
+        for i, (start, n) in enumerate(spans):
+            buffer = bytearray(max(0, min(n, self.size - start)))
+            view = memoryview(buffer)
+            got = self._ranged(start, view) if i else self._fetch(start, view)
+            self.windows.append((start, bytes(view[:got])))
+
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         view = view[:max(0, min(len(view), self.size - self.pos))]
-        got = self._fetch(self.pos, view)
-        if self.hasher is not None and got:
-            self._saw(self.pos, view[:got])
-        self.pos += got
-        return got
+        done = 0
+        while done < len(view):
+            p = self.pos + done
+            hit = next(((s, d) for s, d in self.windows if s <= p < s + len(d)), None)
+            if hit is not None:  # already fetched (and hashed)
+                s, d = hit
+                n = min(len(view) - done, s + len(d) - p)
+                view[done:done + n] = memoryview(d)[p - s:p - s + n]
+            else:
+                n = self._fetch(p, view[done:])
+                if not n:
+                    break
+            done += n
+        self.pos += done
+        return done
 
     def read(self, size: int | None = -1) -> bytes:
         n = self.size - self.pos if size is None or size < 0 else min(size, self.size - self.pos)
         buffer = bytearray(max(0, n))
         return bytes(memoryview(buffer)[:self.readinto(buffer)])
 
-    # -- hashing ------------------------------------------------------------------------------------------
-    def _saw(self, start: int, data: memoryview) -> None:
-        end = start + len(data)
-        if start > self.hashed:
-            if self.ahead_bytes + len(data) <= AHEAD_LIMIT:  # e.g. a record's zip directory, read before its data
-                self.ahead[start] = bytes(data)
-                self.ahead_bytes += len(data)
-                return
-            self._catch_up(start)
-        if start <= self.hashed < end:
-            assert self.hasher is not None
-            self.hasher.update(data[self.hashed - start:])
-            self.hashed = end
-            self._from_ahead()
-
-    def _from_ahead(self) -> None:
-        """Hash the kept pieces the prefix now reaches; drop those it passed."""
-        assert self.hasher is not None
-        progress = True
-        while progress:
-            progress = False
-            for start in sorted(self.ahead):
-                data = self.ahead[start]
-                if start <= self.hashed < start + len(data):
-                    self.hasher.update(memoryview(data)[self.hashed - start:])
-                    self.hashed = start + len(data)
-                    progress = True
-        for start in [s for s, d in self.ahead.items() if s + len(d) <= self.hashed]:
-            self.ahead_bytes -= len(self.ahead.pop(start))
-
-    def _catch_up(self, target: int) -> None:
-        """Read and hash the bytes up to ``target`` that nobody read (records not asked for, framing)."""
-        assert self.hasher is not None
-        buffer = bytearray(min(FILE_CHUNK, max(1, target - self.hashed)))
-        while self.hashed < target:
-            self._from_ahead()
-            if self.hashed >= target:
-                break
-            view = memoryview(buffer)[:min(len(buffer), target - self.hashed)]
-            got = self._fetch(self.hashed, view)
-            if not got:
-                break
-            self.hasher.update(view[:got])
-            self.hashed += got
-
     def finish(self) -> tuple[str, int]:
-        """(digest, bytes hashed) of the whole object: the part no read reached is read now."""
-        self._catch_up(self.size)
+        """(digest, bytes hashed) of the whole object: the part the stream has not passed yet is read now."""
+        self._skip_to(self.size)
         assert self.hasher is not None
-        return f"{self.algorithm}:{self.hasher.hexdigest()}", self.hashed
+        return f"{self.algorithm}:{self.hasher.hexdigest()}", self.spos
 
 
 def _hashing_streams(remote: Remote, entries: dict[str, FileEntry], results: dict[str, tuple[str, int]]) -> Any:
@@ -171,11 +211,15 @@ def _hashing_streams(remote: Remote, entries: dict[str, FileEntry], results: dic
             name = str(path).rstrip("/").rsplit("/", 1)[-1]
             entry = entries.get(name)
             algorithm = split(entry.hash)[0] if entry is not None and entry.hash and name not in results else None
-            with remote.fs.open(remote.child(name).path, "rb", block_size=BLOCK, cache_type="readahead") as raw:
-                stream = _HashedObject(raw, int(raw.size), algorithm)
-                yield stream
-                if algorithm is not None:
-                    results[name] = stream.finish()
+            # no fsspec cache: each read is one ranged request (the windows batch the small ones)
+            with remote.fs.open(remote.child(name).path, "rb", cache_type="none") as raw:
+                stream = _HashedObject(remote, name, raw, int(raw.size), algorithm)
+                try:
+                    yield stream
+                    if algorithm is not None:
+                        results[name] = stream.finish()
+                finally:
+                    stream.close()
 
     streams = HashingStreams()
     streams.fs = remote.fs  # the filesystem resolved with the caller's options
@@ -254,8 +298,12 @@ class StreamedDcpReader(DcpReader):
     def _object_digest(self, entry: FileEntry) -> tuple[str, int]:
         obj = self.remote.child(entry.path)
         try:
-            with obj.fs.open(obj.path, "rb", block_size=FILE_CHUNK, cache_type="readahead") as raw:
-                return _HashedObject(raw, int(raw.size), split(entry.hash)[0]).finish()
+            with obj.fs.open(obj.path, "rb", cache_type="none") as raw:
+                stream = _HashedObject(self.remote, entry.path, raw, int(raw.size), split(entry.hash)[0])
+                try:
+                    return stream.finish()
+                finally:
+                    stream.close()
         except FileNotFoundError:
             return "", -1
 
