@@ -276,15 +276,36 @@ def test_s3_dcp_load_streams_through_fsspec_and_refuses_a_tampered_shard(s3, s3_
     assert all(torch.equal(got[k], state[k]) and got[k].dtype == state[k].dtype for k in state)
     assert proxy.bytes_sent < total + (2 << 20)  # each shard once (hashed as it streamed), no second pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+    # with a cache: the verified streams are kept under every file's ETag; the next load downloads nothing
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(cache))
+    sent, kinds = [], []
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        for _ in range(2):
+            proxy.bytes_sent = 0
+            reader = open_reader(url, storage_options=options(proxy.endpoint))
+            kinds.append(type(reader).__name__)
+            got = reader.tensors(list(state), verify=True)
+            assert reader.optimizer_state(verify=True) is None
+            sent.append(proxy.bytes_sent)
+    finally:
+        proxy.close()
+    assert kinds[0] == "StreamedDcpReader" and kinds[1] != "StreamedDcpReader"
+    assert sent[0] < total + (2 << 20) and sent[1] < 64 << 10  # listings, HEADs and the manifest: no shard
+    assert all(torch.equal(got[k], state[k]) for k in state)
+    kept = [p for p in (cache / "remote").iterdir()]
+    assert len(kept) == 1 and not kept[0].name.startswith(".")
     # one flipped byte in the shard holding `big`: refused, naming the shard, its tensor and the URL
     holder = max(shards, key=lambda f: f.nbytes)
     key = f"{s3.bucket}/streamed_dcp/{holder.path}"
     data = bytearray(fs.cat_file(key))
     data[len(data) // 2] ^= 0xFF
     fs.pipe_file(key, bytes(data))
-    with pytest.raises(CorruptCheckpointError, match=holder.path) as info:
+    with pytest.raises(CorruptCheckpointError, match=holder.path) as info:  # a new ETag: streamed again, refused
         open_reader(url, storage_options=s3.options).tensors(list(state), verify=True)
     assert url in str(info.value) and "`big`" in str(info.value)
+    assert [p.name for p in (cache / "remote").iterdir()] == [kept[0].name]  # the refused load kept nothing
     model = torch.nn.Linear(2, 2)  # a caller's model is left as it was: nothing is copied in before the check
     enn_nb.save(model, s3.url("lin_dcp"), format="dcp", storage_options=s3.options)
     lin = next(f for f in enn_nb.inspect(s3.url("lin_dcp"), storage_options=s3.options).files if f.path.endswith(".distcp"))

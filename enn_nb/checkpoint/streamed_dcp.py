@@ -28,15 +28,31 @@ Integrity, the same guarantees as a local load (:class:`.dcp.DcpReader`):
 
 Under a process group the files are checked first, split across ranks, then read (as a local multi-rank
 load does): every rank runs the same collectives whatever it reads, at the cost of reading each shard
-twice. A DCP folder is not cached (issue 25 item 5 is met by the single-file formats only): each load
-streams it again. An ENN-PyTorch folder (no enn_nb manifest) still goes through the fetched copy.
+twice. An ENN-PyTorch folder (no enn_nb manifest) still goes through the fetched copy.
+
+Caching (issue 25, item 5), as for single files (:mod:`.streamed`): the streams are teed. The manifest
+and ``.metadata`` bytes read, and every byte each shard's forward stream passes, are written into a
+hidden staging folder beside the cache folder :func:`enn_nb.storage.fetch_many` uses for this version
+(keyed by every file's ETag/version, the manifest's included). When the load's file check passed, every
+shard was streamed whole (so hashed whole and matched), and the store still holds the same versions and
+manifest, the staging folder is renamed into place (:class:`DcpTee`); the next ``open_reader`` finds the
+copy complete and opens the local reader over it (verified again), downloading nothing. A failed,
+unverified (``verify=False``) or partial load keeps nothing; without a writable cache folder the load
+still streams and writes nothing. Under a process group nothing is teed (ranks on one machine share the
+cache folder, and no rank may read it while another writes it during the same load): such a load
+streams every time, and uses a copy a one-process load kept only when every rank finds it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+import os
+import shutil
+import uuid
+import weakref
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enn_nb._safeio import MAX_DCP_METADATA_BYTES, escape, plain_name
@@ -45,7 +61,7 @@ from enn_nb.errors import CorruptCheckpointError
 from . import dcp_metadata
 from .base import check_table
 from .dcp import MODEL_KEY, DcpReader, _all_gather, _dist, _safe_reader, metadata_table
-from .detect import DCP_METADATA
+from .detect import DCP_MANIFEST, DCP_METADATA
 from .hashing import FILE_CHUNK, new_hasher, split
 from .manifest import FileEntry
 
@@ -57,6 +73,82 @@ if TYPE_CHECKING:
 #: :data:`EDGE` bytes so, and its tensor bytes go straight into the destination in :data:`FILE_CHUNK` requests
 WINDOW = 16 << 20
 EDGE = 64 << 10
+
+
+class DcpTee:
+    """The hidden staging folder a streamed load of one DCP version fills; placed as the cache copy when complete.
+
+    ``keys``/``target``: the version keys of the folder's files and the cache folder they name
+    (:func:`enn_nb.storage.version_keys`). Without a writable cache folder it holds nothing (``folder`` None).
+    """
+
+    def __init__(self, remote: Remote, manifest_text: bytes, sources: Mapping[str, str], keys: Mapping[str, str],
+                 target: Path) -> None:
+        self.remote, self.text, self.sources, self.keys, self.target = remote, manifest_text, dict(sources), dict(keys), target
+        self.done: dict[str, int] = {}  # shard -> bytes written, for each shard streamed whole into the folder
+        self.folder: Path | None = None
+        try:  # the cache is an optimisation: a read-only or full cache folder only costs the next load a fetch
+            target.parent.mkdir(parents=True, exist_ok=True)
+            folder = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")
+            folder.mkdir()
+            self.folder = folder
+            self._finalizer = weakref.finalize(self, shutil.rmtree, folder, True)
+            self.put(DCP_MANIFEST, manifest_text)
+        except OSError:
+            self.drop()
+
+    def put(self, name: str, data: bytes) -> None:
+        if self.folder is not None:
+            try:
+                (self.folder / name).write_bytes(data)
+            except OSError:
+                self.drop()
+
+    def sink(self, name: str) -> Any:
+        """A file to write shard ``name``'s stream into, from its first byte (None: nothing is kept)."""
+        if self.folder is None:
+            return None
+        self.done.pop(name, None)
+        try:
+            return open(self.folder / name, "wb")  # noqa: SIM115 - closed by _HashedObject.finish/close
+        except OSError:
+            self.drop()
+            return None
+
+    def drop(self) -> None:
+        folder, self.folder = self.folder, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def commit(self, shards: list[FileEntry]) -> Path | None:
+        """Place the copy if every shard (each with a hash the load checked) was written whole and the store
+        still holds the versions read; else drop it. Returns where it was placed."""
+        from enn_nb.storage import version_keys
+
+        from .remote import _dcp_manifest_text
+
+        folder = self.folder
+        if folder is None:
+            return None
+        try:
+            if any(not e.hash or self.done.get(e.path) != e.nbytes for e in shards):
+                raise OSError("a shard was not streamed whole")  # noqa: TRY301 - dropped below
+            if _dcp_manifest_text(self.remote) != self.text or version_keys(self.remote, self.sources) != (
+                    self.keys, self.target):
+                raise OSError("the folder changed on the store")  # noqa: TRY301 - never cache under the old key
+            try:
+                os.rename(folder, self.target)  # atomic; onto an empty folder too
+            except OSError:  # the folder holds files already (fetched, or another process placed them): add the rest
+                self.target.mkdir(parents=True, exist_ok=True)
+                for f in sorted(folder.iterdir(), key=lambda p: p.name == DCP_MANIFEST):
+                    if not (self.target / f.name).is_file():
+                        os.replace(f, self.target / f.name)
+                shutil.rmtree(folder, ignore_errors=True)
+        except Exception:  # noqa: BLE001 - a copy that cannot be completed is just not kept
+            self.drop()
+            return None
+        self.folder = None
+        return self.target
 
 
 class _HashedObject(io.RawIOBase):
@@ -72,8 +164,11 @@ class _HashedObject(io.RawIOBase):
     caller's buffer in :data:`FILE_CHUNK` pieces: no whole-record bounce buffer.
     """
 
-    def __init__(self, remote: Remote, name: str, raw: Any, size: int, algorithm: str | None) -> None:
+    def __init__(self, remote: Remote, name: str, raw: Any, size: int, algorithm: str | None,
+                 tee: DcpTee | None = None) -> None:
         super().__init__()
+        self.tee = tee  # the stream's bytes are written there too (see the module)
+        self.sink = tee.sink(name) if tee is not None and algorithm else None
         self.remote, self.name, self.raw, self.size, self.pos = remote, name, raw, size, 0
         self.hasher = new_hasher(algorithm) if algorithm else None
         self.algorithm = algorithm
@@ -100,7 +195,18 @@ class _HashedObject(io.RawIOBase):
         from .streamed import _close
 
         _close(self._handles)
+        self._close_sink()
         super().close()
+
+    def _close_sink(self) -> bool:
+        sink, self.sink = self.sink, None
+        if sink is None:
+            return False
+        try:
+            sink.close()
+        except OSError:
+            return False
+        return True
 
     # -- the forward stream (hashed) and ranged reads behind it --------------------------------------------
     def _open_stream(self) -> None:
@@ -125,6 +231,11 @@ class _HashedObject(io.RawIOBase):
         got = self._read(view) if len(view) else 0
         if self.hasher is not None and got:
             self.hasher.update(view[:got])
+        if self.sink is not None and got:
+            try:
+                self.sink.write(view[:got])
+            except OSError:
+                self._close_sink()  # not kept: finish() records nothing for it
         self.spos += got
         return got
 
@@ -197,10 +308,13 @@ class _HashedObject(io.RawIOBase):
         """(digest, bytes hashed) of the whole object: the part the stream has not passed yet is read now."""
         self._skip_to(self.size)
         assert self.hasher is not None
+        if self._close_sink() and self.tee is not None:
+            self.tee.done[self.name] = self.spos
         return f"{self.algorithm}:{self.hasher.hexdigest()}", self.spos
 
 
-def _hashing_streams(remote: Remote, entries: dict[str, FileEntry], results: dict[str, tuple[str, int]]) -> Any:
+def _hashing_streams(remote: Remote, entries: dict[str, FileEntry], results: dict[str, tuple[str, int]],
+                     tee: DcpTee | None = None) -> Any:
     """torch's fsspec ``FileSystem`` over ``remote``'s filesystem; each shard opened to be read is hashed
     (once: into ``results``, name -> (digest, bytes)) as DCP reads it."""
     from torch.distributed.checkpoint._fsspec_filesystem import FileSystem
@@ -213,7 +327,7 @@ def _hashing_streams(remote: Remote, entries: dict[str, FileEntry], results: dic
             algorithm = split(entry.hash)[0] if entry is not None and entry.hash and name not in results else None
             # no fsspec cache: each read is one ranged request (the windows batch the small ones)
             with remote.fs.open(remote.child(name).path, "rb", cache_type="none") as raw:
-                stream = _HashedObject(remote, name, raw, int(raw.size), algorithm)
+                stream = _HashedObject(remote, name, raw, int(raw.size), algorithm, tee)
                 try:
                     yield stream
                     if algorithm is not None:
@@ -229,21 +343,27 @@ def _hashing_streams(remote: Remote, entries: dict[str, FileEntry], results: dic
 class StreamedDcpReader(DcpReader):
     """An enn_nb DCP folder at a URL, read through torch's ``FsspecReader`` with no local copy (see the module)."""
 
-    def __init__(self, remote: Remote) -> None:
+    def __init__(self, remote: Remote, *, manifest_text: bytes | None = None, tee: DcpTee | None = None) -> None:
+        from .manifest import decode
         from .remote import _dcp_manifest, _names, metadata_copy
 
         self.remote = remote
         self.path = remote.url  # type: ignore[assignment] - only named in messages: errors name the URL
         self._identity = None  # a store has no rename: nothing swaps the folder under a read (manifest last)
         names = _names(remote)
-        manifest = _dcp_manifest(remote)  # the commit marker (size-capped); refuses a folder without .metadata
+        # the commit marker (size-capped; refuses a folder without .metadata), as read by open_reader
+        manifest = _dcp_manifest(remote) if manifest_text is None else decode(manifest_text, path=remote.url)
+        self.tee = tee
         for entry in manifest.files:
             plain_name(entry.path, what="A file the DCP manifest lists")
         entry = next((f for f in manifest.files if f.path == DCP_METADATA), None)
         source = DCP_METADATA
         if entry is not None and entry.hash and metadata_copy(entry.hash) in names:
             source = metadata_copy(entry.hash)  # this save's own, whatever saved after it
-        self.metadata = dcp_metadata.parse(self._read_metadata(source), DCP_METADATA, where=remote.url, expected=entry)
+        raw_metadata = self._read_metadata(source)
+        self.metadata = dcp_metadata.parse(raw_metadata, DCP_METADATA, where=remote.url, expected=entry)
+        if tee is not None:
+            tee.put(DCP_METADATA, raw_metadata)  # checked against the manifest's hash just now
         self._check_layout(manifest)
         try:
             table = metadata_table(self.metadata)
@@ -292,14 +412,14 @@ class StreamedDcpReader(DcpReader):
         return [entry for entry in self.manifest.files if entry.path != DCP_METADATA]  # checked when opened
 
     def _storage_reader(self, adopted: dict[str, Any], on_adopt: Any) -> Any:
-        streams = _hashing_streams(self.remote, {e.path: e for e in self._shards()}, self._hashed)
+        streams = _hashing_streams(self.remote, {e.path: e for e in self._shards()}, self._hashed, self.tee)
         return _safe_reader(self.path, self.metadata, adopted, on_adopt, remote=self.remote, streams=streams)
 
     def _object_digest(self, entry: FileEntry) -> tuple[str, int]:
         obj = self.remote.child(entry.path)
         try:
             with obj.fs.open(obj.path, "rb", cache_type="none") as raw:
-                stream = _HashedObject(self.remote, entry.path, raw, int(raw.size), split(entry.hash)[0])
+                stream = _HashedObject(self.remote, entry.path, raw, int(raw.size), split(entry.hash)[0], self.tee)
                 try:
                     return stream.finish()
                 finally:
@@ -313,7 +433,11 @@ class StreamedDcpReader(DcpReader):
         for entry in entries:
             if not entry.hash:
                 continue
-            got = self._hashed.get(entry.path) or self._object_digest(entry)
+            got = self._hashed.get(entry.path)
+            if got is None:
+                got = self._object_digest(entry)
+                if got[1] >= 0:
+                    self._hashed[entry.path] = got  # not hashed again by a later read
             if got != (entry.hash, entry.nbytes):
                 bad.append(entry.path)
         return bad
@@ -346,6 +470,31 @@ class StreamedDcpReader(DcpReader):
             raise
         self._refuse_files(self._bad(self._shards()))
         self._verified = True
+
+
+    def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """As locally; then the streamed copy is placed in the cache if this load verified every shard, else dropped."""
+        try:
+            out = super().tensors(names, verify=verify, into=into)
+        except BaseException:
+            self._end_tee(keep=False)
+            raise
+        self._end_tee(keep=verify and self._verified)
+        return out
+
+    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+        try:
+            return super().optimizer_state(verify=verify)
+        finally:
+            self._end_tee(keep=False)  # tensors() kept or dropped it already; a load of the optimizer alone keeps none
+
+    def _end_tee(self, *, keep: bool) -> None:
+        tee, self.tee = self.tee, None
+        if tee is not None:
+            if keep:
+                tee.commit(self._shards())
+            else:
+                tee.drop()
 
 
 def open_dcp(remote: Remote) -> StreamedDcpReader:
