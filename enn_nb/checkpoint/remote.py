@@ -6,7 +6,7 @@
 - ``load``/``convert`` of an enn_nb ``.safetensors``/``.pt`` stream the tensor bytes from the store into
   their tensors, hashed as they arrive, and keep a copy in the cache keyed by the object's ETag/version
   (:mod:`.streamed`); an enn_nb DCP folder streams through torch's ``FsspecReader``, every shard hashed
-  as it is read, with no local copy (:mod:`.streamed_dcp`); an ENN-PyTorch DCP folder or file, or a file
+  as it is read and teed into the cache folder of its version (:mod:`.streamed_dcp`; one process only); an ENN-PyTorch DCP folder or file, or a file
   the streamed reader leaves to the local one, is downloaded once per ETag/version into the cache (:func:`enn_nb.storage.fetch`) and opened by
   the local reader (memory-mapped, hashes checked as locally). A second read of the same version, in
   this session or a later one, downloads nothing.
@@ -178,8 +178,8 @@ def commit_dcp(final: Remote, manifest: Manifest, text: str) -> None:
 
 # -- load / convert: through the cache ------------------------------------------------------------------
 def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
-    """A reader of ``remote``: streamed for an enn_nb ``.safetensors``/``.pt`` whose version is not cached yet
-    (:mod:`.streamed`, which keeps the copy for the next load), else a local reader (``readers``: format ->
+    """A reader of ``remote``: streamed for an enn_nb ``.safetensors``/``.pt``/DCP folder whose version is not
+    cached yet (:mod:`.streamed`, :mod:`.streamed_dcp`: they keep the copy for the next load), else a local reader (``readers``: format ->
     class) over the cached copy, fetched once per version."""
     fmt = detect(remote)
     if fmt in ("safetensors", "pt"):

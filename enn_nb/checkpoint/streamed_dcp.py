@@ -1,6 +1,6 @@
 """Streamed loads of an enn_nb DCP folder at a URL: torch's own ``FsspecReader``, every shard hashed as it streams.
 
-No local copy: ``dcp.load`` reads each shard object through torch's fsspec reader (records in file
+No local copy is read from: ``dcp.load`` reads each shard object through torch's fsspec reader (records in file
 order), front to back by one forward stream per object (one GET body on s3fs/gcsfs); the record DCP
 starts on is taken from the stream in one piece (up to :data:`WINDOW` bytes; a larger one's tensor bytes
 go straight into their tensor), and the tensors come out of DCP's own ``torch.load`` of each record
@@ -148,6 +148,7 @@ class DcpTee:
             self.drop()
             return None
         self.folder = None
+        self._finalizer.detach()
         return self.target
 
 
@@ -341,7 +342,7 @@ def _hashing_streams(remote: Remote, entries: dict[str, FileEntry], results: dic
 
 
 class StreamedDcpReader(DcpReader):
-    """An enn_nb DCP folder at a URL, read through torch's ``FsspecReader`` with no local copy (see the module)."""
+    """An enn_nb DCP folder at a URL, streamed through torch's ``FsspecReader``; ``tee`` keeps the copy (see the module)."""
 
     def __init__(self, remote: Remote, *, manifest_text: bytes | None = None, tee: DcpTee | None = None) -> None:
         from .manifest import decode
