@@ -522,28 +522,47 @@ def fetch(remote: Remote, *, key: str | None = None, name: str | None = None, fo
     return target
 
 
-def fetch_many(base: Remote, names: list[str] | Mapping[str, str]) -> Path:
-    """The local copies of ``base/<name>`` for each of ``names``, side by side in one cache folder.
-
-    ``names`` may map each local name to the object's name on the store when they differ.
-
-    The folder is keyed by every object's ETag/version: a change to any of them fetches into a new
-    folder (an unchanged object is still not fetched twice: each file is also found by its own key).
-    Objects that do not exist are left out (the caller's checks name what is missing).
-    """
-    sources = dict(names) if isinstance(names, Mapping) else {name: name for name in names}
+def version_keys(base: Remote, names: Mapping[str, str]) -> tuple[dict[str, str], Path]:
+    """Each object's version key (``local name -> key``; objects that do not exist are left out) and the cache
+    folder :func:`fetch_many` keeps them in: keyed by all of them, so a change to any one is a new folder."""
     keys: dict[str, str] = {}
-    for name, source in sources.items():
+    for name, source in names.items():
         try:
             keys[name] = f"{source}:{version_key(base.child(source))}"
         except CheckpointError:
             continue
-    folder = f"{base.url}\0" + "\0".join(f"{name}={key}" for name, key in sorted(keys.items()))
+    return keys, version_keys_folder(base, keys)
+
+
+def fetch_many(base: Remote, names: list[str] | Mapping[str, str], *, keys: Mapping[str, str] | None = None) -> Path:
+    """The local copies of ``base/<name>`` for each of ``names``, side by side in one cache folder.
+
+    ``names`` may map each local name to the object's name on the store when they differ.
+
+    The folder is keyed by every object's ETag/version (:func:`version_keys`; ``keys``: those already
+    looked up): a change to any of them fetches into a new folder (an unchanged object is still not
+    fetched twice: each file is also found by its own key). Objects that do not exist are left out (the
+    caller's checks name what is missing).
+    """
+    sources = dict(names) if isinstance(names, Mapping) else {name: name for name in names}
+    if keys is None:
+        keys, local = version_keys(base, sources)
+    else:
+        local = version_keys_folder(base, keys)
+    folder = _folder_key(base, keys)
     for name, key in keys.items():
         fetch(base.child(sources[name]), key=key, name=name, folder=folder)
-    local = remote_cache_dir() / hashlib.sha256(folder.encode()).hexdigest()[:32]  # where fetch put them
     local.mkdir(parents=True, exist_ok=True)
     return local
+
+
+def version_keys_folder(base: Remote, keys: Mapping[str, str]) -> Path:
+    """The cache folder of the objects whose version keys are ``keys`` (see :func:`version_keys`)."""
+    return remote_cache_dir() / hashlib.sha256(_folder_key(base, keys).encode()).hexdigest()[:32]
+
+
+def _folder_key(base: Remote, keys: Mapping[str, str]) -> str:
+    return f"{base.url}\0" + "\0".join(f"{name}={key}" for name, key in sorted(keys.items()))
 
 
 def read_range(remote: Remote, start: int, end: int) -> bytes:

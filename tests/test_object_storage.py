@@ -249,6 +249,76 @@ def test_s3_load_streams_into_the_tensors_and_refuses_tampered_bytes(name: str, 
     assert [p for p in cache.rglob("*") if p.is_file()] == []  # no copy, no part file left
 
 
+def test_s3_dcp_load_streams_through_fsspec_and_refuses_a_tampered_shard(s3, s3_endpoint: str, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import s3fs
+
+    from enn_nb.checkpoint.api import open_reader
+    from enn_nb.errors import CorruptCheckpointError
+
+    state = {"big": torch.randn(5 << 20), "b": torch.arange(7, dtype=torch.int64), "h": torch.randn(3, 5).half()}
+    url = s3.url("streamed_dcp")
+    manifest = enn_nb.save(state, url, format="dcp", storage_options=s3.options)
+    fs = s3fs.S3FileSystem(**s3.options)
+    shards = [f for f in manifest.files if f.path.endswith(".distcp")]
+    total = sum(f.nbytes for f in shards)
+    blocked = tmp_path / "not-a-folder"  # no cache folder can exist: nothing may be written locally
+    blocked.write_text("")
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(blocked / "cache"))
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        reader = open_reader(url, storage_options=options(proxy.endpoint))
+        assert type(reader).__name__ == "StreamedDcpReader"
+        got = reader.tensors(list(state), verify=True)
+        assert reader.optimizer_state(verify=True) is None
+    finally:
+        proxy.close()
+    assert all(torch.equal(got[k], state[k]) and got[k].dtype == state[k].dtype for k in state)
+    assert proxy.bytes_sent < total + (2 << 20)  # each shard once (hashed as it streamed), no second pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-folder"]
+    # with a cache: the verified streams are kept under every file's ETag; the next load downloads nothing
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ENN_NB_CACHE_DIR", str(cache))
+    sent, kinds = [], []
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        for _ in range(2):
+            proxy.bytes_sent = 0
+            reader = open_reader(url, storage_options=options(proxy.endpoint))
+            kinds.append(type(reader).__name__)
+            got = reader.tensors(list(state), verify=True)
+            assert reader.optimizer_state(verify=True) is None
+            sent.append(proxy.bytes_sent)
+    finally:
+        proxy.close()
+    assert kinds[0] == "StreamedDcpReader" and kinds[1] != "StreamedDcpReader"
+    assert sent[0] < total + (2 << 20) and sent[1] < 64 << 10  # listings, HEADs and the manifest: no shard
+    assert all(torch.equal(got[k], state[k]) for k in state)
+    kept = [p for p in (cache / "remote").iterdir()]
+    assert len(kept) == 1 and not kept[0].name.startswith(".")
+    # one flipped byte in the shard holding `big`: refused, naming the shard, its tensor and the URL
+    holder = max(shards, key=lambda f: f.nbytes)
+    key = f"{s3.bucket}/streamed_dcp/{holder.path}"
+    data = bytearray(fs.cat_file(key))
+    data[len(data) // 2] ^= 0xFF
+    fs.pipe_file(key, bytes(data))
+    with pytest.raises(CorruptCheckpointError, match=holder.path) as info:  # a new ETag: streamed again, refused
+        open_reader(url, storage_options=s3.options).tensors(list(state), verify=True)
+    assert url in str(info.value) and "`big`" in str(info.value)
+    assert [p.name for p in (cache / "remote").iterdir()] == [kept[0].name]  # the refused load kept nothing
+    model = torch.nn.Linear(2, 2)  # a caller's model is left as it was: nothing is copied in before the check
+    enn_nb.save(model, s3.url("lin_dcp"), format="dcp", storage_options=s3.options)
+    lin = next(f for f in enn_nb.inspect(s3.url("lin_dcp"), storage_options=s3.options).files if f.path.endswith(".distcp"))
+    data = bytearray(fs.cat_file(f"{s3.bucket}/lin_dcp/{lin.path}"))
+    data[-30] ^= 0xFF  # in the zip directory of the last record: only the whole-file hash sees it
+    fs.pipe_file(f"{s3.bucket}/lin_dcp/{lin.path}", bytes(data))
+    torch.nn.init.zeros_(model.weight)
+    zeroed = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CorruptCheckpointError, match=lin.path):
+        enn_nb.load(s3.url("lin_dcp"), model=model, storage_options=s3.options)
+    assert all(torch.equal(model.state_dict()[k], zeroed[k]) for k in zeroed)
+
+
 class _Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

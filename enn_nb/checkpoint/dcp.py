@@ -386,8 +386,9 @@ def metadata_name(path: Path) -> str | None:
         return None
 
 
-def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = None,
-                 on_adopt: Callable[[str, Any], None] | None = None) -> Any:
+def _safe_reader(path: Path | str, metadata: Any, adopted: dict[str, Any] | None = None,
+                 on_adopt: Callable[[str, Any], None] | None = None, *, remote: Remote | None = None,
+                 streams: Any = None) -> Any:
     """A FileSystemReader that serves the metadata already checked and never reads pickled bytes entries.
 
     ``adopted`` maps DCP keys (``model.fc.weight``) to ``None``: those entries are kept as the tensors
@@ -396,13 +397,17 @@ def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = Non
     This saves a fresh buffer and one copy per tensor when the destination is a new state dict.
     Only whole-tensor records without transforms qualify (see :func:`_adoptable`). ``on_adopt(key,
     tensor)`` is called as each arrives (to hash it while the next one is read).
+
+    With ``remote``, the reader is torch's own ``FsspecReader`` of that URL, reading through ``streams``
+    (a torch fsspec ``FileSystem``: :mod:`.streamed_dcp` passes one that hashes every shard as it streams).
     """
 
     import torch
     from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
     from torch.distributed.checkpoint.planner import LoadItemType
 
-    class SafeReader(FileSystemReader):
+    class SafeReader(FileSystemReader if remote is None else FsspecReader):  # type: ignore[misc]
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             from torch.distributed.checkpoint.metadata import StorageMeta
 
@@ -420,7 +425,15 @@ def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = Non
             if adopted:
                 self._adopt([item for item in plan.items if item.dest_index.fqn in adopted])
                 plan = dataclasses.replace(plan, items=[i for i in plan.items if i.dest_index.fqn not in adopted])
+            if remote is not None:  # in file order: a streamed shard is read front to back (see .streamed_dcp)
+                order = {k: (v.relative_path, v.offset) for k, v in self.storage_data.items()}
+                plan = dataclasses.replace(plan, items=sorted(plan.items, key=lambda i: order[i.storage_index]))
             return super().read_data(plan, planner) if plan.items else _done()
+
+        def _slice_file(self, file: Any, sinfo: Any) -> Any:
+            if hasattr(file, "window"):  # a streamed shard (see .streamed_dcp): the record in one request
+                file.window(sinfo.offset, sinfo.length)
+            return super()._slice_file(file, sinfo)
 
         def _adopt(self, items: list[Any]) -> None:
             by_file: dict[str, list[Any]] = {}
@@ -435,7 +448,11 @@ def _safe_reader(path: Path, metadata: Any, adopted: dict[str, Any] | None = Non
                         if on_adopt is not None:
                             on_adopt(item.dest_index.fqn, tensor)
 
-    return SafeReader(path)
+    if remote is None:
+        return SafeReader(path)
+    reader = SafeReader(remote.url, **dict(remote.options))
+    reader.fs = streams
+    return reader
 
 
 def _done() -> Any:
@@ -548,7 +565,11 @@ class DcpReader:
         mine = self.manifest.files[rank::world]
         ok = [_file_matches(self.path / entry.path, entry) for entry in mine]
         bad = [entry.path for entry, good in zip(mine, ok) if not good]
-        bad = sorted({name for part in _all_gather(dist, bad, world) for name in part})
+        self._refuse_files(sorted({name for part in _all_gather(dist, bad, world) for name in part}))
+        self._verified = True
+
+    def _refuse_files(self, bad: list[str]) -> None:
+        """Raise :class:`CorruptCheckpointError` naming the shard files in ``bad`` (if any) and what they hold."""
         if bad:
             holds = self._tensors_in(bad[0])
             raise CorruptCheckpointError(
@@ -558,7 +579,6 @@ class DcpReader:
                 file=bad[0],
                 tensor=None,
             )
-        self._verified = True
 
     def _tensors_in(self, file: str) -> str:
         names = sorted({idx.fqn.removeprefix(MODEL_KEY + ".") for idx, info in (self.metadata.storage_data or {}).items()
@@ -611,8 +631,7 @@ class DcpReader:
         dist, _rank, _world = _dist()
         try:
             with _quiet():
-                dcp.load(nested, storage_reader=_safe_reader(self.path, self.metadata, adopted, on_adopt),
-                         no_dist=dist is None)
+                dcp.load(nested, storage_reader=self._storage_reader(adopted, on_adopt), no_dist=dist is None)
         except (UnsafeCheckpointError, CorruptCheckpointError):
             raise
         except CheckpointException as exc:
@@ -630,6 +649,10 @@ class DcpReader:
             if fqns[key] in adopted:
                 made[key] = self._adopted(key, adopted[fqns[key]], tensor)
         return made
+
+    def _storage_reader(self, adopted: dict[str, Any], on_adopt: Callable[[str, Any], None] | None) -> Any:
+        """The DCP storage reader ``_load`` hands to ``dcp.load`` (a URL's reader streams, see :mod:`.streamed_dcp`)."""
+        return _safe_reader(self.path, self.metadata, adopted, on_adopt)
 
     def _adopted(self, key: tuple[str, ...], tensor: Any, placeholder: Any) -> Any:
         import torch

@@ -219,13 +219,20 @@ def read(directory: Path, name: str = DCP_METADATA, *, expected: Any = None) -> 
 
     confined(directory, name, what="The DCP metadata file")
     data = read_capped(file, MAX_DCP_METADATA_BYTES, what="The DCP metadata file")
-    if expected is not None:  # the manifest's FileEntry: the bytes checked are the bytes unpickled
+    return parse(data, name, where=str(directory), expected=expected)
 
+
+def parse(data: bytes, name: str, *, where: str, expected: Any = None) -> Any:
+    """The checked DCP metadata in ``data`` (the bytes of ``name`` in the folder ``where``: a path or a URL).
+
+    ``expected`` (a manifest ``FileEntry``) is checked against these very bytes before they are unpickled.
+    """
+    if expected is not None:  # the manifest's FileEntry: the bytes checked are the bytes unpickled
         if len(data) != expected.nbytes or digest(data, split(expected.hash)[0]) != expected.hash:
             raise CorruptCheckpointError(
-                f"The hash of `{name}` in `{directory}` does not match the manifest: the checkpoint is damaged. "
+                f"The hash of `{name}` in `{where}` does not match the manifest: the checkpoint is damaged. "
                 "Restore it from a good copy.", file=name)
-    return unpickle(data, where=str(file))
+    return unpickle(data, where=f"{where}/{name}")
 
 
 # -- the shape of the metadata ------------------------------------------------------------------------

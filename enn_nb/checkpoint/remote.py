@@ -5,8 +5,9 @@
   them onto the meta device), a DCP folder's manifest.
 - ``load``/``convert`` of an enn_nb ``.safetensors``/``.pt`` stream the tensor bytes from the store into
   their tensors, hashed as they arrive, and keep a copy in the cache keyed by the object's ETag/version
-  (:mod:`.streamed`); a DCP folder, an ENN-PyTorch file or a file the streamed reader leaves to the local
-  one is downloaded once per ETag/version into the cache (:func:`enn_nb.storage.fetch`) and opened by
+  (:mod:`.streamed`); an enn_nb DCP folder streams through torch's ``FsspecReader``, every shard hashed
+  as it is read and teed into the cache folder of its version (:mod:`.streamed_dcp`; one process only); an ENN-PyTorch DCP folder or file, or a file
+  the streamed reader leaves to the local one, is downloaded once per ETag/version into the cache (:func:`enn_nb.storage.fetch`) and opened by
   the local reader (memory-mapped, hashes checked as locally). A second read of the same version, in
   this session or a later one, downloads nothing.
 - Errors name the URL, never the cache path.
@@ -21,7 +22,7 @@ from typing import Any
 
 from enn_nb._safeio import MAX_JSON_BYTES
 from enn_nb.errors import CheckpointError, CorruptCheckpointError, EnnError, NotACheckpointError
-from enn_nb.storage import Remote, fetch, fetch_many, fetch_target, read_range, store_error
+from enn_nb.storage import Remote, fetch, fetch_many, fetch_target, read_range, store_error, version_keys
 
 from .detect import DCP_MANIFEST, DCP_METADATA, UPSTREAM_DCP_META, format_of_head, format_of_names
 from .manifest import Manifest, decode
@@ -108,6 +109,11 @@ def _pt_manifest(remote: Remote) -> Manifest | None:
 
 
 def _dcp_manifest(remote: Remote) -> Manifest:
+    return decode(_dcp_manifest_text(remote), path=remote.url)
+
+
+def _dcp_manifest_text(remote: Remote) -> bytes:
+    """The manifest's bytes (size-capped); refuses a folder without its ``.metadata``."""
     entry = remote.child(DCP_MANIFEST)
     size = int(entry.fs.size(entry.path))
     if size > MAX_JSON_BYTES:
@@ -117,7 +123,22 @@ def _dcp_manifest(remote: Remote) -> Manifest:
 
         raise IncompleteCheckpointError(f"`{remote.url}` has an enn_nb manifest but no DCP `{DCP_METADATA}` object; the "
                                         "folder was damaged after saving. Restore it from a good copy.")
-    return decode(read_range(entry, 0, size), path=remote.url)
+    return read_range(entry, 0, size)
+
+
+def _dcp_sources(names: set[str], manifest: Manifest) -> dict[str, str]:
+    """Local name -> object name of an enn_nb DCP folder's files: the manifest and what it lists (``.metadata``
+    from this save's own copy where the store holds one)."""
+    from enn_nb._safeio import plain_name
+
+    listed = [DCP_MANIFEST, DCP_METADATA, *(f.path for f in manifest.files if f.path != DCP_METADATA)]
+    for name in listed:
+        plain_name(name, what="A file the DCP manifest lists")  # never a path out of the cache folder
+    sources = {name: name for name in listed}
+    entry = next((f for f in manifest.files if f.path == DCP_METADATA), None)
+    if entry is not None and entry.hash and metadata_copy(entry.hash) in names:
+        sources[DCP_METADATA] = metadata_copy(entry.hash)  # this save's own, whatever saved after it
+    return sources
 
 
 # -- DCP on a store: commit and cleanup -------------------------------------------------------------------
@@ -157,8 +178,8 @@ def commit_dcp(final: Remote, manifest: Manifest, text: str) -> None:
 
 # -- load / convert: through the cache ------------------------------------------------------------------
 def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
-    """A reader of ``remote``: streamed for an enn_nb ``.safetensors``/``.pt`` whose version is not cached yet
-    (:mod:`.streamed`, which keeps the copy for the next load), else a local reader (``readers``: format ->
+    """A reader of ``remote``: streamed for an enn_nb ``.safetensors``/``.pt``/DCP folder whose version is not
+    cached yet (:mod:`.streamed`, :mod:`.streamed_dcp`: they keep the copy for the next load), else a local reader (``readers``: format ->
     class) over the cached copy, fetched once per version."""
     fmt = detect(remote)
     if fmt in ("safetensors", "pt"):
@@ -173,8 +194,13 @@ def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
                 reader.manifest.path = remote.url
                 return reader
         local = fetch(remote, key=key)
+    elif DCP_MANIFEST in _names(remote):  # enn_nb's own: the cached copy of this version, else streamed
+        local = _open_dcp(remote)
+        if not isinstance(local, Path):
+            local.manifest.path = remote.url
+            return local
     else:
-        local = _fetch_dcp_on_every_rank(remote)
+        local = _on_every_rank(remote, "fetch", lambda: _fetch_dcp(remote))
     try:
         reader = readers[fmt](local)
     except CheckpointError as exc:
@@ -183,8 +209,35 @@ def open_reader(remote: Remote, readers: Mapping[str, Any]) -> Any:
     return _Named(reader, local, remote)
 
 
-def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
-    """:func:`_fetch_dcp`, then (under a process group) wait until every rank has its copy, or fail on all.
+def _open_dcp(remote: Remote) -> Any:
+    """An enn_nb DCP folder: its cached copy (a Path) when one holds this version (every file's ETag/version),
+    else a :class:`.streamed_dcp.StreamedDcpReader` that keeps the copy for the next load (one process only).
+
+    Under a process group the copy is used only when every rank has it (they must read alike), and a
+    streamed load keeps nothing: ranks share the cache folder, and none may read it while another writes it.
+    """
+    from .dcp import _all_gather, _dist
+    from .streamed_dcp import DcpTee, StreamedDcpReader
+
+    def plan() -> tuple[bytes, dict[str, str], dict[str, str], Path, bool]:
+        text = _dcp_manifest_text(remote)
+        sources = _dcp_sources(_names(remote), decode(text, path=remote.url))
+        keys, folder = version_keys(remote, sources)
+        return text, sources, keys, folder, set(keys) == set(sources) and all(
+            (folder / name).is_file() for name in keys)
+
+    text, sources, keys, folder, cached = _on_every_rank(remote, "open", plan)
+    dist, _rank, world = _dist()
+    if dist is not None:
+        cached = all(_all_gather(dist, cached, world))
+    if cached:  # present: fetch_many downloads nothing
+        return _on_every_rank(remote, "fetch", lambda: fetch_many(remote, sources, keys=keys))
+    tee = DcpTee(remote, text, sources, keys, folder) if dist is None else None
+    return _on_every_rank(remote, "open", lambda: StreamedDcpReader(remote, manifest_text=text, tee=tee))
+
+
+def _on_every_rank(remote: Remote, verb: str, fn: Any) -> Any:
+    """``fn()`` (fetch or open a DCP folder), then (under a process group) wait until every rank has it, or fail on all.
 
     Ranks on one machine fetch into the same cache folder. A rank still downloading changes that folder
     (a temporary file, a rename onto a copy another rank already placed) while a faster rank reads it:
@@ -196,11 +249,11 @@ def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
 
     dist, rank, world = process_group()
     if dist is None:
-        return _fetch_dcp(remote)
-    local: Path | None = None
+        return fn()
+    local: Any = None
     failure: BaseException | None = None
     try:
-        local = _fetch_dcp(remote)
+        local = fn()
     except BaseException as exc:  # noqa: BLE001 - raised below, after telling the other ranks
         failure = exc
     failed = [(r, text) for r, text in enumerate(all_gather(
@@ -209,7 +262,7 @@ def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
         raise failure
     if failed:
         r, text = failed[0]
-        raise CheckpointError(f"Rank {r} could not fetch the DCP checkpoint `{remote.url}`: {text}")
+        raise CheckpointError(f"Rank {r} could not {verb} the DCP checkpoint `{remote.url}`: {text}")
     assert local is not None
     return local
 
@@ -217,24 +270,16 @@ def _fetch_dcp_on_every_rank(remote: Remote) -> Path:
 def _fetch_dcp(remote: Remote) -> Path:
     """Fetch a DCP folder: the manifest (the commit marker) and the files it lists, into one cache folder."""
     names = _names(remote)
-    if DCP_MANIFEST not in names:
-        if UPSTREAM_DCP_META in names:  # ENN-PyTorch layout: no manifest, every object of the folder
-            listed = sorted(names)
-        else:
-            format_of_names(names, remote.url, upstream_meta=False)  # raises: incomplete / not a checkpoint
-            raise NotACheckpointError(f"`{remote.url}` holds no checkpoint.")
-    else:
-        manifest = _dcp_manifest(remote)
-        listed = [DCP_MANIFEST, DCP_METADATA, *(f.path for f in manifest.files if f.path != DCP_METADATA)]
+    if DCP_MANIFEST in names:
+        return fetch_many(remote, _dcp_sources(names, _dcp_manifest(remote)))  # keyed by every file's ETag
+    if UPSTREAM_DCP_META not in names:
+        format_of_names(names, remote.url, upstream_meta=False)  # raises: incomplete / not a checkpoint
+        raise NotACheckpointError(f"`{remote.url}` holds no checkpoint.")
     from enn_nb._safeio import plain_name
 
-    for name in listed:
+    for name in names:  # ENN-PyTorch layout: no manifest, every object of the folder
         plain_name(name, what="A file the DCP manifest lists")  # never a path out of the cache folder
-    sources = {name: name for name in listed}
-    entry = next((f for f in manifest.files if f.path == DCP_METADATA), None) if DCP_MANIFEST in names else None
-    if entry is not None and entry.hash and metadata_copy(entry.hash) in names:
-        sources[DCP_METADATA] = metadata_copy(entry.hash)  # this save's own, whatever saved after it
-    return fetch_many(remote, sources)  # keyed by every file's ETag, the manifest's included
+    return fetch_many(remote, sorted(names))  # keyed by every file's ETag
 
 
 def _renamed(exc: CheckpointError, local: Path, remote: Remote) -> CheckpointError:
