@@ -35,7 +35,7 @@ _LAZY = {
     "backends": "enn_nb.engine.registry",
     "register_backend": "enn_nb.engine.registry",
     "ExportReport": "enn_nb.engine.report",
-    "verify": "enn_nb.engine.parity",
+    "verify": "enn_nb.engine.verify_artifact",
     "wizard": "enn_nb.surfaces.notebook.wizard",
     "report": "enn_nb.surfaces.reports",
     "report_batch": "enn_nb.surfaces.reports",

@@ -88,9 +88,9 @@ def open_reader(path: str | os.PathLike[str], *, storage_options: Mapping[str, A
     """Open a checkpoint of any format, local or at a URL, and read its manifest (no tensor data)."""
     where = resolve(path, storage_options)
     if not isinstance(where, Path):
-        from . import remote
+        from . import remote_read
 
-        return remote.open_reader(where, _READERS)
+        return remote_read.open_reader(where, _READERS)
     where = check_path(where, what="The checkpoint path", error=NotACheckpointError)
     return _READERS[detect_format(where)](where)
 
@@ -191,7 +191,7 @@ def _resolve_spec(model: Any, spec: ModelSpec | Mapping[str, Any] | None) -> Mod
 def inspect(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None) -> Manifest:
     """Read a checkpoint's manifest without reading tensor data (any format, also upstream ones).
 
-    At a URL only the header is read, by ranged requests (see :mod:`enn_nb.checkpoint.remote`).
+    At a URL only the header is read, by ranged requests (see :mod:`enn_nb.checkpoint.remote_read`).
 
     Raises:
         NotACheckpointError, CorruptCheckpointError, IncompleteCheckpointError, UnsafeCheckpointError,
@@ -199,9 +199,9 @@ def inspect(path: str | os.PathLike[str], *, storage_options: Mapping[str, Any] 
     """
     where = resolve(path, storage_options)
     if not isinstance(where, Path):
-        from . import remote
+        from . import remote_read
 
-        return remote.inspect(where, _READERS)
+        return remote_read.inspect(where, _READERS)
     return open_reader(where).manifest
 
 

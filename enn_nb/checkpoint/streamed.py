@@ -14,7 +14,7 @@ in its destination (the built model's own parameter when :func:`enn_nb.load` bui
   first, as locally) and gives each storage's offset in the file (torch's ``_checkpoint_offset``); then
   the stream. ENN-PyTorch payloads, legacy (non-zip) and foreign-byte-order files, and any file the meta
   load cannot read go through the fetched copy and the local reader instead, so a damaged or unsafe
-  file is refused with the local words (:func:`enn_nb.checkpoint.remote.open_reader`).
+  file is refused with the local words (:func:`enn_nb.checkpoint.remote_read.open_reader`).
 - Integrity: each piece is hashed (the algorithm the manifest names) as soon as it is in place, and the
   digests are compared by :func:`.hashing.check_tensors` exactly as a local load does: same checks, same
   error. A mismatch raises before the caller's model is touched (a model enn_nb built and filled in
