@@ -374,7 +374,21 @@ def _check_tiling(remote: Remote, header: Mapping[str, Any], start: int, size: i
                                      f"header describes {start + at} bytes, the object has {size}).", file=remote.url)
 
 
-class StreamedSafetensorsReader:
+class _DropsTheCopyOnFailure:
+    """The reader calls: a failing one removes the cache copy its stream was writing (or had kept)."""
+
+    _source: _Source
+
+    def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        with self._source.failing_drops_the_copy():
+            return self._tensors(names, verify=verify, into=into)
+
+    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
+        with self._source.failing_drops_the_copy():
+            return self._optimizer_state(verify=verify)
+
+
+class StreamedSafetensorsReader(_DropsTheCopyOnFailure):
     """:class:`.safetensors_format.SafetensorsReader`'s interface over a URL, its tensors streamed."""
 
     #: ``tensors(into=...)`` reads straight into the given tensors (see ``api._in_place_targets``)
@@ -401,14 +415,6 @@ class StreamedSafetensorsReader:
                for name in names}
         spans = {name: (self.data_start + self.header[name]["data_offsets"][0], out[name]) for name in names}
         return out, self._source.stream(spans, expected)
-
-    def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        with self._source.failing_drops_the_copy():
-            return self._tensors(names, verify=verify, into=into)
-
-    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
-        with self._source.failing_drops_the_copy():
-            return self._optimizer_state(verify=verify)
 
     def _tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
         expected = {t.name: t.hash for t in self.manifest.tensors if t.name in names} if verify else {}
@@ -544,7 +550,7 @@ def _offset(t: Any) -> int:
     return int(t.untyped_storage()._checkpoint_offset) + t.storage_offset() * t.element_size()
 
 
-class StreamedPtReader:
+class StreamedPtReader(_DropsTheCopyOnFailure):
     """:class:`.pt.PtReader`'s interface over a URL (enn_nb files), its tensors streamed."""
 
     fills_in_place = True
@@ -586,14 +592,6 @@ class StreamedPtReader:
             raise CorruptCheckpointError(f"`{self.path}` is damaged: {exc}. Restore it from a good copy.",
                                          file=str(self.path)) from exc
         self._container_checked = True
-
-    def tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        with self._source.failing_drops_the_copy():
-            return self._tensors(names, verify=verify, into=into)
-
-    def optimizer_state(self, *, verify: bool) -> dict[str, Any] | None:
-        with self._source.failing_drops_the_copy():
-            return self._optimizer_state(verify=verify)
 
     def _tensors(self, names: list[str], *, verify: bool, into: Mapping[str, Any] | None = None) -> dict[str, Any]:
         expected = {t.name: t.hash for t in self.manifest.tensors if t.name in names} if verify else {}
