@@ -276,6 +276,7 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
     (interleaved, so a change in the machine's load falls on both sides); medians and min-max are shown."""
     import enn_nb
     from enn_nb.engine.quantize.readback import read_back
+    from enn_nb.engine.registry import get_backend
     from enn_nb.engine.safe import export_safe
 
     calib, evaluation = data(shape)
@@ -294,8 +295,11 @@ def bench(name: str, model: torch.nn.Module, shape: tuple[int, ...], out: Path,
         print(f"{name}: enn_nb export of {len(this.results)} rows in {total:.1f} s (round {rep + 1}/{reps})", flush=True)
         report = report or this  # the first round's artifacts are the ones measured below
         for pair in pairs:
-            t = this[f"{pair[0]}:{pair[1]}"].timings  # the shared capture/ONNX export + this row's conversion
-            enn_times[pair].append(t.get("capture", 0.0) + t.get("onnx", 0.0) + t.get("convert", 0.0))
+            # the shared capture, the shared ONNX export only where the backend converts from it (an
+            # executorch or litert row does not wait for it), and this row's conversion
+            t = this[f"{pair[0]}:{pair[1]}"].timings
+            onnx = t.get("onnx", 0.0) if get_backend(pair[0]).consumes == "onnx" else 0.0
+            enn_times[pair].append(t.get("capture", 0.0) + onnx + t.get("convert", 0.0))
         with export_safe(model) as safe:
             module = Forward(safe.model).eval()
             for backend, mode in pairs:
