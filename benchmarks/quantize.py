@@ -428,11 +428,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for line in lines:
         print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
     int8 = [r for r in rows if r["mode"] == "int8" and r["size_ratio"] is not None]
+    # enn_nb's figure comes from its accuracy module, the raw one from rmse_rel here: the ratio shows how far apart
+    worst = max((r["enn_err"] / r["raw_err"] for r in rows
+                 if r.get("raw_err") and r["enn_err"] is not None), default=float("nan"))
+    times = [r["enn_s"] / r["raw_s"] for r in rows if r.get("raw_s")]
     print(f"targets: int8 size <= 0.35x: {all(r['size_ratio'] <= 0.35 for r in int8)} "
           f"(max {max((r['size_ratio'] for r in int8), default=float('nan')):.2f}x; their weights alone "
           f"<= 0.35x: {all((r.get('weights_ratio') or 9) <= 0.35 for r in int8)}); "
-          f"enn_nb error <= raw: {all(r['enn_err'] <= r['raw_err'] + 1e-9 for r in rows if r.get('raw_err') is not None and r['enn_err'] is not None)}; "
-          f"export time median ratio {statistics.median([r['enn_s'] / r['raw_s'] for r in rows if r.get('raw_s')] or [float('nan')]):.2f}x\n", flush=True)
+          f"enn_nb error <= raw: {worst <= 1.0 + 1e-3} (largest enn_nb/raw error ratio {worst:.4f}); "
+          f"export time median ratio {statistics.median(times or [float('nan')]):.2f}x "
+          f"(max {max(times, default=float('nan')):.2f}x)\n", flush=True)
 
 
 if __name__ == "__main__":
