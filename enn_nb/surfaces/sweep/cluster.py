@@ -142,10 +142,37 @@ def local_cluster(n_workers: int = 2) -> Iterator[Any]:
             cluster.close()
 
 
+def _client_within_deadline(distributed: Any, address: str) -> Any:
+    """``distributed.Client(address)``, given up on after a hard deadline.
+
+    The Client's own ``timeout`` was seen not to fire once (a CI run waited > 10 minutes on a closed local
+    port with a 1 s timeout), so the call runs in a daemon thread and is abandoned past the deadline.
+    """
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def make() -> None:
+        try:
+            box["client"] = distributed.Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=make, name="enn-nb-dask-connect", daemon=True)
+    thread.start()
+    deadline = 3 * CONNECT_TIMEOUT_S + 5
+    thread.join(deadline)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {deadline:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["client"]
+
+
 @contextlib.contextmanager
 def _connect(distributed: Any, address: str) -> Iterator[Any]:
     try:
-        client = distributed.Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        client = _client_within_deadline(distributed, address)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(
             f"Cannot reach the Dask scheduler at `{address}` ({type(exc).__name__}: {str(exc).strip()[:200]}); "
